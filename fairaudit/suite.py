@@ -1,0 +1,264 @@
+"""Suites: one bias axis as counterfactual prompt pairs, declared in YAML.
+
+A suite declares groups (each a mapping of placeholder -> word, e.g. `{group: Black}`),
+templates with placeholders, optional continuations, control pairs, and literal
+sentence pairs (for imported data sets such as CrowS-Pairs). `Suite.pairs()` expands it,
+deterministically, into typed `Pair` objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from itertools import combinations
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fairaudit.errors import SuiteError
+from fairaudit.resources import suites_dir
+from fairaudit.yamlio import describe_validation_error, read_yaml
+
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def placeholders(text: str) -> list[str]:
+    """Placeholder names used in a template text (`{group}` -> `group`), in order."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"malformed placeholder in {text!r}: {exc} (write a literal brace as '{{{{' or '}}}}')") from None
+    for name in fields:
+        if not name.isidentifier():
+            raise ValueError(f"placeholder {{{name}}} in {text!r} is not a plain name like {{group}}")
+    return fields
+
+
+class Template(_Strict):
+    """A prompt with placeholders, filled in once per group."""
+
+    id: str = Field(pattern=IDENTIFIER, max_length=200)
+    text: str = Field(min_length=1, max_length=4000)
+    continuations: dict[str, str] = Field(default_factory=dict, max_length=20)
+    split: Literal["probe", "heldout"] = "probe"
+
+    @field_validator("text")
+    @classmethod
+    def _text_has_placeholder(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("template text is empty")
+        if not placeholders(text):
+            raise ValueError("template text has no placeholder such as {group}, so both sides of a pair would be the same")
+        return text
+
+    @field_validator("continuations")
+    @classmethod
+    def _continuations_not_empty(cls, continuations: dict[str, str]) -> dict[str, str]:
+        for label, text in continuations.items():
+            if not text.strip():
+                raise ValueError(f"continuation '{label}' is empty")
+        return continuations
+
+
+class SentencePair(_Strict):
+    """A literal pair of sentences (imported data sets): `more` is the more stereotyping one."""
+
+    id: str = Field(pattern=IDENTIFIER, max_length=200)
+    more: str = Field(min_length=1, max_length=4000)
+    less: str = Field(min_length=1, max_length=4000)
+    label: str = ""
+    group_more: str = ""
+    group_less: str = ""
+
+    @model_validator(mode="after")
+    def _sentences_differ(self) -> SentencePair:
+        if not self.more.strip() or not self.less.strip():
+            raise ValueError("a sentence of the pair is empty")
+        if self.more == self.less:
+            raise ValueError("both sentences are identical")
+        return self
+
+
+class Suite(_Strict):
+    """One bias axis. See README.md, "Writing a suite"."""
+
+    suite: str = Field(pattern=IDENTIFIER, max_length=100)
+    axis: str = Field(pattern=IDENTIFIER, max_length=100)
+    version: int = Field(default=1, ge=1)
+    description: str = ""
+    groups: dict[str, dict[str, str]] = Field(default_factory=dict)
+    reference: str | None = None
+    templates: list[Template] = Field(default_factory=list)
+    controls: list[tuple[str, str]] = Field(default_factory=list)
+    sentence_pairs: list[SentencePair] = Field(default_factory=list)
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, groups: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for name, values in groups.items():
+            if not name or ":" in name:
+                raise ValueError(f"group name {name!r} must be non-empty and contain no ':'")
+            if not values:
+                raise ValueError(f"group '{name}' defines no placeholder value")
+            for key, value in values.items():
+                if not key.isidentifier():
+                    raise ValueError(f"group '{name}': placeholder name {key!r} is not a plain name")
+                if not value.strip():
+                    raise ValueError(f"group '{name}': value of '{key}' is empty")
+        return groups
+
+    @field_validator("controls")
+    @classmethod
+    def _controls_differ(cls, controls: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for index, (first, second) in enumerate(controls):
+            if not first.strip() or not second.strip():
+                raise ValueError(f"control pair {index} has an empty sentence")
+            if first == second:
+                raise ValueError(f"control pair {index} has two identical sentences")
+        return controls
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Suite:
+        if not self.templates and not self.sentence_pairs:
+            raise ValueError("the suite has neither templates nor sentence_pairs; give at least one")
+        if self.templates and len(self.groups) < 2:
+            raise ValueError(
+                f"templates need at least two groups to compare; this suite has {len(self.groups)}"
+            )
+        if self.reference is not None and self.reference not in self.groups:
+            raise ValueError(f"reference '{self.reference}' is not one of the groups {sorted(self.groups)}")
+        ids = [t.id for t in self.templates] + [p.id for p in self.sentence_pairs]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate template/pair ids: {duplicates}")
+        for template in self.templates:
+            for name in placeholders(template.text):
+                missing = [g for g, values in self.groups.items() if name not in values]
+                if missing:
+                    raise ValueError(
+                        f"template '{template.id}' uses {{{name}}}, which groups {missing} do not define"
+                    )
+        for first, second in self._group_pairs():
+            for template in self.templates:
+                if self._fill(template, first) == self._fill(template, second):
+                    raise ValueError(
+                        f"template '{template.id}' gives the same prompt for groups '{first}' and '{second}'"
+                    )
+        return self
+
+    def _group_pairs(self) -> list[tuple[str, str]]:
+        names = list(self.groups)
+        if self.reference is not None:
+            return [(name, self.reference) for name in names if name != self.reference]
+        return list(combinations(names, 2))
+
+    def _fill(self, template: Template, group: str) -> str:
+        return template.text.format(**self.groups[group])
+
+    def pairs(self, split: str | None = "probe") -> list[Pair]:
+        """Expand into pairs, in declaration order: templates x group pairs, then sentence pairs.
+
+        `split` keeps the templates of that split ("probe" or "heldout"); None keeps all.
+        Sentence pairs belong to the "probe" split.
+        """
+        result = [
+            Pair(
+                pair_id=f"{template.id}:{first}:{second}",
+                kind="template",
+                template_id=template.id,
+                group_a=first,
+                group_b=second,
+                text_a=self._fill(template, first),
+                text_b=self._fill(template, second),
+                continuations=template.continuations,
+            )
+            for template in self.templates
+            if split is None or template.split == split
+            for first, second in self._group_pairs()
+        ]
+        if split in (None, "probe"):
+            result += [
+                Pair(
+                    pair_id=sentence_pair.id,
+                    kind="sentence",
+                    template_id=sentence_pair.id,
+                    group_a=sentence_pair.group_more or "more",
+                    group_b=sentence_pair.group_less or "less",
+                    text_a=sentence_pair.more,
+                    text_b=sentence_pair.less,
+                    label=sentence_pair.label,
+                )
+                for sentence_pair in self.sentence_pairs
+            ]
+        return result
+
+    def control_pairs(self) -> list[Pair]:
+        """The control pairs (differ in a non-demographic word), used as a noise floor."""
+        return [
+            Pair(
+                pair_id=f"control:{index}",
+                kind="control",
+                template_id=f"control:{index}",
+                group_a="control_a",
+                group_b="control_b",
+                text_a=first,
+                text_b=second,
+            )
+            for index, (first, second) in enumerate(self.controls)
+        ]
+
+    def content_hash(self) -> str:
+        """sha256 of the suite's canonical JSON: changes whenever any prompt changes."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+class Pair(BaseModel):
+    """Two prompts that differ only in the group they name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pair_id: str
+    kind: Literal["template", "sentence", "control"]
+    template_id: str
+    group_a: str
+    group_b: str
+    text_a: str
+    text_b: str
+    continuations: dict[str, str] = Field(default_factory=dict)
+    label: str = ""
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate one suite file; any problem is a `SuiteError` naming file, line and field."""
+    document = read_yaml(path, SuiteError, "suite")
+    if not isinstance(document.data, dict):
+        kind = type(document.data).__name__ if document.data is not None else "empty"
+        raise SuiteError(f"suite file {document.path}: expected a mapping with keys suite, axis, groups, templates; got {kind} content.")
+    try:
+        return Suite.model_validate(document.data)
+    except ValidationError as exc:
+        raise SuiteError(describe_validation_error(document, exc, "suite")) from None
+
+
+def builtin_suite_names() -> list[str]:
+    """Names of the suites shipped with fairaudit."""
+    return sorted(path.stem for path in suites_dir().glob("*.yaml"))
+
+
+def resolve_suite(name_or_path: str | Path) -> Suite:
+    """A built-in suite by name (`race`) or a suite file by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return load_suite(path)
+    builtin = suites_dir() / f"{name_or_path}.yaml"
+    if builtin.exists():
+        return load_suite(builtin)
+    raise SuiteError(
+        f"no suite named '{name_or_path}': it is neither a file nor a built-in suite. "
+        f"Built-in suites: {', '.join(builtin_suite_names())}."
+    )

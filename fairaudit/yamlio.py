@@ -1,0 +1,138 @@
+"""Safe YAML reading for suites and run configs.
+
+Suites and configs are untrusted input (a compliance team audits with other people's
+files), so reading them is bounded:
+
+- the file is at most `MAX_FILE_BYTES` and must be UTF-8;
+- only plain data is built (`yaml.SafeLoader`: no Python objects);
+- anchors and aliases are allowed, but the document they expand to is at most
+  `MAX_EXPANDED_NODES` nodes (a "billion laughs" file is refused before anything walks it);
+- every error names the file and, where YAML knows it, the line.
+
+The composed node tree is kept so that later validation errors can be mapped back to a
+line (`line_of`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fairaudit.errors import FairauditError
+
+MAX_FILE_BYTES = 5 * 1024 * 1024
+MAX_EXPANDED_NODES = 200_000
+
+
+@dataclass
+class YamlDocument:
+    """A parsed YAML file: its plain data and the node tree it came from."""
+
+    path: Path
+    data: Any
+    root: yaml.Node | None
+
+    def line_of(self, location: tuple[str | int, ...]) -> int | None:
+        """1-based line of the value at `location` (keys and list indices), if known."""
+        node = self.root
+        line = node.start_mark.line + 1 if node is not None else None
+        for key in location:
+            if isinstance(node, yaml.MappingNode):
+                match = [v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(key)]
+                if not match:
+                    return line
+                node = match[0]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
+                node = node.value[key]
+            else:
+                return line
+            line = node.start_mark.line + 1
+        return line
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Number of nodes the tree has once every alias is expanded (memoised per node)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # guards against recursive aliases; PyYAML refuses them anyway
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[key] = min(size, MAX_EXPANDED_NODES + 1)
+    return memo[key]
+
+
+def read_yaml(path: str | Path, error: type[FairauditError], what: str) -> YamlDocument:
+    """Read one YAML file safely; raise `error` with a one-paragraph message on any problem.
+
+    `what` names the kind of file in messages ("suite", "run config").
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise error(f"{what} file {path} does not exist.") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} file {path}: {exc.strerror}.") from None
+    if path.is_dir():
+        raise error(f"{path} is a folder, not a {what} file.")
+    if size > MAX_FILE_BYTES:
+        raise error(
+            f"{what} file {path} is {size / 1e6:.1f} MB; the limit is {MAX_FILE_BYTES / 1e6:.0f} MB. "
+            f"A {what} holds prompts, not data: split it or trim it."
+        )
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise error(f"{what} file {path}, line {line}: not valid UTF-8 (byte {exc.start}). Save it as UTF-8.") from None
+    if "\x00" in text:
+        raise error(f"{what} file {path} contains NUL bytes; it is not a text file.")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        hint = " (YAML does not allow tabs for indentation; use spaces)" if "\t" in text and "tab" in str(exc) else ""
+        raise error(f"{what} file {path}{where}: invalid YAML: {exc.problem or exc}{hint}.") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{what} file {path}: invalid YAML: {exc}.") from None
+    except RecursionError:
+        raise error(f"{what} file {path}: nesting too deep to be a {what}.") from None
+    if root is not None and _expanded_size(root, {}) > MAX_EXPANDED_NODES:
+        raise error(
+            f"{what} file {path}: its anchors and aliases expand to more than {MAX_EXPANDED_NODES:,} "
+            f"values; refusing it (this is the shape of a YAML 'billion laughs' attack)."
+        )
+    try:
+        data = yaml.load(text, Loader=yaml.SafeLoader) if root is not None else None
+    except yaml.YAMLError as exc:
+        raise error(f"{what} file {path}: invalid YAML: {exc}.") from None
+    except RecursionError:
+        raise error(f"{what} file {path}: nesting too deep to be a {what}.") from None
+    return YamlDocument(path=path, data=data, root=root)
+
+
+def describe_validation_error(document: YamlDocument, exc: Exception, what: str) -> str:
+    """One paragraph naming the file, the first failing field, its line and what was expected."""
+    errors = exc.errors()  # pydantic.ValidationError
+    problems = []
+    for err in errors[:3]:
+        location = tuple(err["loc"])
+        field = ".".join(str(part) for part in location) or "(top level)"
+        line = document.line_of(location)
+        where = f"line {line}, " if line else ""
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling; see the schema in README.md)"
+        problems.append(f"{where}field '{field}': {message}")
+    more = f" (and {len(errors) - 3} more problems)" if len(errors) > 3 else ""
+    return f"{what} file {document.path}: " + "; ".join(problems) + more + "."
