@@ -98,24 +98,23 @@ def read_yaml(path: str | Path, error: type[FairauditError], what: str) -> YamlD
         raise error(f"{what} file {path} contains NUL bytes; it is not a text file.")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _expanded_size(root, {}) > MAX_EXPANDED_NODES:
+            raise error(
+                f"{what} file {path}: its anchors and aliases expand to more than {MAX_EXPANDED_NODES:,} "
+                f"values; refusing it (this is the shape of a YAML 'billion laughs' attack)."
+            )
+        data = yaml.load(text, Loader=yaml.SafeLoader) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        hint = " (YAML does not allow tabs for indentation; use spaces)" if "\t" in text and "tab" in str(exc) else ""
-        raise error(f"{what} file {path}{where}: invalid YAML: {exc.problem or exc}{hint}.") from None
+        problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            problem += "; only plain data (mappings, lists, strings, numbers) is read, tags that build objects are refused"
+        elif "\t" in text and "tab" in problem:
+            problem += "; YAML does not allow tabs for indentation, use spaces"
+        raise error(f"{what} file {path}{where}: invalid YAML: {problem}.") from None
     except yaml.YAMLError as exc:
-        raise error(f"{what} file {path}: invalid YAML: {exc}.") from None
-    except RecursionError:
-        raise error(f"{what} file {path}: nesting too deep to be a {what}.") from None
-    if root is not None and _expanded_size(root, {}) > MAX_EXPANDED_NODES:
-        raise error(
-            f"{what} file {path}: its anchors and aliases expand to more than {MAX_EXPANDED_NODES:,} "
-            f"values; refusing it (this is the shape of a YAML 'billion laughs' attack)."
-        )
-    try:
-        data = yaml.load(text, Loader=yaml.SafeLoader) if root is not None else None
-    except yaml.YAMLError as exc:
-        raise error(f"{what} file {path}: invalid YAML: {exc}.") from None
+        raise error(f"{what} file {path}: invalid YAML: {' '.join(str(exc).split())}.") from None
     except RecursionError:
         raise error(f"{what} file {path}: nesting too deep to be a {what}.") from None
     return YamlDocument(path=path, data=data, root=root)
@@ -130,7 +129,7 @@ def describe_validation_error(document: YamlDocument, exc: Exception, what: str)
         field = ".".join(str(part) for part in location) or "(top level)"
         line = document.line_of(location)
         where = f"line {line}, " if line else ""
-        message = err["msg"]
+        message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key (check its spelling; see the schema in README.md)"
         problems.append(f"{where}field '{field}': {message}")

@@ -69,7 +69,9 @@ class SignificanceScorer:
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
         p = metrics.p_values(_component(stats, scores), stats.n_pairs, stats.n_controls)
         scores.neuron["p_value"] = p
-        scores.neuron["q_value"] = metrics.benjamini_hochberg(p)
+        q = metrics.benjamini_hochberg(p)
+        scores.neuron["q_value"] = q
+        scores.summary["significant_neurons"] = int((q < 0.05).sum())
 
 
 class ImportanceParams(BaseModel):

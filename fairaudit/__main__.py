@@ -1,0 +1,4 @@
+"""`python -m fairaudit` is the `fairaudit` command."""
+from fairaudit.cli import main
+
+main()

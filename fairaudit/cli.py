@@ -1,0 +1,226 @@
+"""The `fairaudit` command (also `python -m fairaudit`). It only parses and prints;
+the work is done by the Python API it calls."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from fairaudit.errors import FairauditError
+
+
+def _number(value: float, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, ["-" * width for width in widths], *rows]:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+
+
+def _summary_rows(summaries: dict[str, dict[str, float]]) -> list[list[str]]:
+    return [
+        [
+            axis,
+            str(int(summary.get("pairs", 0))),
+            str(int(summary.get("controls", 0))),
+            f"{_number(summary.get('bias_index'))} [{_number(summary.get('bias_index_low'))}, {_number(summary.get('bias_index_high'))}]",
+            _number(summary.get("optipfair_index")),
+            str(int(summary.get("significant_neurons", 0))),
+        ]
+        for axis, summary in summaries.items()
+    ]
+
+
+SUMMARY_HEADER = ["axis", "pairs", "controls", "bias index [95% CI]", "optiPfair index", "neurons q<0.05"]
+
+
+class _Group(click.Group):
+    """Turns user errors into one clear line and exit status 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FairauditError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: results written so far are intact; rerun with --resume RUN_ID to finish.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fairaudit")
+def main() -> None:
+    """Audit transformer language models for social bias, axis by axis."""
+
+
+# --- suites ---------------------------------------------------------------------------
+
+@main.group()
+def suites() -> None:
+    """List, show and validate suites."""
+
+
+@suites.command("list")
+def suites_list() -> None:
+    """List the built-in suites."""
+    from fairaudit.suite import builtin_suite_names, resolve_suite
+
+    rows = []
+    for name in builtin_suite_names():
+        suite = resolve_suite(name)
+        rows.append([name, suite.axis, str(len(suite.groups)), str(len(suite.templates)), str(len(suite.pairs(None))), str(len(suite.controls))])
+    _print_table(rows, ["suite", "axis", "groups", "templates", "pairs", "controls"])
+
+
+@suites.command("show")
+@click.argument("name")
+@click.option("--split", type=click.Choice(["probe", "heldout", "all"]), default="all", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the pairs as JSON lines")
+def suites_show(name: str, split: str, as_json: bool) -> None:
+    """Show the pairs a suite (built-in NAME or a file) expands to."""
+    from fairaudit.suite import resolve_suite
+
+    suite = resolve_suite(name)
+    pairs = suite.pairs(None if split == "all" else split) + suite.control_pairs()
+    for pair in pairs:
+        if as_json:
+            click.echo(pair.model_dump_json())
+        else:
+            click.echo(f"[{pair.pair_id}]\n  a: {pair.text_a}\n  b: {pair.text_b}")
+
+
+@suites.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def suites_validate(files: tuple[Path, ...]) -> None:
+    """Validate suite files; exit status 2 if any is invalid."""
+    from fairaudit.suite import load_suite
+
+    failed = 0
+    for path in files:
+        try:
+            suite = load_suite(path)
+        except FairauditError as exc:
+            failed += 1
+            click.echo(f"error: {exc}", err=True)
+        else:
+            click.echo(f"ok: {path} (axis {suite.axis}, {len(suite.pairs(None))} pairs, {len(suite.controls)} controls)")
+    if failed:
+        sys.exit(2)
+
+
+# --- plugins --------------------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def plugins(as_json: bool) -> None:
+    """List installed plugins: kind, name, where each comes from."""
+    from fairaudit.plugins import registry
+
+    entries = registry().entries()
+    if as_json:
+        click.echo(json.dumps([{"kind": e.kind, "name": e.name, "plugin": e.plugin, "distribution": e.distribution,
+                                "version": e.version, "description": e.description} for e in entries], indent=2))
+        return
+    _print_table([[e.kind, e.name, f"{e.distribution} {e.version}".strip(), e.description] for e in entries],
+                 ["kind", "name", "from", "description"])
+
+
+# --- probe and audit --------------------------------------------------------------------
+
+def _report_result(result, quiet: bool, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"run_id": result.run_id, "store": str(result.store), "model": result.model_id,
+                               "axes": result.summaries, "warnings": result.warnings}, indent=2))
+        return
+    if quiet:
+        return
+    click.echo(f"\nrun {result.run_id}: model {result.model_id}, stored in {result.store}")
+    if result.skipped_axes:
+        click.echo(f"resumed: axes already stored were not recomputed: {', '.join(result.skipped_axes)}")
+    _print_table(_summary_rows(result.summaries), SUMMARY_HEADER)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@main.command()
+@click.option("--model", "model_id", default=None, help="hub id, local folder, .gguf file or alias (default: smollm2-135m)")
+@click.option("--suite", "suite_names", multiple=True, help="built-in suite name or file; repeat for several (default: all four)")
+@click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
+@click.option("--position", type=click.Choice(["mean", "last", "aligned"]), default="mean", show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="prompts per forward pass")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--trust-remote-code", is_flag=True, help="run code shipped with the model (only for models you trust)")
+@click.option("--allow-pickle", is_flag=True, help="accept pickled (.bin) weights (only for models you trust)")
+@click.option("--quiet", is_flag=True, help="no progress bars, no table")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def probe(model_id, suite_names, store, position, batch_size, device, dtype, trust_remote_code, allow_pickle, quiet, as_json) -> None:
+    """Probe a model on suites and store per-neuron and per-layer bias scores."""
+    from fairaudit.config import DEFAULT_SUITES, RunConfig
+    from fairaudit.model import DEFAULT_MODEL
+    from fairaudit.runner import audit
+
+    config = RunConfig.model_validate({
+        "model": {"id": model_id or DEFAULT_MODEL, "device": device, "dtype": dtype,
+                  "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle},
+        "suites": list(suite_names) or DEFAULT_SUITES,
+        "probe": {"plugin": "activations", "params": {"position": position, "batch_size": batch_size, "progress": not quiet}},
+        "store": str(store),
+    })
+    _report_result(audit(config), quiet, as_json)
+
+
+@main.command("audit")
+@click.argument("config_file", required=False, type=click.Path(path_type=Path))
+@click.option("--resume", "resume_run", default=None, metavar="RUN_ID", help="finish an interrupted run (axes already stored are kept)")
+@click.option("--store", default=None, type=click.Path(path_type=Path), help="store folder (overrides the config's)")
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def audit_command(config_file, resume_run, store, quiet, as_json) -> None:
+    """Run the audit a CONFIG_FILE describes; with none, the default audit
+    (SmolLM2-135M on the four built-in suites)."""
+    from fairaudit.config import RunConfig, load_config
+    from fairaudit.runner import audit
+
+    config = load_config(config_file) if config_file else RunConfig()
+    if store is not None:
+        config = config.model_copy(update={"store": str(store)})
+    if quiet:
+        config = config.model_copy(update={"probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}})})
+    _report_result(audit(config, resume=resume_run), quiet, as_json)
+
+
+# --- store ------------------------------------------------------------------------------
+
+@main.group("store")
+def store_group() -> None:
+    """Inspect a store folder."""
+
+
+@store_group.command("ls")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def store_ls(store: Path, as_json: bool) -> None:
+    """List the runs in STORE."""
+    from fairaudit.errors import StoreError
+    from fairaudit.store import Store
+
+    if not store.is_dir():
+        raise StoreError(f"{store} is not a store folder (it does not exist).")
+    runs = Store(store).runs()
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+        return
+    _print_table([[r["run_id"], r.get("status", "?"), r.get("model_id", "?"), ",".join(r.get("suites", {})), r.get("started", "")]
+                  for r in runs], ["run_id", "status", "model", "axes", "started"])
+
+
+if __name__ == "__main__":
+    main()

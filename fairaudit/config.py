@@ -1,0 +1,120 @@
+"""The declarative run config: which model, which suites, which plugin for each stage.
+
+```yaml
+model: smollm2-135m            # or {id: ..., revision: ..., dtype: ..., device: ...}
+suites: [race, gender]         # built-in names or suite files
+probe: {plugin: activations, params: {position: mean, batch_size: 16}}
+scoring:
+  component: neuron
+  scorers: [bias, scaled_bias, noise_floor, significance, importance, hybrid, layer_index]
+store: fairaudit-out/store
+seed: 0
+```
+
+A plugin is named by a string or `{plugin: NAME, params: {...}}`; its params are checked
+against the plugin's own `Params` model, so a typo fails before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fairaudit.errors import ConfigError, PluginError
+from fairaudit.model import DEFAULT_MODEL, ModelSpec
+from fairaudit.plugins import Registry, registry
+from fairaudit.yamlio import describe_validation_error, read_yaml
+
+DEFAULT_SCORERS = ["bias", "scaled_bias", "noise_floor", "significance", "importance", "hybrid", "layer_index"]
+DEFAULT_SUITES = ["race", "gender", "religion", "nationality"]
+
+
+class PluginRef(BaseModel):
+    """A plugin chosen by name, with its parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plugin: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _plugin_ref(value: Any) -> Any:
+    return {"plugin": value} if isinstance(value, str) else value
+
+
+class ScoringConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    component: str = Field(default="neuron", description="which captured component per-neuron scores describe")
+    scorers: list[PluginRef] = Field(default_factory=lambda: [PluginRef(plugin=name) for name in DEFAULT_SCORERS])
+
+    @field_validator("scorers", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return [_plugin_ref(item) for item in value] if isinstance(value, list) else value
+
+
+class RunConfig(BaseModel):
+    """A whole run. See the module docstring for the YAML form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(id=DEFAULT_MODEL))
+    suites: list[str] = Field(default_factory=lambda: list(DEFAULT_SUITES), min_length=1)
+    probe: PluginRef = Field(default_factory=lambda: PluginRef(plugin="activations"))
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    store: str = "fairaudit-out/store"
+    seed: int = 0
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, value: Any) -> Any:
+        return {"id": value} if isinstance(value, str) else value
+
+    @field_validator("probe", mode="before")
+    @classmethod
+    def _probe_shorthand(cls, value: Any) -> Any:
+        return _plugin_ref(value)
+
+    def plugin_refs(self) -> list[tuple[str, str, PluginRef]]:
+        """(field path, plugin kind, reference) for every plugin the config names."""
+        refs = [("probe", "probe", self.probe)]
+        refs += [(f"scoring.scorers.{index}", "scorer", ref) for index, ref in enumerate(self.scoring.scorers)]
+        return refs
+
+    def check_plugins(self, plugins: Registry | None = None, source: str = "run config") -> dict[str, BaseModel]:
+        """Resolve every plugin name and validate its params; return params by field path."""
+        plugins = plugins or registry()
+        resolved = {}
+        for field_path, kind, ref in self.plugin_refs():
+            try:
+                component = plugins.get(kind, ref.plugin)
+            except PluginError as exc:
+                raise ConfigError(f"{source}, field '{field_path}.plugin': {exc}") from None
+            try:
+                resolved[field_path] = component.Params.model_validate(ref.params)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"'{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in exc.errors()[:3]
+                )
+                allowed = ", ".join(component.Params.model_fields)
+                raise ConfigError(
+                    f"{source}, field '{field_path}.params' of {kind} '{ref.plugin}': {problems}. "
+                    f"Its parameters are: {allowed or '(none)'}."
+                ) from None
+        return resolved
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config file, plugins included."""
+    document = read_yaml(path, ConfigError, "run config")
+    if not isinstance(document.data, dict):
+        raise ConfigError(f"run config file {document.path}: expected a mapping with keys such as model, suites, probe.")
+    try:
+        config = RunConfig.model_validate(document.data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(document, exc, "run config")) from None
+    config.check_plugins(source=f"run config file {document.path}")
+    return config
