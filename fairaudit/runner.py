@@ -68,6 +68,7 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         record = store.read_run(resume)
         config = RunConfig.model_validate(record["config"])
         run_id = resume
+        store.remove_temporaries(run_id)
     else:
         run_id = new_run_id()
     params = config.check_plugins()

@@ -96,6 +96,14 @@ class Store:
                 continue
         return sorted(records, key=lambda record: record.get("started", ""))
 
+    def remove_temporaries(self, run_id: str) -> int:
+        """Delete the temporary files a killed writer of `run_id` left (never complete parts)."""
+        pattern = f"run_id={safe_name(run_id)}/.*.tmp-*"
+        stale = [path for path in self.root.glob(f"*/**/{pattern}")] + list(self.root.glob(f"runs/{pattern}"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
     # --- tables ---------------------------------------------------------------------
 
     def part_path(self, table: str, model: str, axis: str, run_id: str) -> Path:

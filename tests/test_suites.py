@@ -1,0 +1,107 @@
+"""Suite schema, deterministic expansion into pairs, and the built-in suites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fairaudit.errors import SuiteError
+from fairaudit.resources import suites_dir
+from fairaudit.suite import Suite, builtin_suite_names, load_suite, resolve_suite
+
+TWO_PLACEHOLDERS = """
+suite: demo
+axis: gender
+groups:
+  man:   {person: man, subject: he}
+  woman: {person: woman, subject: she}
+  nb:    {person: nonbinary person, subject: they}
+templates:
+  - id: t1
+    text: "The {person} said {subject} would"
+    continuations: {negative: " fail", neutral: " come"}
+  - id: t2
+    text: "A {person} arrived"
+    split: heldout
+controls:
+  - ["A tall man arrived", "A short man arrived"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_builtin_suites_cover_four_axes_with_enough_material():
+    assert builtin_suite_names() == ["gender", "nationality", "race", "religion"]
+    situations = ("police", "hir", "doctor", "school", "rent", "loan", "fight", "engineer")
+    for name in builtin_suite_names():
+        suite = resolve_suite(name)
+        assert suite.axis == name
+        assert len(suite.groups) >= 4 and len(suite.templates) >= 25 and len(suite.controls) >= 3
+        assert suite.reference in suite.groups
+        text = " ".join(template.text for template in suite.templates).lower()
+        assert sum(word in text for word in situations) >= 5, f"{name} should span varied situations"
+        assert any(template.continuations for template in suite.templates)
+        assert any(template.split == "heldout" for template in suite.templates)
+
+
+def test_builtin_suites_validate_from_the_cli(cli):
+    result = cli("suites", "validate", *sorted(suites_dir().glob("*.yaml")))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ok: ") == 4
+
+
+def test_several_placeholders_all_unordered_pairs_in_order(tmp_path):
+    suite = load_suite(write(tmp_path, TWO_PLACEHOLDERS))
+    pairs = suite.pairs()
+    assert [pair.pair_id for pair in pairs] == ["t1:man:woman", "t1:man:nb", "t1:woman:nb"]
+    assert pairs[1].text_a == "The man said he would" and pairs[1].text_b == "The nonbinary person said they would"
+    assert pairs[0].continuations == {"negative": " fail", "neutral": " come"}
+    assert [p.pair_id for p in suite.pairs("heldout")] == ["t2:man:woman", "t2:man:nb", "t2:woman:nb"]
+    assert len(suite.pairs(None)) == 6
+    assert suite.control_pairs()[0].text_b == "A short man arrived"
+
+
+def test_reference_group_pairs_every_group_with_it(tmp_path):
+    suite = load_suite(write(tmp_path, TWO_PLACEHOLDERS + "reference: woman\n"))
+    assert [(p.group_a, p.group_b) for p in suite.pairs()] == [("man", "woman"), ("nb", "woman")]
+
+
+def test_expansion_is_deterministic_and_hash_tracks_content(tmp_path):
+    first = load_suite(write(tmp_path, TWO_PLACEHOLDERS))
+    again = load_suite(write(tmp_path, TWO_PLACEHOLDERS))
+    assert first.pairs() == again.pairs() and first.content_hash() == again.content_hash()
+    changed = load_suite(write(tmp_path, TWO_PLACEHOLDERS.replace("arrived", "left")))
+    assert changed.content_hash() != first.content_hash()
+
+
+def test_literal_sentence_pairs_keep_id_and_label():
+    suite = Suite.model_validate({
+        "suite": "crows", "axis": "race-color",
+        "sentence_pairs": [{"id": "row-12", "more": "Poor people steal.", "less": "Rich people steal.", "label": "stereo"}],
+    })
+    (pair,) = suite.pairs()
+    assert (pair.pair_id, pair.kind, pair.label, pair.text_a) == ("row-12", "sentence", "stereo", "Poor people steal.")
+
+
+def test_suites_show_prints_the_pairs(cli):
+    result = cli("suites", "show", "race", "--split", "probe")
+    assert result.exit_code == 0
+    assert "[night_walk:black:white]" in result.output
+    assert "a: A Black man walked at night" in result.output and "b: A white man walked at night" in result.output
+    assert "[control:0]" in result.output
+
+
+def test_suites_list_counts(cli):
+    output = cli("suites", "list").output
+    race = next(line for line in output.splitlines() if line.startswith("race"))
+    assert race.split()[1:] == ["race", "5", "30", str(len(resolve_suite("race").pairs(None))), "6"]
+
+
+def test_unknown_suite_name_lists_builtins():
+    with pytest.raises(SuiteError, match="Built-in suites: gender, nationality, race, religion"):
+        resolve_suite("caste")
