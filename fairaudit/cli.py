@@ -197,6 +197,53 @@ def audit_command(config_file, resume_run, store, quiet, as_json) -> None:
     _report_result(audit(config, resume=resume_run), quiet, as_json)
 
 
+# --- overlap ----------------------------------------------------------------------------
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--model", "models", multiple=True, required=True, help="model id as stored; give two to compare models")
+@click.option("--run", "runs", multiple=True, help="run id per --model (default: each model's latest complete run)")
+@click.option("--top", type=float, default=0.01, show_default=True, help="top-k per axis: a fraction (< 1) or a count (>= 1)")
+@click.option("--score", default="scaled_bias", show_default=True, help="stored neuron score to rank by")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("fairaudit-out/overlap"), show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def overlap(store, models, runs, top, score, out, as_json) -> None:
+    """Shared bias infrastructure: overlap of each axis' top neurons, across axes and models."""
+    from fairaudit.errors import StoreError
+    from fairaudit.overlap import axis_overlap, load_scores, model_overlap
+    from fairaudit.store import Store, write_tables
+
+    if not Path(store).is_dir():
+        raise StoreError(f"{store} is not a store folder (it does not exist).")
+    if runs and len(runs) != len(models):
+        raise click.UsageError("give one --run per --model, or none")
+    scores = [load_scores(Store(store), model, score, runs[i] if runs else None) for i, model in enumerate(models)]
+    tables = {}
+    for model_scores in scores:
+        result = axis_overlap(model_scores, top)
+        name = model_scores.model
+        tables.update({f"{name}.axis_pairs": result.pairs, f"{name}.per_layer": result.per_layer, f"{name}.shared_neurons": result.shared})
+    if len(scores) == 2:
+        tables["models"] = model_overlap(scores[0], scores[1], top)
+    written = write_tables(out, tables)
+    if as_json:
+        click.echo(json.dumps({name: table.to_pylist() for name, table in tables.items() if not name.endswith("per_layer")}, indent=2, default=str))
+        return
+    for model_scores in scores:
+        pairs = tables[f"{model_scores.model}.axis_pairs"].to_pylist()
+        click.echo(f"\nmodel {model_scores.model}, run {model_scores.run_id}: top {top:g} by {score}")
+        _print_table([[r["axis_a"], r["axis_b"], str(r["k_a"]), str(r["overlap"]), f"{r['expected']:.1f}",
+                       f"{r['p_value']:.2e}", f"{r['jaccard']:.3f}", f"{r['spearman']:.3f}"] for r in pairs],
+                     ["axis a", "axis b", "k", "overlap", "expected", "p (hypergeom.)", "jaccard", "spearman"])
+        shared = tables[f"{model_scores.model}.shared_neurons"]
+        click.echo(f"{shared.num_rows} neurons are in the top-k of two or more axes")
+    if "models" in tables:
+        click.echo("")
+        _print_table([[r["axis"], f"{r['layers_a']}/{r['layers_b']}", str(r.get("overlap", "-")), f"{r['profile_spearman']:.3f}"]
+                      for r in tables["models"].to_pylist()], ["axis", "layers", "neuron overlap", "depth-profile spearman"])
+    click.echo(f"tables written to {out} ({len(written)} files, Parquet and CSV)")
+
+
 # --- store ------------------------------------------------------------------------------
 
 @main.group("store")

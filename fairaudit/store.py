@@ -143,6 +143,20 @@ class Store:
             self.write_part(table, model, scores.axis, run_id, data)
 
 
+def write_tables(folder: str | Path, tables: dict[str, pa.Table]) -> list[Path]:
+    """Write each table as NAME.parquet and NAME.csv in `folder`, atomically; return the paths."""
+    import pyarrow.csv as pcsv
+
+    written = []
+    for name, table in tables.items():
+        base = Path(folder) / safe_name(name, limit=200)
+        parquet, csv = base.with_name(base.name + ".parquet"), base.with_name(base.name + ".csv")
+        _atomic_write(parquet, lambda path, table=table: pq.write_table(table, path))
+        _atomic_write(csv, lambda path, table=table: pcsv.write_csv(table, path))
+        written += [parquet, csv]
+    return written
+
+
 def neuron_table(scores: AxisScores) -> pa.Table:
     """One row per (layer, neuron) of `scores.component`; scores as float32."""
     if not scores.neuron:
