@@ -60,6 +60,7 @@ class Adapter(Protocol):
     name: str
     description: str
     glu: bool
+    width_key: str  # the config field holding the MLP width (intermediate_size, n_inner, ffn_dim)
 
     def matches(self, model: nn.Module) -> bool:
         """True when this adapter understands `model`'s structure."""
@@ -75,6 +76,9 @@ class Adapter(Protocol):
 
     def prune_layer(self, layer: nn.Module, keep: torch.Tensor) -> None:
         """Keep only the neurons `keep` (sorted original indices) in `layer`'s MLP."""
+
+    def down(self, layer: nn.Module) -> tuple[nn.Module, int]:
+        """The output projection and the dimension of its weight that indexes neurons."""
 
 
 def find_adapter(model: nn.Module, adapters: dict[str, Adapter]) -> Adapter:

@@ -244,6 +244,56 @@ def overlap(store, models, runs, top, score, out, as_json) -> None:
     click.echo(f"tables written to {out} ({len(written)} files, Parquet and CSV)")
 
 
+# --- prune ------------------------------------------------------------------------------
+
+@main.command("prune")
+@click.option("--model", "model_id", required=True, help="the model the store's scores were computed on")
+@click.option("--store", required=True, type=click.Path(path_type=Path))
+@click.option("--axis", "axes", multiple=True, required=True, help="axis whose scores select neurons; repeat for several")
+@click.option("--combine", type=click.Choice(["union", "intersection"]), default="union", show_default=True)
+@click.option("--fraction", type=float, default=0.002, show_default=True, help="share of neurons to prune, in (0, 1)")
+@click.option("--scope", type=click.Choice(["per_layer", "global"]), default="per_layer", show_default=True)
+@click.option("--layers", default=None, help="comma-separated layer indices to prune (default: all)")
+@click.option("--score", default="hybrid", show_default=True, help="stored neuron score; higher = prune first")
+@click.option("--round-to", type=int, default=None, help="round each new MLP width down to a multiple of this")
+@click.option("--protect", type=float, default=0.01, show_default=True, help="protect the top share of neurons by importance (0: none)")
+@click.option("--pruner", default="structured", show_default=True, help="pruner plugin: structured (remove) or zero")
+@click.option("--run", "run_id", default=None, help="run whose scores to use (default: the model's latest complete run)")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="new folder for the pruned model")
+@click.option("--json", "as_json", is_flag=True)
+def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, pruner, run_id, out, as_json) -> None:
+    """Fairness pruning: remove biased, unimportant MLP neurons; save a model transformers loads."""
+    from pydantic import ValidationError
+
+    from fairaudit.errors import ConfigError
+    from fairaudit.prune import SelectionParams
+    from fairaudit.runner import prune_model
+
+    try:
+        layer_list = [int(item) for item in layers.split(",")] if layers else None
+        params = SelectionParams(axes=list(axes), score=score, fraction=fraction, scope=scope, layers=layer_list,
+                                 combine=combine, round_to=round_to, protect=protect)
+    except (ValueError, ValidationError) as exc:
+        detail = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()) if isinstance(exc, ValidationError) else str(exc)
+        raise ConfigError(f"prune options: {detail}.") from None
+    outcome = prune_model(model_id, store, params, out, run_id=run_id, pruner=pruner)
+    report = outcome.report
+    if as_json:
+        click.echo(json.dumps({"run_id": outcome.run_id, "source_run": outcome.source_run, "out": str(outcome.out),
+                               "widths_before": report.widths_before, "widths_after": report.widths_after,
+                               "zeroed": [len(z) for z in report.zeroed], "removed": report.removed,
+                               "parameters_before": report.parameters_before, "parameters_after": report.parameters_after}, indent=2))
+        return
+    rows = [[str(layer), str(before), str(before - after + len(zeroed)), str(after), str(len(zeroed))]
+            for layer, (before, after, zeroed) in enumerate(zip(report.widths_before, report.widths_after, report.zeroed))]
+    _print_table(rows, ["layer", "width before", "pruned", "width after", "of which zeroed"])
+    click.echo(f"neurons pruned: {report.removed} of {sum(report.widths_before)} "
+               f"({100 * report.removed / sum(report.widths_before):.3f}%)")
+    click.echo(f"parameters: {report.parameters_before:,} -> {report.parameters_after:,} "
+               f"({report.parameters_removed_percent:.3f}% removed)")
+    click.echo(f"pruned model, tokenizer, neuron map and model card written to {outcome.out}; prune run {outcome.run_id}")
+
+
 # --- store ------------------------------------------------------------------------------
 
 @main.group("store")

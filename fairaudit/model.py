@@ -66,6 +66,7 @@ ALIASES = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
+CACHE_FORMAT = "v2"  # bump when the layout of cached dequantized copies changes
 
 
 @dataclass
@@ -145,7 +146,7 @@ def _load_gguf(folder: Path, gguf_name: str, spec: ModelSpec) -> tuple[nn.Module
     if not gguf_path.is_file():
         raise ModelError(f"GGUF file {gguf_path} does not exist.")
     digest = file_sha256(gguf_path)
-    cached = cache_dir() / "dequantized" / digest[:16]
+    cached = cache_dir() / "dequantized" / f"{digest[:16]}-{CACHE_FORMAT}"
     provenance = {"gguf_file": str(gguf_path), "gguf_sha256": digest, "dequantized_from": "GGUF (quantized weights)"}
     if not (cached / "config.json").exists():
         try:
@@ -153,8 +154,11 @@ def _load_gguf(folder: Path, gguf_name: str, spec: ModelSpec) -> tuple[nn.Module
             tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_name)
         except Exception as exc:
             raise ModelError(f"could not load GGUF file {gguf_path}: {type(exc).__name__}: {exc}") from exc
-        # transformers refuses save_pretrained on a GGUF-loaded model: rebuild a plain one.
-        plain = type(model)(model.config)
+        # transformers refuses save_pretrained on a GGUF-loaded model: rebuild a plain one,
+        # from a config without the GGUF quantization entry.
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        plain = type(model)(type(model.config).from_dict(config))
         plain.load_state_dict(model.state_dict())
         temporary = cached.with_name(cached.name + f".tmp{os.getpid()}")
         plain.save_pretrained(temporary)

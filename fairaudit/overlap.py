@@ -39,8 +39,9 @@ class ModelScores:
 
 
 def latest_run(store: Store, model: str) -> str:
-    """The newest complete run of `model` in `store`."""
-    runs = [r for r in store.runs() if safe_name(r.get("model_id", "")) == safe_name(model) and r.get("status") == "complete"]
+    """The newest complete audit run (not a prune record) of `model` in `store`."""
+    runs = [r for r in store.runs() if safe_name(r.get("model_id", "")) == safe_name(model)
+            and r.get("status") == "complete" and r.get("kind", "audit") == "audit"]
     if not runs:
         models = sorted({r.get("model_id", "?") for r in store.runs()})
         raise StoreError(f"store {store.root} has no complete run of model '{model}'. Models in it: {', '.join(models) or '(none)'}.")

@@ -18,7 +18,7 @@ import transformers
 import fairaudit
 from fairaudit.config import RunConfig, load_config
 from fairaudit.errors import ConfigError
-from fairaudit.model import load_model
+from fairaudit.model import ModelSpec, load_model
 from fairaudit.plugins import notify_stage_finished, registry
 from fairaudit.scoring import AxisScores
 from fairaudit.store import Store, new_run_id
@@ -82,6 +82,7 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     started = time.time()
     loaded = load_model(config.model)
     record: dict[str, Any] = {
+        "kind": "audit",
         "status": "running",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "model_id": loaded.model_id,
@@ -127,3 +128,86 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     record["timings"]["total"] = round(time.time() - started, 3)
     store.write_run(run_id, record)
     return result
+
+
+@dataclass
+class PruneOutcome:
+    """A pruning run: the report, where the model went, and the store records."""
+
+    run_id: str
+    source_run: str
+    out: Path
+    report: Any
+    selection_params: Any
+
+
+def _model_card(loaded, outcome_params, report, source_run: str) -> str:
+    widths = sorted(set(report.widths_after))
+    return (
+        f"# {loaded.model_id}, fairness-pruned with fairaudit {fairaudit.__version__}\n\n"
+        f"Base model: `{loaded.provenance.get('source')}` (weights hash {loaded.provenance['weights_hash']}).\n\n"
+        f"Neurons selected by `{outcome_params.score}` on axes {', '.join(outcome_params.axes)} "
+        f"({outcome_params.combine}), fraction {outcome_params.fraction} ({outcome_params.scope}), scores from run "
+        f"`{source_run}`; neurons in the top {outcome_params.protect:.1%} of `{outcome_params.importance}` per layer were protected.\n\n"
+        f"MLP neurons removed or zeroed: {report.removed} of {sum(report.widths_before)}; MLP width now {widths}. "
+        f"Parameters: {report.parameters_before:,} -> {report.parameters_after:,} "
+        f"({report.parameters_removed_percent:.3f}% removed).\n\n"
+        f"`fairaudit_neuron_map.json` maps each layer's pruned neuron index to its original index.\n\n"
+        "Pruning changes internal activations; whether it reduced biased outputs must be checked by evaluation "
+        "(bias on held-out prompts, output-level bias, quality). Activation divergence is not proof of unfair outputs.\n"
+    )
+
+
+def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params, out: str | Path,
+                run_id: str | None = None, pruner: str = "structured") -> PruneOutcome:
+    """Select neurons from a store's scores for `model`, prune them, save the pruned model
+    and record the neuron map and a provenance record in the store."""
+    from fairaudit.errors import StoreError
+    from fairaudit.overlap import latest_run, load_scores
+    from fairaudit.prune import save_pruned, select
+
+    store = Store(store_path)
+    if not store.root.is_dir():
+        raise StoreError(f"{store.root} is not a store folder (it does not exist).")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise StoreError(f"output folder {out} exists and is not empty; choose a new folder.")
+    plugin = registry().get("pruner", pruner)
+    loaded = load_model(model)
+    source_run = run_id or latest_run(store, loaded.model_id)
+    record = store.read_run(source_run)
+    if record.get("model", {}).get("weights_hash") != loaded.provenance["weights_hash"]:
+        raise StoreError(
+            f"run {source_run} in {store.root} was computed on other weights than {loaded.model_id} "
+            f"(weights hash {record.get('model', {}).get('weights_hash', '?')[:12]}... vs "
+            f"{loaded.provenance['weights_hash'][:12]}...); scores of one model cannot prune another."
+        )
+    stored = load_scores(store, loaded.model_id, selection_params.score, source_run)
+    missing = [axis for axis in selection_params.axes if axis not in stored.by_axis]
+    if missing:
+        raise StoreError(f"axis {missing} is not in run {source_run}; stored axes: {', '.join(sorted(stored.by_axis))}.")
+    scores = {axis: torch.from_numpy(stored.by_axis[axis]) for axis in selection_params.axes}
+    importance = None
+    if selection_params.protect > 0:
+        importance = torch.from_numpy(load_scores(store, loaded.model_id, selection_params.importance, source_run).by_axis[selection_params.axes[0]])
+    selection = select(scores, selection_params, importance)
+    report = plugin.apply(loaded, selection, plugin.Params())
+    save_pruned(loaded, report, out, _model_card(loaded, selection_params, report, source_run))
+
+    prune_run = new_run_id()
+    pruned_id = out.name
+    rows = [(layer, position, original) for layer, kept in enumerate(report.neuron_map) for position, original in enumerate(kept)]
+    import pyarrow as pa
+
+    neuron_map = pa.table({"layer": pa.array([r[0] for r in rows], pa.int16()), "pruned_index": pa.array([r[1] for r in rows], pa.int32()),
+                           "original_index": pa.array([r[2] for r in rows], pa.int32())})
+    store.write_part("neuron_maps", pruned_id, "+".join(selection_params.axes), prune_run, neuron_map)
+    store.write_run(prune_run, {
+        "kind": "prune", "status": "complete", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model_id": pruned_id, "base_model_id": loaded.model_id, "source_run": source_run, "pruner": pruner,
+        "selection": selection_params.model_dump(mode="json"), "output": str(out.resolve()),
+        "widths_before": report.widths_before, "widths_after": report.widths_after,
+        "parameters_before": report.parameters_before, "parameters_after": report.parameters_after,
+        "environment": _environment(),
+    })
+    return PruneOutcome(run_id=prune_run, source_run=source_run, out=out, report=report, selection_params=selection_params)

@@ -57,6 +57,10 @@ class GluAdapter:
     description = "GLU decoders (Llama, Mistral, Qwen2/3, Gemma 1/2/3, SmolLM): gate_proj/up_proj/down_proj"
     glu = True
     Params = NoParams
+    width_key = "intermediate_size"
+
+    def down(self, layer: nn.Module) -> tuple[nn.Module, int]:
+        return layer.mlp.down_proj, 1
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(_first_layer_list(model, ("layers", "model.layers", "language_model.layers")) or [])
@@ -102,6 +106,10 @@ class FusedGluAdapter:
     description = "fused GLU decoders (Phi-3): gate_up_proj/down_proj"
     glu = True
     Params = NoParams
+    width_key = "intermediate_size"
+
+    def down(self, layer: nn.Module) -> tuple[nn.Module, int]:
+        return layer.mlp.down_proj, 1
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(_first_layer_list(model, ("layers",)) or [])
@@ -140,6 +148,10 @@ class Gpt2Adapter:
     description = "GPT-2 style decoders: attn, mlp.c_fc/c_proj (Conv1D)"
     glu = False
     Params = NoParams
+    width_key = "n_inner"
+
+    def down(self, layer: nn.Module) -> tuple[nn.Module, int]:
+        return layer.mlp.c_proj, 0
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(_first_layer_list(model, ("h",)) or [])
@@ -171,6 +183,10 @@ class OptAdapter:
     description = "OPT-style decoders: self_attn, fc1/fc2"
     glu = False
     Params = NoParams
+    width_key = "ffn_dim"
+
+    def down(self, layer: nn.Module) -> tuple[nn.Module, int]:
+        return layer.fc2, 1
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(_first_layer_list(model, ("decoder.layers", "layers")) or [])
@@ -202,6 +218,10 @@ class BertAdapter:
     description = "BERT-style encoders: attention.output.dense, intermediate.dense/output.dense"
     glu = False
     Params = NoParams
+    width_key = "intermediate_size"
+
+    def down(self, layer: nn.Module) -> tuple[nn.Module, int]:
+        return layer.output.dense, 1
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         return list(_first_layer_list(model, ("encoder.layer",)) or [])

@@ -1,0 +1,248 @@
+"""Fairness pruning: select biased, unimportant MLP neurons and remove (or mask) them.
+
+Selection works on stored per-neuron scores (`[layers, units]` per axis); removal goes
+through the architecture adapter, so every family the probe supports can be pruned.
+A saved pruned model loads with plain `transformers` (no fairaudit code), and carries the
+map pruned-index -> original-index (`fairaudit_neuron_map.json`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fairaudit.errors import FairauditError, StoreError
+from fairaudit.model import LoadedModel
+
+NEURON_MAP_FILE = "fairaudit_neuron_map.json"
+
+
+class SelectionParams(BaseModel):
+    """Which neurons to prune. `fraction` is per layer (`scope: per_layer`, the write-up's
+    uniform 0.2%) or of all neurons (`scope: global`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    axes: list[str] = Field(min_length=1)
+    score: str = "hybrid"
+    fraction: float = Field(default=0.002, description="share of neurons to prune, in (0, 1)")
+    scope: Literal["per_layer", "global"] = "per_layer"
+    layers: list[int] | None = None
+    combine: Literal["union", "intersection"] = "union"
+    round_to: int | None = Field(default=None, ge=1, description="round each new width down to a multiple of this")
+    protect: float = Field(default=0.01, ge=0.0, lt=1.0, description="protect the top share of neurons by importance (0: none)")
+    importance: str = "importance_ppm"
+
+    @field_validator("fraction")
+    @classmethod
+    def _fraction_inside_unit_interval(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"fraction must be strictly between 0 and 1 (0.002 = 0.2%); got {value}")
+        return value
+
+
+@dataclass
+class Selection:
+    """Neurons chosen for pruning: for each layer, sorted original indices."""
+
+    pruned: list[torch.Tensor]
+    widths: list[int]
+
+    @property
+    def kept(self) -> list[torch.Tensor]:
+        return [_complement(width, pruned) for width, pruned in zip(self.widths, self.pruned)]
+
+    @property
+    def count(self) -> int:
+        return sum(len(p) for p in self.pruned)
+
+
+def _complement(width: int, pruned: torch.Tensor) -> torch.Tensor:
+    keep = torch.ones(width, dtype=torch.bool)
+    keep[pruned] = False
+    return torch.nonzero(keep).flatten()
+
+
+def _protected(importance: torch.Tensor, protect: float) -> torch.Tensor:
+    """[layers, units] bool: neurons in the top `protect` share of importance within their layer."""
+    if protect <= 0:
+        return torch.zeros_like(importance, dtype=torch.bool)
+    threshold = torch.quantile(importance.double(), 1 - protect, dim=1, keepdim=True)
+    return importance.double() >= threshold
+
+
+def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the `count` largest entries of a 1-D tensor, ties broken by lower index."""
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    order = torch.sort(-scores.double(), stable=True).indices
+    return order[:count]
+
+
+def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance: torch.Tensor | None = None) -> Selection:
+    """Choose neurons from per-axis scores `{axis: [layers, units]}` (higher = prune first)."""
+    first = next(iter(scores.values()))
+    layers, units = first.shape
+    chosen_layers = list(range(layers)) if params.layers is None else params.layers
+    outside = [layer for layer in chosen_layers if not 0 <= layer < layers]
+    if outside:
+        raise FairauditError(f"layers {outside} are out of range: the model has layers 0..{layers - 1}.")
+    protected = _protected(importance, params.protect) if importance is not None else torch.zeros((layers, units), dtype=torch.bool)
+    per_axis: list[list[set[int]]] = []
+    for axis_scores in scores.values():
+        ranked = axis_scores.double().masked_fill(protected, float("-inf")).nan_to_num(nan=float("-inf"))
+        sets = [set() for _ in range(layers)]
+        if params.scope == "per_layer":
+            count = min(int(params.fraction * units), units - 1)
+            for layer in chosen_layers:
+                sets[layer] = {int(i) for i in _top(ranked[layer], count) if ranked[layer, i] > float("-inf")}
+        else:
+            mask = torch.full_like(ranked, float("-inf"))
+            mask[chosen_layers] = ranked[chosen_layers]
+            count = int(params.fraction * units * len(chosen_layers))
+            for flat in _top(mask.flatten(), count):
+                layer, unit = divmod(int(flat), units)
+                if mask[layer, unit] > float("-inf") and len(sets[layer]) < units - 1:
+                    sets[layer].add(unit)
+        per_axis.append(sets)
+    combined = []
+    for layer in range(layers):
+        layer_sets = [sets[layer] for sets in per_axis]
+        combined.append(set.union(*layer_sets) if params.combine == "union" else set.intersection(*layer_sets))
+    if params.round_to:
+        for layer in chosen_layers:
+            new_width = (units - len(combined[layer])) // params.round_to * params.round_to
+            if new_width <= 0:
+                raise FairauditError(f"round_to {params.round_to} leaves layer {layer} with no neuron; use a smaller multiple.")
+            extra = units - new_width - len(combined[layer])
+            if extra > 0:  # prune the next-best candidates of the first axis to reach the multiple
+                ranked = next(iter(scores.values()))[layer].double().masked_fill(protected[layer], float("-inf")).clone()
+                ranked[list(combined[layer])] = float("-inf")
+                combined[layer] |= {int(i) for i in _top(ranked, extra)}
+    return Selection(pruned=[torch.tensor(sorted(s), dtype=torch.long) for s in combined], widths=[units] * layers)
+
+
+# --- applying a selection ---------------------------------------------------------------
+
+@dataclass
+class PruneReport:
+    """What pruning did, per layer and in parameters."""
+
+    widths_before: list[int]
+    widths_after: list[int]
+    zeroed: list[list[int]]  # per layer: original indices kept at the common width but zeroed
+    parameters_before: int
+    parameters_after: int
+    neuron_map: list[list[int]] = field(default_factory=list)  # per layer: pruned index -> original index
+
+    @property
+    def removed(self) -> int:
+        """Neurons removed or zeroed."""
+        return sum(self.widths_before) - sum(self.widths_after) + sum(len(z) for z in self.zeroed)
+
+    @property
+    def parameters_removed_percent(self) -> float:
+        return 100.0 * (self.parameters_before - self.parameters_after) / max(self.parameters_before, 1)
+
+
+def _zero_neurons(loaded: LoadedModel, layer: torch.nn.Module, neurons: torch.Tensor) -> None:
+    module, dim = loaded.adapter.down(layer)
+    with torch.no_grad():
+        module.weight.index_fill_(dim, neurons.to(module.weight.device), 0.0)
+
+
+def prune(loaded: LoadedModel, selection: Selection) -> PruneReport:
+    """Remove the selected neurons in place and update the config.
+
+    transformers keeps one MLP width for all layers of most families; when layers lose
+    different numbers of neurons, each is cut to the widest remaining layer and its surplus
+    selected neurons are zeroed (their output column set to 0), which is exact."""
+    layers = loaded.layers
+    if len(selection.pruned) != len(layers):
+        raise FairauditError(f"the selection has {len(selection.pruned)} layers, the model {len(layers)}.")
+    parameters_before = sum(p.numel() for p in loaded.model.parameters())
+    widths_before = [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in layers]
+    if widths_before != selection.widths:
+        raise FairauditError(f"the selection was made for MLP widths {selection.widths}, the model has {widths_before}.")
+    target = max(width - len(pruned) for width, pruned in zip(widths_before, selection.pruned))
+    zeroed, neuron_map = [], []
+    for layer, width, pruned in zip(layers, widths_before, selection.pruned):
+        surplus = target - (width - len(pruned))
+        restored = pruned[:surplus] if surplus else pruned[:0]  # kept at the common width, but zeroed
+        removed = pruned[surplus:]
+        keep = _complement(width, removed)
+        if len(removed):
+            loaded.adapter.prune_layer(layer, keep)
+        if len(restored):
+            _zero_neurons(loaded, layer, torch.searchsorted(keep, restored))
+        zeroed.append(restored.tolist())
+        neuron_map.append(keep.tolist())
+    setattr(loaded.model.config, loaded.adapter.width_key, target)
+    parameters_after = sum(p.numel() for p in loaded.model.parameters())
+    return PruneReport(widths_before, [target] * len(layers), zeroed, parameters_before, parameters_after, neuron_map)
+
+
+def zero(loaded: LoadedModel, selection: Selection) -> PruneReport:
+    """Zero the selected neurons' output columns in place; shapes (and the config) unchanged."""
+    parameters = sum(p.numel() for p in loaded.model.parameters())
+    widths = [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in loaded.layers]
+    for layer, pruned in zip(loaded.layers, selection.pruned):
+        if len(pruned):
+            _zero_neurons(loaded, layer, pruned)
+    return PruneReport(widths, widths, [p.tolist() for p in selection.pruned], parameters, parameters,
+                       [list(range(width)) for width in widths])
+
+
+@contextlib.contextmanager
+def masked(loaded: LoadedModel, selection: Selection) -> Iterator[None]:
+    """Zero the selected neurons for the duration of a `with` block (a what-if; nothing is
+    changed in the weights): their activations are multiplied by 0 before the down projection."""
+    handles = []
+    for layer, pruned in zip(loaded.layers, selection.pruned):
+        if not len(pruned):
+            continue
+        site = loaded.adapter.sites(layer)["neuron"]
+
+        def zero_inputs(module, args, pruned=pruned):
+            hidden = args[0].clone()
+            hidden[..., pruned.to(hidden.device)] = 0
+            return (hidden, *args[1:])
+
+        handles.append(site.module.register_forward_pre_hook(zero_inputs))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str) -> Path:
+    """Write the pruned model, its tokenizer, the neuron map and a model card to `out`,
+    through a temporary sibling folder renamed into place."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise StoreError(f"output folder {out} exists and is not empty; choose a new folder.")
+    temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+    try:
+        loaded.model.save_pretrained(temporary)
+        loaded.tokenizer.save_pretrained(temporary)
+        neuron_map = {"original_widths": report.widths_before, "zeroed": report.zeroed, "layers": report.neuron_map}
+        (temporary / NEURON_MAP_FILE).write_text(json.dumps(neuron_map), encoding="utf-8")
+        (temporary / "README.md").write_text(card, encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        os.replace(temporary, out)
+    except OSError as exc:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise StoreError(f"could not write the pruned model to {out}: {exc.strerror or exc}. Nothing was left behind.") from None
+    return out
