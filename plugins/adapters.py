@@ -35,15 +35,28 @@ def _first_layer_list(model: nn.Module, paths: tuple[str, ...]) -> nn.ModuleList
     return None
 
 
+def _take(tensor: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
+    """`tensor.index_select(dim, keep)`; along columns, a few contiguous runs are copied as
+    slices instead (pruning removes few neurons, and a strided gather is the slow path)."""
+    if dim == 0 or tensor.dim() == 1:
+        return tensor.index_select(dim, keep)
+    breaks = torch.nonzero(keep[1:] - keep[:-1] != 1).flatten() + 1
+    if len(breaks) > 64:
+        return tensor.index_select(dim, keep)
+    bounds = [0, *breaks.tolist(), len(keep)]
+    starts = keep[bounds[:-1]].tolist()
+    return torch.cat([tensor.narrow(dim, start, end - begin) for start, begin, end in zip(starts, bounds[:-1], bounds[1:])], dim=dim)
+
+
 def _shrink(module: nn.Module, keep: torch.Tensor, dim: int) -> None:
     """Keep `keep` along `dim` of the weight (and of the bias when `dim` indexes outputs)."""
     weight = module.weight
     keep = keep.to(weight.device)
-    module.weight = nn.Parameter(weight.data.index_select(dim, keep).clone(), requires_grad=weight.requires_grad)
+    module.weight = nn.Parameter(_take(weight.data, dim, keep), requires_grad=weight.requires_grad)
     bias = getattr(module, "bias", None)
     output_dim = 0 if isinstance(module, nn.Linear) else 1  # Conv1D stores [in, out]
     if bias is not None and dim == output_dim:
-        module.bias = nn.Parameter(bias.data.index_select(0, keep).clone(), requires_grad=bias.requires_grad)
+        module.bias = nn.Parameter(bias.data.index_select(0, keep), requires_grad=bias.requires_grad)
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
     else:  # transformers' Conv1D

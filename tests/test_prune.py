@@ -1,0 +1,183 @@
+"""Fairness pruning: removal equals masking, selection by hand, saved models load with plain
+transformers, bad input writes nothing, and optiPfair keeps the same neurons."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from fairaudit.config import RunConfig
+from fairaudit.errors import FairauditError
+from fairaudit.model import load_model
+from fairaudit.prune import NEURON_MAP_FILE, Selection, SelectionParams, masked, prune, select, zero
+from fairaudit.runner import audit
+from fairaudit.testing import FAMILIES
+
+INPUT = "A Black man walked at night . The police officer thought he"
+
+
+def logits(loaded, text: str = INPUT) -> torch.Tensor:
+    batch = loaded.tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        output = loaded.model(**batch)
+    return output.logits if hasattr(output, "logits") else output.last_hidden_state
+
+
+def random_selection(widths: list[int], counts: list[int], seed: int = 0) -> Selection:
+    generator = torch.Generator().manual_seed(seed)
+    return Selection(pruned=[torch.randperm(w, generator=generator)[:c].sort().values for w, c in zip(widths, counts)], widths=widths)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_removing_equals_masking_for_every_family(model_folder, family):
+    loaded = load_model(str(model_folder(family)))
+    selection = random_selection([64, 64], [5, 5])
+    with masked(loaded, selection):
+        expected = logits(loaded)
+    original = logits(loaded)
+    assert not torch.allclose(expected, original), "the mask must change something"
+    assert torch.allclose(logits(loaded), original), "the mask is undone on exit"
+    report = prune(loaded, selection)
+    assert report.widths_after == [59, 59] and getattr(loaded.model.config, loaded.adapter.width_key) == 59
+    assert torch.allclose(logits(loaded), expected, atol=1e-5)
+
+
+def test_pruning_nothing_changes_nothing_and_pruning_is_deterministic(model_folder):
+    loaded = load_model(str(model_folder("llama")))
+    before = logits(loaded)
+    report = prune(loaded, Selection(pruned=[torch.zeros(0, dtype=torch.long)] * 2, widths=[64, 64]))
+    assert report.removed == 0 and torch.equal(logits(loaded), before)
+    scores = {"race": torch.rand(2, 64, generator=torch.Generator().manual_seed(1))}
+    params = SelectionParams(axes=["race"], score="hybrid", fraction=0.1, protect=0)
+    first, second = select(scores, params), select(scores, params)
+    assert all(torch.equal(a, b) for a, b in zip(first.pruned, second.pruned))
+    twins = [load_model(str(model_folder("llama"))) for _ in range(2)]
+    for twin in twins:
+        prune(twin, first)
+    assert torch.equal(logits(twins[0]), logits(twins[1]))
+
+
+def test_selection_rules_by_hand():
+    race = torch.tensor([[0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4, 0.5, 0.0],
+                         [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]])
+    gender = race.flip(1)
+    params = dict(score="hybrid", protect=0)
+    per_layer = select({"race": race}, SelectionParams(axes=["race"], fraction=0.2, **params))
+    assert [p.tolist() for p in per_layer.pruned] == [[0, 2], [8, 9]]
+    union = select({"race": race, "gender": gender}, SelectionParams(axes=["race", "gender"], fraction=0.2, combine="union", **params))
+    assert [p.tolist() for p in union.pruned] == [[0, 2, 7, 9], [0, 1, 8, 9]]
+    similar = race.clone()
+    similar[0, 0] = 0.0  # layer 0: race top-3 {0, 2, 4}, this one {2, 4, 6}
+    both = select({"race": race, "other": similar}, SelectionParams(axes=["race", "other"], fraction=0.3, combine="intersection", **params))
+    assert [p.tolist() for p in both.pruned] == [[2, 4], [7, 8, 9]]
+    overall = select({"race": race * torch.tensor([[1.0], [0.5]])}, SelectionParams(axes=["race"], fraction=0.2, scope="global", **params))
+    assert [p.tolist() for p in overall.pruned] == [[0, 2, 4, 6], []]
+    only_second = select({"race": race}, SelectionParams(axes=["race"], fraction=0.2, layers=[1], **params))
+    assert [p.tolist() for p in only_second.pruned] == [[], [8, 9]]
+    rounded = select({"race": race}, SelectionParams(axes=["race"], fraction=0.1, round_to=4, **params))
+    assert [10 - len(p) for p in rounded.pruned] == [8, 8]
+    importance = torch.zeros(2, 10)
+    importance[0, 0] = 5.0
+    protected = select({"race": race}, SelectionParams(axes=["race"], fraction=0.2, score="hybrid", protect=0.1), importance)
+    assert 0 not in protected.pruned[0].tolist() and protected.pruned[0].tolist() == [2, 4]
+    with pytest.raises(FairauditError, match="out of range"):
+        select({"race": race}, SelectionParams(axes=["race"], layers=[2], **params))
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        SelectionParams(axes=["race"], fraction=1.5)
+
+
+def test_uneven_pruning_saves_a_config_transformers_loads(model_folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from fairaudit.prune import save_pruned
+
+    loaded = load_model(str(model_folder("llama")))
+    selection = random_selection([64, 64], [3, 9])
+    with masked(loaded, selection):
+        expected = logits(loaded)
+    report = prune(loaded, selection)
+    assert report.widths_after == [61, 61] and [len(z) for z in report.zeroed] == [0, 6] and report.removed == 12
+    save_pruned(loaded, report, tmp_path / "pruned", "card")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")  # no fairaudit code involved
+    with torch.no_grad():
+        got = plain(**loaded.tokenizer([INPUT], return_tensors="pt")).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    neuron_map = json.loads((tmp_path / "pruned" / NEURON_MAP_FILE).read_text())
+    assert len(neuron_map["layers"][0]) == 61 and neuron_map["original_widths"] == [64, 64]
+
+
+def test_zero_pruner_keeps_shapes_and_equals_masking(model_folder):
+    loaded = load_model(str(model_folder("gpt2")))
+    selection = random_selection([64, 64], [4, 2])
+    with masked(loaded, selection):
+        expected = logits(loaded)
+    report = zero(loaded, selection)
+    assert report.widths_after == [64, 64] and torch.allclose(logits(loaded), expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def probed(model_folder, tmp_path_factory):
+    folder = model_folder("llama", layers=2, hidden=32, intermediate=128)
+    store = tmp_path_factory.mktemp("prune") / "store"
+    audit(RunConfig.model_validate({"model": str(folder), "suites": ["race", "gender"], "store": str(store),
+                                    "probe": {"plugin": "activations", "params": {"progress": False}}}))
+    return folder, store
+
+
+def test_prune_command_end_to_end(cli, probed, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder, store = probed
+    out = tmp_path / "pruned"
+    result = cli("prune", "--model", folder, "--store", store, "--axis", "race", "--fraction", "0.05", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "neurons pruned: 12 of 256" in result.output and "parameters:" in result.output
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.intermediate_size == 122
+    assert (out / "README.md").read_text().startswith("# model, fairness-pruned")
+    import pyarrow.dataset as ds
+
+    maps = ds.dataset(store / "neuron_maps", partitioning="hive").to_table()
+    assert maps.num_rows == 2 * 122 and set(maps.column("model").to_pylist()) == {"pruned"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--axis", "race", "--fraction", "1.5"], "strictly between 0 and 1"),
+    (["--axis", "race", "--fraction", "0"], "strictly between 0 and 1"),
+    (["--axis", "caste"], "axis ['caste'] is not in run"),
+    (["--axis", "race", "--layers", "7"], "out of range"),
+])
+def test_prune_bad_input_writes_nothing(cli, probed, tmp_path, args, message):
+    folder, store = probed
+    out = tmp_path / "never"
+    result = cli("prune", "--model", folder, "--store", store, "--out", out, *args)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_prune_refuses_a_store_from_other_weights(cli, probed, model_folder, tmp_path):
+    folder, store = probed
+    import shutil
+
+    impostor = tmp_path / "model"  # same name, other weights
+    shutil.copytree(model_folder("llama", layers=2, hidden=32, intermediate=128, seed=5), impostor)
+    result = cli("prune", "--model", impostor, "--store", store, "--axis", "race", "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "other weights" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_same_kept_neurons_as_optipfair(model_folder):
+    mlp_glu = pytest.importorskip("optipfair.pruning.mlp_glu")
+    loaded = load_model(str(model_folder("llama", layers=2, hidden=32, intermediate=128)))
+    twin = copy.deepcopy(loaded.model)
+    generator = torch.Generator().manual_seed(4)
+    hybrid = {layer: torch.rand(128, generator=generator) for layer in range(2)}
+    mlp_glu.prune_model_mlp_glu(twin, pruning_percentage=5.0, fairness_scores=hybrid, show_progress=False)
+    selection = select({"race": torch.stack([hybrid[0], hybrid[1]])}, SelectionParams(axes=["race"], fraction=0.05, protect=0))
+    prune(loaded, selection)
+    for layer in range(2):
+        assert torch.equal(loaded.model.model.layers[layer].mlp.gate_proj.weight, twin.model.layers[layer].mlp.gate_proj.weight)
+        assert torch.equal(loaded.model.model.layers[layer].mlp.down_proj.weight, twin.model.layers[layer].mlp.down_proj.weight)
