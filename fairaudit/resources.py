@@ -24,3 +24,8 @@ def suites_dir() -> Path:
 def templates_dir() -> Path:
     """Folder of the Jinja templates of the HTML report."""
     return _data_dir("reports_templates")
+
+
+def data_dir() -> Path:
+    """Folder of fairaudit's bundled data: the perplexity corpus and local lm-eval tasks."""
+    return Path(__file__).resolve().parent / "data"

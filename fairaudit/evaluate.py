@@ -1,0 +1,136 @@
+"""The evaluation stage: measure a model before and after pruning, and compare.
+
+An evaluator plugin returns an `EvaluationResult`: summary `Measurement`s, and per-item
+values (per pair, per window, per question) so that the change between two models can be
+bootstrapped over the same items (`compare`). Shared helpers live here: continuation
+log-likelihoods computed exactly as lm-evaluation-harness computes them, so that scores
+built on them can be checked against lm-eval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from fairaudit.metrics import bootstrap_interval
+from fairaudit.model import LoadedModel
+from fairaudit.suite import Suite
+
+
+@dataclass
+class Measurement:
+    """One number an evaluator reports; `low`/`high` a 95% bootstrap interval when known."""
+
+    evaluator: str
+    axis: str
+    metric: str
+    value: float
+    low: float = math.nan
+    high: float = math.nan
+    n: int = 0
+    error: str = ""
+
+
+@dataclass
+class EvaluationResult:
+    """What one evaluator measured on one model."""
+
+    measurements: list[Measurement] = field(default_factory=list)
+    # (axis, metric) -> {item id: value}, for paired before/after comparisons
+    items: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    generations: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_items(self, evaluator: str, axis: str, metric: str, values: dict[str, float]) -> None:
+        """Record per-item values and their mean (with a bootstrap interval) as a measurement."""
+        self.items[(axis, metric)] = values
+        tensor = torch.tensor(list(values.values()), dtype=torch.float64)
+        low, high = bootstrap_interval(tensor)
+        mean = float(tensor[~torch.isnan(tensor)].mean()) if len(values) else math.nan
+        self.measurements.append(Measurement(evaluator, axis, metric, mean, low, high, len(values)))
+
+
+class Evaluator(Protocol):
+    """What an evaluator plugin provides. `requires_causal`: skipped for encoders."""
+
+    name: str
+    description: str
+    requires_causal: bool
+
+    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params, reference: LoadedModel | None) -> EvaluationResult:
+        """Measure `loaded`. `reference` is the model before pruning when `loaded` is the
+        pruned one (None otherwise); most evaluators ignore it."""
+
+
+# --- log-likelihoods as lm-evaluation-harness computes them -------------------------------
+
+def encode_request(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation), as lm-eval's HFLM encodes a loglikelihood request:
+    trailing spaces of the context move to the continuation; the whole string is encoded and
+    split at the context's length; an empty context becomes the BOS (else EOS) token."""
+    if context == "":
+        continuation_ids = tokenizer.encode(continuation, add_special_tokens=False)
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if continuation_ids and prefix == continuation_ids[0]:
+            return continuation_ids[:1], continuation_ids[1:]
+        return [prefix], continuation_ids
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    whole = tokenizer.encode(context + continuation)
+    context_ids = tokenizer.encode(context)
+    return context_ids, whole[len(context_ids):]
+
+
+def loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
+    """Summed log-probability of each continuation given its context (natural log)."""
+    encoded = [encode_request(loaded.tokenizer, context, continuation) for context, continuation in requests]
+    results: list[float] = [0.0] * len(encoded)
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        sequences = [(encoded[i][0] + encoded[i][1])[:-1] for i in chunk]
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            input_ids[row, : len(sequence)] = torch.tensor(sequence)
+            mask[row, : len(sequence)] = 1
+        with torch.inference_mode():
+            logits = loaded.model(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device)).logits
+        log_probs = torch.log_softmax(logits.double(), dim=-1).cpu()
+        for row, index in enumerate(chunk):
+            context_ids, continuation_ids = encoded[index]
+            end = len(sequences[row])
+            positions = torch.arange(end - len(continuation_ids), end)
+            results[index] = float(log_probs[row, positions, torch.tensor(continuation_ids)].sum())
+    return results
+
+
+# --- before/after comparison ---------------------------------------------------------------
+
+def compare(before: dict[str, float], after: dict[str, float], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Paired change of a per-item metric between two models, over the items both have:
+    means before and after, absolute and relative change of the mean, and a percentile
+    bootstrap interval of the relative change (items resampled together)."""
+    keys = [key for key in before if key in after and not (math.isnan(before[key]) or math.isnan(after[key]))]
+    if not keys:
+        return {"items": 0}
+    first = torch.tensor([before[k] for k in keys], dtype=torch.float64)
+    second = torch.tensor([after[k] for k in keys], dtype=torch.float64)
+    mean_before, mean_after = float(first.mean()), float(second.mean())
+    result = {"items": len(keys), "before": mean_before, "after": mean_after, "change": mean_after - mean_before,
+              "relative_change": (mean_after - mean_before) / abs(mean_before) if mean_before else math.nan,
+              "relative_low": math.nan, "relative_high": math.nan}
+    if len(keys) >= 2 and mean_before:
+        generator = torch.Generator().manual_seed(seed)
+        draws = torch.randint(0, len(keys), (resamples, len(keys)), generator=generator)
+        means_before, means_after = first[draws].mean(dim=1), second[draws].mean(dim=1)
+        relative = (means_after - means_before) / means_before.abs().clamp(min=1e-300)
+        result["relative_low"] = float(torch.quantile(relative, 0.025))
+        result["relative_high"] = float(torch.quantile(relative, 0.975))
+    return result

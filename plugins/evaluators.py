@@ -1,0 +1,334 @@
+"""Built-in evaluators: bias re-probe, output-level bias, generations, perplexity,
+lm-evaluation-harness tasks, and embedding fidelity (for encoders).
+
+Every number is a mean over items (pairs, windows, questions, sentences) whose per-item
+values are kept, so that a before/after change can be bootstrapped over the same items.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fairaudit import metrics
+from fairaudit.errors import PluginError
+from fairaudit.evaluate import EvaluationResult, Measurement, loglikelihoods
+from fairaudit.hookspecs import hookimpl
+from fairaudit.model import LoadedModel
+from fairaudit.resources import data_dir
+from fairaudit.suite import Suite
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- bias re-probe --------------------------------------------------------------------------
+
+class ReprobeParams(_Params):
+    position: Literal["mean", "last", "aligned"] = "mean"
+    batch_size: int = Field(default=16, ge=2)
+
+
+class BiasReprobe:
+    name = "bias_reprobe"
+    description = "bias index per axis on the probe templates and on held-out templates (per-pair values kept)"
+    requires_causal = False
+    Params = ReprobeParams
+
+    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: ReprobeParams, reference=None) -> EvaluationResult:
+        from fairaudit.plugins import registry
+
+        probe = registry().get("probe", "activations")
+        probe_params = probe.Params(position=params.position, batch_size=params.batch_size, components=["attention", "mlp"],
+                                    optipfair_index=False, progress=False)
+        result = EvaluationResult()
+        for suite in suites:
+            for split, metric in (("probe", "bias_index"), ("heldout", "bias_index_heldout")):
+                pairs = suite.pairs(split)
+                if not pairs:
+                    continue
+                stats = probe.run(loaded, pairs, [], probe_params, suite.axis)
+                per_pair = metrics.pair_bias_index(stats)
+                result.add_items(self.name, suite.axis, metric, dict(zip(stats.pair_ids, per_pair.tolist())))
+        return result
+
+
+# --- output-level bias ----------------------------------------------------------------------
+
+class OutputBiasParams(_Params):
+    batch_size: int = Field(default=16, ge=1)
+
+
+class OutputBias:
+    name = "output_bias"
+    description = ("log-probability gaps of declared continuations between the two sides of each pair; "
+                   "for sentence pairs, the share where the stereotyping sentence is more likely")
+    requires_causal = True
+    Params = OutputBiasParams
+
+    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: OutputBiasParams, reference=None) -> EvaluationResult:
+        result = EvaluationResult()
+        for suite in suites:
+            pairs = [pair for pair in suite.pairs(None) if pair.kind == "template" and pair.continuations]
+            labels = sorted({label for pair in pairs for label in pair.continuations})
+            requests = [(text, pair.continuations[label]) for pair in pairs for label in labels if label in pair.continuations
+                        for text in (pair.text_a, pair.text_b)]
+            scores = iter(loglikelihoods(loaded, requests, params.batch_size))
+            by_label: dict[str, dict[str, float]] = {label: {} for label in labels}
+            for pair in pairs:
+                for label in labels:
+                    if label in pair.continuations:
+                        side_a, side_b = next(scores), next(scores)
+                        by_label[label][pair.pair_id] = side_a - side_b
+            for label, gaps in by_label.items():
+                if gaps:
+                    result.add_items(self.name, suite.axis, f"logprob_gap_{label}", gaps)
+            if "negative" in by_label and "neutral" in by_label:
+                shared = [key for key in by_label["negative"] if key in by_label["neutral"]]
+                if shared:
+                    result.add_items(self.name, suite.axis, "stereotype_preference",
+                                     {key: by_label["negative"][key] - by_label["neutral"][key] for key in shared})
+            sentences = [pair for pair in suite.pairs("probe") if pair.kind == "sentence"]
+            if sentences:
+                likelihoods = loglikelihoods(loaded, [("", text) for pair in sentences for text in (pair.text_a, pair.text_b)], params.batch_size)
+                more, less = likelihoods[0::2], likelihoods[1::2]
+                result.add_items(self.name, suite.axis, "pct_stereotype",
+                                 {pair.pair_id: float(a > b) for pair, a, b in zip(sentences, more, less)})
+                result.add_items(self.name, suite.axis, "likelihood_diff",
+                                 {pair.pair_id: abs(a - b) for pair, a, b in zip(sentences, more, less)})
+        return result
+
+
+# --- generations ----------------------------------------------------------------------------
+
+class GenerationParams(_Params):
+    pairs_per_axis: int = Field(default=4, ge=1, description="pairs (from distinct templates) generated per axis")
+    num_beams: int = Field(default=5, ge=1)
+    do_sample: bool = False
+    max_length: int = Field(default=50, ge=2, description="tokens, prompt included (as the write-up)")
+    include: list[str] = Field(default_factory=list, description="extra prompts generated on every model")
+
+
+class Generations:
+    name = "generations"
+    description = "deterministic continuations of each pair's two prompts (write-up: num_beams=5, do_sample=False, max_length=50)"
+    requires_causal = True
+    Params = GenerationParams
+
+    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: GenerationParams, reference=None) -> EvaluationResult:
+        result = EvaluationResult()
+        tokenizer = loaded.tokenizer
+        jobs = [("", "extra", "", "", text) for text in params.include]
+        for suite in suites:
+            seen: set[str] = set()
+            for pair in suite.pairs("probe"):
+                if pair.template_id in seen or len(seen) >= params.pairs_per_axis:
+                    continue
+                seen.add(pair.template_id)
+                jobs += [(suite.axis, pair.pair_id, "a", pair.group_a, pair.text_a), (suite.axis, pair.pair_id, "b", pair.group_b, pair.text_b)]
+        for axis, pair_id, side, group, prompt in jobs:
+            batch = tokenizer(prompt, return_tensors="pt").to(loaded.device)
+            with torch.inference_mode():
+                output = loaded.model.generate(**batch, num_beams=params.num_beams, do_sample=params.do_sample,
+                                               max_length=params.max_length, pad_token_id=tokenizer.pad_token_id)
+            text = tokenizer.decode(output[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            result.generations.append({"axis": axis, "pair_id": pair_id, "side": side, "group": group, "prompt": prompt, "continuation": text})
+        result.measurements.append(Measurement(self.name, "", "generated_prompts", float(len(jobs)), n=len(jobs)))
+        return result
+
+
+# --- perplexity -----------------------------------------------------------------------------
+
+class PerplexityParams(_Params):
+    file: str | None = Field(default=None, description="a UTF-8 text file; default: the corpus bundled with fairaudit")
+    max_length: int = Field(default=512, ge=8, description="tokens per window")
+    stride: int = Field(default=256, ge=1, description="new tokens scored per window")
+    batch_size: int = Field(default=4, ge=1)
+
+
+def corpus_path() -> Path:
+    return data_dir() / "corpus.txt"
+
+
+def window_nll(loaded: LoadedModel, ids: list[int], max_length: int, stride: int) -> list[tuple[float, int]]:
+    """Sliding-window negative log-likelihood: each window of up to `max_length` tokens scores
+    only its tokens not scored before (at most `stride`), conditioned on the rest; the first
+    token is never scored. Returns (summed NLL, tokens scored) per window."""
+    windows, previous_end = [], 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + max_length, len(ids))
+        first_target = max(previous_end, 1)
+        if end <= first_target:
+            break
+        window = torch.tensor(ids[begin:end]).unsqueeze(0).to(loaded.device)
+        with torch.inference_mode():
+            log_probs = torch.log_softmax(loaded.model(input_ids=window).logits[0].double(), dim=-1).cpu()
+        targets = torch.arange(first_target, end)
+        nll = -float(log_probs[targets - begin - 1, torch.tensor(ids)[targets]].sum())
+        windows.append((nll, len(targets)))
+        previous_end = end
+        if end == len(ids):
+            break
+    return windows
+
+
+class Perplexity:
+    name = "perplexity"
+    description = "perplexity (exp of mean token NLL) on the bundled corpus or a user file, sliding window"
+    requires_causal = True
+    Params = PerplexityParams
+
+    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: PerplexityParams, reference=None) -> EvaluationResult:
+        path = Path(params.file) if params.file else corpus_path()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PluginError(f"perplexity: cannot read text file {path}: {exc}") from None
+        ids = loaded.tokenizer(text)["input_ids"]
+        windows = window_nll(loaded, ids, params.max_length, params.stride)
+        result = EvaluationResult()
+        total_nll, total_tokens = sum(n for n, _ in windows), sum(t for _, t in windows)
+        nll = torch.tensor([n for n, _ in windows], dtype=torch.float64)
+        tokens = torch.tensor([t for _, t in windows], dtype=torch.float64)
+        generator = torch.Generator().manual_seed(0)
+        draws = torch.randint(0, len(windows), (2000, len(windows)), generator=generator)
+        resampled = torch.exp(nll[draws].sum(1) / tokens[draws].sum(1))
+        label = "bundled" if params.file is None else path.name
+        result.measurements.append(Measurement(self.name, "", f"perplexity_{label}", math.exp(total_nll / total_tokens),
+                                               float(torch.quantile(resampled, 0.025)), float(torch.quantile(resampled, 0.975)),
+                                               int(total_tokens)))
+        result.items[("", f"nll_per_token_{label}")] = {str(i): n / t for i, (n, t) in enumerate(windows)}
+        return result
+
+
+# --- lm-evaluation-harness ------------------------------------------------------------------
+
+LOCAL_DATASETS = ("json", "csv", "text", "parquet", "arrow")
+
+
+def tasks_dir() -> Path:
+    return data_dir() / "lm_eval_tasks"
+
+
+def _with_local_files(yaml_path: Path, config: dict) -> dict:
+    """A local task's config with its relative `data_files` resolved against its YAML's folder."""
+    config = {key: value for key, value in config.items() if key not in ("include",)}
+    kwargs = dict(config.get("dataset_kwargs") or {})
+    files = kwargs.get("data_files")
+    folder = Path(yaml_path).parent
+    resolve = lambda name: str(folder / name) if not Path(name).is_absolute() and (folder / name).exists() else name  # noqa: E731
+    if isinstance(files, str):
+        kwargs["data_files"] = resolve(files)
+    elif isinstance(files, dict):
+        kwargs["data_files"] = {split: resolve(name) for split, name in files.items()}
+    config["dataset_kwargs"] = kwargs
+    return config
+
+
+class LmEvalParams(_Params):
+    tasks: list[str] = Field(default_factory=lambda: ["fairaudit_commonsense"], min_length=1)
+    include_path: str | None = Field(default=None, description="folder of local task YAML; default: fairaudit's bundled tasks")
+    limit: int | None = Field(default=None, ge=1)
+    num_fewshot: int | None = Field(default=None, ge=0)
+    batch_size: int = Field(default=8, ge=1)
+
+
+class LmEval:
+    name = "lm_eval"
+    description = "lm-evaluation-harness tasks on the in-memory model (hub tasks online; local task YAML + JSONL offline)"
+    requires_causal = True
+    Params = LmEvalParams
+
+    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: LmEvalParams, reference=None) -> EvaluationResult:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+
+        include = params.include_path or str(tasks_dir())
+        manager = TaskManager(include_path=include)
+        unknown = [task for task in params.tasks if task not in manager.all_tasks]
+        if unknown:
+            raise PluginError(f"lm_eval: unknown task(s) {unknown}; local tasks are read from {include}.")
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        specs: list = []
+        for task in params.tasks:
+            entry = manager.task_index[task]
+            config = dict(entry.cfg or {})
+            dataset = config.get("dataset_path")
+            if offline and dataset and dataset not in LOCAL_DATASETS:
+                raise PluginError(
+                    f"lm_eval: task '{task}' needs the data set '{dataset}' from the Hugging Face hub, which is offline. "
+                    f"To run it offline, write a task YAML with 'dataset_path: json' and 'dataset_kwargs: {{data_files: ...}}' "
+                    f"pointing to local JSONL files, put it in a folder and pass that folder as include_path "
+                    f"(see {tasks_dir()} for an example)."
+                )
+            specs.append(_with_local_files(entry.yaml_path, config) if dataset in LOCAL_DATASETS and entry.yaml_path else task)
+        model = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=params.batch_size)
+        try:
+            output = lm_eval.simple_evaluate(model=model, tasks=specs, task_manager=manager, limit=params.limit,
+                                             num_fewshot=params.num_fewshot, log_samples=True, verbosity="ERROR")
+        except Exception as exc:
+            raise PluginError(f"lm_eval: tasks {params.tasks} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        result = EvaluationResult()
+        for task, values in output["results"].items():
+            samples = output.get("samples", {}).get(task, [])
+            for key, value in values.items():
+                if not isinstance(value, (int, float)) or "stderr" in key or key == "alias":
+                    continue
+                metric = key.split(",")[0]
+                per_doc = {str(s["doc_id"]): float(s[metric]) for s in samples if isinstance(s.get(metric), (int, float, bool))}
+                if per_doc:
+                    result.add_items(self.name, task, metric, per_doc)
+                else:
+                    result.measurements.append(Measurement(self.name, task, metric, float(value), n=len(samples)))
+        return result
+
+
+# --- embedding fidelity (encoders, and any model against its unpruned reference) -----------
+
+class FidelityParams(_Params):
+    sentences: int = Field(default=200, ge=2, description="sentences of the bundled corpus compared")
+    batch_size: int = Field(default=16, ge=1)
+
+
+def _pooled_embeddings(loaded: LoadedModel, sentences: list[str], batch_size: int) -> torch.Tensor:
+    base = loaded.model.base_model if loaded.is_causal else loaded.model
+    rows = []
+    for start in range(0, len(sentences), batch_size):
+        batch = loaded.tokenizer(sentences[start : start + batch_size], return_tensors="pt", padding=True).to(loaded.device)
+        with torch.inference_mode():
+            hidden = base(**batch).last_hidden_state.double()
+        mask = batch["attention_mask"].unsqueeze(-1).double()
+        rows.append(((hidden * mask).sum(1) / mask.sum(1)).cpu())
+    return torch.cat(rows)
+
+
+class Fidelity:
+    name = "fidelity"
+    description = "cosine similarity of mean-pooled last hidden states, pruned vs unpruned, on corpus sentences"
+    requires_causal = False
+    Params = FidelityParams
+
+    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: FidelityParams, reference: LoadedModel | None = None) -> EvaluationResult:
+        result = EvaluationResult()
+        if reference is None:
+            return result  # fidelity compares a pruned model with its reference; nothing to measure alone
+        text = corpus_path().read_text(encoding="utf-8")
+        sentences = [s.strip() + "." for s in text.replace("\n", " ").split(". ") if len(s.split()) >= 5][: params.sentences]
+        cosine = torch.nn.functional.cosine_similarity(
+            _pooled_embeddings(loaded, sentences, params.batch_size), _pooled_embeddings(reference, sentences, params.batch_size), dim=1
+        )
+        result.add_items(self.name, "", "embedding_cosine", {str(i): float(c) for i, c in enumerate(cosine)})
+        return result
+
+
+@hookimpl
+def register_evaluators(register):
+    for evaluator in (BiasReprobe(), OutputBias(), Generations(), Perplexity(), LmEval(), Fidelity()):
+        register(evaluator)
