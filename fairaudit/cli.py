@@ -134,19 +134,52 @@ def plugins(as_json: bool) -> None:
 
 # --- probe and audit --------------------------------------------------------------------
 
+COMPARISON_HEADER = ["evaluator", "axis/task", "metric", "before", "after", "relative change [95% CI]", "items"]
+
+
+def _comparison_rows(comparisons: list[dict]) -> list[list[str]]:
+    return [[row["evaluator"], row["axis_or_task"] or "-", row["metric"], _number(row["before"]), _number(row["after"]),
+             f"{_percent(row['relative_change'])} [{_percent(row['relative_low'])}, {_percent(row['relative_high'])}]",
+             str(row["items"])] for row in comparisons]
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:+.1f}%"
+
+
 def _report_result(result, quiet: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"run_id": result.run_id, "store": str(result.store), "model": result.model_id,
-                               "axes": result.summaries, "warnings": result.warnings}, indent=2))
-        return
-    if quiet:
-        return
-    click.echo(f"\nrun {result.run_id}: model {result.model_id}, stored in {result.store}")
-    if result.skipped_axes:
-        click.echo(f"resumed: axes already stored were not recomputed: {', '.join(result.skipped_axes)}")
-    _print_table(_summary_rows(result.summaries), SUMMARY_HEADER)
-    for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+                               "axes": result.summaries, "pruned": result.pruned, "comparisons": result.comparisons,
+                               "measurements": result.measurements,
+                               "evaluation_failures": result.evaluation_failures, "warnings": result.warnings}, indent=2, default=str))
+    elif not quiet:
+        click.echo(f"\nrun {result.run_id}: model {result.model_id}, stored in {result.store}")
+        if result.summaries:
+            _print_table(_summary_rows(result.summaries), SUMMARY_HEADER)
+        if result.skipped_axes:
+            click.echo(f"resumed: axes already stored were not recomputed: {', '.join(result.skipped_axes)}")
+        if result.pruned.get("removed") is not None:
+            pruned = result.pruned
+            click.echo(f"\npruned {pruned['removed']} of {pruned['neurons']} MLP neurons; parameters "
+                       f"{pruned['parameters_before']:,} -> {pruned['parameters_after']:,}; model in {pruned['out']}")
+        if result.comparisons:
+            click.echo("")
+            _print_table(_comparison_rows(result.comparisons), COMPARISON_HEADER)
+        compared = {(row["evaluator"], row["axis_or_task"], row["metric"]) for row in result.comparisons}
+        alone = [row for row in result.measurements if not row["error"]
+                 and (row["evaluator"], row["axis_or_task"], row["metric"]) not in compared and row["metric"] != "generated_prompts"]
+        if alone:
+            click.echo("")
+            _print_table([[row["model"], row["evaluator"], row["axis_or_task"] or "-", row["metric"],
+                           f"{_number(row['value'])} [{_number(row['low'])}, {_number(row['high'])}]", str(row["n"])] for row in alone],
+                         ["model", "evaluator", "axis/task", "metric", "value [95% CI]", "n"])
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    if result.evaluation_failures:
+        click.echo(f"error: {len(result.evaluation_failures)} evaluator run(s) failed (recorded in the store): "
+                   + "; ".join(result.evaluation_failures), err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -173,6 +206,8 @@ def probe(model_id, suite_names, store, position, batch_size, device, dtype, tru
         "suites": list(suite_names) or DEFAULT_SUITES,
         "probe": {"plugin": "activations", "params": {"position": position, "batch_size": batch_size, "progress": not quiet}},
         "store": str(store),
+        "pruning": None,
+        "evaluators": [],
     })
     _report_result(audit(config), quiet, as_json)
 
@@ -195,6 +230,25 @@ def audit_command(config_file, resume_run, store, quiet, as_json) -> None:
     if quiet:
         config = config.model_copy(update={"probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}})})
     _report_result(audit(config, resume=resume_run), quiet, as_json)
+
+
+@main.command("evaluate")
+@click.option("--model", "model_id", required=True, help="the model to evaluate (the 'before' model)")
+@click.option("--compare", "compare_id", default=None, help="a pruned version of it (the 'after' model)")
+@click.option("--suite", "suite_names", multiple=True, help="suite for bias evaluators; repeat (default: all four)")
+@click.option("--evaluator", "evaluator_names", multiple=True,
+              help="evaluator plugin; repeat (default: bias_reprobe, output_bias, generations, perplexity, lm_eval, fidelity)")
+@click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, quiet, as_json) -> None:
+    """Measure bias and quality of a model, and of its pruned version with --compare."""
+    from fairaudit.config import DEFAULT_EVALUATORS, DEFAULT_SUITES
+    from fairaudit.runner import evaluate_models
+
+    result = evaluate_models(model_id, compare_id, list(suite_names) or DEFAULT_SUITES,
+                             list(evaluator_names) or DEFAULT_EVALUATORS, store)
+    _report_result(result, quiet, as_json)
 
 
 # --- overlap ----------------------------------------------------------------------------
@@ -250,7 +304,8 @@ def overlap(store, models, runs, top, score, out, as_json) -> None:
 @click.option("--model", "model_id", required=True, help="the model the store's scores were computed on")
 @click.option("--store", required=True, type=click.Path(path_type=Path))
 @click.option("--axis", "axes", multiple=True, required=True, help="axis whose scores select neurons; repeat for several")
-@click.option("--combine", type=click.Choice(["union", "intersection"]), default="union", show_default=True)
+@click.option("--combine", type=click.Choice(["mean", "union", "intersection"]), default="mean", show_default=True,
+              help="several axes: rank by their mean score, or unite / intersect their selections")
 @click.option("--fraction", type=float, default=0.002, show_default=True, help="share of neurons to prune, in (0, 1)")
 @click.option("--scope", type=click.Choice(["per_layer", "global"]), default="per_layer", show_default=True)
 @click.option("--layers", default=None, help="comma-separated layer indices to prune (default: all)")

@@ -29,6 +29,7 @@ from fairaudit.yamlio import describe_validation_error, read_yaml
 
 DEFAULT_SCORERS = ["bias", "scaled_bias", "noise_floor", "significance", "importance", "hybrid", "layer_index"]
 DEFAULT_SUITES = ["race", "gender", "religion", "nationality"]
+DEFAULT_EVALUATORS = ["bias_reprobe", "output_bias", "generations", "perplexity", "lm_eval", "fidelity"]
 
 
 class PluginRef(BaseModel):
@@ -56,6 +57,22 @@ class ScoringConfig(BaseModel):
         return [_plugin_ref(item) for item in value] if isinstance(value, list) else value
 
 
+class PruningConfig(BaseModel):
+    """The `pruning:` section: which pruner, which neurons, where the pruned model goes.
+    `selection` holds `fairaudit.prune.SelectionParams`; its `axes` default to every suite's axis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pruner: PluginRef = Field(default_factory=lambda: PluginRef(plugin="structured"))
+    selection: dict[str, Any] = Field(default_factory=dict)
+    out: str = Field(default="fairaudit-out/pruned", description="the pruned model goes to OUT/RUN_ID/MODEL-pruned")
+
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_shorthand(cls, value: Any) -> Any:
+        return _plugin_ref(value)
+
+
 class RunConfig(BaseModel):
     """A whole run. See the module docstring for the YAML form."""
 
@@ -65,8 +82,15 @@ class RunConfig(BaseModel):
     suites: list[str] = Field(default_factory=lambda: list(DEFAULT_SUITES), min_length=1)
     probe: PluginRef = Field(default_factory=lambda: PluginRef(plugin="activations"))
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    pruning: PruningConfig | None = Field(default_factory=PruningConfig, description="null: audit without pruning")
+    evaluators: list[PluginRef] = Field(default_factory=lambda: [PluginRef(plugin=name) for name in DEFAULT_EVALUATORS])
     store: str = "fairaudit-out/store"
     seed: int = 0
+
+    @field_validator("evaluators", mode="before")
+    @classmethod
+    def _evaluator_names(cls, value: Any) -> Any:
+        return [_plugin_ref(item) for item in value] if isinstance(value, list) else value
 
     @field_validator("model", mode="before")
     @classmethod
@@ -82,7 +106,16 @@ class RunConfig(BaseModel):
         """(field path, plugin kind, reference) for every plugin the config names."""
         refs = [("probe", "probe", self.probe)]
         refs += [(f"scoring.scorers.{index}", "scorer", ref) for index, ref in enumerate(self.scoring.scorers)]
+        if self.pruning is not None:
+            refs.append(("pruning.pruner", "pruner", self.pruning.pruner))
+        refs += [(f"evaluators.{index}", "evaluator", ref) for index, ref in enumerate(self.evaluators)]
         return refs
+
+    def selection(self, axes: list[str]):
+        """The pruning selection, with `axes` filled in when the config leaves them out."""
+        from fairaudit.prune import SelectionParams
+
+        return SelectionParams.model_validate({"axes": axes, **(self.pruning.selection if self.pruning else {})})
 
     def check_plugins(self, plugins: Registry | None = None, source: str = "run config") -> dict[str, BaseModel]:
         """Resolve every plugin name and validate its params; return params by field path."""
@@ -104,6 +137,13 @@ class RunConfig(BaseModel):
                     f"{source}, field '{field_path}.params' of {kind} '{ref.plugin}': {problems}. "
                     f"Its parameters are: {allowed or '(none)'}."
                 ) from None
+        if self.pruning is not None:
+            try:
+                self.selection(["axis"] if "axes" not in self.pruning.selection else [])
+            except ValidationError as exc:
+                problems = "; ".join(f"'{'.'.join(str(p) for p in err['loc'])}': {err['msg'].removeprefix('Value error, ')}"
+                                     for err in exc.errors()[:3])
+                raise ConfigError(f"{source}, field 'pruning.selection': {problems}.") from None
         return resolved
 
 

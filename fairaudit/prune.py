@@ -38,7 +38,8 @@ class SelectionParams(BaseModel):
     fraction: float = Field(default=0.002, description="share of neurons to prune, in (0, 1)")
     scope: Literal["per_layer", "global"] = "per_layer"
     layers: list[int] | None = None
-    combine: Literal["union", "intersection"] = "union"
+    combine: Literal["mean", "union", "intersection"] = Field(
+        default="mean", description="several axes: rank by their mean score, or unite / intersect their selections")
     round_to: int | None = Field(default=None, ge=1, description="round each new width down to a multiple of this")
     protect: float = Field(default=0.01, ge=0.0, lt=1.0, description="protect the top share of neurons by importance (0: none)")
     importance: str = "importance_ppm"
@@ -98,6 +99,8 @@ def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance:
     if outside:
         raise FairauditError(f"layers {outside} are out of range: the model has layers 0..{layers - 1}.")
     protected = _protected(importance, params.protect) if importance is not None else torch.zeros((layers, units), dtype=torch.bool)
+    if params.combine == "mean":
+        scores = {"mean": torch.stack([value.double() for value in scores.values()]).mean(dim=0)}
     per_axis: list[list[set[int]]] = []
     for axis_scores in scores.values():
         ranked = axis_scores.double().masked_fill(protected, float("-inf")).nan_to_num(nan=float("-inf"))
@@ -118,7 +121,7 @@ def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance:
     combined = []
     for layer in range(layers):
         layer_sets = [sets[layer] for sets in per_axis]
-        combined.append(set.union(*layer_sets) if params.combine == "union" else set.intersection(*layer_sets))
+        combined.append(set.intersection(*layer_sets) if params.combine == "intersection" else set.union(*layer_sets))
     if params.round_to:
         for layer in chosen_layers:
             new_width = (units - len(combined[layer])) // params.round_to * params.round_to

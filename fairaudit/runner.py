@@ -6,22 +6,26 @@ is done; `resume=RUN_ID` skips the axes already in the store.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 import transformers
 
 import fairaudit
 from fairaudit.config import RunConfig, load_config
-from fairaudit.errors import ConfigError
-from fairaudit.model import ModelSpec, load_model
+from fairaudit.errors import ConfigError, PluginError, StoreError
+from fairaudit.evaluate import EvaluationResult, Measurement, compare
+from fairaudit.model import LoadedModel, ModelSpec, load_model
 from fairaudit.plugins import notify_stage_finished, registry
+from fairaudit.prune import NEURON_MAP_FILE
 from fairaudit.scoring import AxisScores
-from fairaudit.store import Store, new_run_id
+from fairaudit.store import Store, new_run_id, safe_name
 from fairaudit.suite import Suite, resolve_suite
 
 
@@ -35,6 +39,10 @@ class AuditResult:
     summaries: dict[str, dict[str, float]] = field(default_factory=dict)
     skipped_axes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    pruned: dict[str, Any] = field(default_factory=dict)  # out, widths, parameters (when the run prunes)
+    evaluation_failures: list[str] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    measurements: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _load_suites(config: RunConfig) -> list[Suite]:
@@ -124,6 +132,30 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     for suite in suites:
         summary = store.read("axis_summary", model=loaded.model_id, axis=suite.axis, run_id=run_id).to_pylist()[0]
         result.summaries[suite.axis] = {key: value for key, value in summary.items() if key not in ("model", "axis", "run_id")}
+
+    after = None
+    if config.pruning is not None:
+        stage_started = time.time()
+        out = Path(config.pruning.out) / safe_name(run_id) / f"{safe_name(loaded.model_id)}-pruned"
+        if not (out / NEURON_MAP_FILE).exists():
+            outcome = prune_model(config.model, store.root, config.selection([s.axis for s in suites]), out,
+                                  run_id=run_id, pruner=config.pruning.pruner.plugin)
+            record["prune"] = {"run_id": outcome.run_id, "out": str(out), "removed": outcome.report.removed,
+                               "neurons": sum(outcome.report.widths_before),
+                               "parameters_before": outcome.report.parameters_before,
+                               "parameters_after": outcome.report.parameters_after}
+            record["timings"]["prune"] = round(time.time() - stage_started, 3)
+            store.write_run(run_id, record)
+        result.pruned = record.get("prune", {"out": str(out)})
+        after = load_model(config.model.model_copy(update={"id": str(out), "gguf_file": None, "revision": None}))
+    if config.evaluators:
+        stage_started = time.time()
+        evaluators = [(ref.plugin, plugins.get("evaluator", ref.plugin), params[path])
+                      for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
+        result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, loaded, after)
+        result.measurements = _read_all(store, "evaluations", run_id)
+        record["timings"]["evaluate"] = round(time.time() - stage_started, 3)
+        record["evaluation_failures"] = result.evaluation_failures
     record.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     record["timings"]["total"] = round(time.time() - started, 3)
     store.write_run(run_id, record)
@@ -211,3 +243,111 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
         "environment": _environment(),
     })
     return PruneOutcome(run_id=prune_run, source_run=source_run, out=out, report=report, selection_params=selection_params)
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+def _evaluation_tables(name: str, role: str, result: EvaluationResult) -> dict[str, pa.Table]:
+    measurements = [{"evaluator": name, "role": role, "axis_or_task": m.axis, "metric": m.metric, "value": m.value, "low": m.low,
+                     "high": m.high, "n": m.n, "error": m.error} for m in result.measurements]
+    items = [{"evaluator": name, "role": role, "axis_or_task": axis, "metric": metric, "item": item, "value": value}
+             for (axis, metric), values in result.items.items() for item, value in values.items()]
+    generations = [{"evaluator": name, "role": role, **{("axis_or_task" if k == "axis" else k): v for k, v in row.items()}}
+                   for row in result.generations]
+    return {"evaluations": pa.Table.from_pylist(measurements, schema=MEASUREMENT_SCHEMA),
+            "evaluation_items": pa.Table.from_pylist(items, schema=ITEM_SCHEMA),
+            "generations": pa.Table.from_pylist(generations, schema=GENERATION_SCHEMA)}
+
+
+# Evaluation tables are partitioned with axis=all (a hive partition key), so the axis (or
+# lm-eval task) a row is about lives in the column `axis_or_task`.
+MEASUREMENT_SCHEMA = pa.schema([("evaluator", pa.string()), ("role", pa.string()), ("axis_or_task", pa.string()), ("metric", pa.string()),
+                                ("value", pa.float64()), ("low", pa.float64()), ("high", pa.float64()), ("n", pa.int64()),
+                                ("error", pa.string())])
+ITEM_SCHEMA = pa.schema([("evaluator", pa.string()), ("role", pa.string()), ("axis_or_task", pa.string()), ("metric", pa.string()),
+                         ("item", pa.string()), ("value", pa.float64())])
+GENERATION_SCHEMA = pa.schema([("evaluator", pa.string()), ("role", pa.string()), ("axis_or_task", pa.string()), ("pair_id", pa.string()),
+                               ("side", pa.string()), ("group", pa.string()), ("prompt", pa.string()), ("continuation", pa.string())])
+
+
+def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: list[tuple[str, Any, Any]],
+                    before: LoadedModel, after: LoadedModel | None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Run every evaluator on `before` (and `after`, the pruned model), store what each
+    measured, then store the paired before/after comparisons. An evaluator that raises or
+    returns the wrong type is recorded with its error; the others still run. Returns
+    (one message per failure, the comparison rows)."""
+    failures: list[str] = []
+    roles = [("before", before, None)] + ([("after", after, before)] if after is not None else [])
+    for role, loaded, reference in roles:
+        for name, evaluator, params in evaluators:
+            if store.part_path("evaluations", loaded.model_id, "all", run_id, name).exists():
+                continue  # stored by an interrupted run being resumed
+            result = EvaluationResult()
+            if getattr(evaluator, "requires_causal", False) and not loaded.is_causal:
+                result.measurements.append(Measurement(name, "", "skipped", math.nan, error="skipped: the model has no language-model head"))
+            else:
+                try:
+                    result = evaluator.evaluate(loaded, suites, params, reference)
+                    if not isinstance(result, EvaluationResult):
+                        raise PluginError(f"returned {type(result).__name__}, not an EvaluationResult")
+                except Exception as exc:  # a plugin's failure must not take the other results with it
+                    message = f"{name} on {role} model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    failures.append(message)
+                    result = EvaluationResult(measurements=[Measurement(name, "", "failed", math.nan, error=message)])
+            tables = _evaluation_tables(name, role, result)
+            for table in ("evaluation_items", "generations", "evaluations"):  # the measurements last: they mark completion
+                store.write_part(table, loaded.model_id, "all", run_id, tables[table], part=name)
+    stored = [row for row in _read_all(store, "evaluations", run_id) if row["error"]]
+    failures = sorted({row["error"] for row in stored if not row["error"].startswith("skipped")} | set(failures))
+    comparisons = _comparisons(store, run_id, before.model_id, after.model_id) if after is not None else []
+    if comparisons:
+        store.write_part("comparisons", before.model_id, "all", run_id, pa.Table.from_pylist(comparisons))
+    return failures, comparisons
+
+
+def _read_all(store: Store, table: str, run_id: str) -> list[dict[str, Any]]:
+    try:
+        return store.read(table, run_id=run_id).to_pylist()
+    except StoreError:
+        return []
+
+
+def _comparisons(store: Store, run_id: str, before_id: str, after_id: str) -> list[dict[str, Any]]:
+    """Paired before/after changes of every per-item metric, read back from the store."""
+    grouped: dict[tuple[str, str, str], dict[str, dict[str, float]]] = {}
+    for row in _read_all(store, "evaluation_items", run_id):
+        if row["model"] not in (safe_name(before_id), safe_name(after_id)):
+            continue
+        key = (row["evaluator"], row["axis_or_task"], row["metric"])
+        grouped.setdefault(key, {"before": {}, "after": {}})[row["role"]][row["item"]] = row["value"]
+    rows = []
+    for (evaluator, axis, metric), values in sorted(grouped.items()):
+        change = compare(values["before"], values["after"])
+        if change.get("items"):
+            rows.append({"evaluator": evaluator, "axis_or_task": axis, "metric": metric, "model_before": before_id, "model_after": after_id, **change})
+    return rows
+
+
+def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None, suite_names: list[str],
+                    evaluator_refs: list, store_path: str | Path) -> AuditResult:
+    """Evaluate a model (and a pruned version of it) without probing or pruning: a run of
+    kind "evaluate" in the store, with measurements and paired comparisons."""
+    config = RunConfig.model_validate({"model": model if isinstance(model, str) else model.model_dump(), "suites": suite_names,
+                                       "pruning": None, "evaluators": evaluator_refs, "store": str(store_path)})
+    params = config.check_plugins()
+    suites = _load_suites(config)
+    store = Store(config.store)
+    run_id = new_run_id()
+    before = load_model(config.model)
+    after = load_model(compare_with) if compare_with is not None else None
+    record = {"kind": "evaluate", "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "model_id": before.model_id, "model": before.provenance, "compare": after.provenance if after else None,
+              "config": config.model_dump(mode="json"), "environment": _environment()}
+    store.write_run(run_id, record)
+    evaluators = [(ref.plugin, registry().get("evaluator", ref.plugin), params[path])
+                  for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
+    result = AuditResult(run_id=run_id, store=store.root, model_id=before.model_id)
+    result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, before, after)
+    result.measurements = _read_all(store, "evaluations", run_id)
+    store.write_run(run_id, {**record, "status": "complete", "evaluation_failures": result.evaluation_failures})
+    return result

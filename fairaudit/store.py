@@ -106,13 +106,14 @@ class Store:
 
     # --- tables ---------------------------------------------------------------------
 
-    def part_path(self, table: str, model: str, axis: str, run_id: str) -> Path:
-        return self.root / table / f"model={safe_name(model)}" / f"axis={safe_name(axis)}" / f"run_id={safe_name(run_id)}" / "part-0.parquet"
+    def part_path(self, table: str, model: str, axis: str, run_id: str, part: str = "0") -> Path:
+        folder = self.root / table / f"model={safe_name(model)}" / f"axis={safe_name(axis)}" / f"run_id={safe_name(run_id)}"
+        return folder / f"part-{safe_name(part)}.parquet"
 
-    def write_part(self, table: str, model: str, axis: str, run_id: str, data: pa.Table) -> Path:
+    def write_part(self, table: str, model: str, axis: str, run_id: str, data: pa.Table, part: str = "0") -> Path:
         metadata = {**(data.schema.metadata or {}), b"fairaudit.schema_version": str(SCHEMA_VERSION).encode()}
         data = data.replace_schema_metadata(metadata)
-        path = self.part_path(table, model, axis, run_id)
+        path = self.part_path(table, model, axis, run_id, part)
         _atomic_write(path, lambda temporary: pq.write_table(data, temporary))
         return path
 
