@@ -279,7 +279,7 @@ class LmEval:
         for task, values in output["results"].items():
             samples = output.get("samples", {}).get(task, [])
             for key, value in values.items():
-                if not isinstance(value, (int, float)) or "stderr" in key or key == "alias":
+                if not isinstance(value, (int, float)) or "," not in key or "stderr" in key:
                     continue
                 metric = key.split(",")[0]
                 per_doc = {str(s["doc_id"]): float(s[metric]) for s in samples if isinstance(s.get(metric), (int, float, bool))}

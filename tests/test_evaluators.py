@@ -1,0 +1,206 @@
+"""Evaluators: every number recomputed from first principles on a small model; failures are
+recorded and do not stop the others; offline lm-eval paths."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import BaseModel
+
+from fairaudit.errors import PluginError
+from fairaudit.evaluate import compare, loglikelihoods
+from fairaudit.hookspecs import hookimpl
+from fairaudit.model import load_model
+from fairaudit.plugins import register_plugin, registry, unregister_plugin
+from fairaudit.suite import resolve_suite
+
+
+def evaluator(name):
+    return registry().get("evaluator", name)
+
+
+@pytest.fixture(scope="module")
+def llama(model_folder):
+    return load_model(str(model_folder("llama")))
+
+
+def by_hand_loglikelihood(loaded, context: str, continuation: str) -> float:
+    context_ids = loaded.tokenizer.encode(context)
+    whole = loaded.tokenizer.encode(context + continuation)
+    with torch.no_grad():
+        log_probs = torch.log_softmax(loaded.model(input_ids=torch.tensor([whole])).logits[0].double(), dim=-1)
+    return sum(float(log_probs[position - 1, whole[position]]) for position in range(len(context_ids), len(whole)))
+
+
+def test_loglikelihoods_by_hand_and_as_lm_eval_computes_them(llama):
+    requests = [("The police officer thought he", " was lost"), ("A white man walked", " at night"), ("", "The nurse said he would")]
+    ours = loglikelihoods(llama, requests, batch_size=2)
+    assert ours[0] == pytest.approx(by_hand_loglikelihood(llama, *requests[0]), abs=1e-9)
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model = HFLM(pretrained=llama.model, tokenizer=llama.tokenizer, batch_size=1)
+    theirs = [value for value, _ in model.loglikelihood(
+        [Instance("loglikelihood", {}, request, index) for index, request in enumerate(requests)], disable_tqdm=True)]
+    assert ours == pytest.approx(theirs, abs=1e-5)
+
+
+def test_perplexity_is_exp_of_mean_token_nll(llama, tmp_path):
+    text = "The baker arrives at the shop at four in the morning . The ovens take an hour to heat ."
+    path = tmp_path / "text.txt"
+    path.write_text(text)
+    ids = llama.tokenizer(text)["input_ids"]
+    with torch.no_grad():
+        log_probs = torch.log_softmax(llama.model(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
+    nll = -sum(float(log_probs[t - 1, ids[t]]) for t in range(1, len(ids)))
+    expected = math.exp(nll / (len(ids) - 1))
+    perplexity = evaluator("perplexity")
+    whole = perplexity.evaluate(llama, [], perplexity.Params(file=str(path), max_length=64, stride=64), None)
+    assert whole.measurements[0].value == pytest.approx(expected, rel=1e-9) and whole.measurements[0].n == len(ids) - 1
+    windowed = perplexity.evaluate(llama, [], perplexity.Params(file=str(path), max_length=8, stride=3), None)
+    assert windowed.measurements[0].n == len(ids) - 1, "every token after the first is scored exactly once"
+    assert windowed.measurements[0].value != pytest.approx(expected, rel=1e-6), "shorter context changes the value"
+
+
+def test_bundled_corpus_has_twenty_thousand_tokens():
+    from fairaudit.resources import data_dir
+
+    text = (data_dir() / "corpus.txt").read_text(encoding="utf-8")
+    assert len(text.split()) > 16_000 and len({line.split(".")[0] for line in text.splitlines() if line}) > 100
+
+
+def test_output_bias_gaps_by_hand(llama):
+    suite = resolve_suite("race")
+    output_bias = evaluator("output_bias")
+    result = output_bias.evaluate(llama, [suite], output_bias.Params(), None)
+    pair = next(p for p in suite.pairs(None) if p.continuations)
+    gap = by_hand_loglikelihood(llama, pair.text_a, pair.continuations["negative"]) - by_hand_loglikelihood(
+        llama, pair.text_b, pair.continuations["negative"])
+    assert result.items[("race", "logprob_gap_negative")][pair.pair_id] == pytest.approx(gap, abs=1e-6)
+    neutral = result.items[("race", "logprob_gap_neutral")][pair.pair_id]
+    assert result.items[("race", "stereotype_preference")][pair.pair_id] == pytest.approx(gap - neutral)
+    negative = next(m for m in result.measurements if m.metric == "logprob_gap_negative")
+    assert negative.n == len(result.items[("race", "logprob_gap_negative")]) and negative.low <= negative.value <= negative.high
+
+
+def test_bias_reprobe_covers_probe_and_heldout_templates(llama):
+    suite = resolve_suite("gender")
+    reprobe = evaluator("bias_reprobe")
+    result = reprobe.evaluate(llama, [suite], reprobe.Params(), None)
+    assert set(result.items[("gender", "bias_index")]) == {p.pair_id for p in suite.pairs("probe")}
+    assert set(result.items[("gender", "bias_index_heldout")]) == {p.pair_id for p in suite.pairs("heldout")}
+
+
+def test_generations_are_deterministic_and_side_by_side(llama):
+    generations = evaluator("generations")
+    params = generations.Params(pairs_per_axis=2, max_length=20, include=["The police officer thought he"])
+    first = generations.evaluate(llama, [resolve_suite("race")], params, None).generations
+    second = generations.evaluate(llama, [resolve_suite("race")], params, None).generations
+    assert first == second and len(first) == 1 + 2 * 2
+    assert [row["side"] for row in first[1:3]] == ["a", "b"] and first[1]["pair_id"] == first[2]["pair_id"]
+
+
+def test_lm_eval_local_task_runs_offline_and_equals_argmax_by_hand(llama, monkeypatch):
+    import json
+
+    from fairaudit.resources import data_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lm_eval_plugin = evaluator("lm_eval")
+    result = lm_eval_plugin.evaluate(llama, [], lm_eval_plugin.Params(limit=12), None)
+    accuracy = next(m for m in result.measurements if m.metric == "acc")
+    docs = [json.loads(line) for line in (data_dir() / "lm_eval_tasks" / "fairaudit_commonsense.jsonl").read_text().splitlines()][:12]
+    correct = 0
+    for doc in docs:
+        scores = loglikelihoods(llama, [(doc["question"], choice) for choice in doc["choices"]])
+        correct += int(max(range(len(scores)), key=scores.__getitem__) == doc["answer"])
+    assert accuracy.value == pytest.approx(correct / 12) and accuracy.n == 12
+
+
+def test_hub_only_lm_eval_task_offline_says_how_to_run_it_offline(llama, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lm_eval_plugin = evaluator("lm_eval")
+    with pytest.raises(PluginError, match="needs the data set .* from the Hugging Face hub, which is offline.*include_path"):
+        lm_eval_plugin.evaluate(llama, [], lm_eval_plugin.Params(tasks=["boolq"]), None)
+
+
+def test_compare_by_hand():
+    change = compare({"a": 1.0, "b": 3.0, "c": 2.0}, {"a": 0.5, "b": 1.5, "c": 1.0, "d": 9.0})
+    assert change["items"] == 3 and change["before"] == pytest.approx(2.0) and change["after"] == pytest.approx(1.0)
+    assert change["relative_change"] == pytest.approx(-0.5)
+    assert change["relative_low"] == pytest.approx(-0.5) and change["relative_high"] == pytest.approx(-0.5)
+
+
+def test_fidelity_of_an_unchanged_encoder_is_one(model_folder):
+    bert = load_model(str(model_folder("bert")))
+    twin = load_model(str(model_folder("bert")))
+    fidelity = evaluator("fidelity")
+    result = fidelity.evaluate(bert, [], fidelity.Params(sentences=10), twin)
+    assert result.measurements[0].value == pytest.approx(1.0) and result.measurements[0].n == 10
+    assert fidelity.evaluate(bert, [], fidelity.Params(), None).measurements == []
+
+
+class Exploding:
+    name = "exploding"
+    description = "raises, for tests"
+    requires_causal = False
+
+    class Params(BaseModel):
+        pass
+
+    def evaluate(self, loaded, suites, params, reference=None):
+        raise RuntimeError("kaboom")
+
+
+class WrongType(Exploding):
+    name = "wrong_type"
+
+    def evaluate(self, loaded, suites, params, reference=None):
+        return {"accuracy": 1.0}
+
+
+class FaultyPlugin:
+    @hookimpl
+    def register_evaluators(self, register):
+        register(Exploding())
+        register(WrongType())
+
+
+def test_failing_evaluators_are_recorded_and_the_others_still_run(cli, llama_folder, tmp_path):
+    register_plugin(FaultyPlugin(), name="faulty")
+    try:
+        result = cli("evaluate", "--model", llama_folder, "--suite", "race", "--evaluator", "exploding",
+                     "--evaluator", "bias_reprobe", "--evaluator", "wrong_type", "--store", tmp_path / "store", "--quiet")
+    finally:
+        unregister_plugin("faulty")
+    assert result.exit_code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 2 evaluator run(s) failed") and "kaboom" in last and "not an EvaluationResult" in last
+    import pyarrow.dataset as ds
+
+    rows = ds.dataset(tmp_path / "store" / "evaluations", partitioning="hive").to_table().to_pylist()
+    assert {row["evaluator"] for row in rows if row["error"]} == {"exploding", "wrong_type"}
+    assert any(row["evaluator"] == "bias_reprobe" and row["metric"] == "bias_index" and not row["error"] for row in rows)
+
+
+def test_full_audit_prunes_and_evaluates_both_models(cli, model_folder, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""model: {model_folder("llama")}
+suites: [race]
+store: {tmp_path / "store"}
+pruning: {{out: {tmp_path / "pruned"}, selection: {{fraction: 0.05}}}}
+evaluators: [bias_reprobe, output_bias, {{plugin: perplexity, params: {{max_length: 64, stride: 32}}}}, fidelity]
+""")
+    result = cli("audit", config, "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    payload = json.loads(result.stdout)
+    assert payload["pruned"]["removed"] == 6
+    metrics = {(row["evaluator"], row["metric"]) for row in payload["comparisons"]}
+    assert {("bias_reprobe", "bias_index"), ("bias_reprobe", "bias_index_heldout"), ("perplexity", "nll_per_token_bundled"),
+            ("output_bias", "stereotype_preference")} <= metrics
+    fidelity = [row for row in payload["measurements"] if row["evaluator"] == "fidelity" and row["role"] == "after"]
+    assert fidelity and 0.5 < fidelity[0]["value"] <= 1.0
