@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install audit test benchmarks
+.PHONY: install audit test benchmarks chromium
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,10 @@ install: $(STAMP)
 audit: install
 	HF_HUB_OFFLINE=1 $(BIN)/fairaudit audit
 
-test: install
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)); } || echo "chromium is absent and cannot be installed here: the browser test will be skipped"
+
+test: install chromium
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 benchmarks: install

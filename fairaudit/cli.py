@@ -151,7 +151,7 @@ def _report_result(result, quiet: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"run_id": result.run_id, "store": str(result.store), "model": result.model_id,
                                "axes": result.summaries, "pruned": result.pruned, "comparisons": result.comparisons,
-                               "measurements": result.measurements,
+                               "measurements": result.measurements, "report": str(result.report) if result.report else None,
                                "evaluation_failures": result.evaluation_failures, "warnings": result.warnings}, indent=2, default=str))
     elif not quiet:
         click.echo(f"\nrun {result.run_id}: model {result.model_id}, stored in {result.store}")
@@ -176,6 +176,8 @@ def _report_result(result, quiet: bool, as_json: bool) -> None:
                          ["model", "evaluator", "axis/task", "metric", "value [95% CI]", "n"])
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)
+        if result.report:
+            click.echo(f"\nreport: {result.report}")
     if result.evaluation_failures:
         click.echo(f"error: {len(result.evaluation_failures)} evaluator run(s) failed (recorded in the store): "
                    + "; ".join(result.evaluation_failures), err=True)
@@ -208,6 +210,7 @@ def probe(model_id, suite_names, store, position, batch_size, device, dtype, tru
         "store": str(store),
         "pruning": None,
         "evaluators": [],
+        "report": False,
     })
     _report_result(audit(config), quiet, as_json)
 
@@ -347,6 +350,31 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
     click.echo(f"parameters: {report.parameters_before:,} -> {report.parameters_after:,} "
                f"({report.parameters_removed_percent:.3f}% removed)")
     click.echo(f"pruned model, tokenizer, neuron map and model card written to {outcome.out}; prune run {outcome.run_id}")
+
+
+# --- report -----------------------------------------------------------------------------
+
+@main.command("report")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--run", "run_id", default=None, help="audit run to report (default: the latest complete audit run)")
+@click.option("--compare", "compare_run", default=None, help="a second run to show beside it")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
+def report_command(store, run_id, compare_run, out) -> None:
+    """Render the HTML audit report (and report.json) of a stored run. Reads the store only."""
+    from fairaudit.errors import StoreError
+    from fairaudit.report import render_report, report_data
+    from fairaudit.store import Store
+
+    if not Path(store).is_dir():
+        raise StoreError(f"{store} is not a store folder (it does not exist).")
+    opened = Store(store)
+    if run_id is None:
+        audits = [r for r in opened.runs() if r.get("kind", "audit") == "audit" and r.get("status") == "complete"]
+        if not audits:
+            raise StoreError(f"store {store} has no complete audit run to report.")
+        run_id = audits[-1]["run_id"]
+    html, twin = render_report(report_data(opened, run_id, compare_run), out)
+    click.echo(f"report written to {html} (numbers also in {twin})")
 
 
 # --- store ------------------------------------------------------------------------------

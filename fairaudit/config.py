@@ -86,6 +86,8 @@ class RunConfig(BaseModel):
     evaluators: list[PluginRef] = Field(default_factory=lambda: [PluginRef(plugin=name) for name in DEFAULT_EVALUATORS])
     store: str = "fairaudit-out/store"
     seed: int = 0
+    report: bool = Field(default=True, description="write the HTML report (and report.json) beside the store folder")
+    overlap_top: float = Field(default=0.01, gt=0, description="top-k of each axis for the stored overlap analysis")
 
     @field_validator("evaluators", mode="before")
     @classmethod

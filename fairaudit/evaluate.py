@@ -102,12 +102,12 @@ def loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_s
             mask[row, : len(sequence)] = 1
         with torch.inference_mode():
             logits = loaded.model(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device)).logits
-        log_probs = torch.log_softmax(logits.double(), dim=-1).cpu()
+        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # float32, as lm-eval computes it
         for row, index in enumerate(chunk):
             context_ids, continuation_ids = encoded[index]
             end = len(sequences[row])
             positions = torch.arange(end - len(continuation_ids), end)
-            results[index] = float(log_probs[row, positions, torch.tensor(continuation_ids)].sum())
+            results[index] = float(log_probs[row, positions, torch.tensor(continuation_ids)].double().sum())
     return results
 
 

@@ -16,10 +16,11 @@ from typing import Any
 import pyarrow as pa
 import torch
 import transformers
+from tqdm.auto import tqdm
 
 import fairaudit
 from fairaudit.config import RunConfig, load_config
-from fairaudit.errors import ConfigError, PluginError, StoreError
+from fairaudit.errors import ConfigError, FairauditError, PluginError, StoreError
 from fairaudit.evaluate import EvaluationResult, Measurement, compare
 from fairaudit.model import LoadedModel, ModelSpec, load_model
 from fairaudit.plugins import notify_stage_finished, registry
@@ -43,6 +44,7 @@ class AuditResult:
     evaluation_failures: list[str] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     measurements: list[dict[str, Any]] = field(default_factory=list)
+    report: Path | None = None
 
 
 def _load_suites(config: RunConfig) -> list[Suite]:
@@ -95,7 +97,8 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "model_id": loaded.model_id,
         "model": loaded.provenance,
-        "suites": {suite.axis: {"suite": suite.suite, "version": suite.version, "sha256": suite.content_hash()} for suite in suites},
+        "suites": {suite.axis: {"suite": suite.suite, "version": suite.version, "sha256": suite.content_hash(),
+                                "definition": suite.model_dump(mode="json")} for suite in suites},
         "plugins": [{"kind": e.kind, "name": e.name, "plugin": e.plugin, "distribution": e.distribution, "version": e.version}
                     for e in plugins.entries()],
         "config": config.model_dump(mode="json"),
@@ -133,6 +136,9 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         summary = store.read("axis_summary", model=loaded.model_id, axis=suite.axis, run_id=run_id).to_pylist()[0]
         result.summaries[suite.axis] = {key: value for key, value in summary.items() if key not in ("model", "axis", "run_id")}
 
+    if len(suites) >= 2:
+        _store_overlap(store, loaded.model_id, run_id, config.overlap_top)
+
     after = None
     if config.pruning is not None:
         stage_started = time.time()
@@ -152,13 +158,18 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         stage_started = time.time()
         evaluators = [(ref.plugin, plugins.get("evaluator", ref.plugin), params[path])
                       for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
-        result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, loaded, after)
+        result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, loaded, after,
+                                                                         record["timings"])
         result.measurements = _read_all(store, "evaluations", run_id)
         record["timings"]["evaluate"] = round(time.time() - stage_started, 3)
         record["evaluation_failures"] = result.evaluation_failures
     record.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     record["timings"]["total"] = round(time.time() - started, 3)
     store.write_run(run_id, record)
+    if config.report:
+        from fairaudit.report import render_report, report_data, report_path
+
+        result.report, _ = render_report(report_data(store, run_id), report_path(store.root.parent, loaded.model_id, run_id))
     return result
 
 
@@ -271,17 +282,23 @@ GENERATION_SCHEMA = pa.schema([("evaluator", pa.string()), ("role", pa.string())
 
 
 def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: list[tuple[str, Any, Any]],
-                    before: LoadedModel, after: LoadedModel | None) -> tuple[list[str], list[dict[str, Any]]]:
+                    before: LoadedModel, after: LoadedModel | None,
+                    timings: dict[str, float] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
     """Run every evaluator on `before` (and `after`, the pruned model), store what each
     measured, then store the paired before/after comparisons. An evaluator that raises or
     returns the wrong type is recorded with its error; the others still run. Returns
-    (one message per failure, the comparison rows)."""
+    (one message per failure, the comparison rows); `timings` receives seconds per run."""
     failures: list[str] = []
+    timings = timings if timings is not None else {}
     roles = [("before", before, None)] + ([("after", after, before)] if after is not None else [])
+    progress = tqdm(total=len(roles) * len(evaluators), desc="evaluate", leave=False)
     for role, loaded, reference in roles:
         for name, evaluator, params in evaluators:
+            progress.set_postfix_str(f"{name} ({role})")
+            progress.update()
             if store.part_path("evaluations", loaded.model_id, "all", run_id, name).exists():
                 continue  # stored by an interrupted run being resumed
+            evaluator_started = time.time()
             result = EvaluationResult()
             if getattr(evaluator, "requires_causal", False) and not loaded.is_causal:
                 result.measurements.append(Measurement(name, "", "skipped", math.nan, error="skipped: the model has no language-model head"))
@@ -294,9 +311,11 @@ def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: 
                     message = f"{name} on {role} model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                     failures.append(message)
                     result = EvaluationResult(measurements=[Measurement(name, "", "failed", math.nan, error=message)])
+            timings[f"evaluate:{name}:{role}"] = round(time.time() - evaluator_started, 3)
             tables = _evaluation_tables(name, role, result)
             for table in ("evaluation_items", "generations", "evaluations"):  # the measurements last: they mark completion
                 store.write_part(table, loaded.model_id, "all", run_id, tables[table], part=name)
+    progress.close()
     stored = [row for row in _read_all(store, "evaluations", run_id) if row["error"]]
     failures = sorted({row["error"] for row in stored if not row["error"].startswith("skipped")} | set(failures))
     comparisons = _comparisons(store, run_id, before.model_id, after.model_id) if after is not None else []
@@ -333,7 +352,7 @@ def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None
     """Evaluate a model (and a pruned version of it) without probing or pruning: a run of
     kind "evaluate" in the store, with measurements and paired comparisons."""
     config = RunConfig.model_validate({"model": model if isinstance(model, str) else model.model_dump(), "suites": suite_names,
-                                       "pruning": None, "evaluators": evaluator_refs, "store": str(store_path)})
+                                       "pruning": None, "evaluators": evaluator_refs, "store": str(store_path), "report": False})
     params = config.check_plugins()
     suites = _load_suites(config)
     store = Store(config.store)
@@ -351,3 +370,17 @@ def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None
     result.measurements = _read_all(store, "evaluations", run_id)
     store.write_run(run_id, {**record, "status": "complete", "evaluation_failures": result.evaluation_failures})
     return result
+
+
+def _store_overlap(store: Store, model_id: str, run_id: str, top: float) -> None:
+    """The cross-axis overlap of this run's neurons, stored for the report."""
+    from fairaudit.overlap import DEFAULT_SCORE, axis_overlap, load_scores
+
+    try:
+        scores = load_scores(store, model_id, DEFAULT_SCORE, run_id)
+    except FairauditError:
+        return  # the configured scorers did not produce the overlap score
+    result = axis_overlap(scores, top)
+    for name, table in (("overlap_pairs", result.pairs), ("overlap_per_layer", result.per_layer), ("overlap_shared", result.shared)):
+        table = table.drop_columns([c for c in ("model",) if c in table.column_names])  # the partition key holds it
+        store.write_part(name, model_id, "all", run_id, table.append_column("top", pa.array([top] * table.num_rows, pa.float64())))

@@ -56,6 +56,10 @@ class BiasReprobe:
                 stats = probe.run(loaded, pairs, [], probe_params, suite.axis)
                 per_pair = metrics.pair_bias_index(stats)
                 result.add_items(self.name, suite.axis, metric, dict(zip(stats.pair_ids, per_pair.tolist())))
+                if split == "probe":  # per-layer profiles, for the before/after layer charts
+                    for component in metrics.INDEX_COMPONENTS:
+                        profile = metrics.layer_divergence(stats, component)
+                        result.items[(suite.axis, f"{component}_divergence_by_layer")] = {str(i): float(v) for i, v in enumerate(profile)}
         return result
 
 
@@ -108,7 +112,7 @@ class OutputBias:
 # --- generations ----------------------------------------------------------------------------
 
 class GenerationParams(_Params):
-    pairs_per_axis: int = Field(default=4, ge=1, description="pairs (from distinct templates) generated per axis")
+    pairs_per_axis: int = Field(default=2, ge=1, description="pairs (from distinct templates) generated per axis")
     num_beams: int = Field(default=5, ge=1)
     do_sample: bool = False
     max_length: int = Field(default=50, ge=2, description="tokens, prompt included (as the write-up)")
@@ -148,7 +152,7 @@ class Generations:
 class PerplexityParams(_Params):
     file: str | None = Field(default=None, description="a UTF-8 text file; default: the corpus bundled with fairaudit")
     max_length: int = Field(default=512, ge=8, description="tokens per window")
-    stride: int = Field(default=256, ge=1, description="new tokens scored per window")
+    stride: int | None = Field(default=None, ge=1, description="new tokens scored per window (at most max_length; default: max_length, disjoint windows)")
     batch_size: int = Field(default=4, ge=1)
 
 
@@ -156,21 +160,22 @@ def corpus_path() -> Path:
     return data_dir() / "corpus.txt"
 
 
-def window_nll(loaded: LoadedModel, ids: list[int], max_length: int, stride: int) -> list[tuple[float, int]]:
+def window_nll(loaded: LoadedModel, ids: list[int], max_length: int, stride: int | None) -> list[tuple[float, int]]:
     """Sliding-window negative log-likelihood: each window of up to `max_length` tokens scores
     only its tokens not scored before (at most `stride`), conditioned on the rest; the first
     token is never scored. Returns (summed NLL, tokens scored) per window."""
     windows, previous_end = [], 0
+    stride = min(stride or max_length, max_length)  # a larger step would skip tokens
     for begin in range(0, len(ids), stride):
         end = min(begin + max_length, len(ids))
         first_target = max(previous_end, 1)
         if end <= first_target:
             break
         window = torch.tensor(ids[begin:end]).unsqueeze(0).to(loaded.device)
-        with torch.inference_mode():
-            log_probs = torch.log_softmax(loaded.model(input_ids=window).logits[0].double(), dim=-1).cpu()
         targets = torch.arange(first_target, end)
-        nll = -float(log_probs[targets - begin - 1, torch.tensor(ids)[targets]].sum())
+        with torch.inference_mode():
+            logits = loaded.model(input_ids=window).logits[0, targets - begin - 1].float()
+        nll = float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids, device=logits.device)[targets], reduction="sum"))
         windows.append((nll, len(targets)))
         previous_end = end
         if end == len(ids):

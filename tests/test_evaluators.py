@@ -37,7 +37,7 @@ def by_hand_loglikelihood(loaded, context: str, continuation: str) -> float:
 def test_loglikelihoods_by_hand_and_as_lm_eval_computes_them(llama):
     requests = [("The police officer thought he", " was lost"), ("A white man walked", " at night"), ("", "The nurse said he would")]
     ours = loglikelihoods(llama, requests, batch_size=2)
-    assert ours[0] == pytest.approx(by_hand_loglikelihood(llama, *requests[0]), abs=1e-9)
+    assert ours[0] == pytest.approx(by_hand_loglikelihood(llama, *requests[0]), abs=1e-4)
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -58,7 +58,7 @@ def test_perplexity_is_exp_of_mean_token_nll(llama, tmp_path):
     expected = math.exp(nll / (len(ids) - 1))
     perplexity = evaluator("perplexity")
     whole = perplexity.evaluate(llama, [], perplexity.Params(file=str(path), max_length=64, stride=64), None)
-    assert whole.measurements[0].value == pytest.approx(expected, rel=1e-9) and whole.measurements[0].n == len(ids) - 1
+    assert whole.measurements[0].value == pytest.approx(expected, rel=1e-5) and whole.measurements[0].n == len(ids) - 1
     windowed = perplexity.evaluate(llama, [], perplexity.Params(file=str(path), max_length=8, stride=3), None)
     assert windowed.measurements[0].n == len(ids) - 1, "every token after the first is scored exactly once"
     assert windowed.measurements[0].value != pytest.approx(expected, rel=1e-6), "shorter context changes the value"
@@ -78,7 +78,7 @@ def test_output_bias_gaps_by_hand(llama):
     pair = next(p for p in suite.pairs(None) if p.continuations)
     gap = by_hand_loglikelihood(llama, pair.text_a, pair.continuations["negative"]) - by_hand_loglikelihood(
         llama, pair.text_b, pair.continuations["negative"])
-    assert result.items[("race", "logprob_gap_negative")][pair.pair_id] == pytest.approx(gap, abs=1e-6)
+    assert result.items[("race", "logprob_gap_negative")][pair.pair_id] == pytest.approx(gap, abs=1e-4)
     neutral = result.items[("race", "logprob_gap_neutral")][pair.pair_id]
     assert result.items[("race", "stereotype_preference")][pair.pair_id] == pytest.approx(gap - neutral)
     negative = next(m for m in result.measurements if m.metric == "logprob_gap_negative")

@@ -1,0 +1,223 @@
+"""The HTML audit report and its JSON twin, rendered from the store only.
+
+`report_data` collects every number the report shows from the store (it never
+recomputes a score); `render_report` turns it into one self-contained HTML file (inline
+CSS and SVG, no scripts, no network) with Jinja autoescaping on, and writes `report.json`
+beside it with the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+import fairaudit
+from fairaudit.errors import StoreError
+from fairaudit.resources import templates_dir
+from fairaudit.store import Store, safe_name
+from fairaudit.svg import bar_chart, heatmap
+
+TOP_NEURONS = 10
+
+
+def _rows(store: Store, table: str, **equal: str) -> list[dict[str, Any]]:
+    try:
+        return store.read(table, **equal).to_pylist()
+    except StoreError:
+        return []
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
+def _verdict(axis: str, change: dict[str, Any] | None, what: str) -> str:
+    """A plain-language line computed from a paired change and its 95% interval."""
+    if not change:
+        return f"{axis}: {what} was not measured before and after pruning."
+    low, high, relative = change["relative_low"], change["relative_high"], change["relative_change"]
+    if not (_finite(low) and _finite(high)):
+        return f"{axis}: {what} changed by {relative:+.1%} (no interval: too few items)."
+    interval = f"95% CI {low:+.1%} to {high:+.1%}, {change['items']} items"
+    if high < 0:
+        return f"{axis}: {what} fell by {-relative:.1%} ({interval})."
+    if low > 0:
+        return f"{axis}: {what} rose by {relative:.1%} ({interval})."
+    return f"{axis}: {what} did not change measurably ({relative:+.1%}; {interval} includes no change)."
+
+
+def report_data(store: Store, run_id: str, compare_run: str | None = None) -> dict[str, Any]:
+    """Everything the report shows, read from the store."""
+    record = store.read_run(run_id)
+    if record.get("kind", "audit") != "audit":
+        raise StoreError(f"run {run_id} is a {record.get('kind')} run; the report is made from an audit run.")
+    model_id = record["model_id"]
+    axes = list(record.get("suites", {}))
+    summaries = {row["axis"]: row for row in _rows(store, "axis_summary", model=model_id, run_id=run_id)}
+    comparisons = _rows(store, "comparisons", model=model_id, run_id=run_id)
+    change = {(row["evaluator"], row["axis_or_task"], row["metric"]): row for row in comparisons}
+    measurements = _rows(store, "evaluations", run_id=run_id)
+    items = _rows(store, "evaluation_items", run_id=run_id)
+    prune = record.get("prune")
+    pruned_id = Path(prune["out"]).name if prune else None
+
+    def measured(evaluator: str, metric: str, role: str) -> dict[str, Any] | None:
+        return next((row for row in measurements if row["evaluator"] == evaluator and row["metric"] == metric
+                     and row["role"] == role and not row["error"]), None)
+
+    summary = []
+    for axis in axes:
+        row = summaries.get(axis, {})
+        summary.append({
+            "axis": axis,
+            "bias_index": row.get("bias_index"), "bias_index_low": row.get("bias_index_low"), "bias_index_high": row.get("bias_index_high"),
+            "optipfair_index": row.get("optipfair_index"), "pairs": row.get("pairs"), "significant_neurons": row.get("significant_neurons"),
+            "probe_change": change.get(("bias_reprobe", axis, "bias_index")),
+            "heldout_change": change.get(("bias_reprobe", axis, "bias_index_heldout")),
+            "output_change": change.get(("output_bias", axis, "stereotype_preference")),
+            "verdicts": [_verdict(axis, change.get(("bias_reprobe", axis, "bias_index_heldout")), "the bias index on held-out templates"),
+                         _verdict(axis, change.get(("output_bias", axis, "stereotype_preference")),
+                                  "the output-level preference for the negative continuation")] if prune else [],
+        })
+    quality = [row for row in comparisons if row["evaluator"] in ("perplexity", "lm_eval", "fidelity")]
+    perplexity = {role: measured("perplexity", "perplexity_bundled", role) for role in ("before", "after")}
+    quality_verdicts = []
+    if perplexity["before"] and perplexity["after"]:
+        ratio = perplexity["after"]["value"] / perplexity["before"]["value"] - 1
+        quality_verdicts.append(f"Perplexity on the bundled corpus went from {perplexity['before']['value']:.2f} to "
+                                f"{perplexity['after']['value']:.2f} ({ratio:+.2%}).")
+    for row in quality:
+        if row["evaluator"] == "lm_eval":
+            quality_verdicts.append(f"lm-eval {row['axis_or_task']} {row['metric']}: {row['before']:.3f} before, {row['after']:.3f} after.")
+    fidelity = measured("fidelity", "embedding_cosine", "after")
+    if fidelity:
+        quality_verdicts.append(f"Embeddings of the pruned model keep a mean cosine similarity of {fidelity['value']:.4f} with the original.")
+
+    layer_rows = [row for row in items if row["evaluator"] == "bias_reprobe" and row["metric"].endswith("_divergence_by_layer")]
+    charts = []
+    for axis in axes:
+        for component in ("attention", "mlp"):
+            series = {}
+            for role, label in (("before", "before pruning"), ("after", "after pruning")):
+                values = {int(r["item"]): r["value"] for r in layer_rows if r["axis_or_task"] == axis and r["role"] == role
+                          and r["metric"] == f"{component}_divergence_by_layer"}
+                if values:
+                    series[label] = [values.get(layer) for layer in range(max(values) + 1)]
+            if not series:
+                stored = _rows(store, "layer_scores", model=model_id, axis=axis, run_id=run_id)
+                if stored and f"{component}_divergence" in stored[0]:
+                    series["audited model"] = [r[f"{component}_divergence"] for r in sorted(stored, key=lambda r: r["layer"])]
+            if series:
+                layers = len(next(iter(series.values())))
+                charts.append({"axis": axis, "component": component, "series": series, "svg": bar_chart(
+                    f"{axis}: {component} output divergence per layer", [str(i) for i in range(layers)], series,
+                    "layer", "mean |activation difference|")})
+
+    kept = {}
+    if prune:
+        for row in _rows(store, "neuron_maps", model=pruned_id):
+            kept.setdefault(row["layer"], set()).add(row["original_index"])
+    top_neurons = {}
+    for axis in axes:
+        rows = _rows(store, "neuron_scores", model=model_id, axis=axis, run_id=run_id)
+        rows = sorted((r for r in rows if _finite(r.get("bias"))), key=lambda r: -r["bias"])[:TOP_NEURONS]
+        top_neurons[axis] = [{"layer": r["layer"], "neuron": r["neuron"], "bias": r["bias"], "scaled_bias": r.get("scaled_bias"),
+                              "q_value": r.get("q_value"), "importance": r.get("importance_ppm"), "hybrid": r.get("hybrid"),
+                              "status": ("pruned" if r["neuron"] not in kept.get(r["layer"], set()) else "kept") if kept else "-"}
+                             for r in rows]
+
+    overlap_pairs = _rows(store, "overlap_pairs", model=model_id, run_id=run_id)
+    overlap_svg = None
+    if overlap_pairs:
+        index = {axis: i for i, axis in enumerate(axes)}
+        ratio = [[None] * len(axes) for _ in axes]
+        notes = [[""] * len(axes) for _ in axes]
+        for row in overlap_pairs:
+            if row["axis_a"] in index and row["axis_b"] in index:
+                a, b = index[row["axis_a"]], index[row["axis_b"]]
+                value = row["overlap"] / row["expected"] if row["expected"] else None
+                for i, j in ((a, b), (b, a)):
+                    ratio[i][j] = value
+                    notes[i][j] = f"{row['overlap']} (exp. {row['expected']:.1f})\np={row['p_value']:.1e}"
+        for axis, i in index.items():
+            notes[i][i] = axis
+        overlap_svg = heatmap("Top-neuron overlap between axes (observed / expected; darker = more shared)", axes, ratio, notes)
+
+    other_models = []
+    for run in store.runs():
+        if run.get("kind", "audit") == "audit" and run.get("status") == "complete" and run["model_id"] != model_id:
+            rows = _rows(store, "axis_summary", model=run["model_id"], run_id=run["run_id"])
+            other_models.append({"model": run["model_id"], "run_id": run["run_id"], "axes": {r["axis"]: r["bias_index"] for r in rows}})
+    compared = None
+    if compare_run:
+        other = store.read_run(compare_run)
+        rows = _rows(store, "axis_summary", model=other["model_id"], run_id=compare_run)
+        compared = {"run_id": compare_run, "model": other["model_id"], "axes": {r["axis"]: r for r in rows}}
+
+    generation_rows = _rows(store, "generations", run_id=run_id)
+    generations: dict[tuple, dict[str, Any]] = {}
+    for row in generation_rows:
+        entry = generations.setdefault((row["axis_or_task"], row["pair_id"]), {"axis": row["axis_or_task"], "pair_id": row["pair_id"]})
+        entry[f"prompt_{row['side']}"] = row["prompt"]
+        entry[f"group_{row['side']}"] = row["group"]
+        entry[f"{row['role']}_{row['side']}"] = row["continuation"]
+
+    provenance = {key: value for key, value in record.items() if key not in ("suites",)}
+    return {
+        "fairaudit_version": fairaudit.__version__,
+        "run_id": run_id, "model_id": model_id, "status": record.get("status"), "started": record.get("started"),
+        "summary": summary, "quality": quality, "quality_verdicts": quality_verdicts,
+        "perplexity": perplexity, "fidelity": fidelity, "prune": prune,
+        "comparisons": comparisons, "charts": charts, "top_neurons": top_neurons,
+        "overlap": overlap_pairs, "overlap_svg": overlap_svg, "other_models": other_models, "compared": compared,
+        "generations": sorted(generations.values(), key=lambda g: (g["axis"], g["pair_id"])),
+        "failures": sorted({row["error"] for row in measurements if row["error"] and not row["error"].startswith("skipped")}),
+        "provenance": provenance,
+        "suites": {axis: {"sha256": entry.get("sha256"), "definition": entry.get("definition")}
+                   for axis, entry in record.get("suites", {}).items()},
+    }
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items() if k not in ("svg", "overlap_svg")}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def render_report(data: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """Write the HTML report and `report.json` next to it, each atomically; return both paths."""
+    out = Path(out)
+    if "\x00" in str(out):
+        raise StoreError("the report path contains a NUL byte.")
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir()), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["num"] = lambda v, digits=4: "n/a" if not _finite(v) else f"{v:.{digits}f}"
+    environment.filters["pct"] = lambda v: "n/a" if not _finite(v) else f"{100 * v:+.1f}%"
+    environment.filters["raw"] = lambda v: "" if not _finite(v) else repr(float(v))
+    html = environment.get_template("base.html.j2").render(**data)
+    twin = out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json")
+    for path, text in ((out, html), (twin, json.dumps(_json_ready(data), indent=2, default=str))):
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise StoreError(f"could not write the report to {path}: {exc.strerror or exc}.") from None
+    return out, twin
+
+
+def report_path(folder: str | Path, model_id: str, run_id: str) -> Path:
+    """Where `fairaudit audit` writes its report: a safe file name inside `folder`."""
+    return Path(folder) / f"report-{safe_name(model_id, 60)}-{safe_name(run_id, 40)}.html"

@@ -1,0 +1,83 @@
+"""Inline SVG charts for the report: no JavaScript, no network, every text escaped."""
+
+from __future__ import annotations
+
+import math
+
+from markupsafe import Markup, escape
+
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948")
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}" if value and abs(value) < 1e-2 else f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def bar_chart(title: str, categories: list[str], series: dict[str, list[float]], x_label: str, y_label: str) -> Markup:
+    """Grouped bars: one group per category (e.g. layer), one bar per series (e.g. before/after)."""
+    width, height, left, right, top, bottom = 720, 280, 64, 16, 40, 48
+    plot_width, plot_height = width - left - right, height - top - bottom
+    values = [v for column in series.values() for v in column if v is not None and not math.isnan(v)]
+    peak = max(values) if values else 1.0
+    peak = peak if peak > 0 else 1.0
+    group = plot_width / max(len(categories), 1)
+    bar = group * 0.8 / max(len(series), 1)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" '
+             f'aria-label="{escape(title)}" class="chart">',
+             f'<text x="{left}" y="22" font-size="14" font-weight="bold">{escape(title)}</text>',
+             f'<line x1="{left}" y1="{top + plot_height}" x2="{width - right}" y2="{top + plot_height}" stroke="#333"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_height}" stroke="#333"/>']
+    for tick in range(5):
+        value = peak * tick / 4
+        y = top + plot_height - plot_height * tick / 4
+        parts.append(f'<line x1="{left - 4}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#ddd"/>'
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{escape(_number(value))}</text>')
+    for index, category in enumerate(categories):
+        x0 = left + index * group + group * 0.1
+        for offset, (name, column) in enumerate(series.items()):
+            value = column[index] if index < len(column) else None
+            if value is None or math.isnan(value):
+                continue
+            bar_height = plot_height * max(value, 0) / peak
+            parts.append(f'<rect x="{x0 + offset * bar:.1f}" y="{top + plot_height - bar_height:.1f}" width="{bar:.1f}" '
+                         f'height="{bar_height:.1f}" fill="{PALETTE[offset % len(PALETTE)]}"><title>{escape(name)}, '
+                         f'{escape(category)}: {escape(_number(value))}</title></rect>')
+        if len(categories) <= 40 or index % max(len(categories) // 20, 1) == 0:
+            parts.append(f'<text x="{x0 + group * 0.4:.1f}" y="{top + plot_height + 14}" font-size="10" '
+                         f'text-anchor="middle">{escape(category)}</text>')
+    parts.append(f'<text x="{left + plot_width / 2:.1f}" y="{height - 8}" font-size="11" text-anchor="middle">{escape(x_label)}</text>')
+    parts.append(f'<text x="14" y="{top + plot_height / 2:.1f}" font-size="11" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {top + plot_height / 2:.1f})">{escape(y_label)}</text>')
+    for offset, name in enumerate(series):
+        x = width - right - 150 * (len(series) - offset)
+        parts.append(f'<rect x="{x}" y="10" width="12" height="12" fill="{PALETTE[offset % len(PALETTE)]}"/>'
+                     f'<text x="{x + 16}" y="20" font-size="11">{escape(name)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def heatmap(title: str, labels: list[str], values: list[list[float | None]], notes: list[list[str]]) -> Markup:
+    """A square matrix (e.g. axis x axis overlap / expected); darker = larger; `notes` printed in cells."""
+    cell, left, top = 92, 110, 40
+    size = len(labels)
+    width, height = left + cell * size + 16, top + cell * size + 16
+    finite = [v for row in values for v in row if v is not None and not math.isnan(v)]
+    peak = max(finite) if finite else 1.0
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{min(width, 720)}" role="img" '
+             f'aria-label="{escape(title)}" class="chart">',
+             f'<text x="8" y="22" font-size="14" font-weight="bold">{escape(title)}</text>']
+    for row, label in enumerate(labels):
+        parts.append(f'<text x="{left - 6}" y="{top + row * cell + cell / 2 + 4:.1f}" font-size="11" text-anchor="end">{escape(label)}</text>')
+        parts.append(f'<text x="{left + row * cell + cell / 2:.1f}" y="{top + size * cell + 12}" font-size="11" '
+                     f'text-anchor="middle">{escape(label)}</text>')
+        for column in range(size):
+            value = values[row][column]
+            shade = 0.0 if value is None or math.isnan(value) or peak <= 0 else min(value / peak, 1.0)
+            fill = f"rgb({int(255 - 180 * shade)},{int(255 - 140 * shade)},{int(255 - 60 * shade)})"
+            parts.append(f'<rect x="{left + column * cell}" y="{top + row * cell}" width="{cell - 2}" height="{cell - 2}" fill="{fill}">'
+                         f'<title>{escape(labels[row])} x {escape(labels[column])}: {escape(notes[row][column])}</title></rect>')
+            for line, text in enumerate(notes[row][column].split("\n")):
+                parts.append(f'<text x="{left + column * cell + cell / 2 - 1:.1f}" y="{top + row * cell + 30 + line * 14}" '
+                             f'font-size="10" text-anchor="middle">{escape(text)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))

@@ -1,0 +1,156 @@
+"""The HTML report: its numbers equal the store's, hostile text is inert, it is
+self-contained, and a real browser opens it offline without errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from fairaudit.config import RunConfig
+from fairaudit.report import render_report, report_data
+from fairaudit.runner import audit
+from fairaudit.store import Store
+
+HOSTILE = """suite: hostile
+axis: hostile
+groups:
+  a: {group: "<script>alert('x')</script>"}
+  b: {group: "</table><b onmouseover=alert(1)>\\"quoted\\""}
+templates:
+  - id: t1
+    text: "The {group} person said"
+    continuations: {negative: " <img src=x onerror=alert(2)>", neutral: " hello"}
+  - id: t2
+    text: "A {group} walked by"
+controls:
+  - ["A tall <i>man</i>", "A short <i>man</i>"]
+"""
+
+
+class DataValues(HTMLParser):
+    """Collects (metric, axis) -> data-value from the report's tagged cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.values: dict[tuple[str, str], list[str]] = {}
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if "data-metric" in attributes:
+            self.values.setdefault((attributes["data-metric"], attributes.get("data-axis", "")), []).append(attributes.get("data-value", ""))
+
+
+@pytest.fixture(scope="module")
+def audited(model_folder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    (root / "hostile.yaml").write_text(HOSTILE)
+    config = RunConfig.model_validate({
+        "model": str(model_folder("llama")), "suites": ["race", "gender", str(root / "hostile.yaml")], "store": str(root / "store"),
+        "probe": {"plugin": "activations", "params": {"progress": False}},
+        "pruning": {"out": str(root / "pruned"), "selection": {"fraction": 0.05}},
+        "evaluators": ["bias_reprobe", "output_bias", {"plugin": "generations", "params": {"pairs_per_axis": 1, "max_length": 16}},
+                       {"plugin": "perplexity", "params": {"max_length": 64}}],
+    })
+    result = audit(config)
+    return root, result
+
+
+def test_numbers_in_the_html_equal_the_store(audited):
+    root, result = audited
+    html = result.report.read_text(encoding="utf-8")
+    parser = DataValues()
+    parser.feed(html)
+    store = Store(root / "store")
+    for axis in ("race", "gender"):
+        row = store.read("axis_summary", model=result.model_id, axis=axis, run_id=result.run_id).to_pylist()[0]
+        assert float(parser.values[("bias_index", axis)][0]) == row["bias_index"]
+        assert float(parser.values[("optipfair_index", axis)][0]) == row["optipfair_index"]
+        change = next(r for r in store.read("comparisons", run_id=result.run_id).to_pylist()
+                      if (r["evaluator"], r["axis_or_task"], r["metric"]) == ("bias_reprobe", axis, "bias_index_heldout"))
+        assert float(parser.values[("bias_index_heldout_change", axis)][0]) == change["relative_change"]
+    perplexity = {r["role"]: r["value"] for r in store.read("evaluations", run_id=result.run_id).to_pylist()
+                  if r["metric"] == "perplexity_bundled"}
+    assert float(parser.values[("perplexity_before", "")][0]) == perplexity["before"]
+    assert float(parser.values[("perplexity_after", "")][0]) == perplexity["after"]
+    assert int(parser.values[("removed", "")][0]) == store.read_run(result.run_id)["prune"]["removed"]
+    overlaps = sorted(r["overlap"] for r in store.read("overlap_pairs", run_id=result.run_id).to_pylist())
+    assert sorted(int(v) for v in parser.values[("overlap", "")]) == overlaps
+
+
+def test_json_twin_has_the_same_numbers(audited):
+    root, result = audited
+    twin = json.loads(result.report.with_suffix(".json").read_text())
+    store = Store(root / "store")
+    for entry in twin["summary"]:
+        row = store.read("axis_summary", model=result.model_id, axis=entry["axis"], run_id=result.run_id).to_pylist()[0]
+        assert entry["bias_index"] == row["bias_index"] and entry["bias_index_low"] == row["bias_index_low"]
+    assert twin["prune"]["removed"] == store.read_run(result.run_id)["prune"]["removed"]
+
+
+def test_hostile_suite_text_is_shown_as_text(audited):
+    _, result = audited
+    html = result.report.read_text(encoding="utf-8")
+    assert "<script" not in html.lower(), "no script element at all, not even ours"
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    assert "<b onmouseover" not in html and "&lt;/table&gt;&lt;b onmouseover=alert(1)&gt;" in html
+    assert "<img" not in html and "<i>man</i>" not in html
+
+
+def test_report_is_self_contained(audited):
+    _, result = audited
+    html = result.report.read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html), "no external resource"
+    assert "@import" not in html and "url(" not in html
+    assert html.count("<svg") >= 4
+
+
+def test_report_command_renders_a_stored_run(cli, audited, tmp_path):
+    root, result = audited
+    out = tmp_path / "again.html"
+    completed = cli("report", root / "store", "--run", result.run_id, "--out", out)
+    assert completed.exit_code == 0, completed.output
+    assert out.read_text() == result.report.read_text(), "rendering only reads the store: same input, same file"
+    assert (tmp_path / "again.json").exists()
+    missing = cli("report", root / "store", "--run", "nope", "--out", tmp_path / "x.html")
+    assert missing.exit_code == 2 and "has no run 'nope'" in missing.stderr and not (tmp_path / "x.html").exists()
+
+
+def test_report_paths_stay_inside_their_folder():
+    from fairaudit.report import report_path
+
+    for model in ("../../etc/passwd", "/abs/model", "org/model\x00", "m" * 300):
+        path = report_path("out", model, "../run")
+        assert path.parent == Path("out") and len(path.name) < 120 and "\x00" not in path.name
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_browser_opens_the_report_offline_without_errors(audited):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    _, result = audited
+    artifacts = Path(__file__).parent / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    console_errors, failed, external = [], [], []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        context = browser.new_context(offline=True, viewport={"width": 1100, "height": 900})
+        page = context.new_page()
+        page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: console_errors.append(str(error)))
+        page.on("requestfailed", lambda request: failed.append(request.url))
+        context.route("**/*", lambda route: (external.append(route.request.url), route.abort())
+                      if not route.request.url.startswith("file:") else route.continue_())
+        page.goto(result.report.resolve().as_uri())
+        page.wait_for_load_state("load")
+        sizes = page.evaluate("Array.from(document.querySelectorAll('svg')).map(s => [s.getBoundingClientRect().width, s.getBoundingClientRect().height])")
+        page.locator("#summary").screenshot(path=str(artifacts / "report-summary.png"))
+        browser.close()
+    assert console_errors == [] and failed == [] and external == []
+    assert sizes and all(width > 0 and height > 0 for width, height in sizes)
+    assert (artifacts / "report-summary.png").stat().st_size > 1000
