@@ -80,7 +80,7 @@ def test_output_bias_gaps_by_hand(llama):
         llama, pair.text_b, pair.continuations["negative"])
     assert result.items[("race", "logprob_gap_negative")][pair.pair_id] == pytest.approx(gap, abs=1e-4)
     neutral = result.items[("race", "logprob_gap_neutral")][pair.pair_id]
-    assert result.items[("race", "stereotype_preference")][pair.pair_id] == pytest.approx(gap - neutral)
+    assert result.items[("race", "stereotype_preference")][pair.pair_id] == pytest.approx(gap - neutral, abs=1e-4)
     negative = next(m for m in result.measurements if m.metric == "logprob_gap_negative")
     assert negative.n == len(result.items[("race", "logprob_gap_negative")]) and negative.low <= negative.value <= negative.high
 
