@@ -242,15 +242,16 @@ def audit_command(config_file, resume_run, store, quiet, as_json) -> None:
 @click.option("--evaluator", "evaluator_names", multiple=True,
               help="evaluator plugin; repeat (default: bias_reprobe, output_bias, generations, perplexity, lm_eval, fidelity)")
 @click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
+@click.option("--time-limit", type=float, default=3600.0, show_default=True, help="seconds per evaluator run")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, quiet, as_json) -> None:
+def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, time_limit, quiet, as_json) -> None:
     """Measure bias and quality of a model, and of its pruned version with --compare."""
     from fairaudit.config import DEFAULT_EVALUATORS, DEFAULT_SUITES
     from fairaudit.runner import evaluate_models
 
     result = evaluate_models(model_id, compare_id, list(suite_names) or DEFAULT_SUITES,
-                             list(evaluator_names) or DEFAULT_EVALUATORS, store)
+                             list(evaluator_names) or DEFAULT_EVALUATORS, store, time_limit)
     _report_result(result, quiet, as_json)
 
 
@@ -312,7 +313,8 @@ def overlap(store, models, runs, top, score, out, as_json) -> None:
 @click.option("--fraction", type=float, default=0.002, show_default=True, help="share of neurons to prune, in (0, 1)")
 @click.option("--scope", type=click.Choice(["per_layer", "global"]), default="per_layer", show_default=True)
 @click.option("--layers", default=None, help="comma-separated layer indices to prune (default: all)")
-@click.option("--score", default="hybrid", show_default=True, help="stored neuron score; higher = prune first")
+@click.option("--score", default="hybrid_scaled", show_default=True,
+              help="stored neuron score; higher = prune first ('hybrid' is optiPfair's)")
 @click.option("--round-to", type=int, default=None, help="round each new MLP width down to a multiple of this")
 @click.option("--protect", type=float, default=0.01, show_default=True, help="protect the top share of neurons by importance (0: none)")
 @click.option("--pruner", default="structured", show_default=True, help="pruner plugin: structured (remove) or zero")

@@ -27,7 +27,10 @@ from fairaudit.model import DEFAULT_MODEL, ModelSpec
 from fairaudit.plugins import Registry, registry
 from fairaudit.yamlio import describe_validation_error, read_yaml
 
-DEFAULT_SCORERS = ["bias", "scaled_bias", "noise_floor", "significance", "importance", "hybrid", "layer_index"]
+# `hybrid` is optiPfair's score (on the unscaled bias); `hybrid_scaled` the same on the scale-free
+# bias, which the audit prunes by (see README, "Which score to prune by").
+DEFAULT_SCORERS = ["bias", "scaled_bias", "noise_floor", "significance", "importance", "hybrid",
+                   {"plugin": "hybrid", "params": {"bias": "scaled_bias", "column": "hybrid_scaled"}}, "layer_index"]
 DEFAULT_SUITES = ["race", "gender", "religion", "nationality"]
 DEFAULT_EVALUATORS = ["bias_reprobe", "output_bias", "generations", "perplexity", "lm_eval", "fidelity"]
 
@@ -49,7 +52,7 @@ class ScoringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     component: str = Field(default="neuron", description="which captured component per-neuron scores describe")
-    scorers: list[PluginRef] = Field(default_factory=lambda: [PluginRef(plugin=name) for name in DEFAULT_SCORERS])
+    scorers: list[PluginRef] = Field(default_factory=lambda: [PluginRef.model_validate(_plugin_ref(ref)) for ref in DEFAULT_SCORERS])
 
     @field_validator("scorers", mode="before")
     @classmethod
@@ -86,6 +89,7 @@ class RunConfig(BaseModel):
     evaluators: list[PluginRef] = Field(default_factory=lambda: [PluginRef(plugin=name) for name in DEFAULT_EVALUATORS])
     store: str = "fairaudit-out/store"
     seed: int = 0
+    evaluator_time_limit: float | None = Field(default=3600.0, gt=0, description="seconds per evaluator run (null: none)")
     report: bool = Field(default=True, description="write the HTML report (and report.json) beside the store folder")
     overlap_top: float = Field(default=0.01, gt=0, description="top-k of each axis for the stored overlap analysis")
 

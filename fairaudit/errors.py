@@ -6,8 +6,17 @@ Any other exception escaping fairaudit is a bug.
 """
 
 
+def one_paragraph(text: str) -> str:
+    """`text` with control characters (newlines, tabs, NUL...) written as escapes, so that a
+    message quoting hostile input stays one printable paragraph."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
+
+
 class FairauditError(Exception):
     """Base of all user-facing errors."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(one_paragraph(message))
 
 
 class SuiteError(FairauditError):

@@ -178,6 +178,11 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any]:
     try:
         config = AutoConfig.from_pretrained(str(source), **common)
     except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc) and not spec.trust_remote_code:
+            raise ModelError(
+                f"model '{source}' ships its own Python code for its architecture, which fairaudit does not run by "
+                f"default. Pass --trust-remote-code (model.trust_remote_code: true) only if you trust its source."
+            ) from None
         raise ModelError(
             f"could not find model '{source}': it is not a local folder with a config.json, and it could not be "
             f"fetched from the hub ({type(exc).__name__}: {str(exc).splitlines()[0]}). Check the name, or pass a local folder."

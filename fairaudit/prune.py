@@ -34,7 +34,7 @@ class SelectionParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     axes: list[str] = Field(min_length=1)
-    score: str = "hybrid"
+    score: str = "hybrid_scaled"
     fraction: float = Field(default=0.002, description="share of neurons to prune, in (0, 1)")
     scope: Literal["per_layer", "global"] = "per_layer"
     layers: list[int] | None = None

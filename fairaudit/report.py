@@ -129,6 +129,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None) -> di
         rows = sorted((r for r in rows if _finite(r.get("bias"))), key=lambda r: -r["bias"])[:TOP_NEURONS]
         top_neurons[axis] = [{"layer": r["layer"], "neuron": r["neuron"], "bias": r["bias"], "scaled_bias": r.get("scaled_bias"),
                               "q_value": r.get("q_value"), "importance": r.get("importance_ppm"), "hybrid": r.get("hybrid"),
+                              "hybrid_scaled": r.get("hybrid_scaled"),
                               "status": ("pruned" if r["neuron"] not in kept.get(r["layer"], set()) else "kept") if kept else "-"}
                              for r in rows]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import platform
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from fairaudit.evaluate import EvaluationResult, Measurement, compare
 from fairaudit.model import LoadedModel, ModelSpec, load_model
 from fairaudit.plugins import notify_stage_finished, registry
 from fairaudit.prune import NEURON_MAP_FILE
+from fairaudit.probe import ActivationStats
 from fairaudit.scoring import AxisScores
 from fairaudit.store import Store, new_run_id, safe_name
 from fairaudit.suite import Suite, resolve_suite
@@ -65,6 +67,29 @@ def _environment() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "fairaudit": fairaudit.__version__,
     }
+
+
+def _call_plugin(kind: str, name: str, axis: str, call):
+    """Run a plugin call; anything but a user error becomes a `PluginError` naming the plugin."""
+    try:
+        return call()
+    except FairauditError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{kind} plugin '{name}' failed on axis '{axis}': {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}. Results stored for earlier axes are kept.") from exc
+
+
+def _check_scores(name: str, axis: str, scores: AxisScores, layers: int) -> None:
+    """Catch a scorer that wrote columns of the wrong type or shape before they reach the store."""
+    for column, values in scores.neuron.items():
+        if not isinstance(values, torch.Tensor) or values.dim() != 2 or values.shape[0] != layers:
+            raise PluginError(f"scorer plugin '{name}' wrote neuron column '{column}' on axis '{axis}' that is not a "
+                              f"[layers={layers}, units] tensor; results stored for earlier axes are kept.")
+    for column, values in scores.layer.items():
+        if not isinstance(values, torch.Tensor) or values.shape != (layers,):
+            raise PluginError(f"scorer plugin '{name}' wrote layer column '{column}' on axis '{axis}' that is not a "
+                              f"[layers={layers}] tensor; results stored for earlier axes are kept.")
 
 
 def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = None) -> AuditResult:
@@ -112,60 +137,72 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
             raise ConfigError(f"cannot resume run {run_id}: the model's weights changed since it started (weights hash differs).")
         record["timings"] = {**previous.get("timings", {}), **record["timings"]}
         record["started"] = previous.get("started", record["started"])
+        if "prune" in previous:
+            record["prune"] = previous["prune"]
     store.write_run(run_id, record)
 
     result = AuditResult(run_id=run_id, store=store.root, model_id=loaded.model_id)
-    for suite in suites:
-        if store.has_axis(loaded.model_id, suite.axis, run_id):
-            result.skipped_axes.append(suite.axis)
-            continue
-        axis_started = time.time()
-        stats = probe.run(loaded, suite.pairs("probe"), suite.control_pairs(), params["probe"], suite.axis)
-        probe_seconds = time.time() - axis_started
-        result.warnings += notify_stage_finished("probe", probe.name, suite.axis, probe_seconds)
-        scores = AxisScores(axis=suite.axis, component=config.scoring.component)
-        for name, scorer, scorer_params in scorers:
-            scorer_started = time.time()
-            scorer.compute(stats, loaded, scores, scorer_params)
-            result.warnings += notify_stage_finished("scorer", name, suite.axis, time.time() - scorer_started)
-        store.write_axis(loaded.model_id, run_id, scores)
-        record["timings"][f"axis:{suite.axis}"] = round(time.time() - axis_started, 3)
-        store.write_run(run_id, record)
-
-    for suite in suites:
-        summary = store.read("axis_summary", model=loaded.model_id, axis=suite.axis, run_id=run_id).to_pylist()[0]
-        result.summaries[suite.axis] = {key: value for key, value in summary.items() if key not in ("model", "axis", "run_id")}
-
-    if len(suites) >= 2:
-        _store_overlap(store, loaded.model_id, run_id, config.overlap_top)
-
-    after = None
-    if config.pruning is not None:
-        stage_started = time.time()
-        out = Path(config.pruning.out) / safe_name(run_id) / f"{safe_name(loaded.model_id)}-pruned"
-        if not (out / NEURON_MAP_FILE).exists():
-            outcome = prune_model(config.model, store.root, config.selection([s.axis for s in suites]), out,
-                                  run_id=run_id, pruner=config.pruning.pruner.plugin)
-            record["prune"] = {"run_id": outcome.run_id, "out": str(out), "removed": outcome.report.removed,
-                               "neurons": sum(outcome.report.widths_before),
-                               "parameters_before": outcome.report.parameters_before,
-                               "parameters_after": outcome.report.parameters_after}
-            record["timings"]["prune"] = round(time.time() - stage_started, 3)
+    try:
+        for suite in suites:
+            if store.has_axis(loaded.model_id, suite.axis, run_id):
+                result.skipped_axes.append(suite.axis)
+                continue
+            axis_started = time.time()
+            stats = _call_plugin("probe", probe.name, suite.axis, lambda: probe.run(
+                loaded, suite.pairs("probe"), suite.control_pairs(), params["probe"], suite.axis))
+            if not isinstance(stats, ActivationStats):
+                raise PluginError(f"probe plugin '{probe.name}' returned {type(stats).__name__} on axis '{suite.axis}', "
+                                  f"not ActivationStats; results stored for earlier axes are kept.")
+            probe_seconds = time.time() - axis_started
+            result.warnings += notify_stage_finished("probe", probe.name, suite.axis, probe_seconds)
+            scores = AxisScores(axis=suite.axis, component=config.scoring.component)
+            for name, scorer, scorer_params in scorers:
+                scorer_started = time.time()
+                _call_plugin("scorer", name, suite.axis, lambda: scorer.compute(stats, loaded, scores, scorer_params))
+                _check_scores(name, suite.axis, scores, len(loaded.layers))
+                result.warnings += notify_stage_finished("scorer", name, suite.axis, time.time() - scorer_started)
+            store.write_axis(loaded.model_id, run_id, scores)
+            record["timings"][f"axis:{suite.axis}"] = round(time.time() - axis_started, 3)
             store.write_run(run_id, record)
-        result.pruned = record.get("prune", {"out": str(out)})
-        after = load_model(config.model.model_copy(update={"id": str(out), "gguf_file": None, "revision": None}))
-    if config.evaluators:
-        stage_started = time.time()
-        evaluators = [(ref.plugin, plugins.get("evaluator", ref.plugin), params[path])
-                      for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
-        result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, loaded, after,
-                                                                         record["timings"])
-        result.measurements = _read_all(store, "evaluations", run_id)
-        record["timings"]["evaluate"] = round(time.time() - stage_started, 3)
-        record["evaluation_failures"] = result.evaluation_failures
-    record.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    record["timings"]["total"] = round(time.time() - started, 3)
-    store.write_run(run_id, record)
+
+        for suite in suites:
+            summary = store.read("axis_summary", model=loaded.model_id, axis=suite.axis, run_id=run_id).to_pylist()[0]
+            result.summaries[suite.axis] = {key: value for key, value in summary.items() if key not in ("model", "axis", "run_id")}
+
+        if len(suites) >= 2:
+            _store_overlap(store, loaded.model_id, run_id, config.overlap_top)
+
+        after = None
+        if config.pruning is not None:
+            stage_started = time.time()
+            out = Path(config.pruning.out) / safe_name(run_id) / f"{safe_name(loaded.model_id)}-pruned"
+            if not (out / NEURON_MAP_FILE).exists():
+                outcome = prune_model(config.model, store.root, config.selection([s.axis for s in suites]), out,
+                                      run_id=run_id, pruner=config.pruning.pruner.plugin)
+                record["prune"] = {"run_id": outcome.run_id, "out": str(out), "removed": outcome.report.removed,
+                                   "neurons": sum(outcome.report.widths_before),
+                                   "parameters_before": outcome.report.parameters_before,
+                                   "parameters_after": outcome.report.parameters_after}
+                record["timings"]["prune"] = round(time.time() - stage_started, 3)
+                store.write_run(run_id, record)
+            result.pruned = record.get("prune", {"out": str(out)})
+            after = load_model(config.model.model_copy(update={"id": str(out), "gguf_file": None, "revision": None}))
+        if config.evaluators:
+            stage_started = time.time()
+            evaluators = [(ref.plugin, plugins.get("evaluator", ref.plugin), params[path])
+                          for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
+            result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, loaded, after,
+                                                                             record["timings"], config.evaluator_time_limit)
+            result.measurements = _read_all(store, "evaluations", run_id)
+            record["timings"]["evaluate"] = round(time.time() - stage_started, 3)
+            record["evaluation_failures"] = result.evaluation_failures
+        record.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        record["timings"]["total"] = round(time.time() - started, 3)
+        store.write_run(run_id, record)
+    except (FairauditError, KeyboardInterrupt) as exc:
+        record.update(status="failed" if isinstance(exc, FairauditError) else "interrupted", error=str(exc))
+        store.write_run(run_id, record)
+        raise
     if config.report:
         from fairaudit.report import render_report, report_data, report_path
 
@@ -258,6 +295,30 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
 
 # --- evaluation ---------------------------------------------------------------------------
 
+def _with_time_limit(call, seconds: float | None):
+    """Run `call` in a daemon thread and give up after `seconds`. A plugin that overruns is
+    abandoned, not killed (Python cannot stop a thread): it may keep a core busy until the
+    process exits, but the audit goes on and records the timeout."""
+    if not seconds:
+        return call()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed back to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"did not finish within its time limit of {seconds:g} s (abandoned)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _evaluation_tables(name: str, role: str, result: EvaluationResult) -> dict[str, pa.Table]:
     measurements = [{"evaluator": name, "role": role, "axis_or_task": m.axis, "metric": m.metric, "value": m.value, "low": m.low,
                      "high": m.high, "n": m.n, "error": m.error} for m in result.measurements]
@@ -283,7 +344,7 @@ GENERATION_SCHEMA = pa.schema([("evaluator", pa.string()), ("role", pa.string())
 
 def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: list[tuple[str, Any, Any]],
                     before: LoadedModel, after: LoadedModel | None,
-                    timings: dict[str, float] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+                    timings: dict[str, float] | None = None, time_limit: float | None = None) -> tuple[list[str], list[dict[str, Any]]]:
     """Run every evaluator on `before` (and `after`, the pruned model), store what each
     measured, then store the paired before/after comparisons. An evaluator that raises or
     returns the wrong type is recorded with its error; the others still run. Returns
@@ -304,7 +365,7 @@ def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: 
                 result.measurements.append(Measurement(name, "", "skipped", math.nan, error="skipped: the model has no language-model head"))
             else:
                 try:
-                    result = evaluator.evaluate(loaded, suites, params, reference)
+                    result = _with_time_limit(lambda: evaluator.evaluate(loaded, suites, params, reference), time_limit)
                     if not isinstance(result, EvaluationResult):
                         raise PluginError(f"returned {type(result).__name__}, not an EvaluationResult")
                 except Exception as exc:  # a plugin's failure must not take the other results with it
@@ -348,7 +409,7 @@ def _comparisons(store: Store, run_id: str, before_id: str, after_id: str) -> li
 
 
 def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None, suite_names: list[str],
-                    evaluator_refs: list, store_path: str | Path) -> AuditResult:
+                    evaluator_refs: list, store_path: str | Path, time_limit: float | None = 3600.0) -> AuditResult:
     """Evaluate a model (and a pruned version of it) without probing or pruning: a run of
     kind "evaluate" in the store, with measurements and paired comparisons."""
     config = RunConfig.model_validate({"model": model if isinstance(model, str) else model.model_dump(), "suites": suite_names,
@@ -366,7 +427,8 @@ def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None
     evaluators = [(ref.plugin, registry().get("evaluator", ref.plugin), params[path])
                   for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
     result = AuditResult(run_id=run_id, store=store.root, model_id=before.model_id)
-    result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, before, after)
+    result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, before, after,
+                                                                     time_limit=time_limit)
     result.measurements = _read_all(store, "evaluations", run_id)
     store.write_run(run_id, {**record, "status": "complete", "evaluation_failures": result.evaluation_failures})
     return result

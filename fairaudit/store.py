@@ -16,6 +16,7 @@ that exists is complete. Runs never share a file, so concurrent runs cannot coll
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -57,7 +58,8 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
         raise StoreError(
             f"could not write {path}: {exc.strerror or exc}. Nothing partial was left; results written "
             f"before this one are intact. Free space or choose another store folder, then rerun with --resume."

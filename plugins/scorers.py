@@ -98,6 +98,7 @@ class HybridParams(BaseModel):
     weight: float = Field(default=0.8, ge=0.0, le=1.0, description="w: weight of bias against (1 - importance)")
     bias: str = "bias"
     importance: str = "importance_ppm"
+    column: str = Field(default="hybrid", description="name of the column written")
 
 
 class HybridScorer:
@@ -112,7 +113,7 @@ class HybridScorer:
                 f"hybrid scorer needs columns {missing}, which no earlier scorer produced; list 'bias' and "
                 f"'importance' before 'hybrid' in the run config (columns so far: {sorted(scores.neuron)})."
             )
-        scores.neuron["hybrid"] = metrics.hybrid(scores.neuron[params.bias], scores.neuron[params.importance], params.weight)
+        scores.neuron[params.column] = metrics.hybrid(scores.neuron[params.bias], scores.neuron[params.importance], params.weight)
 
 
 class LayerIndexParams(BaseModel):

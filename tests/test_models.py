@@ -87,3 +87,23 @@ def test_real_pretrained_encoder_loads_offline():
     loaded = load_model(str(folder))
     assert (loaded.adapter.name, loaded.is_causal, len(loaded.layers)) == ("bert", False, 6)
     assert loaded.adapter.mlp_weights(loaded.layers[0]).rows[0].shape == (1536, 384)
+
+
+def test_model_code_is_never_run_without_the_flag(tmp_path):
+    """A folder whose config asks for its own Python code is refused unless the user says so."""
+    import json
+
+    folder = make_model("llama", tmp_path / "m")
+    marker = tmp_path / "code-ran"
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    # a known architecture: transformers' own class is used and the shipped code ignored
+    assert type(load_model(str(folder)).model).__name__ == "LlamaForCausalLM"
+    # an unknown one: refused, with the flag named
+    config["model_type"] = "evil_architecture"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="trust-remote-code"):
+        load_model(str(folder))
+    assert not marker.exists()
