@@ -68,7 +68,8 @@ class PruningConfig(BaseModel):
 
     pruner: PluginRef = Field(default_factory=lambda: PluginRef(plugin="structured"))
     selection: dict[str, Any] = Field(default_factory=dict)
-    out: str = Field(default="fairaudit-out/pruned", description="the pruned model goes to OUT/RUN_ID/MODEL-pruned")
+    out: str | None = Field(default=None, description="the pruned model goes to OUT/RUN_ID/MODEL-pruned "
+                                                        "(default: a 'pruned' folder beside the store folder)")
 
     @field_validator("pruner", mode="before")
     @classmethod
@@ -145,12 +146,30 @@ class RunConfig(BaseModel):
                 ) from None
         if self.pruning is not None:
             try:
-                self.selection(["axis"] if "axes" not in self.pruning.selection else [])
+                selection = self.selection(["axis"] if "axes" not in self.pruning.selection else [])
             except ValidationError as exc:
                 problems = "; ".join(f"'{'.'.join(str(p) for p in err['loc'])}': {err['msg'].removeprefix('Value error, ')}"
                                      for err in exc.errors()[:3])
                 raise ConfigError(f"{source}, field 'pruning.selection': {problems}.") from None
+            self._check_pruning_columns(plugins, resolved, selection, source)
         return resolved
+
+    def _check_pruning_columns(self, plugins: Registry, resolved: dict[str, BaseModel], selection, source: str) -> None:
+        """When every configured scorer declares its columns, the pruning score must be one of them."""
+        produced: set[str] = set()
+        for index, ref in enumerate(self.scoring.scorers):
+            outputs = getattr(plugins.get("scorer", ref.plugin), "outputs", None)
+            if outputs is None:
+                return  # a scorer that does not declare its columns: checked when pruning runs
+            produced.update(outputs(resolved[f"scoring.scorers.{index}"]))
+        needed = [selection.score] + ([selection.importance] if selection.protect > 0 else [])
+        missing = [column for column in needed if column not in produced]
+        if missing:
+            raise ConfigError(
+                f"{source}, field 'pruning.selection': pruning ranks by {missing}, which no configured scorer writes "
+                f"(they write: {', '.join(sorted(produced)) or 'nothing'}). Add the scorer, choose another 'score', "
+                f"or set 'pruning: null'."
+            )
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -175,7 +175,8 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         after = None
         if config.pruning is not None:
             stage_started = time.time()
-            out = Path(config.pruning.out) / safe_name(run_id) / f"{safe_name(loaded.model_id)}-pruned"
+            out_root = Path(config.pruning.out) if config.pruning.out else store.root.parent / "pruned"
+            out = out_root / safe_name(run_id) / f"{safe_name(loaded.model_id)}-pruned"
             if not (out / NEURON_MAP_FILE).exists():
                 outcome = prune_model(config.model, store.root, config.selection([s.axis for s in suites]), out,
                                       run_id=run_id, pruner=config.pruning.pruner.plugin)

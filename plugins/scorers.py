@@ -33,6 +33,7 @@ class BiasScorer:
     name = "bias"
     description = "bias = mean |h(a) - h(b)| over pairs; signed_bias = mean h(a) - h(b)"
     Params = NoParams
+    outputs = lambda self, params: ["bias", "signed_bias"]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
         component = _component(stats, scores)
@@ -44,6 +45,7 @@ class ScaledBiasScorer:
     name = "scaled_bias"
     description = "bias divided by the unit's activation spread over all prompts (scale-free)"
     Params = NoParams
+    outputs = lambda self, params: ["scaled_bias"]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
         scores.neuron["scaled_bias"] = metrics.scaled_bias(_component(stats, scores), stats.n_pairs)
@@ -53,6 +55,7 @@ class NoiseFloorScorer:
     name = "noise_floor"
     description = "mean |h(a) - h(b)| over control pairs, and bias above it"
     Params = NoParams
+    outputs = lambda self, params: ["noise_floor", "bias_above_floor"]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
         component = _component(stats, scores)
@@ -65,6 +68,7 @@ class SignificanceScorer:
     name = "significance"
     description = "one-sided Welch t-test of pair |d| against control |d|, Benjamini-Hochberg q-values"
     Params = NoParams
+    outputs = lambda self, params: ["p_value", "q_value"]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
         p = metrics.p_values(_component(stats, scores), stats.n_pairs, stats.n_controls)
@@ -83,6 +87,7 @@ class ImportanceScorer:
     name = "importance"
     description = "weight-only neuron importance: ppm (optiPfair), maw (write-up), vow, pon, l2"
     Params = ImportanceParams
+    outputs = lambda self, params: [f"importance_{method}" for method in params.methods]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: ImportanceParams) -> None:
         if scores.component != "neuron":
@@ -105,6 +110,7 @@ class HybridScorer:
     name = "hybrid"
     description = "w * norm(bias) + (1 - w) * (1 - norm(importance)), min-max within a layer"
     Params = HybridParams
+    outputs = lambda self, params: [params.column]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: HybridParams) -> None:
         missing = [column for column in (params.bias, params.importance) if column not in scores.neuron]
@@ -127,6 +133,7 @@ class LayerIndexScorer:
     name = "layer_index"
     description = "per-layer mean |d| of attention and MLP outputs; bias index with bootstrap interval; optiPfair index"
     Params = LayerIndexParams
+    outputs = lambda self, params: []  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: LayerIndexParams) -> None:
         for name in metrics.INDEX_COMPONENTS:

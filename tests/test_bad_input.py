@@ -61,6 +61,8 @@ def test_config_errors_name_field_and_allowed_values(cli):
     assert "probe.params" in message and "batch_size" in message
     message = cli("audit", DATA / "bad_configs" / "unknown_key.yaml").stderr
     assert "line 1" in message and "modell" in message
+    message = cli("audit", DATA / "bad_configs" / "pruning_score_not_written.yaml").stderr
+    assert "pruning ranks by ['hybrid_scaled', 'importance_ppm']" in message and "pruning: null" in message
 
 
 def test_fifty_megabyte_suite_is_refused_without_reading_it(cli, tmp_path: Path):

@@ -71,7 +71,8 @@ def test_third_party_plugin_is_listed_and_used_by_name(tmp_path: Path, llama_fol
 
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {llama_folder}\nsuites: [race]\nstore: {tmp_path / 'store'}\n"
-                      "scoring: {scorers: [bias, {plugin: peak_signed, params: {scale: 2.0}}, layer_index]}\n")
+                      "scoring: {scorers: [bias, {plugin: peak_signed, params: {scale: 2.0}}, layer_index]}\n"
+                      "pruning: null\nevaluators: []\nreport: false\n")
     completed = run_module("audit", config, "--quiet", env=env)
     assert completed.returncode == 0, completed.stderr
     import pyarrow.dataset as ds

@@ -123,7 +123,8 @@ def probed(model_folder, tmp_path_factory):
     folder = model_folder("llama", layers=2, hidden=32, intermediate=128)
     store = tmp_path_factory.mktemp("prune") / "store"
     audit(RunConfig.model_validate({"model": str(folder), "suites": ["race", "gender"], "store": str(store),
-                                    "probe": {"plugin": "activations", "params": {"progress": False}}}))
+                                    "probe": {"plugin": "activations", "params": {"progress": False}},
+                                    "pruning": None, "evaluators": [], "report": False}))
     return folder, store
 
 

@@ -22,7 +22,8 @@ from fairaudit.store import SCHEMA_VERSION, Store, safe_name
 
 def small_config(model: Path, store: Path, suites=("race", "gender")) -> RunConfig:
     return RunConfig.model_validate({"model": str(model), "suites": list(suites), "store": str(store),
-                                     "probe": {"plugin": "activations", "params": {"progress": False}}})
+                                     "probe": {"plugin": "activations", "params": {"progress": False}},
+                                     "pruning": None, "evaluators": [], "report": False})
 
 
 @pytest.fixture(scope="module")
