@@ -134,13 +134,15 @@ def plugins(as_json: bool) -> None:
 
 # --- probe and audit --------------------------------------------------------------------
 
-COMPARISON_HEADER = ["evaluator", "axis/task", "metric", "before", "after", "relative change [95% CI]", "items"]
+COMPARISON_HEADER = ["evaluator", "axis/task", "metric", "before", "after", "change [95% CI]", "relative [95% CI]", "items"]
 
 
 def _comparison_rows(comparisons: list[dict]) -> list[list[str]]:
+    """Paired changes, without the per-layer profiles (those are for the report's charts)."""
     return [[row["evaluator"], row["axis_or_task"] or "-", row["metric"], _number(row["before"]), _number(row["after"]),
+             f"{row['change']:+.4f} [{_number(row['change_low'])}, {_number(row['change_high'])}]",
              f"{_percent(row['relative_change'])} [{_percent(row['relative_low'])}, {_percent(row['relative_high'])}]",
-             str(row["items"])] for row in comparisons]
+             str(row["items"])] for row in comparisons if not row["metric"].endswith("_by_layer")]
 
 
 def _percent(value) -> str:

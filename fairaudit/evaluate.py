@@ -115,8 +115,9 @@ def loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_s
 
 def compare(before: dict[str, float], after: dict[str, float], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
     """Paired change of a per-item metric between two models, over the items both have:
-    means before and after, absolute and relative change of the mean, and a percentile
-    bootstrap interval of the relative change (items resampled together)."""
+    means before and after, the absolute and the relative change of the mean, each with a
+    95% percentile bootstrap interval (items resampled together). The relative change is
+    meaningless for signed metrics near zero (log-probability gaps): read the absolute one."""
     keys = [key for key in before if key in after and not (math.isnan(before[key]) or math.isnan(after[key]))]
     if not keys:
         return {"items": 0}
@@ -124,13 +125,17 @@ def compare(before: dict[str, float], after: dict[str, float], resamples: int = 
     second = torch.tensor([after[k] for k in keys], dtype=torch.float64)
     mean_before, mean_after = float(first.mean()), float(second.mean())
     result = {"items": len(keys), "before": mean_before, "after": mean_after, "change": mean_after - mean_before,
+              "change_low": math.nan, "change_high": math.nan,
               "relative_change": (mean_after - mean_before) / abs(mean_before) if mean_before else math.nan,
               "relative_low": math.nan, "relative_high": math.nan}
-    if len(keys) >= 2 and mean_before:
+    if len(keys) >= 2:
         generator = torch.Generator().manual_seed(seed)
         draws = torch.randint(0, len(keys), (resamples, len(keys)), generator=generator)
         means_before, means_after = first[draws].mean(dim=1), second[draws].mean(dim=1)
-        relative = (means_after - means_before) / means_before.abs().clamp(min=1e-300)
-        result["relative_low"] = float(torch.quantile(relative, 0.025))
-        result["relative_high"] = float(torch.quantile(relative, 0.975))
+        result["change_low"] = float(torch.quantile(means_after - means_before, 0.025))
+        result["change_high"] = float(torch.quantile(means_after - means_before, 0.975))
+        if mean_before:
+            relative = (means_after - means_before) / means_before.abs().clamp(min=1e-300)
+            result["relative_low"] = float(torch.quantile(relative, 0.025))
+            result["relative_high"] = float(torch.quantile(relative, 0.975))
     return result

@@ -52,6 +52,24 @@ def _verdict(axis: str, change: dict[str, Any] | None, what: str) -> str:
     return f"{axis}: {what} did not change measurably ({relative:+.1%}; {interval} includes no change)."
 
 
+def _direction_verdict(axis: str, change: dict[str, Any] | None) -> str:
+    """For a signed output-level bias: did pruning move it toward zero, away, or across zero?"""
+    if not change:
+        return f"{axis}: output-level bias was not measured before and after pruning (no continuations)."
+    before, after = change["before"], change["after"]
+    low, high = change["change_low"], change["change_high"]
+    significant = _finite(low) and _finite(high) and (low > 0 or high < 0)
+    interval = f"change {after - before:+.4f}, 95% CI {low:+.4f} to {high:+.4f}" if _finite(low) else "no interval"
+    if before * after < 0:
+        what = "flipped sign (pruning overshot: the bias now points the other way)"
+    elif abs(after) < abs(before):
+        what = "moved toward zero"
+    else:
+        what = "moved away from zero"
+    certainty = "" if significant else "; the interval includes no change"
+    return f"{axis}: the output-level preference for the negative continuation went from {before:+.4f} to {after:+.4f}: {what} ({interval}{certainty})."
+
+
 def report_data(store: Store, run_id: str, compare_run: str | None = None) -> dict[str, Any]:
     """Everything the report shows, read from the store."""
     record = store.read_run(run_id)
@@ -82,8 +100,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None) -> di
             "heldout_change": change.get(("bias_reprobe", axis, "bias_index_heldout")),
             "output_change": change.get(("output_bias", axis, "stereotype_preference")),
             "verdicts": [_verdict(axis, change.get(("bias_reprobe", axis, "bias_index_heldout")), "the bias index on held-out templates"),
-                         _verdict(axis, change.get(("output_bias", axis, "stereotype_preference")),
-                                  "the output-level preference for the negative continuation")] if prune else [],
+                         _direction_verdict(axis, change.get(("output_bias", axis, "stereotype_preference")))] if prune else [],
         })
     quality = [row for row in comparisons if row["evaluator"] in ("perplexity", "lm_eval", "fidelity")]
     perplexity = {role: measured("perplexity", "perplexity_bundled", role) for role in ("before", "after")}

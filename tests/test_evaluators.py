@@ -131,6 +131,7 @@ def test_compare_by_hand():
     assert change["items"] == 3 and change["before"] == pytest.approx(2.0) and change["after"] == pytest.approx(1.0)
     assert change["relative_change"] == pytest.approx(-0.5)
     assert change["relative_low"] == pytest.approx(-0.5) and change["relative_high"] == pytest.approx(-0.5)
+    assert change["change"] == pytest.approx(-1.0) and change["change_low"] <= -1.0 <= change["change_high"]
 
 
 def test_fidelity_of_an_unchanged_encoder_is_one(model_folder):
