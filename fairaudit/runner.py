@@ -101,6 +101,8 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     store = Store(config.store)
     if resume:
         record = store.read_run(resume)
+        if record.get("kind", "audit") != "audit" or "config" not in record:
+            raise StoreError(f"run {resume} is a {record.get('kind', 'unknown')} run; only audit runs can be resumed.")
         config = RunConfig.model_validate(record["config"])
         run_id = resume
         store.remove_temporaries(run_id)

@@ -66,10 +66,11 @@ def test_killed_at_ten_points_then_resumed(model_folder, tmp_path, reference):
         _, stderr = process.communicate(timeout=120)
         assert "Traceback" not in stderr or how == signal.SIGKILL
         assert_nothing_partial(root)
-        records = list((root / "store").glob("runs/*/run.json"))
-        if not records:
+        records = [json.loads(path.read_text()) for path in (root / "store").glob("runs/*/run.json")]
+        audits = [record for record in records if record.get("kind") == "audit"]
+        if not audits:
             continue  # killed before the run record was written: nothing to resume, nothing partial
-        run_id = json.loads(records[0].read_text())["run_id"]
+        run_id = audits[0]["run_id"]
         resumed = subprocess.run([sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store"), "--json"],
                                  capture_output=True, text=True, timeout=600)
         assert resumed.returncode == 0, (attempt, how, resumed.stderr)

@@ -154,3 +154,18 @@ def test_browser_opens_the_report_offline_without_errors(audited):
     assert console_errors == [] and failed == [] and external == []
     assert sizes and all(width > 0 and height > 0 for width, height in sizes)
     assert (artifacts / "report-summary.png").stat().st_size > 1000
+
+
+def test_verdict_lines_follow_the_intervals():
+    from fairaudit.report import _direction_verdict, _verdict
+
+    fell = {"relative_change": -0.12, "relative_low": -0.15, "relative_high": -0.09, "items": 20}
+    assert _verdict("race", fell, "the bias index").startswith("race: the bias index fell by 12.0%")
+    unclear = {"relative_change": 0.02, "relative_low": -0.01, "relative_high": 0.05, "items": 20}
+    assert "did not change measurably" in _verdict("race", unclear, "the bias index")
+    flipped = {"before": 0.3, "after": -0.1, "change_low": -0.5, "change_high": -0.3}
+    assert "flipped sign" in _direction_verdict("race", flipped)
+    toward = {"before": 0.3, "after": 0.1, "change_low": -0.3, "change_high": -0.1}
+    assert "moved toward zero" in _direction_verdict("race", toward) and "includes no change" not in _direction_verdict("race", toward)
+    away = {"before": -0.2, "after": -0.25, "change_low": -0.1, "change_high": 0.02}
+    assert "moved away from zero" in _direction_verdict("race", away) and "includes no change" in _direction_verdict("race", away)
