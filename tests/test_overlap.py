@@ -101,3 +101,20 @@ def test_overlap_command_on_a_probed_model(cli, llama_folder, tmp_path):
     assert payload[f"{llama_folder.name}.axis_pairs"][0]["k_a"] == round(0.01 * 2 * 64)
     missing = cli("overlap", store, "--model", "nope", "--out", tmp_path / "ov3")
     assert missing.exit_code == 2 and "no complete run of model 'nope'" in missing.stderr
+
+
+def test_pruned_model_maps_back_to_its_base_through_the_neuron_map(cli, model_folder, tmp_path):
+    """Probe a model, prune it, probe the pruned model: neuron identity is compared through
+    the stored neuron map, so the unpruned neurons line up with their originals."""
+    base = model_folder("llama", layers=2, hidden=32, intermediate=128)
+    store = tmp_path / "store"
+    assert cli("probe", "--model", base, "--suite", "race", "--suite", "gender", "--store", store, "--quiet").exit_code == 0
+    pruned = tmp_path / "pruned"
+    assert cli("prune", "--model", base, "--store", store, "--axis", "race", "--fraction", "0.05", "--out", pruned).exit_code == 0
+    assert cli("probe", "--model", pruned, "--suite", "race", "--suite", "gender", "--store", store, "--quiet").exit_code == 0
+    result = cli("overlap", store, "--model", base.name, "--model", "pruned", "--top", "20", "--out", tmp_path / "ov", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["models"]
+    race = next(row for row in rows if row["axis"] == "race")
+    assert race["same_shape"] and race["neurons"] == 2 * 128 - 12
+    assert race["spearman"] > 0.9, "the same neurons keep similar scores after removing 5%"
