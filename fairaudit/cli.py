@@ -115,6 +115,35 @@ def suites_validate(files: tuple[Path, ...]) -> None:
         sys.exit(2)
 
 
+@suites.command("import")
+@click.argument("kind")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for the suites (one YAML per bias type)")
+@click.option("--json", "as_json", is_flag=True)
+def suites_import(kind: str, file: Path, out: Path, as_json: bool) -> None:
+    """Import a public data set FILE as suites; KIND is an importer plugin (crows-pairs, stereoset)."""
+    from fairaudit.errors import SuiteError
+    from fairaudit.importing import write_suites
+    from fairaudit.plugins import registry
+
+    importer = registry().get("importer", kind)
+    if not file.is_file():
+        raise SuiteError(f"data set file {file} does not exist.")
+    result = importer.import_file(file, importer.Params())
+    if not result.suites:
+        raise SuiteError(f"{file}: no row could be imported ({len(result.skipped)} of {result.rows} rows skipped).")
+    written = write_suites(result.suites, out)
+    if as_json:
+        click.echo(json.dumps({"rows": result.rows, "imported": result.imported, "written": [str(p) for p in written],
+                               "skipped": [s.__dict__ for s in result.skipped]}, indent=2))
+        return
+    for path, suite in zip(written, result.suites):
+        click.echo(f"{path}: axis {suite.axis}, {len(suite.sentence_pairs)} pairs")
+    for row in result.skipped:
+        click.echo(f"skipped row {row.row} (id {row.row_id}): {row.reason}", err=True)
+    click.echo(f"{result.rows} rows: {result.imported} imported into {len(written)} suites, {len(result.skipped)} skipped")
+
+
 # --- plugins --------------------------------------------------------------------------
 
 @main.command()

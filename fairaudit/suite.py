@@ -74,6 +74,7 @@ class SentencePair(_Strict):
     label: str = ""
     group_more: str = ""
     group_less: str = ""
+    unrelated: str = Field(default="", max_length=4000, description="StereoSet's unrelated sentence (for its LMS score)")
 
     @model_validator(mode="after")
     def _sentences_differ(self) -> SentencePair:
@@ -192,6 +193,7 @@ class Suite(_Strict):
                     text_a=sentence_pair.more,
                     text_b=sentence_pair.less,
                     label=sentence_pair.label,
+                    unrelated=sentence_pair.unrelated,
                 )
                 for sentence_pair in self.sentence_pairs
             ]
@@ -231,6 +233,7 @@ class Pair(BaseModel):
     text_b: str
     continuations: dict[str, str] = Field(default_factory=dict)
     label: str = ""
+    unrelated: str = ""
 
 
 def load_suite(path: str | Path) -> Suite:
