@@ -92,6 +92,58 @@ def _check_scores(name: str, axis: str, scores: AxisScores, layers: int) -> None
                               f"[layers={layers}] tensor; results stored for earlier axes are kept.")
 
 
+def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: RunConfig, suites: list[Suite],
+                     loaded: LoadedModel, params: dict[str, Any], result: AuditResult) -> None:
+    """Probe and score every axis not stored yet; each axis is written as soon as it is done."""
+    plugins = registry()
+    probe = plugins.get("probe", config.probe.plugin)
+    scorers = [(ref.plugin, plugins.get("scorer", ref.plugin), params[path])
+               for path, kind, ref in config.plugin_refs() if kind == "scorer"]
+    for suite in suites:
+        if store.has_axis(loaded.model_id, suite.axis, run_id):
+            result.skipped_axes.append(suite.axis)
+            continue
+        axis_started = time.time()
+        stats = _call_plugin("probe", probe.name, suite.axis, lambda: probe.run(
+            loaded, suite.pairs("probe"), suite.control_pairs(), params["probe"], suite.axis))
+        if not isinstance(stats, ActivationStats):
+            raise PluginError(f"probe plugin '{probe.name}' returned {type(stats).__name__} on axis '{suite.axis}', "
+                              f"not ActivationStats; results stored for earlier axes are kept.")
+        result.warnings += notify_stage_finished("probe", probe.name, suite.axis, time.time() - axis_started)
+        scores = AxisScores(axis=suite.axis, component=config.scoring.component)
+        for name, scorer, scorer_params in scorers:
+            scorer_started = time.time()
+            _call_plugin("scorer", name, suite.axis, lambda: scorer.compute(stats, loaded, scores, scorer_params))
+            _check_scores(name, suite.axis, scores, len(loaded.layers))
+            result.warnings += notify_stage_finished("scorer", name, suite.axis, time.time() - scorer_started)
+        store.write_axis(loaded.model_id, run_id, scores)
+        record["timings"][f"axis:{suite.axis}"] = round(time.time() - axis_started, 3)
+        store.write_run(run_id, record)
+    for suite in suites:
+        summary = store.read("axis_summary", model=loaded.model_id, axis=suite.axis, run_id=run_id).to_pylist()[0]
+        result.summaries[suite.axis] = {key: value for key, value in summary.items() if key not in ("model", "axis", "run_id")}
+
+
+def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunConfig, suites: list[Suite],
+                 loaded: LoadedModel, result: AuditResult) -> LoadedModel:
+    """Prune by this run's scores (unless a resumed run already saved the pruned model) and
+    load the saved model back through the user's code path."""
+    stage_started = time.time()
+    out_root = Path(config.pruning.out) if config.pruning.out else store.root.parent / "pruned"
+    out = out_root / safe_name(run_id) / f"{safe_name(loaded.model_id)}-pruned"
+    if not (out / NEURON_MAP_FILE).exists():
+        outcome = prune_model(config.model, store.root, config.selection([s.axis for s in suites]), out,
+                              run_id=run_id, pruner=config.pruning.pruner.plugin)
+        record["prune"] = {"run_id": outcome.run_id, "out": str(out), "removed": outcome.report.removed,
+                           "neurons": sum(outcome.report.widths_before),
+                           "parameters_before": outcome.report.parameters_before,
+                           "parameters_after": outcome.report.parameters_after}
+        record["timings"]["prune"] = round(time.time() - stage_started, 3)
+        store.write_run(run_id, record)
+    result.pruned = record.get("prune", {"out": str(out)})
+    return load_model(config.model.model_copy(update={"id": str(out), "gguf_file": None, "revision": None}))
+
+
 def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = None) -> AuditResult:
     """Run the audit a config describes (None: the default audit) and store its results."""
     if config is None:
@@ -111,9 +163,6 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     params = config.check_plugins()
     suites = _load_suites(config)
     plugins = registry()
-    probe = plugins.get("probe", config.probe.plugin)
-    scorers = [(ref.plugin, plugins.get("scorer", ref.plugin), params[path])
-               for path, kind, ref in config.plugin_refs() if kind == "scorer"]
 
     torch.manual_seed(config.seed)
     started = time.time()
@@ -145,51 +194,10 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
 
     result = AuditResult(run_id=run_id, store=store.root, model_id=loaded.model_id)
     try:
-        for suite in suites:
-            if store.has_axis(loaded.model_id, suite.axis, run_id):
-                result.skipped_axes.append(suite.axis)
-                continue
-            axis_started = time.time()
-            stats = _call_plugin("probe", probe.name, suite.axis, lambda: probe.run(
-                loaded, suite.pairs("probe"), suite.control_pairs(), params["probe"], suite.axis))
-            if not isinstance(stats, ActivationStats):
-                raise PluginError(f"probe plugin '{probe.name}' returned {type(stats).__name__} on axis '{suite.axis}', "
-                                  f"not ActivationStats; results stored for earlier axes are kept.")
-            probe_seconds = time.time() - axis_started
-            result.warnings += notify_stage_finished("probe", probe.name, suite.axis, probe_seconds)
-            scores = AxisScores(axis=suite.axis, component=config.scoring.component)
-            for name, scorer, scorer_params in scorers:
-                scorer_started = time.time()
-                _call_plugin("scorer", name, suite.axis, lambda: scorer.compute(stats, loaded, scores, scorer_params))
-                _check_scores(name, suite.axis, scores, len(loaded.layers))
-                result.warnings += notify_stage_finished("scorer", name, suite.axis, time.time() - scorer_started)
-            store.write_axis(loaded.model_id, run_id, scores)
-            record["timings"][f"axis:{suite.axis}"] = round(time.time() - axis_started, 3)
-            store.write_run(run_id, record)
-
-        for suite in suites:
-            summary = store.read("axis_summary", model=loaded.model_id, axis=suite.axis, run_id=run_id).to_pylist()[0]
-            result.summaries[suite.axis] = {key: value for key, value in summary.items() if key not in ("model", "axis", "run_id")}
-
+        _probe_and_score(store, run_id, record, config, suites, loaded, params, result)
         if len(suites) >= 2:
             _store_overlap(store, loaded.model_id, run_id, config.overlap_top)
-
-        after = None
-        if config.pruning is not None:
-            stage_started = time.time()
-            out_root = Path(config.pruning.out) if config.pruning.out else store.root.parent / "pruned"
-            out = out_root / safe_name(run_id) / f"{safe_name(loaded.model_id)}-pruned"
-            if not (out / NEURON_MAP_FILE).exists():
-                outcome = prune_model(config.model, store.root, config.selection([s.axis for s in suites]), out,
-                                      run_id=run_id, pruner=config.pruning.pruner.plugin)
-                record["prune"] = {"run_id": outcome.run_id, "out": str(out), "removed": outcome.report.removed,
-                                   "neurons": sum(outcome.report.widths_before),
-                                   "parameters_before": outcome.report.parameters_before,
-                                   "parameters_after": outcome.report.parameters_after}
-                record["timings"]["prune"] = round(time.time() - stage_started, 3)
-                store.write_run(run_id, record)
-            result.pruned = record.get("prune", {"out": str(out)})
-            after = load_model(config.model.model_copy(update={"id": str(out), "gguf_file": None, "revision": None}))
+        after = _prune_stage(store, run_id, record, config, suites, loaded, result) if config.pruning is not None else None
         if config.evaluators:
             stage_started = time.time()
             evaluators = [(ref.plugin, plugins.get("evaluator", ref.plugin), params[path])
