@@ -32,7 +32,7 @@ from fairaudit.yamlio import describe_validation_error, read_yaml
 DEFAULT_SCORERS = ["bias", "scaled_bias", "noise_floor", "significance", "importance", "hybrid",
                    {"plugin": "hybrid", "params": {"bias": "scaled_bias", "column": "hybrid_scaled"}}, "layer_index"]
 DEFAULT_SUITES = ["race", "gender", "religion", "nationality"]
-DEFAULT_EVALUATORS = ["bias_reprobe", "output_bias", "generations", "perplexity", "lm_eval", "fidelity"]
+DEFAULT_EVALUATORS = ["bias_reprobe", "output_bias", "generations", "perplexity", "lm_eval", "facts", "fidelity"]
 
 
 class PluginRef(BaseModel):

@@ -102,7 +102,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None) -> di
             "verdicts": [_verdict(axis, change.get(("bias_reprobe", axis, "bias_index_heldout")), "the bias index on held-out templates"),
                          _direction_verdict(axis, change.get(("output_bias", axis, "stereotype_preference")))] if prune else [],
         })
-    quality = [row for row in comparisons if row["evaluator"] in ("perplexity", "lm_eval", "fidelity")]
+    quality = [row for row in comparisons if row["evaluator"] in ("perplexity", "lm_eval", "facts", "fidelity")]
     perplexity = {role: measured("perplexity", "perplexity_bundled", role) for role in ("before", "after")}
     quality_verdicts = []
     if perplexity["before"] and perplexity["after"]:
@@ -112,6 +112,9 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None) -> di
     for row in quality:
         if row["evaluator"] == "lm_eval":
             quality_verdicts.append(f"lm-eval {row['axis_or_task']} {row['metric']}: {row['before']:.3f} before, {row['after']:.3f} after.")
+    facts = change.get(("facts", "", "fact_accuracy"))
+    if facts:
+        quality_verdicts.append(_verdict("Factual-knowledge control", facts, "accuracy on facts that depend on a demographic word"))
     fidelity = measured("fidelity", "embedding_cosine", "after")
     if fidelity:
         quality_verdicts.append(f"Embeddings of the pruned model keep a mean cosine similarity of {fidelity['value']:.4f} with the original.")

@@ -333,6 +333,44 @@ class LmEval:
         return result
 
 
+# --- factual-knowledge control --------------------------------------------------------------
+
+class FactsParams(_Params):
+    file: str | None = Field(default=None, description="JSONL of {id, category, prompt, correct, distractors}; default: bundled")
+    batch_size: int = Field(default=16, ge=1)
+
+
+class FactualControl:
+    name = "facts"
+    description = ("factual-knowledge control: facts whose answer depends on a demographic word for factual reasons "
+                   "(kinship, pronouns, capitals, languages, religious holidays); accuracy and log-probability")
+    requires_causal = True
+    Params = FactsParams
+
+    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: FactsParams, reference=None) -> EvaluationResult:
+        import json
+
+        path = Path(params.file) if params.file else data_dir() / "facts.jsonl"
+        try:
+            facts = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, ValueError) as exc:
+            raise PluginError(f"facts: cannot read {path}: {exc}") from None
+        requests = [(fact["prompt"], option) for fact in facts for option in [fact["correct"], *fact["distractors"]]]
+        scores = iter(loglikelihoods(loaded, requests, params.batch_size))
+        accuracy, logprob = {}, {}
+        for fact in facts:
+            values = [next(scores) for _ in range(1 + len(fact["distractors"]))]
+            accuracy[fact["id"]] = float(values[0] > max(values[1:]))
+            logprob[fact["id"]] = values[0]
+        result = EvaluationResult()
+        result.add_items(self.name, "", "fact_accuracy", accuracy)
+        result.add_items(self.name, "", "fact_logprob", logprob)
+        for category in sorted({fact["category"] for fact in facts}):
+            result.add_items(self.name, category, "fact_accuracy",
+                             {fact["id"]: accuracy[fact["id"]] for fact in facts if fact["category"] == category})
+        return result
+
+
 # --- embedding fidelity (encoders, and any model against its unpruned reference) -----------
 
 class FidelityParams(_Params):
@@ -373,5 +411,5 @@ class Fidelity:
 
 @hookimpl
 def register_evaluators(register):
-    for evaluator in (BiasReprobe(), OutputBias(), Generations(), Perplexity(), LmEval(), Fidelity()):
+    for evaluator in (BiasReprobe(), OutputBias(), Generations(), Perplexity(), LmEval(), FactualControl(), Fidelity()):
         register(evaluator)

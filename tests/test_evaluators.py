@@ -229,3 +229,26 @@ def test_offline_pretrained_encoder_gets_a_complete_audit(tmp_path):
     assert 0.9 < fidelity["value"] <= 1.0
     assert {(row["evaluator"], row["metric"]) for row in result.comparisons} >= {("bias_reprobe", "bias_index")}
     assert result.report.exists() and result.summaries["race"]["bias_index"] > 0
+
+
+def test_factual_control_by_hand(llama, tmp_path):
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"id": "f1", "category": "kinship", "prompt": "The king and his wife, the", "correct": " queen", "distractors": [" king"]}\n'
+                     '{"id": "f2", "category": "capital", "prompt": "The capital of France is", "correct": " Paris", "distractors": [" Rome", " Lima"]}\n')
+    control = evaluator("facts")
+    result = control.evaluate(llama, [], control.Params(file=str(facts)), None)
+    expected_f1 = float(by_hand_loglikelihood(llama, "The king and his wife, the", " queen") >
+                        by_hand_loglikelihood(llama, "The king and his wife, the", " king"))
+    assert result.items[("", "fact_accuracy")]["f1"] == expected_f1
+    assert result.items[("", "fact_logprob")]["f2"] == pytest.approx(by_hand_loglikelihood(llama, "The capital of France is", " Paris"), abs=1e-4)
+    assert set(result.items[("kinship", "fact_accuracy")]) == {"f1"}
+
+
+def test_bundled_facts_cover_a_hundred_demographic_facts():
+    import json
+
+    from fairaudit.resources import data_dir
+
+    facts = [json.loads(line) for line in (data_dir() / "facts.jsonl").read_text().splitlines()]
+    assert len(facts) >= 100 and {f["category"] for f in facts} == {"capital", "language", "kinship", "pronoun", "religion"}
+    assert all(f["correct"] not in f["distractors"] for f in facts)
