@@ -160,7 +160,7 @@ def map_to_original(store: Store, scores: ModelScores, width: int) -> ModelScore
     if not rows:
         return scores
     latest = max(row["run_id"] for row in rows)
-    rows = [row for row in rows if row["run_id"] == latest]
+    rows = [row for row in rows if row["run_id"] == latest and not row.get("zeroed")]
     layers = np.array([row["layer"] for row in rows])
     pruned = np.array([row["pruned_index"] for row in rows])
     original = np.array([row["original_index"] for row in rows])

@@ -142,7 +142,8 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None) -> di
     kept = {}
     if prune:
         for row in _rows(store, "neuron_maps", model=pruned_id):
-            kept.setdefault(row["layer"], set()).add(row["original_index"])
+            if not row.get("zeroed"):
+                kept.setdefault(row["layer"], set()).add(row["original_index"])
     top_neurons = {}
     for axis in axes:
         rows = _rows(store, "neuron_scores", model=model_id, axis=axis, run_id=run_id)

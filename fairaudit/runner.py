@@ -287,11 +287,11 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
 
     prune_run = new_run_id()
     pruned_id = out.name
-    rows = [(layer, position, original) for layer, kept in enumerate(report.neuron_map) for position, original in enumerate(kept)]
-    import pyarrow as pa
-
+    rows = [(layer, position, original, original in set(report.zeroed[layer]))
+            for layer, kept in enumerate(report.neuron_map) for position, original in enumerate(kept)]
     neuron_map = pa.table({"layer": pa.array([r[0] for r in rows], pa.int16()), "pruned_index": pa.array([r[1] for r in rows], pa.int32()),
-                           "original_index": pa.array([r[2] for r in rows], pa.int32())})
+                           "original_index": pa.array([r[2] for r in rows], pa.int32()),
+                           "zeroed": pa.array([r[3] for r in rows], pa.bool_())})
     store.write_part("neuron_maps", pruned_id, "+".join(selection_params.axes), prune_run, neuron_map)
     store.write_run(prune_run, {
         "kind": "prune", "status": "complete", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -8,7 +8,9 @@ Everything is offline and seeded.
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -96,3 +98,140 @@ def make_model(family: str, folder: str | Path, layers: int = 2, hidden: int = 3
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# --- planted bias: models whose biased neurons are known ----------------------------------------
+
+STOP_WORDS = {"a", "an", "the", "he", "she", "they", "his", "her", "their", "him", "them", "person"}
+
+
+@dataclass(frozen=True)
+class PlantedNeuron:
+    """A neuron planted to react to the group words of `axes`."""
+
+    layer: int
+    neuron: int
+    axes: tuple[str, ...]
+    important: bool  # large peak weights (that carry no signal): hybrid scoring must protect it
+
+
+@dataclass
+class GroundTruth:
+    """What was planted in a model made by `make_planted_model`."""
+
+    neurons: list[PlantedNeuron]
+    axes: list[str]  # axes with planted neurons
+    carriers: dict[str, list[str]]  # axis -> the group words that carry its signal
+    pushed_tokens: dict[str, list[str]]  # axis -> first tokens of its negative continuations, pushed up
+
+    def planted(self, axis: str, important: bool | None = None) -> set[tuple[int, int]]:
+        return {(n.layer, n.neuron) for n in self.neurons if axis in n.axes and (important is None or n.important == important)}
+
+    def shared(self) -> set[tuple[int, int]]:
+        return {(n.layer, n.neuron) for n in self.neurons if len(n.axes) > 1}
+
+
+def _hadamard(size: int) -> torch.Tensor:
+    matrix = torch.ones(1, 1)
+    while matrix.shape[0] < size:
+        matrix = torch.cat([torch.cat([matrix, matrix], 1), torch.cat([matrix, -matrix], 1)], 0)
+    return matrix / math.sqrt(size)
+
+
+def _carriers(suite) -> list[str]:
+    """Words naming a non-reference group that the reference group's words do not contain."""
+    reference = {w for value in suite.groups[suite.reference].values() for w in WORD.findall(value)}
+    words = {w for name, values in suite.groups.items() if name != suite.reference for value in values.values() for w in WORD.findall(value)}
+    return sorted(w for w in words - reference if w.lower() not in STOP_WORDS)
+
+
+def make_planted_model(folder: str | Path, seed: int = 0, layers: int = 4, hidden: int = 64, intermediate: int = 128,
+                       planted_layer: int = 1) -> GroundTruth:
+    """A Llama model with planted bias neurons, saved to `folder`; returns the ground truth.
+
+    Construction (all exact, seeded): race, gender and religion words get a component along
+    their axis' own direction (nationality words one too, with no neuron reading it); every
+    other embedding is orthogonal to those directions. Layer 0's attention copies the
+    directions to later positions (uniform causal attention, value/output on the directions
+    only) and its MLP is silent; nothing else reads those directions (later attention, other
+    neurons and the LM head are projected off them). In `planted_layer`, planted neurons read an axis direction:
+    4 per axis for race, gender and religion, 3 more shared by race and gender; in each axis
+    one in three is "important" (its gate/up rows also hold a large weight on a direction no
+    input ever has, so weight-based importance ranks it top while it reacts like the others)
+    and writes only weakly; the others write toward the first tokens of the axis' negative
+    continuations, so the bias shows at the output. Other neurons are random."""
+    import transformers as t
+
+    from fairaudit.suite import resolve_suite
+
+    folder = Path(folder)
+    tokenizer = make_tokenizer()
+    config = t.LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, pad_token_id=0,
+                           bos_token_id=2, eos_token_id=3, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = t.LlamaForCausalLM(config)
+    basis = _hadamard(hidden)[1:]  # rows orthonormal to each other and to the all-ones direction
+    axes = ["race", "gender", "religion", "nationality"]
+    direction = {axis: basis[index] for index, axis in enumerate(axes)}
+    idle = basis[len(axes)]  # no input ever has a component on it: carries importance, not signal
+    span = torch.stack([*direction.values(), idle])
+    vocabulary = tokenizer.get_vocab()
+    suites = {axis: resolve_suite(axis) for axis in axes}
+    carriers = {axis: [w for w in _carriers(suites[axis]) if w in vocabulary] for axis in axes}
+    pushed = {}
+    for axis in axes:
+        firsts = {WORD.findall(template.continuations["negative"])[0] for template in suites[axis].templates
+                  if "negative" in template.continuations}
+        pushed[axis] = sorted(w for w in firsts if w in vocabulary)
+    with torch.no_grad():
+        embeddings = model.model.embed_tokens.weight
+        embeddings -= (embeddings @ span.T) @ span  # every token orthogonal to the planted directions
+        embeddings *= 30.0  # a large residual, so the planted signal barely moves the RMS norms
+        for axis in axes:
+            for word in carriers[axis]:
+                embeddings[vocabulary[word]] += 1.0 * direction[axis]
+        first = model.model.layers[0]
+        first.input_layernorm.weight.fill_(1.0)
+        first.post_attention_layernorm.weight.fill_(1.0)
+        first.self_attn.q_proj.weight.zero_()
+        first.self_attn.k_proj.weight.zero_()
+        first.self_attn.v_proj.weight.zero_()
+        first.self_attn.o_proj.weight.zero_()
+        for index, axis in enumerate(axes):
+            first.self_attn.v_proj.weight[index] = direction[axis]
+            first.self_attn.o_proj.weight[:, index] = direction[axis]
+        first.mlp.down_proj.weight.zero_()
+        # Only planted neurons may read or write the planted directions: later attention neither
+        # reads nor writes them, other MLP neurons do not read them, and the LM head ignores them.
+        def ignore_span(weight):
+            weight -= (weight @ span.T) @ span
+
+        for later in model.model.layers[1:]:
+            later.self_attn.o_proj.weight -= span.T @ (span @ later.self_attn.o_proj.weight)
+            for projection in (later.self_attn.q_proj, later.self_attn.k_proj, later.self_attn.v_proj,
+                               later.mlp.gate_proj, later.mlp.up_proj):
+                ignore_span(projection.weight)
+        ignore_span(model.lm_head.weight)
+        layer = model.model.layers[planted_layer]
+        layer.post_attention_layernorm.weight.fill_(1.0)
+        layer.mlp.gate_proj.weight *= 40.0  # random neurons' peak weights as large as the planted ones'
+        layer.mlp.up_proj.weight *= 40.0
+        unembedding = model.lm_head.weight
+        plan = [(("race",), 4), (("gender",), 4), (("religion",), 4), (("race", "gender"), 3)]
+        neurons, index = [], 0
+        for plan_axes, count in plan:
+            for position in range(count):
+                important = position % 3 == 2
+                reads = sum(direction[axis] for axis in plan_axes) / math.sqrt(len(plan_axes))
+                row = 20.0 * reads + (80.0 * idle if important else 0.0)
+                layer.mlp.gate_proj.weight[index] = row
+                layer.mlp.up_proj.weight[index] = row
+                target = sum(unembedding[vocabulary[w]] for axis in plan_axes for w in pushed[axis])
+                target = target / target.norm()
+                layer.mlp.down_proj.weight[:, index] = (0.02 if important else 0.5) * target
+                neurons.append(PlantedNeuron(planted_layer, index, plan_axes, important))
+                index += 1
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return GroundTruth(neurons=neurons, axes=["race", "gender", "religion"], carriers=carriers, pushed_tokens=pushed)

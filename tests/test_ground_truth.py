@@ -1,0 +1,51 @@
+"""Ground truth: the real pipeline on a model with planted bias neurons finds them, sees the
+shared ones as shared, protects the important ones, and removes the bias they cause."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from ground_truth import ground_truth_figures  # noqa: E402
+
+from fairaudit.testing import make_planted_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory):
+    return ground_truth_figures(tmp_path_factory.mktemp("planted"), seed=0, score="hybrid")
+
+
+def test_planted_neurons_are_recovered(figures):
+    for axis, row in figures["recovery"].items():
+        assert row["precision"] >= 0.9 and row["recall"] >= 0.9, axis
+
+
+def test_only_the_planted_pair_of_axes_is_shared(figures):
+    for pair, row in figures["sharing"].items():
+        if set(pair) == {"race", "gender"}:
+            assert row["p_value"] < 0.001 and row["overlap"] == 3
+        else:
+            assert row["p_value"] >= 0.001, pair
+    assert figures["shared_recovered"] == 1.0
+
+
+def test_hybrid_protects_important_neurons_and_pruning_removes_the_bias(figures):
+    assert figures["pruned_planted_important"] == []
+    assert figures["pruned_planted_unimportant"] >= 0.9
+    for axis, row in figures["effect"].items():
+        assert row["gap_drop"] >= 0.8 and row["index_drop"] >= 0.5, axis
+    assert abs(figures["perplexity"][2]) < 0.05
+
+
+def test_planting_is_deterministic_and_described(tmp_path):
+    first = make_planted_model(tmp_path / "a", seed=3)
+    second = make_planted_model(tmp_path / "b", seed=3)
+    assert first == second
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert first.planted("race", important=True) and first.planted("race", important=False)
+    assert first.shared() == first.planted("race") & first.planted("gender")
+    assert "Black" in first.carriers["race"] and "white" not in first.carriers["race"]
