@@ -30,7 +30,8 @@ from fairaudit.yamlio import describe_validation_error, read_yaml
 # `hybrid` is optiPfair's score (on the unscaled bias); `hybrid_scaled` the same on the scale-free
 # bias, which the audit prunes by (see README, "Which score to prune by").
 DEFAULT_SCORERS = ["bias", "scaled_bias", "noise_floor", "significance", "importance", "hybrid",
-                   {"plugin": "hybrid", "params": {"bias": "scaled_bias", "column": "hybrid_scaled"}}, "layer_index"]
+                   {"plugin": "hybrid", "params": {"bias": "scaled_bias", "column": "hybrid_scaled"}}, "stereotype_push",
+                   "layer_index"]
 DEFAULT_SUITES = ["race", "gender", "religion", "nationality"]
 DEFAULT_EVALUATORS = ["bias_reprobe", "output_bias", "generations", "perplexity", "lm_eval", "facts", "fidelity"]
 
@@ -162,7 +163,8 @@ class RunConfig(BaseModel):
             if outputs is None:
                 return  # a scorer that does not declare its columns: checked when pruning runs
             produced.update(outputs(resolved[f"scoring.scorers.{index}"]))
-        needed = [selection.score] + ([selection.importance] if selection.protect > 0 else [])
+        needed = ([selection.score] + ([selection.importance] if selection.protect > 0 else [])
+                  + ([selection.push] if selection.direction == "pro" else []))
         missing = [column for column in needed if column not in produced]
         if missing:
             raise ConfigError(

@@ -59,6 +59,7 @@ class ActivationStats:
     optipfair_terms: torch.Tensor | None = None  # float64 [pairs, keys]
     unequal_length_pairs: int = 0
     aligned_fallbacks: int = 0  # pairs with no shared suffix, pooled at the last token instead
+    continuations: dict[str, list[str]] = field(default_factory=dict)  # label -> the pairs' continuation texts
 
     @property
     def n_pairs(self) -> int:

@@ -43,6 +43,9 @@ class SelectionParams(BaseModel):
     round_to: int | None = Field(default=None, ge=1, description="round each new width down to a multiple of this")
     protect: float = Field(default=0.01, ge=0.0, lt=1.0, description="protect the top share of neurons by importance (0: none)")
     importance: str = "importance_ppm"
+    direction: Literal["any", "pro"] = Field(
+        default="any", description="pro: only neurons whose `push` score is > 0 (pushing group a toward the stereotype)")
+    push: str = "stereotype_push"
 
     @field_validator("fraction")
     @classmethod
@@ -90,8 +93,10 @@ def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
     return order[:count]
 
 
-def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance: torch.Tensor | None = None) -> Selection:
-    """Choose neurons from per-axis scores `{axis: [layers, units]}` (higher = prune first)."""
+def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance: torch.Tensor | None = None,
+           push: dict[str, torch.Tensor] | None = None) -> Selection:
+    """Choose neurons from per-axis scores `{axis: [layers, units]}` (higher = prune first).
+    With `direction: pro`, `push` (per axis, same shape) must be > 0 for a neuron to be chosen."""
     first = next(iter(scores.values()))
     layers, units = first.shape
     chosen_layers = list(range(layers)) if params.layers is None else params.layers
@@ -99,6 +104,10 @@ def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance:
     if outside:
         raise FairauditError(f"layers {outside} are out of range: the model has layers 0..{layers - 1}.")
     protected = _protected(importance, params.protect) if importance is not None else torch.zeros((layers, units), dtype=torch.bool)
+    if params.direction == "pro":
+        if push is None:
+            raise FairauditError(f"direction 'pro' needs the signed '{params.push}' score, which was not given.")
+        scores = {axis: value.double().masked_fill(~(push[axis] > 0), float("-inf")) for axis, value in scores.items()}
     if params.combine == "mean":
         scores = {"mean": torch.stack([value.double() for value in scores.values()]).mean(dim=0)}
     per_axis: list[list[set[int]]] = []

@@ -281,7 +281,14 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     importance = None
     if selection_params.protect > 0:
         importance = torch.from_numpy(load_scores(store, loaded.model_id, selection_params.importance, source_run).by_axis[selection_params.axes[0]])
-    selection = select(scores, selection_params, importance)
+    push = None
+    if selection_params.direction == "pro":
+        pushes = load_scores(store, loaded.model_id, selection_params.push, source_run).by_axis
+        push = {axis: torch.from_numpy(pushes[axis]) for axis in selection_params.axes if axis in pushes}
+        if len(push) != len(selection_params.axes):
+            raise StoreError(f"direction 'pro' needs '{selection_params.push}' for every axis of {selection_params.axes}; "
+                             f"it is stored for {sorted(push)} (axes without negative and neutral continuations have none).")
+    selection = select(scores, selection_params, importance, push)
     report = plugin.apply(loaded, selection, plugin.Params())
     save_pruned(loaded, report, out, _model_card(loaded, selection_params, report, source_run))
 

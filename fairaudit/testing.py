@@ -113,6 +113,7 @@ class PlantedNeuron:
     neuron: int
     axes: tuple[str, ...]
     important: bool  # large peak weights (that carry no signal): hybrid scoring must protect it
+    anti: bool = False  # writes against the negative continuations (an anti-stereotype neuron)
 
 
 @dataclass
@@ -146,7 +147,7 @@ def _carriers(suite) -> list[str]:
 
 
 def make_planted_model(folder: str | Path, seed: int = 0, layers: int = 4, hidden: int = 64, intermediate: int = 128,
-                       planted_layer: int = 1) -> GroundTruth:
+                       planted_layer: int = 1, anti_per_axis: int = 0) -> GroundTruth:
     """A Llama model with planted bias neurons, saved to `folder`; returns the ground truth.
 
     Construction (all exact, seeded): race, gender and religion words get a component along
@@ -159,7 +160,11 @@ def make_planted_model(folder: str | Path, seed: int = 0, layers: int = 4, hidde
     one in three is "important" (its gate/up rows also hold a large weight on a direction no
     input ever has, so weight-based importance ranks it top while it reacts like the others)
     and writes only weakly; the others write toward the first tokens of the axis' negative
-    continuations, so the bias shows at the output. Other neurons are random."""
+    continuations, so the bias shows at the output. With `anti_per_axis`, that many more
+    neurons per axis (race, gender, religion) write *against* the negative continuations
+    (anti-stereotype neurons, `PlantedNeuron.anti`): they react more strongly than the
+    pro-stereotype ones but write a third as hard, so the net output bias stays positive and an
+    unsigned score ranks them first. Other neurons are random."""
     import transformers as t
 
     from fairaudit.suite import resolve_suite
@@ -218,19 +223,20 @@ def make_planted_model(folder: str | Path, seed: int = 0, layers: int = 4, hidde
         layer.mlp.gate_proj.weight *= 40.0  # random neurons' peak weights as large as the planted ones'
         layer.mlp.up_proj.weight *= 40.0
         unembedding = model.lm_head.weight
-        plan = [(("race",), 4), (("gender",), 4), (("religion",), 4), (("race", "gender"), 3)]
+        plan = [(("race",), 4, False), (("gender",), 4, False), (("religion",), 4, False), (("race", "gender"), 3, False)]
+        plan += [((axis,), anti_per_axis, True) for axis in ("race", "gender", "religion") if anti_per_axis]
         neurons, index = [], 0
-        for plan_axes, count in plan:
+        for plan_axes, count, anti in plan:
             for position in range(count):
-                important = position % 3 == 2
+                important = position % 3 == 2 and not anti
                 reads = sum(direction[axis] for axis in plan_axes) / math.sqrt(len(plan_axes))
-                row = 20.0 * reads + (80.0 * idle if important else 0.0)
+                row = (24.0 if anti else 20.0) * reads + (80.0 * idle if important else 0.0)
                 layer.mlp.gate_proj.weight[index] = row
                 layer.mlp.up_proj.weight[index] = row
                 target = sum(unembedding[vocabulary[w]] for axis in plan_axes for w in pushed[axis])
                 target = target / target.norm()
-                layer.mlp.down_proj.weight[:, index] = (0.02 if important else 0.5) * target
-                neurons.append(PlantedNeuron(planted_layer, index, plan_axes, important))
+                layer.mlp.down_proj.weight[:, index] = (0.02 if important else -0.15 if anti else 0.5) * target
+                neurons.append(PlantedNeuron(planted_layer, index, plan_axes, important, anti))
                 index += 1
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -199,6 +199,8 @@ class ActivationProbe:
             optipfair_terms=torch.cat(optipfair_rows) if optipfair_rows else torch.zeros((0, len(optipfair_keys))),
             unequal_length_pairs=unequal,
             aligned_fallbacks=aligned_fallbacks,
+            continuations={label: sorted({p.continuations[label] for p in pairs if label in p.continuations})
+                           for label in sorted({label for p in pairs for label in p.continuations})},
         )
 
     @staticmethod

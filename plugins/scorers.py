@@ -122,6 +122,28 @@ class HybridScorer:
         scores.neuron[params.column] = metrics.hybrid(scores.neuron[params.bias], scores.neuron[params.importance], params.weight)
 
 
+class StereotypePushScorer:
+    name = "stereotype_push"
+    description = ("signed direct effect on the output: signed_bias x (down_proj column . (unembedding of the negative "
+                   "continuations' first tokens - that of the neutral ones)); > 0 pushes group a toward the negative")
+    Params = NoParams
+    outputs = lambda self, params: ["stereotype_push"]  # neuron columns it writes
+
+    def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
+        head = loaded.model.get_output_embeddings() if loaded.is_causal else None
+        if head is None or scores.component != "neuron" or not {"negative", "neutral"} <= set(stats.continuations):
+            return  # needs an LM head and templates with negative and neutral continuations
+
+        def first_tokens(label: str) -> torch.Tensor:
+            ids = [loaded.tokenizer.encode(text, add_special_tokens=False)[0] for text in stats.continuations[label]]
+            return head.weight.detach().float()[ids].mean(dim=0).cpu()
+
+        direction = first_tokens("negative") - first_tokens("neutral")  # [hidden]
+        effect = torch.stack([(loaded.adapter.mlp_weights(layer).down.cpu().T @ direction).double() for layer in loaded.layers])
+        signed = scores.neuron.get("signed_bias", metrics.signed_bias(stats.components["neuron"], stats.n_pairs))
+        scores.neuron["stereotype_push"] = signed * effect
+
+
 class LayerIndexParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
@@ -159,5 +181,5 @@ class LayerIndexScorer:
 @hookimpl
 def register_scorers(register):
     for scorer in (BiasScorer(), ScaledBiasScorer(), NoiseFloorScorer(), SignificanceScorer(),
-                   ImportanceScorer(), HybridScorer(), LayerIndexScorer()):
+                   ImportanceScorer(), HybridScorer(), StereotypePushScorer(), LayerIndexScorer()):
         register(scorer)
