@@ -8,7 +8,6 @@ Usage: python benchmarks/ground_truth.py [--seed 0] [--scores hybrid hybrid_scal
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 from pathlib import Path
 

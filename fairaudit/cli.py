@@ -178,6 +178,17 @@ def _percent(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:+.1f}%"
 
 
+def _silence_libraries() -> None:
+    """--quiet: no progress bars or notices from transformers and lm-eval either."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+
+
 def _report_result(result, quiet: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"run_id": result.run_id, "store": str(result.store), "model": result.model_id,
@@ -229,6 +240,8 @@ def _report_result(result, quiet: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def probe(model_id, suite_names, store, position, batch_size, device, dtype, trust_remote_code, allow_pickle, quiet, as_json) -> None:
     """Probe a model on suites and store per-neuron and per-layer bias scores."""
+    if quiet:
+        _silence_libraries()
     from fairaudit.config import DEFAULT_SUITES, RunConfig
     from fairaudit.model import DEFAULT_MODEL
     from fairaudit.runner import audit
@@ -258,6 +271,8 @@ def audit_command(config_file, resume_run, store, quiet, as_json) -> None:
     from fairaudit.config import RunConfig, load_config
     from fairaudit.runner import audit
 
+    if quiet:
+        _silence_libraries()
     config = load_config(config_file) if config_file else RunConfig()
     if store is not None:
         config = config.model_copy(update={"store": str(store)})
@@ -281,8 +296,10 @@ def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, 
     from fairaudit.config import DEFAULT_EVALUATORS, DEFAULT_SUITES
     from fairaudit.runner import evaluate_models
 
+    if quiet:
+        _silence_libraries()
     result = evaluate_models(model_id, compare_id, list(suite_names) or DEFAULT_SUITES,
-                             list(evaluator_names) or DEFAULT_EVALUATORS, store, time_limit)
+                             list(evaluator_names) or DEFAULT_EVALUATORS, store, time_limit, progress=not quiet)
     _report_result(result, quiet, as_json)
 
 

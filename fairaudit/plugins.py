@@ -124,14 +124,15 @@ def registry() -> Registry:
             plugin_name = implementation.plugin_name
             distribution, version = _distributions.get(plugin_name, ("(unknown)", ""))
 
-            def register(component: Any, _kind: str = kind, _plugin: str = plugin_name) -> None:
+            def register(component: Any, _kind: str = kind, _plugin: str = plugin_name,
+                         _distribution: str = distribution, _version: str = version) -> None:
                 name = getattr(component, "name", None)
                 if not isinstance(name, str) or not name:
                     raise PluginError(f"plugin '{_plugin}' registered a {_kind} without a string 'name'.")
                 if name in result.components[_kind]:
                     other = result.components[_kind][name].plugin
                     raise PluginError(f"{_kind} '{name}' is registered twice: by '{other}' and by '{_plugin}'.")
-                result.components[_kind][name] = Registered(_kind, name, component, _plugin, distribution, version)
+                result.components[_kind][name] = Registered(_kind, name, component, _plugin, _distribution, _version)
 
             try:
                 implementation.function(register=register)

@@ -202,8 +202,9 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
             stage_started = time.time()
             evaluators = [(ref.plugin, plugins.get("evaluator", ref.plugin), params[path])
                           for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
-            result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, loaded, after,
-                                                                             record["timings"], config.evaluator_time_limit)
+            result.evaluation_failures, result.comparisons = run_evaluations(
+                store, run_id, suites, evaluators, loaded, after, record["timings"], config.evaluator_time_limit,
+                progress=getattr(params["probe"], "progress", True))
             result.measurements = _read_all(store, "evaluations", run_id)
             record["timings"]["evaluate"] = round(time.time() - stage_started, 3)
             record["evaluation_failures"] = result.evaluation_failures
@@ -362,7 +363,8 @@ GENERATION_SCHEMA = pa.schema([("evaluator", pa.string()), ("role", pa.string())
 
 def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: list[tuple[str, Any, Any]],
                     before: LoadedModel, after: LoadedModel | None,
-                    timings: dict[str, float] | None = None, time_limit: float | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+                    timings: dict[str, float] | None = None, time_limit: float | None = None,
+                    progress: bool = True) -> tuple[list[str], list[dict[str, Any]]]:
     """Run every evaluator on `before` (and `after`, the pruned model), store what each
     measured, then store the paired before/after comparisons. An evaluator that raises or
     returns the wrong type is recorded with its error; the others still run. Returns
@@ -370,7 +372,7 @@ def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: 
     failures: list[str] = []
     timings = timings if timings is not None else {}
     roles = [("before", before, None)] + ([("after", after, before)] if after is not None else [])
-    progress = tqdm(total=len(roles) * len(evaluators), desc="evaluate", leave=False)
+    progress = tqdm(total=len(roles) * len(evaluators), desc="evaluate", leave=False, disable=not progress)
     for role, loaded, reference in roles:
         for name, evaluator, params in evaluators:
             progress.set_postfix_str(f"{name} ({role})")
@@ -427,7 +429,8 @@ def _comparisons(store: Store, run_id: str, before_id: str, after_id: str) -> li
 
 
 def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None, suite_names: list[str],
-                    evaluator_refs: list, store_path: str | Path, time_limit: float | None = 3600.0) -> AuditResult:
+                    evaluator_refs: list, store_path: str | Path, time_limit: float | None = 3600.0,
+                    progress: bool = True) -> AuditResult:
     """Evaluate a model (and a pruned version of it) without probing or pruning: a run of
     kind "evaluate" in the store, with measurements and paired comparisons."""
     config = RunConfig.model_validate({"model": model if isinstance(model, str) else model.model_dump(), "suites": suite_names,
@@ -446,7 +449,7 @@ def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None
                   for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
     result = AuditResult(run_id=run_id, store=store.root, model_id=before.model_id)
     result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, before, after,
-                                                                     time_limit=time_limit)
+                                                                     time_limit=time_limit, progress=progress)
     result.measurements = _read_all(store, "evaluations", run_id)
     store.write_run(run_id, {**record, "status": "complete", "evaluation_failures": result.evaluation_failures})
     return result

@@ -41,3 +41,15 @@ def test_probe_prints_a_summary_per_axis_and_stores_it(cli, llama_folder, tmp_pa
 def test_store_ls_on_a_missing_folder_exits_2(cli, tmp_path):
     result = cli("store", "ls", tmp_path / "absent")
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_python_api_is_what_the_cli_calls_and_import_is_cheap():
+    import subprocess
+    import sys
+
+    import fairaudit
+    from fairaudit import runner
+
+    assert fairaudit.audit is runner.audit and fairaudit.evaluate_models is runner.evaluate_models
+    probe = subprocess.run([sys.executable, "-c", "import sys, fairaudit; print('torch' in sys.modules)"], capture_output=True, text=True)
+    assert probe.stdout.strip() == "False"

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from fairaudit.config import RunConfig
-from fairaudit.report import render_report, report_data
 from fairaudit.runner import audit
 from fairaudit.store import Store
 
