@@ -303,6 +303,88 @@ def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, 
     _report_result(result, quiet, as_json)
 
 
+@main.command("diagnose")
+@click.option("--model", "model_id", required=True)
+@click.option("--suite", "suite_name", required=True, help="built-in suite name or file")
+@click.option("--pair", "pair_ids", multiple=True, metavar="TEMPLATE_ID:GROUP_A:GROUP_B", help="pair to diagnose; repeat")
+@click.option("--top", type=int, default=3, show_default=True, help="without --pair: the K most divergent pairs")
+@click.option("--layer", type=int, default=None, help="layer of the PCA view (default: where MLP divergence peaks)")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--png", is_flag=True, help="also write PNG files (renders the SVG with Debian's chromium)")
+@click.option("--json", "as_json", is_flag=True)
+def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, as_json) -> None:
+    """Where the bias appears and how it grows: per-token x per-layer divergence maps, PCA of
+    token representations, and the axis' emergence summary."""
+    from fairaudit import metrics
+    from fairaudit.diagnose import diagnose_pair, emergence, render_view
+    from fairaudit.errors import FairauditError
+    from fairaudit.model import load_model
+    from fairaudit.plugins import registry
+    from fairaudit.suite import resolve_suite
+
+    suite = resolve_suite(suite_name)
+    loaded = load_model(model_id)
+    probe = registry().get("probe", "activations")
+    pairs = suite.pairs(None)
+    stats = probe.run(loaded, suite.pairs("probe"), suite.control_pairs(),
+                      probe.Params(components=["attention", "mlp"], optipfair_index=False, progress=False), suite.axis)
+    summary = emergence(stats)
+    if pair_ids:
+        by_id = {pair.pair_id: pair for pair in pairs}
+        missing = [pair_id for pair_id in pair_ids if pair_id not in by_id]
+        if missing:
+            raise FairauditError(f"suite '{suite.suite}' has no pair {missing}; pair ids look like "
+                                 f"'{pairs[0].pair_id}' (see 'fairaudit suites show {suite_name}').")
+        chosen = [by_id[pair_id] for pair_id in pair_ids]
+    else:
+        ranking = metrics.pair_bias_index(stats).argsort(descending=True)[:top].tolist()
+        chosen = [suite.pairs("probe")[index] for index in ranking]
+    layer = summary.mlp_peak if layer is None else layer
+    if not 0 <= layer < len(loaded.layers):
+        raise FairauditError(f"--layer {layer} is out of range: the model has layers 0..{len(loaded.layers) - 1}.")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for pair in chosen:
+        for stem, svg in render_view(diagnose_pair(loaded, pair, layer)).items():
+            path = out / f"{stem}.svg"
+            path.write_text(str(svg), encoding="utf-8")
+            written.append(path)
+            if png:
+                written.append(_svg_to_png(path))
+    report = {"axis": suite.axis, "attention_onset_layer": summary.attention_onset, "mlp_peak_layer": summary.mlp_peak,
+              "amplification": summary.amplification, "amplification_95ci": [summary.amplification_low, summary.amplification_high],
+              "attention_by_layer": summary.attention_by_layer, "attention_noise_floor": summary.attention_floor,
+              "mlp_by_layer": summary.mlp_by_layer, "pairs": [pair.pair_id for pair in chosen], "files": [str(p) for p in written]}
+    (out / "emergence.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    onset = "none" if summary.attention_onset is None else f"layer {summary.attention_onset}"
+    click.echo(f"{suite.axis}: attention divergence first exceeds the control noise floor at {onset}; MLP divergence peaks at "
+               f"layer {summary.mlp_peak}; amplification last/first layer {summary.amplification:.2f} "
+               f"[95% CI {summary.amplification_low:.2f}, {summary.amplification_high:.2f}]")
+    click.echo(f"{len(written)} figures for {len(chosen)} pair(s) written to {out}")
+
+
+def _svg_to_png(path: Path) -> Path:
+    import shutil
+    import subprocess
+
+    from fairaudit.errors import FairauditError
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        raise FairauditError("--png renders the SVG figures with a headless chromium, which is not installed "
+                             "(Debian: apt-get install chromium); the SVG files were written.")
+    target = path.with_suffix(".png")
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--no-first-run", f"--screenshot={target}", "--window-size=1000,700", path.resolve().as_uri()],
+                   capture_output=True, timeout=120, check=False)
+    if not target.exists():
+        raise FairauditError(f"chromium could not render {path} to PNG; the SVG file was written.")
+    return target
+
+
 # --- overlap ----------------------------------------------------------------------------
 
 @main.command()

@@ -93,6 +93,7 @@ class RunConfig(BaseModel):
     seed: int = 0
     evaluator_time_limit: float | None = Field(default=3600.0, gt=0, description="seconds per evaluator run (null: none)")
     report: bool = Field(default=True, description="write the HTML report (and report.json) beside the store folder")
+    diagnose_top: int = Field(default=1, ge=0, le=20, description="diagnosis figures for this many most divergent pairs per axis")
     overlap_top: float = Field(default=0.01, gt=0, description="top-k of each axis for the stored overlap analysis")
 
     @field_validator("evaluators", mode="before")

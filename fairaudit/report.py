@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
 import fairaudit
 from fairaudit.errors import StoreError
@@ -182,6 +183,15 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None) -> di
         rows = _rows(store, "axis_summary", model=other["model_id"], run_id=compare_run)
         compared = {"run_id": compare_run, "model": other["model_id"], "axes": {r["axis"]: r for r in rows}}
 
+    diagnosis = {}
+    for axis in axes:
+        figures = _rows(store, "diagnosis", model=model_id, axis=axis, run_id=run_id)
+        onset = _rows(store, "emergence", model=model_id, axis=axis, run_id=run_id)
+        if figures or onset:
+            # the SVG was rendered at audit time by fairaudit.svg, which escapes every text
+            diagnosis[axis] = {"figures": [{"pair_id": f["pair_id"], "figure": f["figure"], "svg": Markup(f["svg"])} for f in figures],
+                               "emergence": onset[0] if onset else None}
+
     generation_rows = _rows(store, "generations", run_id=run_id)
     generations: dict[tuple, dict[str, Any]] = {}
     for row in generation_rows:
@@ -197,7 +207,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None) -> di
         "summary": summary, "quality": quality, "quality_verdicts": quality_verdicts,
         "perplexity": perplexity, "fidelity": fidelity, "prune": prune,
         "comparisons": comparisons, "charts": charts, "top_neurons": top_neurons,
-        "overlap": overlap_pairs, "overlap_svg": overlap_svg, "other_models": other_models, "compared": compared,
+        "overlap": overlap_pairs, "overlap_svg": overlap_svg, "diagnosis": diagnosis, "other_models": other_models, "compared": compared,
         "generations": sorted(generations.values(), key=lambda g: (g["axis"], g["pair_id"])),
         "failures": sorted({row["error"] for row in measurements if row["error"] and not row["error"].startswith("skipped")}),
         "provenance": provenance,
@@ -209,6 +219,8 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None) -> di
 def _json_ready(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_ready(v) for k, v in value.items() if k not in ("svg", "overlap_svg")}
+    if isinstance(value, Markup):
+        return None
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     if isinstance(value, float) and math.isnan(value):

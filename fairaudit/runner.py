@@ -117,6 +117,8 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
             _check_scores(name, suite.axis, scores, len(loaded.layers))
             result.warnings += notify_stage_finished("scorer", name, suite.axis, time.time() - scorer_started)
         store.write_axis(loaded.model_id, run_id, scores)
+        if config.diagnose_top and {"attention", "mlp"} <= set(stats.components):
+            _store_diagnosis(store, run_id, loaded, suite, stats, config.diagnose_top)
         record["timings"][f"axis:{suite.axis}"] = round(time.time() - axis_started, 3)
         store.write_run(run_id, record)
     for suite in suites:
@@ -453,6 +455,25 @@ def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None
     result.measurements = _read_all(store, "evaluations", run_id)
     store.write_run(run_id, {**record, "status": "complete", "evaluation_failures": result.evaluation_failures})
     return result
+
+
+def _store_diagnosis(store: Store, run_id: str, loaded: LoadedModel, suite: Suite, stats: ActivationStats, top: int) -> None:
+    """The axis' emergence summary and the diagnosis figures of its most divergent pairs, for the report."""
+    from fairaudit import metrics
+    from fairaudit.diagnose import diagnose_pair, emergence, render_view
+
+    summary = emergence(stats)
+    pairs = {pair.pair_id: pair for pair in suite.pairs("probe")}
+    ranking = metrics.pair_bias_index(stats).argsort(descending=True)[:top].tolist()
+    rows = []
+    for index in ranking:
+        view = diagnose_pair(loaded, pairs[stats.pair_ids[index]], summary.mlp_peak)
+        rows += [{"pair_id": view.pair.pair_id, "figure": name, "svg": str(svg)} for name, svg in render_view(view).items()]
+    store.write_part("diagnosis", loaded.model_id, suite.axis, run_id, pa.Table.from_pylist(rows))
+    store.write_part("emergence", loaded.model_id, suite.axis, run_id, pa.table({
+        "attention_onset_layer": pa.array([summary.attention_onset], pa.int32()), "mlp_peak_layer": pa.array([summary.mlp_peak], pa.int32()),
+        "amplification": [summary.amplification], "amplification_low": [summary.amplification_low],
+        "amplification_high": [summary.amplification_high]}))
 
 
 def _store_overlap(store: Store, model_id: str, run_id: str, top: float) -> None:

@@ -7,7 +7,6 @@ Both prompts of a pair always sit in the same batch (first halves `a`, second ha
 
 from __future__ import annotations
 
-import inspect
 from typing import Literal
 
 import torch
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from fairaudit.architecture import COMPONENTS
+from fairaudit.capture import run_hooked
 from fairaudit.errors import ConfigError
 from fairaudit.hookspecs import hookimpl
 from fairaudit.model import LoadedModel
@@ -69,7 +69,6 @@ class _Batch:
                     self.aligned_fallbacks += row < self.pairs
                 else:
                     self.pool[row, end - suffix : end] = 1.0 / suffix
-        self.position_ids = (self.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
         lengths = self.attention_mask.sum(dim=1)
         self.equal_length = lengths[: self.pairs] == lengths[self.pairs :]
         self.lengths_a = lengths[: self.pairs].double()
@@ -122,8 +121,6 @@ class ActivationProbe:
         tokenizer = loaded.tokenizer
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         encode = lambda text: tokenizer(text)["input_ids"]  # noqa: E731
-        forward = loaded.model.base_model if loaded.is_causal else loaded.model
-        accepted = inspect.signature(forward.forward).parameters
         optipfair_rows: list[torch.Tensor] = []
         unequal = aligned_fallbacks = 0
         per_batch = params.batch_size // 2
@@ -141,27 +138,12 @@ class ActivationProbe:
             )
             pooled: dict[str, list[torch.Tensor | None]] = {name: [None] * len(layers) for name in params.components}
             terms = torch.full((batch.pairs, len(optipfair_keys)), float("nan"), dtype=torch.float64)
-            handles = []
-            for layer_index, layer_sites in enumerate(sites):
+            hooks = {}
+            for layer_index in range(len(layers)):
                 for name in set(params.components) | set(optipfair):
-                    site = layer_sites[name]
                     column = optipfair_keys.index(f"{name}_layer_{layer_index}") if name in optipfair else None
-                    hook = self._hook(name, layer_index, column, batch, pooled, terms, is_control)
-                    if site.where == "output":
-                        handles.append(site.module.register_forward_hook(lambda m, a, out, hook=hook: hook(out)))
-                    else:
-                        handles.append(site.module.register_forward_pre_hook(lambda m, a, hook=hook: hook(a)))
-            inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-            if "position_ids" in accepted:
-                inputs["position_ids"] = batch.position_ids
-            if "use_cache" in accepted:
-                inputs["use_cache"] = False
-            try:
-                with torch.inference_mode():
-                    forward(**{key: value.to(loaded.device) if torch.is_tensor(value) else value for key, value in inputs.items()})
-            finally:
-                for handle in handles:
-                    handle.remove()
+                    hooks[(name, layer_index)] = self._hook(name, layer_index, column, batch, pooled, terms, is_control)
+            run_hooked(loaded, batch.input_ids, batch.attention_mask, hooks)
             for name, per_layer in pooled.items():
                 stacked = torch.stack(per_layer)  # [layers, 2k, units]
                 units[name] = stacked.shape[2]
@@ -207,11 +189,8 @@ class ActivationProbe:
     def _hook(name, layer_index, column, batch: _Batch, pooled, terms, is_control):
         pairs = batch.pairs
 
-        def hook(value):
-            hidden = value[0] if isinstance(value, tuple) else value
+        def hook(hidden):
             hidden = hidden.float()
-            if hidden.dim() == 2:  # OPT flattens [batch * tokens, width] around its MLP
-                hidden = hidden.reshape(batch.input_ids.shape[0], batch.input_ids.shape[1], -1)
             if name in pooled:
                 pooled[name][layer_index] = torch.einsum("bt,btu->bu", batch.pool.to(hidden.device), hidden).cpu()
             if column is not None and not is_control and bool(batch.equal_length.any()):

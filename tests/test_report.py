@@ -106,6 +106,7 @@ def test_report_is_self_contained(audited):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html), "no external resource"
     assert "@import" not in html and "url(" not in html
     assert html.count("<svg") >= 4
+    assert "MLP divergence peaks at" in html and "-mlp-heatmap" not in html  # diagnosis figures are inline
 
 
 def test_report_command_renders_a_stored_run(cli, audited, tmp_path):
