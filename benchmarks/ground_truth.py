@@ -2,7 +2,7 @@
 run the real pipeline (fairaudit.audit with pruning and evaluators) and print how much of
 what was planted the audit finds, shares, protects and removes.
 
-Usage: python benchmarks/ground_truth.py [--seed 0] [--scores hybrid hybrid_scaled]
+Usage: python benchmarks/ground_truth.py [--seed 0] [--scores hybrid hybrid_scaled] [--families llama gpt2]
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from fairaudit.testing import make_planted_model
 AXES = ["race", "gender", "religion", "nationality"]
 
 
-def ground_truth_figures(root: Path, seed: int = 0, score: str = "hybrid_scaled") -> dict:
+def ground_truth_figures(root: Path, seed: int = 0, score: str = "hybrid_scaled", family: str = "llama") -> dict:
     """Plant, audit, prune, evaluate; return the figures (also used by tests/test_ground_truth.py)."""
-    truth = make_planted_model(root / "model", seed=seed)
+    truth = make_planted_model(root / "model", seed=seed, family=family)
     unimportant = {(n.layer, n.neuron) for n in truth.neurons if not n.important}
     layer = truth.neurons[0].layer
     width = 128
@@ -72,14 +72,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scores", nargs="+", default=["hybrid", "hybrid_scaled"])
+    parser.add_argument("--families", nargs="+", default=["llama", "gpt2"])
     args = parser.parse_args()
-    for score in args.scores:
-        with tempfile.TemporaryDirectory() as scratch:
-            report(ground_truth_figures(Path(scratch), args.seed, score), args.seed, score)
+    for family in args.families:
+        for score in args.scores:
+            with tempfile.TemporaryDirectory() as scratch:
+                report(ground_truth_figures(Path(scratch), args.seed, score, family), args.seed, score, family)
 
 
-def report(figures: dict, seed: int, score: str) -> None:
-    print(f"\nplanted-bias Llama (seed {seed}); pruning score {score} at the default weight 0.8")
+def report(figures: dict, seed: int, score: str, family: str) -> None:
+    print(f"\nplanted-bias {family} (seed {seed}); pruning score {score} at the default weight 0.8")
     print("recovery (top-k by bias, k = planted neurons of the axis):")
     for axis, row in figures["recovery"].items():
         print(f"  {axis:<9} k={row['k']:<3} precision {row['precision']:.2f}  recall {row['recall']:.2f}")

@@ -146,36 +146,126 @@ def _carriers(suite) -> list[str]:
     return sorted(w for w in words - reference if w.lower() not in STOP_WORDS)
 
 
-def make_planted_model(folder: str | Path, seed: int = 0, layers: int = 4, hidden: int = 64, intermediate: int = 128,
-                       planted_layer: int = 1, anti_per_axis: int = 0) -> GroundTruth:
-    """A Llama model with planted bias neurons, saved to `folder`; returns the ground truth.
+class _Surgery:
+    """Where a family keeps the weights the planting edits. Linear weights are [out, in];
+    GPT-2's Conv1D weights are [in, out]."""
+
+    def __init__(self, model, family: str):
+        self.model, self.family = model, family
+        self.gpt2 = family == "gpt2"
+        self.layers = list(model.transformer.h if self.gpt2 else model.model.layers)
+
+    def embeddings(self) -> list[torch.Tensor]:
+        if self.gpt2:
+            return [self.model.transformer.wte.weight, self.model.transformer.wpe.weight]
+        return [self.model.model.embed_tokens.weight]
+
+    def unembedding(self) -> torch.Tensor:
+        return self.model.lm_head.weight  # tied to wte in GPT-2
+
+    def copy_attention(self, layer, directions: list[torch.Tensor]) -> None:
+        """Uniform causal attention whose value/output only carry `directions`."""
+        if self.gpt2:
+            hidden = layer.attn.c_attn.weight.shape[0]
+            layer.attn.c_attn.weight.zero_()
+            layer.attn.c_attn.bias.zero_()
+            layer.attn.c_proj.weight.zero_()
+            layer.attn.c_proj.bias.zero_()
+            for index, direction in enumerate(directions):
+                layer.attn.c_attn.weight[:, 2 * hidden + index] = direction
+                layer.attn.c_proj.weight[index] = direction
+        else:
+            attention = layer.self_attn
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
+                projection.weight.zero_()
+            for index, direction in enumerate(directions):
+                attention.v_proj.weight[index] = direction
+                attention.o_proj.weight[:, index] = direction
+            layer.input_layernorm.weight.fill_(1.0)
+
+    def silence_mlp(self, layer) -> None:
+        if self.gpt2:
+            layer.mlp.c_proj.weight.zero_()
+            layer.mlp.c_proj.bias.zero_()
+        else:
+            layer.mlp.down_proj.weight.zero_()
+            layer.post_attention_layernorm.weight.fill_(1.0)
+
+    def isolate(self, layer, span: torch.Tensor) -> None:
+        """The layer's attention and MLP neither read nor (attention) write along `span`."""
+        def off_inputs(weight, transposed):  # remove the span from what the weight reads
+            weight -= (span.T @ (span @ weight)) if transposed else ((weight @ span.T) @ span)
+
+        if self.gpt2:
+            off_inputs(layer.attn.c_attn.weight, True)
+            off_inputs(layer.mlp.c_fc.weight, True)
+            layer.attn.c_proj.weight -= (layer.attn.c_proj.weight @ span.T) @ span
+            layer.attn.c_proj.bias -= (layer.attn.c_proj.bias @ span.T) @ span
+        else:
+            for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                               layer.mlp.gate_proj, layer.mlp.up_proj):
+                off_inputs(projection.weight, False)
+            layer.self_attn.o_proj.weight -= span.T @ (span @ layer.self_attn.o_proj.weight)
+
+    def scale_inputs(self, layer, factor: float) -> None:
+        for weight in ([layer.mlp.c_fc.weight] if self.gpt2 else [layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]):
+            weight *= factor
+        if not self.gpt2:
+            layer.post_attention_layernorm.weight.fill_(1.0)
+
+    def set_neuron(self, layer, index: int, reads: torch.Tensor, writes: torch.Tensor) -> None:
+        if self.gpt2:
+            layer.mlp.c_fc.weight[:, index] = reads
+            layer.mlp.c_fc.bias[index] = 0.0
+            layer.mlp.c_proj.weight[index] = writes
+        else:
+            layer.mlp.gate_proj.weight[index] = reads
+            layer.mlp.up_proj.weight[index] = reads
+            layer.mlp.down_proj.weight[:, index] = writes
+
+
+def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama", layers: int = 4, hidden: int = 64,
+                       intermediate: int = 128, planted_layer: int = 1, anti_per_axis: int = 0) -> GroundTruth:
+    """A model of a real architecture (`llama`: GLU; `gpt2`: plain MLP) with planted bias
+    neurons, saved to `folder`; returns the ground truth.
 
     Construction (all exact, seeded): race, gender and religion words get a component along
     their axis' own direction (nationality words one too, with no neuron reading it); every
-    other embedding is orthogonal to those directions. Layer 0's attention copies the
+    other embedding (and GPT-2's position embeddings) is orthogonal to those directions, and
+    large, so the planted signal barely moves the layer norms. Layer 0's attention copies the
     directions to later positions (uniform causal attention, value/output on the directions
-    only) and its MLP is silent; nothing else reads those directions (later attention, other
-    neurons and the LM head are projected off them). In `planted_layer`, planted neurons read an axis direction:
-    4 per axis for race, gender and religion, 3 more shared by race and gender; in each axis
-    one in three is "important" (its gate/up rows also hold a large weight on a direction no
-    input ever has, so weight-based importance ranks it top while it reacts like the others)
-    and writes only weakly; the others write toward the first tokens of the axis' negative
-    continuations, so the bias shows at the output. With `anti_per_axis`, that many more
-    neurons per axis (race, gender, religion) write *against* the negative continuations
-    (anti-stereotype neurons, `PlantedNeuron.anti`): they react more strongly than the
-    pro-stereotype ones but write a third as hard, so the net output bias stays positive and an
-    unsigned score ranks them first. Other neurons are random."""
+    only) and its MLP is silent; nothing else reads those directions (later attention and
+    other neurons are projected off them; Llama's LM head too, GPT-2's is its embedding).
+    In `planted_layer`, planted neurons read an axis direction: 4 per axis for race, gender
+    and religion, 3 more shared by race and gender; in each group one in three is "important"
+    (its input rows also hold a large weight on a direction no input ever has, so weight
+    importance ranks it top while it reacts like the others) and writes only weakly; the
+    others write toward the first tokens of the axis' negative continuations, so the bias
+    shows at the output. With `anti_per_axis`, that many more neurons per axis write
+    *against* the negative continuations (anti-stereotype neurons, `PlantedNeuron.anti`):
+    they react more strongly than the pro-stereotype ones but write a third as hard, so the
+    net output bias stays positive and an unsigned score ranks them first. Other neurons are
+    random."""
     import transformers as t
 
     from fairaudit.suite import resolve_suite
 
     folder = Path(folder)
     tokenizer = make_tokenizer()
-    config = t.LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, pad_token_id=0,
-                           bos_token_id=2, eos_token_id=3, tie_word_embeddings=False)
+    if family == "gpt2":
+        config = t.GPT2Config(vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=4, n_inner=intermediate,
+                              n_positions=256, bos_token_id=2, eos_token_id=3, pad_token_id=0)
+        model_class = t.GPT2LMHeadModel
+    elif family == "llama":
+        config = t.LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, pad_token_id=0,
+                               bos_token_id=2, eos_token_id=3, tie_word_embeddings=False)
+        model_class = t.LlamaForCausalLM
+    else:
+        raise ValueError(f"planted models are built for 'llama' and 'gpt2', not {family!r}")
     torch.manual_seed(seed)
-    model = t.LlamaForCausalLM(config)
+    model = model_class(config)
+    surgery = _Surgery(model, family)
     basis = _hadamard(hidden)[1:]  # rows orthonormal to each other and to the all-ones direction
     axes = ["race", "gender", "religion", "nationality"]
     direction = {axis: basis[index] for index, axis in enumerate(axes)}
@@ -190,39 +280,22 @@ def make_planted_model(folder: str | Path, seed: int = 0, layers: int = 4, hidde
                   if "negative" in template.continuations}
         pushed[axis] = sorted(w for w in firsts if w in vocabulary)
     with torch.no_grad():
-        embeddings = model.model.embed_tokens.weight
-        embeddings -= (embeddings @ span.T) @ span  # every token orthogonal to the planted directions
-        embeddings *= 30.0  # a large residual, so the planted signal barely moves the RMS norms
+        for table in surgery.embeddings():
+            table -= (table @ span.T) @ span  # every token (and position) orthogonal to the planted directions
+            table *= 30.0
+        token_embeddings = surgery.embeddings()[0]
         for axis in axes:
             for word in carriers[axis]:
-                embeddings[vocabulary[word]] += 1.0 * direction[axis]
-        first = model.model.layers[0]
-        first.input_layernorm.weight.fill_(1.0)
-        first.post_attention_layernorm.weight.fill_(1.0)
-        first.self_attn.q_proj.weight.zero_()
-        first.self_attn.k_proj.weight.zero_()
-        first.self_attn.v_proj.weight.zero_()
-        first.self_attn.o_proj.weight.zero_()
-        for index, axis in enumerate(axes):
-            first.self_attn.v_proj.weight[index] = direction[axis]
-            first.self_attn.o_proj.weight[:, index] = direction[axis]
-        first.mlp.down_proj.weight.zero_()
-        # Only planted neurons may read or write the planted directions: later attention neither
-        # reads nor writes them, other MLP neurons do not read them, and the LM head ignores them.
-        def ignore_span(weight):
-            weight -= (weight @ span.T) @ span
-
-        for later in model.model.layers[1:]:
-            later.self_attn.o_proj.weight -= span.T @ (span @ later.self_attn.o_proj.weight)
-            for projection in (later.self_attn.q_proj, later.self_attn.k_proj, later.self_attn.v_proj,
-                               later.mlp.gate_proj, later.mlp.up_proj):
-                ignore_span(projection.weight)
-        ignore_span(model.lm_head.weight)
-        layer = model.model.layers[planted_layer]
-        layer.post_attention_layernorm.weight.fill_(1.0)
-        layer.mlp.gate_proj.weight *= 40.0  # random neurons' peak weights as large as the planted ones'
-        layer.mlp.up_proj.weight *= 40.0
-        unembedding = model.lm_head.weight
+                token_embeddings[vocabulary[word]] += 1.0 * direction[axis]
+        surgery.copy_attention(surgery.layers[0], list(direction.values()))
+        surgery.silence_mlp(surgery.layers[0])
+        for later in surgery.layers[1:]:
+            surgery.isolate(later, span)
+        if not surgery.gpt2:
+            surgery.unembedding().sub_((surgery.unembedding() @ span.T) @ span)
+        layer = surgery.layers[planted_layer]
+        surgery.scale_inputs(layer, 40.0)  # random neurons' peak weights as large as the planted ones'
+        unembedding = surgery.unembedding()
         plan = [(("race",), 4, False), (("gender",), 4, False), (("religion",), 4, False), (("race", "gender"), 3, False)]
         plan += [((axis,), anti_per_axis, True) for axis in ("race", "gender", "religion") if anti_per_axis]
         neurons, index = [], 0
@@ -231,11 +304,9 @@ def make_planted_model(folder: str | Path, seed: int = 0, layers: int = 4, hidde
                 important = position % 3 == 2 and not anti
                 reads = sum(direction[axis] for axis in plan_axes) / math.sqrt(len(plan_axes))
                 row = (24.0 if anti else 20.0) * reads + (80.0 * idle if important else 0.0)
-                layer.mlp.gate_proj.weight[index] = row
-                layer.mlp.up_proj.weight[index] = row
                 target = sum(unembedding[vocabulary[w]] for axis in plan_axes for w in pushed[axis])
                 target = target / target.norm()
-                layer.mlp.down_proj.weight[:, index] = (0.02 if important else -0.15 if anti else 0.5) * target
+                surgery.set_neuron(layer, index, row, (0.02 if important else -0.15 if anti else 0.5) * target)
                 neurons.append(PlantedNeuron(planted_layer, index, plan_axes, important, anti))
                 index += 1
     model.save_pretrained(folder)
