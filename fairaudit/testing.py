@@ -114,6 +114,7 @@ class PlantedNeuron:
     axes: tuple[str, ...]
     important: bool  # large peak weights (that carry no signal): hybrid scoring must protect it
     anti: bool = False  # writes against the negative continuations (an anti-stereotype neuron)
+    fact: str = ""  # a "fact" neuron: writes toward this token instead (e.g. 'she' after 'woman')
 
 
 @dataclass
@@ -225,7 +226,8 @@ class _Surgery:
 
 
 def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama", layers: int = 4, hidden: int = 64,
-                       intermediate: int = 128, planted_layer: int = 1, anti_per_axis: int = 0) -> GroundTruth:
+                       intermediate: int = 128, planted_layer: int = 1, anti_per_axis: int = 0,
+                       fact_neuron: bool = False) -> GroundTruth:
     """A model of a real architecture (`llama`: GLU; `gpt2`: plain MLP) with planted bias
     neurons, saved to `folder`; returns the ground truth.
 
@@ -244,8 +246,9 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
     shows at the output. With `anti_per_axis`, that many more neurons per axis write
     *against* the negative continuations (anti-stereotype neurons, `PlantedNeuron.anti`):
     they react more strongly than the pro-stereotype ones but write a third as hard, so the
-    net output bias stays positive and an unsigned score ranks them first. Other neurons are
-    random."""
+    net output bias stays positive and an unsigned score ranks them first. With `fact_neuron`,
+    one more gender neuron writes toward the token "she": it is bias-reactive (it reacts to
+    "woman") and it carries a fact (pronoun agreement). Other neurons are random."""
     import transformers as t
 
     from fairaudit.suite import resolve_suite
@@ -309,6 +312,10 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
                 surgery.set_neuron(layer, index, row, (0.02 if important else -0.15 if anti else 0.5) * target)
                 neurons.append(PlantedNeuron(planted_layer, index, plan_axes, important, anti))
                 index += 1
+        if fact_neuron:
+            she = unembedding[vocabulary["she"]]
+            surgery.set_neuron(layer, index, 20.0 * direction["gender"], 3.0 * she / she.norm())
+            neurons.append(PlantedNeuron(planted_layer, index, ("gender",), False, False, fact="she"))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return GroundTruth(neurons=neurons, axes=["race", "gender", "religion"], carriers=carriers, pushed_tokens=pushed)

@@ -11,7 +11,7 @@ from fairaudit.config import RunConfig
 from fairaudit.model import load_model
 from fairaudit.overlap import load_scores
 from fairaudit.plugins import registry
-from fairaudit.prune import SelectionParams, masked, select
+from fairaudit.prune import Selection, SelectionParams, masked, select
 from fairaudit.runner import audit
 from fairaudit.store import Store
 from fairaudit.suite import resolve_suite
@@ -62,3 +62,29 @@ def test_signed_selection_prunes_only_pro_neurons_and_does_better(planted):
         after_unsigned = race_gap(loaded)
     assert before > 0 and 0 <= after_signed < before, "toward zero, without crossing it"
     assert abs(after_signed) < abs(after_unsigned), "unsigned selection does worse"
+
+
+def test_pruning_a_bias_reactive_fact_neuron_shows_in_the_factual_control(tmp_path):
+    truth = make_planted_model(tmp_path / "model", seed=2, fact_neuron=True)
+    loaded = load_model(str(tmp_path / "model"))
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(
+        f'{{"id": "f{i}", "category": "pronoun", "prompt": "{prompt}", "correct": " she", "distractors": [" he"]}}\n'
+        for i, prompt in enumerate(["The woman said", "The woman told the nurse that", "A woman came and", "The woman thought"])))
+    control = registry().get("evaluator", "facts")
+
+    def mean_logprob() -> float:
+        result = control.evaluate(loaded, [], control.Params(file=str(facts)), None)
+        return next(m.value for m in result.measurements if m.axis == "" and m.metric == "fact_logprob")
+
+    fact = next(n for n in truth.neurons if n.fact)
+    other = next(n for n in truth.neurons if "gender" in n.axes and not n.fact and not n.important and not n.anti)
+    before = mean_logprob()
+    with masked(loaded, Selection([torch.tensor([fact.neuron]) if layer == fact.layer else torch.zeros(0, dtype=torch.long)
+                                   for layer in range(4)], [128] * 4)):
+        without_fact = mean_logprob()
+    with masked(loaded, Selection([torch.tensor([other.neuron]) if layer == other.layer else torch.zeros(0, dtype=torch.long)
+                                   for layer in range(4)], [128] * 4)):
+        without_other = mean_logprob()
+    assert before - without_fact > 1.0, "the fact is lost with the neuron"
+    assert abs(before - without_other) < 0.5 * (before - without_fact)
