@@ -38,8 +38,8 @@ class SelectionParams(BaseModel):
     fraction: float = Field(default=0.002, description="share of neurons to prune, in (0, 1)")
     scope: Literal["per_layer", "global"] = "per_layer"
     layers: list[int] | None = None
-    combine: Literal["mean", "union", "intersection"] = Field(
-        default="mean", description="several axes: rank by their mean score, or unite / intersect their selections")
+    combine: Literal["max", "mean", "union", "intersection"] = Field(
+        default="mean", description="several axes: rank by their mean (or largest) score, or unite / intersect their selections")
     round_to: int | None = Field(default=None, ge=1, description="round each new width down to a multiple of this")
     protect: float = Field(default=0.01, ge=0.0, lt=1.0, description="protect the top share of neurons by importance (0: none)")
     importance: str = "importance_ppm"
@@ -108,8 +108,9 @@ def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance:
         if push is None:
             raise FairauditError(f"direction 'pro' needs the signed '{params.push}' score, which was not given.")
         scores = {axis: value.double().masked_fill(~(push[axis] > 0), float("-inf")) for axis, value in scores.items()}
-    if params.combine == "mean":
-        scores = {"mean": torch.stack([value.double() for value in scores.values()]).mean(dim=0)}
+    if params.combine in ("max", "mean"):
+        stacked = torch.stack([value.double() for value in scores.values()])
+        scores = {params.combine: stacked.amax(dim=0) if params.combine == "max" else stacked.mean(dim=0)}
     per_axis: list[list[set[int]]] = []
     for axis_scores in scores.values():
         ranked = axis_scores.double().masked_fill(protected, float("-inf")).nan_to_num(nan=float("-inf"))
