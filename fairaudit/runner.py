@@ -116,9 +116,9 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
             _call_plugin("scorer", name, suite.axis, lambda: scorer.compute(stats, loaded, scores, scorer_params))
             _check_scores(name, suite.axis, scores, len(loaded.layers))
             result.warnings += notify_stage_finished("scorer", name, suite.axis, time.time() - scorer_started)
-        store.write_axis(loaded.model_id, run_id, scores)
         if config.diagnose_top and {"attention", "mlp"} <= set(stats.components):
             _store_diagnosis(store, run_id, loaded, suite, stats, config.diagnose_top)
+        store.write_axis(loaded.model_id, run_id, scores)  # its summary, written last, marks the axis complete
         record["timings"][f"axis:{suite.axis}"] = round(time.time() - axis_started, 3)
         store.write_run(run_id, record)
     for suite in suites:
