@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -59,7 +60,8 @@ def write_suites(suites: list[Suite], folder: str | Path) -> list[Path]:
             temporary.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=1000), encoding="utf-8")
             os.replace(temporary, path)
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
             raise StoreError(f"could not write suite {path}: {exc.strerror or exc}.") from None
         written.append(path)
     return written

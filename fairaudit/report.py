@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -247,7 +248,8 @@ def render_report(data: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
             temporary.write_text(text, encoding="utf-8")
             os.replace(temporary, path)
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
             raise StoreError(f"could not write the report to {path}: {exc.strerror or exc}.") from None
     return out, twin
 
