@@ -51,7 +51,7 @@ def cli():
     return invoke
 
 
-def run_module(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_module(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m fairaudit ARGS` in a subprocess (real exit status, real stderr)."""
     return subprocess.run([sys.executable, "-m", "fairaudit", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=300)
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)

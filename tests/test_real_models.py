@@ -39,9 +39,10 @@ def test_optipfair_compatible_index_equals_optipfair_on_smollm2():
 
 @needs_smollm2
 def test_the_default_audit_runs_on_smollm2_offline(tmp_path):
-    completed = run_module("audit", "--store", tmp_path / "store", "--quiet", "--json", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    completed = run_module("audit", "--store", tmp_path / "store", "--quiet", "--json", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"},
+                           timeout=1800)
     assert completed.returncode == 0, completed.stderr[-2000:]
     payload = json.loads(completed.stdout)
     assert set(payload["axes"]) == {"race", "gender", "religion", "nationality"}
     assert payload["pruned"]["removed"] == 90 and payload["evaluation_failures"] == []
-    assert (tmp_path / payload["report"]).exists() or (tmp_path / "report").exists() or any(tmp_path.glob("report-*.html"))
+    assert payload["report"] and (tmp_path / payload["report"]).exists()
