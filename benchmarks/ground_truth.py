@@ -15,7 +15,7 @@ import numpy as np
 
 from fairaudit.config import RunConfig
 from fairaudit.overlap import axis_overlap, load_scores
-from fairaudit.runner import audit
+from fairaudit.runner import audit, plan_selection
 from fairaudit.store import Store
 from fairaudit.testing import make_planted_model
 
@@ -37,7 +37,7 @@ def ground_truth_figures(root: Path, seed: int = 0, score: str = "hybrid_scaled"
     })
     result = audit(config)
     store = Store(root / "store")
-    figures: dict = {"recovery": {}, "sharing": {}, "effect": {}}
+    figures: dict = {"recovery": {}, "sharing": {}, "effect": {}, "truth": truth}
     bias = load_scores(store, result.model_id, "bias", result.run_id)
     for axis in truth.axes:
         planted = truth.planted(axis)
@@ -54,7 +54,10 @@ def ground_truth_figures(root: Path, seed: int = 0, score: str = "hybrid_scaled"
     kept = {(row["layer"], row["original_index"]) for row in store.read("neuron_maps").to_pylist() if not row["zeroed"]}
     pruned = {(layer, neuron) for neuron in range(width)} - {k for k in kept if k[0] == layer}
     figures["pruned_planted_unimportant"] = len(pruned & unimportant) / len(unimportant)
-    figures["pruned_planted_important"] = sorted(pruned & {(n.layer, n.neuron) for n in truth.neurons if n.important})
+    important = {(n.layer, n.neuron) for n in truth.neurons if n.important}
+    figures["pruned_planted_important"] = sorted(pruned & important)
+    unguarded = plan_selection(store, result.model_id, result.run_id, config.selection(AXES).model_copy(update={"protect": 0.0}))
+    figures["unguarded_important"] = sorted({(layer, int(n)) for n in unguarded.pruned[layer]} & important)
     change = {(r["evaluator"], r["axis_or_task"], r["metric"]): r for r in result.comparisons}
     for axis in truth.axes:
         gap = change[("output_bias", axis, "logprob_gap_negative")]
@@ -81,6 +84,7 @@ def main() -> None:
 
 
 def report(figures: dict, seed: int, score: str, family: str) -> None:
+    important = [n for n in figures["truth"].neurons if n.important]
     print(f"\nplanted-bias {family} (seed {seed}); pruning score {score} at the default weight 0.8")
     print("recovery (top-k by bias, k = planted neurons of the axis):")
     for axis, row in figures["recovery"].items():
@@ -90,7 +94,8 @@ def report(figures: dict, seed: int, score: str, family: str) -> None:
         print(f"  {a:>11} x {b:<11} overlap {row['overlap']:<3} expected {row['expected']:.2f}  p {row['p_value']:.2e}")
     print(f"  planted shared neurons listed as shared by race and gender: {figures['shared_recovered']:.0%}")
     print(f"hybrid protection: planted important neurons pruned: {figures['pruned_planted_important'] or 'none'}; "
-          f"planted unimportant neurons pruned: {figures['pruned_planted_unimportant']:.0%}")
+          f"planted unimportant neurons pruned: {figures['pruned_planted_unimportant']:.0%}; without the importance "
+          f"guard (protect 0), planted important neurons selected: {len(figures['unguarded_important'])} of {len(important)}")
     print("effect of pruning:")
     for axis, row in figures["effect"].items():
         print(f"  {axis:<9} negative-continuation gap {row['gap_before']:+.3f} -> {row['gap_after']:+.3f} "

@@ -440,8 +440,9 @@ def overlap(store, models, runs, top, score, out, as_json) -> None:
 @click.option("--model", "model_id", required=True, help="the model the store's scores were computed on")
 @click.option("--store", required=True, type=click.Path(path_type=Path))
 @click.option("--axis", "axes", multiple=True, required=True, help="axis whose scores select neurons; repeat for several")
-@click.option("--combine", type=click.Choice(["mean", "max", "union", "intersection"]), default="mean", show_default=True,
-              help="several axes: rank by their mean (or largest) score, or unite / intersect their selections")
+@click.option("--combine", type=click.Choice(["pooled", "mean", "max", "union", "intersection"]), default="pooled", show_default=True,
+              help="several axes: rank by the hybrid of their pooled bias, by their mean (or largest) score, "
+                   "or unite / intersect their selections")
 @click.option("--fraction", type=float, default=0.002, show_default=True, help="share of neurons to prune, in (0, 1)")
 @click.option("--scope", type=click.Choice(["per_layer", "global"]), default="per_layer", show_default=True)
 @click.option("--layers", default=None, help="comma-separated layer indices to prune (default: all)")

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fairaudit import metrics
 from fairaudit.errors import FairauditError, StoreError
 from fairaudit.model import LoadedModel
 
@@ -38,8 +39,9 @@ class SelectionParams(BaseModel):
     fraction: float = Field(default=0.002, description="share of neurons to prune, in (0, 1)")
     scope: Literal["per_layer", "global"] = "per_layer"
     layers: list[int] | None = None
-    combine: Literal["max", "mean", "union", "intersection"] = Field(
-        default="mean", description="several axes: rank by their mean (or largest) score, or unite / intersect their selections")
+    combine: Literal["pooled", "mean", "max", "union", "intersection"] = Field(
+        default="pooled", description="several axes: rank by one score computed on the axes' pooled bias, by the mean "
+        "(or largest) of their scores, or unite / intersect their selections")
     round_to: int | None = Field(default=None, ge=1, description="round each new width down to a multiple of this")
     protect: float = Field(default=0.01, ge=0.0, lt=1.0, description="protect the top share of neurons by importance (0: none)")
     importance: str = "importance_ppm"
@@ -93,10 +95,21 @@ def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
     return order[:count]
 
 
+def pooled_hybrid(bias: dict[str, torch.Tensor], importance: torch.Tensor, weight: float) -> torch.Tensor:
+    """[layers, units]: the hybrid score of the axes' mean bias, i.e. of all axes' pairs
+    pooled with equal weight per axis. Unlike the mean of per-axis hybrid scores, it keeps
+    each axis' bias magnitude: min-max normalising every axis first gives an axis with no
+    bias (only noise) top scores as high as one with strong bias."""
+    pooled = torch.stack([value.double() for value in bias.values()]).mean(dim=0)
+    return metrics.hybrid(pooled, importance.double(), weight)
+
+
 def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance: torch.Tensor | None = None,
            push: dict[str, torch.Tensor] | None = None) -> Selection:
     """Choose neurons from per-axis scores `{axis: [layers, units]}` (higher = prune first).
-    With `direction: pro`, `push` (per axis, same shape) must be > 0 for a neuron to be chosen."""
+    With `direction: pro`, `push` (per axis, same shape) must be > 0 for a neuron to be chosen.
+    `combine: pooled` expects the pooling done by the caller (`pooled_hybrid`, one entry);
+    given several entries, it averages them like `mean`."""
     first = next(iter(scores.values()))
     layers, units = first.shape
     chosen_layers = list(range(layers)) if params.layers is None else params.layers
@@ -108,7 +121,7 @@ def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance:
         if push is None:
             raise FairauditError(f"direction 'pro' needs the signed '{params.push}' score, which was not given.")
         scores = {axis: value.double().masked_fill(~(push[axis] > 0), float("-inf")) for axis, value in scores.items()}
-    if params.combine in ("max", "mean"):
+    if params.combine in ("max", "mean", "pooled"):
         stacked = torch.stack([value.double() for value in scores.values()])
         scores = {params.combine: stacked.amax(dim=0) if params.combine == "max" else stacked.mean(dim=0)}
     per_axis: list[list[set[int]]] = []

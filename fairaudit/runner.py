@@ -252,13 +252,53 @@ def _model_card(loaded, outcome_params, report, source_run: str) -> str:
     )
 
 
+def _hybrid_recipe(record: dict[str, Any], column: str):
+    """The params of the `hybrid` scorer that wrote `column` in a run, or None."""
+    for ref in record.get("config", {}).get("scoring", {}).get("scorers", []):
+        if ref.get("plugin") == "hybrid":
+            params = registry().get("scorer", "hybrid").Params.model_validate(ref.get("params", {}))
+            if params.column == column:
+                return params
+    return None
+
+
+def plan_selection(store: Store, model_id: str, source_run: str, params):
+    """The neurons `params` select from a run's stored columns (nothing is pruned). With
+    `combine: pooled` over several axes and a score written by the hybrid scorer, the hybrid
+    is recomputed once on the axes' mean bias (`fairaudit.prune.pooled_hybrid`)."""
+    from fairaudit.overlap import load_scores
+    from fairaudit.prune import pooled_hybrid, select
+
+    def columns(name: str) -> dict[str, torch.Tensor]:
+        stored = load_scores(store, model_id, name, source_run).by_axis
+        missing = [axis for axis in params.axes if axis not in stored]
+        if missing:
+            hint = " (axes without negative and neutral continuations have none)" if name == params.push else ""
+            raise StoreError(f"axis {missing} has no '{name}' in run {source_run}{hint}; axes stored with it: "
+                             f"{', '.join(sorted(stored)) or 'none'}.")
+        return {axis: torch.from_numpy(stored[axis]) for axis in params.axes}
+
+    recipe = _hybrid_recipe(store.read_run(source_run), params.score) if params.combine == "pooled" and len(params.axes) > 1 else None
+    if recipe is None:
+        scores = columns(params.score)
+    else:
+        importance = next(iter(columns(recipe.importance).values()))
+        scores = {"pooled": pooled_hybrid(columns(recipe.bias), importance, recipe.weight)}
+    importance = next(iter(columns(params.importance).values())) if params.protect > 0 else None
+    push = None
+    if params.direction == "pro":
+        push = columns(params.push)
+        if recipe is not None:
+            push = {"pooled": torch.stack([value.double() for value in push.values()]).mean(dim=0)}
+    return select(scores, params, importance, push)
+
+
 def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params, out: str | Path,
                 run_id: str | None = None, pruner: str = "structured") -> PruneOutcome:
     """Select neurons from a store's scores for `model`, prune them, save the pruned model
     and record the neuron map and a provenance record in the store."""
-    from fairaudit.errors import StoreError
-    from fairaudit.overlap import latest_run, load_scores
-    from fairaudit.prune import save_pruned, select
+    from fairaudit.overlap import latest_run
+    from fairaudit.prune import save_pruned
 
     store = Store(store_path)
     if not store.root.is_dir():
@@ -276,22 +316,7 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
             f"(weights hash {record.get('model', {}).get('weights_hash', '?')[:12]}... vs "
             f"{loaded.provenance['weights_hash'][:12]}...); scores of one model cannot prune another."
         )
-    stored = load_scores(store, loaded.model_id, selection_params.score, source_run)
-    missing = [axis for axis in selection_params.axes if axis not in stored.by_axis]
-    if missing:
-        raise StoreError(f"axis {missing} is not in run {source_run}; stored axes: {', '.join(sorted(stored.by_axis))}.")
-    scores = {axis: torch.from_numpy(stored.by_axis[axis]) for axis in selection_params.axes}
-    importance = None
-    if selection_params.protect > 0:
-        importance = torch.from_numpy(load_scores(store, loaded.model_id, selection_params.importance, source_run).by_axis[selection_params.axes[0]])
-    push = None
-    if selection_params.direction == "pro":
-        pushes = load_scores(store, loaded.model_id, selection_params.push, source_run).by_axis
-        push = {axis: torch.from_numpy(pushes[axis]) for axis in selection_params.axes if axis in pushes}
-        if len(push) != len(selection_params.axes):
-            raise StoreError(f"direction 'pro' needs '{selection_params.push}' for every axis of {selection_params.axes}; "
-                             f"it is stored for {sorted(push)} (axes without negative and neutral continuations have none).")
-    selection = select(scores, selection_params, importance, push)
+    selection = plan_selection(store, loaded.model_id, source_run, selection_params)
     report = plugin.apply(loaded, selection, plugin.Params())
     save_pruned(loaded, report, out, _model_card(loaded, selection_params, report, source_run))
 

@@ -142,11 +142,14 @@ def _stereoset_scores(name: str, loaded: LoadedModel, axis: str, pairs: list, ba
 
 # --- generations ----------------------------------------------------------------------------
 
+GENERATION_BATCH = 8  # prompts of one length per generate() call
+
+
 class GenerationParams(_Params):
     pairs_per_axis: int = Field(default=2, ge=1, description="pairs (from distinct templates) generated per axis")
     num_beams: int = Field(default=5, ge=1)
     do_sample: bool = False
-    max_length: int = Field(default=50, ge=2, description="tokens, prompt included (as the write-up)")
+    max_length: int = Field(default=50, ge=2, description="tokens, prompt included (as the write-up); a longer prompt gets one new token")
     include: list[str] = Field(default_factory=list, description="extra prompts generated on every model")
 
 
@@ -167,15 +170,32 @@ class Generations:
                     continue
                 seen.add(pair.template_id)
                 jobs += [(suite.axis, pair.pair_id, "a", pair.group_a, pair.text_a), (suite.axis, pair.pair_id, "b", pair.group_b, pair.text_b)]
-        for axis, pair_id, side, group, prompt in jobs:
-            batch = tokenizer(prompt, return_tensors="pt").to(loaded.device)
-            with torch.inference_mode():
-                output = loaded.model.generate(**batch, num_beams=params.num_beams, do_sample=params.do_sample,
-                                               max_length=params.max_length, pad_token_id=tokenizer.pad_token_id)
-            text = tokenizer.decode(output[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        continuations = self._generate(loaded, [job[-1] for job in jobs], params)
+        for (axis, pair_id, side, group, prompt), text in zip(jobs, continuations):
             result.generations.append({"axis": axis, "pair_id": pair_id, "side": side, "group": group, "prompt": prompt, "continuation": text})
         result.measurements.append(Measurement(self.name, "", "generated_prompts", float(len(jobs)), n=len(jobs)))
         return result
+
+    @staticmethod
+    def _generate(loaded: LoadedModel, prompts: list[str], params: GenerationParams) -> list[str]:
+        """Continuations of `prompts`, in order. Prompts of equal token length share a batch:
+        no padding, so each continuation is what generating that prompt alone gives (tested)."""
+        tokenizer, continuations = loaded.tokenizer, [""] * len(prompts)
+        encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+        by_length: dict[int, list[int]] = {}
+        for index, ids in enumerate(encoded):
+            by_length.setdefault(len(ids), []).append(index)
+        for length, indices in sorted(by_length.items()):
+            for start in range(0, len(indices), GENERATION_BATCH):
+                chunk = indices[start:start + GENERATION_BATCH]
+                ids = torch.tensor([encoded[i] for i in chunk], device=loaded.device)
+                with torch.inference_mode():
+                    output = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=params.num_beams,
+                                                   do_sample=params.do_sample, max_length=max(params.max_length, length + 1),
+                                                   pad_token_id=tokenizer.pad_token_id)
+                for index, row in zip(chunk, output):
+                    continuations[index] = tokenizer.decode(row[length:], skip_special_tokens=True)
+        return continuations
 
 
 # --- perplexity -----------------------------------------------------------------------------

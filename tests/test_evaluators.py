@@ -102,6 +102,20 @@ def test_generations_are_deterministic_and_side_by_side(llama):
     assert [row["side"] for row in first[1:3]] == ["a", "b"] and first[1]["pair_id"] == first[2]["pair_id"]
 
 
+def test_batched_generations_equal_generating_each_prompt_alone(llama):
+    generations = evaluator("generations")
+    params = generations.Params(num_beams=3, max_length=24)
+    prompts = [text for pair in resolve_suite("race").pairs("probe")[:6] for text in (pair.text_a, pair.text_b)]
+    assert len({len(llama.tokenizer(p)["input_ids"]) for p in prompts}) < len(prompts)  # some prompts share a batch
+    alone = []
+    for prompt in prompts:
+        ids = llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        output = llama.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=3, do_sample=False,
+                                      max_length=24, pad_token_id=llama.tokenizer.pad_token_id)
+        alone.append(llama.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True))
+    assert generations._generate(llama, prompts, params) == alone
+
+
 def test_lm_eval_local_task_runs_offline_and_equals_argmax_by_hand(llama, monkeypatch):
     import json
 

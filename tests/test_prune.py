@@ -93,6 +93,25 @@ def test_selection_rules_by_hand():
         SelectionParams(axes=["race"], fraction=1.5)
 
 
+def test_pooled_hybrid_by_hand():
+    from fairaudit.prune import pooled_hybrid
+
+    # one layer, three neurons. race has real bias on neuron 0; nationality only noise, largest on neuron 2.
+    bias = {"race": torch.tensor([[9.0, 1.0, 0.0]]), "nationality": torch.tensor([[0.0, 0.1, 0.3]])}
+    importance = torch.tensor([[1.0, 2.0, 3.0]])
+    pooled = pooled_hybrid(bias, importance, weight=0.8)
+    # mean bias (4.5, 0.55, 0.15) -> min-max (1, 0.4/4.35, 0); 1 - min-max importance (1, 0.5, 0)
+    expected = torch.tensor([[0.8 * 1 + 0.2 * 1, 0.8 * 0.4 / 4.35 + 0.2 * 0.5, 0.0]], dtype=torch.float64)
+    assert torch.allclose(pooled, expected)
+    # the mean of per-axis hybrids ranks the noise axis' top neuron level with the real one
+    from fairaudit import metrics
+
+    per_axis = torch.stack([metrics.hybrid(b, importance, 0.8) for b in bias.values()]).mean(dim=0)
+    assert per_axis[0, 2] > per_axis[0, 1] and pooled[0, 2] < pooled[0, 1]
+    params = SelectionParams(axes=["race", "nationality"], fraction=0.34, protect=0)
+    assert select({"pooled": pooled}, params).pruned[0].tolist() == [0]
+
+
 def test_uneven_pruning_saves_a_config_transformers_loads(model_folder, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -149,10 +168,31 @@ def test_prune_command_end_to_end(cli, probed, tmp_path):
     assert maps.num_rows == 2 * 122 and set(maps.column("model").to_pylist()) == {"pruned"}
 
 
+def test_pooled_pruning_recomputes_the_hybrid_on_the_pooled_bias(cli, probed, tmp_path):
+    from fairaudit.overlap import latest_run, load_scores
+    from fairaudit.prune import pooled_hybrid
+    from fairaudit.store import Store
+
+    folder, store = probed
+    result = cli("prune", "--model", folder, "--store", store, "--axis", "race", "--axis", "gender", "--score", "hybrid",
+                 "--fraction", "0.05", "--protect", "0", "--out", tmp_path / "pooled")
+    assert result.exit_code == 0, result.output
+    opened = Store(store)
+    run = latest_run(opened, "model")
+    bias = {axis: torch.from_numpy(load_scores(opened, "model", "bias", run).by_axis[axis]) for axis in ("race", "gender")}
+    importance = torch.from_numpy(load_scores(opened, "model", "importance_ppm", run).by_axis["race"])
+    expected = select({"pooled": pooled_hybrid(bias, importance, 0.8)}, SelectionParams(axes=["race", "gender"], fraction=0.05, protect=0))
+    kept = json.loads((tmp_path / "pooled" / NEURON_MAP_FILE).read_text())["layers"]
+    assert [sorted(set(range(128)) - set(layer)) for layer in kept] == [p.tolist() for p in expected.pruned]
+    averaged = select({axis: torch.from_numpy(load_scores(opened, "model", "hybrid", run).by_axis[axis]) for axis in bias},
+                      SelectionParams(axes=["race", "gender"], fraction=0.05, protect=0, combine="mean"))
+    assert [p.tolist() for p in averaged.pruned] != [p.tolist() for p in expected.pruned]  # pooling is not the mean
+
+
 @pytest.mark.parametrize("args, message", [
     (["--axis", "race", "--fraction", "1.5"], "strictly between 0 and 1"),
     (["--axis", "race", "--fraction", "0"], "strictly between 0 and 1"),
-    (["--axis", "caste"], "axis ['caste'] is not in run"),
+    (["--axis", "caste"], "axis ['caste'] has no 'hybrid_scaled' in run"),
     (["--axis", "race", "--layers", "7"], "out of range"),
 ])
 def test_prune_bad_input_writes_nothing(cli, probed, tmp_path, args, message):
