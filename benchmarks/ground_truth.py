@@ -56,8 +56,10 @@ def ground_truth_figures(root: Path, seed: int = 0, score: str = "hybrid_scaled"
     figures["pruned_planted_unimportant"] = len(pruned & unimportant) / len(unimportant)
     important = {(n.layer, n.neuron) for n in truth.neurons if n.important}
     figures["pruned_planted_important"] = sorted(pruned & important)
-    unguarded = plan_selection(store, result.model_id, result.run_id, config.selection(AXES).model_copy(update={"protect": 0.0}))
-    figures["unguarded_important"] = sorted({(layer, int(n)) for n in unguarded.pruned[layer]} & important)
+    chosen = lambda update: {(layer, int(n)) for n in plan_selection(store, result.model_id, result.run_id,
+                                                                     config.selection(AXES).model_copy(update=update)).pruned[layer]}
+    figures["unguarded_important"] = sorted(chosen({"protect": 0.0}) & important)
+    figures["by_combine"] = {combine: len(chosen({"combine": combine}) & unimportant) for combine in ("pooled", "mean", "max")}
     change = {(r["evaluator"], r["axis_or_task"], r["metric"]): r for r in result.comparisons}
     for axis in truth.axes:
         gap = change[("output_bias", axis, "logprob_gap_negative")]
@@ -93,9 +95,12 @@ def report(figures: dict, seed: int, score: str, family: str) -> None:
     for (a, b), row in sorted(figures["sharing"].items()):
         print(f"  {a:>11} x {b:<11} overlap {row['overlap']:<3} expected {row['expected']:.2f}  p {row['p_value']:.2e}")
     print(f"  planted shared neurons listed as shared by race and gender: {figures['shared_recovered']:.0%}")
-    print(f"hybrid protection: planted important neurons pruned: {figures['pruned_planted_important'] or 'none'}; "
+    print(f"protection: planted important neurons pruned: {figures['pruned_planted_important'] or 'none'}; "
           f"planted unimportant neurons pruned: {figures['pruned_planted_unimportant']:.0%}; without the importance "
           f"guard (protect 0), planted important neurons selected: {len(figures['unguarded_important'])} of {len(important)}")
+    unimportant = sum(not n.important for n in figures["truth"].neurons)
+    print(f"planted unimportant neurons selected (of {unimportant}) with combine "
+          + ", ".join(f"{combine}: {count}" for combine, count in figures["by_combine"].items()))
     print("effect of pruning:")
     for axis, row in figures["effect"].items():
         print(f"  {axis:<9} negative-continuation gap {row['gap_before']:+.3f} -> {row['gap_after']:+.3f} "

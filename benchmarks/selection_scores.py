@@ -2,8 +2,9 @@
 neurons of every layer chosen by several stored scores (and at random), and print the
 bias index on held-out templates and the perplexity on part of the bundled corpus.
 
-Usage: python benchmarks/selection_scores.py STORE [--model smollm2-135m] [--axes race gender]
-(the store must hold a complete audit of the model, e.g. from `fairaudit audit`).
+Usage: python benchmarks/selection_scores.py STORE [--model smollm2-135m] [--axes race gender] [--combine pooled]
+(the store must hold a complete audit of the model, e.g. from `fairaudit audit`). Neurons are
+chosen exactly as `fairaudit prune` chooses them (`fairaudit.runner.plan_selection`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from fairaudit import metrics
 from fairaudit.model import load_model
 from fairaudit.overlap import latest_run, load_scores
 from fairaudit.plugins import registry
-from fairaudit.prune import Selection, SelectionParams, masked, select
+from fairaudit.prune import Selection, SelectionParams, masked
+from fairaudit.runner import plan_selection
 from fairaudit.store import Store
 from fairaudit.suite import resolve_suite
 from fairaudit_plugins.evaluators import corpus_path, window_nll
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--axes", nargs="+", default=["race", "gender"])
     parser.add_argument("--scores", nargs="+", default=["hybrid", "bias", "hybrid_scaled", "scaled_bias", "bias_above_floor"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.002, 0.01])
+    parser.add_argument("--combine", default="pooled", choices=["pooled", "mean", "max"])
     parser.add_argument("--corpus-chars", type=int, default=8000)
     args = parser.parse_args()
     store = Store(args.store)
@@ -46,7 +49,7 @@ def main() -> None:
         indices = [metrics.bias_index(probe.run(loaded, suite.pairs("heldout"), [], probe_params, axis)) for axis, suite in suites.items()]
         return [f"{value:.4f}" for value in indices] + [f"{perplexity:.2f}"]
 
-    importance = torch.from_numpy(load_scores(store, args.model, "importance_ppm", run).by_axis[args.axes[0]])
+    importance = load_scores(store, args.model, "importance_ppm", run).by_axis[args.axes[0]]
     header = ["selection", "fraction"] + [f"bias index {axis} (held-out)" for axis in args.axes] + ["perplexity"]
     rows = [["none", "0"] + measure()]
     layers, units = importance.shape
@@ -57,13 +60,12 @@ def main() -> None:
         with masked(loaded, random):
             rows.append(["random", str(fraction)] + measure())
         for score in args.scores:
-            stored = load_scores(store, args.model, score, run).by_axis
-            selection = select({axis: torch.from_numpy(stored[axis]) for axis in args.axes},
-                               SelectionParams(axes=args.axes, score=score, fraction=fraction), importance)
+            selection = plan_selection(store, args.model, run, SelectionParams(axes=args.axes, score=score, fraction=fraction,
+                                                                               combine=args.combine))
             with masked(loaded, selection):
                 rows.append([score, str(fraction)] + measure())
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    print(f"model {args.model}, run {run}, axes {args.axes} (scores averaged over axes), top 1% importance protected")
+    print(f"model {args.model}, run {run}, axes {args.axes} (combine: {args.combine}), top 1% importance protected")
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,20 @@ def test_crows_pairs_sample_imports_every_row_with_id_and_label(cli, tmp_path):
     for row in rows:
         pair = next(p for p in suites[row["bias_type"]].sentence_pairs if p.id == f"crows-{row['']}")
         assert (pair.more, pair.less, pair.label) == (row["sent_more"], row["sent_less"], row["stereo_antistereo"])
+
+
+FULL = Path(os.environ.get("FAIRAUDIT_CROWS_PAIRS_FILE", SHARED_DATA / "crows_pairs_anonymized.csv"))
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="the full crows_pairs_anonymized.csv (1508 rows) is not available offline; "
+                    "set FAIRAUDIT_CROWS_PAIRS_FILE or put it in ../shared/data to run this check")
+def test_the_full_crows_pairs_file_is_accounted_for_row_by_row(cli, tmp_path):
+    result = cli("suites", "import", "crows-pairs", FULL, "--out", tmp_path / "suites", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["rows"] == 1508 and payload["imported"] + len(payload["skipped"]) == 1508
+    suites = [load_suite(path) for path in (tmp_path / "suites").glob("*.yaml")]
+    assert len(suites) == 9 and sum(len(s.sentence_pairs) for s in suites) == payload["imported"]
 
 
 @needs_sample
