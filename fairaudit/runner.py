@@ -282,8 +282,8 @@ def plan_selection(store: Store, model_id: str, source_run: str, params):
     if recipe is None:
         scores = columns(params.score)
     else:
-        importance = next(iter(columns(recipe.importance).values()))
-        scores = {"pooled": pooled_hybrid(columns(recipe.bias), importance, recipe.weight)}
+        weights = next(iter(columns(recipe.importance).values()))  # weight importance: the same on every axis
+        scores = {"pooled": pooled_hybrid(columns(recipe.bias), weights, recipe.weight)}
     importance = next(iter(columns(params.importance).values())) if params.protect > 0 else None
     push = None
     if params.direction == "pro":
