@@ -63,6 +63,7 @@ class Selection:
 
     pruned: list[torch.Tensor]
     widths: list[int]
+    ranking: str = ""  # how the neurons were ranked, in words (model card, provenance record)
 
     @property
     def kept(self) -> list[torch.Tensor]:

@@ -137,7 +137,7 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
         outcome = prune_model(config.model, store.root, config.selection([s.axis for s in suites]), out,
                               run_id=run_id, pruner=config.pruning.pruner.plugin)
         record["prune"] = {"run_id": outcome.run_id, "out": str(out), "removed": outcome.report.removed,
-                           "neurons": sum(outcome.report.widths_before),
+                           "neurons": sum(outcome.report.widths_before), "ranking": outcome.ranking,
                            "parameters_before": outcome.report.parameters_before,
                            "parameters_after": outcome.report.parameters_after}
         record["timings"]["prune"] = round(time.time() - stage_started, 3)
@@ -233,15 +233,15 @@ class PruneOutcome:
     out: Path
     report: Any
     selection_params: Any
+    ranking: str = ""
 
 
-def _model_card(loaded, outcome_params, report, source_run: str) -> str:
+def _model_card(loaded, outcome_params, report, source_run: str, ranking: str) -> str:
     widths = sorted(set(report.widths_after))
     return (
         f"# {loaded.model_id}, fairness-pruned with fairaudit {fairaudit.__version__}\n\n"
         f"Base model: `{loaded.provenance.get('source')}` (weights hash {loaded.provenance['weights_hash']}).\n\n"
-        f"Neurons selected by `{outcome_params.score}` on axes {', '.join(outcome_params.axes)} "
-        f"({outcome_params.combine}), fraction {outcome_params.fraction} ({outcome_params.scope}), scores from run "
+        f"Neurons ranked by {ranking}; fraction {outcome_params.fraction} ({outcome_params.scope}), scores from run "
         f"`{source_run}`; neurons in the top {outcome_params.protect:.1%} of `{outcome_params.importance}` per layer were protected.\n\n"
         f"MLP neurons removed or zeroed: {report.removed} of {sum(report.widths_before)}; MLP width now {widths}. "
         f"Parameters: {report.parameters_before:,} -> {report.parameters_after:,} "
@@ -290,7 +290,16 @@ def plan_selection(store: Store, model_id: str, source_run: str, params):
         push = columns(params.push)
         if recipe is not None:
             push = {"pooled": torch.stack([value.double() for value in push.values()]).mean(dim=0)}
-    return select(scores, params, importance, push)
+    selection = select(scores, params, importance, push)
+    if recipe is not None:
+        selection.ranking = (f"hybrid (weight {recipe.weight}) of the mean over axes {', '.join(params.axes)} of "
+                             f"`{recipe.bias}`, with importance `{recipe.importance}` (combine: pooled)")
+    elif len(params.axes) == 1:
+        selection.ranking = f"`{params.score}` on axis {params.axes[0]}"
+    else:
+        how = "mean" if params.combine == "pooled" else params.combine  # a column the hybrid scorer did not write
+        selection.ranking = f"{how} over axes {', '.join(params.axes)} of `{params.score}` (combine: {params.combine})"
+    return selection
 
 
 def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params, out: str | Path,
@@ -318,7 +327,7 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
         )
     selection = plan_selection(store, loaded.model_id, source_run, selection_params)
     report = plugin.apply(loaded, selection, plugin.Params())
-    save_pruned(loaded, report, out, _model_card(loaded, selection_params, report, source_run))
+    save_pruned(loaded, report, out, _model_card(loaded, selection_params, report, source_run, selection.ranking))
 
     prune_run = new_run_id()
     pruned_id = out.name
@@ -331,12 +340,13 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     store.write_run(prune_run, {
         "kind": "prune", "status": "complete", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_id": pruned_id, "base_model_id": loaded.model_id, "source_run": source_run, "pruner": pruner,
-        "selection": selection_params.model_dump(mode="json"), "output": str(out.resolve()),
+        "selection": selection_params.model_dump(mode="json"), "ranking": selection.ranking, "output": str(out.resolve()),
         "widths_before": report.widths_before, "widths_after": report.widths_after,
         "parameters_before": report.parameters_before, "parameters_after": report.parameters_after,
         "environment": _environment(),
     })
-    return PruneOutcome(run_id=prune_run, source_run=source_run, out=out, report=report, selection_params=selection_params)
+    return PruneOutcome(run_id=prune_run, source_run=source_run, out=out, report=report, selection_params=selection_params,
+                        ranking=selection.ranking)
 
 
 # --- evaluation ---------------------------------------------------------------------------

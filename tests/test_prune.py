@@ -187,6 +187,8 @@ def test_pooled_pruning_recomputes_the_hybrid_on_the_pooled_bias(cli, probed, tm
     averaged = select({axis: torch.from_numpy(load_scores(opened, "model", "hybrid", run).by_axis[axis]) for axis in bias},
                       SelectionParams(axes=["race", "gender"], fraction=0.05, protect=0, combine="mean"))
     assert [p.tolist() for p in averaged.pruned] != [p.tolist() for p in expected.pruned]  # pooling is not the mean
+    card = (tmp_path / "pooled" / "README.md").read_text()
+    assert "ranked by hybrid (weight 0.8) of the mean over axes race, gender of `bias`" in card
 
 
 @pytest.mark.parametrize("args, message", [

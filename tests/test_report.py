@@ -4,6 +4,7 @@ self-contained, and a real browser opens it offline without errors."""
 from __future__ import annotations
 
 import json
+from html import escape as html_escape
 import re
 import shutil
 from html.parser import HTMLParser
@@ -89,6 +90,9 @@ def test_json_twin_has_the_same_numbers(audited):
         row = store.read("axis_summary", model=result.model_id, axis=entry["axis"], run_id=result.run_id).to_pylist()[0]
         assert entry["bias_index"] == row["bias_index"] and entry["bias_index_low"] == row["bias_index_low"]
     assert twin["prune"]["removed"] == store.read_run(result.run_id)["prune"]["removed"]
+    ranking = store.read_run(result.run_id)["prune"]["ranking"]
+    assert ranking.startswith("hybrid (weight 0.8) of the mean over axes race, gender, hostile of `scaled_bias`")
+    assert twin["prune"]["ranking"] == ranking and html_escape(ranking) in result.report.read_text(encoding="utf-8")
 
 
 def test_hostile_suite_text_is_shown_as_text(audited):
