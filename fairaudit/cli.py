@@ -477,12 +477,13 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
     if as_json:
         click.echo(json.dumps({"run_id": outcome.run_id, "source_run": outcome.source_run, "out": str(outcome.out),
                                "widths_before": report.widths_before, "widths_after": report.widths_after,
-                               "zeroed": [len(z) for z in report.zeroed], "removed": report.removed,
+                               "zeroed": [len(z) for z in report.zeroed], "removed": report.removed, "ranking": outcome.ranking,
                                "parameters_before": report.parameters_before, "parameters_after": report.parameters_after}, indent=2))
         return
     rows = [[str(layer), str(before), str(before - after + len(zeroed)), str(after), str(len(zeroed))]
             for layer, (before, after, zeroed) in enumerate(zip(report.widths_before, report.widths_after, report.zeroed))]
     _print_table(rows, ["layer", "width before", "pruned", "width after", "of which zeroed"])
+    click.echo(f"neurons ranked by {outcome.ranking}")
     click.echo(f"neurons pruned: {report.removed} of {sum(report.widths_before)} "
                f"({100 * report.removed / sum(report.widths_before):.3f}%)")
     click.echo(f"parameters: {report.parameters_before:,} -> {report.parameters_after:,} "

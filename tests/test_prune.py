@@ -159,6 +159,7 @@ def test_prune_command_end_to_end(cli, probed, tmp_path):
     result = cli("prune", "--model", folder, "--store", store, "--axis", "race", "--fraction", "0.05", "--out", out)
     assert result.exit_code == 0, result.output
     assert "neurons pruned: 12 of 256" in result.output and "parameters:" in result.output
+    assert "neurons ranked by `hybrid_scaled` on axis race" in result.output
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.intermediate_size == 122
     assert (out / "README.md").read_text().startswith("# model, fairness-pruned")
