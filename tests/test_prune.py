@@ -182,6 +182,8 @@ def test_pooled_pruning_recomputes_the_hybrid_on_the_pooled_bias(cli, probed, tm
     run = latest_run(opened, "model")
     bias = {axis: torch.from_numpy(load_scores(opened, "model", "bias", run).by_axis[axis]) for axis in ("race", "gender")}
     importance = torch.from_numpy(load_scores(opened, "model", "importance_ppm", run).by_axis["race"])
+    stored_race = torch.from_numpy(load_scores(opened, "model", "hybrid", run).by_axis["race"]).double()
+    assert torch.allclose(pooled_hybrid({"race": bias["race"]}, importance, 0.8), stored_race, atol=1e-6)  # one axis: the scorer's own
     expected = select({"pooled": pooled_hybrid(bias, importance, 0.8)}, SelectionParams(axes=["race", "gender"], fraction=0.05, protect=0))
     kept = json.loads((tmp_path / "pooled" / NEURON_MAP_FILE).read_text())["layers"]
     assert [sorted(set(range(128)) - set(layer)) for layer in kept] == [p.tolist() for p in expected.pruned]
