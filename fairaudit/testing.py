@@ -162,7 +162,7 @@ class _Surgery:
         return [self.model.model.embed_tokens.weight]
 
     def unembedding(self) -> torch.Tensor:
-        return self.model.lm_head.weight  # tied to wte in GPT-2
+        return self.model.lm_head.weight  # untied in the planted GPT-2, so it can be projected off the directions
 
     def copy_attention(self, layer, directions: list[torch.Tensor]) -> None:
         """Uniform causal attention whose value/output only carry `directions`."""
@@ -236,8 +236,11 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
     other embedding (and GPT-2's position embeddings) is orthogonal to those directions, and
     large, so the planted signal barely moves the layer norms. Layer 0's attention copies the
     directions to later positions (uniform causal attention, value/output on the directions
-    only) and its MLP is silent; nothing else reads those directions (later attention and
-    other neurons are projected off them; Llama's LM head too, GPT-2's is its embedding).
+    only) and its MLP is silent; nothing else reads those directions (later attention,
+    other neurons and the LM head are projected off them; GPT-2's head is untied for that).
+    GPT-2 gets one position embedding for every position, so a group word of two tokens
+    ("transgender man") shifts no later token's input (with learned positions, that shift
+    alone left a gender gap of up to half the planted one after pruning).
     In `planted_layer`, planted neurons read an axis direction: 4 per axis for race, gender
     and religion, 3 more shared by race and gender; in each group one in three is "important"
     (its input rows also hold a large weight on a direction no input ever has, so weight
@@ -257,7 +260,7 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
     tokenizer = make_tokenizer()
     if family == "gpt2":
         config = t.GPT2Config(vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=4, n_inner=intermediate,
-                              n_positions=256, bos_token_id=2, eos_token_id=3, pad_token_id=0)
+                              n_positions=256, bos_token_id=2, eos_token_id=3, pad_token_id=0, tie_word_embeddings=False)
         model_class = t.GPT2LMHeadModel
     elif family == "llama":
         config = t.LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
@@ -286,6 +289,8 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
         for table in surgery.embeddings():
             table -= (table @ span.T) @ span  # every token (and position) orthogonal to the planted directions
             table *= 30.0
+        if surgery.gpt2:  # one position embedding for all positions: a group word of two tokens shifts no later token
+            surgery.embeddings()[1][:] = surgery.embeddings()[1].mean(dim=0)
         token_embeddings = surgery.embeddings()[0]
         for axis in axes:
             for word in carriers[axis]:
@@ -294,8 +299,7 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
         surgery.silence_mlp(surgery.layers[0])
         for later in surgery.layers[1:]:
             surgery.isolate(later, span)
-        if not surgery.gpt2:
-            surgery.unembedding().sub_((surgery.unembedding() @ span.T) @ span)
+        surgery.unembedding().sub_((surgery.unembedding() @ span.T) @ span)
         layer = surgery.layers[planted_layer]
         surgery.scale_inputs(layer, 40.0)  # random neurons' peak weights as large as the planted ones'
         unembedding = surgery.unembedding()
