@@ -21,9 +21,9 @@ CASE_SECONDS = 2.0
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
 scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True), text)
 value = st.recursive(scalar, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(text, inner, max_size=4)), max_leaves=12)
-placeholder_text = st.builds(lambda a, b: f"{a} {{group}} {b}", text, text) | text
+slotted_text = st.builds(lambda a, b: f"{a} {{group}} {b}", text, text) | text
 group_value = st.dictionaries(st.sampled_from(["group", "pronoun", "x", "a b", ""]), text | value, max_size=3)
-template = st.fixed_dictionaries({"id": text | value, "text": placeholder_text | value},
+template = st.fixed_dictionaries({"id": text | value, "text": slotted_text | value},
                                  optional={"continuations": st.dictionaries(text, text | value, max_size=3) | value,
                                            "split": st.sampled_from(["probe", "heldout", "other"]) | value})
 suite_like = st.fixed_dictionaries(
