@@ -194,7 +194,8 @@ def _report_result(result, quiet: bool, as_json: bool) -> None:
         click.echo(json.dumps({"run_id": result.run_id, "store": str(result.store), "model": result.model_id,
                                "axes": result.summaries, "pruned": result.pruned, "comparisons": result.comparisons,
                                "measurements": result.measurements, "report": str(result.report) if result.report else None,
-                               "evaluation_failures": result.evaluation_failures, "warnings": result.warnings}, indent=2, default=str))
+                               "evaluation_failures": result.evaluation_failures, "warnings": result.warnings,
+                               "verdicts": [v.as_dict() for v in result.verdicts]}, indent=2, default=str))
     elif not quiet:
         click.echo(f"\nrun {result.run_id}: model {result.model_id}, stored in {result.store}")
         if result.summaries:
@@ -218,12 +219,37 @@ def _report_result(result, quiet: bool, as_json: bool) -> None:
                          ["model", "evaluator", "axis/task", "metric", "value [95% CI]", "n"])
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)
+        if result.verdicts:
+            click.echo("")
+            _print_verdicts(result.verdicts)
         if result.report:
             click.echo(f"\nreport: {result.report}")
     if result.evaluation_failures:
         click.echo(f"error: {len(result.evaluation_failures)} evaluator run(s) failed (recorded in the store): "
                    + "; ".join(result.evaluation_failures), err=True)
         sys.exit(1)
+    if result.verdicts:
+        _exit_on_verdicts(result.verdicts, "auto", quiet or as_json)
+
+
+VERDICT_HEADER = ["rule", "severity", "model", "axis", "verdict", "value [95% CI]", "items", "threshold"]
+
+
+def _print_verdicts(verdicts) -> None:
+    _print_table([[v.rule, v.severity, v.model, v.axis, v.verdict.upper(), f"{_number(v.value)} [{_number(v.low)}, {_number(v.high)}]",
+                   str(v.items), v.threshold] for v in verdicts], VERDICT_HEADER)
+
+
+def _exit_on_verdicts(verdicts, gate: str, quiet: bool) -> None:
+    """Exit 0 when every `must` rule passes on the gated model, 1 when one fails, 3 when one is undecided."""
+    from fairaudit.policy import exit_status, gate_role
+
+    role = gate_role(verdicts, gate)
+    status = exit_status(verdicts, role)
+    if not quiet:
+        words = {0: "every must rule passes", 1: "a must rule fails", 3: "a must rule is not decided (inconclusive, too few items or not measured)"}
+        click.echo(f"gate on the {role} model: {words[status]} (exit status {status})", err=status != 0)
+    sys.exit(status)
 
 
 @main.command()
@@ -263,9 +289,11 @@ def probe(model_id, suite_names, store, position, batch_size, device, dtype, tru
 @click.argument("config_file", required=False, type=click.Path(path_type=Path))
 @click.option("--resume", "resume_run", default=None, metavar="RUN_ID", help="finish an interrupted run (axes already stored are kept)")
 @click.option("--store", default=None, type=click.Path(path_type=Path), help="store folder (overrides the config's)")
+@click.option("--policy", default=None, metavar="POLICY", help="policy file or built-in name (e.g. default): verdicts, and "
+              "exit status 0 pass / 1 fail / 3 inconclusive (overrides the config's 'policy')")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def audit_command(config_file, resume_run, store, quiet, as_json) -> None:
+def audit_command(config_file, resume_run, store, policy, quiet, as_json) -> None:
     """Run the audit a CONFIG_FILE describes; with none, the default audit
     (SmolLM2-135M on the four built-in suites)."""
     from fairaudit.config import RunConfig, load_config
@@ -276,6 +304,11 @@ def audit_command(config_file, resume_run, store, quiet, as_json) -> None:
     config = load_config(config_file) if config_file else RunConfig()
     if store is not None:
         config = config.model_copy(update={"store": str(store)})
+    if policy is not None:
+        if resume_run:
+            raise click.UsageError("--policy cannot be given with --resume: a resumed run keeps its own policy "
+                                   "(check another one with 'fairaudit check')")
+        config = config.model_copy(update={"policy": policy})
     if quiet:
         config = config.model_copy(update={"probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}})})
     _report_result(audit(config, resume=resume_run), quiet, as_json)
@@ -496,24 +529,150 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
 @main.command("report")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--run", "run_id", default=None, help="audit run to report (default: the latest complete audit run)")
-@click.option("--compare", "compare_run", default=None, help="a second run to show beside it")
+@click.option("--compare", "compare_run", default=None, help="a second run to show beside it (with a policy: how each verdict changed)")
+@click.option("--policy", "policy_name", default=None, metavar="POLICY", help="open the report with this policy's verdicts "
+              "(default: the policy the run was audited against, if any)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
-def report_command(store, run_id, compare_run, out) -> None:
+def report_command(store, run_id, compare_run, policy_name, out) -> None:
     """Render the HTML audit report (and report.json) of a stored run. Reads the store only."""
-    from fairaudit.errors import StoreError
+    from fairaudit.policy import load_policy
     from fairaudit.report import render_report, report_data
+
+    policy = load_policy(policy_name) if policy_name else None
+    opened = _open_store(store)
+    run_id = _latest_audit(opened, run_id)
+    html, twin = render_report(report_data(opened, run_id, compare_run, policy=policy), out)
+    click.echo(f"report written to {html} (numbers also in {twin})")
+
+
+# --- compliance: check, card, bundle, verify ------------------------------------------------
+
+def _open_store(store: Path):
+    from fairaudit.errors import StoreError
     from fairaudit.store import Store
 
     if not Path(store).is_dir():
         raise StoreError(f"{store} is not a store folder (it does not exist).")
-    opened = Store(store)
-    if run_id is None:
-        audits = [r for r in opened.runs() if r.get("kind", "audit") == "audit" and r.get("status") == "complete"]
-        if not audits:
-            raise StoreError(f"store {store} has no complete audit run to report.")
-        run_id = audits[-1]["run_id"]
-    html, twin = render_report(report_data(opened, run_id, compare_run), out)
-    click.echo(f"report written to {html} (numbers also in {twin})")
+    return Store(store)
+
+
+def _latest_audit(opened, run_id: str | None) -> str:
+    from fairaudit.errors import StoreError
+
+    if run_id is not None:
+        return run_id
+    audits = [r for r in opened.runs() if r.get("kind", "audit") == "audit" and r.get("status") == "complete"]
+    if not audits:
+        raise StoreError(f"store {opened.root} has no complete audit run.")
+    return audits[-1]["run_id"]
+
+
+def _policy_for(opened, run_id: str, policy_name: str | None):
+    """The policy named on the command line, else the one the run was audited against."""
+    from fairaudit.errors import ConfigError
+    from fairaudit.policy import load_policy, stored_policy
+
+    if policy_name is not None:
+        return load_policy(policy_name)
+    policy = stored_policy(opened.read_run(run_id))
+    if policy is None:
+        raise ConfigError(f"run {run_id} was not audited against a policy; name one with --policy (e.g. --policy default).")
+    return policy
+
+
+@main.command("check")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--policy", "policy_name", default=None, metavar="POLICY",
+              help="policy file or built-in name (default: the policy the run was audited against)")
+@click.option("--run", "run_id", default=None, help="run to check (default: the latest complete audit run)")
+@click.option("--baseline", "baseline_run", default=None, metavar="RUN", help="an earlier run: show how each verdict changed")
+@click.option("--gate", type=click.Choice(["auto", "original", "pruned"]), default="auto", show_default=True,
+              help="the model whose must rules decide the exit status (auto: the pruned one when the run pruned)")
+@click.option("--json", "as_json", is_flag=True, help="print the verdict table as JSON")
+def check_command(store, policy_name, run_id, baseline_run, gate, as_json) -> None:
+    """Check a stored run against a policy, without a model. Exit status: 0 every must rule
+    passes, 1 a must rule fails, 3 a must rule is inconclusive or unmeasured, 2 user error."""
+    from fairaudit.policy import evaluate_policy, exit_status, gate_role, verdict_changes
+
+    opened = _open_store(store)
+    run_id = _latest_audit(opened, run_id)
+    policy = _policy_for(opened, run_id, policy_name)
+    verdicts = evaluate_policy(policy, opened, run_id)
+    changes = verdict_changes(evaluate_policy(policy, opened, baseline_run), verdicts) if baseline_run else None
+    role = gate_role(verdicts, gate)
+    if as_json:
+        click.echo(json.dumps({"run_id": run_id, "policy": policy.policy, "policy_sha256": policy.sha256(), "gate_model": role,
+                               "exit_status": exit_status(verdicts, role), "verdicts": [v.as_dict() for v in verdicts],
+                               "changes": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                                           for row in changes] if changes is not None else None}, indent=2))
+        _exit_on_verdicts(verdicts, gate, quiet=True)
+    click.echo(f"run {run_id} against policy {policy.policy} (sha256 {policy.sha256()[:16]})")
+    if changes is not None:
+        click.echo(f"\nverdicts now vs run {baseline_run} (regressions first):")
+        _print_table([[row["change"].upper(), row["rule"], row["severity"], row["model"], row["axis"], row["before"], row["after"]]
+                      for row in changes], ["change", "rule", "severity", "model", "axis", "before", "now"])
+        click.echo("")
+    _print_verdicts(verdicts)
+    _exit_on_verdicts(verdicts, gate, quiet=False)
+
+
+@main.command("card")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--run", "run_id", default=None, help="audit run (default: the latest complete audit run)")
+@click.option("--policy", "policy_name", default=None, metavar="POLICY", help="add verdicts of this policy (default: the run's own, if any)")
+def card_command(store, run_id, policy_name) -> None:
+    """Print a model-card "Bias, Risks, and Limitations" section (Markdown) for a stored run."""
+    from fairaudit.card import bias_section
+    from fairaudit.policy import load_policy
+
+    opened = _open_store(store)
+    run_id = _latest_audit(opened, run_id)
+    click.echo(bias_section(opened, run_id, load_policy(policy_name) if policy_name else None), nl=False)
+
+
+@main.command("bundle")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--run", "run_id", default=None, help="audit run (default: the latest complete audit run)")
+@click.option("--policy", "policy_name", default=None, metavar="POLICY", help="policy for the verdicts (default: the run's own, if any)")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="the zip file to write")
+@click.option("--force", is_flag=True, help="replace --out if it exists")
+def bundle_command(store, run_id, policy_name, out, force) -> None:
+    """Write an audit bundle: report, run record, policy, suites, the run's tables and a manifest of hashes."""
+    from fairaudit.bundle import write_bundle
+    from fairaudit.policy import load_policy
+
+    opened = _open_store(store)
+    run_id = _latest_audit(opened, run_id)
+    path, manifest_sha = write_bundle(opened, run_id, out, load_policy(policy_name) if policy_name else None, force=force)
+    click.echo(f"bundle of run {run_id} written to {path}")
+    click.echo(f"manifest sha256 {manifest_sha} (record it: 'fairaudit verify {path} --manifest-sha256 {manifest_sha}')")
+
+
+@main.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--model", "model_id", default=None, help="also check that this model's weights are the audited ones")
+@click.option("--manifest-sha256", "expected", default=None, help="the manifest hash recorded when the bundle was written")
+@click.option("--trust-remote-code", is_flag=True, help="run code shipped with the model (only for models you trust)")
+@click.option("--allow-pickle", is_flag=True, help="accept pickled (.bin) weights (only for models you trust)")
+@click.option("--json", "as_json", is_flag=True)
+def verify_command(bundle, model_id, expected, trust_remote_code, allow_pickle, as_json) -> None:
+    """Recompute every hash in an audit bundle (and the weights hash with --model); exit 1 if anything differs."""
+    from fairaudit.bundle import verify_bundle
+    from fairaudit.model import ModelSpec
+
+    model = ModelSpec(id=model_id, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle) if model_id else None
+    result = verify_bundle(bundle, model, expected)
+    if as_json:
+        click.echo(json.dumps({"ok": result.ok, "checked": result.checked, "manifest_sha256": result.manifest_sha256,
+                               "problems": result.problems}, indent=2))
+    else:
+        for problem in result.problems:
+            click.echo(f"differs: {problem}")
+        what = f"{result.checked} files" + (" and the model's weights" if model_id else "")
+        click.echo(f"{'ok' if result.ok else 'FAILED'}: {what} checked against the manifest (sha256 {result.manifest_sha256}); "
+                   f"{len(result.problems)} difference(s)")
+    if not result.ok:
+        sys.exit(1)
 
 
 # --- store ------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ class RunConfig(BaseModel):
     report: bool = Field(default=True, description="write the HTML report (and report.json) beside the store folder")
     diagnose_top: int = Field(default=1, ge=0, le=20, description="diagnosis figures for this many most divergent pairs per axis")
     overlap_top: float = Field(default=0.01, gt=0, description="top-k of each axis for the stored overlap analysis")
+    policy: str | None = Field(default=None, description="a policy file or built-in policy name whose rules the run is checked against")
 
     @field_validator("evaluators", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from fairaudit.errors import FairauditError, StoreError
 from fairaudit.model import LoadedModel
 
 NEURON_MAP_FILE = "fairaudit_neuron_map.json"
+MODEL_CARD_FILE = "README.md"
 
 
 class SelectionParams(BaseModel):
@@ -265,7 +266,7 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str) 
         loaded.tokenizer.save_pretrained(temporary)
         neuron_map = {"original_widths": report.widths_before, "zeroed": report.zeroed, "layers": report.neuron_map}
         (temporary / NEURON_MAP_FILE).write_text(json.dumps(neuron_map), encoding="utf-8")
-        (temporary / "README.md").write_text(card, encoding="utf-8")
+        (temporary / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
         if out.exists():
             out.rmdir()
         os.replace(temporary, out)

@@ -72,8 +72,28 @@ def _direction_verdict(axis: str, change: dict[str, Any] | None) -> str:
     return f"{axis}: the output-level preference for the negative continuation went from {before:+.4f} to {after:+.4f}: {what} ({interval}{certainty})."
 
 
-def report_data(store: Store, run_id: str, compare_run: str | None = None) -> dict[str, Any]:
-    """Everything the report shows, read from the store."""
+def _policy_section(store: Store, run_id: str, record: dict[str, Any], policy, compare_run: str | None) -> dict[str, Any] | None:
+    """The verdict table the report opens with (None when there is no policy)."""
+    from fairaudit.policy import evaluate_policy, exit_status, gate_role, stored_policy, verdict_changes
+
+    policy = policy or stored_policy(record)
+    if policy is None:
+        return None
+    verdicts = evaluate_policy(policy, store, run_id)
+    role = gate_role(verdicts)
+    rules = {rule.id: rule for rule in policy.rules}
+    section = {"name": policy.policy, "sha256": policy.sha256(), "gate_model": role, "exit_status": exit_status(verdicts, role),
+               "verdicts": [{**v.as_dict(), "source": rules[v.rule].source, "anchor": f"evidence-{index}"}
+                            for index, v in enumerate(verdicts)],
+               "changes": None}
+    if compare_run:
+        section["changes"] = {"baseline": compare_run, "rows": verdict_changes(evaluate_policy(policy, store, compare_run), verdicts)}
+    return section
+
+
+def report_data(store: Store, run_id: str, compare_run: str | None = None, policy=None) -> dict[str, Any]:
+    """Everything the report shows, read from the store. `policy` (a `fairaudit.policy.Policy`)
+    adds the verdict table; without it, the policy the run was audited against, if any."""
     record = store.read_run(run_id)
     if record.get("kind", "audit") != "audit":
         raise StoreError(f"run {run_id} is a {record.get('kind')} run; the report is made from an audit run.")
@@ -205,6 +225,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None) -> di
     return {
         "fairaudit_version": fairaudit.__version__,
         "run_id": run_id, "model_id": model_id, "status": record.get("status"), "started": record.get("started"),
+        "policy": _policy_section(store, run_id, record, policy, compare_run),
         "summary": summary, "quality": quality, "quality_verdicts": quality_verdicts,
         "perplexity": perplexity, "fidelity": fidelity, "prune": prune,
         "comparisons": comparisons, "charts": charts, "top_neurons": top_neurons,
@@ -229,19 +250,25 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def render_report(data: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
-    """Write the HTML report and `report.json` next to it, each atomically; return both paths."""
-    out = Path(out)
-    if "\x00" in str(out):
-        raise StoreError("the report path contains a NUL byte.")
+def render_report_text(data: dict[str, Any]) -> tuple[str, str]:
+    """The report's HTML and its JSON twin, as text."""
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir()), autoescape=True,
                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     environment.filters["num"] = lambda v, digits=4: "n/a" if not _finite(v) else f"{v:.{digits}f}"
     environment.filters["pct"] = lambda v: "n/a" if not _finite(v) else f"{100 * v:+.1f}%"
     environment.filters["raw"] = lambda v: "" if not _finite(v) else repr(float(v))
     html = environment.get_template("base.html.j2").render(**data)
+    return html, json.dumps(_json_ready(data), indent=2, default=str)
+
+
+def render_report(data: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """Write the HTML report and `report.json` next to it, each atomically; return both paths."""
+    out = Path(out)
+    if "\x00" in str(out):
+        raise StoreError("the report path contains a NUL byte.")
+    html, twin_text = render_report_text(data)
     twin = out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json")
-    for path, text in ((out, html), (twin, json.dumps(_json_ready(data), indent=2, default=str))):
+    for path, text in ((out, html), (twin, twin_text)):
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

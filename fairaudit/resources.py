@@ -21,6 +21,11 @@ def suites_dir() -> Path:
     return _data_dir("suites")
 
 
+def policies_dir() -> Path:
+    """Folder of the built-in policy YAML files."""
+    return _data_dir("policies")
+
+
 def templates_dir() -> Path:
     """Folder of the Jinja templates of the HTML report."""
     return _data_dir("reports_templates")

@@ -46,6 +46,7 @@ class AuditResult:
     evaluation_failures: list[str] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     measurements: list[dict[str, Any]] = field(default_factory=list)
+    verdicts: list[Any] = field(default_factory=list)  # fairaudit.policy.Verdict, when the run has a policy
     report: Path | None = None
 
 
@@ -164,6 +165,7 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         run_id = new_run_id()
     params = config.check_plugins()
     suites = _load_suites(config)
+    policy = _load_policy(config, suites)
     plugins = registry()
 
     torch.manual_seed(config.seed)
@@ -184,6 +186,10 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         "environment": _environment(),
         "timings": {"load_model": round(time.time() - started, 3)},
     }
+    if policy is not None:
+        from fairaudit.policy import policy_record
+
+        record["policy"] = policy_record(policy, config.policy)
     if resume:
         previous = store.read_run(run_id)
         if previous.get("model", {}).get("weights_hash") != loaded.provenance["weights_hash"]:
@@ -217,11 +223,40 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         record.update(status="failed" if isinstance(exc, FairauditError) else "interrupted", error=str(exc))
         store.write_run(run_id, record)
         raise
+    if policy is not None:
+        from fairaudit.policy import evaluate_policy
+
+        result.verdicts = evaluate_policy(policy, store, run_id)
+    if after is not None:
+        _add_bias_section_to_card(store, run_id, Path(result.pruned["out"]))
     if config.report:
         from fairaudit.report import render_report, report_data, report_path
 
         result.report, _ = render_report(report_data(store, run_id), report_path(store.root.parent, loaded.model_id, run_id))
     return result
+
+
+def _load_policy(config: RunConfig, suites: list[Suite]):
+    """The run's policy, checked against the config before any model loads (None: no policy)."""
+    if config.policy is None:
+        return None
+    from fairaudit.policy import check_config, load_policy
+
+    policy = load_policy(config.policy)
+    check_config(policy, [suite.axis for suite in suites], [ref.plugin for ref in config.evaluators], config.pruning is not None,
+                 "this run config")
+    return policy
+
+
+def _add_bias_section_to_card(store: Store, run_id: str, folder: Path) -> None:
+    """Append the audit's "Bias, risks and limitations" section to the pruned model's card."""
+    from fairaudit.card import bias_section
+    from fairaudit.prune import MODEL_CARD_FILE
+    from fairaudit.store import atomic_write_text
+
+    card = folder / MODEL_CARD_FILE
+    if card.is_file() and "## Bias, Risks, and Limitations" not in card.read_text(encoding="utf-8"):
+        atomic_write_text(card, card.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + bias_section(store, run_id))
 
 
 @dataclass

@@ -66,6 +66,16 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         ) from None
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file (UTF-8) atomically: readers see the old file or the new one, never a part."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically: readers see the old file or the new one, never a part."""
+    _atomic_write(Path(path), lambda temporary: temporary.write_bytes(data))
+
+
 class Store:
     """A store folder (created on first write)."""
 

@@ -1,0 +1,402 @@
+"""Compliance policies: an organisation's thresholds on stored metrics, and verdicts that
+respect uncertainty.
+
+```yaml
+policy: acme-release          # a name for the report
+min_items: 30                 # default for every rule: fewer items than this is "too few items"
+rules:
+  - id: output-bias
+    metric: stereotype_preference
+    abs_at_most: 0.2          # |value| <= 0.2; or at_most / at_least / between: [low, high]
+    axes: all                 # or a list of axes (suite axes, CrowS-Pairs categories, lm-eval tasks)
+    severity: must            # must: decides the exit status; should: reported only
+    source: local choice      # where the threshold comes from
+```
+
+Each rule becomes an interval of allowed values [lower, upper]. For every axis and every
+model the run measured, a rule's verdict compares that interval with the measurement's 95%
+interval (the logic of equivalence testing):
+
+- `pass`: the whole 95% interval lies inside the allowed values;
+- `fail`: the whole 95% interval lies outside them;
+- `inconclusive`: the interval straddles a threshold (or the measurement has no interval);
+- `too few items`: the measurement rests on fewer than `min_items` items;
+- `not measured`: the store holds no such measurement for the axis and model.
+
+The metrics are read from the store (`METRICS` says where each comes from); nothing is
+recomputed, so `fairaudit check` needs no model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fairaudit.errors import ConfigError, StoreError
+from fairaudit.resources import policies_dir
+from fairaudit.store import Store, safe_name
+from fairaudit.yamlio import describe_validation_error, read_yaml
+
+Role = Literal["original", "pruned"]
+ROLE_OF_STORED = {"before": "original", "after": "pruned"}  # the evaluation tables' role column
+VERDICTS = ("pass", "fail", "inconclusive", "too few items", "not measured")
+
+
+@dataclass(frozen=True)
+class MetricSource:
+    """Where a policy metric lives in the store.
+
+    `kind` "level": a measurement of one model (`evaluations` table, per role);
+    "change": a paired before/after comparison (`comparisons` table), so it exists for the
+    pruned model only; `field` is "change" (absolute) or "relative_change";
+    `transform` "exp_minus_one" maps a change of mean NLL to the relative change of perplexity."""
+
+    evaluator: str
+    metric: str
+    kind: Literal["level", "change"]
+    description: str
+    field: str = "change"
+    transform: str = ""
+    per_axis: bool = True  # False: one value for the model (axis "")
+
+
+METRICS: dict[str, MetricSource] = {
+    "stereotype_preference": MetricSource(
+        "output_bias", "stereotype_preference", "level",
+        "mean over pairs of [log p(negative | a) - log p(negative | b)] - [same for the neutral continuation], nats; 0 = no preference"),
+    "pct_stereotype": MetricSource(
+        "output_bias", "pct_stereotype", "level",
+        "CrowS-Pairs: share of sentence pairs where the more stereotyping sentence is more likely; 0.5 = ideal"),
+    "stereoset_ss": MetricSource(
+        "output_bias", "stereoset_ss", "level",
+        "StereoSet stereotype score: share of items where the stereotype beats the anti-stereotype; 0.5 = ideal"),
+    "bias_index": MetricSource(
+        "bias_reprobe", "bias_index", "level", "activation-divergence bias index on the probe templates"),
+    "bias_index_heldout": MetricSource(
+        "bias_reprobe", "bias_index_heldout", "level", "activation-divergence bias index on the held-out templates"),
+    "bias_index_heldout_change": MetricSource(
+        "bias_reprobe", "bias_index_heldout", "change", "relative change of the held-out bias index, pruned vs original",
+        field="relative_change"),
+    "stereotype_preference_change": MetricSource(
+        "output_bias", "stereotype_preference", "change", "change of the output-level preference, pruned minus original (nats)"),
+    "perplexity_change": MetricSource(
+        "perplexity", "nll_per_token_bundled", "change",
+        "relative change of perplexity on the bundled corpus, exp(change of mean NLL per token) - 1", transform="exp_minus_one",
+        per_axis=False),
+    "fact_accuracy": MetricSource(
+        "facts", "fact_accuracy", "level", "factual-control accuracy (share of facts answered right)", per_axis=False),
+    "fact_accuracy_change": MetricSource(
+        "facts", "fact_accuracy", "change", "change of factual-control accuracy, pruned minus original", per_axis=False),
+    "task_accuracy": MetricSource(
+        "lm_eval", "acc", "level", "lm-evaluation-harness accuracy per task (axes are task names)"),
+    "task_accuracy_change": MetricSource(
+        "lm_eval", "acc", "change", "change of lm-evaluation-harness accuracy per task, pruned minus original"),
+}
+
+
+class Rule(BaseModel):
+    """One threshold on one metric. Exactly one of `at_most`, `at_least`, `between`, `abs_at_most`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    metric: str
+    at_most: float | None = None
+    at_least: float | None = None
+    between: tuple[float, float] | None = None
+    abs_at_most: float | None = Field(default=None, ge=0)
+    axes: list[str] | Literal["all"] = "all"
+    models: list[Role] = Field(default_factory=lambda: ["original", "pruned"], min_length=1)
+    severity: Literal["must", "should"] = "must"
+    min_items: int | None = Field(default=None, ge=1)
+    if_measured: bool = Field(default=False, description="true: a metric the run did not measure is not an inconclusive verdict")
+    source: str = ""
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric '{value}'; policy metrics are: {', '.join(METRICS)}")
+        return value
+
+    @field_validator("at_most", "at_least", "abs_at_most")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("a threshold must be a finite number")
+        return value
+
+    @field_validator("between")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not (math.isfinite(value[0]) and math.isfinite(value[1]) and value[0] <= value[1]):
+            raise ValueError("between takes [low, high] with low <= high, both finite")
+        return value
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> Rule:
+        given = [name for name in ("at_most", "at_least", "between", "abs_at_most") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"rule '{self.id}' needs exactly one threshold of at_most, at_least, between, abs_at_most "
+                             f"(it has {', '.join(given) or 'none'})")
+        if METRICS[self.metric].kind == "change" and "original" in self.models:
+            self.models = [role for role in self.models if role != "original"] or ["pruned"]
+        return self
+
+    def allowed(self) -> tuple[float, float]:
+        """The allowed values as a closed interval [lower, upper] (infinite where open)."""
+        if self.between is not None:
+            return self.between
+        if self.abs_at_most is not None:
+            return (-self.abs_at_most, self.abs_at_most)
+        if self.at_most is not None:
+            return (-math.inf, self.at_most)
+        return (self.at_least, math.inf)
+
+    def threshold_text(self) -> str:
+        if self.between is not None:
+            return f"{self.metric} in [{self.between[0]:g}, {self.between[1]:g}]"
+        if self.abs_at_most is not None:
+            return f"|{self.metric}| <= {self.abs_at_most:g}"
+        if self.at_most is not None:
+            return f"{self.metric} <= {self.at_most:g}"
+        return f"{self.metric} >= {self.at_least:g}"
+
+
+class Policy(BaseModel):
+    """A policy file: a name, a default minimum of items, and rules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str = Field(min_length=1, max_length=120)
+    description: str = ""
+    min_items: int = Field(default=30, ge=1)
+    rules: list[Rule] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Policy:
+        ids = [rule.id for rule in self.rules]
+        repeated = sorted({rule_id for rule_id in ids if ids.count(rule_id) > 1})
+        if repeated:
+            raise ValueError(f"rule ids must be unique; repeated: {', '.join(repeated)}")
+        return self
+
+    def sha256(self) -> str:
+        """Hash of the policy's content (not of its file's formatting)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    def check_axes(self, axes: list[str], where: str) -> None:
+        """Refuse a rule naming an axis the run does not have, before any work is done."""
+        for rule in self.rules:
+            if rule.axes != "all" and METRICS[rule.metric].per_axis:
+                unknown = [axis for axis in rule.axes if axis not in axes and METRICS[rule.metric].evaluator != "lm_eval"]
+                if unknown:
+                    raise ConfigError(f"policy '{self.policy}', rule '{rule.id}': axis {unknown} is not audited by {where} "
+                                      f"(its axes: {', '.join(axes) or 'none'}).")
+
+
+def builtin_policy_names() -> list[str]:
+    return sorted(path.stem for path in policies_dir().glob("*.yaml"))
+
+
+def load_policy(name_or_path: str | Path) -> Policy:
+    """A built-in policy by name (`default`) or a policy file; errors name the file and the line."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        builtin = policies_dir() / f"{name_or_path}.yaml"
+        if not builtin.exists():
+            raise ConfigError(f"no policy named '{name_or_path}': it is neither a file nor a built-in policy. "
+                              f"Built-in policies: {', '.join(builtin_policy_names())}.")
+        path = builtin
+    document = read_yaml(path, ConfigError, "policy")
+    if not isinstance(document.data, dict):
+        raise ConfigError(f"policy file {document.path}: expected a mapping with keys policy, rules.")
+    try:
+        return Policy.model_validate(document.data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(document, exc, "policy")) from None
+
+
+# --- verdicts ---------------------------------------------------------------------------------
+
+@dataclass
+class Verdict:
+    """One rule on one axis of one model."""
+
+    rule: str
+    metric: str
+    severity: str
+    model: str  # "original" or "pruned"
+    axis: str
+    verdict: str
+    value: float = math.nan
+    low: float = math.nan
+    high: float = math.nan
+    items: int = 0
+    threshold: str = ""
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+                for key, value in asdict(self).items()}
+
+
+def judge(value: float, low: float, high: float, items: int, allowed: tuple[float, float], min_items: int) -> tuple[str, str]:
+    """The verdict of one measurement against allowed values [lower, upper], and why."""
+    lower, upper = allowed
+    if items < min_items:
+        return "too few items", f"{items} items; the rule needs at least {min_items}"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "inconclusive", "the measurement has no 95% interval"
+    if lower <= low and high <= upper:
+        return "pass", "the whole 95% interval satisfies the threshold"
+    if high < lower or low > upper:
+        return "fail", "the whole 95% interval violates the threshold"
+    return "inconclusive", "the 95% interval straddles the threshold"
+
+
+def _measurements(store: Store, run_id: str) -> dict[tuple, dict[str, float]]:
+    """(source kind, evaluator, metric, role, axis) -> {value, low, high, items}, from the store.
+    Within a run, role "before" is the original model and "after" the pruned (or compared) one."""
+    found: dict[tuple, dict[str, float]] = {}
+    for table in ("evaluations", "comparisons"):
+        try:
+            rows = store.read(table, run_id=run_id).to_pylist()
+        except StoreError:
+            continue
+        for row in rows:
+            if table == "evaluations":
+                if not row["error"] and row["role"] in ROLE_OF_STORED:
+                    found[("level", row["evaluator"], row["metric"], ROLE_OF_STORED[row["role"]], row["axis_or_task"])] = {
+                        "value": row["value"], "low": row["low"], "high": row["high"], "items": row["n"]}
+                continue
+            for field, low, high in (("change", "change_low", "change_high"), ("relative_change", "relative_low", "relative_high")):
+                found[(f"change:{field}", row["evaluator"], row["metric"], "pruned", row["axis_or_task"])] = {
+                    "value": row[field], "low": row[low], "high": row[high], "items": row["items"]}
+    return found
+
+
+def _nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def evaluate_policy(policy: Policy, store: Store, run_id: str) -> list[Verdict]:
+    """Every rule's verdict for every axis and model the run measured, read from the store."""
+    record = store.read_run(run_id)
+    if record.get("kind", "audit") not in ("audit", "evaluate"):
+        raise StoreError(f"run {run_id} is a {record.get('kind')} run; a policy is checked on an audit or evaluate run.")
+    found = _measurements(store, run_id)
+    axes = list(record.get("suites", {})) or sorted({key[4] for key in found if key[4]})
+    policy.check_axes(axes, f"run {run_id}")
+    # the audited model always counts, and so does a pruned one the run made: no data is no pass
+    roles = {"original"} | ({"pruned"} if record.get("prune") or record.get("compare") else set()) | {key[3] for key in found}
+    configured = {ref["plugin"] if isinstance(ref, dict) else ref for ref in record.get("config", {}).get("evaluators", [])}
+    verdicts = []
+    for rule in policy.rules:
+        source = METRICS[rule.metric]
+        key_kind = "level" if source.kind == "level" else f"change:{source.field}"
+        min_items = rule.min_items or policy.min_items
+        for role in rule.models:
+            if role not in roles:
+                continue
+            measured_axes = sorted({key[4] for key in found if key[:4] == (key_kind, source.evaluator, source.metric, role)})
+            if not source.per_axis:
+                if rule.if_measured and source.evaluator not in configured:
+                    continue
+                wanted = [""]
+            elif rule.axes == "all":
+                wanted = measured_axes or ([] if rule.if_measured else ["(any)"])
+            else:
+                wanted = list(rule.axes)
+            for axis in wanted:
+                measurement = found.get((key_kind, source.evaluator, source.metric, role, axis))
+                verdict = Verdict(rule.id, rule.metric, rule.severity, role, axis or "-", "not measured", threshold=rule.threshold_text())
+                if measurement is None:
+                    if rule.if_measured and source.per_axis:
+                        continue
+                    verdict.reason = (f"the run has no '{source.metric}' from the '{source.evaluator}' evaluator "
+                                      f"{'for this axis ' if source.per_axis else ''}on the {role} model")
+                    verdicts.append(verdict)
+                    continue
+                value, low, high = (_nan(measurement[k]) for k in ("value", "low", "high"))
+                if source.transform == "exp_minus_one":
+                    value, low, high = (math.expm1(v) for v in (value, low, high))
+                verdict.value, verdict.low, verdict.high, verdict.items = value, low, high, int(measurement["items"] or 0)
+                verdict.verdict, verdict.reason = judge(value, low, high, verdict.items, rule.allowed(), min_items)
+                verdicts.append(verdict)
+    return verdicts
+
+
+def gate_role(verdicts: list[Verdict], requested: str = "auto") -> str:
+    """The model the exit status judges: the pruned one when the run has it (it is what would be
+    released), else the original; `requested` overrides."""
+    if requested != "auto":
+        return requested
+    return "pruned" if any(v.model == "pruned" for v in verdicts) else "original"
+
+
+def exit_status(verdicts: list[Verdict], role: str) -> int:
+    """0: every `must` rule passes on `role`'s model; 1: one fails; 3: one is not decided."""
+    judged = [v for v in verdicts if v.severity == "must" and v.model == role]
+    if any(v.verdict == "fail" for v in judged):
+        return 1
+    if any(v.verdict != "pass" for v in judged):
+        return 3
+    return 0
+
+
+def verdict_changes(baseline: list[Verdict], current: list[Verdict]) -> list[dict[str, Any]]:
+    """Per rule and axis, the verdict of a baseline run beside the current one; regressions
+    (pass before, fail now) first, then other changes for the worse, improvements, the rest."""
+    rank = {"pass": 0, "too few items": 1, "not measured": 1, "inconclusive": 1, "fail": 2}
+    before = {(v.rule, v.model, v.axis): v for v in baseline}
+    rows = []
+    for verdict in current:
+        previous = before.get((verdict.rule, verdict.model, verdict.axis))
+        was = previous.verdict if previous else "not measured"
+        if was == "pass" and verdict.verdict == "fail":
+            change = "regression"
+        elif rank[verdict.verdict] > rank[was]:
+            change = "worse"
+        elif rank[verdict.verdict] < rank[was]:
+            change = "better"
+        else:
+            change = "same"
+        rows.append({"rule": verdict.rule, "severity": verdict.severity, "model": verdict.model, "axis": verdict.axis,
+                     "before": was, "after": verdict.verdict, "change": change,
+                     "value_before": previous.value if previous else math.nan, "value_after": verdict.value})
+    order = {"regression": 0, "worse": 1, "better": 2, "same": 3}
+    return sorted(rows, key=lambda row: (order[row["change"]], row["severity"] != "must", row["rule"], row["axis"]))
+
+
+def policy_record(policy: Policy, source: str | Path) -> dict[str, Any]:
+    """What a run record keeps of the policy it was checked against."""
+    return {"name": policy.policy, "source": str(source), "sha256": policy.sha256(), "definition": policy.model_dump(mode="json")}
+
+
+def stored_policy(record: dict[str, Any]) -> Policy | None:
+    """The policy a run was audited against, from its record (None when it had none)."""
+    entry = record.get("policy")
+    return Policy.model_validate(entry["definition"]) if entry else None
+
+
+def check_config(policy: Policy, axes: list[str], evaluators: list[str], prunes: bool, where: str) -> None:
+    """Before a model loads: every `must` rule can be measured by this run config."""
+    policy.check_axes(axes, where)
+    for rule in policy.rules:
+        if rule.if_measured or rule.severity != "must":
+            continue
+        source = METRICS[rule.metric]
+        if source.evaluator not in evaluators:
+            raise ConfigError(f"policy '{policy.policy}', rule '{rule.id}': metric '{rule.metric}' comes from the "
+                              f"'{source.evaluator}' evaluator, which {where} does not run. Add it to 'evaluators', "
+                              f"or mark the rule 'if_measured: true'.")
+        if source.kind == "change" and not prunes:
+            raise ConfigError(f"policy '{policy.policy}', rule '{rule.id}': metric '{rule.metric}' compares the pruned "
+                              f"model with the original, and {where} does not prune. Mark the rule 'if_measured: true' or "
+                              f"add a 'pruning:' section.")
