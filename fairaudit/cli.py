@@ -532,17 +532,61 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
 @click.option("--compare", "compare_run", default=None, help="a second run to show beside it (with a policy: how each verdict changed)")
 @click.option("--policy", "policy_name", default=None, metavar="POLICY", help="open the report with this policy's verdicts "
               "(default: the policy the run was audited against, if any)")
+@click.option("--sweep", "sweep_id", default=None, metavar="SWEEP_ID", help="render the grid report of a sweep instead")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
-def report_command(store, run_id, compare_run, policy_name, out) -> None:
-    """Render the HTML audit report (and report.json) of a stored run. Reads the store only."""
+def report_command(store, run_id, compare_run, policy_name, sweep_id, out) -> None:
+    """Render the HTML audit report (and report.json) of a stored run, or the grid report of a
+    sweep. Reads the store only."""
     from fairaudit.policy import load_policy
-    from fairaudit.report import render_report, report_data
+    from fairaudit.report import render_report, render_sweep_report, report_data, sweep_data
 
-    policy = load_policy(policy_name) if policy_name else None
     opened = _open_store(store)
+    if sweep_id is not None:
+        if run_id or compare_run or policy_name:
+            raise click.UsageError("--sweep renders a whole grid; it takes no --run, --compare or --policy")
+        html, twin = render_sweep_report(sweep_data(opened, sweep_id), out)
+        click.echo(f"grid report written to {html} (numbers also in {twin})")
+        return
+    policy = load_policy(policy_name) if policy_name else None
     run_id = _latest_audit(opened, run_id)
     html, twin = render_report(report_data(opened, run_id, compare_run, policy=policy), out)
     click.echo(f"report written to {html} (numbers also in {twin})")
+
+
+# --- sweeps ------------------------------------------------------------------------------
+
+@main.command("sweep")
+@click.argument("sweep_file", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: cells one after another in this process; ray: one Ray task per cell")
+@click.option("--address", default=None, help="with --backend ray: an existing cluster (ray://host:10001 or auto); default: a local cluster")
+@click.option("--num-cpus", type=int, default=None, help="with --backend ray and no --address: CPUs of the local cluster")
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def sweep_command(sweep_file, backend, address, num_cpus, quiet, as_json) -> None:
+    """Run a grid of audits (models x suites x pruning settings ...) into one store; cells already
+    complete are skipped, so rerunning a sweep finishes what a failure or a kill left."""
+    from fairaudit.sweep import run_sweep
+
+    if quiet or as_json:
+        _silence_libraries()
+    echo = (lambda outcome: None) if quiet or as_json else (
+        lambda outcome: click.echo(f"cell {outcome.run_id}: {outcome.status}"
+                                   + (f" in {outcome.seconds:.1f} s" if outcome.status == "complete" else "")
+                                   + (f" ({outcome.error})" if outcome.error else ""), err=True))
+    result = run_sweep(sweep_file, backend=backend, address=address, num_cpus=num_cpus, progress=echo)
+    outcomes = {outcome.run_id: outcome for outcome in result.outcomes}
+    if as_json:
+        click.echo(json.dumps({"sweep": result.sweep_id, "store": str(result.store),
+                               "cells": [{"run_id": cell.run_id, "values": cell.values, **outcomes[cell.run_id].__dict__}
+                                         for cell in result.cells]}, indent=2, default=str))
+    elif not quiet:
+        click.echo(f"\nsweep {result.sweep_id}: {len(result.cells)} cells in {result.store}")
+        _print_table([[cell.run_id, cell.label(), outcomes[cell.run_id].status, f"{outcomes[cell.run_id].seconds:.1f}",
+                       outcomes[cell.run_id].error[:80]] for cell in result.cells], ["run", "cell", "status", "seconds", "error"])
+        click.echo(f"grid report: fairaudit report {result.store} --sweep {result.sweep_id} --out sweep.html")
+    if any(outcome.status == "failed" for outcome in result.outcomes):
+        sys.exit(1)
 
 
 # --- compliance: check, card, bundle, verify ------------------------------------------------

@@ -250,23 +250,23 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def render_report_text(data: dict[str, Any]) -> tuple[str, str]:
+def render_report_text(data: dict[str, Any], template: str = "base.html.j2") -> tuple[str, str]:
     """The report's HTML and its JSON twin, as text."""
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir()), autoescape=True,
                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     environment.filters["num"] = lambda v, digits=4: "n/a" if not _finite(v) else f"{v:.{digits}f}"
     environment.filters["pct"] = lambda v: "n/a" if not _finite(v) else f"{100 * v:+.1f}%"
     environment.filters["raw"] = lambda v: "" if not _finite(v) else repr(float(v))
-    html = environment.get_template("base.html.j2").render(**data)
+    html = environment.get_template(template).render(**data)
     return html, json.dumps(_json_ready(data), indent=2, default=str)
 
 
-def render_report(data: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+def render_report(data: dict[str, Any], out: str | Path, template: str = "base.html.j2") -> tuple[Path, Path]:
     """Write the HTML report and `report.json` next to it, each atomically; return both paths."""
     out = Path(out)
     if "\x00" in str(out):
         raise StoreError("the report path contains a NUL byte.")
-    html, twin_text = render_report_text(data)
+    html, twin_text = render_report_text(data, template)
     twin = out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json")
     for path, text in ((out, html), (twin, twin_text)):
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
@@ -284,3 +284,72 @@ def render_report(data: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
 def report_path(folder: str | Path, model_id: str, run_id: str) -> Path:
     """Where `fairaudit audit` writes its report: a safe file name inside `folder`."""
     return Path(folder) / f"report-{safe_name(model_id, 60)}-{safe_name(run_id, 40)}.html"
+
+
+# --- the grid report of a sweep ---------------------------------------------------------------
+
+def _pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """Which (cost, reduction) points no other point beats: lower or equal cost and higher or
+    equal reduction, one of them strictly."""
+    return [not any(c <= cost and r >= reduction and (c < cost or r > reduction) for c, r in points)
+            for cost, reduction in points]
+
+
+def sweep_data(store: Store, sweep_id: str) -> dict[str, Any]:
+    """Everything the grid report shows: per cell and axis, the output-level bias before and
+    after, the held-out bias index change, the perplexity cost, and for each model and axis
+    the Pareto front of bias reduction against perplexity cost."""
+    from fairaudit.svg import scatter
+
+    record = store.read_run(sweep_id)
+    if record.get("kind") != "sweep":
+        raise StoreError(f"run {sweep_id} is a {record.get('kind', 'audit')} run, not a sweep; see 'fairaudit store ls'.")
+    varying = [key for key in record.get("grid", {}) if key not in ("model", "model.id", "suites")]
+    rows = []
+    for cell in record.get("cells", []):
+        run_id, values = cell["run_id"], cell["values"]
+        run = store.read_run(run_id) if store.run_path(run_id).exists() else {"status": "not run"}
+        setting = ", ".join(f"{key}={values[key] if isinstance(values[key], str) else json.dumps(values[key])}" for key in varying) or "-"
+        measured = {(r["evaluator"], r["metric"], r["role"], r["axis_or_task"]): r
+                    for r in _rows(store, "evaluations", run_id=run_id) if not r["error"]}
+        changes = {(r["evaluator"], r["metric"], r["axis_or_task"]): r for r in _rows(store, "comparisons", run_id=run_id)}
+        # the model as the sweep file names it (two folders can share a name), else as stored
+        model = values.get("model", values.get("model.id", run.get("model_id", "?")))
+        model = model if isinstance(model, str) else json.dumps(model)
+        perplexity = changes.get(("perplexity", "nll_per_token_bundled", ""))
+        cost = {key: math.expm1(perplexity[field]) if perplexity and _finite(perplexity[field]) else math.nan
+                for key, field in (("value", "change"), ("low", "change_low"), ("high", "change_high"))}
+        for axis in run.get("suites", {}) or ["-"]:
+            before = measured.get(("output_bias", "stereotype_preference", "before", axis))
+            after = measured.get(("output_bias", "stereotype_preference", "after", axis))
+            heldout = changes.get(("bias_reprobe", "bias_index_heldout", axis))
+            reduction = abs(before["value"]) - abs(after["value"]) if before and after else math.nan
+            if not _finite(reduction) and heldout:
+                reduction = -heldout["relative_change"]
+            rows.append({"model": model, "axis": axis, "setting": setting, "run_id": run_id,
+                         "status": run.get("status"), "error": run.get("error", ""), "before": before, "after": after,
+                         "heldout": heldout, "cost": cost, "reduction": reduction, "removed": (run.get("prune") or {}).get("removed")})
+    fronts = []
+    for model, axis in dict.fromkeys((row["model"], row["axis"]) for row in rows):
+        chosen = [row for row in rows if (row["model"], row["axis"]) == (model, axis) and _finite(row["reduction"])]
+        if not chosen:
+            continue
+        uses_cost = all(_finite(row["cost"]["value"]) for row in chosen)
+        points = [(row["cost"]["value"] if uses_cost else 0.0, row["reduction"]) for row in chosen]
+        on_front = _pareto_front(points)
+        fronts.append({"model": model, "axis": axis, "svg": scatter(
+            f"{model}, {axis}: bias reduction vs quality cost", points, [row["setting"] for row in chosen],
+            ["on the Pareto front" if front else "dominated" for front in on_front], on_front,
+            "perplexity change (relative)" if uses_cost else "(no perplexity measured: cost 0)",
+            "bias reduction", "ringed: no other setting has both a lower cost and a larger reduction"),
+            "points": [{"setting": row["setting"], "cost": point[0], "reduction": point[1], "front": front}
+                       for row, point, front in zip(chosen, points, on_front)]})
+    return {"fairaudit_version": fairaudit.__version__, "sweep_id": sweep_id, "status": record.get("status"),
+            "grid": record.get("grid", {}), "rows": rows, "fronts": fronts,
+            "reduction_definition": "|output-level preference| before minus after (nats); where output-level bias was not "
+                                    "measured, minus the relative change of the held-out bias index"}
+
+
+def render_sweep_report(data: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """Write the grid report of a sweep and its JSON twin."""
+    return render_report(data, out, template="sweep.html.j2")

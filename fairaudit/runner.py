@@ -147,8 +147,11 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
     return load_model(config.model.model_copy(update={"id": str(out), "gguf_file": None, "revision": None}))
 
 
-def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = None) -> AuditResult:
-    """Run the audit a config describes (None: the default audit) and store its results."""
+def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = None, run_id: str | None = None,
+          labels: dict[str, Any] | None = None) -> AuditResult:
+    """Run the audit a config describes (None: the default audit) and store its results.
+    `resume`: finish a stored run; `run_id`: the id of a new run (default: time and random
+    suffix); `labels`: extra entries for the run record (a sweep names its cell there)."""
     if config is None:
         config = RunConfig()
     elif not isinstance(config, RunConfig):
@@ -161,8 +164,10 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         config = RunConfig.model_validate(record["config"])
         run_id = resume
         store.remove_temporaries(run_id)
-    else:
+    elif run_id is None:
         run_id = new_run_id()
+    elif store.run_path(run_id).exists():
+        raise StoreError(f"store {store.root} already has a run '{run_id}'; resume it or choose another id.")
     params = config.check_plugins()
     suites = _load_suites(config)
     policy = _load_policy(config, suites)
@@ -185,6 +190,7 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         "seed": config.seed,
         "environment": _environment(),
         "timings": {"load_model": round(time.time() - started, 3)},
+        **(labels or {}),
     }
     if policy is not None:
         from fairaudit.policy import policy_record

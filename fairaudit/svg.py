@@ -120,7 +120,7 @@ def matrix_heatmap(title: str, row_labels: list[str], column_labels: list[str], 
 def scatter(title: str, points: list[tuple[float, float]], labels: list[str], groups: list[str], highlight: list[bool],
             x_label: str, y_label: str, caption: str) -> Markup:
     """Labelled points coloured by group (e.g. prompt a / prompt b), highlighted ones ringed."""
-    width, height, left, right, top, bottom = 720, 420, 60, 20, 40, 70
+    width, height, left, right, top, bottom = 720, 420, 72, 20, 40, 70
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x_low, x_high = min(xs), max(xs)
     y_low, y_high = min(ys), max(ys)
@@ -143,7 +143,12 @@ def scatter(title: str, points: list[tuple[float, float]], labels: list[str], gr
         x = width - right - 160 * (len(names) - index)
         parts.append(f'<circle cx="{x}" cy="16" r="5" fill="{PALETTE[index % len(PALETTE)]}"/>'
                      f'<text x="{x + 9}" y="20" font-size="11">{escape(name)}</text>')
-    parts.append(f'<text x="{left + (width - left - right) / 2:.1f}" y="{height - bottom + 18}" font-size="11" text-anchor="middle">'
+    for value in (x_low, x_high):  # the range of each axis, so a reader can read values off the plot
+        parts.append(f'<text x="{to_x(value):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">'
+                     f'{escape(_number(value))}</text>')
+    for value in (y_low, y_high):
+        parts.append(f'<text x="{left - 4}" y="{to_y(value) + 4:.1f}" font-size="10" text-anchor="end">{escape(_number(value))}</text>')
+    parts.append(f'<text x="{left + (width - left - right) / 2:.1f}" y="{height - bottom + 30}" font-size="11" text-anchor="middle">'
                  f'{escape(x_label)}</text>')
     parts.append(f'<text x="14" y="{top + (height - top - bottom) / 2:.1f}" font-size="11" text-anchor="middle" '
                  f'transform="rotate(-90 14 {top + (height - top - bottom) / 2:.1f})">{escape(y_label)}</text>')
