@@ -9,9 +9,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +40,14 @@ class ModelSpec(BaseModel):
     gguf_file: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
-    device_map: str | None = Field(default=None, description="'auto' spreads a large model over GPUs (accelerate)")
+    device_map: str | dict[str, str | int] | None = Field(
+        default=None, description="'auto' (accelerate) spreads a model over GPUs, CPU memory and disk; or a map "
+        "{module name: device} such as {model.layers.20: 1, lm_head: cpu}")
+    max_memory: dict[str | int, str | int] | None = Field(
+        default=None, description="with device_map: memory per device, e.g. {0: 20GiB, cpu: 60GiB}")
+    offload_folder: str | None = Field(
+        default=None, description="with device_map: where weights that fit nowhere go (a private temporary folder inside it is used "
+        "and removed when the model is freed)")
     trust_remote_code: bool = False
     allow_pickle: bool = False
 
@@ -84,9 +95,48 @@ class LoadedModel:
     def layers(self) -> list[nn.Module]:
         return self.adapter.layers(self.model)
 
+    def mlp_weights(self, layer: nn.Module):
+        """The adapter's `MlpWeights` of `layer`, as real tensors also where a device map offloaded them."""
+        if not is_offloaded(layer):
+            return self.adapter.mlp_weights(layer)
+        with materialized(layer):
+            weights = self.adapter.mlp_weights(layer)
+            return type(weights)(rows=tuple(row.clone() for row in weights.rows), down=weights.down.clone())
+
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the first layer's device (for a model split by a device map, the
+        execution device of its first module; offloaded modules execute on the main device)."""
+        return input_device(self.model)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        placed = [device for device in device_map.values() if device not in ("disk", "cpu")]
+        if placed:
+            return torch.device(f"cuda:{placed[0]}" if isinstance(placed[0], int) else placed[0])
+        return torch.device("cpu")
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def materialized(module: nn.Module):
+    """Inside this block, the weights of `module` and its children that a device map offloaded
+    (to CPU memory or disk; `meta` tensors outside) are real tensors; they are put back after.
+    Reading them inside is safe; changing them is not kept (prune a model loaded without offload)."""
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    with contextlib.ExitStack() as stack:
+        for submodule in module.modules():
+            if has_offloaded_params(submodule):
+                stack.enter_context(align_module_device(submodule))
+        yield module
+
+
+def is_offloaded(model: nn.Module) -> bool:
+    """True when some weights live off the model (a device map offloaded them to CPU or disk)."""
+    return any(parameter.device.type == "meta" for parameter in model.parameters())
 
 
 def cache_dir() -> Path:
@@ -103,12 +153,29 @@ def file_sha256(path: Path) -> str:
 
 
 def weights_hash(model: nn.Module) -> str:
-    """blake2b of every parameter and buffer (names, shapes, dtypes, bytes) in state-dict order."""
+    """blake2b of every parameter and buffer (names, shapes, dtypes, bytes) in state-dict order.
+    Offloaded weights are read one module at a time, so a split model hashes as the whole one."""
     digest = hashlib.blake2b(digest_size=20)
-    for name, tensor in model.state_dict().items():
+    names = list(model.state_dict(keep_vars=True))
+    if not is_offloaded(model):
+        tensors = model.state_dict()
+        values = (tensors[name] for name in names)
+    else:
+        values = _materialized_values(model, names)
+    for name, tensor in zip(names, values):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _materialized_values(model: nn.Module, names: list[str]):
+    """The state dict's tensors in order, each offloaded leaf module materialized only while read."""
+    modules = dict(model.named_modules())
+    for name in names:
+        owner, _, attribute = name.rpartition(".")
+        module = modules[owner]
+        with materialized(module) if owner else contextlib.nullcontext():
+            yield getattr(module, attribute).detach().cpu().clone()
 
 
 def _resolve_alias(alias: Alias) -> tuple[Path, str]:
@@ -193,10 +260,24 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any]:
         "dtype": DTYPES[spec.dtype],
         "use_safetensors": None if spec.allow_pickle else True,
     }
+    offload = None
     if spec.device_map:
         load_options["device_map"] = spec.device_map
+        if spec.max_memory:
+            load_options["max_memory"] = spec.max_memory
+        if spec.offload_folder:  # private per load: two loaded models must not share offloaded files
+            Path(spec.offload_folder).mkdir(parents=True, exist_ok=True)
+            offload = tempfile.mkdtemp(prefix="fairaudit-offload-", dir=spec.offload_folder)
+            load_options["offload_folder"] = offload
     try:
-        model = auto.from_pretrained(str(source), config=config, **load_options)
+        try:
+            model = auto.from_pretrained(str(source), config=config, **load_options)
+        except BaseException:
+            if offload:
+                shutil.rmtree(offload, ignore_errors=True)
+            raise
+        if offload:
+            weakref.finalize(model, shutil.rmtree, offload, True)
     except (OSError, EnvironmentError) as exc:
         message = str(exc).splitlines()[0]
         if not spec.allow_pickle and ("safetensors" in message or "pytorch_model.bin" in message):

@@ -357,7 +357,10 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     if out.exists() and any(out.iterdir()):
         raise StoreError(f"output folder {out} exists and is not empty; choose a new folder.")
     plugin = registry().get("pruner", pruner)
-    loaded = load_model(model)
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(id=model)
+    if spec.device_map:  # surgery changes shapes, which offloaded weights cannot take: prune a whole copy in CPU memory
+        spec = spec.model_copy(update={"device_map": None, "max_memory": None, "offload_folder": None, "device": "cpu"})
+    loaded = load_model(spec)
     source_run = run_id or latest_run(store, loaded.model_id)
     record = store.read_run(source_run)
     if record.get("model", {}).get("weights_hash") != loaded.provenance["weights_hash"]:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fairaudit import metrics
 from fairaudit.errors import ConfigError
 from fairaudit.hookspecs import hookimpl
-from fairaudit.model import LoadedModel
+from fairaudit.model import LoadedModel, materialized
 from fairaudit.probe import ActivationStats
 from fairaudit.scoring import AxisScores
 
@@ -92,7 +92,7 @@ class ImportanceScorer:
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: ImportanceParams) -> None:
         if scores.component != "neuron":
             return  # importance is defined for MLP expansion neurons only
-        weights = [loaded.adapter.mlp_weights(layer) for layer in loaded.layers]
+        weights = [loaded.mlp_weights(layer) for layer in loaded.layers]
         for method in params.methods:
             function = metrics.IMPORTANCE[method]
             scores.neuron[f"importance_{method}"] = torch.stack([function(w).double().cpu() for w in weights])
@@ -136,10 +136,11 @@ class StereotypePushScorer:
 
         def first_tokens(label: str) -> torch.Tensor:
             ids = [loaded.tokenizer.encode(text, add_special_tokens=False)[0] for text in stats.continuations[label]]
-            return head.weight.detach().float()[ids].mean(dim=0).cpu()
+            with materialized(head):  # a no-op unless a device map offloaded the head
+                return head.weight.detach().float()[ids].mean(dim=0).cpu()
 
         direction = first_tokens("negative") - first_tokens("neutral")  # [hidden]
-        effect = torch.stack([(loaded.adapter.mlp_weights(layer).down.cpu().T @ direction).double() for layer in loaded.layers])
+        effect = torch.stack([(loaded.mlp_weights(layer).down.cpu().T @ direction).double() for layer in loaded.layers])
         signed = scores.neuron.get("signed_bias", metrics.signed_bias(stats.components["neuron"], stats.n_pairs))
         scores.neuron["stereotype_push"] = signed * effect
 
