@@ -5,12 +5,16 @@ The Python API is what the `fairaudit` command calls:
     import fairaudit
     result = fairaudit.audit("run.yaml")          # or a RunConfig, or None for the default audit
     fairaudit.evaluate_models("m", "m-pruned", ["race"], ["bias_reprobe"], "store")
+    verdicts = fairaudit.evaluate_policy(fairaudit.load_policy("default"), Store("store"), run_id)
+    fairaudit.run_sweep("sweep.yaml", backend="ray")
 """
 
 __version__ = "0.1.0"
 _API = {"audit": "fairaudit.runner", "evaluate_models": "fairaudit.runner", "prune_model": "fairaudit.runner",
         "RunConfig": "fairaudit.config", "load_config": "fairaudit.config", "load_model": "fairaudit.model",
-        "load_suite": "fairaudit.suite", "resolve_suite": "fairaudit.suite"}
+        "load_suite": "fairaudit.suite", "resolve_suite": "fairaudit.suite",
+        "load_policy": "fairaudit.policy", "evaluate_policy": "fairaudit.policy", "run_sweep": "fairaudit.sweep",
+        "write_bundle": "fairaudit.bundle", "verify_bundle": "fairaudit.bundle", "Store": "fairaudit.store"}
 
 
 def __getattr__(name: str):

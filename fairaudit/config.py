@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fairaudit.errors import ConfigError, PluginError
 from fairaudit.model import DEFAULT_MODEL, ModelSpec
 from fairaudit.plugins import Registry, registry
-from fairaudit.yamlio import describe_validation_error, read_yaml
+from fairaudit.yamlio import read_model
 
 # `hybrid` is optiPfair's score (on the unscaled bias); `hybrid_scaled` the same on the scale-free
 # bias, which the audit prunes by (see README, "Which score to prune by").
@@ -178,12 +178,6 @@ class RunConfig(BaseModel):
 
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a run config file, plugins included."""
-    document = read_yaml(path, ConfigError, "run config")
-    if not isinstance(document.data, dict):
-        raise ConfigError(f"run config file {document.path}: expected a mapping with keys such as model, suites, probe.")
-    try:
-        config = RunConfig.model_validate(document.data)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(document, exc, "run config")) from None
+    document, config = read_model(path, RunConfig, ConfigError, "run config", "such as model, suites, probe")
     config.check_plugins(source=f"run config file {document.path}")
     return config

@@ -35,12 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fairaudit.errors import ConfigError, StoreError
 from fairaudit.resources import policies_dir
-from fairaudit.store import Store, safe_name
-from fairaudit.yamlio import describe_validation_error, read_yaml
+from fairaudit.store import Store
+from fairaudit.yamlio import read_model
 
 Role = Literal["original", "pruned"]
 ROLE_OF_STORED = {"before": "original", "after": "pruned"}  # the evaluation tables' role column
@@ -213,13 +213,7 @@ def load_policy(name_or_path: str | Path) -> Policy:
             raise ConfigError(f"no policy named '{name_or_path}': it is neither a file nor a built-in policy. "
                               f"Built-in policies: {', '.join(builtin_policy_names())}.")
         path = builtin
-    document = read_yaml(path, ConfigError, "policy")
-    if not isinstance(document.data, dict):
-        raise ConfigError(f"policy file {document.path}: expected a mapping with keys policy, rules.")
-    try:
-        return Policy.model_validate(document.data)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(document, exc, "policy")) from None
+    return read_model(path, Policy, ConfigError, "policy", "policy, rules")[1]
 
 
 # --- verdicts ---------------------------------------------------------------------------------

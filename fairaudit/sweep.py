@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fairaudit.config import RunConfig
 from fairaudit.errors import ConfigError, FairauditError
-from fairaudit.store import Store, safe_name
-from fairaudit.yamlio import describe_validation_error, read_yaml
+from fairaudit.store import Store
+from fairaudit.yamlio import read_model, read_yaml
 
 MAX_CELLS = 10_000
 
@@ -154,13 +154,7 @@ def _absolute_paths(document: dict[str, Any]) -> dict[str, Any]:
 def load_sweep(path: str | Path) -> tuple[SweepFile, list[Cell]]:
     """Read a sweep file and expand its grid into validated cells (every cell's config is
     checked, plugins included, before anything runs)."""
-    document = read_yaml(path, ConfigError, "sweep")
-    if not isinstance(document.data, dict):
-        raise ConfigError(f"sweep file {document.path}: expected a mapping with keys sweep, base or config, grid.")
-    try:
-        sweep = SweepFile.model_validate(document.data)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(document, exc, "sweep")) from None
+    document, sweep = read_model(path, SweepFile, ConfigError, "sweep", "sweep, base or config, grid")
     base: dict[str, Any] = {}
     if sweep.base:
         base_path = Path(sweep.base) if Path(sweep.base).is_absolute() else Path(path).parent / sweep.base

@@ -135,3 +135,17 @@ def describe_validation_error(document: YamlDocument, exc: Exception, what: str)
         problems.append(f"{where}field '{field}': {message}")
     more = f" (and {len(errors) - 3} more problems)" if len(errors) > 3 else ""
     return f"{what} file {document.path}: " + "; ".join(problems) + more + "."
+
+
+def read_model(path: str | Path, model: type, error: type[FairauditError], what: str, keys: str) -> tuple[YamlDocument, Any]:
+    """Read a YAML mapping into the pydantic `model`; every error names the file and, where
+    it can, the field and the line. `keys` lists the expected keys for the message."""
+    from pydantic import ValidationError
+
+    document = read_yaml(path, error, what)
+    if not isinstance(document.data, dict):
+        raise error(f"{what} file {document.path}: expected a mapping with keys {keys}.")
+    try:
+        return document, model.model_validate(document.data)
+    except ValidationError as exc:
+        raise error(describe_validation_error(document, exc, what)) from None
