@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 import fairaudit
-from fairaudit.errors import StoreError
 from fairaudit.policy import Policy, Verdict, evaluate_policy, stored_policy
 from fairaudit.store import Store
 
@@ -30,13 +29,6 @@ def _interval(value: Any, low: Any, high: Any) -> str:
     def number(x: Any) -> str:
         return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:+.4f}"
     return f"{number(value)} [{number(low)}, {number(high)}]"
-
-
-def _rows(store: Store, table: str, run_id: str) -> list[dict[str, Any]]:
-    try:
-        return store.read(table, run_id=run_id).to_pylist()
-    except StoreError:
-        return []
 
 
 def verdict_table(verdicts: list[Verdict]) -> list[str]:
@@ -68,8 +60,8 @@ def bias_section(store: Store, run_id: str, policy: Policy | None = None) -> str
     if record.get("prune"):
         prune = record["prune"]
         lines.append(f"- Pruned {prune.get('removed')} of {prune.get('neurons')} MLP neurons ({prune.get('ranking', '')}).")
-    summaries = {row["axis"]: row for row in _rows(store, "axis_summary", run_id)}
-    preference = {(row["role"], row["axis_or_task"]): row for row in _rows(store, "evaluations", run_id)
+    summaries = {row["axis"]: row for row in store.rows("axis_summary", run_id=run_id)}
+    preference = {(row["role"], row["axis_or_task"]): row for row in store.rows("evaluations", run_id=run_id)
                   if row["evaluator"] == "output_bias" and row["metric"] == "stereotype_preference" and not row["error"]}
     lines += ["", "### Findings", "",
               "| axis | activation bias index [95% CI] | output-level preference, original [95% CI] | pruned [95% CI] |",

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import combinations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -149,18 +151,31 @@ def depth_profile(values: np.ndarray, points: int = GRID_POINTS) -> np.ndarray:
     return np.interp(grid, layer_depth, per_layer)
 
 
+def _prune_run_of(store: Store, scores: ModelScores) -> str | None:
+    """The complete prune run that wrote the model these scores were computed on: the one whose
+    pruned weights hash (or output folder) is the audited model's; None when it was not pruned here."""
+    audited = store.read_run(scores.run_id).get("model", {})
+    source = audited.get("source")
+    for record in reversed(store.runs()):
+        if record.get("kind") != "prune" or record.get("status") != "complete":
+            continue
+        if record.get("weights_hash") and record["weights_hash"] == audited.get("weights_hash"):
+            return record["run_id"]
+        if not record.get("weights_hash") and source and Path(str(record.get("output", ""))) == Path(source).resolve():
+            return record["run_id"]
+    return None
+
+
 def map_to_original(store: Store, scores: ModelScores, width: int) -> ModelScores:
     """A pruned model's scores placed at its neurons' original indices (through the neuron map
     its prune stored), `[layers, width]` with NaN where a neuron was removed; unchanged when the
     store holds no map for it."""
-    try:
-        rows = store.read("neuron_maps", model=scores.model).to_pylist()
-    except StoreError:
+    prune_run = _prune_run_of(store, scores)
+    if prune_run is None:
         return scores
+    rows = [row for row in store.rows("neuron_maps", model=scores.model, run_id=prune_run) if not row.get("zeroed")]
     if not rows:
         return scores
-    latest = max(row["run_id"] for row in rows)
-    rows = [row for row in rows if row["run_id"] == latest and not row.get("zeroed")]
     layers = np.array([row["layer"] for row in rows])
     pruned = np.array([row["pruned_index"] for row in rows])
     original = np.array([row["original_index"] for row in rows])

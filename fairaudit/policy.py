@@ -259,11 +259,7 @@ def _measurements(store: Store, run_id: str) -> dict[tuple, dict[str, float]]:
     Within a run, role "before" is the original model and "after" the pruned (or compared) one."""
     found: dict[tuple, dict[str, float]] = {}
     for table in ("evaluations", "comparisons"):
-        try:
-            rows = store.read(table, run_id=run_id).to_pylist()
-        except StoreError:
-            continue
-        for row in rows:
+        for row in store.rows(table, run_id=run_id):
             if table == "evaluations":
                 if not row["error"] and row["role"] in ROLE_OF_STORED:
                     found[("level", row["evaluator"], row["metric"], ROLE_OF_STORED[row["role"]], row["axis_or_task"])] = {

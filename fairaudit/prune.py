@@ -9,6 +9,7 @@ map pruned-index -> original-index (`fairaudit_neuron_map.json`).
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -260,6 +261,11 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str) 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise StoreError(f"output folder {out} exists and is not empty; choose a new folder.")
+    from fairaudit.store import writer_alive
+
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):  # what a killed prune left
+        if not writer_alive(stale):
+            shutil.rmtree(stale, ignore_errors=True)
     temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
     try:
         loaded.model.save_pretrained(temporary)
@@ -270,7 +276,12 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str) 
         if out.exists():
             out.rmdir()
         os.replace(temporary, out)
-    except OSError as exc:
+    except Exception as exc:  # OSError, and the errors safetensors raises for a full disk
         shutil.rmtree(temporary, ignore_errors=True)
-        raise StoreError(f"could not write the pruned model to {out}: {exc.strerror or exc}. Nothing was left behind.") from None
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise StoreError(f"could not write the pruned model to {out}: {detail}. Nothing was left behind; free space "
+                         f"or choose another folder.") from None
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     return out

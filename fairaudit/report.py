@@ -28,13 +28,6 @@ from fairaudit.svg import bar_chart, heatmap
 TOP_NEURONS = 10
 
 
-def _rows(store: Store, table: str, **equal: str) -> list[dict[str, Any]]:
-    try:
-        return store.read(table, **equal).to_pylist()
-    except StoreError:
-        return []
-
-
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not math.isnan(value)
 
@@ -99,11 +92,11 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         raise StoreError(f"run {run_id} is a {record.get('kind')} run; the report is made from an audit run.")
     model_id = record["model_id"]
     axes = list(record.get("suites", {}))
-    summaries = {row["axis"]: row for row in _rows(store, "axis_summary", model=model_id, run_id=run_id)}
-    comparisons = _rows(store, "comparisons", model=model_id, run_id=run_id)
+    summaries = {row["axis"]: row for row in store.rows("axis_summary", model=model_id, run_id=run_id)}
+    comparisons = store.rows("comparisons", model=model_id, run_id=run_id)
     change = {(row["evaluator"], row["axis_or_task"], row["metric"]): row for row in comparisons}
-    measurements = _rows(store, "evaluations", run_id=run_id)
-    items = _rows(store, "evaluation_items", run_id=run_id)
+    measurements = store.rows("evaluations", run_id=run_id)
+    items = store.rows("evaluation_items", run_id=run_id)
     prune = record.get("prune")
     pruned_id = Path(prune["out"]).name if prune else None
 
@@ -152,7 +145,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
                 if values:
                     series[label] = [values.get(layer) for layer in range(max(values) + 1)]
             if not series:
-                stored = _rows(store, "layer_scores", model=model_id, axis=axis, run_id=run_id)
+                stored = store.rows("layer_scores", model=model_id, axis=axis, run_id=run_id)
                 if stored and f"{component}_divergence" in stored[0]:
                     series["audited model"] = [r[f"{component}_divergence"] for r in sorted(stored, key=lambda r: r["layer"])]
             if series:
@@ -163,12 +156,12 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
 
     kept = {}
     if prune:
-        for row in _rows(store, "neuron_maps", model=pruned_id):
+        for row in store.rows("neuron_maps", model=pruned_id, run_id=prune.get("run_id", "")):  # this run's map only
             if not row.get("zeroed"):
                 kept.setdefault(row["layer"], set()).add(row["original_index"])
     top_neurons = {}
     for axis in axes:
-        rows = _rows(store, "neuron_scores", model=model_id, axis=axis, run_id=run_id)
+        rows = store.rows("neuron_scores", model=model_id, axis=axis, run_id=run_id)
         rows = sorted((r for r in rows if _finite(r.get("bias"))), key=lambda r: -r["bias"])[:TOP_NEURONS]
         top_neurons[axis] = [{"layer": r["layer"], "neuron": r["neuron"], "bias": r["bias"], "scaled_bias": r.get("scaled_bias"),
                               "q_value": r.get("q_value"), "importance": r.get("importance_ppm"), "hybrid": r.get("hybrid"),
@@ -176,7 +169,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
                               "status": ("pruned" if r["neuron"] not in kept.get(r["layer"], set()) else "kept") if kept else "-"}
                              for r in rows]
 
-    overlap_pairs = _rows(store, "overlap_pairs", model=model_id, run_id=run_id)
+    overlap_pairs = store.rows("overlap_pairs", model=model_id, run_id=run_id)
     overlap_svg = None
     if overlap_pairs:
         index = {axis: i for i, axis in enumerate(axes)}
@@ -196,24 +189,24 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
     other_models = []
     for run in store.runs():
         if run.get("kind", "audit") == "audit" and run.get("status") == "complete" and run["model_id"] != model_id:
-            rows = _rows(store, "axis_summary", model=run["model_id"], run_id=run["run_id"])
+            rows = store.rows("axis_summary", model=run["model_id"], run_id=run["run_id"])
             other_models.append({"model": run["model_id"], "run_id": run["run_id"], "axes": {r["axis"]: r["bias_index"] for r in rows}})
     compared = None
     if compare_run:
         other = store.read_run(compare_run)
-        rows = _rows(store, "axis_summary", model=other["model_id"], run_id=compare_run)
+        rows = store.rows("axis_summary", model=other["model_id"], run_id=compare_run)
         compared = {"run_id": compare_run, "model": other["model_id"], "axes": {r["axis"]: r for r in rows}}
 
     diagnosis = {}
     for axis in axes:
-        figures = _rows(store, "diagnosis", model=model_id, axis=axis, run_id=run_id)
-        onset = _rows(store, "emergence", model=model_id, axis=axis, run_id=run_id)
+        figures = store.rows("diagnosis", model=model_id, axis=axis, run_id=run_id)
+        onset = store.rows("emergence", model=model_id, axis=axis, run_id=run_id)
         if figures or onset:
             # the SVG was rendered at audit time by fairaudit.svg, which escapes every text
             diagnosis[axis] = {"figures": [{"pair_id": f["pair_id"], "figure": f["figure"], "svg": Markup(f["svg"])} for f in figures],
                                "emergence": onset[0] if onset else None}
 
-    generation_rows = _rows(store, "generations", run_id=run_id)
+    generation_rows = store.rows("generations", run_id=run_id)
     generations: dict[tuple, dict[str, Any]] = {}
     for row in generation_rows:
         entry = generations.setdefault((row["axis_or_task"], row["pair_id"]), {"axis": row["axis_or_task"], "pair_id": row["pair_id"]})
@@ -311,8 +304,8 @@ def sweep_data(store: Store, sweep_id: str) -> dict[str, Any]:
         run = store.read_run(run_id) if store.run_path(run_id).exists() else {"status": "not run"}
         setting = ", ".join(f"{key}={values[key] if isinstance(values[key], str) else json.dumps(values[key])}" for key in varying) or "-"
         measured = {(r["evaluator"], r["metric"], r["role"], r["axis_or_task"]): r
-                    for r in _rows(store, "evaluations", run_id=run_id) if not r["error"]}
-        changes = {(r["evaluator"], r["metric"], r["axis_or_task"]): r for r in _rows(store, "comparisons", run_id=run_id)}
+                    for r in store.rows("evaluations", run_id=run_id) if not r["error"]}
+        changes = {(r["evaluator"], r["metric"], r["axis_or_task"]): r for r in store.rows("comparisons", run_id=run_id)}
         # the model as the sweep file names it (two folders can share a name), else as stored
         model = values.get("model", values.get("model.id", run.get("model_id", "?")))
         model = model if isinstance(model, str) else json.dumps(model)

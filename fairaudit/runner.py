@@ -6,8 +6,10 @@ is done; `resume=RUN_ID` skips the axes already in the store.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ import fairaudit
 from fairaudit.config import RunConfig, load_config
 from fairaudit.errors import ConfigError, FairauditError, PluginError, StoreError
 from fairaudit.evaluate import EvaluationResult, Measurement, compare
-from fairaudit.model import LoadedModel, ModelSpec, load_model
+from fairaudit.model import LoadedModel, ModelSpec, load_model, weights_hash
 from fairaudit.plugins import notify_stage_finished, registry
 from fairaudit.prune import NEURON_MAP_FILE
 from fairaudit.probe import ActivationStats
@@ -134,6 +136,8 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
     stage_started = time.time()
     out_root = Path(config.pruning.out) if config.pruning.out else store.root.parent / "pruned"
     out = out_root / safe_name(run_id) / f"{safe_name(loaded.model_id)}-pruned"
+    if (out / NEURON_MAP_FILE).exists() and "prune" not in record:
+        shutil.rmtree(out)  # saved by a run killed before it recorded its pruning: not trusted, pruned again
     if not (out / NEURON_MAP_FILE).exists():
         outcome = prune_model(config.model, store.root, config.selection([s.axis for s in suites]), out,
                               run_id=run_id, pruner=config.pruning.pruner.plugin)
@@ -161,6 +165,8 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         record = store.read_run(resume)
         if record.get("kind", "audit") != "audit" or "config" not in record:
             raise StoreError(f"run {resume} is a {record.get('kind', 'unknown')} run; only audit runs can be resumed.")
+        if record.get("status") == "complete":  # its record is never downgraded by a resume
+            raise StoreError(f"run {resume} is complete; there is nothing to resume. To recompute it, start a new run.")
         config = RunConfig.model_validate(record["config"])
         run_id = resume
         store.remove_temporaries(run_id)
@@ -219,7 +225,7 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
             result.evaluation_failures, result.comparisons = run_evaluations(
                 store, run_id, suites, evaluators, loaded, after, record["timings"], config.evaluator_time_limit,
                 progress=getattr(params["probe"], "progress", True))
-            result.measurements = _read_all(store, "evaluations", run_id)
+            result.measurements = store.rows("evaluations", run_id=run_id)
             record["timings"]["evaluate"] = round(time.time() - stage_started, 3)
             record["evaluation_failures"] = result.evaluation_failures
         record.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -354,8 +360,8 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     if not store.root.is_dir():
         raise StoreError(f"{store.root} is not a store folder (it does not exist).")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise StoreError(f"output folder {out} exists and is not empty; choose a new folder.")
+    if out.exists() and (not out.is_dir() or out.is_symlink() or any(out.iterdir())):
+        raise StoreError(f"--out {out} exists and is not an empty folder; name a new folder for the pruned model.")
     plugin = registry().get("pruner", pruner)
     spec = model if isinstance(model, ModelSpec) else ModelSpec(id=model)
     if spec.device_map:  # surgery changes shapes, which offloaded weights cannot take: prune a whole copy in CPU memory
@@ -371,24 +377,37 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
         )
     selection = plan_selection(store, loaded.model_id, source_run, selection_params)
     report = plugin.apply(loaded, selection, plugin.Params())
-    save_pruned(loaded, report, out, _model_card(loaded, selection_params, report, source_run, selection.ranking))
 
-    prune_run = new_run_id()
-    pruned_id = out.name
-    rows = [(layer, position, original, original in set(report.zeroed[layer]))
-            for layer, kept in enumerate(report.neuron_map) for position, original in enumerate(kept)]
-    neuron_map = pa.table({"layer": pa.array([r[0] for r in rows], pa.int16()), "pruned_index": pa.array([r[1] for r in rows], pa.int32()),
-                           "original_index": pa.array([r[2] for r in rows], pa.int32()),
-                           "zeroed": pa.array([r[3] for r in rows], pa.bool_())})
-    store.write_part("neuron_maps", pruned_id, "+".join(selection_params.axes), prune_run, neuron_map)
-    store.write_run(prune_run, {
-        "kind": "prune", "status": "complete", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    # The record is written first ("running") and completed last, like an axis' summary: a prune
+    # that is killed or fails leaves a record saying so, never a model or map that seems complete.
+    prune_run, pruned_id = new_run_id(), out.name
+    prune_record = {
+        "kind": "prune", "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_id": pruned_id, "base_model_id": loaded.model_id, "source_run": source_run, "pruner": pruner,
         "selection": selection_params.model_dump(mode="json"), "ranking": selection.ranking, "output": str(out.resolve()),
         "widths_before": report.widths_before, "widths_after": report.widths_after,
         "parameters_before": report.parameters_before, "parameters_after": report.parameters_after,
         "environment": _environment(),
-    })
+    }
+    store.write_run(prune_run, prune_record)
+    created = not out.exists()
+    try:
+        save_pruned(loaded, report, out, _model_card(loaded, selection_params, report, source_run, selection.ranking))
+        rows = [(layer, position, original, original in set(report.zeroed[layer]))
+                for layer, kept in enumerate(report.neuron_map) for position, original in enumerate(kept)]
+        neuron_map = pa.table({"layer": pa.array([r[0] for r in rows], pa.int16()),
+                               "pruned_index": pa.array([r[1] for r in rows], pa.int32()),
+                               "original_index": pa.array([r[2] for r in rows], pa.int32()),
+                               "zeroed": pa.array([r[3] for r in rows], pa.bool_())})
+        store.write_part("neuron_maps", pruned_id, "+".join(selection_params.axes), prune_run, neuron_map)
+        store.write_run(prune_run, {**prune_record, "status": "complete", "weights_hash": weights_hash(loaded.model)})
+    except BaseException as exc:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        with contextlib.suppress(FairauditError):
+            store.write_run(prune_run, {**prune_record, "status": "failed" if isinstance(exc, Exception) else "interrupted",
+                                        "error": str(exc) or type(exc).__name__})
+        raise
     return PruneOutcome(run_id=prune_run, source_run=source_run, out=out, report=report, selection_params=selection_params,
                         ranking=selection.ranking)
 
@@ -478,7 +497,7 @@ def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: 
             for table in ("evaluation_items", "generations", "evaluations"):  # the measurements last: they mark completion
                 store.write_part(table, loaded.model_id, "all", run_id, tables[table], part=name)
     progress.close()
-    stored = [row for row in _read_all(store, "evaluations", run_id) if row["error"]]
+    stored = [row for row in store.rows("evaluations", run_id=run_id) if row["error"]]
     failures = sorted({row["error"] for row in stored if not row["error"].startswith("skipped")} | set(failures))
     comparisons = _comparisons(store, run_id, before.model_id, after.model_id) if after is not None else []
     if comparisons:
@@ -486,17 +505,10 @@ def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: 
     return failures, comparisons
 
 
-def _read_all(store: Store, table: str, run_id: str) -> list[dict[str, Any]]:
-    try:
-        return store.read(table, run_id=run_id).to_pylist()
-    except StoreError:
-        return []
-
-
 def _comparisons(store: Store, run_id: str, before_id: str, after_id: str) -> list[dict[str, Any]]:
     """Paired before/after changes of every per-item metric, read back from the store."""
     grouped: dict[tuple[str, str, str], dict[str, dict[str, float]]] = {}
-    for row in _read_all(store, "evaluation_items", run_id):
+    for row in store.rows("evaluation_items", run_id=run_id):
         if row["model"] not in (safe_name(before_id), safe_name(after_id)):
             continue
         key = (row["evaluator"], row["axis_or_task"], row["metric"])
@@ -531,7 +543,7 @@ def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None
     result = AuditResult(run_id=run_id, store=store.root, model_id=before.model_id)
     result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, before, after,
                                                                      time_limit=time_limit, progress=progress)
-    result.measurements = _read_all(store, "evaluations", run_id)
+    result.measurements = store.rows("evaluations", run_id=run_id)
     store.write_run(run_id, {**record, "status": "complete", "evaluation_failures": result.evaluation_failures})
     return result
 

@@ -17,6 +17,7 @@ that exists is complete. Runs never share a file, so concurrent runs cannot coll
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -35,6 +36,8 @@ from fairaudit.scoring import AxisScores
 
 SCHEMA_VERSION = 1
 TABLES = ("neuron_scores", "layer_scores", "axis_summary")
+PARTITIONS = ("model", "axis", "run_id")
+RUN_KINDS = ("audit", "prune", "evaluate", "sweep")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -76,6 +79,34 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _atomic_write(Path(path), lambda temporary: temporary.write_bytes(data))
 
 
+def _run_record(path: Path) -> dict[str, Any]:
+    """A run record read and checked: a JSON object with a known kind and a status."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StoreError(f"run record {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it is corrupt or "
+                         f"truncated. Other runs of the store are not affected.") from None
+    if not isinstance(record, dict) or record.get("kind", "audit") not in RUN_KINDS or not isinstance(record.get("status"), str) \
+            or not isinstance(record.get("run_id", ""), str) or not isinstance(record.get("model_id", ""), str):
+        raise StoreError(f"run record {path} is not a fairaudit run record (it needs a kind among {', '.join(RUN_KINDS)}, a status "
+                         f"and string ids). Other runs of the store are not affected.")
+    return record
+
+
+def writer_alive(temporary: Path) -> bool:
+    """True when the process named in a temporary file's name (`.NAME.tmp-PID-HEX`) is running."""
+    match = re.search(r"\.tmp-(\d+)-", temporary.name)
+    if match is None:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(match.group(1)) != 0
+
+
 class Store:
     """A store folder (created on first write)."""
 
@@ -96,22 +127,25 @@ class Store:
         if not path.exists():
             known = ", ".join(record["run_id"] for record in self.runs()) or "(none)"
             raise StoreError(f"store {self.root} has no run '{run_id}'. Runs in it: {known}.")
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _run_record(path)
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run record, oldest first."""
+        """Every readable run record, oldest first (an unreadable one is skipped: it must not
+        hide the others; reading it by id says what is wrong with it)."""
         records = []
         for path in sorted((self.root / "runs").glob("run_id=*/run.json")):
             try:
-                records.append(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError):
+                records.append(_run_record(path))
+            except StoreError:
                 continue
-        return sorted(records, key=lambda record: record.get("started", ""))
+        return sorted(records, key=lambda record: str(record.get("started", "")))
 
     def remove_temporaries(self, run_id: str) -> int:
-        """Delete the temporary files a killed writer of `run_id` left (never complete parts)."""
+        """Delete the temporary files that dead writers of `run_id` left (never complete parts,
+        never the temporaries of a writer that is still running: its pid is in their name)."""
         pattern = f"run_id={safe_name(run_id)}/.*.tmp-*"
-        stale = [path for path in self.root.glob(f"*/**/{pattern}")] + list(self.root.glob(f"runs/{pattern}"))
+        stale = [path for path in list(self.root.glob(f"*/**/{pattern}")) + list(self.root.glob(f"runs/{pattern}"))
+                 if not writer_alive(path)]
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
@@ -134,20 +168,54 @@ class Store:
         return all(self.part_path(table, model, axis, run_id).exists() for table in TABLES)
 
     def dataset(self, table: str) -> ds.Dataset:
+        """The whole table as a pyarrow dataset (for DuckDB-style analysis; every part must be readable)."""
         folder = self.root / table
         if not folder.exists():
             raise StoreError(f"store {self.root} has no table '{table}' yet; run 'fairaudit probe' or 'fairaudit audit' first.")
-        keys = pa.schema([("model", pa.string()), ("axis", pa.string()), ("run_id", pa.string())])
+        keys = pa.schema([(key, pa.string()) for key in PARTITIONS])
         return ds.dataset(folder, format="parquet", partitioning=ds.partitioning(keys, flavor="hive"), ignore_prefixes=[".", "_"])
 
     def read(self, table: str, **equal: str) -> pa.Table:
-        """Rows of `table` whose partition columns equal the given values (safe-named)."""
-        dataset = self.dataset(table)
-        condition = None
-        for column, value in equal.items():
-            term = ds.field(column) == safe_name(value)
-            condition = term if condition is None else condition & term
-        return dataset.to_table(filter=condition)
+        """Rows of `table` whose partition columns (model, axis, run_id) equal the given values
+        (safe-named). Only the parts of the matching partitions are opened, so a corrupt or stray
+        file elsewhere in the store does not matter; a corrupt matching part is an error naming it."""
+        if not (self.root / table).is_dir():
+            raise StoreError(f"store {self.root} has no table '{table}' yet; run 'fairaudit probe' or 'fairaudit audit' first.")
+        return self._read_parts(table, equal)
+
+    def rows(self, table: str, **equal: str) -> list[dict[str, Any]]:
+        """`read` as a list of row dicts; a table the store does not have yet gives no rows."""
+        if not (self.root / table).is_dir():
+            return []
+        return self._read_parts(table, equal).to_pylist()
+
+    def _read_parts(self, table: str, equal: dict[str, str]) -> pa.Table:
+        unknown = sorted(set(equal) - set(PARTITIONS))
+        if unknown:
+            raise ValueError(f"not partition columns: {unknown}")
+        pattern = "/".join(f"{key}={glob.escape(safe_name(equal[key]))}" if key in equal else f"{key}=*" for key in PARTITIONS)
+        parts = []
+        for path in sorted((self.root / table).glob(f"{pattern}/*.parquet")):
+            if path.name.startswith((".", "_")) or not path.is_file():
+                continue
+            try:
+                data = pq.read_table(path)
+            except (pa.ArrowException, OSError) as exc:
+                raise StoreError(f"store file {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it is "
+                                 f"corrupt, truncated or not a fairaudit part. Move it out of the store (other runs are not "
+                                 f"affected) and rerun the run that wrote it.") from None
+            values = {part.split("=", 1)[0]: part.split("=", 1)[1] for part in path.relative_to(self.root / table).parts[:-1]}
+            for key in PARTITIONS:
+                data = data.drop_columns([key]) if key in data.column_names else data
+                data = data.append_column(key, pa.array([values[key]] * data.num_rows, pa.string()))
+            parts.append(data)
+        if not parts:
+            return pa.table({key: pa.array([], pa.string()) for key in PARTITIONS})
+        try:
+            return pa.concat_tables(parts, promote_options="permissive")
+        except pa.ArrowException as exc:
+            raise StoreError(f"the parts of table '{table}' in {self.root} do not fit together ({exc}); a part was replaced "
+                             f"by a file of another table.") from None
 
     def write_axis(self, model: str, run_id: str, scores: AxisScores) -> None:
         """Write the three tables of one axis; the summary last, so it marks completeness."""

@@ -15,16 +15,19 @@ line (`line_of`).
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fairaudit.errors import FairauditError
+from fairaudit.errors import FairauditError, one_paragraph
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
-MAX_EXPANDED_NODES = 200_000
+MAX_EXPANDED_NODES = 200_000  # refused beyond this only when aliases multiply the file's own nodes ...
+EXPANSION_FACTOR = 10  # ... by more than this: a long plain file is fine, a "billion laughs" is not
 
 
 @dataclass
@@ -53,20 +56,79 @@ class YamlDocument:
         return line
 
 
-def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int = MAX_EXPANDED_NODES) -> int:
     """Number of nodes the tree has once every alias is expanded (memoised per node)."""
     key = id(node)
     if key in memo:
         return memo[key]
     memo[key] = 1  # guards against recursive aliases; PyYAML refuses them anyway
     if isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        size = 1 + sum(_expanded_size(k, memo, limit) + _expanded_size(v, memo, limit) for k, v in node.value)
     elif isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        size = 1 + sum(_expanded_size(v, memo, limit) for v in node.value)
     else:
         size = 1
-    memo[key] = min(size, MAX_EXPANDED_NODES + 1)
+    memo[key] = min(size, limit + 1)
     return memo[key]
+
+
+def read_capped(path: Path, limit: int, error: type[FairauditError], what: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes. The file is opened without blocking
+    and checked to be a regular file before anything is read (a FIFO or /dev/zero is refused),
+    and reading stops at `limit` + 1 bytes whatever its size claims."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise error(f"{what} file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise error(f"{path} is a folder, not a {what} file.") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} file {path}: {exc.strerror}.") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if stat.S_ISDIR(mode):
+            raise error(f"{path} is a folder, not a {what} file.")
+        if not stat.S_ISREG(mode):
+            raise error(f"{what} file {path} is not a regular file (a device, pipe or socket); save the {what} to a file.")
+        raw = handle.read(limit + 1)
+    if len(raw) > limit:
+        raise error(f"{what} file {path} is larger than {limit / 1e6:.0f} MB, the limit. A {what} holds prompts, not data: "
+                    f"split it or trim it.")
+    return raw
+
+
+def _literal_size(node: yaml.Node, seen: set[int] | None = None) -> int:
+    """Number of distinct nodes written in the file (an alias counts once)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return 0
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        return 1 + sum(_literal_size(k, seen) + _literal_size(v, seen) for k, v in node.value)
+    if isinstance(node, yaml.SequenceNode):
+        return 1 + sum(_literal_size(v, seen) for v in node.value)
+    return 1
+
+
+def _refuse_duplicate_keys(node: yaml.Node, path: Path, error: type[FairauditError], what: str, seen: set[int] | None = None) -> None:
+    """A key given twice in one mapping silently drops the first value in YAML loaders: refuse it."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in keys:
+                    raise error(f"{what} file {path}, line {key.start_mark.line + 1}: key '{one_paragraph(key.value)[:80]}' is "
+                                f"given twice in one mapping (first on line {keys[key.value]}); YAML would keep only the last. "
+                                f"Merge the two.")
+                keys[key.value] = key.start_mark.line + 1
+            _refuse_duplicate_keys(value, path, error, what, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for value in node.value:
+            _refuse_duplicate_keys(value, path, error, what, seen)
 
 
 def read_yaml(path: str | Path, error: type[FairauditError], what: str) -> YamlDocument:
@@ -75,20 +137,7 @@ def read_yaml(path: str | Path, error: type[FairauditError], what: str) -> YamlD
     `what` names the kind of file in messages ("suite", "run config").
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise error(f"{what} file {path} does not exist.") from None
-    except OSError as exc:
-        raise error(f"cannot read {what} file {path}: {exc.strerror}.") from None
-    if path.is_dir():
-        raise error(f"{path} is a folder, not a {what} file.")
-    if size > MAX_FILE_BYTES:
-        raise error(
-            f"{what} file {path} is {size / 1e6:.1f} MB; the limit is {MAX_FILE_BYTES / 1e6:.0f} MB. "
-            f"A {what} holds prompts, not data: split it or trim it."
-        )
-    raw = path.read_bytes()
+    raw = read_capped(path, MAX_FILE_BYTES, error, what)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -98,9 +147,12 @@ def read_yaml(path: str | Path, error: type[FairauditError], what: str) -> YamlD
         raise error(f"{what} file {path} contains NUL bytes; it is not a text file.")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        if root is not None and _expanded_size(root, {}) > MAX_EXPANDED_NODES:
+        if root is not None:
+            _refuse_duplicate_keys(root, path, error, what)
+        limit = max(MAX_EXPANDED_NODES, EXPANSION_FACTOR * _literal_size(root)) if root is not None else 0
+        if root is not None and _expanded_size(root, {}, limit) > limit:
             raise error(
-                f"{what} file {path}: its anchors and aliases expand to more than {MAX_EXPANDED_NODES:,} "
+                f"{what} file {path}: its anchors and aliases expand to more than {limit:,} "
                 f"values; refusing it (this is the shape of a YAML 'billion laughs' attack)."
             )
         data = yaml.load(text, Loader=yaml.SafeLoader) if root is not None else None

@@ -71,6 +71,12 @@ def test_killed_at_ten_points_then_resumed(model_folder, tmp_path, reference):
         if not audits:
             continue  # killed before the run record was written: nothing to resume, nothing partial
         run_id = audits[0]["run_id"]
+        if audits[0]["status"] == "complete":  # killed after it finished: a resume is refused and changes nothing
+            refused = subprocess.run([sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store")],
+                                     capture_output=True, text=True, timeout=120)
+            assert refused.returncode == 2 and "nothing to resume" in refused.stderr
+            assert json.loads(next((root / "store").glob(f"runs/run_id={run_id}/run.json")).read_text())["status"] == "complete"
+            continue
         resumed = subprocess.run([sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store"), "--json"],
                                  capture_output=True, text=True, timeout=600)
         assert resumed.returncode == 0, (attempt, how, resumed.stderr)

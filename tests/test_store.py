@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -135,15 +136,23 @@ def test_sigkill_between_axes_then_resume(model_folder, tmp_path):
     assert list(store.rglob("*.tmp-*")) == [], "temporaries of the killed writer are cleaned on resume"
 
 
+def _dead_pid() -> int:
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    return finished.pid
+
+
 def test_resume_removes_a_killed_writers_temporaries_only_for_its_run(tmp_path):
     store = Store(tmp_path)
-    mine = tmp_path / "neuron_scores/model=m/axis=race/run_id=r1/.part-0.parquet.tmp-1-ab"
-    other = tmp_path / "neuron_scores/model=m/axis=race/run_id=r2/.part-0.parquet.tmp-2-cd"
-    for path in (mine, other):
+    dead = _dead_pid()
+    mine = tmp_path / f"neuron_scores/model=m/axis=race/run_id=r1/.part-0.parquet.tmp-{dead}-ab"
+    other = tmp_path / f"neuron_scores/model=m/axis=race/run_id=r2/.part-0.parquet.tmp-{dead}-cd"
+    alive = tmp_path / f"layer_scores/model=m/axis=race/run_id=r1/.part-0.parquet.tmp-{os.getpid()}-ef"  # a writer still running
+    for path in (mine, other, alive):
         path.parent.mkdir(parents=True)
         path.write_bytes(b"partial")
     assert store.remove_temporaries("r1") == 1
-    assert not mine.exists() and other.exists()
+    assert not mine.exists() and other.exists() and alive.exists()
 
 
 def test_two_runs_writing_to_one_store_at_once(model_folder, tmp_path):
