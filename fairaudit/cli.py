@@ -285,6 +285,16 @@ def probe(model_id, suite_names, store, position, batch_size, device, dtype, tru
     _report_result(audit(config), quiet, as_json)
 
 
+def _trust_options(command):
+    """--trust-remote-code, --allow-pickle, --allow-task-code: what a file may ask for but only the user grants."""
+    for flag, text in reversed([
+            ("--trust-remote-code", "let a config (or stored run) load a model that ships its own code (only models you trust)"),
+            ("--allow-pickle", "let a config (or stored run) read pickled (.bin) weights (only models you trust)"),
+            ("--allow-task-code", "let an lm-eval task folder (include_path) run the Python its YAML names with !function")]):
+        command = click.option(flag, "granted", flag_value=flag.removeprefix("--").replace("-", "_"), multiple=True, help=text)(command)
+    return command
+
+
 @main.command("audit")
 @click.argument("config_file", required=False, type=click.Path(path_type=Path))
 @click.option("--resume", "resume_run", default=None, metavar="RUN_ID", help="finish an interrupted run (axes already stored are kept)")
@@ -293,7 +303,8 @@ def probe(model_id, suite_names, store, position, batch_size, device, dtype, tru
               "exit status 0 pass / 1 fail / 3 inconclusive (overrides the config's 'policy')")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def audit_command(config_file, resume_run, store, policy, quiet, as_json) -> None:
+@_trust_options
+def audit_command(config_file, resume_run, store, policy, quiet, as_json, granted) -> None:
     """Run the audit a CONFIG_FILE describes; with none, the default audit
     (SmolLM2-135M on the four built-in suites)."""
     from fairaudit.config import RunConfig, load_config
@@ -301,7 +312,8 @@ def audit_command(config_file, resume_run, store, policy, quiet, as_json) -> Non
 
     if quiet:
         _silence_libraries()
-    config = load_config(config_file) if config_file else RunConfig()
+    granted = frozenset(granted)
+    config = load_config(config_file, granted) if config_file else RunConfig().with_trust(granted, "the default audit")
     if store is not None:
         config = config.model_copy(update={"store": str(store)})
     if policy is not None:
@@ -311,7 +323,7 @@ def audit_command(config_file, resume_run, store, policy, quiet, as_json) -> Non
         config = config.model_copy(update={"policy": policy})
     if quiet:
         config = config.model_copy(update={"probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}})})
-    _report_result(audit(config, resume=resume_run), quiet, as_json)
+    _report_result(audit(config, resume=resume_run, granted=granted), quiet, as_json)
 
 
 @main.command("evaluate")
@@ -563,7 +575,8 @@ def report_command(store, run_id, compare_run, policy_name, sweep_id, out) -> No
 @click.option("--num-cpus", type=int, default=None, help="with --backend ray and no --address: CPUs of the local cluster")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def sweep_command(sweep_file, backend, address, num_cpus, quiet, as_json) -> None:
+@_trust_options
+def sweep_command(sweep_file, backend, address, num_cpus, quiet, as_json, granted) -> None:
     """Run a grid of audits (models x suites x pruning settings ...) into one store; cells already
     complete are skipped, so rerunning a sweep finishes what a failure or a kill left."""
     from fairaudit.sweep import run_sweep
@@ -574,7 +587,7 @@ def sweep_command(sweep_file, backend, address, num_cpus, quiet, as_json) -> Non
         lambda outcome: click.echo(f"cell {outcome.run_id}: {outcome.status}"
                                    + (f" in {outcome.seconds:.1f} s" if outcome.status == "complete" else "")
                                    + (f" ({outcome.error})" if outcome.error else ""), err=True))
-    result = run_sweep(sweep_file, backend=backend, address=address, num_cpus=num_cpus, progress=echo)
+    result = run_sweep(sweep_file, backend=backend, address=address, num_cpus=num_cpus, progress=echo, granted=frozenset(granted))
     outcomes = {outcome.run_id: outcome for outcome in result.outcomes}
     if as_json:
         click.echo(json.dumps({"sweep": result.sweep_id, "store": str(result.store),

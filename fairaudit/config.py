@@ -33,6 +33,8 @@ DEFAULT_SCORERS = ["bias", "scaled_bias", "noise_floor", "significance", "import
                    {"plugin": "hybrid", "params": {"bias": "scaled_bias", "column": "hybrid_scaled"}}, "stereotype_push",
                    "layer_index"]
 DEFAULT_SUITES = ["race", "gender", "religion", "nationality"]
+# What only a command-line flag can turn on (a config file, a sweep file or a store record may ask).
+TRUST_FLAGS = {"trust_remote_code": "--trust-remote-code", "allow_pickle": "--allow-pickle", "allow_task_code": "--allow-task-code"}
 DEFAULT_EVALUATORS = ["bias_reprobe", "output_bias", "generations", "perplexity", "lm_eval", "facts", "fidelity"]
 
 
@@ -112,6 +114,27 @@ class RunConfig(BaseModel):
     def _probe_shorthand(cls, value: Any) -> Any:
         return _plugin_ref(value)
 
+    def requested_trust(self) -> set[str]:
+        """The capabilities this config asks for that run code or read pickles (see `TRUST_FLAGS`)."""
+        wanted = {name for name in ("trust_remote_code", "allow_pickle") if getattr(self.model, name)}
+        if any(ref.params.get("allow_task_code") for ref in self.evaluators):
+            wanted.add("allow_task_code")
+        return wanted
+
+    def with_trust(self, granted: set[str] | frozenset[str], source: str) -> RunConfig:
+        """This config, read from an untrusted file, with what the command line granted: a file may
+        ask for a capability in `TRUST_FLAGS` but only the flag grants it, so a config (or a store
+        record) cannot make fairaudit run foreign code on its own."""
+        missing = sorted(self.requested_trust() - set(granted))
+        if missing:
+            raise ConfigError(f"{source} asks for {', '.join(missing)}, which runs code (or reads pickles) from files you did "
+                              f"not write; a file cannot turn that on. Pass {' '.join(TRUST_FLAGS[name] for name in missing)} "
+                              f"on the command line only if you trust them.")
+        model = self.model.model_copy(update={name: True for name in ("trust_remote_code", "allow_pickle") if name in granted})
+        evaluators = [ref.model_copy(update={"params": {**ref.params, "allow_task_code": True}})
+                      if ref.plugin == "lm_eval" and "allow_task_code" in granted else ref for ref in self.evaluators]
+        return self.model_copy(update={"model": model, "evaluators": evaluators})
+
     def plugin_refs(self) -> list[tuple[str, str, PluginRef]]:
         """(field path, plugin kind, reference) for every plugin the config names."""
         refs = [("probe", "probe", self.probe)]
@@ -140,7 +163,8 @@ class RunConfig(BaseModel):
                 resolved[field_path] = component.Params.model_validate(ref.params)
             except ValidationError as exc:
                 problems = "; ".join(
-                    f"'{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in exc.errors()[:3]
+                    (f"'{'.'.join(str(p) for p in err['loc'])}': " if err["loc"] else "") + err["msg"].removeprefix("Value error, ")
+                    for err in exc.errors()[:3]
                 )
                 allowed = ", ".join(component.Params.model_fields)
                 raise ConfigError(
@@ -176,8 +200,10 @@ class RunConfig(BaseModel):
             )
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a run config file, plugins included."""
+def load_config(path: str | Path, granted: set[str] | frozenset[str] = frozenset()) -> RunConfig:
+    """Read and validate a run config file, plugins included. `granted`: the capabilities of
+    `TRUST_FLAGS` the user's command line turned on."""
     document, config = read_model(path, RunConfig, ConfigError, "run config", "such as model, suites, probe")
+    config = config.with_trust(granted, f"run config file {document.path}")
     config.check_plugins(source=f"run config file {document.path}")
     return config

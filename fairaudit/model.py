@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -50,6 +51,9 @@ class ModelSpec(BaseModel):
         "and removed when the model is freed)")
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    allow_missing_weights: bool = Field(
+        default=False, description="accept a checkpoint that lacks weights the architecture has (they would be random) "
+        "or has weights it does not use")
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,9 @@ def weights_hash(model: nn.Module) -> str:
     else:
         values = _materialized_values(model, names)
     for name, tensor in zip(names, values):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():  # read anyway: checked on the same pass
+            raise ModelError(f"the model's weights are not finite: tensor '{name}' holds NaN or infinite values. Every score "
+                             f"computed from it would be meaningless; the checkpoint is corrupt or was saved after a diverged update.")
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -238,10 +245,44 @@ def _load_gguf(folder: Path, gguf_name: str, spec: ModelSpec) -> tuple[nn.Module
     return model, tokenizer, provenance
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weight_files(folder: Path, allow_pickle: bool) -> None:
+    """Every weight file a model folder has or names (through `*.index.json` shard maps) stays
+    inside the folder, and none is pickled unless `allow_pickle`: a shard map naming `.bin`
+    files or `../` paths must not get around the pickle gate."""
+    from fairaudit.yamlio import read_capped
+
+    root = folder.resolve()
+    named: list[tuple[str, str]] = []
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            weight_map = json.loads(read_capped(index, 64 << 20, ModelError, "shard index")).get("weight_map")
+        except (ValueError, AttributeError):
+            raise ModelError(f"model folder {folder}: shard index {index.name} is not valid JSON with a 'weight_map'.") from None
+        if not isinstance(weight_map, dict):
+            raise ModelError(f"model folder {folder}: shard index {index.name} has no 'weight_map' mapping.")
+        named += [(index.name, str(shard)) for shard in set(weight_map.values())]
+    named += [("the folder", path.name) for path in folder.iterdir() if path.suffix in WEIGHT_SUFFIXES]
+    for where, name in named:
+        target = (folder / name).resolve()
+        if not target.is_relative_to(root):
+            raise ModelError(f"model folder {folder}: {where} names the weight file '{name}', which is outside the folder "
+                             f"({target}); refusing to read it.")
+        if not allow_pickle and not name.endswith(".safetensors") and (where != "the folder" or target.exists()):
+            if where == "the folder" and any(folder.glob("*.safetensors")):
+                continue  # pickled copies beside safetensors weights are never read (use_safetensors)
+            raise ModelError(f"model folder {folder}: {where} names the pickled weight file '{name}'. Pickled weights can run "
+                             f"code when loaded; pass --allow-pickle (model.allow_pickle: true) only if you trust the source.")
+
+
 def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    if Path(source).is_dir():
+        check_weight_files(Path(source), spec.allow_pickle)
     try:
         config = AutoConfig.from_pretrained(str(source), **common)
     except (OSError, ValueError) as exc:
@@ -271,13 +312,23 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any]:
             load_options["offload_folder"] = offload
     try:
         try:
-            model = auto.from_pretrained(str(source), config=config, **load_options)
+            model, loading = auto.from_pretrained(str(source), config=config, output_loading_info=True, **load_options)
         except BaseException:
             if offload:
                 shutil.rmtree(offload, ignore_errors=True)
             raise
         if offload:
             weakref.finalize(model, shutil.rmtree, offload, True)
+        problems = {kind: sorted(loading.get(key) or []) for kind, key in
+                    (("missing", "missing_keys"), ("unexpected", "unexpected_keys"), ("of the wrong shape", "mismatched_keys"))}
+        if any(problems.values()) and not spec.allow_missing_weights:
+            listed = "; ".join(f"{len(names)} {kind} ({', '.join(str(n) for n in names[:3])}{' ...' if len(names) > 3 else ''})"
+                               for kind, names in problems.items() if names)
+            raise ModelError(f"model '{source}': the checkpoint does not match its architecture: weights {listed}. Missing "
+                             f"weights would be random, so the audit would describe a model that does not exist. Set "
+                             f"model.allow_missing_weights: true only if that is intended.")
+    except ModelError:
+        raise
     except (OSError, EnvironmentError) as exc:
         message = str(exc).splitlines()[0]
         if not spec.allow_pickle and ("safetensors" in message or "pytorch_model.bin" in message):

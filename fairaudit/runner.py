@@ -18,12 +18,13 @@ from typing import Any
 
 import pyarrow as pa
 import torch
+from pydantic import ValidationError
 import transformers
 from tqdm.auto import tqdm
 
 import fairaudit
 from fairaudit.config import RunConfig, load_config
-from fairaudit.errors import ConfigError, FairauditError, PluginError, StoreError
+from fairaudit.errors import ConfigError, FairauditError, ModelError, PluginError, StoreError, SuiteError
 from fairaudit.evaluate import EvaluationResult, Measurement, compare
 from fairaudit.model import LoadedModel, ModelSpec, load_model, weights_hash
 from fairaudit.plugins import notify_stage_finished, registry
@@ -54,11 +55,22 @@ class AuditResult:
 
 def _load_suites(config: RunConfig) -> list[Suite]:
     suites = [resolve_suite(name) for name in config.suites]
-    axes = [suite.axis for suite in suites]
-    repeated = sorted({axis for axis in axes if axes.count(axis) > 1})
-    if repeated:
-        raise ConfigError(f"run config field 'suites': axis {repeated} appears in more than one suite; one suite per axis.")
+    stored_as: dict[str, str] = {}
+    for suite in suites:  # axes are folder names in the store: two that sanitise alike would share numbers
+        other = stored_as.setdefault(safe_name(suite.axis), suite.axis)
+        if other is not suite.axis:
+            same = "appears in more than one suite" if other == suite.axis else f"and '{other}' are stored under one name"
+            raise ConfigError(f"run config field 'suites': axis '{suite.axis}' {same}; one suite per axis, with distinct names.")
     return suites
+
+
+def _check_model_name(store: Store, model_id: str) -> None:
+    """Refuse a model whose stored name is already another model's (`a/b` and `a--b` are both `a--b`)."""
+    for record in store.runs():
+        stored = record.get("model_id", "")
+        if stored and stored != model_id and safe_name(stored) == safe_name(model_id):
+            raise ConfigError(f"store {store.root} already holds model '{stored}', which is stored under the same name as "
+                              f"'{model_id}' ({safe_name(model_id)}); their results would mix. Use another store.")
 
 
 def _environment() -> dict[str, Any]:
@@ -81,6 +93,45 @@ def _call_plugin(kind: str, name: str, axis: str, call):
     except Exception as exc:
         raise PluginError(f"{kind} plugin '{name}' failed on axis '{axis}': {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}. Results stored for earlier axes are kept.") from exc
+
+
+def screen_pairs(loaded: LoadedModel, suite: Suite) -> tuple[list, list, list[str]]:
+    """The probe and control pairs worth probing, and a note for each kind left out: a pair
+    whose two sides tokenize identically measures nothing (its bias would be 0, and identical
+    controls would make every neuron look significant). A prompt longer than the model's
+    context is an error: its activations would not mean what the suite says."""
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    notes: list[str] = []
+    kept: dict[str, list] = {}
+    for kind, pairs in (("probe", suite.pairs("probe")), ("control", suite.control_pairs())):
+        same = []
+        kept[kind] = []
+        for pair in pairs:
+            ids_a, ids_b = (loaded.tokenizer(text)["input_ids"] for text in (pair.text_a, pair.text_b))
+            if context and max(len(ids_a), len(ids_b)) > context:
+                raise SuiteError(f"suite '{suite.suite}', pair {pair.pair_id}: a prompt is {max(len(ids_a), len(ids_b)):,} tokens, "
+                                 f"longer than the model's context of {context:,} tokens; shorten it.")
+            (same if ids_a == ids_b else kept[kind]).append(pair)
+        if same:
+            notes.append(f"axis {suite.axis}: {len(same)} {kind} pair(s) whose two sides tokenize identically for this model "
+                         f"were left out (they measure nothing): {', '.join(p.pair_id for p in same[:5])}"
+                         f"{' ...' if len(same) > 5 else ''}")
+    if not kept["probe"]:
+        raise SuiteError(f"suite '{suite.suite}': no probe pair is left once pairs whose sides tokenize identically are left "
+                         f"out; its group words are not distinguished by this model's tokenizer.")
+    return kept["probe"], kept["control"], notes
+
+
+def _check_finite(stats: ActivationStats, axis: str) -> None:
+    """Refuse an axis whose activations overflowed or became NaN: every score would be meaningless."""
+    for name, component in stats.components.items():
+        for field_name in ("abs_diff_sum", "activation_sum", "activation_sq_sum", "control_abs_diff_sum"):
+            values = getattr(component, field_name)
+            if values.numel() and not torch.isfinite(values).all():
+                layer = int((~torch.isfinite(values)).nonzero()[0][0])
+                raise ModelError(f"axis '{axis}': the model's {name} activations are not finite (NaN or infinite) from layer "
+                                 f"{layer} on; no score of this axis would mean anything. Check the weights, or use float32 "
+                                 f"(--dtype float32) if a half-precision run overflowed. Axes stored before are kept.")
 
 
 def _check_scores(name: str, axis: str, scores: AxisScores, layers: int) -> None:
@@ -107,11 +158,15 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
             result.skipped_axes.append(suite.axis)
             continue
         axis_started = time.time()
+        pairs, controls, notes = screen_pairs(loaded, suite)
+        result.warnings += notes
+        record.setdefault("warnings", []).extend(notes)
         stats = _call_plugin("probe", probe.name, suite.axis, lambda: probe.run(
-            loaded, suite.pairs("probe"), suite.control_pairs(), params["probe"], suite.axis))
+            loaded, pairs, controls, params["probe"], suite.axis))
         if not isinstance(stats, ActivationStats):
             raise PluginError(f"probe plugin '{probe.name}' returned {type(stats).__name__} on axis '{suite.axis}', "
                               f"not ActivationStats; results stored for earlier axes are kept.")
+        _check_finite(stats, suite.axis)
         result.warnings += notify_stage_finished("probe", probe.name, suite.axis, time.time() - axis_started)
         scores = AxisScores(axis=suite.axis, component=config.scoring.component)
         for name, scorer, scorer_params in scorers:
@@ -152,14 +207,15 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
 
 
 def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = None, run_id: str | None = None,
-          labels: dict[str, Any] | None = None) -> AuditResult:
+          labels: dict[str, Any] | None = None, granted: set[str] | frozenset[str] = frozenset()) -> AuditResult:
     """Run the audit a config describes (None: the default audit) and store its results.
     `resume`: finish a stored run; `run_id`: the id of a new run (default: time and random
-    suffix); `labels`: extra entries for the run record (a sweep names its cell there)."""
+    suffix); `labels`: extra entries for the run record (a sweep names its cell there);
+    `granted`: capabilities of `TRUST_FLAGS` a config file or store record may use."""
     if config is None:
         config = RunConfig()
     elif not isinstance(config, RunConfig):
-        config = load_config(config)
+        config = load_config(config, granted)
     store = Store(config.store)
     if resume:
         record = store.read_run(resume)
@@ -167,7 +223,12 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
             raise StoreError(f"run {resume} is a {record.get('kind', 'unknown')} run; only audit runs can be resumed.")
         if record.get("status") == "complete":  # its record is never downgraded by a resume
             raise StoreError(f"run {resume} is complete; there is nothing to resume. To recompute it, start a new run.")
-        config = RunConfig.model_validate(record["config"])
+        try:
+            config = RunConfig.model_validate(record["config"])
+        except ValidationError:
+            raise StoreError(f"run {resume}: its stored config ({store.run_path(resume)}) is not a valid run config; "
+                             f"the record was edited or written by another version. Start a new run.") from None
+        config = config.with_trust(granted, f"the stored config of run {resume}")
         run_id = resume
         store.remove_temporaries(run_id)
     elif run_id is None:
@@ -182,6 +243,7 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     torch.manual_seed(config.seed)
     started = time.time()
     loaded = load_model(config.model)
+    _check_model_name(store, loaded.model_id)
     record: dict[str, Any] = {
         "kind": "audit",
         "status": "running",

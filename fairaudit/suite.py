@@ -21,6 +21,8 @@ from fairaudit.resources import suites_dir
 from fairaudit.yamlio import describe_validation_error, read_yaml
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+MAX_PAIRS = 20_000  # pairs one suite may expand to (each is two forward passes)
+MAX_VALUE_CHARS = 500  # a group's placeholder value
 
 
 class _Strict(BaseModel):
@@ -30,13 +32,15 @@ class _Strict(BaseModel):
 def placeholders(text: str) -> list[str]:
     """Placeholder names used in a template text (`{group}` -> `group`), in order."""
     try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(text) if name is not None]
     except ValueError as exc:
-        raise ValueError(f"malformed placeholder in {text!r}: {exc} (write a literal brace as '{{{{' or '}}}}')") from None
-    for name in fields:
-        if not name.isidentifier():
-            raise ValueError(f"placeholder {{{name}}} in {text!r} is not a plain name like {{group}}")
-    return fields
+        raise ValueError(f"malformed placeholder in {text[:200]!r}: {exc} (write a literal brace as '{{{{' or '}}}}')") from None
+    for name, spec, conversion in parsed:
+        if not name.isidentifier() or spec or conversion:  # a format spec such as {group:>1000000000} could fill gigabytes
+            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec[:20]}" if spec else "")
+            raise ValueError(f"placeholder {{{shown}}} in {text[:200]!r} is not a plain name like {{group}} "
+                             f"(format specs and conversions are not allowed)")
+    return [name for name, _, _ in parsed]
 
 
 class Template(_Strict):
@@ -111,6 +115,8 @@ class Suite(_Strict):
                     raise ValueError(f"group '{name}': placeholder name {key!r} is not a plain name")
                 if not value.strip():
                     raise ValueError(f"group '{name}': value of '{key}' is empty")
+                if len(value) > MAX_VALUE_CHARS:
+                    raise ValueError(f"group '{name}': value of '{key}' has {len(value):,} characters; the limit is {MAX_VALUE_CHARS}")
         return groups
 
     @field_validator("controls")
@@ -132,7 +138,14 @@ class Suite(_Strict):
                 f"templates need at least two groups to compare; this suite has {len(self.groups)}"
             )
         if self.reference is not None and self.reference not in self.groups:
-            raise ValueError(f"reference '{self.reference}' is not one of the groups {sorted(self.groups)}")
+            raise ValueError(f"reference '{self.reference}' is not one of the groups {sorted(self.groups)[:20]}")
+        groups = len(self.groups)  # counted before anything is expanded: a small file can declare millions of pairs
+        per_template = groups - 1 if self.reference is not None else groups * (groups - 1) // 2
+        expanded = per_template * len(self.templates) + len(self.sentence_pairs)
+        if expanded > MAX_PAIRS:
+            raise ValueError(f"the suite expands to {expanded:,} pairs ({groups} groups x {len(self.templates)} templates"
+                             f"{', against the reference' if self.reference else ', every pair of groups'}); the limit is "
+                             f"{MAX_PAIRS:,}. Split it into several suites or set a 'reference' group")
         ids = [t.id for t in self.templates] + [p.id for p in self.sentence_pairs]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:

@@ -151,9 +151,9 @@ def _absolute_paths(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def load_sweep(path: str | Path) -> tuple[SweepFile, list[Cell]]:
+def load_sweep(path: str | Path, granted: set[str] | frozenset[str] = frozenset()) -> tuple[SweepFile, list[Cell]]:
     """Read a sweep file and expand its grid into validated cells (every cell's config is
-    checked, plugins included, before anything runs)."""
+    checked, plugins included, before anything runs). `granted`: see `RunConfig.with_trust`."""
     document, sweep = read_model(path, SweepFile, ConfigError, "sweep", "sweep, base or config, grid")
     base: dict[str, Any] = {}
     if sweep.base:
@@ -177,6 +177,7 @@ def load_sweep(path: str | Path) -> tuple[SweepFile, list[Cell]]:
         except ValidationError as exc:
             problem = "; ".join(f"'{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors()[:3])
             raise ConfigError(f"sweep file {document.path}: the cell {values} is not a valid run config: {problem}.") from None
+        config = config.with_trust(granted, f"sweep file {document.path}, cell {values}")
         config.check_plugins(source=f"sweep file {document.path}, cell {values}")
         digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
         cells.append(Cell(run_id=f"{sweep.sweep}-{digest}", values=values, config=config))
@@ -186,7 +187,8 @@ def load_sweep(path: str | Path) -> tuple[SweepFile, list[Cell]]:
     return sweep, cells
 
 
-def run_cell(config: dict[str, Any], run_id: str, sweep_id: str, values: dict[str, Any], cwd: str | None = None) -> dict[str, Any]:
+def run_cell(config: dict[str, Any], run_id: str, sweep_id: str, values: dict[str, Any], cwd: str | None = None,
+             granted: list[str] | None = None) -> dict[str, Any]:
     """Run one cell as an ordinary audit (resuming it when a killed sweep left it unfinished)
     and return {run_id, status, seconds, error}. Every failure is recorded in the store.
     This is the function a Ray task runs; it takes and returns plain data."""
@@ -206,7 +208,7 @@ def run_cell(config: dict[str, Any], run_id: str, sweep_id: str, values: dict[st
         if previous is not None and not resumable:
             store.run_path(run_id).unlink()  # a record of a cell that failed before its model loaded: start afresh
         audit(run_config.model_copy(update={"report": False}), resume=run_id if resumable else None,
-              run_id=None if resumable else run_id, labels=labels)
+              run_id=None if resumable else run_id, labels=labels, granted=frozenset(granted or ()))
         return {"run_id": run_id, "status": "complete", "seconds": round(time.time() - started, 3), "error": ""}
     except BaseException as exc:  # a failed cell must not stop the sweep; it is recorded with its error
         error = str(exc) if isinstance(exc, FairauditError) else f"{type(exc).__name__}: {exc}"
@@ -230,11 +232,11 @@ def _record_sweep(store: Store, sweep: SweepFile, cells: list[Cell], status: str
 
 
 def run_sweep(path: str | Path, backend: Literal["local", "ray"] = "local", address: str | None = None,
-              num_cpus: int | None = None, progress=None) -> SweepResult:
+              num_cpus: int | None = None, progress=None, granted: set[str] | frozenset[str] = frozenset()) -> SweepResult:
     """Run every cell of a sweep file not yet complete in its store. `backend` "ray" submits each
     cell as a Ray task (`address`: an existing cluster, e.g. ray://host:10001; none: a local
     cluster of `num_cpus` CPUs). `progress(outcome)` is called as each cell ends."""
-    sweep, cells = load_sweep(path)
+    sweep, cells = load_sweep(path, granted)
     store = Store(cells[0].config.store)
     if store.run_path(sweep.sweep).exists() and store.read_run(sweep.sweep).get("kind") != "sweep":
         raise ConfigError(f"store {store.root} has a run named '{sweep.sweep}' that is not a sweep; rename the sweep.")
@@ -243,11 +245,12 @@ def run_sweep(path: str | Path, backend: Literal["local", "ray"] = "local", addr
     report = progress or (lambda outcome: None)
     if backend == "local":
         for cell in cells:
-            outcome = CellOutcome(**run_cell(cell.config.model_dump(mode="json"), cell.run_id, sweep.sweep, cell.values))
+            outcome = CellOutcome(**run_cell(cell.config.model_dump(mode="json"), cell.run_id, sweep.sweep, cell.values,
+                                             granted=sorted(granted)))
             result.outcomes.append(outcome)
             report(outcome)
     elif backend == "ray":
-        result.outcomes = _run_on_ray(sweep, cells, store, address, num_cpus, report)
+        result.outcomes = _run_on_ray(sweep, cells, store, address, num_cpus, report, sorted(granted))
     else:
         raise ConfigError(f"unknown sweep backend '{backend}'; use local or ray.")
     order = {cell.run_id: index for index, cell in enumerate(cells)}
@@ -258,7 +261,7 @@ def run_sweep(path: str | Path, backend: Literal["local", "ray"] = "local", addr
 
 
 def _run_on_ray(sweep: SweepFile, cells: list[Cell], store: Store, address: str | None, num_cpus: int | None,
-                report) -> list[CellOutcome]:
+                report, granted: list[str]) -> list[CellOutcome]:
     try:
         import ray
     except ImportError:
@@ -291,7 +294,7 @@ def _run_on_ray(sweep: SweepFile, cells: list[Cell], store: Store, address: str 
             if gpus is None:
                 gpus = 1 if cell.config.model.device.startswith("cuda") else 0
             task = ray.remote(run_cell).options(num_cpus=sweep.resources.num_cpus, num_gpus=gpus, max_retries=0)
-            futures[task.remote(cell.config.model_dump(mode="json"), cell.run_id, sweep.sweep, cell.values, os.getcwd())] = cell
+            futures[task.remote(cell.config.model_dump(mode="json"), cell.run_id, sweep.sweep, cell.values, os.getcwd(), granted)] = cell
         while futures:
             done, _ = ray.wait(list(futures), num_returns=1)
             cell = futures.pop(done[0])

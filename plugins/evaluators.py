@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fairaudit import metrics
 from fairaudit.errors import PluginError
@@ -299,6 +300,38 @@ class LmEvalParams(_Params):
     limit: int | None = Field(default=None, ge=1)
     num_fewshot: int | None = Field(default=None, ge=0)
     batch_size: int = Field(default=8, ge=1)
+    allow_task_code: bool = Field(default=False, description="run Python that include_path's task YAML names with !function "
+                                  "(granted by --allow-task-code only)")
+
+    @model_validator(mode="after")
+    def _no_foreign_code(self) -> LmEvalParams:
+        if self.include_path and not self.allow_task_code:
+            found = task_code_in(Path(self.include_path))
+            if found:
+                raise ValueError(f"the lm-eval task folder {self.include_path} runs Python code: {found}. lm-eval would import "
+                                 f"and run it; pass --allow-task-code only if you trust that folder")
+        return self
+
+
+def task_code_in(folder: Path, limit: int = 2000) -> str:
+    """Where a folder of lm-eval task YAML (and the files they `include:`) names Python with a
+    `!function` tag, or '' when none does."""
+    pending = sorted(folder.rglob("*.y*ml"))[:limit] if folder.is_dir() else [folder]
+    seen: set[Path] = set()
+    while pending:
+        path = pending.pop()
+        if path in seen or not path.is_file() or len(seen) >= limit:
+            continue
+        seen.add(path)
+        try:
+            text = path.read_bytes()[: 5 << 20].decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        if re.search(r"!function\b", text):
+            return f"{path} uses !function"
+        for included in re.findall(r"^\s*include:\s*['\"]?([^'\"\s#]+)", text, flags=re.MULTILINE):
+            pending.append((path.parent / included).resolve())
+    return ""
 
 
 class LmEval:
