@@ -13,6 +13,22 @@ import click
 from fairaudit.errors import FairauditError
 
 
+def _finite(value):
+    """`value` with NaN and infinities as None: strict JSON has no NaN (docs: "--json output")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _dumps(value) -> str:
+    """Strict JSON for --json output: NaN and infinities become null."""
+    return json.dumps(_finite(value), indent=2, default=str, allow_nan=False)
+
+
 def _number(value: float, digits: int = 4) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -49,8 +65,11 @@ class _Group(click.Group):
         except FairauditError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted: results written so far are intact; rerun with --resume RUN_ID to finish.", err=True)
+        except KeyboardInterrupt as exc:
+            run_id = getattr(exc, "run_id", None)
+            how = (f"finish it with: fairaudit audit --resume {run_id} --store {exc.store}" if run_id
+                   else "rerun the command to finish (a sweep skips its complete cells)")
+            click.echo(f"interrupted: results written so far are intact; {how}", err=True)
             sys.exit(130)
 
 
@@ -134,8 +153,8 @@ def suites_import(kind: str, file: Path, out: Path, as_json: bool) -> None:
         raise SuiteError(f"{file}: no row could be imported ({len(result.skipped)} of {result.rows} rows skipped).")
     written = write_suites(result.suites, out)
     if as_json:
-        click.echo(json.dumps({"rows": result.rows, "imported": result.imported, "written": [str(p) for p in written],
-                               "skipped": [s.__dict__ for s in result.skipped]}, indent=2))
+        click.echo(_dumps({"rows": result.rows, "imported": result.imported, "written": [str(p) for p in written],
+                               "skipped": [s.__dict__ for s in result.skipped]}))
         return
     for path, suite in zip(written, result.suites):
         click.echo(f"{path}: axis {suite.axis}, {len(suite.sentence_pairs)} pairs")
@@ -154,8 +173,8 @@ def plugins(as_json: bool) -> None:
 
     entries = registry().entries()
     if as_json:
-        click.echo(json.dumps([{"kind": e.kind, "name": e.name, "plugin": e.plugin, "distribution": e.distribution,
-                                "version": e.version, "description": e.description} for e in entries], indent=2))
+        click.echo(_dumps([{"kind": e.kind, "name": e.name, "plugin": e.plugin, "distribution": e.distribution,
+                                "version": e.version, "description": e.description} for e in entries]))
         return
     _print_table([[e.kind, e.name, f"{e.distribution} {e.version}".strip(), e.description] for e in entries],
                  ["kind", "name", "from", "description"])
@@ -191,11 +210,11 @@ def _silence_libraries() -> None:
 
 def _report_result(result, quiet: bool, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({"run_id": result.run_id, "store": str(result.store), "model": result.model_id,
+        click.echo(_dumps({"run_id": result.run_id, "store": str(result.store), "model": result.model_id,
                                "axes": result.summaries, "pruned": result.pruned, "comparisons": result.comparisons,
                                "measurements": result.measurements, "report": str(result.report) if result.report else None,
                                "evaluation_failures": result.evaluation_failures, "warnings": result.warnings,
-                               "verdicts": [v.as_dict() for v in result.verdicts]}, indent=2, default=str))
+                               "verdicts": [v.as_dict() for v in result.verdicts]}))
     elif not quiet:
         click.echo(f"\nrun {result.run_id}: model {result.model_id}, stored in {result.store}")
         if result.summaries:
@@ -257,7 +276,7 @@ def _exit_on_verdicts(verdicts, gate: str, quiet: bool) -> None:
 @click.option("--suite", "suite_names", multiple=True, help="built-in suite name or file; repeat for several (default: all four)")
 @click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
 @click.option("--position", type=click.Choice(["mean", "last", "aligned"]), default="mean", show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True, help="prompts per forward pass")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="prompts per forward pass")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--trust-remote-code", is_flag=True, help="run code shipped with the model (only for models you trust)")
@@ -333,7 +352,8 @@ def audit_command(config_file, resume_run, store, policy, quiet, as_json, grante
 @click.option("--evaluator", "evaluator_names", multiple=True,
               help="evaluator plugin; repeat (default: bias_reprobe, output_bias, generations, perplexity, lm_eval, fidelity)")
 @click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
-@click.option("--time-limit", type=float, default=3600.0, show_default=True, help="seconds per evaluator run")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
+              help="seconds per evaluator run")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, time_limit, quiet, as_json) -> None:
@@ -365,9 +385,12 @@ def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, as_js
     from fairaudit.errors import FairauditError
     from fairaudit.model import load_model
     from fairaudit.plugins import registry
+    from fairaudit.store import atomic_write_text
     from fairaudit.suite import resolve_suite
 
     suite = resolve_suite(suite_name)
+    if out.exists() and not out.is_dir():
+        raise FairauditError(f"--out {out} is a file; name a folder for the figures.")
     loaded = load_model(model_id)
     probe = registry().get("probe", "activations")
     pairs = suite.pairs(None)
@@ -388,11 +411,15 @@ def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, as_js
     if not 0 <= layer < len(loaded.layers):
         raise FairauditError(f"--layer {layer} is out of range: the model has layers 0..{len(loaded.layers) - 1}.")
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
     for pair in chosen:
         for stem, svg in render_view(diagnose_pair(loaded, pair, layer)).items():
             path = out / f"{stem}.svg"
-            path.write_text(str(svg), encoding="utf-8")
+            for number in range(2, 10_000):  # two pairs whose names sanitise alike get distinct files
+                if path not in written and path.with_suffix(".png") not in written:
+                    break
+                path = out / f"{stem}-{number}.svg"
+            atomic_write_text(path, str(svg))  # replaces a symlink in the way, never writes through it
             written.append(path)
             if png:
                 written.append(_svg_to_png(path))
@@ -400,9 +427,9 @@ def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, as_js
               "amplification": summary.amplification, "amplification_95ci": [summary.amplification_low, summary.amplification_high],
               "attention_by_layer": summary.attention_by_layer, "attention_noise_floor": summary.attention_floor,
               "mlp_by_layer": summary.mlp_by_layer, "pairs": [pair.pair_id for pair in chosen], "files": [str(p) for p in written]}
-    (out / "emergence.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    atomic_write_text(out / "emergence.json", _dumps(report))
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(_dumps(report))
         return
     onset = "none" if summary.attention_onset is None else f"layer {summary.attention_onset}"
     click.echo(f"{suite.axis}: attention divergence first exceeds the control noise floor at {onset}; MLP divergence peaks at "
@@ -422,6 +449,8 @@ def _svg_to_png(path: Path) -> Path:
         raise FairauditError("--png renders the SVG figures with a headless chromium, which is not installed "
                              "(Debian: apt-get install chromium); the SVG files were written.")
     target = path.with_suffix(".png")
+    if target.is_symlink():
+        target.unlink()  # chromium would write through it
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     "--no-first-run", f"--screenshot={target}", "--window-size=1000,700", path.resolve().as_uri()],
                    capture_output=True, timeout=120, check=False)
@@ -436,7 +465,8 @@ def _svg_to_png(path: Path) -> Path:
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--model", "models", multiple=True, required=True, help="model id as stored; give two to compare models")
 @click.option("--run", "runs", multiple=True, help="run id per --model (default: each model's latest complete run)")
-@click.option("--top", type=float, default=0.01, show_default=True, help="top-k per axis: a fraction (< 1) or a count (>= 1)")
+@click.option("--top", type=click.FloatRange(min=0, min_open=True, max=1e9), default=0.01, show_default=True,
+              help="top-k per axis: a fraction (< 1) or a count (>= 1)")
 @click.option("--score", default="scaled_bias", show_default=True, help="stored neuron score to rank by")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("fairaudit-out/overlap"), show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -462,7 +492,7 @@ def overlap(store, models, runs, top, score, out, as_json) -> None:
         tables["models"] = model_overlap(mapped[0], mapped[1], top)
     written = write_tables(out, tables)
     if as_json:
-        click.echo(json.dumps({name: table.to_pylist() for name, table in tables.items() if not name.endswith("per_layer")}, indent=2, default=str))
+        click.echo(_dumps({name: table.to_pylist() for name, table in tables.items() if not name.endswith("per_layer")}))
         return
     for model_scores in scores:
         pairs = tables[f"{model_scores.model}.axis_pairs"].to_pylist()
@@ -520,10 +550,10 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
     outcome = prune_model(model_id, store, params, out, run_id=run_id, pruner=pruner)
     report = outcome.report
     if as_json:
-        click.echo(json.dumps({"run_id": outcome.run_id, "source_run": outcome.source_run, "out": str(outcome.out),
+        click.echo(_dumps({"run_id": outcome.run_id, "source_run": outcome.source_run, "out": str(outcome.out),
                                "widths_before": report.widths_before, "widths_after": report.widths_after,
                                "zeroed": [len(z) for z in report.zeroed], "removed": report.removed, "ranking": outcome.ranking,
-                               "parameters_before": report.parameters_before, "parameters_after": report.parameters_after}, indent=2))
+                               "parameters_before": report.parameters_before, "parameters_after": report.parameters_after}))
         return
     rows = [[str(layer), str(before), str(before - after + len(zeroed)), str(after), str(len(zeroed))]
             for layer, (before, after, zeroed) in enumerate(zip(report.widths_before, report.widths_after, report.zeroed))]
@@ -546,7 +576,8 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
               "(default: the policy the run was audited against, if any)")
 @click.option("--sweep", "sweep_id", default=None, metavar="SWEEP_ID", help="render the grid report of a sweep instead")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
-def report_command(store, run_id, compare_run, policy_name, sweep_id, out) -> None:
+@click.option("--force", is_flag=True, help="replace a file at the JSON twin's name even if it is not a fairaudit report")
+def report_command(store, run_id, compare_run, policy_name, sweep_id, out, force) -> None:
     """Render the HTML audit report (and report.json) of a stored run, or the grid report of a
     sweep. Reads the store only."""
     from fairaudit.policy import load_policy
@@ -556,12 +587,12 @@ def report_command(store, run_id, compare_run, policy_name, sweep_id, out) -> No
     if sweep_id is not None:
         if run_id or compare_run or policy_name:
             raise click.UsageError("--sweep renders a whole grid; it takes no --run, --compare or --policy")
-        html, twin = render_sweep_report(sweep_data(opened, sweep_id), out)
+        html, twin = render_sweep_report(sweep_data(opened, sweep_id), out, force=force)
         click.echo(f"grid report written to {html} (numbers also in {twin})")
         return
     policy = load_policy(policy_name) if policy_name else None
     run_id = _latest_audit(opened, run_id)
-    html, twin = render_report(report_data(opened, run_id, compare_run, policy=policy), out)
+    html, twin = render_report(report_data(opened, run_id, compare_run, policy=policy), out, force=force)
     click.echo(f"report written to {html} (numbers also in {twin})")
 
 
@@ -590,9 +621,9 @@ def sweep_command(sweep_file, backend, address, num_cpus, quiet, as_json, grante
     result = run_sweep(sweep_file, backend=backend, address=address, num_cpus=num_cpus, progress=echo, granted=frozenset(granted))
     outcomes = {outcome.run_id: outcome for outcome in result.outcomes}
     if as_json:
-        click.echo(json.dumps({"sweep": result.sweep_id, "store": str(result.store),
+        click.echo(_dumps({"sweep": result.sweep_id, "store": str(result.store),
                                "cells": [{"run_id": cell.run_id, "values": cell.values, **outcomes[cell.run_id].__dict__}
-                                         for cell in result.cells]}, indent=2, default=str))
+                                         for cell in result.cells]}))
     elif not quiet:
         click.echo(f"\nsweep {result.sweep_id}: {len(result.cells)} cells in {result.store}")
         _print_table([[cell.run_id, cell.label(), outcomes[cell.run_id].status, f"{outcomes[cell.run_id].seconds:.1f}",
@@ -658,10 +689,9 @@ def check_command(store, policy_name, run_id, baseline_run, gate, as_json) -> No
     changes = verdict_changes(evaluate_policy(policy, opened, baseline_run), verdicts) if baseline_run else None
     role = gate_role(verdicts, gate)
     if as_json:
-        click.echo(json.dumps({"run_id": run_id, "policy": policy.policy, "policy_sha256": policy.sha256(), "gate_model": role,
-                               "exit_status": exit_status(verdicts, role), "verdicts": [v.as_dict() for v in verdicts],
-                               "changes": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-                                           for row in changes] if changes is not None else None}, indent=2))
+        click.echo(_dumps({"run_id": run_id, "policy": policy.policy, "policy_sha256": policy.sha256(), "gate_model": role,
+                           "exit_status": exit_status(verdicts, role), "verdicts": [v.as_dict() for v in verdicts],
+                           "changes": changes}))
         _exit_on_verdicts(verdicts, gate, quiet=True)
     click.echo(f"run {run_id} against policy {policy.policy} (sha256 {policy.sha256()[:16]})")
     if changes is not None:
@@ -720,8 +750,8 @@ def verify_command(bundle, model_id, expected, trust_remote_code, allow_pickle, 
     model = ModelSpec(id=model_id, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle) if model_id else None
     result = verify_bundle(bundle, model, expected)
     if as_json:
-        click.echo(json.dumps({"ok": result.ok, "checked": result.checked, "manifest_sha256": result.manifest_sha256,
-                               "problems": result.problems}, indent=2))
+        click.echo(_dumps({"ok": result.ok, "checked": result.checked, "manifest_sha256": result.manifest_sha256,
+                               "problems": result.problems}))
     else:
         for problem in result.problems:
             click.echo(f"differs: {problem}")
@@ -751,7 +781,7 @@ def store_ls(store: Path, as_json: bool) -> None:
         raise StoreError(f"{store} is not a store folder (it does not exist).")
     runs = Store(store).runs()
     if as_json:
-        click.echo(json.dumps(runs, indent=2))
+        click.echo(_dumps(runs))
         return
     _print_table([[r["run_id"], r.get("status", "?"), r.get("model_id", "?"), ",".join(r.get("suites", {})), r.get("started", "")]
                   for r in runs], ["run_id", "status", "model", "axes", "started"])

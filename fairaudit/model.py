@@ -345,7 +345,11 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), **common)
     except Exception as exc:
-        raise ModelError(f"could not load the tokenizer of model '{source}': {type(exc).__name__}: {exc}") from None
+        if "trust_remote_code" in str(exc) and not spec.trust_remote_code:
+            raise ModelError(f"the tokenizer of model '{source}' ships its own Python code, which fairaudit does not run by "
+                             f"default. Pass --trust-remote-code (model.trust_remote_code: true) only if you trust its source.") from None
+        raise ModelError(f"could not load the tokenizer of model '{source}': {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
     return model, tokenizer
 
 

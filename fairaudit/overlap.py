@@ -13,6 +13,7 @@ top every axis and the overlap would reflect size, not shared bias.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -54,9 +55,10 @@ def load_scores(store: Store, model: str, score: str = DEFAULT_SCORE, run_id: st
     """Read `score` for every axis of one run (default: the model's latest complete run)."""
     run_id = run_id or latest_run(store, model)
     table = store.read("neuron_scores", model=model, run_id=run_id)
-    if score not in table.column_names:
-        columns = [c for c in table.column_names if c not in ("layer", "neuron", "component", "model", "axis", "run_id")]
-        raise FairauditError(f"score '{score}' is not stored for model '{model}' run {run_id}; stored scores: {', '.join(columns)}.")
+    columns = [field.name for field in table.schema if pa.types.is_floating(field.type)]  # keys (layer, neuron...) are not scores
+    if score not in columns:
+        raise FairauditError(f"'{score}' is not a per-neuron score stored for model '{model}' run {run_id}; "
+                             f"stored scores: {', '.join(columns) or '(none)'}.")
     by_axis = {}
     for axis in sorted(set(table.column("axis").to_pylist())):
         rows = table.filter(pc.equal(table.column("axis"), axis))
@@ -72,7 +74,7 @@ def top_k(values: np.ndarray, top: float) -> np.ndarray:
     """Boolean mask of the k largest entries (NaN never selected); `top` < 1 is a fraction of
     all entries, `top` >= 1 a count. Ties are broken by position, deterministically."""
     flat = np.nan_to_num(values.ravel(), nan=-np.inf)
-    if top <= 0:
+    if not math.isfinite(top) or top <= 0:
         raise FairauditError(f"--top must be a positive fraction (< 1) or count (>= 1); got {top}.")
     k = int(round(top * flat.size)) if top < 1 else int(top)
     k = max(1, min(k, flat.size))

@@ -158,6 +158,12 @@ def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance:
                 ranked = next(iter(scores.values()))[layer].double().masked_fill(protected[layer], float("-inf")).clone()
                 ranked[list(combined[layer])] = float("-inf")
                 combined[layer] |= {int(i) for i in _top(ranked, extra)}
+    if not any(combined):
+        per_layer = params.fraction * units
+        why = (f"fraction {params.fraction} of {units} neurons per layer is {per_layer:.2f}, under one neuron"
+               if params.scope == "per_layer" and per_layer < 1 else
+               "every candidate was protected by importance (lower --protect), excluded by --direction pro, or has no score")
+        raise FairauditError(f"the selection prunes no neuron: {why}. Nothing was pruned or written.")
     return Selection(pruned=[torch.tensor(sorted(s), dtype=torch.long) for s in combined], widths=[units] * layers)
 
 

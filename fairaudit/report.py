@@ -22,6 +22,7 @@ from markupsafe import Markup
 import fairaudit
 from fairaudit.errors import StoreError
 from fairaudit.resources import templates_dir
+from fairaudit.sanitize import safe_svg
 from fairaudit.store import Store, safe_name
 from fairaudit.svg import bar_chart, heatmap
 
@@ -202,8 +203,9 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         figures = store.rows("diagnosis", model=model_id, axis=axis, run_id=run_id)
         onset = store.rows("emergence", model=model_id, axis=axis, run_id=run_id)
         if figures or onset:
-            # the SVG was rendered at audit time by fairaudit.svg, which escapes every text
-            diagnosis[axis] = {"figures": [{"pair_id": f["pair_id"], "figure": f["figure"], "svg": Markup(f["svg"])} for f in figures],
+            # the SVG was rendered at audit time by fairaudit.svg, but a store is a folder anyone can edit:
+            # it is rebuilt from an allow-list of SVG elements and attributes, never trusted as markup
+            diagnosis[axis] = {"figures": [{"pair_id": f["pair_id"], "figure": f["figure"], "svg": safe_svg(f["svg"])} for f in figures],
                                "emergence": onset[0] if onset else None}
 
     generation_rows = store.rows("generations", run_id=run_id)
@@ -254,13 +256,28 @@ def render_report_text(data: dict[str, Any], template: str = "base.html.j2") -> 
     return html, json.dumps(_json_ready(data), indent=2, default=str)
 
 
-def render_report(data: dict[str, Any], out: str | Path, template: str = "base.html.j2") -> tuple[Path, Path]:
-    """Write the HTML report and `report.json` next to it, each atomically; return both paths."""
+def _is_report_twin(path: Path) -> bool:
+    """True when `path` holds the JSON twin of a fairaudit report (so replacing it loses nothing of the user's)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return head.lstrip().startswith(b"{") and b'"fairaudit_version"' in head
+
+
+def render_report(data: dict[str, Any], out: str | Path, template: str = "base.html.j2", force: bool = False) -> tuple[Path, Path]:
+    """Write the HTML report and `report.json` next to it, each atomically (a symlink in the way is
+    replaced, never written through); return both paths. The twin's name is derived, not given:
+    an existing file there that is not a fairaudit report twin is kept unless `force`."""
     out = Path(out)
     if "\x00" in str(out):
         raise StoreError("the report path contains a NUL byte.")
-    html, twin_text = render_report_text(data, template)
     twin = out.with_name(out.stem + ".json") if out.suffix == ".html" else out.with_name(out.name + ".json")
+    if twin.exists() and not force and (twin.is_symlink() or not _is_report_twin(twin)):
+        raise StoreError(f"{twin} exists and is not the JSON twin of a fairaudit report; the report would replace it. Choose "
+                         f"another --out, move that file, or pass --force.")
+    html, twin_text = render_report_text(data, template)
     for path, text in ((out, html), (twin, twin_text)):
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
         try:
@@ -343,6 +360,6 @@ def sweep_data(store: Store, sweep_id: str) -> dict[str, Any]:
                                     "measured, minus the relative change of the held-out bias index"}
 
 
-def render_sweep_report(data: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+def render_sweep_report(data: dict[str, Any], out: str | Path, force: bool = False) -> tuple[Path, Path]:
     """Write the grid report of a sweep and its JSON twin."""
-    return render_report(data, out, template="sweep.html.j2")
+    return render_report(data, out, template="sweep.html.j2", force=force)

@@ -293,9 +293,13 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         record.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         record["timings"]["total"] = round(time.time() - started, 3)
         store.write_run(run_id, record)
-    except (FairauditError, KeyboardInterrupt) as exc:
-        record.update(status="failed" if isinstance(exc, FairauditError) else "interrupted", error=str(exc))
-        store.write_run(run_id, record)
+    except BaseException as exc:  # a failure of any kind (a full disk, a bug, Ctrl-C) is recorded, never left "running"
+        record.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                      error=str(exc) or type(exc).__name__)
+        with contextlib.suppress(FairauditError):  # the store may be what failed; the original error is what matters
+            store.write_run(run_id, record)
+        if isinstance(exc, KeyboardInterrupt):
+            exc.run_id, exc.store = run_id, store.root  # for the message that says how to resume
         raise
     if policy is not None:
         from fairaudit.policy import evaluate_policy
