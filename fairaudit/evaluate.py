@@ -47,9 +47,10 @@ class EvaluationResult:
         """Record per-item values and their mean (with a bootstrap interval) as a measurement."""
         self.items[(axis, metric)] = values
         tensor = torch.tensor(list(values.values()), dtype=torch.float64)
-        low, high = bootstrap_interval(tensor)
-        mean = float(tensor[~torch.isnan(tensor)].mean()) if len(values) else math.nan
-        self.measurements.append(Measurement(evaluator, axis, metric, mean, low, high, len(values)))
+        finite = tensor[torch.isfinite(tensor)]  # a NaN or infinite item is left out of the mean, its interval and its count
+        low, high = bootstrap_interval(finite)
+        mean = float(finite.mean()) if finite.numel() else math.nan
+        self.measurements.append(Measurement(evaluator, axis, metric, mean, low, high, int(finite.numel())))
 
 
 class Evaluator(Protocol):

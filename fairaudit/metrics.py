@@ -166,8 +166,8 @@ def optipfair_index(stats: ActivationStats) -> tuple[float, int]:
 
 
 def bootstrap_interval(values: torch.Tensor, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (resampling pairs)."""
-    values = values[~torch.isnan(values)].double()
+    """Percentile bootstrap interval of the mean of the finite `values` (resampling pairs)."""
+    values = values[torch.isfinite(values)].double()
     if values.numel() < 2:
         return float("nan"), float("nan")
     generator = torch.Generator().manual_seed(seed)
