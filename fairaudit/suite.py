@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import string
+from collections import Counter
 from itertools import combinations
 from pathlib import Path
 from typing import Literal
@@ -147,7 +148,7 @@ class Suite(_Strict):
                              f"{', against the reference' if self.reference else ', every pair of groups'}); the limit is "
                              f"{MAX_PAIRS:,}. Split it into several suites or set a 'reference' group")
         ids = [t.id for t in self.templates] + [p.id for p in self.sentence_pairs]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        duplicates = sorted(identifier for identifier, count in Counter(ids).items() if count > 1)
         if duplicates:
             raise ValueError(f"duplicate template/pair ids: {duplicates}")
         for template in self.templates:
