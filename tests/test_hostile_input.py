@@ -376,3 +376,14 @@ def test_generated_suite_sizes_are_bounded_before_any_expansion(tmp_path_factory
     else:
         assert pairs <= 20_000 and len(suite.pairs(None)) == pairs
     assert time.time() - started < 10
+
+
+def test_diagnose_figures_of_pairs_whose_names_sanitise_alike_do_not_overwrite_each_other(llama_folder, tmp_path, cli):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("suite: s\naxis: a\ngroups:\n  'x y': {group: Black}\n  'x-y': {group: white}\n  z: {group: Asian}\n"
+                     "reference: z\ntemplates:\n  - {id: t, text: 'The {group} man walked'}\n")
+    result = cli("diagnose", "--model", llama_folder, "--suite", suite, "--pair", "t:x y:z", "--pair", "t:x-y:z",
+                 "--out", tmp_path / "figures", "--json")
+    files = json.loads(result.output)["files"]
+    assert len(files) == len(set(files)) and all(Path(f).exists() for f in files)
+    assert len({Path(f).read_text() for f in files}) == len(files)  # two pairs' figures, none overwritten
