@@ -469,9 +469,17 @@ def _svg_to_png(path: Path) -> Path:
               help="top-k per axis: a fraction (< 1) or a count (>= 1)")
 @click.option("--score", default="scaled_bias", show_default=True, help="stored neuron score to rank by")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("fairaudit-out/overlap"), show_default=True)
+@click.option("--match", "match_corpus", default=None, metavar="CORPUS",
+              help="with two models: match their neurons on a text file's words ('bundled': fairaudit's corpus) and "
+                   "compare top neurons through the matching")
+@click.option("--permutations", type=click.IntRange(min=99), default=2000, show_default=True, help="with --match: null permutations")
+@click.option("--max-words", type=click.IntRange(min=50), default=5000, show_default=True, help="with --match: corpus words read")
 @click.option("--json", "as_json", is_flag=True)
-def overlap(store, models, runs, top, score, out, as_json) -> None:
+@_trust_options
+def overlap(store, models, runs, top, score, out, match_corpus, permutations, max_words, as_json, granted) -> None:
     """Shared bias infrastructure: overlap of each axis' top neurons, across axes and models."""
+    import pyarrow as pa
+
     from fairaudit.errors import StoreError
     from fairaudit.overlap import axis_overlap, load_scores, map_to_original, model_overlap
     from fairaudit.store import Store, write_tables
@@ -490,6 +498,15 @@ def overlap(store, models, runs, top, score, out, as_json) -> None:
         width = max(values.shape[1] for model_scores in scores for values in model_scores.by_axis.values())
         mapped = [map_to_original(Store(store), model_scores, width) for model_scores in scores]
         tables["models"] = model_overlap(mapped[0], mapped[1], top)
+    compared = None
+    if match_corpus is not None:
+        if len(scores) != 2:
+            raise click.UsageError("--match compares two models: give --model twice")
+        from fairaudit.matching import compare_models
+
+        compared = compare_models(Store(store), scores[0], scores[1], match_corpus, top, permutations, max_words, frozenset(granted))
+        tables["matched_overlap"] = pa.Table.from_pylist([{k: v for k, v in o.__dict__.items() if k != "mapped"} for o in compared.overlaps])
+        tables["neuron_matching"] = pa.Table.from_pylist(compared.matching.rows())
     written = write_tables(out, tables)
     if as_json:
         click.echo(_dumps({name: table.to_pylist() for name, table in tables.items() if not name.endswith("per_layer")}))
@@ -506,6 +523,14 @@ def overlap(store, models, runs, top, score, out, as_json) -> None:
         click.echo("")
         _print_table([[r["axis"], f"{r['layers_a']}/{r['layers_b']}", str(r.get("overlap", "-")), f"{r['profile_spearman']:.3f}"]
                       for r in tables["models"].to_pylist()], ["axis", "layers", "neuron overlap", "depth-profile spearman"])
+    if compared is not None:
+        matching = compared.matching
+        click.echo(f"\nneurons matched on {matching.words} words of {compared.corpus} (match run {compared.run_id}); layers of "
+                   f"{scores[0].model} -> {scores[1].model}: {matching.alignment}")
+        _print_table([[o.name, str(o.k_a), str(o.k_b), str(o.overlap), f"{o.null_mean:.1f} [{o.null_low:.0f}, {o.null_high:.0f}]",
+                       f"{o.p_value:.4f}"] for o in compared.overlaps],
+                     ["axis", "k a", "k b", "matched overlap", "null mean [95% range]", f"p ({compared.overlaps[0].permutations if compared.overlaps else 0} perm.)"])
+        click.echo(f"sanity: {scores[0].model} matched with itself, neurons relabelled at random: {compared.self_recovery:.1%} recovered")
     click.echo(f"tables written to {out} ({len(written)} files, Parquet and CSV)")
 
 

@@ -37,7 +37,7 @@ from fairaudit.scoring import AxisScores
 SCHEMA_VERSION = 1
 TABLES = ("neuron_scores", "layer_scores", "axis_summary")
 PARTITIONS = ("model", "axis", "run_id")
-RUN_KINDS = ("audit", "prune", "evaluate", "sweep")
+RUN_KINDS = ("audit", "prune", "evaluate", "sweep", "match")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -227,7 +227,7 @@ class _Surgery:
 
 def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama", layers: int = 4, hidden: int = 64,
                        intermediate: int = 128, planted_layer: int = 1, anti_per_axis: int = 0,
-                       fact_neuron: bool = False) -> GroundTruth:
+                       fact_neuron: bool = False, first_neuron: int = 0) -> GroundTruth:
     """A model of a real architecture (`llama`: GLU; `gpt2`: plain MLP) with planted bias
     neurons, saved to `folder`; returns the ground truth.
 
@@ -251,7 +251,9 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
     they react more strongly than the pro-stereotype ones but write a third as hard, so the
     net output bias stays positive and an unsigned score ranks them first. With `fact_neuron`,
     one more gender neuron writes toward the token "she": it is bias-reactive (it reacts to
-    "woman") and it carries a fact (pronoun agreement). Other neurons are random."""
+    "woman") and it carries a fact (pronoun agreement). Other neurons are random. Planted neurons
+    take indices from `first_neuron` on, so two planted models (of different families, layer
+    counts and planted layers) can carry the same planted neurons at different places."""
     import transformers as t
 
     from fairaudit.suite import resolve_suite
@@ -305,7 +307,7 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
         unembedding = surgery.unembedding()
         plan = [(("race",), 4, False), (("gender",), 4, False), (("religion",), 4, False), (("race", "gender"), 3, False)]
         plan += [((axis,), anti_per_axis, True) for axis in ("race", "gender", "religion") if anti_per_axis]
-        neurons, index = [], 0
+        neurons, index = [], first_neuron
         for plan_axes, count, anti in plan:
             for position in range(count):
                 important = position % 3 == 2 and not anti
@@ -323,3 +325,35 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return GroundTruth(neurons=neurons, axes=["race", "gender", "religion"], carriers=carriers, pushed_tokens=pushed)
+
+
+def rotate_residual_stream(model, seed: int = 0):
+    """Rotate a Llama model's residual stream by a random orthogonal matrix, in place, without
+    changing what it computes: each RMSNorm's weight is folded into the layers that read its
+    output (so the norm commutes with the rotation), embeddings and every weight that reads the
+    residual stream are multiplied by Q^T on the input side, every weight that writes to it by
+    Q on the output side. MLP neurons see exactly the activations they saw before, so a neuron
+    matcher must pair each neuron with itself (the sanity baseline of `fairaudit.matching`)."""
+    hidden = model.config.hidden_size
+    generator = torch.Generator().manual_seed(seed)
+    rotation, _ = torch.linalg.qr(torch.randn(hidden, hidden, generator=generator, dtype=torch.float64))
+    rotation = rotation.float()
+    with torch.no_grad():
+        def fold(norm, readers):
+            for reader in readers:
+                reader.weight.mul_(norm.weight[None, :])
+            norm.weight.fill_(1.0)
+
+        for layer in model.model.layers:
+            fold(layer.input_layernorm, [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj])
+            fold(layer.post_attention_layernorm, [layer.mlp.gate_proj, layer.mlp.up_proj])
+        fold(model.model.norm, [model.lm_head])
+        model.model.embed_tokens.weight.copy_(model.model.embed_tokens.weight @ rotation.T)
+        readers = [model.lm_head] + [m for layer in model.model.layers for m in
+                                     (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.mlp.gate_proj, layer.mlp.up_proj)]
+        for reader in readers:
+            reader.weight.copy_(reader.weight @ rotation.T)
+        for layer in model.model.layers:
+            for writer in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                writer.weight.copy_(rotation @ writer.weight)
+    return model
