@@ -64,6 +64,18 @@ def _load_suites(config: RunConfig) -> list[Suite]:
     return suites
 
 
+def _check_selection_size(config: RunConfig, loaded: LoadedModel, axes: list[str]) -> None:
+    """Refuse, before any probing, a pruning fraction that selects no neuron of this model."""
+    selection = config.selection(axes)
+    width = loaded.adapter.mlp_weights(loaded.layers[0]).down.shape[1]  # shapes only: no weight is read
+    layers = len(selection.layers) if selection.layers else len(loaded.layers)
+    count = int(selection.fraction * width) if selection.scope == "per_layer" else int(selection.fraction * width * layers)
+    if count < 1:
+        where = f"{width} neurons per layer" if selection.scope == "per_layer" else f"{width * layers} neurons"
+        raise ConfigError(f"run config field 'pruning.selection': fraction {selection.fraction} of {where} of {loaded.model_id} "
+                          f"selects no neuron; raise the fraction, use scope: global, or set 'pruning: null'.")
+
+
 def _check_model_name(store: Store, model_id: str) -> None:
     """Refuse a model whose stored name is already another model's (`a/b` and `a--b` are both `a--b`)."""
     for record in store.runs():
@@ -244,6 +256,8 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     started = time.time()
     loaded = load_model(config.model)
     _check_model_name(store, loaded.model_id)
+    if config.pruning is not None:
+        _check_selection_size(config, loaded, [suite.axis for suite in suites])
     record: dict[str, Any] = {
         "kind": "audit",
         "status": "running",

@@ -117,7 +117,8 @@ def test_sigkill_between_axes_then_resume(model_folder, tmp_path):
     """Kill the CLI as soon as the first axis is stored; no partial part; --resume finishes."""
     store = tmp_path / "store"
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {model_folder('llama')}\nsuites: [race, gender, religion, nationality]\nstore: {store}\n")
+    config.write_text(f"model: {model_folder('llama')}\nsuites: [race, gender, religion, nationality]\nstore: {store}\n"
+                      "pruning: {selection: {fraction: 0.05}}\n")  # the default 0.2% is no neuron of this small model
     process = subprocess.Popen([sys.executable, "-m", "fairaudit", "audit", str(config), "--quiet"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -157,7 +158,8 @@ def test_resume_removes_a_killed_writers_temporaries_only_for_its_run(tmp_path):
 
 def test_two_runs_writing_to_one_store_at_once(model_folder, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {model_folder('llama')}\nsuites: [race, gender]\nstore: {tmp_path / 'store'}\n")
+    config.write_text(f"model: {model_folder('llama')}\nsuites: [race, gender]\nstore: {tmp_path / 'store'}\n"
+                      "pruning: {selection: {fraction: 0.05}}\n")
     processes = [subprocess.Popen([sys.executable, "-m", "fairaudit", "audit", str(config), "--json"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [process.communicate(timeout=300) for process in processes]
