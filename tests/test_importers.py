@@ -127,8 +127,8 @@ metric_list:
     higher_is_better: false
 """)
     lm_eval_plugin = registry().get("evaluator", "lm_eval")
-    theirs = lm_eval_plugin.evaluate(loaded, [], lm_eval_plugin.Params(tasks=["crows_sample"], include_path=str(tasks),
-                                                                      allow_task_code=True)  # lm-eval's own crows_pairs utils, None)
+    params = lm_eval_plugin.Params(tasks=["crows_sample"], include_path=str(tasks), allow_task_code=True)  # lm-eval's own utils
+    theirs = lm_eval_plugin.evaluate(loaded, [], params, None)
     theirs = {m.metric: m.value for m in theirs.measurements}
     crows = registry().get("importer", "crows-pairs").import_file(SAMPLE, None)
     output_bias = registry().get("evaluator", "output_bias")
