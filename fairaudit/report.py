@@ -192,6 +192,14 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         if run.get("kind", "audit") == "audit" and run.get("status") == "complete" and run["model_id"] != model_id:
             rows = store.rows("axis_summary", model=run["model_id"], run_id=run["run_id"])
             other_models.append({"model": run["model_id"], "run_id": run["run_id"], "axes": {r["axis"]: r["bias_index"] for r in rows}})
+    matched = []  # neuron matchings of this run's model with another model (fairaudit overlap --match)
+    for run in store.runs():
+        if run.get("kind") == "match" and run_id in (run.get("run_a"), run.get("run_b")):
+            rows = store.rows("matched_overlap", run_id=run["run_id"])
+            other = run["model_b"] if run.get("run_a") == run_id else run["model_id"]
+            matched.append({"run_id": run["run_id"], "other": other, "model_a": run["model_id"], "model_b": run["model_b"],
+                            "words": run.get("words"), "corpus": run.get("corpus"), "top": run.get("top", 0), "score": run.get("score"),
+                            "self_recovery": run.get("self_match_recovery", float("nan")), "rows": rows})
     compared = None
     if compare_run:
         other = store.read_run(compare_run)
@@ -224,7 +232,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         "summary": summary, "quality": quality, "quality_verdicts": quality_verdicts,
         "perplexity": perplexity, "fidelity": fidelity, "prune": prune,
         "comparisons": comparisons, "charts": charts, "top_neurons": top_neurons,
-        "overlap": overlap_pairs, "overlap_svg": overlap_svg, "diagnosis": diagnosis, "other_models": other_models, "compared": compared,
+        "overlap": overlap_pairs, "overlap_svg": overlap_svg, "matched": matched, "diagnosis": diagnosis, "other_models": other_models, "compared": compared,
         "generations": sorted(generations.values(), key=lambda g: (g["axis"], g["pair_id"])),
         "failures": sorted({row["error"] for row in measurements if row["error"] and not row["error"].startswith("skipped")}),
         "provenance": provenance,

@@ -114,3 +114,19 @@ def test_overlap_command_with_match_stores_and_prints_the_comparison(planted, cl
     assert match_runs and match_runs[-1]["alignment"][1] == 3 and match_runs[-1]["words"] == 1500
     stored = store.rows("neuron_matching", run_id=match_runs[-1]["run_id"])
     assert len(stored) == 4 * 128 and (tmp_path / "out" / "matched_overlap.csv").exists()  # every neuron of the 4-layer Llama
+
+
+def test_the_report_shows_the_matched_comparison(planted, cli, tmp_path):
+    root, store, runs, _, _, _ = planted
+    if not [run for run in store.runs() if run.get("kind") == "match"]:
+        corpus = tmp_path / "corpus.txt"
+        corpus.write_text(_corpus(1000))
+        assert cli("overlap", store.root, "--model", runs[0].model_id, "--run", runs[0].run_id, "--model", runs[1].model_id, "--run",
+                   runs[1].run_id, "--top", str(TOP), "--score", "bias", "--match", corpus, "--permutations", "99",
+                   "--out", tmp_path / "o").exit_code == 0
+    match = [run for run in store.runs() if run.get("kind") == "match"][-1]
+    assert cli("report", store.root, "--run", runs[0].run_id, "--out", tmp_path / "r.html").exit_code == 0
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert f"match run {match['run_id']}" in html
+    for row in store.rows("matched_overlap", run_id=match["run_id"]):
+        assert f'data-metric="matched_overlap" data-axis="{row["name"]}" data-value="{row["overlap"]}"' in html
