@@ -387,3 +387,33 @@ def test_diagnose_figures_of_pairs_whose_names_sanitise_alike_do_not_overwrite_e
     files = json.loads(result.output)["files"]
     assert len(files) == len(set(files)) and all(Path(f).exists() for f in files)
     assert len({Path(f).read_text() for f in files}) == len(files)  # two pairs' figures, none overwritten
+
+
+def test_clear_messages_for_the_rough_cases(audited, llama_folder, tmp_path):
+    root, result = audited
+    (tmp_path / "file").write_text("x")
+    process = run_module("prune", "--model", llama_folder, "--store", root / "store", "--axis", "race", "--fraction", "0.05",
+                         "--out", tmp_path / "file")
+    assert process.returncode == 2 and "is not an empty folder" in process.stderr and (tmp_path / "file").read_text() == "x"
+    process = run_module("probe", "--model", llama_folder, "--suite", "race", "--batch-size", "0", "--store", tmp_path / "s")
+    assert process.returncode == 2 and "--batch-size" in process.stderr and "run config" not in process.stderr
+    process = run_module("audit", "--store", root / "store", "--resume", result.run_id)
+    assert process.returncode == 2 and "nothing to resume" in process.stderr
+    folder = _copy_model(llama_folder, tmp_path / "remote-tokenizer")
+    settings_file = folder / "tokenizer_config.json"
+    settings = json.loads(settings_file.read_text())
+    settings.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
+    settings_file.write_text(json.dumps(settings))
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(ModelError) as raised:
+        load_model(str(folder))
+    assert "--trust-remote-code" in str(raised.value) and "trust_remote_code=True" not in str(raised.value)
+
+
+def test_json_output_is_strict_json(audited, tmp_path):
+    root, _ = audited
+    (tmp_path / "policy.yaml").write_text("policy: p\nrules:\n  - {id: crows, metric: pct_stereotype, between: [0.45, 0.55]}\n")
+    process = run_module("check", root / "store", "--policy", tmp_path / "policy.yaml", "--json")
+    assert process.returncode == 3 and "NaN" not in process.stdout
+    payload = json.loads(process.stdout, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert payload["verdicts"][0]["value"] is None and payload["verdicts"][0]["verdict"] == "not measured"

@@ -71,6 +71,8 @@ def test_killed_at_ten_points_then_resumed(model_folder, tmp_path, reference):
         if not audits:
             continue  # killed before the run record was written: nothing to resume, nothing partial
         run_id = audits[0]["run_id"]
+        if how == signal.SIGINT and audits[0]["status"] == "interrupted":  # the message names the real run to resume
+            assert f"--resume {run_id}" in stderr and "RUN_ID" not in stderr
         if audits[0]["status"] == "complete":  # killed after it finished: a resume is refused and changes nothing
             refused = subprocess.run([sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store")],
                                      capture_output=True, text=True, timeout=120)
