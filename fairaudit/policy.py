@@ -145,7 +145,10 @@ class Rule(BaseModel):
             raise ValueError(f"rule '{self.id}' needs exactly one threshold of at_most, at_least, between, abs_at_most "
                              f"(it has {', '.join(given) or 'none'})")
         if METRICS[self.metric].kind == "change" and "original" in self.models:
-            self.models = [role for role in self.models if role != "original"] or ["pruned"]
+            if "models" in self.model_fields_set:
+                raise ValueError(f"rule '{self.id}': '{self.metric}' compares the pruned model with the original, so it "
+                                 f"applies to models: [pruned] only")
+            self.models = ["pruned"]
         return self
 
     def allowed(self) -> tuple[float, float]:
