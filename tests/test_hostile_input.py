@@ -25,7 +25,7 @@ from fairaudit.model import ModelSpec, load_model
 from fairaudit.report import render_report, report_data
 from fairaudit.runner import _load_suites, _check_model_name, audit, prune_model, screen_pairs
 from fairaudit.store import Store
-from fairaudit.suite import load_suite, resolve_suite
+from fairaudit.suite import load_suite
 
 from conftest import run_module
 
