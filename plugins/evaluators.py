@@ -162,7 +162,6 @@ class Generations:
 
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: GenerationParams, reference=None) -> EvaluationResult:
         result = EvaluationResult()
-        tokenizer = loaded.tokenizer
         jobs = [("", "extra", "", "", text) for text in params.include]
         for suite in suites:
             seen: set[str] = set()
