@@ -474,9 +474,11 @@ def _svg_to_png(path: Path) -> Path:
                    "compare top neurons through the matching")
 @click.option("--permutations", type=click.IntRange(min=99), default=2000, show_default=True, help="with --match: null permutations")
 @click.option("--max-words", type=click.IntRange(min=50), default=5000, show_default=True, help="with --match: corpus words read")
+@click.option("--baselines", is_flag=True, help="with --match: also match two randomly initialised models of the same "
+              "architectures (probed like the audited ones; should be at chance)")
 @click.option("--json", "as_json", is_flag=True)
 @_trust_options
-def overlap(store, models, runs, top, score, out, match_corpus, permutations, max_words, as_json, granted) -> None:
+def overlap(store, models, runs, top, score, out, match_corpus, permutations, max_words, baselines, as_json, granted) -> None:
     """Shared bias infrastructure: overlap of each axis' top neurons, across axes and models."""
     import pyarrow as pa
 
@@ -504,10 +506,21 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
             raise click.UsageError("--match compares two models: give --model twice")
         from fairaudit.matching import compare_models
 
-        compared = compare_models(Store(store), scores[0], scores[1], match_corpus, top, permutations, max_words, frozenset(granted))
+        compared = compare_models(Store(store), scores[0], scores[1], match_corpus, top, permutations, max_words, frozenset(granted),
+                                  baselines)
         tables["matched_overlap"] = pa.Table.from_pylist([{k: v for k, v in o.__dict__.items() if k != "mapped"} for o in compared.overlaps])
         tables["neuron_matching"] = pa.Table.from_pylist(compared.matching.rows())
+        if compared.random_overlaps:
+            tables["matched_overlap_random_models"] = pa.Table.from_pylist(
+                [{k: v for k, v in o.__dict__.items() if k != "mapped"} for o in compared.random_overlaps])
     written = write_tables(out, tables)
+    if compared is not None:
+        from fairaudit.matching import figures
+        from fairaudit.store import atomic_write_text
+
+        for name, svg in figures(compared, scores[0].model, scores[1].model).items():
+            atomic_write_text(Path(out) / f"{name}.svg", svg)
+            written.append(Path(out) / f"{name}.svg")
     if as_json:
         click.echo(_dumps({name: table.to_pylist() for name, table in tables.items() if not name.endswith("per_layer")}))
         return
@@ -531,6 +544,10 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
                        f"{o.p_value:.4f}"] for o in compared.overlaps],
                      ["axis", "k a", "k b", "matched overlap", "null mean [95% range]", f"p ({compared.overlaps[0].permutations if compared.overlaps else 0} perm.)"])
         click.echo(f"sanity: {scores[0].model} matched with itself, neurons relabelled at random: {compared.self_recovery:.1%} recovered")
+        if compared.random_overlaps:
+            click.echo("sanity: two randomly initialised models of the same architectures, matched the same way (should be at chance):")
+            _print_table([[o.name, str(o.overlap), f"{o.null_mean:.1f} [{o.null_low:.0f}, {o.null_high:.0f}]", f"{o.p_value:.4f}"]
+                          for o in compared.random_overlaps], ["axis", "matched overlap", "null mean [95% range]", "p"])
     click.echo(f"tables written to {out} ({len(written)} files, Parquet and CSV)")
 
 

@@ -256,10 +256,52 @@ class MatchedComparison:
     overlaps: list[MatchedOverlap]
     self_recovery: float
     corpus: str
+    random_overlaps: list[MatchedOverlap] = field(default_factory=list)  # with --baselines
+
+
+def _scores_in_memory(loaded: LoadedModel, config, score: str) -> dict[str, np.ndarray]:
+    """A run config's probe and scorers applied to `loaded` without a store: axis -> `[layers, units]`."""
+    from fairaudit.plugins import registry
+    from fairaudit.runner import _load_suites, screen_pairs
+    from fairaudit.scoring import AxisScores
+
+    params = config.check_plugins()
+    plugins = registry()
+    probe = plugins.get("probe", config.probe.plugin)
+    by_axis = {}
+    for suite in _load_suites(config):
+        pairs, controls, _ = screen_pairs(loaded, suite)
+        stats = probe.run(loaded, pairs, controls, params["probe"], suite.axis)
+        scores = AxisScores(axis=suite.axis, component=config.scoring.component)
+        for path, kind, ref in config.plugin_refs():
+            if kind == "scorer":
+                plugins.get("scorer", ref.plugin).compute(stats, loaded, scores, params[path])
+        if score not in scores.neuron:
+            raise FairauditError(f"the random-model baseline needs the score '{score}', which the run's scorers do not write.")
+        by_axis[suite.axis] = scores.neuron[score].double().numpy()
+    return by_axis
+
+
+def random_twin(loaded: LoadedModel, seed: int) -> LoadedModel:
+    """A model of the same architecture and size with freshly initialised (untrained) weights."""
+    torch.manual_seed(seed)
+    model = type(loaded.model)(loaded.model.config).eval()
+    return LoadedModel(model=model, tokenizer=loaded.tokenizer, adapter=loaded.adapter, model_id=f"random-{loaded.model_id}",
+                       is_causal=loaded.is_causal, provenance={})
+
+
+def random_baseline(loaded: list[LoadedModel], config, score: str, chunks: list[str], top: float, permutations: int) -> list[MatchedOverlap]:
+    """Sanity baseline: two independently initialised random models of the two architectures,
+    probed and scored like the audited ones and matched on the same words; their matched
+    overlaps should be at chance."""
+    twins = [random_twin(model, seed) for model, seed in zip(loaded, (11, 12))]
+    scores = [_scores_in_memory(twin, config, score) for twin in twins]
+    matching = match_neurons(*(word_activations(twin, chunks) for twin in twins))
+    return overlaps_through_matching(scores[0], scores[1], matching, top, permutations)
 
 
 def compare_models(store, scores_a, scores_b, corpus: str | Path | None, top: float, permutations: int = 2000,
-                   max_words: int = 5000, granted: frozenset[str] = frozenset()) -> MatchedComparison:
+                   max_words: int = 5000, granted: frozenset[str] = frozenset(), baselines: bool = False) -> MatchedComparison:
     """Load the two audited models (as their runs recorded them), match their neurons on the
     corpus, store the matching (table `neuron_matching`) and the matched overlaps (table
     `matched_overlap`) under a new run of kind "match", and return them."""
@@ -290,6 +332,13 @@ def compare_models(store, scores_a, scores_b, corpus: str | Path | None, top: fl
     matching = match_neurons(first, second)
     overlaps = overlaps_through_matching(scores_a.by_axis, scores_b.by_axis, matching, top, permutations)
     recovery = self_match_recovery(first)
+    random_overlaps = []
+    if baselines:
+        from fairaudit.config import RunConfig
+
+        config = RunConfig.model_validate(store.read_run(scores_a.run_id)["config"]).model_copy(update={"pruning": None, "evaluators": []})
+        config = config.model_copy(update={"probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}})})
+        random_overlaps = random_baseline(loaded, config, scores_a.score, chunks, top, permutations)
     run_id = new_run_id()
     store.write_part("neuron_matching", scores_a.model, scores_b.model, run_id, pa.Table.from_pylist(matching.rows()))
     store.write_part("matched_overlap", scores_a.model, scores_b.model, run_id, pa.Table.from_pylist(
@@ -300,6 +349,29 @@ def compare_models(store, scores_a, scores_b, corpus: str | Path | None, top: fl
         "score": scores_a.score, "top": top, "permutations": permutations, "corpus": str(corpus or "bundled"),
         "corpus_sha256": hashlib.sha256(" ".join(chunks).encode()).hexdigest(), "words": matching.words,
         "alignment": matching.alignment, "self_match_recovery": recovery,
+        "random_baseline": [{key: value for key, value in overlap.__dict__.items() if key != "mapped"} for overlap in random_overlaps],
         "weights_hash_a": loaded[0].provenance["weights_hash"], "weights_hash_b": loaded[1].provenance["weights_hash"],
     })
-    return MatchedComparison(run_id=run_id, matching=matching, overlaps=overlaps, self_recovery=recovery, corpus=str(corpus or "bundled"))
+    return MatchedComparison(run_id=run_id, matching=matching, overlaps=overlaps, self_recovery=recovery, corpus=str(corpus or "bundled"),
+                             random_overlaps=random_overlaps)
+
+
+def figures(comparison: MatchedComparison, model_a: str, model_b: str) -> dict[str, str]:
+    """SVG figures of a matched comparison: observed vs null overlap per axis, and the layer
+    alignment over the layer-pair scores."""
+    from fairaudit.svg import bar_chart, matrix_heatmap
+
+    names = [overlap.name for overlap in comparison.overlaps]
+    series = {"matched overlap": [float(o.overlap) for o in comparison.overlaps],
+              "null mean": [o.null_mean for o in comparison.overlaps]}
+    if comparison.random_overlaps:
+        series["random models"] = [float(o.overlap) for o in comparison.random_overlaps]
+    scores = comparison.matching.layer_scores
+    return {
+        "matched_overlap": str(bar_chart(f"{model_a} top neurons mapped into {model_b}'s top neurons", names, series,
+                                         "axis", "neurons")),
+        "layer_alignment": str(matrix_heatmap(
+            f"layer-pair scores, {model_a} (rows) x {model_b} (columns)", [f"{a}" for a in range(scores.shape[0])],
+            [f"{b}" for b in range(scores.shape[1])], scores.tolist(), [False] * scores.shape[1],
+            f"alignment (row -> column): {comparison.matching.alignment}", f"layer of {model_b}", f"layer of {model_a}")),
+    }

@@ -107,11 +107,15 @@ def test_overlap_command_with_match_stores_and_prints_the_comparison(planted, cl
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(_corpus(1500))
     result = cli("overlap", store.root, "--model", runs[0].model_id, "--run", runs[0].run_id, "--model", runs[1].model_id,
-                 "--run", runs[1].run_id, "--top", str(TOP), "--score", "bias", "--match", corpus, "--permutations", "199", "--out", tmp_path / "out")
+                 "--run", runs[1].run_id, "--top", str(TOP), "--score", "bias", "--match", corpus, "--permutations", "199",
+                 "--baselines", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert "matched overlap" in result.output and "recovered" in result.output
+    assert "matched overlap" in result.output and "recovered" in result.output and "randomly initialised" in result.output
+    assert (tmp_path / "out" / "matched_overlap.svg").exists() and (tmp_path / "out" / "layer_alignment.svg").exists()
     match_runs = [run for run in store.runs() if run.get("kind") == "match"]
     assert match_runs and match_runs[-1]["alignment"][1] == 3 and match_runs[-1]["words"] == 1500
+    random_models = match_runs[-1]["random_baseline"]  # untrained models: no planted structure to find
+    assert len(random_models) == 5 and all(row["p_value"] > 0.001 for row in random_models)
     stored = store.rows("neuron_matching", run_id=match_runs[-1]["run_id"])
     assert len(stored) == 4 * 128 and (tmp_path / "out" / "matched_overlap.csv").exists()  # every neuron of the 4-layer Llama
 
