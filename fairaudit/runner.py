@@ -18,8 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 import torch
-from pydantic import ValidationError
 import transformers
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 import fairaudit
@@ -57,10 +57,11 @@ def _load_suites(config: RunConfig) -> list[Suite]:
     suites = [resolve_suite(name) for name in config.suites]
     stored_as: dict[str, str] = {}
     for suite in suites:  # axes are folder names in the store: two that sanitise alike would share numbers
-        other = stored_as.setdefault(safe_name(suite.axis), suite.axis)
-        if other is not suite.axis:
+        other = stored_as.get(safe_name(suite.axis))
+        if other is not None:
             same = "appears in more than one suite" if other == suite.axis else f"and '{other}' are stored under one name"
             raise ConfigError(f"run config field 'suites': axis '{suite.axis}' {same}; one suite per axis, with distinct names.")
+        stored_as[safe_name(suite.axis)] = suite.axis
     return suites
 
 

@@ -417,3 +417,10 @@ def test_json_output_is_strict_json(audited, tmp_path):
     assert process.returncode == 3 and "NaN" not in process.stdout
     payload = json.loads(process.stdout, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
     assert payload["verdicts"][0]["value"] is None and payload["verdicts"][0]["verdict"] == "not measured"
+
+
+def test_the_same_axis_twice_is_refused(tmp_path):
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.yaml").write_text(TWO_GROUPS.format(axis="race"))
+    with pytest.raises(ConfigError, match="appears in more than one suite"):
+        _load_suites(RunConfig(suites=[str(tmp_path / "one.yaml"), str(tmp_path / "two.yaml")]))
