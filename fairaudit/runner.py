@@ -97,6 +97,17 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def _clock() -> tuple[float, float]:
+    """Now, as (wall seconds, CPU seconds of this process, all threads)."""
+    return time.time(), time.process_time()
+
+
+def _record_time(timings: dict[str, float], key: str, since: tuple[float, float]) -> None:
+    """Wall seconds since `since` into timings[key], CPU seconds into timings[key + ':cpu']."""
+    timings[key] = round(time.time() - since[0], 3)
+    timings[f"{key}:cpu"] = round(time.process_time() - since[1], 3)
+
+
 def _call_plugin(kind: str, name: str, axis: str, call):
     """Run a plugin call; anything but a user error becomes a `PluginError` naming the plugin."""
     try:
@@ -170,7 +181,7 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
         if store.has_axis(loaded.model_id, suite.axis, run_id):
             result.skipped_axes.append(suite.axis)
             continue
-        axis_started = time.time()
+        axis_started = _clock()
         pairs, controls, notes = screen_pairs(loaded, suite)
         result.warnings += notes
         record.setdefault("warnings", []).extend(notes)
@@ -180,7 +191,7 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
             raise PluginError(f"probe plugin '{probe.name}' returned {type(stats).__name__} on axis '{suite.axis}', "
                               f"not ActivationStats; results stored for earlier axes are kept.")
         _check_finite(stats, suite.axis)
-        result.warnings += notify_stage_finished("probe", probe.name, suite.axis, time.time() - axis_started)
+        result.warnings += notify_stage_finished("probe", probe.name, suite.axis, time.time() - axis_started[0])
         scores = AxisScores(axis=suite.axis, component=config.scoring.component)
         for name, scorer, scorer_params in scorers:
             scorer_started = time.time()
@@ -190,7 +201,7 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
         if config.diagnose_top and {"attention", "mlp"} <= set(stats.components):
             _store_diagnosis(store, run_id, loaded, suite, stats, config.diagnose_top)
         store.write_axis(loaded.model_id, run_id, scores)  # its summary, written last, marks the axis complete
-        record["timings"][f"axis:{suite.axis}"] = round(time.time() - axis_started, 3)
+        _record_time(record["timings"], f"axis:{suite.axis}", axis_started)
         store.write_run(run_id, record)
     for suite in suites:
         summary = store.read("axis_summary", model=loaded.model_id, axis=suite.axis, run_id=run_id).to_pylist()[0]
@@ -201,7 +212,7 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
                  loaded: LoadedModel, result: AuditResult) -> LoadedModel:
     """Prune by this run's scores (unless a resumed run already saved the pruned model) and
     load the saved model back through the user's code path."""
-    stage_started = time.time()
+    stage_started = _clock()
     out_root = Path(config.pruning.out) if config.pruning.out else store.root.parent / "pruned"
     out = out_root / safe_name(run_id) / f"{safe_name(loaded.model_id)}-pruned"
     if (out / NEURON_MAP_FILE).exists() and "prune" not in record:
@@ -213,7 +224,7 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
                            "neurons": sum(outcome.report.widths_before), "ranking": outcome.ranking,
                            "parameters_before": outcome.report.parameters_before,
                            "parameters_after": outcome.report.parameters_after}
-        record["timings"]["prune"] = round(time.time() - stage_started, 3)
+        _record_time(record["timings"], "prune", stage_started)
         store.write_run(run_id, record)
     result.pruned = record.get("prune", {"out": str(out)})
     return load_model(config.model.model_copy(update={"id": str(out), "gguf_file": None, "revision": None}))
@@ -254,7 +265,8 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     plugins = registry()
 
     torch.manual_seed(config.seed)
-    started = time.time()
+    since = _clock()
+    started = since[0]
     loaded = load_model(config.model)
     _check_model_name(store, loaded.model_id)
     if config.pruning is not None:
@@ -272,9 +284,10 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         "config": config.model_dump(mode="json"),
         "seed": config.seed,
         "environment": _environment(),
-        "timings": {"load_model": round(time.time() - started, 3)},
+        "timings": {},
         **(labels or {}),
     }
+    _record_time(record["timings"], "load_model", since)
     if policy is not None:
         from fairaudit.policy import policy_record
 
@@ -296,17 +309,17 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
             _store_overlap(store, loaded.model_id, run_id, config.overlap_top)
         after = _prune_stage(store, run_id, record, config, suites, loaded, result) if config.pruning is not None else None
         if config.evaluators:
-            stage_started = time.time()
+            stage_started = _clock()
             evaluators = [(ref.plugin, plugins.get("evaluator", ref.plugin), params[path])
                           for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
             result.evaluation_failures, result.comparisons = run_evaluations(
                 store, run_id, suites, evaluators, loaded, after, record["timings"], config.evaluator_time_limit,
                 progress=getattr(params["probe"], "progress", True))
             result.measurements = store.rows("evaluations", run_id=run_id)
-            record["timings"]["evaluate"] = round(time.time() - stage_started, 3)
+            _record_time(record["timings"], "evaluate", stage_started)
             record["evaluation_failures"] = result.evaluation_failures
         record.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        record["timings"]["total"] = round(time.time() - started, 3)
+        _record_time(record["timings"], "total", since)
         store.write_run(run_id, record)
     except BaseException as exc:  # a failure of any kind (a full disk, a bug, Ctrl-C) is recorded, never left "running"
         record.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
@@ -549,7 +562,7 @@ def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: 
     """Run every evaluator on `before` (and `after`, the pruned model), store what each
     measured, then store the paired before/after comparisons. An evaluator that raises or
     returns the wrong type is recorded with its error; the others still run. Returns
-    (one message per failure, the comparison rows); `timings` receives seconds per run."""
+    (one message per failure, the comparison rows); `timings` receives wall and CPU seconds per run."""
     failures: list[str] = []
     timings = timings if timings is not None else {}
     roles = [("before", before, None)] + ([("after", after, before)] if after is not None else [])
@@ -560,7 +573,7 @@ def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: 
             progress.update()
             if store.part_path("evaluations", loaded.model_id, "all", run_id, name).exists():
                 continue  # stored by an interrupted run being resumed
-            evaluator_started = time.time()
+            evaluator_started = _clock()
             result = EvaluationResult()
             if getattr(evaluator, "requires_causal", False) and not loaded.is_causal:
                 result.measurements.append(Measurement(name, "", "skipped", math.nan, error="skipped: the model has no language-model head"))
@@ -573,7 +586,7 @@ def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: 
                     message = f"{name} on {role} model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                     failures.append(message)
                     result = EvaluationResult(measurements=[Measurement(name, "", "failed", math.nan, error=message)])
-            timings[f"evaluate:{name}:{role}"] = round(time.time() - evaluator_started, 3)
+            _record_time(timings, f"evaluate:{name}:{role}", evaluator_started)
             tables = _evaluation_tables(name, role, result)
             for table in ("evaluation_items", "generations", "evaluations"):  # the measurements last: they mark completion
                 store.write_part(table, loaded.model_id, "all", run_id, tables[table], part=name)

@@ -168,3 +168,14 @@ def test_two_runs_writing_to_one_store_at_once(model_folder, tmp_path):
     assert len(run_ids) == 2
     table = ds.dataset(tmp_path / "store" / "axis_summary", partitioning="hive").to_table()
     assert table.num_rows == 4 and set(table.column("run_id").to_pylist()) == run_ids
+
+
+def test_run_records_hold_wall_and_cpu_seconds_per_stage(model_folder, tmp_path):
+    result = audit(RunConfig.model_validate({
+        "model": str(model_folder("llama")), "suites": ["race"], "store": str(tmp_path / "store"), "report": False,
+        "probe": {"plugin": "activations", "params": {"progress": False}}, "pruning": {"selection": {"fraction": 0.05}},
+        "evaluators": ["output_bias"]}))
+    timings = Store(tmp_path / "store").read_run(result.run_id)["timings"]
+    for stage in ("load_model", "axis:race", "prune", "evaluate:output_bias:before", "evaluate:output_bias:after", "evaluate", "total"):
+        assert timings[stage] > 0 and timings[f"{stage}:cpu"] > 0, stage
+    assert timings["total"] >= timings["axis:race"] + timings["prune"]
