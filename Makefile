@@ -24,8 +24,9 @@ audit: install
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)); } || echo "chromium is absent and cannot be installed here: the browser test will be skipped"
 
+# Two workers (one torch thread each): the SmolLM2 audit test runs beside the others.
 test: install chromium
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 benchmarks: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/probe_speed.py

@@ -65,6 +65,39 @@ class Evaluator(Protocol):
         pruned one (None otherwise); most evaluators ignore it."""
 
 
+# --- what an earlier stage measured on the same model --------------------------------------
+
+def has_hooks(model: torch.nn.Module) -> bool:
+    """True when any module has a forward hook or pre-hook (a mask, a probe): what the model
+    computes may then differ from what its weights say."""
+    return any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())
+
+
+def remember(loaded: LoadedModel, key: Any, value: Any, weights: str) -> None:
+    """Keep `value`, measured on `loaded` while its weights hashed to `weights`, for `recall`."""
+    loaded.measured[key] = (weights, value)
+
+
+def recall(loaded: LoadedModel, key: Any) -> Any:
+    """The value remembered under `key` if the model still computes what it computed then:
+    no hook registered, and the weights hash (recomputed now) unchanged; else None (and a
+    stale entry is forgotten). A model changed in place, or masked, is measured again."""
+    from fairaudit.model import weights_hash
+
+    entry = loaded.measured.get(key)
+    if entry is None or has_hooks(loaded.model):
+        return None
+    if weights_hash(loaded.model) != entry[0]:
+        del loaded.measured[key]
+        return None
+    return entry[1]
+
+
+def probe_key(axis: str, position: str) -> tuple[str, str, str]:
+    """Where the probe stage leaves per-pair divergences for the bias re-probe."""
+    return ("probe_divergence", axis, position)
+
+
 # --- log-likelihoods as lm-evaluation-harness computes them -------------------------------
 
 def encode_request(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -101,15 +134,32 @@ def loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_s
         for row, sequence in enumerate(sequences):
             input_ids[row, : len(sequence)] = torch.tensor(sequence)
             mask[row, : len(sequence)] = 1
+        # the language-model head only where a continuation token is predicted (the batch's
+        # rows have similar lengths: one span of positions covers them all)
+        first = min(len(sequences[row]) - len(encoded[i][1]) for row, i in enumerate(chunk))
+        keep = torch.arange(first, width)
         with torch.inference_mode():
-            logits = loaded.model(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device)).logits
+            logits = loaded.model(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device),
+                                  **keep_logits(loaded, keep)).logits
+        if logits.shape[1] == width:  # a model whose forward cannot skip positions
+            logits = logits[:, first:]
         log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # float32, as lm-eval computes it
         for row, index in enumerate(chunk):
             context_ids, continuation_ids = encoded[index]
             end = len(sequences[row])
-            positions = torch.arange(end - len(continuation_ids), end)
+            positions = torch.arange(end - len(continuation_ids), end) - first
             results[index] = float(log_probs[row, positions, torch.tensor(continuation_ids)].double().sum())
     return results
+
+
+def keep_logits(loaded: LoadedModel, positions: torch.Tensor) -> dict[str, Any]:
+    """The forward argument that restricts the language-model head to `positions`, where the
+    model's forward takes one (transformers' causal LMs: `logits_to_keep`)."""
+    import inspect
+
+    if "logits_to_keep" in inspect.signature(loaded.model.forward).parameters:
+        return {"logits_to_keep": positions.to(loaded.device)}
+    return {}
 
 
 # --- before/after comparison ---------------------------------------------------------------

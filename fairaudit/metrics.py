@@ -141,8 +141,12 @@ def layer_divergence(stats: ActivationStats, component: str) -> torch.Tensor:
 def pair_bias_index(stats: ActivationStats) -> torch.Tensor:
     """[pairs]: for each pair, the mean over layers and over attention and MLP outputs of
     the mean |d_p| over units. Its mean over pairs is fairaudit's bias index."""
-    parts = [stats.components[name].pair_divergence.double() for name in INDEX_COMPONENTS if name in stats.components]
-    return torch.stack(parts, dim=2).mean(dim=(1, 2))
+    return index_of_divergence({name: stats.components[name].pair_divergence for name in INDEX_COMPONENTS if name in stats.components})
+
+
+def index_of_divergence(divergence: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`pair_bias_index` from each component's `[pairs, layers]` mean |d_p| over units."""
+    return torch.stack([value.double() for value in divergence.values()], dim=2).mean(dim=(1, 2))
 
 
 def bias_index(stats: ActivationStats) -> float:

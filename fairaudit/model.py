@@ -94,6 +94,9 @@ class LoadedModel:
     model_id: str
     is_causal: bool
     provenance: dict[str, Any] = field(default_factory=dict)
+    # what earlier stages measured on this model, for evaluators to reuse: key -> (weights hash
+    # when measured, value); see `fairaudit.evaluate.recall`
+    measured: dict[Any, tuple[str, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def layers(self) -> list[nn.Module]:

@@ -23,9 +23,10 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 import fairaudit
+from fairaudit import metrics
 from fairaudit.config import RunConfig, load_config
 from fairaudit.errors import ConfigError, FairauditError, ModelError, PluginError, StoreError, SuiteError
-from fairaudit.evaluate import EvaluationResult, Measurement, compare
+from fairaudit.evaluate import EvaluationResult, Measurement, compare, probe_key, remember
 from fairaudit.model import LoadedModel, ModelSpec, load_model, weights_hash
 from fairaudit.plugins import notify_stage_finished, registry
 from fairaudit.prune import NEURON_MAP_FILE
@@ -158,6 +159,18 @@ def _check_finite(stats: ActivationStats, axis: str) -> None:
                                  f"(--dtype float32) if a half-precision run overflowed. Axes stored before are kept.")
 
 
+def _remember_divergence(loaded: LoadedModel, probe_name: str, probe_params, stats: ActivationStats) -> None:
+    """Leave the built-in probe's per-pair divergences on the model for the bias re-probe,
+    keyed by the weights hash (the model is as loaded: nothing changes it before probing)."""
+    if probe_name != "activations" or getattr(probe_params, "padding_side", "right") != "right":
+        return
+    if not set(metrics.INDEX_COMPONENTS) <= set(stats.components):
+        return
+    rows = {pair_id: {name: stats.components[name].pair_divergence[index] for name in metrics.INDEX_COMPONENTS}
+            for index, pair_id in enumerate(stats.pair_ids)}
+    remember(loaded, probe_key(stats.axis, stats.position), rows, loaded.provenance["weights_hash"])
+
+
 def _check_scores(name: str, axis: str, scores: AxisScores, layers: int) -> None:
     """Catch a scorer that wrote columns of the wrong type or shape before they reach the store."""
     for column, values in scores.neuron.items():
@@ -191,6 +204,7 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
             raise PluginError(f"probe plugin '{probe.name}' returned {type(stats).__name__} on axis '{suite.axis}', "
                               f"not ActivationStats; results stored for earlier axes are kept.")
         _check_finite(stats, suite.axis)
+        _remember_divergence(loaded, probe.name, params["probe"], stats)
         result.warnings += notify_stage_finished("probe", probe.name, suite.axis, time.time() - axis_started[0])
         scores = AxisScores(axis=suite.axis, component=config.scoring.component)
         for name, scorer, scorer_params in scorers:
@@ -644,7 +658,6 @@ def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None
 
 def _store_diagnosis(store: Store, run_id: str, loaded: LoadedModel, suite: Suite, stats: ActivationStats, top: int) -> None:
     """The axis' emergence summary and the diagnosis figures of its most divergent pairs, for the report."""
-    from fairaudit import metrics
     from fairaudit.diagnose import diagnose_pair, emergence, render_view
 
     summary = emergence(stats)

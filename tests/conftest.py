@@ -13,6 +13,8 @@ from click.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each (and in their subprocesses)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from fairaudit.cli import main  # noqa: E402
 from fairaudit.testing import make_model  # noqa: E402

@@ -93,6 +93,35 @@ def test_bias_reprobe_covers_probe_and_heldout_templates(llama):
     assert set(result.items[("gender", "bias_index_heldout")]) == {p.pair_id for p in suite.pairs("heldout")}
 
 
+def test_bias_reprobe_reuses_the_probe_stage_only_for_the_same_unmasked_weights(model_folder):
+    """The probe stage's per-pair values stand in for re-probing the probe split while the
+    weights hash is unchanged and no mask is on; a mask or an in-place change recomputes."""
+    from fairaudit.evaluate import probe_key, remember
+    from fairaudit.prune import Selection, masked
+
+    loaded = load_model(str(model_folder("llama")))
+    suite = resolve_suite("race")
+    reprobe = evaluator("bias_reprobe")
+    fresh = reprobe.evaluate(loaded, [suite], reprobe.Params(), None).items[("race", "bias_index")]
+    probe = registry().get("probe", "activations")
+    stats = probe.run(loaded, suite.pairs("probe"), [], probe.Params(progress=False, batch_size=6), "race")
+    marked = {pair_id: {"attention": stats.components["attention"].pair_divergence[i] + 1.0,  # recognisable: +1
+                        "mlp": stats.components["mlp"].pair_divergence[i] + 1.0} for i, pair_id in enumerate(stats.pair_ids)}
+    remember(loaded, probe_key("race", "mean"), marked, loaded.provenance["weights_hash"])
+
+    reused = reprobe.evaluate(loaded, [suite], reprobe.Params(), None).items[("race", "bias_index")]
+    assert all(reused[key] == pytest.approx(fresh[key] + 1.0, rel=1e-6) for key in fresh)  # the remembered values were used
+    selection = Selection([torch.tensor([0, 1, 2]) for _ in loaded.layers], [64] * len(loaded.layers))
+    with masked(loaded, selection):
+        under_mask = reprobe.evaluate(loaded, [suite], reprobe.Params(), None).items[("race", "bias_index")]
+    assert all(under_mask[key] < fresh[key] + 0.5 for key in fresh) and under_mask != fresh  # measured, masked
+    with torch.no_grad():  # the same neurons zeroed in place: the hash differs, the values equal the masked ones
+        for layer in loaded.layers:
+            loaded.adapter.down(layer)[0].weight[:, :3] = 0.0
+    changed = reprobe.evaluate(loaded, [suite], reprobe.Params(), None).items[("race", "bias_index")]
+    assert changed == pytest.approx(under_mask, rel=1e-5) and probe_key("race", "mean") not in loaded.measured
+
+
 def test_generations_are_deterministic_and_side_by_side(llama):
     generations = evaluator("generations")
     params = generations.Params(pairs_per_axis=2, max_length=20, include=["The police officer thought he"])

@@ -52,36 +52,46 @@ def comparable(payload: dict) -> dict:
 
 
 def test_killed_at_ten_points_then_resumed(model_folder, tmp_path, reference):
+    """Ten runs, each killed at a random moment (SIGINT and SIGKILL in turn), two at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
     rng = random.Random(11)
-    for attempt in range(10):
-        root = tmp_path / f"attempt{attempt}"
-        root.mkdir()
-        config = root / "run.yaml"
-        config.write_text(config_text(model_folder("llama"), root))
-        how = signal.SIGINT if attempt % 2 == 0 else signal.SIGKILL
-        process = subprocess.Popen([sys.executable, "-m", "fairaudit", "audit", str(config), "--quiet"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(2.0, 9.0))  # startup, probing of four axes, pruning, evaluation
-        process.send_signal(how)
-        _, stderr = process.communicate(timeout=120)
-        assert "Traceback" not in stderr or how == signal.SIGKILL
-        assert_nothing_partial(root)
-        records = [json.loads(path.read_text()) for path in (root / "store").glob("runs/*/run.json")]
-        audits = [record for record in records if record.get("kind") == "audit"]
-        if not audits:
-            continue  # killed before the run record was written: nothing to resume, nothing partial
-        run_id = audits[0]["run_id"]
-        if how == signal.SIGINT and audits[0]["status"] == "interrupted":  # the message names the real run to resume
-            assert f"--resume {run_id}" in stderr and "RUN_ID" not in stderr
-        if audits[0]["status"] == "complete":  # killed after it finished: a resume is refused and changes nothing
-            refused = subprocess.run([sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store")],
-                                     capture_output=True, text=True, timeout=120)
-            assert refused.returncode == 2 and "nothing to resume" in refused.stderr
-            assert json.loads(next((root / "store").glob(f"runs/run_id={run_id}/run.json")).read_text())["status"] == "complete"
-            continue
-        resumed = subprocess.run([sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store"), "--json"],
-                                 capture_output=True, text=True, timeout=600)
-        assert resumed.returncode == 0, (attempt, how, resumed.stderr)
-        assert comparable(json.loads(resumed.stdout)) == comparable(reference), (attempt, how)
-        assert_nothing_partial(root)
-        assert not list((root / "store").rglob("*.tmp-*"))
+    delays = [rng.uniform(2.0, 9.0) for _ in range(10)]  # startup, probing of four axes, pruning, evaluation
+    model = model_folder("llama")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for finished in [pool.submit(kill_then_resume, attempt, delays[attempt], model, tmp_path, reference) for attempt in range(10)]:
+            finished.result()  # re-raises an attempt's assertion
+
+
+def kill_then_resume(attempt: int, delay: float, model: Path, tmp_path: Path, reference: dict) -> None:
+    root = tmp_path / f"attempt{attempt}"
+    root.mkdir()
+    config = root / "run.yaml"
+    config.write_text(config_text(model, root))
+    how = signal.SIGINT if attempt % 2 == 0 else signal.SIGKILL
+    process = subprocess.Popen([sys.executable, "-m", "fairaudit", "audit", str(config), "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    process.send_signal(how)
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr or how == signal.SIGKILL
+    assert_nothing_partial(root)
+    records = [json.loads(path.read_text()) for path in (root / "store").glob("runs/*/run.json")]
+    audits = [record for record in records if record.get("kind") == "audit"]
+    if not audits:
+        return  # killed before the run record was written: nothing to resume, nothing partial
+    run_id = audits[0]["run_id"]
+    if how == signal.SIGINT and audits[0]["status"] == "interrupted":  # the message names the real run to resume
+        assert f"--resume {run_id}" in stderr and "RUN_ID" not in stderr
+    if audits[0]["status"] == "complete":  # killed after it finished: a resume is refused and changes nothing
+        refused = subprocess.run([sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store")],
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "nothing to resume" in refused.stderr
+        assert json.loads(next((root / "store").glob(f"runs/run_id={run_id}/run.json")).read_text())["status"] == "complete"
+        return
+    resumed = subprocess.run([sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store"), "--json"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, (attempt, how, resumed.stderr)
+    assert comparable(json.loads(resumed.stdout)) == comparable(reference), (attempt, how)
+    assert_nothing_partial(root)
+    assert not list((root / "store").rglob("*.tmp-*"))

@@ -37,12 +37,35 @@ def test_optipfair_compatible_index_equals_optipfair_on_smollm2():
     assert used == 1 and ours == pytest.approx(theirs["overall_metrics"]["mean_difference"], abs=1e-4)
 
 
+# The default audit's every stage and evaluator on SmolLM2, with the evaluators' sample sizes cut
+# so that the test takes about a minute and a half instead of five (`make audit` runs the full
+# default; `benchmarks/audit_stages.py` times it).
+SMALL_DEFAULT = """
+evaluators:
+  - bias_reprobe
+  - output_bias
+  - {{plugin: generations, params: {{pairs_per_axis: 1, max_length: 24}}}}
+  - {{plugin: perplexity, params: {{file: {corpus}, max_length: 256}}}}
+  - {{plugin: lm_eval, params: {{limit: 10}}}}
+  - facts
+  - {{plugin: fidelity, params: {{sentences: 20}}}}
+"""
+
+
 @needs_smollm2
 def test_the_default_audit_runs_on_smollm2_offline(tmp_path):
-    completed = run_module("audit", "--store", tmp_path / "store", "--quiet", "--json", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"},
-                           timeout=1800)
+    from fairaudit_plugins.evaluators import corpus_path
+
+    corpus = tmp_path / "corpus-start.txt"
+    corpus.write_text(corpus_path().read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    config = tmp_path / "audit.yaml"
+    config.write_text(SMALL_DEFAULT.format(corpus=corpus))
+    completed = run_module("audit", config, "--store", tmp_path / "store", "--quiet", "--json", cwd=tmp_path,
+                           env={"HF_HUB_OFFLINE": "1"}, timeout=1800)
     assert completed.returncode == 0, completed.stderr[-2000:]
     payload = json.loads(completed.stdout)
     assert set(payload["axes"]) == {"race", "gender", "religion", "nationality"}
     assert payload["pruned"]["removed"] == 90 and payload["evaluation_failures"] == []
     assert payload["report"] and (tmp_path / payload["report"]).exists()
+    evaluated = {row["evaluator"] for row in payload["measurements"] if not row["error"]}
+    assert evaluated >= {"bias_reprobe", "output_bias", "generations", "perplexity", "lm_eval", "facts", "fidelity"}

@@ -1,0 +1,264 @@
+"""Output attribution: which MLP neurons and attention heads carry a pair's output-level bias.
+
+For pair p, the output-level bias m_p (`metrics.output_bias_terms`) is a signed sum of
+continuation log-likelihoods: positive = the model prefers the stereotype-consistent reading.
+A unit u is an MLP neuron (one input of the MLP's output projection) or an attention head (its
+block of the attention output projection's input). With x_u(r, t) its activation in run r of
+the pair at token t and g_u(r, t) = dm_p / dx_u(r, t), one backward pass per batch gives
+
+    contribution  c_p(u) = sum_r sum_t x_u(r, t) . g_u(r, t)
+    gradient sum  G_p(u) = sum_r sum_t g_u(r, t)
+
+The first-order estimate of how m_p changes when u is ablated (attribution patching) is
+-c_p(u) for zero-ablation and mu_u . G_p(u) - c_p(u) for mean-ablation (mu_u: u's mean
+activation over the bundled corpus). Because the two runs of a pair enter m_p with opposite
+signs, c_p(u) is close to sum_t (x_u(a, t) - x_u(b, t)) . g_u(a, t) when the prompts align token
+by token: the unit's share of the group difference that reaches the output. It is an
+estimate; `verify` measures the real change by ablating each candidate alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from fairaudit import metrics
+from fairaudit.errors import ConfigError
+from fairaudit.evaluate import encode_request
+from fairaudit.model import LoadedModel
+from fairaudit.suite import Pair
+
+KINDS = ("neuron", "head")
+
+
+def head_count(loaded: LoadedModel) -> int:
+    config = loaded.model.config
+    config = getattr(config, "text_config", None) or config
+    return int(config.num_attention_heads)
+
+
+def _sites(loaded: LoadedModel, kind: str) -> list:
+    """The module per layer whose first input holds the units of `kind`."""
+    name = "neuron" if kind == "neuron" else "heads"
+    sites = [loaded.adapter.sites(layer).get(name) for layer in loaded.layers]
+    if any(site is None or site.where != "input" for site in sites):
+        raise ConfigError(f"the '{loaded.adapter.name}' adapter does not say where its {kind}s are "
+                          f"(a '{name}' site on the input of a projection); output attribution needs it.")
+    return [site.module for site in sites]
+
+
+@dataclass
+class _Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: list[tuple[torch.Tensor, torch.Tensor]]  # per row: (positions, token ids) scored
+    signs: torch.Tensor  # [rows]
+    owners: torch.Tensor  # [rows] index of the pair within the batch
+
+
+def _batches(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int) -> Iterator[tuple[list[int], _Batch]]:
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(pairs), pairs_per_batch):
+        chunk = list(range(start, min(start + pairs_per_batch, len(pairs))))
+        rows = [(owner, *encode_request(loaded.tokenizer, context, continuation), sign)
+                for owner, index in enumerate(chunk) for context, continuation, sign in metrics.output_bias_terms(pairs[index])]
+        sequences = [(context + continuation)[:-1] for _, context, continuation, _ in rows]
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        targets = []
+        for row, ((_, _, continuation, _), sequence) in enumerate(zip(rows, sequences)):
+            input_ids[row, : len(sequence)] = torch.tensor(sequence)
+            mask[row, : len(sequence)] = 1
+            end = len(sequence)
+            targets.append((torch.arange(end - len(continuation), end), torch.tensor(continuation)))
+        yield chunk, _Batch(input_ids, mask, targets, torch.tensor([sign for *_, sign in rows], dtype=torch.float32),
+                            torch.tensor([owner for owner, *_ in rows]))
+
+
+def _as_3d(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """OPT's MLP sees `[batch * tokens, width]`; every other family `[batch, tokens, width]`."""
+    return tensor.reshape(shape[0], shape[1], -1) if tensor.dim() == 2 else tensor
+
+
+def _row_scores(logits: torch.Tensor, batch: _Batch) -> torch.Tensor:
+    """[rows]: signed summed log-probability of each row's continuation (float32 softmax)."""
+    values = []
+    for row, (positions, tokens) in enumerate(batch.targets):
+        log_probs = torch.log_softmax(logits[row, positions.to(logits.device)].float(), dim=-1)
+        values.append(log_probs.gather(1, tokens.to(logits.device)[:, None]).sum())
+    return torch.stack(values) * batch.signs.to(logits.device)
+
+
+def output_bias_values(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) -> torch.Tensor:
+    """[pairs] float64: m_p for each pair (no gradient)."""
+    values = torch.zeros(len(pairs), dtype=torch.float64)
+    for chunk, batch in _batches(loaded, pairs, pairs_per_batch):
+        with torch.inference_mode():
+            logits = loaded.model(input_ids=batch.input_ids.to(loaded.device), attention_mask=batch.attention_mask.to(loaded.device)).logits
+        rows = _row_scores(logits, batch).double().cpu()
+        values[chunk] = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, batch.owners, rows)
+    return values
+
+
+@dataclass
+class Attribution:
+    """Per-pair attribution of one axis' output bias. Tensors `[pairs, layers, units]`,
+    float32; heads' gradient sums keep every head dimension: `[pairs, layers, heads * dims]`."""
+
+    pair_ids: list[str]
+    output_bias: torch.Tensor  # float64 [pairs]: m_p
+    contribution: dict[str, torch.Tensor]  # kind -> c_p(u)
+    gradient_sum: dict[str, torch.Tensor]  # kind -> G_p(u) (heads: per dimension)
+    heads: int
+
+    def predicted_change(self, kind: str, means: torch.Tensor | None = None) -> torch.Tensor:
+        """[pairs, layers, units]: first-order change of m_p when each unit alone is ablated:
+        zero-ablation when `means` is None, else mean-ablation to `means` (`[layers, width]`)."""
+        change = -self.contribution[kind].double()
+        if means is None:
+            return change
+        shift = self.gradient_sum[kind].double() * means.double()[None]
+        if kind == "head":
+            pairs, layers, width = shift.shape
+            shift = shift.reshape(pairs, layers, self.heads, width // self.heads).sum(dim=-1)
+        return change + shift
+
+
+def attribute(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) -> Attribution:
+    """One forward and one backward pass per batch of pairs; see the module's docstring."""
+    if not loaded.is_causal:
+        raise ConfigError("output attribution needs a language-model head; this model is an encoder.")
+    pairs = [pair for pair in pairs if metrics.output_bias_terms(pair)]
+    modules = {kind: _sites(loaded, kind) for kind in KINDS}
+    heads = head_count(loaded)
+    layers = len(loaded.layers)
+    result = {kind: [] for kind in KINDS}
+    gradients = {kind: [] for kind in KINDS}
+    values = torch.zeros(len(pairs), dtype=torch.float64)
+    for chunk, batch in _batches(loaded, pairs, pairs_per_batch):
+        captured: dict[tuple[str, int], torch.Tensor] = {}
+        handles = [module.register_forward_pre_hook(lambda m, args, key=(kind, layer): captured.__setitem__(key, args[0]))
+                   for kind in KINDS for layer, module in enumerate(modules[kind])]
+        embeddings = loaded.model.get_input_embeddings()
+        handles.append(embeddings.register_forward_hook(lambda m, args, out: out.requires_grad_(True)))
+        try:
+            with torch.enable_grad():
+                logits = loaded.model(input_ids=batch.input_ids.to(loaded.device), attention_mask=batch.attention_mask.to(loaded.device),
+                                      use_cache=False).logits
+                rows = _row_scores(logits, batch)
+                keys = sorted(captured)
+                grads = torch.autograd.grad(rows.sum(), [captured[key] for key in keys])
+        finally:
+            for handle in handles:
+                handle.remove()
+        values[chunk] = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, batch.owners, rows.detach().double().cpu())
+        per_layer: dict[str, list] = {kind: [None] * layers for kind in KINDS}
+        per_layer_grad: dict[str, list] = {kind: [None] * layers for kind in KINDS}
+        shape = batch.input_ids.shape
+        for (kind, layer), grad in zip(keys, grads):
+            activation = _as_3d(captured[(kind, layer)].detach().float(), shape)
+            grad = _as_3d(grad.float(), shape)
+            product = activation * grad  # [rows, tokens, width]
+            if kind == "head":
+                product = product.reshape(*product.shape[:2], heads, -1).sum(dim=-1)
+            by_pair = torch.zeros((len(chunk), product.shape[-1]), dtype=torch.float32)
+            per_layer[kind][layer] = by_pair.index_add_(0, batch.owners, product.sum(dim=1).cpu())
+            grad_sum = torch.zeros((len(chunk), grad.shape[-1]), dtype=torch.float32)
+            per_layer_grad[kind][layer] = grad_sum.index_add_(0, batch.owners, grad.sum(dim=1).cpu())
+        for kind in KINDS:
+            result[kind].append(torch.stack(per_layer[kind], dim=1))
+            gradients[kind].append(torch.stack(per_layer_grad[kind], dim=1))
+    empty = lambda kind: torch.zeros((0, layers, 0))  # noqa: E731
+    return Attribution(
+        pair_ids=[pair.pair_id for pair in pairs], output_bias=values,
+        contribution={kind: torch.cat(result[kind]) if result[kind] else empty(kind) for kind in KINDS},
+        gradient_sum={kind: torch.cat(gradients[kind]) if gradients[kind] else empty(kind) for kind in KINDS},
+        heads=heads)
+
+
+def unit_means(loaded: LoadedModel, texts: list[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """kind -> `[layers, width]` mean activation over every token of `texts` (mean-ablation
+    values; heads keep every dimension of their block)."""
+    modules = {kind: _sites(loaded, kind) for kind in KINDS}
+    sums = {kind: [torch.zeros(0)] * len(loaded.layers) for kind in KINDS}
+    tokens = 0
+    for start in range(0, len(texts), batch_size):
+        batch = loaded.tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True)
+        mask = batch["attention_mask"]
+        tokens += int(mask.sum())
+
+        def add(key, args, mask=mask):
+            kind, layer = key
+            hidden = args[0].detach().float().cpu()
+            if hidden.dim() == 2:  # OPT flattens [batch * tokens, width]
+                hidden = hidden.reshape(mask.shape[0], mask.shape[1], -1)
+            total = (hidden * mask[..., None]).sum(dim=(0, 1)).double()
+            sums[kind][layer] = total if not sums[kind][layer].numel() else sums[kind][layer] + total
+
+        handles = [module.register_forward_pre_hook(lambda m, args, key=(kind, layer): add(key, args))
+                   for kind in KINDS for layer, module in enumerate(modules[kind])]
+        try:
+            with torch.inference_mode():
+                loaded.model(**{key: value.to(loaded.device) for key, value in batch.items()})
+        finally:
+            for handle in handles:
+                handle.remove()
+    return {kind: torch.stack(sums[kind]) / max(tokens, 1) for kind in KINDS}
+
+
+# --- verification by real ablation -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    kind: str
+    layer: int
+    index: int
+
+
+def measured_change(loaded: LoadedModel, pairs: list[Pair], units: list[Unit], means: dict[str, torch.Tensor] | None = None,
+                    pairs_per_batch: int = 8, replicas: int = 4) -> torch.Tensor:
+    """[units]: the real change of the mean output bias (mean over `pairs` of m_p) when each
+    unit alone is ablated (zero, or to `means`). Several units share a forward pass: the
+    batch is repeated, each copy with its own unit ablated."""
+    pairs = [pair for pair in pairs if metrics.output_bias_terms(pair)]
+    modules = {kind: _sites(loaded, kind) for kind in KINDS}
+    heads = head_count(loaded)
+    base = output_bias_values(loaded, pairs, pairs_per_batch).mean()
+    changes = torch.zeros(len(units), dtype=torch.float64)
+    for start in range(0, len(units), replicas):
+        group = units[start : start + replicas]
+        total = torch.zeros(len(group), dtype=torch.float64)
+        for _, batch in _batches(loaded, pairs, pairs_per_batch):
+            rows = batch.input_ids.shape[0]
+
+            def ablate(module, args, kind, layer):
+                original = args[0]
+                hidden = original.reshape(rows * len(group), -1, original.shape[-1]).clone()
+                for copy, unit in enumerate(group):
+                    if unit.kind != kind or unit.layer != layer:
+                        continue
+                    width = hidden.shape[-1] // heads if kind == "head" else 1
+                    columns = slice(unit.index * width, (unit.index + 1) * width)
+                    value = 0.0 if means is None else means[kind][layer, columns].to(hidden.dtype).to(hidden.device)
+                    hidden[copy * rows : (copy + 1) * rows, :, columns] = value
+                return (hidden.reshape(original.shape), *args[1:])
+
+            handles = [module.register_forward_pre_hook(lambda m, args, kind=kind, layer=layer: ablate(m, args, kind, layer))
+                       for kind in KINDS for layer, module in enumerate(modules[kind])
+                       if any(u.kind == kind and u.layer == layer for u in group)]
+            repeated = _Batch(batch.input_ids.repeat(len(group), 1), batch.attention_mask.repeat(len(group), 1),
+                              batch.targets * len(group), batch.signs.repeat(len(group)), batch.owners)
+            try:
+                with torch.inference_mode():
+                    logits = loaded.model(input_ids=repeated.input_ids.to(loaded.device),
+                                          attention_mask=repeated.attention_mask.to(loaded.device)).logits
+            finally:
+                for handle in handles:
+                    handle.remove()
+            scores = _row_scores(logits, repeated).double().cpu().reshape(len(group), rows)
+            total += scores.sum(dim=1)
+        changes[start : start + len(group)] = total / len(pairs) - base
+    return changes
