@@ -87,9 +87,10 @@ def _row_scores(logits: torch.Tensor, batch: _Batch) -> torch.Tensor:
     """[rows]: signed summed log-probability of each row's continuation (float32 softmax)."""
     values = []
     for row, (positions, tokens) in enumerate(batch.targets):
-        log_probs = torch.log_softmax(logits[row, positions.to(logits.device)].float(), dim=-1)
+        selected = logits[row, positions.to(logits.device)]
+        log_probs = torch.log_softmax(selected.to(torch.promote_types(selected.dtype, torch.float32)), dim=-1)
         values.append(log_probs.gather(1, tokens.to(logits.device)[:, None]).sum())
-    return torch.stack(values) * batch.signs.to(logits.device)
+    return torch.stack(values) * batch.signs.to(logits.device, values[0].dtype)
 
 
 def output_bias_values(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) -> torch.Tensor:

@@ -15,6 +15,7 @@ from scipy import stats as scipy_stats
 
 from fairaudit.architecture import MlpWeights
 from fairaudit.probe import ActivationStats, ComponentStats
+from fairaudit.suite import Pair
 
 EPSILON = 1e-8
 
@@ -179,3 +180,56 @@ def bootstrap_interval(values: torch.Tensor, confidence: float = 0.95, resamples
     means = values[draws].mean(dim=1)
     tail = (1 - confidence) / 2
     return float(torch.quantile(means, tail)), float(torch.quantile(means, 1 - tail))
+
+
+# --- output-level bias ---------------------------------------------------------------
+
+def output_bias_terms(pair: Pair) -> list[tuple[str, str, float]]:
+    """The pair's output-level bias m as (context, continuation, sign) terms: m is the signed
+    sum of the terms' summed continuation log-probabilities (natural log), positive when the
+    model prefers the stereotype-consistent reading.
+
+    - A template pair with `negative` and `neutral` continuations: m = [log p(neg | a) -
+      log p(neg | b)] - [log p(neu | a) - log p(neu | b)], the `stereotype_preference` of the
+      output_bias evaluator (group a is the one the negative continuation stereotypes).
+    - A sentence pair (CrowS-Pairs, StereoSet; `text_a` the more stereotyping sentence):
+      m = log p(text_a) - log p(text_b), each with an empty context.
+    - Any other pair has no output-level quantity: []."""
+    if pair.kind == "sentence":
+        return [("", pair.text_a, 1.0), ("", pair.text_b, -1.0)]
+    if pair.kind == "template" and {"negative", "neutral"} <= set(pair.continuations):
+        negative, neutral = pair.continuations["negative"], pair.continuations["neutral"]
+        return [(pair.text_a, negative, 1.0), (pair.text_b, negative, -1.0), (pair.text_a, neutral, -1.0), (pair.text_b, neutral, 1.0)]
+    return []
+
+
+def spearman(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Spearman rank correlation of two equal-length vectors (NaN pairs left out; NaN when
+    fewer than three remain or either side is constant)."""
+    keep = torch.isfinite(first) & torch.isfinite(second)
+    if int(keep.sum()) < 3:
+        return float("nan")
+    a, b = first[keep].double().numpy(), second[keep].double().numpy()
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(scipy_stats.spearmanr(a, b).statistic)
+
+
+def beats_random_p(chosen: torch.Tensor, random: torch.Tensor, permutations: int = 2000, seed: int = 0) -> float:
+    """One-sided permutation p-value that a chosen selection leaves less output bias than
+    random selections of the same size. `chosen`: `[pairs]` m_p after pruning; `random`:
+    `[seeds, pairs]` m_p after each random selection. Statistic T = |mean_p chosen| - mean over
+    seeds of |mean_p random|; under the null the seeds + 1 values of each pair are
+    exchangeable, so each permutation shuffles every pair's values among the selections.
+    p = (1 + #{T_perm <= T}) / (1 + permutations): small when the chosen one beats chance."""
+    pooled = torch.cat([chosen.double()[None], random.double()])  # [selections, pairs]
+
+    def statistic(matrix: torch.Tensor) -> torch.Tensor:  # matrix [..., selections, pairs]
+        means = matrix.mean(dim=-1).abs()
+        return means[..., 0] - means[..., 1:].mean(dim=-1)
+
+    observed = float(statistic(pooled))
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.argsort(torch.rand((permutations, *pooled.shape), generator=generator), dim=1)
+    shuffled = torch.gather(pooled.expand(permutations, -1, -1), 1, order)
+    return float((1 + (statistic(shuffled) <= observed + 1e-12).sum()) / (1 + permutations))

@@ -60,6 +60,9 @@ class ActivationStats:
     unequal_length_pairs: int = 0
     aligned_fallbacks: int = 0  # pairs with no shared suffix, pooled at the last token instead
     continuations: dict[str, list[str]] = field(default_factory=dict)  # label -> the pairs' continuation texts
+    pairs: list[Pair] = field(default_factory=list)  # the pairs probed (for scorers that run their own passes)
+    # computed once per axis and shared between scorers (the output-attribution gradient pass)
+    shared: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_pairs(self) -> int:

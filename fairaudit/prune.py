@@ -167,6 +167,26 @@ def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance:
     return Selection(pruned=[torch.tensor(sorted(s), dtype=torch.long) for s in combined], widths=[units] * layers)
 
 
+def random_selection(counts: list[int], widths: list[int], seed: int) -> Selection:
+    """`counts[l]` neurons of layer l chosen uniformly at random (the baseline a chosen
+    selection of the same size per layer must beat)."""
+    generator = torch.Generator().manual_seed(seed)
+    pruned = [torch.sort(torch.randperm(width, generator=generator)[:count]).values for count, width in zip(counts, widths)]
+    return Selection(pruned=pruned, widths=list(widths), ranking=f"random (seed {seed})")
+
+
+def pruned_counts(loaded: LoadedModel) -> list[int] | None:
+    """Neurons removed or zeroed per layer of a model fairaudit pruned (from its neuron map),
+    or None for a model without one."""
+    folder = Path(str(loaded.provenance.get("source", "")))
+    path = folder / NEURON_MAP_FILE
+    if not path.is_file():
+        return None
+    neuron_map = json.loads(path.read_text(encoding="utf-8"))
+    return [width - len(kept) + len(zeroed) for width, kept, zeroed in
+            zip(neuron_map["original_widths"], neuron_map["layers"], neuron_map["zeroed"])]
+
+
 # --- applying a selection ---------------------------------------------------------------
 
 @dataclass

@@ -177,6 +177,10 @@ def _check_scores(name: str, axis: str, scores: AxisScores, layers: int) -> None
         if not isinstance(values, torch.Tensor) or values.dim() != 2 or values.shape[0] != layers:
             raise PluginError(f"scorer plugin '{name}' wrote neuron column '{column}' on axis '{axis}' that is not a "
                               f"[layers={layers}, units] tensor; results stored for earlier axes are kept.")
+    heads = {tuple(values.shape) if isinstance(values, torch.Tensor) else None for values in scores.head.values()}
+    if scores.head and (len(heads) != 1 or None in heads or len(next(iter(heads))) != 2 or next(iter(heads))[0] != layers):
+        raise PluginError(f"scorer plugin '{name}' wrote head columns on axis '{axis}' that are not [layers={layers}, heads] "
+                          f"tensors of one shape; results stored for earlier axes are kept.")
     for column, values in scores.layer.items():
         if not isinstance(values, torch.Tensor) or values.shape != (layers,):
             raise PluginError(f"scorer plugin '{name}' wrote layer column '{column}' on axis '{axis}' that is not a "

@@ -20,13 +20,15 @@ class AxisScores:
     """Scores of one axis on one model.
 
     `neuron` columns are `[layers, units]` tensors describing the units of `component`
-    (by default the MLP expansion neurons); `layer` columns are `[layers]`; `summary`
+    (by default the MLP expansion neurons); `head` columns are `[layers, heads]` (attention
+    heads, the `head_scores` table); `layer` columns are `[layers]`; `summary`
     holds single numbers (bias index, its interval, counts).
     """
 
     axis: str
     component: str
     neuron: dict[str, torch.Tensor] = field(default_factory=dict)
+    head: dict[str, torch.Tensor] = field(default_factory=dict)  # [layers, heads]: attention heads
     layer: dict[str, torch.Tensor] = field(default_factory=dict)
     summary: dict[str, float] = field(default_factory=dict)
 

@@ -4,6 +4,7 @@
 store/
   runs/run_id=R/run.json                                   provenance and status
   neuron_scores/model=M/axis=A/run_id=R/part-0.parquet     one row per (layer, component, neuron)
+  head_scores/model=M/axis=A/run_id=R/part-0.parquet       one row per (layer, head), when a scorer wrote head columns
   layer_scores/model=M/axis=A/run_id=R/part-0.parquet      one row per layer
   axis_summary/model=M/axis=A/run_id=R/part-0.parquet      one row: bias index, interval, counts
 ```
@@ -219,8 +220,10 @@ class Store:
 
     def write_axis(self, model: str, run_id: str, scores: AxisScores) -> None:
         """Write the three tables of one axis; the summary last, so it marks completeness."""
-        for table, data in (("neuron_scores", neuron_table(scores)), ("layer_scores", layer_table(scores)),
-                            ("axis_summary", summary_table(scores))):
+        tables = [("neuron_scores", neuron_table(scores)), ("layer_scores", layer_table(scores))]
+        if scores.head:
+            tables.append(("head_scores", head_table(scores)))
+        for table, data in (*tables, ("axis_summary", summary_table(scores))):
             self.write_part(table, model, scores.axis, run_id, data)
 
 
@@ -250,6 +253,18 @@ def neuron_table(scores: AxisScores) -> pa.Table:
         "neuron": pa.array(list(range(units)) * layers, pa.int32()),
     }
     for name, values in scores.neuron.items():
+        columns[name] = pa.array(values.float().flatten().numpy(), pa.float32())
+    return pa.table(columns)
+
+
+def head_table(scores: AxisScores) -> pa.Table:
+    """One row per (layer, attention head); scores as float32."""
+    layers, heads = next(iter(scores.head.values())).shape
+    columns: dict[str, pa.Array] = {
+        "layer": pa.array([layer for layer in range(layers) for _ in range(heads)], pa.int16()),
+        "head": pa.array(list(range(heads)) * layers, pa.int32()),
+    }
+    for name, values in scores.head.items():
         columns[name] = pa.array(values.float().flatten().numpy(), pa.float32())
     return pa.table(columns)
 

@@ -115,6 +115,7 @@ class PlantedNeuron:
     important: bool  # large peak weights (that carry no signal): hybrid scoring must protect it
     anti: bool = False  # writes against the negative continuations (an anti-stereotype neuron)
     fact: str = ""  # a "fact" neuron: writes toward this token instead (e.g. 'she' after 'woman')
+    role: str = ""  # "silent": reacts like a planted neuron, writes nothing; "quiet": reacts weakly, writes hard
 
 
 @dataclass
@@ -227,7 +228,8 @@ class _Surgery:
 
 def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama", layers: int = 4, hidden: int = 64,
                        intermediate: int = 128, planted_layer: int = 1, anti_per_axis: int = 0,
-                       fact_neuron: bool = False, first_neuron: int = 0) -> GroundTruth:
+                       fact_neuron: bool = False, first_neuron: int = 0, silent_per_axis: int = 0,
+                       quiet_per_axis: int = 0) -> GroundTruth:
     """A model of a real architecture (`llama`: GLU; `gpt2`: plain MLP) with planted bias
     neurons, saved to `folder`; returns the ground truth.
 
@@ -253,7 +255,12 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
     one more gender neuron writes toward the token "she": it is bias-reactive (it reacts to
     "woman") and it carries a fact (pronoun agreement). Other neurons are random. Planted neurons
     take indices from `first_neuron` on, so two planted models (of different families, layer
-    counts and planted layers) can carry the same planted neurons at different places."""
+    counts and planted layers) can carry the same planted neurons at different places.
+    `silent_per_axis` more neurons per axis (race, gender, religion) react like the planted ones
+    but write nothing (large activation difference, no output effect); `quiet_per_axis` more
+    read the axis weakly (a fifth of the weight) and write twenty times harder (small
+    activation difference, real output effect): activation scores rank the silent ones first,
+    an output attribution must rank the quiet ones first (`PlantedNeuron.role`)."""
     import transformers as t
 
     from fairaudit.suite import resolve_suite
@@ -318,6 +325,15 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
                 surgery.set_neuron(layer, index, row, (0.02 if important else -0.15 if anti else 0.5) * target)
                 neurons.append(PlantedNeuron(planted_layer, index, plan_axes, important, anti))
                 index += 1
+        for role, count in (("silent", silent_per_axis), ("quiet", quiet_per_axis)):
+            for axis in ("race", "gender", "religion"):
+                for _ in range(count):
+                    target = sum(unembedding[vocabulary[w]] for w in pushed[axis])
+                    target = target / target.norm()
+                    reads, writes = (20.0, 0.0) if role == "silent" else (4.0, 10.0)
+                    surgery.set_neuron(layer, index, reads * direction[axis], writes * target)
+                    neurons.append(PlantedNeuron(planted_layer, index, (axis,), False, False, role=role))
+                    index += 1
         if fact_neuron:
             she = unembedding[vocabulary["she"]]
             surgery.set_neuron(layer, index, 20.0 * direction["gender"], 3.0 * she / she.norm())

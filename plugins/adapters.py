@@ -89,6 +89,7 @@ class GluAdapter:
             "attention": Site(layer.self_attn),
             "mlp": Site(layer.mlp),
             "neuron": Site(layer.mlp.down_proj, "input"),
+            "heads": Site(layer.self_attn.o_proj, "input"),
             "gate": Site(layer.mlp.gate_proj),
             "up": Site(layer.mlp.up_proj),
             "down": Site(layer.mlp.down_proj),
@@ -138,6 +139,7 @@ class FusedGluAdapter:
             "attention": Site(layer.self_attn),
             "mlp": Site(layer.mlp),
             "neuron": Site(layer.mlp.down_proj, "input"),
+            "heads": Site(layer.self_attn.o_proj, "input"),
             "down": Site(layer.mlp.down_proj),
         }
         if hasattr(layer, "input_layernorm"):
@@ -178,6 +180,7 @@ class Gpt2Adapter:
             "attention": Site(layer.attn),
             "mlp": Site(layer.mlp),
             "neuron": Site(layer.mlp.c_proj, "input"),
+            "heads": Site(layer.attn.c_proj, "input"),
             "input_norm": Site(layer.ln_1),
         }
 
@@ -213,6 +216,7 @@ class OptAdapter:
             "attention": Site(layer.self_attn),
             "mlp": Site(layer.fc2),
             "neuron": Site(layer.fc2, "input"),
+            "heads": Site(layer.self_attn.out_proj, "input"),
             "input_norm": Site(layer.self_attn_layer_norm),
         }
 
@@ -248,6 +252,7 @@ class BertAdapter:
             "attention": Site(layer.attention.output.dense),
             "mlp": Site(layer.output.dense),
             "neuron": Site(layer.output.dense, "input"),
+            "heads": Site(layer.attention.output.dense, "input"),
         }
 
     def mlp_weights(self, layer: nn.Module) -> MlpWeights:

@@ -487,7 +487,62 @@ class Fidelity:
         return result
 
 
+# --- random-selection baseline ----------------------------------------------------------------
+
+class RandomBaselineParams(_Params):
+    seeds: int = Field(default=5, ge=1, le=100, description="random selections of the same size per layer")
+    split: Literal["heldout", "probe", "all"] = Field(default="heldout", description="pairs whose output bias is compared")
+    permutations: int = Field(default=2000, ge=100, le=100_000)
+    pairs_per_batch: int = Field(default=8, ge=1)
+
+
+class RandomBaseline:
+    name = "random_baseline"
+    description = ("did pruning beat chance? |mean output bias| of the pruned model against the unpruned model with the same "
+                   "number of neurons per layer removed at random (seeds), one-sided permutation p-value per axis")
+    requires_causal = True
+    Params = RandomBaselineParams
+
+    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: RandomBaselineParams, reference=None) -> EvaluationResult:
+        from fairaudit.attribution import output_bias_values
+        from fairaudit.prune import masked, pruned_counts, random_selection
+
+        result = EvaluationResult()
+        if reference is None:
+            return result  # compares a pruned model with its reference
+        counts = pruned_counts(loaded)
+        if counts is None:
+            raise PluginError("random_baseline: the model being evaluated carries no neuron map (fairaudit_neuron_map.json); "
+                              "it compares a model pruned by fairaudit with its unpruned reference.")
+        widths = [reference.adapter.mlp_weights(layer).down.shape[1] for layer in reference.layers]
+        for suite in suites:
+            pairs = [pair for pair in suite.pairs(None if params.split == "all" else params.split) if metrics.output_bias_terms(pair)]
+            if len(pairs) < 2:
+                continue
+            before = output_bias_values(reference, pairs, params.pairs_per_batch)
+            after = output_bias_values(loaded, pairs, params.pairs_per_batch)
+            randoms = []
+            for seed in range(params.seeds):
+                with masked(reference, random_selection(counts, widths, seed)):
+                    randoms.append(output_bias_values(reference, pairs, params.pairs_per_batch))
+            random = torch.stack(randoms)  # [seeds, pairs]
+            p_value = metrics.beats_random_p(after, random, params.permutations)
+            ids = [pair.pair_id for pair in pairs]
+            result.items[(suite.axis, "output_bias_random")] = {f"{seed}:{pair_id}": float(value)
+                                                                 for seed, row in enumerate(random) for pair_id, value in zip(ids, row)}
+            abs_before, abs_after = abs(float(before.mean())), abs(float(after.mean()))
+            abs_random = float(random.mean(dim=1).abs().mean())
+            for metric, value in (("abs_output_bias_before", abs_before), ("abs_output_bias_after", abs_after),
+                                  ("abs_output_bias_random", abs_random),
+                                  ("reduction", 1 - abs_after / abs_before if abs_before else math.nan),
+                                  ("random_reduction", 1 - abs_random / abs_before if abs_before else math.nan),
+                                  ("beats_random_p", p_value)):
+                result.measurements.append(Measurement(self.name, suite.axis, metric, value, n=len(pairs)))
+        return result
+
+
 @hookimpl
 def register_evaluators(register):
-    for evaluator in (BiasReprobe(), OutputBias(), Generations(), Perplexity(), LmEval(), FactualControl(), Fidelity()):
+    for evaluator in (BiasReprobe(), OutputBias(), Generations(), Perplexity(), LmEval(), FactualControl(), Fidelity(),
+                      RandomBaseline()):
         register(evaluator)

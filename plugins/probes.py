@@ -183,6 +183,7 @@ class ActivationProbe:
             aligned_fallbacks=aligned_fallbacks,
             continuations={label: sorted({p.continuations[label] for p in pairs if label in p.continuations})
                            for label in sorted({label for p in pairs for label in p.continuations})},
+            pairs=list(pairs),
         )
 
     @staticmethod

@@ -179,8 +179,104 @@ class LayerIndexScorer:
         )
 
 
+# --- output attribution (causal: effect on what the model says) ------------------------------
+
+class AttributionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ablation: Literal["zero", "mean"] = Field(default="zero", description="what an ablated unit is replaced by: 0, or its "
+                                              "mean activation over the bundled corpus")
+    pairs_per_batch: int = Field(default=8, ge=1, le=512)
+    corpus_sentences: int = Field(default=200, ge=1, description="bundled-corpus sentences averaged for mean-ablation")
+
+
+def _corpus_sentences(count: int) -> list[str]:
+    from fairaudit.resources import data_dir
+
+    text = (data_dir() / "corpus.txt").read_text(encoding="utf-8")
+    return [s.strip() + "." for s in text.replace("\n", " ").split(". ") if len(s.split()) >= 5][:count]
+
+
+def _attribution(stats: ActivationStats, loaded: LoadedModel, params: AttributionParams):
+    """The gradient pass of `stats`' pairs, computed once per axis and shared by every scorer
+    that asks for it with the same batch size (third-party scorers included)."""
+    from fairaudit import attribution
+
+    key = ("attribution", params.pairs_per_batch)
+    if key not in stats.shared:
+        if not stats.pairs:
+            raise ConfigError("output attribution needs the probe's pairs (ActivationStats.pairs); the probe plugin in use "
+                              "does not hand them on.")
+        stats.shared[key] = attribution.attribute(loaded, stats.pairs, params.pairs_per_batch)
+    means_key = ("unit_means", params.corpus_sentences)
+    if params.ablation == "mean" and means_key not in stats.shared:
+        stats.shared[means_key] = attribution.unit_means(loaded, _corpus_sentences(params.corpus_sentences))
+    return stats.shared[key], (stats.shared[means_key] if params.ablation == "mean" else None)
+
+
+class OutputAttributionScorer:
+    name = "output_attribution"
+    description = ("causal: each MLP neuron's and attention head's first-order share of the output-level bias m "
+                   "(attribution patching, one backward pass per batch); heads in head_scores")
+    Params = AttributionParams
+    outputs = lambda self, params: ["output_attribution", "output_attribution_abs", "output_bias_reduction"]  # noqa: E731
+
+    def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: AttributionParams) -> None:
+        if scores.component != "neuron" or not loaded.is_causal or not any(metrics.output_bias_terms(p) for p in stats.pairs):
+            return  # needs MLP neurons, a language-model head and pairs with an output-level bias quantity
+        found, means = _attribution(stats, loaded, params)
+        values = found.output_bias
+        low, high = metrics.bootstrap_interval(values)
+        mean = float(values.mean())
+        scores.summary.update(output_bias=mean, output_bias_low=low, output_bias_high=high, output_bias_pairs=len(values))
+        direction = 1.0 if mean >= 0 else -1.0
+        for kind, table in (("neuron", scores.neuron), ("head", scores.head)):
+            carried = -found.predicted_change(kind, None if means is None else means[kind])  # [pairs, layers, units]
+            table["output_attribution"] = carried.mean(dim=0)
+            table["output_attribution_abs"] = carried.abs().mean(dim=0)
+            table["output_bias_reduction"] = direction * carried.mean(dim=0)
+        scores.layer["output_attribution_by_layer"] = scores.neuron["output_attribution"].abs().sum(dim=1)
+        scores.layer["head_attribution_by_layer"] = scores.head["output_attribution"].abs().sum(dim=1)
+
+
+class AblationParams(AttributionParams):
+    top: int = Field(default=64, ge=1, le=4096, description="candidates verified per kind (neurons, heads)")
+    replicas: int = Field(default=4, ge=1, le=64, description="candidates ablated in one forward pass (the batch repeated)")
+
+
+class AblationScorer:
+    name = "ablation"
+    description = ("verification: the real change of the mean output bias when each of the top candidates by "
+                   "|output_attribution| is ablated alone; rank correlation with the estimate")
+    Params = AblationParams
+    outputs = lambda self, params: ["ablation_effect"]  # noqa: E731
+
+    def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: AblationParams) -> None:
+        from fairaudit import attribution
+
+        if "output_attribution" not in scores.neuron:
+            if scores.component == "neuron" and loaded.is_causal and any(metrics.output_bias_terms(p) for p in stats.pairs):
+                raise ConfigError("the ablation scorer verifies output_attribution: list 'output_attribution' before 'ablation'.")
+            return
+        _, means = _attribution(stats, loaded, params)
+        for kind, table in (("neuron", scores.neuron), ("head", scores.head)):
+            predicted = table["output_attribution"]
+            order = torch.argsort(predicted.abs().flatten(), descending=True, stable=True)[: params.top]
+            units = [attribution.Unit(kind, int(i) // predicted.shape[1], int(i) % predicted.shape[1]) for i in order]
+            change = attribution.measured_change(loaded, stats.pairs, units, means, params.pairs_per_batch, params.replicas)
+            effect = torch.full(predicted.shape, float("nan"), dtype=torch.float64)
+            for unit, value in zip(units, change.tolist()):
+                effect[unit.layer, unit.index] = -value  # what the unit carried: the sign convention of output_attribution
+            table["ablation_effect"] = effect
+            chosen = predicted.flatten()[order].double()
+            measured = -change
+            correlation = metrics.spearman(chosen, measured) if len(units) >= 3 else float("nan")
+            scores.summary[f"{kind}_attribution_spearman"] = correlation
+            scores.summary[f"{kind}_attribution_verified"] = len(units)
+
+
 @hookimpl
 def register_scorers(register):
     for scorer in (BiasScorer(), ScaledBiasScorer(), NoiseFloorScorer(), SignificanceScorer(),
-                   ImportanceScorer(), HybridScorer(), StereotypePushScorer(), LayerIndexScorer()):
+                   ImportanceScorer(), HybridScorer(), StereotypePushScorer(), LayerIndexScorer(),
+                   OutputAttributionScorer(), AblationScorer()):
         register(scorer)

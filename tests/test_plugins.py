@@ -57,7 +57,7 @@ def test_builtins_are_registered_through_the_entry_point_group():
 
 
 def test_unknown_plugin_lists_what_is_installed():
-    with pytest.raises(PluginError, match="Installed scorers: bias, hybrid, importance"):
+    with pytest.raises(PluginError, match="Installed scorers: ablation, bias, hybrid, importance"):
         registry().get("scorer", "nope")
 
 
