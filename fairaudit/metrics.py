@@ -182,6 +182,26 @@ def bootstrap_interval(values: torch.Tensor, confidence: float = 0.95, resamples
     return float(torch.quantile(means, tail)), float(torch.quantile(means, 1 - tail))
 
 
+def cluster_bootstrap_interval(values: torch.Tensor, clusters: list[str], confidence: float = 0.95, resamples: int = 2000,
+                               seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`, resampling whole clusters (the
+    pairs of one template) with replacement: pairs made from one template share its wording and
+    are not independent, so this interval is the honest one for a claim about templates."""
+    keep = torch.isfinite(values)
+    names = [cluster for cluster, kept in zip(clusters, keep.tolist()) if kept]
+    keys = sorted(set(names))
+    if len(keys) < 2:
+        return float("nan"), float("nan")
+    index = torch.tensor([keys.index(name) for name in names])
+    sums = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, index, values[keep].double())
+    counts = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, index, torch.ones(len(names), dtype=torch.float64))
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, len(keys), (resamples, len(keys)), generator=generator)
+    means = sums[draws].sum(dim=1) / counts[draws].sum(dim=1)
+    tail = (1 - confidence) / 2
+    return float(torch.quantile(means, tail)), float(torch.quantile(means, 1 - tail))
+
+
 # --- output-level bias ---------------------------------------------------------------
 
 def output_bias_terms(pair: Pair) -> list[tuple[str, str, float]]:

@@ -105,6 +105,14 @@ def make_model(family: str, folder: str | Path, layers: int = 2, hidden: int = 3
 STOP_WORDS = {"a", "an", "the", "he", "she", "they", "his", "her", "their", "him", "them", "person"}
 
 
+def first_difference(first: list, second: list) -> tuple:
+    """The first items where two sequences differ ((None, x) when one is a prefix of the other)."""
+    for a, b in zip(first, second):
+        if a != b:
+            return a, b
+    return (first[len(second)] if len(first) > len(second) else None, second[len(first)] if len(second) > len(first) else None)
+
+
 @dataclass(frozen=True)
 class PlantedNeuron:
     """A neuron planted to react to the group words of `axes`."""
@@ -247,7 +255,7 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
     and religion, 3 more shared by race and gender; in each group one in three is "important"
     (its input rows also hold a large weight on a direction no input ever has, so weight
     importance ranks it top while it reacts like the others) and writes only weakly; the
-    others write toward the first tokens of the axis' negative continuations, so the bias
+    others write toward the words where the axis' negative continuations depart from their neutral ones, so the bias
     shows at the output. With `anti_per_axis`, that many more neurons per axis write
     *against* the negative continuations (anti-stereotype neurons, `PlantedNeuron.anti`):
     they react more strongly than the pro-stereotype ones but write a third as hard, so the
@@ -290,10 +298,11 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
     suites = {axis: resolve_suite(axis) for axis in axes}
     carriers = {axis: [w for w in _carriers(suites[axis]) if w in vocabulary] for axis in axes}
     pushed = {}
-    for axis in axes:
-        firsts = {WORD.findall(template.continuations["negative"])[0] for template in suites[axis].templates
-                  if "negative" in template.continuations}
-        pushed[axis] = sorted(w for w in firsts if w in vocabulary)
+    for axis in axes:  # where each negative continuation departs from its neutral one, unless a neutral one departs there too
+        departures = [first_difference(WORD.findall(t.continuations["negative"]), WORD.findall(t.continuations["neutral"]))
+                      for t in suites[axis].templates if {"negative", "neutral"} <= set(t.continuations)]
+        negative = {a for a, _ in departures if a} - {b for _, b in departures if b}
+        pushed[axis] = sorted(w for w in negative if w in vocabulary)
     with torch.no_grad():
         for table in surgery.embeddings():
             table -= (table @ span.T) @ span  # every token (and position) orthogonal to the planted directions

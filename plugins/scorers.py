@@ -124,22 +124,30 @@ class HybridScorer:
 
 class StereotypePushScorer:
     name = "stereotype_push"
-    description = ("signed direct effect on the output: signed_bias x (down_proj column . (unembedding of the negative "
-                   "continuations' first tokens - that of the neutral ones)); > 0 pushes group a toward the negative")
+    description = ("signed direct effect on the output: signed_bias x (down_proj column . (unembedding of the tokens where "
+                   "negative continuations depart from their neutral ones - that of the neutral ones)); > 0 pushes group a "
+                   "toward the negative")
     Params = NoParams
     outputs = lambda self, params: ["stereotype_push"]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
+        from fairaudit.testing import first_difference
+
         head = loaded.model.get_output_embeddings() if loaded.is_causal else None
         if head is None or scores.component != "neuron" or not {"negative", "neutral"} <= set(stats.continuations):
             return  # needs an LM head and templates with negative and neutral continuations
-
-        def first_tokens(label: str) -> torch.Tensor:
-            ids = [loaded.tokenizer.encode(text, add_special_tokens=False)[0] for text in stats.continuations[label]]
-            with materialized(head):  # a no-op unless a device map offloaded the head
-                return head.weight.detach().float()[ids].mean(dim=0).cpu()
-
-        direction = first_tokens("negative") - first_tokens("neutral")  # [hidden]
+        encode = lambda text: loaded.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        continuations = sorted({(p.continuations["negative"], p.continuations["neutral"]) for p in stats.pairs
+                                if {"negative", "neutral"} <= set(p.continuations)})
+        if not continuations:  # a probe that does not hand on its pairs: the first tokens, unpaired
+            continuations = list(zip(stats.continuations["negative"], stats.continuations["neutral"]))
+        departures = [first_difference(encode(negative), encode(neutral)) for negative, neutral in continuations]
+        departures = [(a, b) for a, b in departures if a is not None and b is not None]
+        if not departures:
+            return
+        with materialized(head):  # a no-op unless a device map offloaded the head
+            weights = head.weight.detach().float()
+            direction = (weights[[a for a, _ in departures]] - weights[[b for _, b in departures]]).mean(dim=0).cpu()  # [hidden]
         effect = torch.stack([(loaded.mlp_weights(layer).down.cpu().T @ direction).double() for layer in loaded.layers])
         signed = scores.neuron.get("signed_bias", metrics.signed_bias(stats.components["neuron"], stats.n_pairs))
         scores.neuron["stereotype_push"] = signed * effect

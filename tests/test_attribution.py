@@ -206,3 +206,16 @@ def test_pruning_by_attribution_beats_random_on_a_planted_model(tmp_path):
     found = {row["metric"]: row["value"] for row in result.measurements if row["evaluator"] == "random_baseline" and row["role"] == "after"}
     assert found["abs_output_bias_before"] > 0.05 and found["reduction"] > 0.8 and found["random_reduction"] < 0.3
     assert found["beats_random_p"] < 0.01
+
+
+def test_cluster_bootstrap_resamples_templates_by_hand():
+    """Two templates: one with three pairs at 0, one with one pair at 4. Resampling templates,
+    the mean is 0 (both draws the first), 4 (both the second) or 1 (one of each, weighted by
+    pairs): quantiles of a distribution with mass 1/4, 1/2, 1/4 there."""
+    values = torch.tensor([0.0, 0.0, 0.0, 4.0])
+    low, high = metrics.cluster_bootstrap_interval(values, ["t1", "t1", "t1", "t2"], resamples=4000)
+    assert (low, high) == (0.0, 4.0)
+    low, high = metrics.cluster_bootstrap_interval(values, ["t1", "t1", "t1", "t2"], confidence=0.4, resamples=4000)
+    assert low == high == 1.0
+    pair_low, pair_high = metrics.bootstrap_interval(values)
+    assert pair_high < 4.0  # resampling pairs treats the three pairs of t1 as independent: a narrower interval

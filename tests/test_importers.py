@@ -137,7 +137,9 @@ metric_list:
     diff = [v for (axis, metric), values in ours.items() if metric == "likelihood_diff" for v in values.values()]
     assert len(more) == 45
     assert sum(more) / 45 == pytest.approx(theirs["pct_stereotype"], abs=1e-6)
-    assert sum(diff) / 45 == pytest.approx(theirs["likelihood_diff"], abs=1e-6)
+    # lm-eval applies the language-model head at every position, fairaudit at the scored ones only: the
+    # float32 matrix products are blocked differently, so the summed log-likelihoods agree to ~1e-6
+    assert sum(diff) / 45 == pytest.approx(theirs["likelihood_diff"], rel=1e-5)
 
 
 def test_stereoset_import_and_scores_by_hand(cli, model_folder, tmp_path):

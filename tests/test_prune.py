@@ -187,9 +187,14 @@ def test_pooled_pruning_recomputes_the_hybrid_on_the_pooled_bias(cli, probed, tm
     expected = select({"pooled": pooled_hybrid(bias, importance, 0.8)}, SelectionParams(axes=["race", "gender"], fraction=0.05, protect=0))
     kept = json.loads((tmp_path / "pooled" / NEURON_MAP_FILE).read_text())["layers"]
     assert [sorted(set(range(128)) - set(layer)) for layer in kept] == [p.tolist() for p in expected.pruned]
-    averaged = select({axis: torch.from_numpy(load_scores(opened, "model", "hybrid", run).by_axis[axis]) for axis in bias},
-                      SelectionParams(axes=["race", "gender"], fraction=0.05, protect=0, combine="mean"))
-    assert [p.tolist() for p in averaged.pruned] != [p.tolist() for p in expected.pruned]  # pooling is not the mean
+    hybrid = {axis: torch.from_numpy(load_scores(opened, "model", "hybrid", run).by_axis[axis]) for axis in bias}
+    for fraction in (0.05, 0.1, 0.2):  # pooling is not the mean (they may agree on the very top of a small model)
+        averaged = select(hybrid, SelectionParams(axes=["race", "gender"], fraction=fraction, protect=0, combine="mean"))
+        pooled = select({"pooled": pooled_hybrid(bias, importance, 0.8)}, SelectionParams(axes=["race", "gender"], fraction=fraction, protect=0))
+        if [p.tolist() for p in averaged.pruned] != [p.tolist() for p in pooled.pruned]:
+            break
+    else:
+        raise AssertionError("pooled and mean selections agree at every fraction")
     card = (tmp_path / "pooled" / "README.md").read_text()
     assert "ranked by hybrid (weight 0.8) of the mean over axes race, gender of `bias`" in card
 

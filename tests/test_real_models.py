@@ -37,10 +37,11 @@ def test_optipfair_compatible_index_equals_optipfair_on_smollm2():
     assert used == 1 and ours == pytest.approx(theirs["overall_metrics"]["mean_difference"], abs=1e-4)
 
 
-# The default audit's every stage and evaluator on SmolLM2, with the evaluators' sample sizes cut
-# so that the test takes about a minute and a half instead of five (`make audit` runs the full
-# default; `benchmarks/audit_stages.py` times it).
+# The default audit's every stage and evaluator on SmolLM2, on two of its four suites and with the
+# evaluators' sample sizes cut, so that the test takes two to three minutes on one core instead of
+# ten (`make audit` runs the full default; `benchmarks/audit_stages.py` times it).
 SMALL_DEFAULT = """
+suites: [race, gender]
 evaluators:
   - bias_reprobe
   - output_bias
@@ -64,7 +65,7 @@ def test_the_default_audit_runs_on_smollm2_offline(tmp_path):
                            env={"HF_HUB_OFFLINE": "1"}, timeout=1800)
     assert completed.returncode == 0, completed.stderr[-2000:]
     payload = json.loads(completed.stdout)
-    assert set(payload["axes"]) == {"race", "gender", "religion", "nationality"}
+    assert set(payload["axes"]) == {"race", "gender"}
     assert payload["pruned"]["removed"] == 90 and payload["evaluation_failures"] == []
     assert payload["report"] and (tmp_path / payload["report"]).exists()
     evaluated = {row["evaluator"] for row in payload["measurements"] if not row["error"]}

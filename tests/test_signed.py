@@ -31,7 +31,7 @@ def planted(tmp_path_factory):
 def race_gap(loaded) -> float:
     output_bias = registry().get("evaluator", "output_bias")
     result = output_bias.evaluate(loaded, [resolve_suite("race")], output_bias.Params(), None)
-    return next(m.value for m in result.measurements if m.axis == "race" and m.metric == "logprob_gap_negative")
+    return next(m.value for m in result.measurements if m.axis == "race" and m.metric == "stereotype_preference")
 
 
 def test_stereotype_push_has_the_planted_sign(planted):
@@ -86,5 +86,5 @@ def test_pruning_a_bias_reactive_fact_neuron_shows_in_the_factual_control(tmp_pa
     with masked(loaded, Selection([torch.tensor([other.neuron]) if layer == other.layer else torch.zeros(0, dtype=torch.long)
                                    for layer in range(4)], [128] * 4)):
         without_other = mean_logprob()
-    assert before - without_fact > 1.0, "the fact is lost with the neuron"
+    assert before - without_fact > 0.5, "the fact is lost with the neuron"
     assert abs(before - without_other) < 0.5 * (before - without_fact)

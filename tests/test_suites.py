@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_suites_show_prints_the_pairs(cli):
     result = cli("suites", "show", "race", "--split", "probe")
     assert result.exit_code == 0
     assert "[night_walk:black:white]" in result.output
-    assert "a: A Black man walked at night" in result.output and "b: A white man walked at night" in result.output
+    assert "a: At night, a Black man walked" in result.output and "b: At night, a white man walked" in result.output
     assert "[control:0]" in result.output
 
 
@@ -105,3 +106,42 @@ def test_suites_list_counts(cli):
 def test_unknown_suite_name_lists_builtins():
     with pytest.raises(SuiteError, match="Built-in suites: gender, nationality, race, religion"):
         resolve_suite("caste")
+
+
+VOWEL_SOUND = re.compile(r"\b([Aa])n? (\w+)")
+
+
+@pytest.mark.parametrize("name", ["race", "gender", "religion", "nationality"])
+def test_built_in_suites_have_no_text_artefacts(name):
+    """Every built-in pair: articles agree with the word that follows ('an Asian', 'a Black');
+    the two prompts differ in nothing but the words of their groups; continuations come as a
+    negative and a neutral one, each starting with a space, never equal."""
+    suite = resolve_suite(name)
+    for pair in suite.pairs(None):
+        if pair.kind != "template":
+            continue
+        for text in (pair.text_a, pair.text_b):
+            for match in VOWEL_SOUND.finditer(text):
+                article, word = match.group(0).split(" ")[0].lower(), match.group(2)
+                expected = "an" if word[0].lower() in "aeiou" else "a"
+                assert article == expected, f"{pair.pair_id}: '{match.group(0)}' in {text!r}"
+        words = {side: {w.lower() for value in suite.groups[group].values() for w in re.findall(r"\w+", value)}
+                 for side, group in (("a", pair.group_a), ("b", pair.group_b))}
+        rest_a = [w for w in re.findall(r"\w+", pair.text_a) if w.lower() not in words["a"] | {"a", "an"}]
+        rest_b = [w for w in re.findall(r"\w+", pair.text_b) if w.lower() not in words["b"] | {"a", "an"}]
+        assert rest_a == rest_b, f"{pair.pair_id}: the prompts differ beyond their group words"
+        if pair.continuations:
+            assert set(pair.continuations) == {"negative", "neutral"}, pair.pair_id
+            negative, neutral = pair.continuations["negative"], pair.continuations["neutral"]
+            assert negative.startswith(" ") and neutral.startswith(" ") and negative != neutral, pair.pair_id
+
+
+def test_built_in_suites_measure_output_bias_on_held_out_templates():
+    """Selection sees probe templates only; the held-out ones need continuations so that
+    the output-level bias can be measured where nothing was chosen."""
+    for name in ("race", "gender", "religion", "nationality"):
+        suite = resolve_suite(name)
+        heldout = [pair for pair in suite.pairs("heldout") if pair.continuations]
+        probe = [pair for pair in suite.pairs("probe") if pair.continuations]
+        assert len({pair.template_id for pair in heldout}) >= 5 and len(heldout) >= 20, name
+        assert len({pair.template_id for pair in probe}) >= 20 and len(probe) >= 80, name
