@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="re-score after each share of the largest budget")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--max-perplexity-rise", type=float, default=0.02)
+    parser.add_argument("--gate", choices=["templates", "pairs", "none"], default="templates",
+                        help="an axis is pruned for when its selection-part interval (resampling templates, or pairs) excludes 0")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     started = time.time()
@@ -86,11 +88,17 @@ def main() -> None:
         heldout_pairs[axis] = with_terms(suite.pairs("heldout"))
         values = attribution.output_bias_values(loaded, chosen)
         low, high = metrics.cluster_bootstrap_interval(values, [p.template_id for p in chosen])
-        print(f"{axis}: selection-part output bias {float(values.mean()):+.3f} [{low:+.3f}, {high:+.3f}] "
-              f"({len(chosen)} pairs), validation {len(validation)} pairs, held-out {len(heldout_pairs[axis])} pairs")
-        if low > 0 or high < 0:
+        pair_low, pair_high = metrics.bootstrap_interval(values)
+        print(f"{axis}: selection-part output bias {float(values.mean()):+.3f}, 95% CI resampling templates [{low:+.3f}, {high:+.3f}], "
+              f"pairs [{pair_low:+.3f}, {pair_high:+.3f}] ({len(chosen)} pairs), validation {len(validation)} pairs, "
+              f"held-out {len(heldout_pairs[axis])} pairs")
+        gate = {"templates": (low, high), "pairs": (pair_low, pair_high), "none": (1.0, 1.0)}[args.gate]
+        if gate[0] > 0 or gate[1] < 0:
             active.append(axis)
-    print(f"axes with an output bias to remove (interval excludes 0): {', '.join(active) or 'none'}")
+    print(f"axes with an output bias to remove (--gate {args.gate}): {', '.join(active) or 'none'}")
+    if not active:
+        print("no axis has an output bias whose interval excludes 0 on the selection part: nothing to prune")
+        return
 
     # greedy, in rounds: each round re-scores with the neurons chosen so far masked
     largest = round(budgets[-1] * total_neurons)

@@ -26,7 +26,7 @@ import torch
 
 from fairaudit import metrics
 from fairaudit.errors import ConfigError
-from fairaudit.evaluate import encode_request
+from fairaudit.evaluate import encode_request, loglikelihoods
 from fairaudit.model import LoadedModel
 from fairaudit.suite import Pair
 
@@ -94,7 +94,17 @@ def _row_scores(logits: torch.Tensor, batch: _Batch) -> torch.Tensor:
 
 
 def output_bias_values(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) -> torch.Tensor:
-    """[pairs] float64: m_p for each pair (no gradient)."""
+    """[pairs] float64: m_p for each pair (no gradient), from the log-likelihoods the evaluators
+    use (`fairaudit.evaluate.loglikelihoods`: a context and continuation shared by several pairs,
+    such as the reference group's side, is computed once)."""
+    terms = [metrics.output_bias_terms(pair) for pair in pairs]
+    scores = iter(loglikelihoods(loaded, [(context, continuation) for found in terms for context, continuation, _ in found],
+                                 batch_size=4 * pairs_per_batch))
+    return torch.tensor([sum(sign * next(scores) for _, _, sign in found) for found in terms], dtype=torch.float64)
+
+
+def _batched_values(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int) -> torch.Tensor:
+    """m_p computed through the same batches as `measured_change`'s ablated copies."""
     values = torch.zeros(len(pairs), dtype=torch.float64)
     for chunk, batch in _batches(loaded, pairs, pairs_per_batch):
         with torch.inference_mode():
@@ -227,7 +237,7 @@ def measured_change(loaded: LoadedModel, pairs: list[Pair], units: list[Unit], m
     pairs = [pair for pair in pairs if metrics.output_bias_terms(pair)]
     modules = {kind: _sites(loaded, kind) for kind in KINDS}
     heads = head_count(loaded)
-    base = output_bias_values(loaded, pairs, pairs_per_batch).mean()
+    base = _batched_values(loaded, pairs, pairs_per_batch).mean()
     changes = torch.zeros(len(units), dtype=torch.float64)
     for start in range(0, len(units), replicas):
         group = units[start : start + replicas]

@@ -120,7 +120,16 @@ def encode_request(tokenizer: Any, context: str, continuation: str) -> tuple[lis
 
 
 def loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
-    """Summed log-probability of each continuation given its context (natural log)."""
+    """Summed log-probability of each continuation given its context (natural log). A request
+    asked several times (the reference group's side of every pair of a template) is computed once."""
+    unique = list(dict.fromkeys(requests))
+    if len(unique) < len(requests):
+        values = dict(zip(unique, _loglikelihoods(loaded, unique, batch_size)))
+        return [values[request] for request in requests]
+    return _loglikelihoods(loaded, requests, batch_size)
+
+
+def _loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_size: int) -> list[float]:
     encoded = [encode_request(loaded.tokenizer, context, continuation) for context, continuation in requests]
     results: list[float] = [0.0] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
@@ -143,7 +152,7 @@ def loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_s
                                   **keep_logits(loaded, keep)).logits
         if logits.shape[1] == width:  # a model whose forward cannot skip positions
             logits = logits[:, first:]
-        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # float32, as lm-eval computes it
+        log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).cpu()  # float32 (as lm-eval) or wider
         for row, index in enumerate(chunk):
             context_ids, continuation_ids = encoded[index]
             end = len(sequences[row])

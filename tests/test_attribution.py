@@ -114,14 +114,14 @@ def test_measured_change_is_the_masked_models_change(llama):
     base = attribution.output_bias_values(llama, pairs).mean()
     selection = Selection([torch.tensor([3]), torch.zeros(0, dtype=torch.long)], [64, 64])
     with masked(llama, selection):
-        assert float(measured[0]) == pytest.approx(float(attribution.output_bias_values(llama, pairs).mean() - base), abs=1e-6)
+        assert float(measured[0]) == pytest.approx(float(attribution.output_bias_values(llama, pairs).mean() - base), abs=1e-5)
     o_proj = attribution._sites(llama, "head")[1]
     saved = o_proj.weight.detach().clone()
     width = o_proj.weight.shape[1] // attribution.head_count(llama)
     with torch.no_grad():
         o_proj.weight[:, 2 * width : 3 * width] = 0.0  # a head pruned by zeroing its output-projection columns
     try:
-        assert float(measured[2]) == pytest.approx(float(attribution.output_bias_values(llama, pairs).mean() - base), abs=1e-6)
+        assert float(measured[2]) == pytest.approx(float(attribution.output_bias_values(llama, pairs).mean() - base), abs=1e-5)
     finally:
         with torch.no_grad():
             o_proj.weight.copy_(saved)
