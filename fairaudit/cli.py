@@ -350,7 +350,8 @@ def audit_command(config_file, resume_run, store, policy, quiet, as_json, grante
 @click.option("--compare", "compare_id", default=None, help="a pruned version of it (the 'after' model)")
 @click.option("--suite", "suite_names", multiple=True, help="suite for bias evaluators; repeat (default: all four)")
 @click.option("--evaluator", "evaluator_names", multiple=True,
-              help="evaluator plugin; repeat (default: bias_reprobe, output_bias, generations, perplexity, lm_eval, fidelity)")
+              help="evaluator plugin; repeat (default: bias_reprobe, output_bias, random_baseline, generations, perplexity, "
+                   "lm_eval, facts, fidelity)")
 @click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
               help="seconds per evaluator run")

@@ -35,7 +35,7 @@ DEFAULT_SCORERS = ["bias", "scaled_bias", "noise_floor", "significance", "import
 DEFAULT_SUITES = ["race", "gender", "religion", "nationality"]
 # What only a command-line flag can turn on (a config file, a sweep file or a store record may ask).
 TRUST_FLAGS = {"trust_remote_code": "--trust-remote-code", "allow_pickle": "--allow-pickle", "allow_task_code": "--allow-task-code"}
-DEFAULT_EVALUATORS = ["bias_reprobe", "output_bias", "generations", "perplexity", "lm_eval", "facts", "fidelity"]
+DEFAULT_EVALUATORS = ["bias_reprobe", "output_bias", "random_baseline", "generations", "perplexity", "lm_eval", "facts", "fidelity"]
 
 
 class PluginRef(BaseModel):

@@ -66,6 +66,18 @@ def _direction_verdict(axis: str, change: dict[str, Any] | None) -> str:
     return f"{axis}: the output-level preference for the negative continuation went from {before:+.4f} to {after:+.4f}: {what} ({interval}{certainty})."
 
 
+def _random_verdict(axis: str, found: dict[str, float]) -> str | None:
+    """Did the chosen selection beat random neurons of the same number per layer (the
+    `random_baseline` evaluator)? Said plainly either way."""
+    if "beats_random_p" not in found:
+        return None
+    p = found["beats_random_p"]
+    outcome = "beat random selections" if p < 0.05 else "did not beat random selections"
+    return (f"{axis}: against random neurons of the same number per layer, |output-level bias| on held-out templates went from "
+            f"{found['abs_output_bias_before']:.4f} to {found['abs_output_bias_after']:.4f} (random selections: "
+            f"{found['abs_output_bias_random']:.4f}); the chosen selection {outcome} (one-sided permutation p = {p:.2g}).")
+
+
 def _policy_section(store: Store, run_id: str, record: dict[str, Any], policy, compare_run: str | None) -> dict[str, Any] | None:
     """The verdict table the report opens with (None when there is no policy)."""
     from fairaudit.policy import evaluate_policy, exit_status, gate_role, stored_policy, verdict_changes
@@ -115,8 +127,12 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
             "probe_change": change.get(("bias_reprobe", axis, "bias_index")),
             "heldout_change": change.get(("bias_reprobe", axis, "bias_index_heldout")),
             "output_change": change.get(("output_bias", axis, "stereotype_preference")),
-            "verdicts": [_verdict(axis, change.get(("bias_reprobe", axis, "bias_index_heldout")), "the bias index on held-out templates"),
-                         _direction_verdict(axis, change.get(("output_bias", axis, "stereotype_preference")))] if prune else [],
+            "verdicts": [verdict for verdict in (
+                _verdict(axis, change.get(("bias_reprobe", axis, "bias_index_heldout")), "the bias index on held-out templates"),
+                _direction_verdict(axis, change.get(("output_bias", axis, "stereotype_preference"))),
+                _random_verdict(axis, {row["metric"]: row["value"] for row in measurements if row["evaluator"] == "random_baseline"
+                                       and row["axis_or_task"] == axis and row["role"] == "after" and not row["error"]}))
+                if verdict] if prune else [],
         })
     quality = [row for row in comparisons if row["evaluator"] in ("perplexity", "lm_eval", "facts", "fidelity")]
     perplexity = {role: measured("perplexity", "perplexity_bundled", role) for role in ("before", "after")}

@@ -53,3 +53,10 @@ def test_python_api_is_what_the_cli_calls_and_import_is_cheap():
     assert fairaudit.audit is runner.audit and fairaudit.evaluate_models is runner.evaluate_models
     probe = subprocess.run([sys.executable, "-c", "import sys, fairaudit; print('torch' in sys.modules)"], capture_output=True, text=True)
     assert probe.stdout.strip() == "False"
+
+
+def test_evaluate_help_names_every_default_evaluator(cli):
+    from fairaudit.config import DEFAULT_EVALUATORS
+
+    output = " ".join(cli("evaluate", "--help").output.split())
+    assert all(name in output for name in DEFAULT_EVALUATORS)

@@ -53,7 +53,8 @@ def audited(model_folder, tmp_path_factory):
         "model": str(model_folder("llama")), "suites": ["race", "gender", str(root / "hostile.yaml")], "store": str(root / "store"),
         "probe": {"plugin": "activations", "params": {"progress": False}},
         "pruning": {"out": str(root / "pruned"), "selection": {"fraction": 0.05}},
-        "evaluators": ["bias_reprobe", "output_bias", {"plugin": "generations", "params": {"pairs_per_axis": 1, "max_length": 16}},
+        "evaluators": ["bias_reprobe", "output_bias", {"plugin": "random_baseline", "params": {"seeds": 2, "permutations": 200}},
+                       {"plugin": "generations", "params": {"pairs_per_axis": 1, "max_length": 16}},
                        {"plugin": "perplexity", "params": {"max_length": 64}}],
     })
     result = audit(config)
@@ -78,6 +79,11 @@ def test_numbers_in_the_html_equal_the_store(audited):
     assert float(parser.values[("perplexity_before", "")][0]) == perplexity["before"]
     assert float(parser.values[("perplexity_after", "")][0]) == perplexity["after"]
     assert int(parser.values[("removed", "")][0]) == store.read_run(result.run_id)["prune"]["removed"]
+    random = {(r["axis_or_task"], r["metric"]): r["value"] for r in store.read("evaluations", run_id=result.run_id).to_pylist()
+              if r["evaluator"] == "random_baseline" and r["role"] == "after"}
+    for axis in ("race", "gender"):
+        said = "did not beat random selections" if random[(axis, "beats_random_p")] >= 0.05 else "beat random selections"
+        assert f"{axis}: against random neurons of the same number per layer" in html and said in html
     overlaps = sorted(r["overlap"] for r in store.read("overlap_pairs", run_id=result.run_id).to_pylist())
     assert sorted(int(v) for v in parser.values[("overlap", "")]) == overlaps
 
