@@ -6,6 +6,8 @@ Prints, measured in one run:
 - peak memory (max RSS of a fresh process) probing 450 pairs vs 45 pairs (target <= +5%).
 
 Usage: python benchmarks/probe_speed.py [--layers 30 --hidden 576 --intermediate 1536 --vocab 49152]
+       python benchmarks/probe_speed.py --memory-only --pairs 20 --layers 16 --hidden 2048 --intermediate 8192 --vocab 128256
+       (Llama-3.2-1B's shape: probe time and peak memory, each in a fresh process, for 20 and 200 pairs)
 """
 
 from __future__ import annotations
@@ -77,11 +79,27 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--optipfair-pairs", type=int, default=45)
+    parser.add_argument("--pairs", type=int, default=45, help="the smaller pair count; the larger is ten times it")
+    parser.add_argument("--memory-only", action="store_true", help="only probe time and peak memory, in fresh processes")
     parser.add_argument("--memory-child", nargs=2, metavar=("FOLDER", "PAIRS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        probe_once(Path(args.memory_child[0]), int(args.memory_child[1]), args.batch_size)
-        print(json.dumps({"max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+        seconds = probe_once(Path(args.memory_child[0]), int(args.memory_child[1]), args.batch_size)
+        print(json.dumps({"max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "seconds": seconds}))
+        return
+    counts = (args.pairs, 10 * args.pairs)
+    if args.memory_only:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = build(Path(scratch) / "model", args.layers, args.hidden, args.intermediate, args.vocab)
+            parameters = sum(t.numel() for t in load_model(str(folder)).model.state_dict().values())
+            print(f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, vocab {args.vocab} "
+                  f"({parameters:,} parameters, float32); batch {args.batch_size} prompts; each count in a fresh process")
+            for count in counts:
+                child = subprocess.run([sys.executable, __file__, "--memory-child", str(folder), str(count),
+                                        "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
+                found = json.loads(child.stdout.strip().splitlines()[-1])
+                print(f"{count:>5} pairs: probe {found['seconds']:.1f} s ({found['seconds'] / count * 1000:.0f} ms/pair), "
+                      f"peak RSS {found['max_rss_kb'] / 1024:.0f} MiB")
         return
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -92,7 +110,7 @@ def main() -> None:
         params = probe.Params(batch_size=args.batch_size, progress=False)
         pairs = all_pairs()
         rows = []
-        for count in (45, 450):
+        for count in counts:
             subset = pairs[:count]
             plain_forward(loaded, subset[:8], args.batch_size)  # warm-up
             baseline = plain_forward(loaded, subset, args.batch_size)
@@ -115,7 +133,7 @@ def main() -> None:
         probe_per_pair = (time.perf_counter() - started) / len(subset)
 
         memory = {}
-        for count in (45, 450):
+        for count in counts:
             child = subprocess.run([sys.executable, __file__, "--memory-child", str(folder), str(count),
                                     "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
             memory[count] = json.loads(child.stdout.strip().splitlines()[-1])["max_rss_kb"] / 1024
@@ -127,8 +145,9 @@ def main() -> None:
         print(f"{count:>6} {baseline:>16.2f} {probe_seconds:>8.2f} {probe_seconds / baseline:>12.2f}")
     print(f"optiPfair analyze_neuron_bias: {optipfair_per_pair * 1000:.0f} ms/pair; probe (same gate/up outputs): "
           f"{probe_per_pair * 1000:.0f} ms/pair; ratio {optipfair_per_pair / probe_per_pair:.1f}x")
-    print(f"peak RSS: 45 pairs {memory[45]:.0f} MiB, 450 pairs {memory[450]:.0f} MiB, "
-          f"{(memory[450] / memory[45] - 1) * 100:+.1f}%")
+    small, large = counts
+    print(f"peak RSS: {small} pairs {memory[small]:.0f} MiB, {large} pairs {memory[large]:.0f} MiB, "
+          f"{(memory[large] / memory[small] - 1) * 100:+.1f}%")
 
 
 if __name__ == "__main__":

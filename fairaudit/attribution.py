@@ -26,7 +26,7 @@ import torch
 
 from fairaudit import metrics
 from fairaudit.errors import ConfigError
-from fairaudit.evaluate import encode_request, loglikelihoods
+from fairaudit.evaluate import encode_request, keep_logits, loglikelihoods
 from fairaudit.model import LoadedModel
 from fairaudit.suite import Pair
 
@@ -83,11 +83,21 @@ def _as_3d(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return tensor.reshape(shape[0], shape[1], -1) if tensor.dim() == 2 else tensor
 
 
-def _row_scores(logits: torch.Tensor, batch: _Batch) -> torch.Tensor:
-    """[rows]: signed summed log-probability of each row's continuation (float32 softmax)."""
+def _forward(loaded: LoadedModel, batch: _Batch) -> tuple[torch.Tensor, int]:
+    """Logits at the scored positions only (from the first one any row scores), and that offset."""
+    first = min(int(positions[0]) for positions, _ in batch.targets)
+    width = batch.input_ids.shape[1]
+    logits = loaded.model(input_ids=batch.input_ids.to(loaded.device), attention_mask=batch.attention_mask.to(loaded.device),
+                          use_cache=False, **keep_logits(loaded, torch.arange(first, width))).logits
+    return (logits, first) if logits.shape[1] < width else (logits, 0)
+
+
+def _row_scores(logits: torch.Tensor, batch: _Batch, offset: int = 0) -> torch.Tensor:
+    """[rows]: signed summed log-probability of each row's continuation (float32 softmax);
+    `logits` start at position `offset`."""
     values = []
     for row, (positions, tokens) in enumerate(batch.targets):
-        selected = logits[row, positions.to(logits.device)]
+        selected = logits[row, (positions - offset).to(logits.device)]
         log_probs = torch.log_softmax(selected.to(torch.promote_types(selected.dtype, torch.float32)), dim=-1)
         values.append(log_probs.gather(1, tokens.to(logits.device)[:, None]).sum())
     return torch.stack(values) * batch.signs.to(logits.device, values[0].dtype)
@@ -108,8 +118,8 @@ def _batched_values(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int
     values = torch.zeros(len(pairs), dtype=torch.float64)
     for chunk, batch in _batches(loaded, pairs, pairs_per_batch):
         with torch.inference_mode():
-            logits = loaded.model(input_ids=batch.input_ids.to(loaded.device), attention_mask=batch.attention_mask.to(loaded.device)).logits
-        rows = _row_scores(logits, batch).double().cpu()
+            logits, offset = _forward(loaded, batch)
+        rows = _row_scores(logits, batch, offset).double().cpu()
         values[chunk] = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, batch.owners, rows)
     return values
 
@@ -157,9 +167,8 @@ def attribute(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) 
         handles.append(embeddings.register_forward_hook(lambda m, args, out: out.requires_grad_(True)))
         try:
             with torch.enable_grad():
-                logits = loaded.model(input_ids=batch.input_ids.to(loaded.device), attention_mask=batch.attention_mask.to(loaded.device),
-                                      use_cache=False).logits
-                rows = _row_scores(logits, batch)
+                logits, offset = _forward(loaded, batch)
+                rows = _row_scores(logits, batch, offset)
                 keys = sorted(captured)
                 grads = torch.autograd.grad(rows.sum(), [captured[key] for key in keys])
         finally:
@@ -264,12 +273,11 @@ def measured_change(loaded: LoadedModel, pairs: list[Pair], units: list[Unit], m
                               batch.targets * len(group), batch.signs.repeat(len(group)), batch.owners)
             try:
                 with torch.inference_mode():
-                    logits = loaded.model(input_ids=repeated.input_ids.to(loaded.device),
-                                          attention_mask=repeated.attention_mask.to(loaded.device)).logits
+                    logits, offset = _forward(loaded, repeated)
             finally:
                 for handle in handles:
                     handle.remove()
-            scores = _row_scores(logits, repeated).double().cpu().reshape(len(group), rows)
+            scores = _row_scores(logits, repeated, offset).double().cpu().reshape(len(group), rows)
             total += scores.sum(dim=1)
         changes[start : start + len(group)] = total / len(pairs) - base
     return changes
