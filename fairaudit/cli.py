@@ -491,7 +491,9 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
         raise StoreError(f"{store} is not a store folder (it does not exist).")
     if runs and len(runs) != len(models):
         raise click.UsageError("give one --run per --model, or none")
-    scores = [load_scores(Store(store), model, score, runs[i] if runs else None) for i, model in enumerate(models)]
+    from fairaudit.model import stored_name
+
+    scores = [load_scores(Store(store), stored_name(model), score, runs[i] if runs else None) for i, model in enumerate(models)]
     tables = {}
     for model_scores in scores:
         result = axis_overlap(model_scores, top)

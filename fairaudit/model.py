@@ -117,6 +117,18 @@ class LoadedModel:
         return input_device(self.model)
 
 
+def stored_name(identifier: str) -> str:
+    """The name a model's results are stored under, derived the same way for every command that
+    takes `--model`: an alias as given; an existing local folder or file by its own name (resolved,
+    so `.`, `./m/` and `/abs/m` all name `m`); anything else (a hub id) as given."""
+    if identifier in ALIASES:
+        return identifier
+    path = Path(identifier).expanduser()
+    if path.exists():
+        return path.resolve().name or identifier
+    return identifier
+
+
 def input_device(model: nn.Module) -> torch.device:
     device_map = getattr(model, "hf_device_map", None)
     if device_map:
@@ -390,6 +402,6 @@ def load_model(spec: ModelSpec | str, adapters: dict[str, Adapter] | None = None
         weights_hash=weights_hash(model),
         parameters=sum(p.numel() for p in model.parameters()),
     )
-    model_id = spec.id if spec.id in ALIASES else (path.name if path.exists() else spec.id)
+    model_id = stored_name(spec.id)
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, model_id=model_id,
                        is_causal=_is_causal(model.config), provenance=provenance)

@@ -60,3 +60,19 @@ def test_evaluate_help_names_every_default_evaluator(cli):
 
     output = " ".join(cli("evaluate", "--help").output.split())
     assert all(name in output for name in DEFAULT_EVALUATORS)
+
+
+def test_a_relative_model_path_names_the_store_the_same_way_in_every_command(cli, model_folder, tmp_path, monkeypatch):
+    """`probe --model ./x/model` stores results as 'model'; `overlap --model ./x/model` (or
+    the absolute path, or `.` from inside the folder) finds them."""
+    import shutil
+
+    shutil.copytree(model_folder("llama"), tmp_path / "x" / "model")
+    monkeypatch.chdir(tmp_path)
+    probed = cli("probe", "--model", "./x/model", "--suite", "race", "--suite", "gender", "--store", "store", "--quiet")
+    assert probed.exit_code == 0, probed.output
+    for spelling in ("./x/model", str(tmp_path / "x" / "model"), "x/model/"):
+        result = cli("overlap", "store", "--model", spelling, "--json")
+        assert result.exit_code == 0, (spelling, result.output)
+    monkeypatch.chdir(tmp_path / "x" / "model")
+    assert cli("overlap", str(tmp_path / "store"), "--model", ".", "--json").exit_code == 0
