@@ -223,9 +223,11 @@ def output_bias_terms(pair: Pair) -> list[tuple[str, str, float]]:
     return []
 
 
-def spearman(first: torch.Tensor, second: torch.Tensor) -> float:
-    """Spearman rank correlation of two equal-length vectors (NaN pairs left out; NaN when
-    fewer than three remain or either side is constant)."""
+def spearman(first, second) -> float:
+    """Spearman rank correlation of two equal-length vectors (tensors or arrays; NaN pairs left
+    out; NaN, without scipy's ConstantInputWarning, when fewer than three remain or either side
+    is constant)."""
+    first, second = torch.as_tensor(first), torch.as_tensor(second)
     keep = torch.isfinite(first) & torch.isfinite(second)
     if int(keep.sum()) < 3:
         return float("nan")

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats as scipy_stats
 
+from fairaudit import metrics
 from fairaudit.errors import FairauditError, StoreError
 from fairaudit.store import Store, safe_name
 
@@ -105,7 +106,7 @@ def set_overlap(mask_a: np.ndarray, mask_b: np.ndarray, values_a: np.ndarray | N
     }
     if values_a is not None and values_b is not None:
         valid = ~(np.isnan(values_a.ravel()) | np.isnan(values_b.ravel()))
-        rho = scipy_stats.spearmanr(values_a.ravel()[valid], values_b.ravel()[valid]).statistic if valid.sum() > 2 else np.nan
+        rho = metrics.spearman(values_a.ravel()[valid], values_b.ravel()[valid])
         result["spearman"] = float(rho)
     return result
 
@@ -198,7 +199,7 @@ def model_overlap(first: ModelScores, second: ModelScores, top: float) -> pa.Tab
         a, b = first.by_axis[axis], second.by_axis[axis]
         profile_a, profile_b = depth_profile(a), depth_profile(b)
         row = {"axis": axis, "model_a": first.model, "model_b": second.model, "layers_a": a.shape[0], "layers_b": b.shape[0],
-               "profile_spearman": float(scipy_stats.spearmanr(profile_a, profile_b).statistic),
+               "profile_spearman": metrics.spearman(np.asarray(profile_a, dtype=np.float64), np.asarray(profile_b, dtype=np.float64)),
                "profile_pearson": float(np.corrcoef(profile_a, profile_b)[0, 1])}
         if a.shape == b.shape:
             row.update(same_shape=True, **set_overlap(top_k(a, top), top_k(b, top), a, b))

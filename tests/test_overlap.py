@@ -118,3 +118,16 @@ def test_pruned_model_maps_back_to_its_base_through_the_neuron_map(cli, model_fo
     race = next(row for row in rows if row["axis"] == "race")
     assert race["same_shape"] and race["neurons"] == 2 * 128 - 12
     assert race["spearman"] > 0.9, "the same neurons keep similar scores after removing 5%"
+
+
+def test_constant_scores_give_nan_correlations_without_a_library_warning():
+    import warnings
+
+    import numpy as np
+
+    from fairaudit import metrics
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's ConstantInputWarning would raise here
+        assert np.isnan(metrics.spearman(np.ones(10), np.arange(10.0)))
+        assert metrics.spearman(np.arange(10.0), np.arange(10.0) ** 2) == pytest.approx(1.0)
