@@ -59,6 +59,23 @@ SUMMARY_HEADER = ["axis", "pairs", "controls", "bias index [95% CI]", "optiPfair
 class _Group(click.Group):
     """Turns user errors into one clear line and exit status 2."""
 
+    def main(self, *args, **kwargs):
+        """Click's own usage errors (an unknown option, a missing argument) read like every other
+        user error: `error:` and one paragraph, exit status 2."""
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "fairaudit"
+            click.echo(f"error: {exc.format_message()} (see '{command} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)

@@ -82,3 +82,11 @@ def test_missing_files_and_models_exit_2_without_traceback(tmp_path: Path):
         assert completed.returncode == 2, completed.stderr
         assert completed.stderr.startswith("error: ") and "Traceback" not in completed.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_click_usage_errors_read_like_every_other_error():
+    for args, message in ((["audit", "--nope"], "No such option '--nope'"), (["overlap"], "Missing argument 'STORE'")):
+        completed = run_module(*args)
+        assert completed.returncode == 2 and completed.stderr.startswith("error: ") and message in completed.stderr
+        assert "Usage:" not in completed.stderr and len(completed.stderr.strip().splitlines()) == 1
+    assert run_module("--help").returncode == 0 and run_module("--version").returncode == 0
