@@ -150,7 +150,7 @@ def _loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_
         with torch.inference_mode():
             logits = loaded.model(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device),
                                   **keep_logits(loaded, keep)).logits
-        if logits.shape[1] == width:  # a model whose forward cannot skip positions
+        if logits.shape[1] == width:  # a model whose forward cannot skip positions (or nothing to skip)
             logits = logits[:, first:]
         log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).cpu()  # float32 (as lm-eval) or wider
         for row, index in enumerate(chunk):

@@ -212,7 +212,8 @@ class Generations:
 class PerplexityParams(_Params):
     file: str | None = Field(default=None, description="a UTF-8 text file; default: the corpus bundled with fairaudit")
     max_length: int = Field(default=512, ge=8, description="tokens per window")
-    stride: int | None = Field(default=None, ge=1, description="new tokens scored per window (at most max_length; default: max_length, disjoint windows)")
+    stride: int | None = Field(default=None, ge=1, description="new tokens scored per window (at most max_length - 1, so that "
+                               "every scored token has context in its window; default: max_length - 1)")
     batch_size: int = Field(default=4, ge=1)
 
 
@@ -224,9 +225,11 @@ def window_nll(loaded: LoadedModel, ids: list[int], max_length: int, stride: int
     """Sliding-window negative log-likelihood: each window of up to `max_length` tokens scores
     only its tokens not scored before (at most `stride`), conditioned on the rest; the first
     token is never scored. Returns (summed NLL, tokens scored) per window. Windows of equal
-    length and equal scored span run `batch_size` at a time (no padding)."""
+    length and equal scored span run `batch_size` at a time (no padding). The step is at most
+    max_length - 1: a window's first token has no context inside it, so consecutive windows
+    overlap by at least one token (a larger step would score tokens without context, or skip them)."""
     spans, previous_end = [], 0
-    stride = min(stride or max_length, max_length)  # a larger step would skip tokens
+    stride = min(stride or max_length - 1, max_length - 1)
     for begin in range(0, len(ids), stride):
         end = min(begin + max_length, len(ids))
         first_target = max(previous_end, 1)
@@ -247,9 +250,10 @@ def window_nll(loaded: LoadedModel, ids: list[int], max_length: int, stride: int
         begin, end, first_target = group[0]
         batch = torch.tensor([ids[b:e] for b, e, _ in group]).to(loaded.device)
         predicting = torch.arange(first_target - begin - 1, end - begin - 1)  # positions whose next token is scored
+        keep = keep_logits(loaded, predicting)
         with torch.inference_mode():
-            logits = loaded.model(input_ids=batch, **keep_logits(loaded, predicting)).logits
-        if logits.shape[1] == end - begin:
+            logits = loaded.model(input_ids=batch, **keep).logits
+        if not keep:  # a forward that computes every position
             logits = logits[:, predicting]
         for row, (b, e, f) in enumerate(group):
             targets = torch.tensor(ids[f:e], device=logits.device)

@@ -64,6 +64,30 @@ def test_perplexity_is_exp_of_mean_token_nll(llama, tmp_path):
     assert windowed.measurements[0].value != pytest.approx(expected, rel=1e-6), "shorter context changes the value"
 
 
+def test_perplexity_windows_by_hand(llama, tmp_path):
+    """Several windows, default step (max_length - 1), batched: each window scores the tokens
+    after the previous window's end, each from its own logits; recomputed window by window."""
+    text = " ".join(["The baker arrives at the shop at four in the morning . The ovens take an hour to heat ."] * 3)
+    path = tmp_path / "text.txt"
+    path.write_text(text)
+    ids = llama.tokenizer(text)["input_ids"]
+    max_length, nll, scored, previous_end = 8, 0.0, 0, 0
+    for begin in range(0, len(ids), max_length - 1):
+        end = min(begin + max_length, len(ids))
+        if end <= max(previous_end, 1):
+            break
+        with torch.no_grad():
+            log_probs = torch.log_softmax(llama.model(input_ids=torch.tensor([ids[begin:end]])).logits[0].double(), dim=-1)
+        for target in range(max(previous_end, 1), end):
+            nll -= float(log_probs[target - begin - 1, ids[target]])
+            scored += 1
+        previous_end = end
+    assert scored == len(ids) - 1
+    perplexity = evaluator("perplexity")
+    found = perplexity.evaluate(llama, [], perplexity.Params(file=str(path), max_length=max_length, batch_size=3), None)
+    assert found.measurements[0].n == scored and found.measurements[0].value == pytest.approx(math.exp(nll / scored), rel=1e-5)
+
+
 def test_bundled_corpus_has_twenty_thousand_tokens():
     from fairaudit.resources import data_dir
 
