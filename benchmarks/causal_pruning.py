@@ -9,7 +9,11 @@ once, for the final table. An axis whose output bias on the selection part has a
 resampled 95% interval containing 0 gets no neuron ("never move an unbiased axis").
 
 Usage: python benchmarks/causal_pruning.py [--model smollm2-135m] [--budgets 0.0005,0.001,0.002]
-       [--rounds 2] [--seeds 5] [--json OUT]
+       [--rounds 2] [--seeds 5] [--gate templates|pairs|none] [--guard 0.003] [--json OUT]
+
+The quality guard: before a candidate joins the selection, the real change of perplexity on a
+held-aside corpus slice (256 tokens after the validation slice) when it alone is removed is
+measured; a candidate above --guard is skipped.
 Prints a table; CPU minutes on SmolLM2-135M.
 """
 
@@ -68,6 +72,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="re-score after each share of the largest budget")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--max-perplexity-rise", type=float, default=0.02)
+    parser.add_argument("--guard", type=float, default=0.003,
+                        help="skip a candidate whose removal alone raises perplexity on a held-aside corpus slice by more than this")
     parser.add_argument("--gate", choices=["templates", "pairs", "none"], default="templates",
                         help="an axis is pruned for when its selection-part interval (resampling templates, or pairs) excludes 0")
     parser.add_argument("--json", default=None)
@@ -79,6 +85,8 @@ def main() -> None:
     budgets = sorted(float(b) for b in args.budgets.split(","))
     ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     slice_ids = ids[: 4096]  # validation quality: the corpus' first 4096 tokens
+    guard_ids = ids[4096 : 4096 + 256]  # the quality guard's held-aside slice
+    guard = {"checked": 0, "rejected": 0, "largest_rejected_rise": 0.0}
 
     suites = {axis: resolve_suite(axis) for axis in AXES}
     selection_pairs, validation_pairs, heldout_pairs, active = {}, {}, {}, []
@@ -115,15 +123,24 @@ def main() -> None:
                 reduction = direction * -found.predicted_change("neuron").mean(dim=0)  # [layers, units]
                 for layer, unit in order:
                     reduction[layer, unit] = -math.inf
+                candidates = [divmod(flat, widths[0]) for flat in torch.argsort(reduction.flatten(), descending=True).tolist()]
+                candidates = [unit for unit in candidates if reduction[unit] > 0 and unit not in order]
                 picked = 0
-                for flat in torch.argsort(reduction.flatten(), descending=True).tolist():
-                    unit = divmod(flat, widths[0])
-                    if unit not in order and reduction[unit] > 0:
-                        order.append(unit)
-                        picked += 1
+                for start in range(0, len(candidates), 8):  # the guard: measured loss on a held-aside slice, 8 at a time
+                    chunk = candidates[start : start + 8]
+                    rises = torch.expm1(attribution.measured_loss_change(loaded, guard_ids, [attribution.Unit("neuron", *u) for u in chunk]))
+                    guard["checked"] += len(chunk)
+                    for unit, rise in zip(chunk, rises.tolist()):
+                        if rise > args.guard:
+                            guard["rejected"] += 1
+                            guard["largest_rejected_rise"] = max(guard["largest_rejected_rise"], rise)
+                        elif picked < per_axis:
+                            order.append(unit)
+                            picked += 1
                     if picked == per_axis:
                         break
-        print(f"round {round_index + 1}: {len(order)} neurons chosen")
+        print(f"round {round_index + 1}: {len(order)} neurons chosen; quality guard so far: {guard['rejected']} of "
+              f"{guard['checked']} candidates rejected (largest rise alone {guard['largest_rejected_rise']:+.1%})")
 
     # the budget, on validation templates and the corpus slice
     base_slice = perplexity(loaded, slice_ids)
@@ -177,7 +194,7 @@ def main() -> None:
           f"{len(units)} of {total_neurons} neurons ({len(units) / total_neurons:.3%}); {time.time() - started:.0f} s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"model": args.model, "budgets": rows, "chosen_budget": budget, "neurons": len(units), "heldout": table,
+            json.dump({"model": args.model, "guard": guard, "budgets": rows, "chosen_budget": budget, "neurons": len(units), "heldout": table,
                        "perplexity_before": full_before, "perplexity_after": full_after, "active_axes": active}, handle, indent=1)
 
 

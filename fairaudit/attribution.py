@@ -19,6 +19,7 @@ estimate; `verify` measures the real change by ablating each candidate alone.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -238,14 +239,40 @@ class Unit:
     index: int
 
 
+@contextlib.contextmanager
+def _ablating(loaded: LoadedModel, group: list[Unit], rows: int, means: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """While active, a batch of `rows * len(group)` rows is `len(group)` copies of one batch,
+    copy i with unit `group[i]` ablated (set to 0, or to its mean)."""
+    modules = {kind: _sites(loaded, kind) for kind in KINDS}
+    heads = head_count(loaded)
+
+    def ablate(args, kind, layer):
+        original = args[0]
+        hidden = original.reshape(rows * len(group), -1, original.shape[-1]).clone()
+        for copy, unit in enumerate(group):
+            if unit.kind != kind or unit.layer != layer:
+                continue
+            width = hidden.shape[-1] // heads if kind == "head" else 1
+            columns = slice(unit.index * width, (unit.index + 1) * width)
+            value = 0.0 if means is None else means[kind][layer, columns].to(hidden.dtype).to(hidden.device)
+            hidden[copy * rows : (copy + 1) * rows, :, columns] = value
+        return (hidden.reshape(original.shape), *args[1:])
+
+    handles = [module.register_forward_pre_hook(lambda m, args, kind=kind, layer=layer: ablate(args, kind, layer))
+               for kind in KINDS for layer, module in enumerate(modules[kind]) if any(u.kind == kind and u.layer == layer for u in group)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def measured_change(loaded: LoadedModel, pairs: list[Pair], units: list[Unit], means: dict[str, torch.Tensor] | None = None,
                     pairs_per_batch: int = 8, replicas: int = 4) -> torch.Tensor:
     """[units]: the real change of the mean output bias (mean over `pairs` of m_p) when each
     unit alone is ablated (zero, or to `means`). Several units share a forward pass: the
     batch is repeated, each copy with its own unit ablated."""
     pairs = [pair for pair in pairs if metrics.output_bias_terms(pair)]
-    modules = {kind: _sites(loaded, kind) for kind in KINDS}
-    heads = head_count(loaded)
     base = _batched_values(loaded, pairs, pairs_per_batch).mean()
     changes = torch.zeros(len(units), dtype=torch.float64)
     for start in range(0, len(units), replicas):
@@ -253,31 +280,34 @@ def measured_change(loaded: LoadedModel, pairs: list[Pair], units: list[Unit], m
         total = torch.zeros(len(group), dtype=torch.float64)
         for _, batch in _batches(loaded, pairs, pairs_per_batch):
             rows = batch.input_ids.shape[0]
-
-            def ablate(module, args, kind, layer):
-                original = args[0]
-                hidden = original.reshape(rows * len(group), -1, original.shape[-1]).clone()
-                for copy, unit in enumerate(group):
-                    if unit.kind != kind or unit.layer != layer:
-                        continue
-                    width = hidden.shape[-1] // heads if kind == "head" else 1
-                    columns = slice(unit.index * width, (unit.index + 1) * width)
-                    value = 0.0 if means is None else means[kind][layer, columns].to(hidden.dtype).to(hidden.device)
-                    hidden[copy * rows : (copy + 1) * rows, :, columns] = value
-                return (hidden.reshape(original.shape), *args[1:])
-
-            handles = [module.register_forward_pre_hook(lambda m, args, kind=kind, layer=layer: ablate(m, args, kind, layer))
-                       for kind in KINDS for layer, module in enumerate(modules[kind])
-                       if any(u.kind == kind and u.layer == layer for u in group)]
             repeated = _Batch(batch.input_ids.repeat(len(group), 1), batch.attention_mask.repeat(len(group), 1),
                               batch.targets * len(group), batch.signs.repeat(len(group)), batch.owners)
-            try:
-                with torch.inference_mode():
-                    logits, offset = _forward(loaded, repeated)
-            finally:
-                for handle in handles:
-                    handle.remove()
+            with _ablating(loaded, group, rows, means), torch.inference_mode():
+                logits, offset = _forward(loaded, repeated)
             scores = _row_scores(logits, repeated, offset).double().cpu().reshape(len(group), rows)
             total += scores.sum(dim=1)
         changes[start : start + len(group)] = total / len(pairs) - base
+    return changes
+
+
+def measured_loss_change(loaded: LoadedModel, ids: list[int], units: list[Unit], means: dict[str, torch.Tensor] | None = None,
+                         replicas: int = 4) -> torch.Tensor:
+    """[units]: the real change of the mean next-token negative log-likelihood of the token
+    sequence `ids` (one window) when each unit alone is ablated: the quality cost of removing
+    it, measured rather than estimated (a first-order loss estimate understates it badly)."""
+    window = torch.tensor([ids])
+    targets = window[0, 1:]
+
+    def nll(logits: torch.Tensor) -> torch.Tensor:  # [copies]
+        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        return -log_probs.gather(2, targets.to(logits.device).expand(logits.shape[0], -1)[..., None]).squeeze(-1).double().mean(dim=1).cpu()
+
+    with torch.inference_mode():
+        base = nll(loaded.model(input_ids=window.to(loaded.device)).logits)[0]
+    changes = torch.zeros(len(units), dtype=torch.float64)
+    for start in range(0, len(units), replicas):
+        group = units[start : start + replicas]
+        with _ablating(loaded, group, 1, means), torch.inference_mode():
+            logits = loaded.model(input_ids=window.repeat(len(group), 1).to(loaded.device)).logits
+        changes[start : start + len(group)] = nll(logits) - base
     return changes

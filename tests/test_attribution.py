@@ -219,3 +219,18 @@ def test_cluster_bootstrap_resamples_templates_by_hand():
     assert low == high == 1.0
     pair_low, pair_high = metrics.bootstrap_interval(values)
     assert pair_high < 4.0  # resampling pairs treats the three pairs of t1 as independent: a narrower interval
+
+
+def test_measured_loss_change_is_the_masked_models_loss_change(llama):
+    ids = llama.tokenizer("The weather was mild for the season and the market opened early on the square.")["input_ids"]
+    units = [attribution.Unit("neuron", 1, 7), attribution.Unit("head", 0, 1)]
+    measured = attribution.measured_loss_change(llama, ids, units, replicas=2)
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(llama.model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss)
+
+    base = loss()
+    with masked(llama, Selection([torch.zeros(0, dtype=torch.long), torch.tensor([7])], [64, 64])):
+        assert float(measured[0]) == pytest.approx(loss() - base, abs=1e-5)
+    assert float(measured[1]) != 0.0
