@@ -245,6 +245,12 @@ def _ablating(loaded: LoadedModel, group: list[Unit], rows: int, means: dict[str
     copy i with unit `group[i]` ablated (set to 0, or to its mean)."""
     modules = {kind: _sites(loaded, kind) for kind in KINDS}
     heads = head_count(loaded)
+    widths = {"neuron": [loaded.adapter.down(layer)[0].weight.shape[loaded.adapter.down(layer)[1]] for layer in loaded.layers],
+              "head": [heads] * len(loaded.layers)}
+    outside = [unit for unit in group if not (0 <= unit.layer < len(loaded.layers) and 0 <= unit.index < widths[unit.kind][unit.layer])]
+    if outside:
+        raise ConfigError(f"units {outside} are out of range for this model ({len(loaded.layers)} layers, "
+                          f"{widths['neuron'][0]} neurons and {heads} heads per layer).")
 
     def ablate(args, kind, layer):
         original = args[0]

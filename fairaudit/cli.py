@@ -590,11 +590,13 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
 @click.option("--direction", type=click.Choice(["any", "pro"]), default="any", show_default=True,
               help="pro: only neurons whose stereotype_push is > 0 (that push group a toward the negative continuation)")
 @click.option("--pruner", default="structured", show_default=True, help="pruner plugin: structured (remove) or zero")
+@click.option("--ablation", type=click.Choice(["zero", "mean"]), default="zero", show_default=True,
+              help="mean: fold each removed neuron's mean activation (bundled corpus) times its output column into the bias")
 @click.option("--run", "run_id", default=None, help="run whose scores to use (default: the model's latest complete run)")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="new folder for the pruned model")
 @click.option("--json", "as_json", is_flag=True)
-def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, pruner, run_id, out,
-                  as_json) -> None:
+def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, pruner, ablation,
+                  run_id, out, as_json) -> None:
     """Fairness pruning: remove biased, unimportant MLP neurons; save a model transformers loads."""
     from pydantic import ValidationError
 
@@ -609,7 +611,8 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
     except (ValueError, ValidationError) as exc:
         detail = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()) if isinstance(exc, ValidationError) else str(exc)
         raise ConfigError(f"prune options: {detail}.") from None
-    outcome = prune_model(model_id, store, params, out, run_id=run_id, pruner=pruner)
+    outcome = prune_model(model_id, store, params, out, run_id=run_id, pruner=pruner,
+                          pruner_params={"ablation": ablation} if ablation != "zero" else None)
     report = outcome.report
     if as_json:
         click.echo(_dumps({"run_id": outcome.run_id, "source_run": outcome.source_run, "out": str(outcome.out),

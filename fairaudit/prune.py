@@ -210,6 +210,57 @@ class PruneReport:
         return 100.0 * (self.parameters_before - self.parameters_after) / max(self.parameters_before, 1)
 
 
+def fold_means(loaded: LoadedModel, selection: Selection, means: torch.Tensor) -> None:
+    """Mean-ablation, exported exactly: each selected neuron's mean activation (`means`,
+    `[layers, width]`) times its output column is added to the output projection's bias, so
+    that removing or zeroing the neuron afterwards leaves the model computing what it computed
+    with the neuron held at its mean. Families without an output-projection bias get one where
+    their config allows it (Llama's `mlp_bias: true`: gate and up biases zero); others are refused."""
+    layers = loaded.layers
+    missing = [index for index, layer in enumerate(layers) if getattr(loaded.adapter.down(layer)[0], "bias", None) is None]
+    if missing:
+        config = loaded.model.config
+        if not hasattr(config, "mlp_bias") or not hasattr(layers[0].mlp, "gate_proj"):
+            raise FairauditError(f"mean-ablation cannot be exported for {type(loaded.model).__name__}: its MLP output projection "
+                                 f"has no bias and its config cannot add one; prune with ablation 'zero'.")
+        config.mlp_bias = True
+        for layer in layers:  # every layer, so that a plain load with mlp_bias: true finds every bias
+            for module in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+                if module.bias is None:
+                    module.bias = torch.nn.Parameter(torch.zeros(module.out_features, dtype=module.weight.dtype, device=module.weight.device))
+    with torch.no_grad():
+        for index, (layer, pruned) in enumerate(zip(layers, selection.pruned)):
+            if not len(pruned):
+                continue
+            module, dim = loaded.adapter.down(layer)
+            mean = means[index, pruned].to(module.weight.device, torch.float64)
+            columns = module.weight.index_select(dim, pruned.to(module.weight.device)).double()
+            shift = columns @ mean if dim == 1 else mean @ columns  # Linear [out, in]; Conv1D [in, out]
+            module.bias += shift.to(module.bias.dtype)
+
+
+def zero_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
+    """Prune attention heads exactly, shapes unchanged: zero each listed head's columns of the
+    attention output projection (its block of the projection's input), per layer."""
+    from fairaudit.attribution import _sites, head_count
+
+    modules, count = _sites(loaded, "head"), head_count(loaded)
+    if len(heads) != len(modules):
+        raise FairauditError(f"heads are given for {len(heads)} layers, the model has {len(modules)}.")
+    with torch.no_grad():
+        for module, chosen in zip(modules, heads):
+            is_linear = isinstance(module, torch.nn.Linear)  # Linear [out, in]; GPT-2's Conv1D [in, out]
+            width = (module.weight.shape[1] if is_linear else module.weight.shape[0]) // count
+            for head in chosen:
+                if not 0 <= head < count:
+                    raise FairauditError(f"head {head} is out of range: the model has heads 0..{count - 1}.")
+                block = slice(head * width, (head + 1) * width)
+                if is_linear:
+                    module.weight[:, block] = 0.0
+                else:
+                    module.weight[block, :] = 0.0
+
+
 def _zero_neurons(loaded: LoadedModel, layer: torch.nn.Module, neurons: torch.Tensor) -> None:
     module, dim = loaded.adapter.down(layer)
     with torch.no_grad():

@@ -237,7 +237,7 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
         shutil.rmtree(out)  # saved by a run killed before it recorded its pruning: not trusted, pruned again
     if not (out / NEURON_MAP_FILE).exists():
         outcome = prune_model(config.model, store.root, config.selection([s.axis for s in suites]), out,
-                              run_id=run_id, pruner=config.pruning.pruner.plugin)
+                              run_id=run_id, pruner=config.pruning.pruner.plugin, pruner_params=config.pruning.pruner.params)
         record["prune"] = {"run_id": outcome.run_id, "out": str(out), "removed": outcome.report.removed,
                            "neurons": sum(outcome.report.widths_before), "ranking": outcome.ranking,
                            "parameters_before": outcome.report.parameters_before,
@@ -462,7 +462,7 @@ def plan_selection(store: Store, model_id: str, source_run: str, params):
 
 
 def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params, out: str | Path,
-                run_id: str | None = None, pruner: str = "structured") -> PruneOutcome:
+                run_id: str | None = None, pruner: str = "structured", pruner_params: dict[str, Any] | None = None) -> PruneOutcome:
     """Select neurons from a store's scores for `model`, prune them, save the pruned model
     and record the neuron map and a provenance record in the store."""
     from fairaudit.overlap import latest_run
@@ -475,6 +475,10 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     if out.exists() and (not out.is_dir() or out.is_symlink() or any(out.iterdir())):
         raise StoreError(f"--out {out} exists and is not an empty folder; name a new folder for the pruned model.")
     plugin = registry().get("pruner", pruner)
+    try:
+        params = plugin.Params.model_validate(pruner_params or {})
+    except ValidationError as exc:
+        raise ConfigError(f"pruner '{pruner}' parameters: {exc.errors()[0]['msg']} at {'.'.join(map(str, exc.errors()[0]['loc']))}") from None
     spec = model if isinstance(model, ModelSpec) else ModelSpec(id=model)
     if spec.device_map:  # surgery changes shapes, which offloaded weights cannot take: prune a whole copy in CPU memory
         spec = spec.model_copy(update={"device_map": None, "max_memory": None, "offload_folder": None, "device": "cpu"})
@@ -488,7 +492,7 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
             f"{loaded.provenance['weights_hash'][:12]}...); scores of one model cannot prune another."
         )
     selection = plan_selection(store, loaded.model_id, source_run, selection_params)
-    report = plugin.apply(loaded, selection, plugin.Params())
+    report = plugin.apply(loaded, selection, params)
 
     # The record is written first ("running") and completed last, like an axis' summary: a prune
     # that is killed or fails leaves a record saying so, never a model or map that seems complete.
@@ -496,6 +500,7 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     prune_record = {
         "kind": "prune", "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_id": pruned_id, "base_model_id": loaded.model_id, "source_run": source_run, "pruner": pruner,
+        "pruner_params": params.model_dump(mode="json"),
         "selection": selection_params.model_dump(mode="json"), "ranking": selection.ranking, "output": str(out.resolve()),
         "widths_before": report.widths_before, "widths_after": report.widths_after,
         "parameters_before": report.parameters_before, "parameters_after": report.parameters_after,

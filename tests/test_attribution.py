@@ -10,7 +10,7 @@ import torch
 from fairaudit import attribution, metrics
 from fairaudit.model import load_model
 from fairaudit.plugins import registry
-from fairaudit.prune import Selection, masked
+from fairaudit.prune import Selection, masked, zero_heads
 from fairaudit.suite import Pair, resolve_suite
 from fairaudit.testing import make_planted_model
 
@@ -109,7 +109,7 @@ def test_mean_ablation_estimate_is_the_derivative_toward_the_mean(llama64):
 
 def test_measured_change_is_the_masked_models_change(llama):
     pairs = [pair for pair in resolve_suite("race").pairs("probe") if metrics.output_bias_terms(pair)][:6]
-    units = [attribution.Unit("neuron", 0, 3), attribution.Unit("neuron", 1, 40), attribution.Unit("head", 1, 2)]
+    units = [attribution.Unit("neuron", 0, 3), attribution.Unit("neuron", 1, 40), attribution.Unit("head", 1, 1)]
     measured = attribution.measured_change(llama, pairs, units, replicas=2)
     base = attribution.output_bias_values(llama, pairs).mean()
     selection = Selection([torch.tensor([3]), torch.zeros(0, dtype=torch.long)], [64, 64])
@@ -117,11 +117,10 @@ def test_measured_change_is_the_masked_models_change(llama):
         assert float(measured[0]) == pytest.approx(float(attribution.output_bias_values(llama, pairs).mean() - base), abs=1e-5)
     o_proj = attribution._sites(llama, "head")[1]
     saved = o_proj.weight.detach().clone()
-    width = o_proj.weight.shape[1] // attribution.head_count(llama)
-    with torch.no_grad():
-        o_proj.weight[:, 2 * width : 3 * width] = 0.0  # a head pruned by zeroing its output-projection columns
+    zero_heads(llama, [[], [1]])  # a head pruned by zeroing its output-projection columns
     try:
         assert float(measured[2]) == pytest.approx(float(attribution.output_bias_values(llama, pairs).mean() - base), abs=1e-5)
+        assert abs(float(measured[2])) > 1e-5  # the head mattered: the comparison is not vacuous
     finally:
         with torch.no_grad():
             o_proj.weight.copy_(saved)

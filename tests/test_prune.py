@@ -12,7 +12,8 @@ import torch
 from fairaudit.config import RunConfig
 from fairaudit.errors import FairauditError
 from fairaudit.model import load_model
-from fairaudit.prune import NEURON_MAP_FILE, Selection, SelectionParams, masked, prune, select, zero
+from fairaudit.plugins import registry
+from fairaudit.prune import NEURON_MAP_FILE, Selection, SelectionParams, masked, prune, save_pruned, select, zero
 from fairaudit.runner import audit
 from fairaudit.testing import FAMILIES
 
@@ -236,3 +237,40 @@ def test_same_kept_neurons_as_optipfair(model_folder):
     for layer in range(2):
         assert torch.equal(loaded.model.model.layers[layer].mlp.gate_proj.weight, twin.model.layers[layer].mlp.gate_proj.weight)
         assert torch.equal(loaded.model.model.layers[layer].mlp.down_proj.weight, twin.model.layers[layer].mlp.down_proj.weight)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_mean_ablation_is_exported_exactly_and_loads_with_plain_transformers(family, model_folder, tmp_path):
+    """Structured pruning with ablation 'mean': the saved model (Llama gains mlp_bias: true)
+    computes what the original computes with the removed neurons held at their means."""
+    from transformers import AutoModelForCausalLM
+
+    from fairaudit.attribution import unit_means
+    from fairaudit_plugins.scorers import _corpus_sentences
+
+    folder = model_folder(family)
+    loaded = load_model(str(folder))
+    selection = Selection([torch.tensor([1, 5, 9]), torch.tensor([0, 2])], [64, 64])
+    means = unit_means(loaded, _corpus_sentences(200))["neuron"]
+    ids = torch.tensor([loaded.tokenizer("The baker arrives at the shop at four in the morning .")["input_ids"]])
+
+    handles = []
+    for layer, pruned in zip(loaded.layers, selection.pruned):
+        def hold(module, args, pruned=pruned, mean=means[loaded.layers.index(layer)]):
+            hidden = args[0].clone()
+            hidden[..., pruned] = mean[pruned].to(hidden.dtype)
+            return (hidden, *args[1:])
+        handles.append(loaded.adapter.sites(layer)["neuron"].module.register_forward_pre_hook(hold))
+    with torch.no_grad():
+        expected = loaded.model(input_ids=ids).logits
+    for handle in handles:
+        handle.remove()
+
+    plugin = registry().get("pruner", "structured")
+    report = plugin.apply(loaded, selection, plugin.Params(ablation="mean"))
+    save_pruned(loaded, report, tmp_path / "pruned", "card")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, expected, atol=1e-5)
+    if family == "llama":
+        assert plain.config.mlp_bias is True and float(plain.model.layers[0].mlp.gate_proj.bias.abs().max()) == 0.0
