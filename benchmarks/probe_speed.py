@@ -91,7 +91,7 @@ def main() -> None:
     if args.memory_only:
         with tempfile.TemporaryDirectory() as scratch:
             folder = build(Path(scratch) / "model", args.layers, args.hidden, args.intermediate, args.vocab)
-            parameters = sum(t.numel() for t in load_model(str(folder)).model.state_dict().values())
+            parameters = sum(p.numel() for p in load_model(str(folder)).model.parameters())  # tied weights once
             print(f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, vocab {args.vocab} "
                   f"({parameters:,} parameters, float32); batch {args.batch_size} prompts; each count in a fresh process")
             for count in counts:
