@@ -200,6 +200,29 @@ def attribute(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) 
         heads=heads)
 
 
+def shared_attribution(stats, loaded: LoadedModel, pairs_per_batch: int = 8) -> Attribution:
+    """The attribution of `stats`' pairs (an `ActivationStats`), computed once per axis and kept
+    in `stats.shared`: every scorer that asks with the same batch size, a third party's included,
+    reuses the same gradient pass."""
+    key = ("attribution", pairs_per_batch)
+    if key not in stats.shared:
+        if not stats.pairs:
+            raise ConfigError("output attribution needs the probe's pairs (ActivationStats.pairs); the probe plugin in use "
+                              "does not hand them on.")
+        stats.shared[key] = attribute(loaded, stats.pairs, pairs_per_batch)
+    return stats.shared[key]
+
+
+def shared_means(stats, loaded: LoadedModel, sentences: int = 200) -> dict[str, torch.Tensor]:
+    """`unit_means` over the bundled corpus' first `sentences` sentences, once per axis (`stats.shared`)."""
+    from fairaudit.resources import corpus_sentences
+
+    key = ("unit_means", sentences)
+    if key not in stats.shared:
+        stats.shared[key] = unit_means(loaded, corpus_sentences(sentences))
+    return stats.shared[key]
+
+
 def unit_means(loaded: LoadedModel, texts: list[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
     """kind -> `[layers, width]` mean activation over every token of `texts` (mean-ablation
     values; heads keep every dimension of their block)."""

@@ -34,3 +34,10 @@ def templates_dir() -> Path:
 def data_dir() -> Path:
     """Folder of fairaudit's bundled data: the perplexity corpus and local lm-eval tasks."""
     return Path(__file__).resolve().parent / "data"
+
+
+def corpus_sentences(count: int) -> list[str]:
+    """The first `count` sentences (five words or more) of the bundled corpus: the text that
+    embedding fidelity compares and that mean-ablation averages over."""
+    text = (data_dir() / "corpus.txt").read_text(encoding="utf-8")
+    return [s.strip() + "." for s in text.replace("\n", " ").split(". ") if len(s.split()) >= 5][:count]

@@ -21,7 +21,7 @@ from fairaudit.errors import PluginError
 from fairaudit.evaluate import EvaluationResult, Measurement, keep_logits, encode_request, loglikelihoods, probe_key, recall
 from fairaudit.hookspecs import hookimpl
 from fairaudit.model import LoadedModel
-from fairaudit.resources import data_dir
+from fairaudit.resources import corpus_sentences, data_dir
 from fairaudit.suite import Suite
 
 
@@ -482,8 +482,7 @@ class Fidelity:
         result = EvaluationResult()
         if reference is None:
             return result  # fidelity compares a pruned model with its reference; nothing to measure alone
-        text = corpus_path().read_text(encoding="utf-8")
-        sentences = [s.strip() + "." for s in text.replace("\n", " ").split(". ") if len(s.split()) >= 5][: params.sentences]
+        sentences = corpus_sentences(params.sentences)
         cosine = torch.nn.functional.cosine_similarity(
             _pooled_embeddings(loaded, sentences, params.batch_size), _pooled_embeddings(reference, sentences, params.batch_size), dim=1
         )

@@ -22,9 +22,9 @@ class AblationParams(BaseModel):
 def _fold(loaded: LoadedModel, selection: Selection, params: AblationParams) -> None:
     if params.ablation == "mean":
         from fairaudit.attribution import unit_means
-        from fairaudit_plugins.scorers import _corpus_sentences
+        from fairaudit.resources import corpus_sentences
 
-        fold_means(loaded, selection, unit_means(loaded, _corpus_sentences(params.corpus_sentences))["neuron"])
+        fold_means(loaded, selection, unit_means(loaded, corpus_sentences(params.corpus_sentences))["neuron"])
 
 
 class StructuredPruner:

@@ -197,28 +197,11 @@ class AttributionParams(BaseModel):
     corpus_sentences: int = Field(default=200, ge=1, description="bundled-corpus sentences averaged for mean-ablation")
 
 
-def _corpus_sentences(count: int) -> list[str]:
-    from fairaudit.resources import data_dir
-
-    text = (data_dir() / "corpus.txt").read_text(encoding="utf-8")
-    return [s.strip() + "." for s in text.replace("\n", " ").split(". ") if len(s.split()) >= 5][:count]
-
-
 def _attribution(stats: ActivationStats, loaded: LoadedModel, params: AttributionParams):
-    """The gradient pass of `stats`' pairs, computed once per axis and shared by every scorer
-    that asks for it with the same batch size (third-party scorers included)."""
-    from fairaudit import attribution
+    from fairaudit.attribution import shared_attribution, shared_means
 
-    key = ("attribution", params.pairs_per_batch)
-    if key not in stats.shared:
-        if not stats.pairs:
-            raise ConfigError("output attribution needs the probe's pairs (ActivationStats.pairs); the probe plugin in use "
-                              "does not hand them on.")
-        stats.shared[key] = attribution.attribute(loaded, stats.pairs, params.pairs_per_batch)
-    means_key = ("unit_means", params.corpus_sentences)
-    if params.ablation == "mean" and means_key not in stats.shared:
-        stats.shared[means_key] = attribution.unit_means(loaded, _corpus_sentences(params.corpus_sentences))
-    return stats.shared[key], (stats.shared[means_key] if params.ablation == "mean" else None)
+    means = shared_means(stats, loaded, params.corpus_sentences) if params.ablation == "mean" else None
+    return shared_attribution(stats, loaded, params.pairs_per_batch), means
 
 
 class OutputAttributionScorer:

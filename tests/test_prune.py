@@ -246,12 +246,12 @@ def test_mean_ablation_is_exported_exactly_and_loads_with_plain_transformers(fam
     from transformers import AutoModelForCausalLM
 
     from fairaudit.attribution import unit_means
-    from fairaudit_plugins.scorers import _corpus_sentences
+    from fairaudit.resources import corpus_sentences
 
     folder = model_folder(family)
     loaded = load_model(str(folder))
     selection = Selection([torch.tensor([1, 5, 9]), torch.tensor([0, 2])], [64, 64])
-    means = unit_means(loaded, _corpus_sentences(200))["neuron"]
+    means = unit_means(loaded, corpus_sentences(200))["neuron"]
     ids = torch.tensor([loaded.tokenizer("The baker arrives at the shop at four in the morning .")["input_ids"]])
 
     handles = []
