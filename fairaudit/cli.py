@@ -409,18 +409,18 @@ def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, as_js
     suite = resolve_suite(suite_name)
     if out.exists() and not out.is_dir():
         raise FairauditError(f"--out {out} is a file; name a folder for the figures.")
+    pairs = suite.pairs(None)
+    by_id = {pair.pair_id: pair for pair in pairs}
+    missing = [pair_id for pair_id in pair_ids if pair_id not in by_id]
+    if missing:  # checked before the model loads: a typo costs a second, not a model load
+        raise FairauditError(f"suite '{suite.suite}' has no pair {missing}; pair ids look like "
+                             f"'{pairs[0].pair_id}' (see 'fairaudit suites show {suite_name}').")
     loaded = load_model(model_id)
     probe = registry().get("probe", "activations")
-    pairs = suite.pairs(None)
     stats = probe.run(loaded, suite.pairs("probe"), suite.control_pairs(),
                       probe.Params(components=["attention", "mlp"], optipfair_index=False, progress=False), suite.axis)
     summary = emergence(stats)
     if pair_ids:
-        by_id = {pair.pair_id: pair for pair in pairs}
-        missing = [pair_id for pair_id in pair_ids if pair_id not in by_id]
-        if missing:
-            raise FairauditError(f"suite '{suite.suite}' has no pair {missing}; pair ids look like "
-                                 f"'{pairs[0].pair_id}' (see 'fairaudit suites show {suite_name}').")
         chosen = [by_id[pair_id] for pair_id in pair_ids]
     else:
         ranking = metrics.pair_bias_index(stats).argsort(descending=True)[:top].tolist()

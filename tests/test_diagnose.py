@@ -91,5 +91,7 @@ def test_diagnose_command(cli, planted, tmp_path):
     assert all((tmp_path / "d" / name.split("/")[-1]).exists() for name in report["files"])
     missing = cli("diagnose", "--model", folder, "--suite", "race", "--pair", "nope:a:b", "--out", tmp_path / "e")
     assert missing.exit_code == 2 and "has no pair" in missing.stderr
+    never_loaded = cli("diagnose", "--model", tmp_path / "no-such-model", "--suite", "race", "--pair", "nope:a:b", "--out", tmp_path / "e")
+    assert never_loaded.exit_code == 2 and "has no pair" in never_loaded.stderr  # the pair is checked before the model
     layer = cli("diagnose", "--model", folder, "--suite", "race", "--layer", "9", "--out", tmp_path / "f")
     assert layer.exit_code == 2 and "out of range" in layer.stderr
