@@ -589,14 +589,16 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
 @click.option("--protect", type=float, default=0.01, show_default=True, help="protect the top share of neurons by importance (0: none)")
 @click.option("--direction", type=click.Choice(["any", "pro"]), default="any", show_default=True,
               help="pro: only neurons whose stereotype_push is > 0 (that push group a toward the negative continuation)")
+@click.option("--only-biased-axes", is_flag=True,
+              help="leave out axes whose output-level bias interval (templates resampled) contains 0 (needs output_attribution)")
 @click.option("--pruner", default="structured", show_default=True, help="pruner plugin: structured (remove) or zero")
 @click.option("--ablation", type=click.Choice(["zero", "mean"]), default="zero", show_default=True,
               help="mean: fold each removed neuron's mean activation (bundled corpus) times its output column into the bias")
 @click.option("--run", "run_id", default=None, help="run whose scores to use (default: the model's latest complete run)")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="new folder for the pruned model")
 @click.option("--json", "as_json", is_flag=True)
-def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, pruner, ablation,
-                  run_id, out, as_json) -> None:
+def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, only_biased_axes,
+                  pruner, ablation, run_id, out, as_json) -> None:
     """Fairness pruning: remove biased, unimportant MLP neurons; save a model transformers loads."""
     from pydantic import ValidationError
 
@@ -607,7 +609,8 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
     try:
         layer_list = [int(item) for item in layers.split(",")] if layers else None
         params = SelectionParams(axes=list(axes), score=score, fraction=fraction, scope=scope, layers=layer_list,
-                                 combine=combine, round_to=round_to, protect=protect, direction=direction)
+                                 combine=combine, round_to=round_to, protect=protect, direction=direction,
+                                 only_biased_axes=only_biased_axes)
     except (ValueError, ValidationError) as exc:
         detail = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()) if isinstance(exc, ValidationError) else str(exc)
         raise ConfigError(f"prune options: {detail}.") from None

@@ -50,6 +50,9 @@ class SelectionParams(BaseModel):
     direction: Literal["any", "pro"] = Field(
         default="any", description="pro: only neurons whose `push` score is > 0 (pushing group a toward the stereotype)")
     push: str = "stereotype_push"
+    only_biased_axes: bool = Field(
+        default=False, description="leave out every axis whose stored output-level bias (output_attribution scorer) has a "
+        "template-resampled 95% interval containing 0: never move an axis that shows no bias")
 
     @field_validator("fraction")
     @classmethod

@@ -437,6 +437,20 @@ def plan_selection(store: Store, model_id: str, source_run: str, params):
                              f"{', '.join(sorted(stored)) or 'none'}.")
         return {axis: torch.from_numpy(stored[axis]) for axis in params.axes}
 
+    skipped = []
+    if params.only_biased_axes:
+        summaries = {row["axis"]: row for row in store.rows("axis_summary", model=model_id, run_id=source_run)}
+        unmeasured = [axis for axis in params.axes if summaries.get(axis, {}).get("output_bias_template_low") is None]
+        if unmeasured:
+            raise StoreError(f"only_biased_axes needs the output-level bias of every axis; axes {unmeasured} of run {source_run} "
+                             f"have none (add the 'output_attribution' scorer, and continuations to their suites).")
+        biased = [axis for axis in params.axes if summaries[axis]["output_bias_template_low"] > 0
+                  or summaries[axis]["output_bias_template_high"] < 0]
+        skipped = [axis for axis in params.axes if axis not in biased]
+        if not biased:
+            raise FairauditError(f"no axis of {params.axes} has an output-level bias whose template-resampled 95% interval "
+                                 f"excludes 0 in run {source_run}: there is nothing to remove. Nothing was pruned or written.")
+        params = params.model_copy(update={"axes": biased})
     recipe = _hybrid_recipe(store.read_run(source_run), params.score) if params.combine == "pooled" and len(params.axes) > 1 else None
     if recipe is None:
         scores = columns(params.score)
@@ -458,6 +472,8 @@ def plan_selection(store: Store, model_id: str, source_run: str, params):
     else:
         how = "mean" if params.combine == "pooled" else params.combine  # a column the hybrid scorer did not write
         selection.ranking = f"{how} over axes {', '.join(params.axes)} of `{params.score}` (combine: {params.combine})"
+    if skipped:
+        selection.ranking += f"; axes left out, their output-level bias interval containing 0: {', '.join(skipped)}"
     return selection
 
 

@@ -217,8 +217,11 @@ class OutputAttributionScorer:
         found, means = _attribution(stats, loaded, params)
         values = found.output_bias
         low, high = metrics.bootstrap_interval(values)
+        templates = {pair.pair_id: pair.template_id for pair in stats.pairs}
+        template_low, template_high = metrics.cluster_bootstrap_interval(values, [templates[pair_id] for pair_id in found.pair_ids])
         mean = float(values.mean())
-        scores.summary.update(output_bias=mean, output_bias_low=low, output_bias_high=high, output_bias_pairs=len(values))
+        scores.summary.update(output_bias=mean, output_bias_low=low, output_bias_high=high, output_bias_pairs=len(values),
+                              output_bias_template_low=template_low, output_bias_template_high=template_high)
         direction = 1.0 if mean >= 0 else -1.0
         for kind, table in (("neuron", scores.neuron), ("head", scores.head)):
             carried = -found.predicted_change(kind, None if means is None else means[kind])  # [pairs, layers, units]

@@ -233,3 +233,26 @@ def test_measured_loss_change_is_the_masked_models_loss_change(llama):
     with masked(llama, Selection([torch.zeros(0, dtype=torch.long), torch.tensor([7])], [64, 64])):
         assert float(measured[0]) == pytest.approx(loss() - base, abs=1e-5)
     assert float(measured[1]) != 0.0
+
+
+def test_only_biased_axes_leaves_an_unbiased_axis_alone(cli, tmp_path):
+    """On a planted model, race and gender carry an output-level bias, nationality none (no
+    neuron reads it): `--only-biased-axes` prunes for race and gender only and says so; asked
+    for nationality alone it refuses, and writes nothing."""
+    from fairaudit.config import RunConfig
+    from fairaudit.runner import audit
+
+    make_planted_model(tmp_path / "model")
+    result = audit(RunConfig.model_validate({
+        "model": str(tmp_path / "model"), "suites": ["race", "gender", "nationality"], "store": str(tmp_path / "store"),
+        "report": False, "probe": {"plugin": "activations", "params": {"progress": False}},
+        "scoring": {"scorers": ["bias", "importance", "layer_index", "output_attribution"]}, "pruning": None, "evaluators": []}))
+    nationality = result.summaries["nationality"]
+    assert nationality["output_bias_template_low"] < 0 < nationality["output_bias_template_high"]
+    common = ["prune", "--model", tmp_path / "model", "--store", tmp_path / "store", "--score", "output_bias_reduction",
+              "--combine", "union", "--fraction", "0.03", "--only-biased-axes", "--json"]
+    pruned = cli(*common, "--axis", "race", "--axis", "gender", "--axis", "nationality", "--out", tmp_path / "pruned")
+    assert pruned.exit_code == 0, pruned.output
+    assert "axes left out, their output-level bias interval containing 0: nationality" in (tmp_path / "pruned" / "README.md").read_text()
+    refused = cli(*common, "--axis", "nationality", "--out", tmp_path / "none")
+    assert refused.exit_code == 2 and "nothing to remove" in refused.stderr and not (tmp_path / "none").exists()
