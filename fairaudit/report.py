@@ -78,6 +78,19 @@ def _random_verdict(axis: str, found: dict[str, float]) -> str | None:
             f"{found['abs_output_bias_random']:.4f}); the chosen selection {outcome} (one-sided permutation p = {p:.2g}).")
 
 
+def _attribution_line(axis: str, row: dict[str, Any]) -> str | None:
+    """The causal scorers' numbers for an axis (output_attribution and ablation), when stored."""
+    if row.get("output_bias") is None:
+        return None
+    line = (f"{axis}: output-level bias on the probe templates {row['output_bias']:+.4f} (95% CI, templates resampled, "
+            f"{row.get('output_bias_template_low', math.nan):+.4f} to {row.get('output_bias_template_high', math.nan):+.4f})")
+    checks = [f"{kind}s: Spearman {row[f'{kind}_attribution_spearman']:.2f} over the top {int(row[f'{kind}_attribution_verified'])}"
+              for kind in ("neuron", "head") if row.get(f"{kind}_attribution_verified")]
+    if checks:
+        line += "; attribution estimate against real single-unit ablation, " + ", ".join(checks)
+    return line + "."
+
+
 def _policy_section(store: Store, run_id: str, record: dict[str, Any], policy, compare_run: str | None) -> dict[str, Any] | None:
     """The verdict table the report opens with (None when there is no policy)."""
     from fairaudit.policy import evaluate_policy, exit_status, gate_role, stored_policy, verdict_changes
@@ -133,6 +146,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
                 _random_verdict(axis, {row["metric"]: row["value"] for row in measurements if row["evaluator"] == "random_baseline"
                                        and row["axis_or_task"] == axis and row["role"] == "after" and not row["error"]}))
                 if verdict] if prune else [],
+            "attribution": _attribution_line(axis, row),
         })
     quality = [row for row in comparisons if row["evaluator"] in ("perplexity", "lm_eval", "facts", "fidelity")]
     perplexity = {role: measured("perplexity", "perplexity_bundled", role) for role in ("before", "after")}

@@ -175,6 +175,10 @@ def test_the_scorers_write_neuron_head_and_verification_columns(model_folder, tm
     summary = result.summaries["race"]
     assert summary["output_bias_pairs"] > 0 and summary["output_bias_low"] <= summary["output_bias"] <= summary["output_bias_high"]
     assert -1.0 <= summary["neuron_attribution_spearman"] <= 1.0 and summary["neuron_attribution_verified"] == 6
+    from fairaudit.report import render_report_text, report_data
+
+    html, _ = render_report_text(report_data(store, result.run_id))
+    assert "race: output-level bias on the probe templates" in html and "neurons: Spearman" in html
     reduction = load_scores(store, result.model_id, "output_bias_reduction", result.run_id).by_axis["race"]
     carried = load_scores(store, result.model_id, "output_attribution", result.run_id).by_axis["race"]
     sign = 1.0 if summary["output_bias"] >= 0 else -1.0
