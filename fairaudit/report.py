@@ -78,6 +78,13 @@ def _random_verdict(axis: str, found: dict[str, float]) -> str | None:
             f"{found['abs_output_bias_random']:.4f}); the chosen selection {outcome} (one-sided permutation p = {p:.2g}).")
 
 
+def _p_value_text(value: Any) -> str:
+    """A p- or q-value as a reader needs it: small ones in scientific notation, never '0.0000'."""
+    if not _finite(value):
+        return "n/a"
+    return f"{value:.2e}" if 0 < value < 1e-3 else f"{value:.4f}" if value else "0"
+
+
 def _attribution_line(axis: str, row: dict[str, Any]) -> str | None:
     """The causal scorers' numbers for an axis (output_attribution and ablation), when stored."""
     if row.get("output_bias") is None:
@@ -288,6 +295,7 @@ def render_report_text(data: dict[str, Any], template: str = "base.html.j2") -> 
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir()), autoescape=True,
                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     environment.filters["num"] = lambda v, digits=4: "n/a" if not _finite(v) else f"{v:.{digits}f}"
+    environment.filters["pval"] = _p_value_text
     environment.filters["pct"] = lambda v: "n/a" if not _finite(v) else f"{100 * v:+.1f}%"
     environment.filters["raw"] = lambda v: "" if not _finite(v) else repr(float(v))
     html = environment.get_template(template).render(**data)

@@ -179,3 +179,12 @@ def test_verdict_lines_follow_the_intervals():
     assert "moved toward zero" in _direction_verdict("race", toward) and "includes no change" not in _direction_verdict("race", toward)
     away = {"before": -0.2, "after": -0.25, "change_low": -0.1, "change_high": 0.02}
     assert "moved away from zero" in _direction_verdict("race", away) and "includes no change" in _direction_verdict("race", away)
+
+
+def test_small_q_values_are_printed_in_scientific_notation(audited):
+    from fairaudit.report import _p_value_text
+
+    assert (_p_value_text(3.2e-7), _p_value_text(0.0412), _p_value_text(0.0), _p_value_text(float("nan"))) == ("3.20e-07", "0.0412", "0", "n/a")
+    html = audited[1].report.read_text(encoding="utf-8")
+    shown = re.findall(r'data-metric="q_value" data-value="[^"]*">([^<]*)<', html)
+    assert shown and "0.0000" not in shown
