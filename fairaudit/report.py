@@ -262,6 +262,11 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         entry[f"{row['role']}_{row['side']}"] = row["continuation"]
 
     provenance = {key: value for key, value in record.items() if key not in ("suites",)}
+    pruning = (provenance.get("config") or {}).get("pruning")
+    if prune and pruning is not None:  # the selection as it was applied (defaults filled in), not as written
+        effective = store.read_run(prune["run_id"]).get("selection") if store.run_path(prune["run_id"]).exists() else None
+        if effective:
+            provenance["config"] = {**provenance["config"], "pruning": {**pruning, "selection": effective}}
     return {
         "fairaudit_version": fairaudit.__version__,
         "run_id": run_id, "model_id": model_id, "status": record.get("status"), "started": record.get("started"),

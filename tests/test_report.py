@@ -188,3 +188,11 @@ def test_small_q_values_are_printed_in_scientific_notation(audited):
     html = audited[1].report.read_text(encoding="utf-8")
     shown = re.findall(r'data-metric="q_value" data-value="[^"]*">([^<]*)<', html)
     assert shown and "0.0000" not in shown
+
+
+def test_the_configuration_block_shows_the_selection_as_applied(audited):
+    import html as html_module
+
+    shown = html_module.unescape(audited[1].report.read_text(encoding="utf-8"))
+    block = shown[shown.index("<h3>Configuration</h3>"):]
+    assert '"selection": {}' not in block and '"score": "hybrid_scaled"' in block and '"fraction": 0.05' in block
