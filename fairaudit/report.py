@@ -272,7 +272,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         "run_id": run_id, "model_id": model_id, "status": record.get("status"), "started": record.get("started"),
         "policy": _policy_section(store, run_id, record, policy, compare_run),
         "summary": summary, "quality": quality, "quality_verdicts": quality_verdicts,
-        "perplexity": perplexity, "fidelity": fidelity, "prune": prune,
+        "perplexity": perplexity, "fidelity": fidelity, "prune": prune, "pruned_id": pruned_id,
         "comparisons": comparisons, "charts": charts, "top_neurons": top_neurons,
         "overlap": overlap_pairs, "overlap_svg": overlap_svg, "matched": matched, "diagnosis": diagnosis, "other_models": other_models, "compared": compared,
         "generations": sorted(generations.values(), key=lambda g: (g["axis"], g["pair_id"])),

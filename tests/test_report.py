@@ -196,3 +196,12 @@ def test_the_configuration_block_shows_the_selection_as_applied(audited):
     shown = html_module.unescape(audited[1].report.read_text(encoding="utf-8"))
     block = shown[shown.index("<h3>Configuration</h3>"):]
     assert '"selection": {}' not in block and '"score": "hybrid_scaled"' in block and '"fraction": 0.05' in block
+
+
+def test_other_models_section_names_the_pruned_model_instead_of_saying_there_is_none(audited):
+    root, result = audited
+    html = result.report.read_text(encoding="utf-8")
+    section = html[html.index('<section id="models">'):]
+    section = section[: section.index("</section>")]
+    assert "holds no other model" not in section
+    assert "The pruned model of this run" in section and Path(result.pruned["out"]).name in section
