@@ -40,7 +40,7 @@ def head_count(loaded: LoadedModel) -> int:
     return int(config.num_attention_heads)
 
 
-def _sites(loaded: LoadedModel, kind: str) -> list:
+def unit_modules(loaded: LoadedModel, kind: str) -> list:
     """The module per layer whose first input holds the units of `kind`."""
     name = "neuron" if kind == "neuron" else "heads"
     sites = [loaded.adapter.sites(layer).get(name) for layer in loaded.layers]
@@ -154,7 +154,7 @@ def attribute(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) 
     if not loaded.is_causal:
         raise ConfigError("output attribution needs a language-model head; this model is an encoder.")
     pairs = [pair for pair in pairs if metrics.output_bias_terms(pair)]
-    modules = {kind: _sites(loaded, kind) for kind in KINDS}
+    modules = {kind: unit_modules(loaded, kind) for kind in KINDS}
     heads = head_count(loaded)
     layers = len(loaded.layers)
     result = {kind: [] for kind in KINDS}
@@ -226,7 +226,7 @@ def shared_means(stats, loaded: LoadedModel, sentences: int = 200) -> dict[str, 
 def unit_means(loaded: LoadedModel, texts: list[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
     """kind -> `[layers, width]` mean activation over every token of `texts` (mean-ablation
     values; heads keep every dimension of their block)."""
-    modules = {kind: _sites(loaded, kind) for kind in KINDS}
+    modules = {kind: unit_modules(loaded, kind) for kind in KINDS}
     sums = {kind: [torch.zeros(0)] * len(loaded.layers) for kind in KINDS}
     tokens = 0
     for start in range(0, len(texts), batch_size):
@@ -266,10 +266,10 @@ class Unit:
 def _ablating(loaded: LoadedModel, group: list[Unit], rows: int, means: dict[str, torch.Tensor] | None) -> Iterator[None]:
     """While active, a batch of `rows * len(group)` rows is `len(group)` copies of one batch,
     copy i with unit `group[i]` ablated (set to 0, or to its mean)."""
-    modules = {kind: _sites(loaded, kind) for kind in KINDS}
+    modules = {kind: unit_modules(loaded, kind) for kind in KINDS}
     heads = head_count(loaded)
-    widths = {"neuron": [loaded.adapter.down(layer)[0].weight.shape[loaded.adapter.down(layer)[1]] for layer in loaded.layers],
-              "head": [heads] * len(loaded.layers)}
+    downs = [loaded.adapter.down(layer) for layer in loaded.layers]
+    widths = {"neuron": [module.weight.shape[dim] for module, dim in downs], "head": [heads] * len(loaded.layers)}
     outside = [unit for unit in group if not (0 <= unit.layer < len(loaded.layers) and 0 <= unit.index < widths[unit.kind][unit.layer])]
     if outside:
         raise ConfigError(f"units {outside} are out of range for this model ({len(loaded.layers)} layers, "

@@ -93,6 +93,15 @@ def recall(loaded: LoadedModel, key: Any) -> Any:
     return entry[1]
 
 
+def divergence_rows(stats) -> dict[str, dict[str, torch.Tensor]]:
+    """pair id -> component -> `[layers]` mean |d_p| over units: what the bias re-probe needs of
+    an `ActivationStats` (attention and MLP outputs)."""
+    from fairaudit.metrics import INDEX_COMPONENTS
+
+    return {pair_id: {name: stats.components[name].pair_divergence[index] for name in INDEX_COMPONENTS}
+            for index, pair_id in enumerate(stats.pair_ids)}
+
+
 def probe_key(axis: str, position: str) -> tuple[str, str, str]:
     """Where the probe stage leaves per-pair divergences for the bias re-probe."""
     return ("probe_divergence", axis, position)

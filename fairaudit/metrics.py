@@ -204,6 +204,14 @@ def cluster_bootstrap_interval(values: torch.Tensor, clusters: list[str], confid
 
 # --- output-level bias ---------------------------------------------------------------
 
+def first_difference(first: list, second: list) -> tuple:
+    """The first items where two sequences differ ((None, x) when one is a prefix of the other)."""
+    for a, b in zip(first, second):
+        if a != b:
+            return a, b
+    return (first[len(second)] if len(first) > len(second) else None, second[len(first)] if len(second) > len(first) else None)
+
+
 def output_bias_terms(pair: Pair) -> list[tuple[str, str, float]]:
     """The pair's output-level bias m as (context, continuation, sign) terms: m is the signed
     sum of the terms' summed continuation log-probabilities (natural log), positive when the

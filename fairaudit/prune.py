@@ -245,9 +245,9 @@ def fold_means(loaded: LoadedModel, selection: Selection, means: torch.Tensor) -
 def zero_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
     """Prune attention heads exactly, shapes unchanged: zero each listed head's columns of the
     attention output projection (its block of the projection's input), per layer."""
-    from fairaudit.attribution import _sites, head_count
+    from fairaudit.attribution import head_count, unit_modules
 
-    modules, count = _sites(loaded, "head"), head_count(loaded)
+    modules, count = unit_modules(loaded, "head"), head_count(loaded)
     if len(heads) != len(modules):
         raise FairauditError(f"heads are given for {len(heads)} layers, the model has {len(modules)}.")
     with torch.no_grad():

@@ -26,7 +26,7 @@ import fairaudit
 from fairaudit import metrics
 from fairaudit.config import RunConfig, load_config
 from fairaudit.errors import ConfigError, FairauditError, ModelError, PluginError, StoreError, SuiteError
-from fairaudit.evaluate import EvaluationResult, Measurement, compare, probe_key, remember
+from fairaudit.evaluate import EvaluationResult, Measurement, compare, divergence_rows, probe_key, remember
 from fairaudit.model import LoadedModel, ModelSpec, load_model, weights_hash
 from fairaudit.plugins import notify_stage_finished, registry
 from fairaudit.prune import NEURON_MAP_FILE
@@ -166,9 +166,7 @@ def _remember_divergence(loaded: LoadedModel, probe_name: str, probe_params, sta
         return
     if not set(metrics.INDEX_COMPONENTS) <= set(stats.components):
         return
-    rows = {pair_id: {name: stats.components[name].pair_divergence[index] for name in metrics.INDEX_COMPONENTS}
-            for index, pair_id in enumerate(stats.pair_ids)}
-    remember(loaded, probe_key(stats.axis, stats.position), rows, loaded.provenance["weights_hash"])
+    remember(loaded, probe_key(stats.axis, stats.position), divergence_rows(stats), loaded.provenance["weights_hash"])
 
 
 def _check_scores(name: str, axis: str, scores: AxisScores, layers: int) -> None:

@@ -105,13 +105,6 @@ def make_model(family: str, folder: str | Path, layers: int = 2, hidden: int = 3
 STOP_WORDS = {"a", "an", "the", "he", "she", "they", "his", "her", "their", "him", "them", "person"}
 
 
-def first_difference(first: list, second: list) -> tuple:
-    """The first items where two sequences differ ((None, x) when one is a prefix of the other)."""
-    for a, b in zip(first, second):
-        if a != b:
-            return a, b
-    return (first[len(second)] if len(first) > len(second) else None, second[len(first)] if len(second) > len(first) else None)
-
 
 @dataclass(frozen=True)
 class PlantedNeuron:
@@ -271,6 +264,7 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
     an output attribution must rank the quiet ones first (`PlantedNeuron.role`)."""
     import transformers as t
 
+    from fairaudit.metrics import first_difference
     from fairaudit.suite import resolve_suite
 
     folder = Path(folder)

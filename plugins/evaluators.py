@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fairaudit import metrics
 from fairaudit.errors import PluginError
-from fairaudit.evaluate import EvaluationResult, Measurement, keep_logits, encode_request, loglikelihoods, probe_key, recall
+from fairaudit.evaluate import EvaluationResult, Measurement, divergence_rows, encode_request, keep_logits, loglikelihoods, probe_key, recall
 from fairaudit.hookspecs import hookimpl
 from fairaudit.model import LoadedModel
 from fairaudit.resources import corpus_sentences, data_dir
@@ -61,8 +61,7 @@ class BiasReprobe:
                 rows = dict(known)
                 if missing:
                     stats = probe.run(loaded, missing, [], probe_params, suite.axis)
-                    rows.update({pair_id: {name: stats.components[name].pair_divergence[index] for name in metrics.INDEX_COMPONENTS}
-                                 for index, pair_id in enumerate(stats.pair_ids)})
+                    rows.update(divergence_rows(stats))
                 divergence = {name: torch.stack([rows[pair.pair_id][name] for pair in pairs]) for name in metrics.INDEX_COMPONENTS}
                 per_pair = metrics.index_of_divergence(divergence)
                 result.add_items(self.name, suite.axis, metric, {pair.pair_id: value for pair, value in zip(pairs, per_pair.tolist())})

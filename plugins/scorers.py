@@ -131,8 +131,6 @@ class StereotypePushScorer:
     outputs = lambda self, params: ["stereotype_push"]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
-        from fairaudit.testing import first_difference
-
         head = loaded.model.get_output_embeddings() if loaded.is_causal else None
         if head is None or scores.component != "neuron" or not {"negative", "neutral"} <= set(stats.continuations):
             return  # needs an LM head and templates with negative and neutral continuations
@@ -141,7 +139,7 @@ class StereotypePushScorer:
                                 if {"negative", "neutral"} <= set(p.continuations)})
         if not continuations:  # a probe that does not hand on its pairs: the first tokens, unpaired
             continuations = list(zip(stats.continuations["negative"], stats.continuations["neutral"]))
-        departures = [first_difference(encode(negative), encode(neutral)) for negative, neutral in continuations]
+        departures = [metrics.first_difference(encode(negative), encode(neutral)) for negative, neutral in continuations]
         departures = [(a, b) for a, b in departures if a is not None and b is not None]
         if not departures:
             return

@@ -50,7 +50,7 @@ def test_output_bias_is_the_evaluators_stereotype_preference(llama):
 
 def _scaled(loaded, kind: str, layer: int, index: int, factor: float, toward: torch.Tensor | None = None):
     """A pre-hook that moves one unit: x -> x * factor, or x -> x + (factor - 1) * (toward - x)."""
-    module = attribution._sites(loaded, kind)[layer]
+    module = attribution.unit_modules(loaded, kind)[layer]
     width = None
 
     def hook(m, args):
@@ -115,7 +115,7 @@ def test_measured_change_is_the_masked_models_change(llama):
     selection = Selection([torch.tensor([3]), torch.zeros(0, dtype=torch.long)], [64, 64])
     with masked(llama, selection):
         assert float(measured[0]) == pytest.approx(float(attribution.output_bias_values(llama, pairs).mean() - base), abs=1e-5)
-    o_proj = attribution._sites(llama, "head")[1]
+    o_proj = attribution.unit_modules(llama, "head")[1]
     saved = o_proj.weight.detach().clone()
     zero_heads(llama, [[], [1]])  # a head pruned by zeroing its output-projection columns
     try:
