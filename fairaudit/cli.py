@@ -207,7 +207,7 @@ def _comparison_rows(comparisons: list[dict]) -> list[list[str]]:
     return [[row["evaluator"], row["axis_or_task"] or "-", row["metric"], _number(row["before"]), _number(row["after"]),
              f"{row['change']:+.4f} [{_number(row['change_low'])}, {_number(row['change_high'])}]",
              f"{_percent(row['relative_change'])} [{_percent(row['relative_low'])}, {_percent(row['relative_high'])}]",
-             str(row["items"])] for row in comparisons if not row["metric"].endswith("_by_layer")]
+             str(row["items"])] for row in comparisons if "_by_layer" not in row["metric"]]
 
 
 def _percent(value) -> str:

@@ -25,7 +25,10 @@ VIEW_COMPONENTS = ("attention", "mlp")
 @dataclass
 class PairView:
     """The diagnosis of one pair. `heat[component]` is `[layers, tokens of prompt a]`;
-    `pca[component]` is `[tokens a + tokens b, 2]` at `layer`."""
+    `pca[component]` is `[tokens a + tokens b - 2 * pca_from, 2]` at `layer`: the first
+    `pca_from` tokens of each prompt are left out, because the first token (BOS or the first
+    word, the attention sink) alone can take most of the variance and squash every other point.
+    Tokens are their decoded text (no byte-level markers such as 'Ġ')."""
 
     pair: Pair
     layer: int
@@ -37,6 +40,7 @@ class PairView:
     pca: dict[str, torch.Tensor] = field(default_factory=dict)
     explained: dict[str, tuple[float, float]] = field(default_factory=dict)
     most_moved: dict[str, str] = field(default_factory=dict)
+    pca_from: int = 0
 
 
 def shared_ends(ids_a: list[int], ids_b: list[int]) -> tuple[int, int]:
@@ -75,6 +79,15 @@ def pca_2d(points: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float]]:
     return coordinates, (shares[0], shares[1])
 
 
+def token_text(tokenizer, token_id: int) -> str:
+    """What a reader should see for one token: its decoded text, trimmed; a whitespace-only
+    token as a visible mark; a token that decodes to part of a character as its raw form."""
+    text = tokenizer.decode([token_id])
+    if "\ufffd" in text:
+        return tokenizer.convert_ids_to_tokens(token_id)
+    return text.strip() or {"\n": "⏎", "\t": "⇥"}.get(text[:1], "␣")
+
+
 def diagnose_pair(loaded: LoadedModel, pair: Pair, layer: int) -> PairView:
     tokenizer = loaded.tokenizer
     ids_a, ids_b = tokenizer(pair.text_a)["input_ids"], tokenizer(pair.text_b)["input_ids"]
@@ -82,9 +95,11 @@ def diagnose_pair(loaded: LoadedModel, pair: Pair, layer: int) -> PairView:
     states_a = token_states(loaded, pair.text_a, list(VIEW_COMPONENTS))
     states_b = token_states(loaded, pair.text_b, list(VIEW_COMPONENTS))
     view = PairView(pair=pair, layer=layer,
-                    tokens_a=tokenizer.convert_ids_to_tokens(ids_a), tokens_b=tokenizer.convert_ids_to_tokens(ids_b),
+                    tokens_a=[token_text(tokenizer, i) for i in ids_a], tokens_b=[token_text(tokenizer, i) for i in ids_b],
                     substituted_a=[prefix <= t < len(ids_a) - suffix for t in range(len(ids_a))],
-                    substituted_b=[prefix <= t < len(ids_b) - suffix for t in range(len(ids_b))])
+                    substituted_b=[prefix <= t < len(ids_b) - suffix for t in range(len(ids_b))],
+                    pca_from=1 if min(len(ids_a), len(ids_b)) > 2 else 0)
+    skip = view.pca_from
     for component in VIEW_COMPONENTS:
         a, b = states_a[component], states_b[component]  # [layers, tokens, units]
         columns = []
@@ -92,7 +107,7 @@ def diagnose_pair(loaded: LoadedModel, pair: Pair, layer: int) -> PairView:
             partner = b[:, counterpart(position, len(ids_a), len(ids_b), prefix, suffix)].mean(dim=1)
             columns.append((a[:, position] - partner).abs().mean(dim=-1))
         view.heat[component] = torch.stack(columns, dim=1)  # [layers, tokens a]
-        coordinates, shares = pca_2d(torch.cat([a[layer], b[layer]]))
+        coordinates, shares = pca_2d(torch.cat([a[layer, skip:], b[layer, skip:]]))
         view.pca[component] = coordinates
         view.explained[component] = shares
         moves = [float((a[layer, t] - b[layer, counterpart(t, len(ids_a), len(ids_b), prefix, suffix)].mean(dim=0)).norm())
@@ -150,13 +165,15 @@ def render_view(view: PairView) -> dict[str, str]:
             [f"layer {i}" for i in range(heat.shape[0])], view.tokens_a, heat.tolist(), view.substituted_a,
             caption=f"Largest divergence: token '{view.tokens_a[peak_token]}' at layer {peak_layer}. "
                     f"Compared: {view.pair.text_a!r} vs {view.pair.text_b!r}.",
-            x_label="token of prompt a", y_label="layer")
-        shares = view.explained[component]
+            x_label="token of prompt a (substituted words underlined and bold); darker = larger divergence", y_label="layer",
+            scale_label="mean |difference|:")
+        shares, skip = view.explained[component], view.pca_from
+        left_out = " The first token of each prompt is left out (it alone can take most of the variance)." if skip else ""
         figures[f"{stem}-{component}-pca-layer{view.layer}"] = scatter(
             f"{view.pair.pair_id}: PCA of {component} outputs at layer {view.layer}",
-            [tuple(row) for row in view.pca[component].tolist()], view.tokens_a + view.tokens_b,
-            [f"a: {view.pair.group_a}"] * len(view.tokens_a) + [f"b: {view.pair.group_b}"] * len(view.tokens_b),
-            view.substituted_a + view.substituted_b,
+            [tuple(row) for row in view.pca[component].tolist()], view.tokens_a[skip:] + view.tokens_b[skip:],
+            [f"a: {view.pair.group_a}"] * (len(view.tokens_a) - skip) + [f"b: {view.pair.group_b}"] * (len(view.tokens_b) - skip),
+            view.substituted_a[skip:] + view.substituted_b[skip:],
             x_label=f"PC1 ({shares[0]:.0%} of variance)", y_label=f"PC2 ({shares[1]:.0%})",
-            caption=f"The token that moves most between the two prompts: '{view.most_moved[component]}'. Substituted words ringed.")
+            caption=f"The token that moves most between the two prompts: '{view.most_moved[component]}'. Substituted words ringed.{left_out}")
     return figures

@@ -373,5 +373,6 @@ def figures(comparison: MatchedComparison, model_a: str, model_b: str) -> dict[s
         "layer_alignment": str(matrix_heatmap(
             f"layer-pair scores, {model_a} (rows) x {model_b} (columns)", [f"{a}" for a in range(scores.shape[0])],
             [f"{b}" for b in range(scores.shape[1])], scores.tolist(), [False] * scores.shape[1],
-            f"alignment (row -> column): {comparison.matching.alignment}", f"layer of {model_b}", f"layer of {model_a}")),
+            f"alignment (row -> column): {comparison.matching.alignment}", f"layer of {model_b}", f"layer of {model_a}",
+            scale_label="layer-pair score:")),
     }

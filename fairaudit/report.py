@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 import fairaudit
 from fairaudit.errors import StoreError
@@ -33,19 +33,47 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not math.isnan(value)
 
 
+def _change_phrase(change: dict[str, Any], what: str, absolute: str | None = None) -> str:
+    """'<what> fell by 12.0% (95% CI ...)' from a paired change and its 95% interval: relative,
+    or absolute in the unit `absolute` names (for quantities whose ratio means nothing, such as
+    log-probabilities)."""
+    keys = ("change", "change_low", "change_high") if absolute else ("relative_change", "relative_low", "relative_high")
+    value, low, high = (change[key] for key in keys)
+    shown = (lambda v: f"{v:+.4f} {absolute}") if absolute else (lambda v: f"{v:+.1%}")
+    size = (lambda v: f"{abs(v):.4f} {absolute}") if absolute else (lambda v: f"{abs(v):.1%}")
+    if not (_finite(low) and _finite(high)):
+        return f"{what} changed by {shown(value)} (no interval: too few items)"
+    interval = f"95% CI {shown(low)} to {shown(high)}, {change['items']} items"
+    if high < 0:
+        return f"{what} fell by {size(value)} ({interval})"
+    if low > 0:
+        return f"{what} rose by {size(value)} ({interval})"
+    return f"{what} did not change measurably ({shown(value)}; {interval} includes no change)"
+
+
 def _verdict(axis: str, change: dict[str, Any] | None, what: str) -> str:
     """A plain-language line computed from a paired change and its 95% interval."""
     if not change:
         return f"{axis}: {what} was not measured before and after pruning."
-    low, high, relative = change["relative_low"], change["relative_high"], change["relative_change"]
-    if not (_finite(low) and _finite(high)):
-        return f"{axis}: {what} changed by {relative:+.1%} (no interval: too few items)."
-    interval = f"95% CI {low:+.1%} to {high:+.1%}, {change['items']} items"
-    if high < 0:
-        return f"{axis}: {what} fell by {-relative:.1%} ({interval})."
-    if low > 0:
-        return f"{axis}: {what} rose by {relative:.1%} ({interval})."
-    return f"{axis}: {what} did not change measurably ({relative:+.1%}; {interval} includes no change)."
+    return f"{axis}: {_change_phrase(change, what)}."
+
+
+FACT_METRICS = {"fact_accuracy": ("accuracy on facts that depend on a demographic word", None),
+                "fact_logprob": ("the mean log-probability of the correct answer", "nats")}
+
+
+def _facts_verdict(rows: list[dict[str, Any]]) -> str | None:
+    """One line for the factual-knowledge control naming every metric: the overall ones always,
+    a category's only when its interval excludes no change."""
+    phrases = []
+    for row in sorted(rows, key=lambda r: (r["axis_or_task"] != "", r["axis_or_task"], r["metric"])):
+        what, unit = FACT_METRICS.get(row["metric"], (row["metric"], None))
+        changed = _finite(row["relative_low"]) and (row["relative_low"] > 0 or row["relative_high"] < 0)
+        if row["axis_or_task"] == "":
+            phrases.append(_change_phrase(row, what, unit))
+        elif changed:
+            phrases.append(_change_phrase(row, f"{what} ({row['axis_or_task']})", unit))
+    return f"Factual-knowledge control: {'; '.join(phrases)}." if phrases else None
 
 
 def _direction_verdict(axis: str, change: dict[str, Any] | None) -> str:
@@ -165,23 +193,28 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
     for row in quality:
         if row["evaluator"] == "lm_eval":
             quality_verdicts.append(f"lm-eval {row['axis_or_task']} {row['metric']}: {row['before']:.3f} before, {row['after']:.3f} after.")
-    facts = change.get(("facts", "", "fact_accuracy"))
+    facts = _facts_verdict([row for row in comparisons if row["evaluator"] == "facts"])
     if facts:
-        quality_verdicts.append(_verdict("Factual-knowledge control", facts, "accuracy on facts that depend on a demographic word"))
+        quality_verdicts.append(facts)
     fidelity = measured("fidelity", "embedding_cosine", "after")
     if fidelity:
         quality_verdicts.append(f"Embeddings of the pruned model keep a mean cosine similarity of {fidelity['value']:.4f} with the original.")
 
-    layer_rows = [row for row in items if row["evaluator"] == "bias_reprobe" and row["metric"].endswith("_divergence_by_layer")]
+    layer_rows = [row for row in items if row["evaluator"] == "bias_reprobe" and "_divergence_by_layer" in row["metric"]]
     charts = []
     for axis in axes:
         for component in ("attention", "mlp"):
-            series = {}
+            series, intervals = {}, {}
             for role, label in (("before", "before pruning"), ("after", "after pruning")):
-                values = {int(r["item"]): r["value"] for r in layer_rows if r["axis_or_task"] == axis and r["role"] == role
-                          and r["metric"] == f"{component}_divergence_by_layer"}
+                by_metric: dict[str, dict[int, float]] = {}  # value, _low and _high per layer
+                for r in layer_rows:
+                    if r["axis_or_task"] == axis and r["role"] == role and r["metric"].startswith(f"{component}_divergence_by_layer"):
+                        by_metric.setdefault(r["metric"].removeprefix(f"{component}_divergence_by_layer"), {})[int(r["item"])] = r["value"]
+                values, low, high = by_metric.get("", {}), by_metric.get("_low", {}), by_metric.get("_high", {})
                 if values:
                     series[label] = [values.get(layer) for layer in range(max(values) + 1)]
+                    intervals[label] = [(low[layer], high[layer]) if layer in low and layer in high else None
+                                        for layer in range(max(values) + 1)]
             if not series:
                 stored = store.rows("layer_scores", model=model_id, axis=axis, run_id=run_id)
                 if stored and f"{component}_divergence" in stored[0]:
@@ -190,7 +223,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
                 layers = len(next(iter(series.values())))
                 charts.append({"axis": axis, "component": component, "series": series, "svg": bar_chart(
                     f"{axis}: {component} output divergence per layer", [str(i) for i in range(layers)], series,
-                    "layer", "mean |activation difference|")})
+                    "layer", "mean |activation difference|", intervals)})
 
     kept = {}
     if prune:
@@ -222,7 +255,8 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
                     notes[i][j] = f"{row['overlap']} (exp. {row['expected']:.1f})\np={row['p_value']:.1e}"
         for axis, i in index.items():
             notes[i][i] = axis
-        overlap_svg = heatmap("Top-neuron overlap between axes (observed / expected; darker = more shared)", axes, ratio, notes)
+        overlap_svg = heatmap("Top-neuron overlap between axes (observed / expected; darker = more shared)", axes, ratio, notes,
+                              scale_label="observed / expected:")
 
     other_models = []
     for run in store.runs():
@@ -283,6 +317,14 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
     }
 
 
+def _prose(text: str) -> Markup:
+    """A sentence for the page: escaped, with `code` spans (Markdown backticks) set as <code>."""
+    pieces = str(text).split("`")
+    if len(pieces) % 2 == 0:  # an unmatched backtick: show it as it is
+        return Markup(escape(text))
+    return Markup("".join(f"<code>{escape(piece)}</code>" if index % 2 else str(escape(piece)) for index, piece in enumerate(pieces)))
+
+
 def _json_ready(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_ready(v) for k, v in value.items() if k not in ("svg", "overlap_svg")}
@@ -303,6 +345,7 @@ def render_report_text(data: dict[str, Any], template: str = "base.html.j2") -> 
     environment.filters["pval"] = _p_value_text
     environment.filters["pct"] = lambda v: "n/a" if not _finite(v) else f"{100 * v:+.1f}%"
     environment.filters["raw"] = lambda v: "" if not _finite(v) else repr(float(v))
+    environment.filters["prose"] = _prose
     html = environment.get_template(template).render(**data)
     return html, json.dumps(_json_ready(data), indent=2, default=str)
 

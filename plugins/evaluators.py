@@ -65,10 +65,15 @@ class BiasReprobe:
                 divergence = {name: torch.stack([rows[pair.pair_id][name] for pair in pairs]) for name in metrics.INDEX_COMPONENTS}
                 per_pair = metrics.index_of_divergence(divergence)
                 result.add_items(self.name, suite.axis, metric, {pair.pair_id: value for pair, value in zip(pairs, per_pair.tolist())})
-                if split == "probe":  # per-layer profiles, for the before/after layer charts
+                if split == "probe":  # per-layer profiles with 95% intervals over pairs, for the before/after layer charts
                     for component in metrics.INDEX_COMPONENTS:
-                        profile = divergence[component].double().mean(dim=0)  # metrics.layer_divergence
-                        result.items[(suite.axis, f"{component}_divergence_by_layer")] = {str(i): float(v) for i, v in enumerate(profile)}
+                        per_layer = divergence[component].double()  # [pairs, layers]
+                        profile = per_layer.mean(dim=0)  # metrics.layer_divergence
+                        bounds = [metrics.bootstrap_interval(per_layer[:, layer]) for layer in range(per_layer.shape[1])]
+                        name = f"{component}_divergence_by_layer"
+                        result.items[(suite.axis, name)] = {str(i): float(v) for i, v in enumerate(profile)}
+                        result.items[(suite.axis, f"{name}_low")] = {str(i): low for i, (low, _) in enumerate(bounds)}
+                        result.items[(suite.axis, f"{name}_high")] = {str(i): high for i, (_, high) in enumerate(bounds)}
         return result
 
 

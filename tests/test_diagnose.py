@@ -50,6 +50,30 @@ def test_heat_map_peaks_at_the_substituted_word_in_the_planted_layer(planted):
     layer, token = divmod(int(heat.argmax()), heat.shape[1])
     assert layer == truth.neurons[0].layer and view.tokens_a[token] == "Black" and view.substituted_a[token]
     assert view.most_moved["mlp"] == "Black"
+    # the PCA leaves out the first token of each prompt (it can take most of the variance alone)
+    assert view.pca_from == 1 and view.pca["mlp"].shape[0] == len(view.tokens_a) + len(view.tokens_b) - 2
+    pca = str(next(svg for name, svg in render_view(view).items() if "mlp-pca" in name))
+    assert "is left out (it alone can take most of the variance)" in pca and ">&lt;s&gt;<" not in pca
+
+
+def test_tokens_are_shown_as_decoded_text_not_byte_level_markers():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from fairaudit.diagnose import token_text
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(["When an Asian employee asked, her boss thought she\nwas late"] * 20,
+                                trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    ids = tokenizer("When an Asian employee asked, her boss thought she\nwas")["input_ids"]
+    raw = tokenizer.convert_ids_to_tokens(ids)
+    assert any(token.startswith("Ġ") for token in raw), "the byte-level tokenizer marks spaces with Ġ"
+    shown = [token_text(tokenizer, token_id) for token_id in ids]
+    assert not any("Ġ" in token or "Ċ" in token for token in shown)
+    assert "Asian" in shown and "thought" in shown and "⏎" in shown
 
 
 def test_emergence_names_the_planted_layers(planted):

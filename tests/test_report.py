@@ -98,7 +98,8 @@ def test_json_twin_has_the_same_numbers(audited):
     assert twin["prune"]["removed"] == store.read_run(result.run_id)["prune"]["removed"]
     ranking = store.read_run(result.run_id)["prune"]["ranking"]
     assert ranking.startswith("hybrid (weight 0.8) of the mean over axes race, gender, hostile of `scaled_bias`")
-    assert twin["prune"]["ranking"] == ranking and html_escape(ranking) in result.report.read_text(encoding="utf-8")
+    shown = html_escape(ranking).replace("`scaled_bias`", "<code>scaled_bias</code>").replace("`importance_ppm`", "<code>importance_ppm</code>")
+    assert twin["prune"]["ranking"] == ranking and shown in result.report.read_text(encoding="utf-8")
 
 
 def test_hostile_suite_text_is_shown_as_text(audited):
@@ -149,7 +150,7 @@ def test_browser_opens_the_report_offline_without_errors(audited):
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run", "--disable-quic"])
-        context = browser.new_context(offline=True, viewport={"width": 1100, "height": 900})
+        context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: console_errors.append(str(error)))
@@ -160,10 +161,50 @@ def test_browser_opens_the_report_offline_without_errors(audited):
         page.wait_for_load_state("load")
         sizes = page.evaluate("Array.from(document.querySelectorAll('svg')).map(s => [s.getBoundingClientRect().width, s.getBoundingClientRect().height])")
         page.locator("#summary").screenshot(path=str(artifacts / "report-summary.png"))
+        on_screen = page.evaluate(OVERFLOW)
+        page.emulate_media(media="print")
+        page.set_viewport_size({"width": 700, "height": 990})  # an A4 page's printable width at 96 dpi, 12 mm margins
+        printed = page.evaluate(OVERFLOW)
+        page.pdf(path=str(artifacts / "report.pdf"), format="A4")
         browser.close()
     assert console_errors == [] and failed == [] and external == []
     assert sizes and all(width > 0 and height > 0 for width, height in sizes)
     assert (artifacts / "report-summary.png").stat().st_size > 1000
+    assert on_screen == {"page": 1280, "overflowing": []}, "the report must read without horizontal scrolling at 1280 px"
+    assert printed == {"page": 700, "overflowing": []}, "the report must fit an A4 page when printed"
+    assert (artifacts / "report.pdf").read_bytes().startswith(b"%PDF")
+
+
+# every element wider than its box (a table that would need horizontal scrolling, a clipped figure)
+OVERFLOW = """() => ({page: document.documentElement.scrollWidth, overflowing: Array.from(
+    document.querySelectorAll('.scroll, table, figure, p, pre, details')).filter(e => e.scrollWidth > e.clientWidth + 1)
+    .map(e => e.tagName + (e.closest('section') ? ' in #' + e.closest('section').id : '')).slice(0, 10)})"""
+
+
+def test_report_prose_and_sections_read_as_a_reviewer_needs(audited):
+    html = audited[1].report.read_text(encoding="utf-8")
+    summary = html[html.index('<section id="summary">'):html.index("</section>", html.index('<section id="summary">'))]
+    assert "`" not in summary and "<code>scaled_bias</code>" in summary, "Markdown code spans are set as <code>"
+    diagnosis = html[html.index('<section id="diagnosis">'):]
+    diagnosis = diagnosis[:diagnosis.index("</section>")]
+    assert diagnosis.count("<details>") >= 1 and diagnosis.index("<details>") < diagnosis.index("<svg"), "per-axis figures are collapsed"
+    assert "Ġ" not in html
+    layers = html[html.index('<section id="layers">'):]
+    assert "bars show 95% intervals" in layers[:layers.index("</section>")]
+
+
+def test_facts_verdict_names_every_metric_whose_interval_excludes_no_change():
+    from fairaudit.report import _facts_verdict
+
+    def row(task, metric, relative, low, high, change=-0.3):
+        return {"axis_or_task": task, "metric": metric, "relative_change": relative, "relative_low": low, "relative_high": high,
+                "change": change, "change_low": change - 0.1, "change_high": change + 0.1, "items": 50}
+
+    line = _facts_verdict([row("", "fact_accuracy", 0.0, -0.02, 0.02, 0.0), row("", "fact_logprob", 0.14, 0.107, 0.183),
+                           row("kinship", "fact_accuracy", -0.2, -0.3, -0.1), row("capitals", "fact_accuracy", 0.0, -0.1, 0.1)])
+    assert "accuracy on facts that depend on a demographic word did not change measurably" in line
+    assert "the mean log-probability of the correct answer fell by 0.3000 nats" in line
+    assert "(kinship) fell by 20.0%" in line and "capitals" not in line
 
 
 def test_verdict_lines_follow_the_intervals():
