@@ -8,7 +8,8 @@ Every `register_*` hook is called once when the registry is built, with a `regis
 callable. A plugin calls `register(component)` for each component it provides. A
 component is an object with a unique `name` (str), a one-line `description`, and a
 pydantic `Params` model of the parameters a run config may give it. What else it must
-have depends on its kind; see the Protocol classes in `fairaudit.components`.
+have depends on its kind: see the Protocol class named in each hook's docstring.
+`examples/fairaudit-peak` is a complete third-party plugin package.
 pluggy lets an implementation accept only the arguments it uses.
 """
 
@@ -20,35 +21,39 @@ hookimpl = pluggy.HookimplMarker("fairaudit")
 
 @hookspec
 def register_adapters(register):
-    """Register architecture adapters (`fairaudit.components.Adapter`): where a model
+    """Register architecture adapters (`fairaudit.architecture.Adapter`): where a model
     family keeps its layers, attention and MLP, and how to prune its MLP."""
 
 
 @hookspec
 def register_probes(register):
-    """Register probes (`fairaudit.components.Probe`): run a suite's pairs through a
+    """Register probes (`fairaudit.probe.Probe`): run a suite's pairs through a
     model and return streaming activation statistics."""
 
 
 @hookspec
 def register_scorers(register):
-    """Register scorers (`fairaudit.components.Scorer`): turn activation statistics and
+    """Register scorers (`fairaudit.scoring.Scorer`): turn activation statistics and
     weights into per-neuron or per-layer score columns."""
 
 
 @hookspec
 def register_pruners(register):
-    """Register pruners: remove or mask selected MLP neurons."""
+    """Register pruners: `name`, `description`, `Params`, and `apply(loaded, selection, params)`,
+    which removes or masks the selected MLP neurons (`fairaudit.prune.Selection`) and returns a
+    `fairaudit.prune.PruneReport`."""
 
 
 @hookspec
 def register_evaluators(register):
-    """Register evaluators: measure a model (bias, quality) before and after pruning."""
+    """Register evaluators (`fairaudit.evaluate.Evaluator`): measure a model (bias, quality)
+    before and after pruning; per-item values make the paired comparison."""
 
 
 @hookspec
 def register_importers(register):
-    """Register suite importers: turn a public data set file into suites."""
+    """Register suite importers (`fairaudit.importing.Importer`): turn a public data set file
+    into suites."""
 
 
 @hookspec
