@@ -1,0 +1,137 @@
+"""Every fenced code block of the README and the documentation is run or checked here.
+
+- `yaml` blocks are validated as what they are (a suite, a run config, a policy, a sweep);
+  `toml` blocks are parsed;
+- `bash` and `python` blocks run, page by page in order, in a sandbox folder that holds a
+  small random Llama as `./my-model`, a small run config `audit.yaml`, and a store made by
+  probing `./my-model` (`store/`); a block preceded by `<!-- docs-test: file PATH -->` is
+  also written to PATH in every sandbox, so that another block can use it;
+- a block preceded by `<!-- docs-test: excerpt FILE -->` must be made of lines of FILE;
+- `<!-- docs-test: exit 0 1 3 -->`: the exit statuses a block may end with (a release gate's
+  verdict on a random model is not a failure of the documentation);
+- a block preceded by `<!-- docs-test: skip: REASON -->` is not run, and REASON says which
+  test covers it instead (a block that needs the five-minute default audit, a Ray cluster,
+  or two real models);
+- `text` blocks are command synopses and output, not code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["README.md", *sorted(str(path.relative_to(ROOT)) for path in (ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"(?:<!-- docs-test: (?P<marker>[^\n]*?) -->\n)?^```(?P<language>\w*)\n(?P<body>.*?)^```", re.S | re.M)
+RUN_CONFIG = """model: ./my-model
+suites: [race]
+store: out/store
+probe: {plugin: activations, params: {progress: false}}
+pruning: {selection: {fraction: 0.05}}
+evaluators: [bias_reprobe, output_bias, {plugin: perplexity, params: {max_length: 64}}]
+diagnose_top: 0
+"""
+
+
+def blocks(page: str) -> list[dict[str, str]]:
+    text = (ROOT / page).read_text(encoding="utf-8")
+    return [{"page": page, "marker": m["marker"] or "", "language": m["language"], "body": m["body"]} for m in BLOCK.finditer(text)]
+
+
+ALL = [block for page in PAGES for block in blocks(page)]
+
+
+def test_every_block_has_a_language_and_every_skip_a_reason():
+    for block in ALL:
+        assert block["language"], f"{block['page']}: a code block without a language:\n{block['body'][:200]}"
+        if block["marker"].startswith("skip"):
+            assert len(block["marker"].removeprefix("skip:").strip()) > 20, f"{block['page']}: a skipped block must say why"
+
+
+@pytest.mark.parametrize("index", [i for i, block in enumerate(ALL) if block["language"] in ("yaml", "toml")])
+def test_data_blocks_are_valid(index, tmp_path):
+    block = ALL[index]
+    if block["language"] == "toml":
+        tomllib.loads(block["body"])
+        return
+    document = yaml.safe_load(block["body"])
+    path = tmp_path / "block.yaml"
+    path.write_text(block["body"], encoding="utf-8")
+    if "suite" in document:
+        from fairaudit.suite import load_suite
+
+        assert load_suite(path).pairs(None)
+    elif "policy" in document:
+        from fairaudit.policy import load_policy
+
+        assert load_policy(path).rules
+    elif "sweep" in document:
+        from fairaudit.sweep import load_sweep
+
+        (tmp_path / "audit.yaml").write_text(RUN_CONFIG, encoding="utf-8")
+        (tmp_path / "my_axis.yaml").write_text("", encoding="utf-8")
+        _, cells = load_sweep(path)
+        assert cells
+    elif "model" in document:
+        from fairaudit.config import RunConfig
+
+        RunConfig.model_validate(document)
+    else:
+        pytest.fail(f"{block['page']}: a yaml block that is neither a suite, a policy, a sweep nor a run config")
+
+
+@pytest.mark.parametrize("index", [i for i, block in enumerate(ALL) if block["marker"].startswith("excerpt ")])
+def test_excerpts_are_true_to_their_source(index):
+    block = ALL[index]
+    source = (ROOT / block["marker"].removeprefix("excerpt ").strip()).read_text(encoding="utf-8")
+    for line in block["body"].splitlines():
+        code = line.split("  #")[0].strip()
+        assert not code or code in source, f"{block['page']}: {code!r} is not in {block['marker']}"
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory) -> Path:
+    """A folder with ./my-model, audit.yaml, a probed store/ and every block marked `file`."""
+    from fairaudit.config import RunConfig
+    from fairaudit.runner import audit
+    from fairaudit.testing import make_model
+
+    base = tmp_path_factory.mktemp("docs-sandbox")
+    make_model("llama", base / "my-model")
+    (base / "audit.yaml").write_text(RUN_CONFIG, encoding="utf-8")
+    audit(RunConfig.model_validate({"model": str(base / "my-model"), "suites": ["race", "gender"], "store": str(base / "store"),
+                                    "probe": {"plugin": "activations", "params": {"progress": False}}, "pruning": None,
+                                    "evaluators": [], "report": False, "diagnose_top": 0}))
+    for block in ALL:
+        if block["marker"].startswith("file "):
+            target = base / block["marker"].removeprefix("file ").strip()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(block["body"], encoding="utf-8")
+    return base
+
+
+RUNNABLE = sorted({block["page"] for block in ALL if block["language"] in ("bash", "python") and not block["marker"].startswith(("skip", "excerpt"))})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", RUNNABLE)
+def test_command_blocks_run(page, sandbox, tmp_path):
+    folder = tmp_path / "sandbox"
+    shutil.copytree(sandbox, folder, symlinks=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "CI_COMMIT_SHA": "0123abc", "TQDM_DISABLE": "1"}
+    for block in blocks(page):
+        if block["language"] not in ("bash", "python") or block["marker"].startswith(("skip", "excerpt")):
+            continue
+        command = ["bash", "-e", "-o", "pipefail", "-c", block["body"]] if block["language"] == "bash" else [sys.executable, "-c", block["body"]]
+        accepted = [int(status) for status in block["marker"].removeprefix("exit").split()] if block["marker"].startswith("exit") else [0]
+        completed = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+        assert completed.returncode in accepted, f"{page}: this block failed:\n{block['body']}\n--- stderr ---\n{completed.stderr[-3000:]}"
