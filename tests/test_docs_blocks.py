@@ -28,6 +28,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from regenerate_docs import PAGES as OUTPUT_PAGES, documented_outputs  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(path.relative_to(ROOT)) for path in (ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?:<!-- docs-test: (?P<marker>[^\n]*?) -->\n)?^```(?P<language>\w*)\n(?P<body>.*?)^```", re.S | re.M)
@@ -135,3 +138,29 @@ def test_command_blocks_run(page, sandbox, tmp_path):
         accepted = [int(status) for status in block["marker"].removeprefix("exit").split()] if block["marker"].startswith("exit") else [0]
         completed = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
         assert completed.returncode in accepted, f"{page}: this block failed:\n{block['body']}\n--- stderr ---\n{completed.stderr[-3000:]}"
+
+
+def table_headers(text: str) -> list[str]:
+    """The header line of each table a command prints (the line above a row of dashes), or the
+    first line when it prints no dashes; whitespace collapsed."""
+    lines = text.strip("\n").splitlines()
+    headers = [lines[i - 1] for i in range(1, len(lines)) if re.fullmatch(r"[- ]*-[- ]*", lines[i])]
+    return [" ".join(line.split()) for line in headers or lines[:1]]
+
+
+DOCUMENTED = [(page, match) for page in OUTPUT_PAGES for match in documented_outputs(page)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(DOCUMENTED)), ids=[f"{page}:{m['command'][:40]}" for page, m in DOCUMENTED])
+def test_documented_outputs_have_the_format_the_command_prints(index, sandbox, tmp_path):
+    """A documented command output whose format drifts from what the command prints fails here;
+    `python scripts/regenerate_docs.py` rewrites the blocks from a fresh run."""
+    page, match = DOCUMENTED[index]
+    assert match["sandbox"], f"{page}: the docs-output marker of {match['command']!r} names no sandbox command"
+    folder = tmp_path / "sandbox"
+    shutil.copytree(sandbox, folder, symlinks=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(["bash", "-c", match["sandbox"]], cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode in (0, 1, 3), completed.stderr[-3000:]
+    assert table_headers(completed.stdout) == table_headers(match["body"]), f"{page}: the output of {match['command']!r} changed format"

@@ -1,0 +1,67 @@
+"""Regenerate every command output the README and the docs show, from a fresh run.
+
+A documented output is a fenced `text` block preceded by a marker naming the command that
+prints it (and, for the format test, a command that prints the same format in the test
+sandbox, or `none`):
+
+    <!-- docs-output: fairaudit check fairaudit-out/store --policy default | sandbox: fairaudit check store --policy default -->
+
+`python scripts/regenerate_docs.py` runs each command from the repository root, in page order
+(the default audit's block comes first, so later commands read its store), and writes what it
+printed into the block. `--check` changes nothing and exits 1 when a block differs from what its
+command prints now. `--only PAGE` limits either to one page. The commands need what `make audit`
+makes (fairaudit-out/store) and the real models; `tests/test_docs_blocks.py` checks the format
+of each block against its sandbox command instead, on a small random model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# the default audit first: the commands after it read its store
+PAGES = ["docs/getting-started.md", "README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")
+                                                 if p.name != "getting-started.md")]
+OUTPUT = re.compile(r"<!-- docs-output: (?P<command>.*?)(?: \| sandbox: (?P<sandbox>.*?))? -->\n```text\n(?P<body>.*?)^```", re.S | re.M)
+
+
+def documented_outputs(page: str) -> list[re.Match]:
+    return list(OUTPUT.finditer((ROOT / page).read_text(encoding="utf-8")))
+
+
+def run(command: str) -> str:
+    completed = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", command], cwd=ROOT, capture_output=True, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if completed.returncode not in (0, 1, 3):  # a policy check's verdict is an output, not a failure
+        sys.exit(f"{command!r} failed with exit status {completed.returncode}:\n{completed.stderr[-2000:]}")
+    return completed.stdout.rstrip("\n") + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block differs")
+    parser.add_argument("--only", help="one page, e.g. docs/compliance.md")
+    arguments = parser.parse_args()
+    stale = 0
+    for page in [arguments.only] if arguments.only else PAGES:
+        path = ROOT / page
+        text = path.read_text(encoding="utf-8")
+        matches = documented_outputs(page)
+        outputs = [run(match["command"]) for match in matches]  # in page order
+        for match, printed in reversed(list(zip(matches, outputs))):  # replaced from the end: earlier offsets stay valid
+            if printed != match["body"]:
+                stale += 1
+                print(f"{page}: {match['command']}: {'differs' if arguments.check else 'regenerated'}")
+                text = text[:match.start("body")] + printed + text[match.end("body"):]
+        if not arguments.check:
+            path.write_text(text, encoding="utf-8")
+    return 1 if arguments.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
