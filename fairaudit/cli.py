@@ -596,9 +596,12 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
               help="mean: fold each removed neuron's mean activation (bundled corpus) times its output column into the bias")
 @click.option("--run", "run_id", default=None, help="run whose scores to use (default: the model's latest complete run)")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="new folder for the pruned model")
+@click.option("--save-dtype", type=click.Choice(["float32", "bfloat16", "float16", "source"]), default="float32", show_default=True,
+              help="dtype of the saved model; source: the dtype the checkpoint's config declares")
+@click.option("--quiet", is_flag=True, help="no progress lines, no table")
 @click.option("--json", "as_json", is_flag=True)
 def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, only_biased_axes,
-                  pruner, ablation, run_id, out, as_json) -> None:
+                  pruner, ablation, run_id, out, save_dtype, quiet, as_json) -> None:
     """Fairness pruning: remove biased, unimportant MLP neurons; save a model transformers loads."""
     from pydantic import ValidationError
 
@@ -614,9 +617,14 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
     except (ValueError, ValidationError) as exc:
         detail = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()) if isinstance(exc, ValidationError) else str(exc)
         raise ConfigError(f"prune options: {detail}.") from None
+    if quiet or as_json:
+        _silence_libraries()
     outcome = prune_model(model_id, store, params, out, run_id=run_id, pruner=pruner,
-                          pruner_params={"ablation": ablation} if ablation != "zero" else None)
+                          pruner_params={"ablation": ablation} if ablation != "zero" else None, save_dtype=save_dtype,
+                          progress=not (quiet or as_json))
     report = outcome.report
+    if quiet:
+        return
     if as_json:
         click.echo(_dumps({"run_id": outcome.run_id, "source_run": outcome.source_run, "out": str(outcome.out),
                                "widths_before": report.widths_before, "widths_after": report.widths_after,

@@ -18,7 +18,7 @@ against the plugin's own `Params` model, so a typo fails before any model is loa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -73,6 +73,9 @@ class PruningConfig(BaseModel):
     selection: dict[str, Any] = Field(default_factory=dict)
     out: str | None = Field(default=None, description="the pruned model goes to OUT/RUN_ID/MODEL-pruned "
                                                         "(default: a 'pruned' folder beside the store folder)")
+    save_dtype: Literal["float32", "bfloat16", "float16", "source"] = Field(
+        default="float32", description="dtype of the saved pruned model; 'source': the dtype the checkpoint's config declares. "
+                                       "The evaluations measure the model as saved")
 
     @field_validator("pruner", mode="before")
     @classmethod

@@ -256,8 +256,8 @@ def _load_gguf(folder: Path, gguf_name: str, spec: ModelSpec) -> tuple[nn.Module
             temporary.rename(cached)
         except OSError:  # another process cached it first
             pass
-    model, tokenizer = _load_folder(cached, spec.model_copy(update={"allow_pickle": False}))
-    return model, tokenizer, provenance
+    model, tokenizer, declared = _load_folder(cached, spec.model_copy(update={"allow_pickle": False}))
+    return model, tokenizer, {**provenance, "source_dtype": declared}
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -292,7 +292,7 @@ def check_weight_files(folder: Path, allow_pickle: bool) -> None:
                              f"code when loaded; pass --allow-pickle (model.allow_pickle: true) only if you trust the source.")
 
 
-def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any]:
+def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any, str | None]:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
@@ -311,6 +311,8 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any]:
             f"fetched from the hub ({type(exc).__name__}: {str(exc).splitlines()[0]}). Check the name, or pass a local folder."
         ) from None
     auto = AutoModelForCausalLM if _is_causal(config) else AutoModel
+    declared = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)  # what the checkpoint stores, before loading casts it
+    declared = str(declared).removeprefix("torch.") if declared is not None else None
     load_options: dict[str, Any] = {
         **common,
         "dtype": DTYPES[spec.dtype],
@@ -365,7 +367,7 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any]:
                              f"default. Pass --trust-remote-code (model.trust_remote_code: true) only if you trust its source.") from None
         raise ModelError(f"could not load the tokenizer of model '{source}': {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
-    return model, tokenizer
+    return model, tokenizer, declared
 
 
 def load_model(spec: ModelSpec | str, adapters: dict[str, Adapter] | None = None) -> LoadedModel:
@@ -389,7 +391,8 @@ def load_model(spec: ModelSpec | str, adapters: dict[str, Adapter] | None = None
     else:
         if path.suffix in (".safetensors", ".bin", ".pt") or (not path.exists() and ("/" in spec.id and spec.id.startswith((".", "/", "~")))):
             raise ModelError(f"model path {spec.id} does not exist or is not a model folder (a folder with config.json is expected).")
-        model, tokenizer = _load_folder(path if path.exists() else spec.id, spec)
+        model, tokenizer, declared = _load_folder(path if path.exists() else spec.id, spec)
+        provenance["source_dtype"] = declared
     if not spec.device_map:
         model.to(spec.device)
     model.eval()

@@ -335,9 +335,17 @@ def masked(loaded: LoadedModel, selection: Selection) -> Iterator[None]:
             handle.remove()
 
 
-def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str) -> Path:
+def saved_bytes(loaded: LoadedModel, dtype: str | None = None) -> int:
+    """About how many bytes the model's weights take on disk in `dtype` (None: as loaded)."""
+    width = torch.empty(0, dtype=getattr(torch, dtype)).element_size() if dtype else None
+    tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
+    return sum(t.numel() * (width if width and t.is_floating_point() else t.element_size()) for t in tensors)
+
+
+def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str, dtype: str | None = None) -> Path:
     """Write the pruned model, its tokenizer, the neuron map and a model card to `out`,
-    through a temporary sibling folder renamed into place."""
+    through a temporary sibling folder renamed into place. `dtype` ("float32", "bfloat16",
+    "float16"): cast the model to it first (in place) and save it so."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise StoreError(f"output folder {out} exists and is not empty; choose a new folder.")
@@ -347,6 +355,8 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str) 
         if not writer_alive(stale):
             shutil.rmtree(stale, ignore_errors=True)
     temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+    if dtype:
+        loaded.model.to(getattr(torch, dtype))
     try:
         loaded.model.save_pretrained(temporary)
         loaded.tokenizer.save_pretrained(temporary)

@@ -10,6 +10,7 @@ import contextlib
 import math
 import platform
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -192,12 +193,14 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
     probe = plugins.get("probe", config.probe.plugin)
     scorers = [(ref.plugin, plugins.get("scorer", ref.plugin), params[path])
                for path, kind, ref in config.plugin_refs() if kind == "scorer"]
-    for suite in suites:
+    for number, suite in enumerate(suites, start=1):
         if store.has_axis(loaded.model_id, suite.axis, run_id):
             result.skipped_axes.append(suite.axis)
             continue
         axis_started = _clock()
         pairs, controls, notes = screen_pairs(loaded, suite)
+        say(getattr(params["probe"], "progress", True),
+            f"probing axis {number} of {len(suites)}: {suite.axis} ({len(pairs)} pairs, {len(controls)} control pairs)")
         result.warnings += notes
         record.setdefault("warnings", []).extend(notes)
         stats = _call_plugin("probe", probe.name, suite.axis, lambda: probe.run(
@@ -225,7 +228,7 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
 
 
 def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunConfig, suites: list[Suite],
-                 loaded: LoadedModel, result: AuditResult) -> LoadedModel:
+                 loaded: LoadedModel, result: AuditResult, progress: bool = True) -> LoadedModel:
     """Prune by this run's scores (unless a resumed run already saved the pruned model) and
     load the saved model back through the user's code path."""
     stage_started = _clock()
@@ -235,7 +238,8 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
         shutil.rmtree(out)  # saved by a run killed before it recorded its pruning: not trusted, pruned again
     if not (out / NEURON_MAP_FILE).exists():
         outcome = prune_model(config.model, store.root, config.selection([s.axis for s in suites]), out,
-                              run_id=run_id, pruner=config.pruning.pruner.plugin, pruner_params=config.pruning.pruner.params)
+                              run_id=run_id, pruner=config.pruning.pruner.plugin, pruner_params=config.pruning.pruner.params,
+                              save_dtype=config.pruning.save_dtype, progress=progress)
         record["prune"] = {"run_id": outcome.run_id, "out": str(out), "removed": outcome.report.removed,
                            "neurons": sum(outcome.report.widths_before), "ranking": outcome.ranking,
                            "parameters_before": outcome.report.parameters_before,
@@ -244,6 +248,12 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
         store.write_run(run_id, record)
     result.pruned = record.get("prune", {"out": str(out)})
     return load_model(config.model.model_copy(update={"id": str(out), "gguf_file": None, "revision": None}))
+
+
+def say(enabled: bool, text: str) -> None:
+    """One line on stderr saying what the run does now; nothing with --quiet (progress off)."""
+    if enabled:
+        tqdm.write(f"fairaudit: {text}", file=sys.stderr)
 
 
 def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = None, run_id: str | None = None,
@@ -280,9 +290,11 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     policy = _load_policy(config, suites)
     plugins = registry()
 
+    progress = getattr(params["probe"], "progress", True)
     torch.manual_seed(config.seed)
     since = _clock()
     started = since[0]
+    say(progress, f"loading {config.model.id}")
     loaded = load_model(config.model)
     _check_model_name(store, loaded.model_id)
     if config.pruning is not None:
@@ -323,14 +335,14 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
         _probe_and_score(store, run_id, record, config, suites, loaded, params, result)
         if len(suites) >= 2:
             _store_overlap(store, loaded.model_id, run_id, config.overlap_top)
-        after = _prune_stage(store, run_id, record, config, suites, loaded, result) if config.pruning is not None else None
+        after = _prune_stage(store, run_id, record, config, suites, loaded, result, progress) if config.pruning is not None else None
         if config.evaluators:
             stage_started = _clock()
             evaluators = [(ref.plugin, plugins.get("evaluator", ref.plugin), params[path])
                           for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
             result.evaluation_failures, result.comparisons = run_evaluations(
                 store, run_id, suites, evaluators, loaded, after, record["timings"], config.evaluator_time_limit,
-                progress=getattr(params["probe"], "progress", True))
+                progress=progress)
             result.measurements = store.rows("evaluations", run_id=run_id)
             _record_time(record["timings"], "evaluate", stage_started)
             record["evaluation_failures"] = result.evaluation_failures
@@ -476,11 +488,13 @@ def plan_selection(store: Store, model_id: str, source_run: str, params):
 
 
 def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params, out: str | Path,
-                run_id: str | None = None, pruner: str = "structured", pruner_params: dict[str, Any] | None = None) -> PruneOutcome:
+                run_id: str | None = None, pruner: str = "structured", pruner_params: dict[str, Any] | None = None,
+                save_dtype: str = "float32", progress: bool = True) -> PruneOutcome:
     """Select neurons from a store's scores for `model`, prune them, save the pruned model
-    and record the neuron map and a provenance record in the store."""
+    and record the neuron map and a provenance record in the store. `save_dtype`: float32,
+    bfloat16, float16, or "source" (the dtype the checkpoint's config declares)."""
     from fairaudit.overlap import latest_run
-    from fairaudit.prune import save_pruned
+    from fairaudit.prune import save_pruned, saved_bytes
 
     store = Store(store_path)
     if not store.root.is_dir():
@@ -505,7 +519,12 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
             f"(weights hash {record.get('model', {}).get('weights_hash', '?')[:12]}... vs "
             f"{loaded.provenance['weights_hash'][:12]}...); scores of one model cannot prune another."
         )
+    dtype = loaded.provenance.get("source_dtype") if save_dtype == "source" else save_dtype
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"cannot save the pruned model in its source dtype: {loaded.model_id}'s checkpoint declares "
+                          f"{dtype or 'none'}. Choose float32, bfloat16 or float16.")
     selection = plan_selection(store, loaded.model_id, source_run, selection_params)
+    say(progress, f"pruning {loaded.model_id}: {sum(len(p) for p in selection.pruned)} neurons selected ({selection.ranking})")
     report = plugin.apply(loaded, selection, params)
 
     # The record is written first ("running") and completed last, like an axis' summary: a prune
@@ -522,8 +541,9 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     }
     store.write_run(prune_run, prune_record)
     created = not out.exists()
+    say(progress, f"writing the pruned model to {out}: about {saved_bytes(loaded, dtype) / 2**20:,.0f} MiB in {dtype}")
     try:
-        save_pruned(loaded, report, out, _model_card(loaded, selection_params, report, source_run, selection.ranking))
+        save_pruned(loaded, report, out, _model_card(loaded, selection_params, report, source_run, selection.ranking), dtype)
         rows = [(layer, position, original, original in set(report.zeroed[layer]))
                 for layer, kept in enumerate(report.neuron_map) for position, original in enumerate(kept)]
         neuron_map = pa.table({"layer": pa.array([r[0] for r in rows], pa.int16()),
@@ -603,13 +623,13 @@ def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: 
     failures: list[str] = []
     timings = timings if timings is not None else {}
     roles = [("before", before, None)] + ([("after", after, before)] if after is not None else [])
-    progress = tqdm(total=len(roles) * len(evaluators), desc="evaluate", leave=False, disable=not progress)
+    total, number = len(roles) * len(evaluators), 0
     for role, loaded, reference in roles:
         for name, evaluator, params in evaluators:
-            progress.set_postfix_str(f"{name} ({role})")
-            progress.update()
+            number += 1
             if store.part_path("evaluations", loaded.model_id, "all", run_id, name).exists():
                 continue  # stored by an interrupted run being resumed
+            say(progress, f"evaluating {number} of {total}: {name} on the {'original' if role == 'before' else 'pruned'} model")
             evaluator_started = _clock()
             result = EvaluationResult()
             if getattr(evaluator, "requires_causal", False) and not loaded.is_causal:
@@ -627,7 +647,6 @@ def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: 
             tables = _evaluation_tables(name, role, result)
             for table in ("evaluation_items", "generations", "evaluations"):  # the measurements last: they mark completion
                 store.write_part(table, loaded.model_id, "all", run_id, tables[table], part=name)
-    progress.close()
     stored = [row for row in store.rows("evaluations", run_id=run_id) if row["error"]]
     failures = sorted({row["error"] for row in stored if not row["error"].startswith("skipped")} | set(failures))
     comparisons = _comparisons(store, run_id, before.model_id, after.model_id) if after is not None else []

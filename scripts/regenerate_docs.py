@@ -36,7 +36,8 @@ def documented_outputs(page: str) -> list[re.Match]:
 
 def run(command: str) -> str:
     completed = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", command], cwd=ROOT, capture_output=True, text=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                               env={**os.environ, "HF_HUB_OFFLINE": "1",  # this interpreter's fairaudit, venv activated or not
+                                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
     if completed.returncode not in (0, 1, 3):  # a policy check's verdict is an output, not a failure
         sys.exit(f"{command!r} failed with exit status {completed.returncode}:\n{completed.stderr[-2000:]}")
     return completed.stdout.rstrip("\n") + "\n"

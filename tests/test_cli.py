@@ -76,3 +76,20 @@ def test_a_relative_model_path_names_the_store_the_same_way_in_every_command(cli
         assert result.exit_code == 0, (spelling, result.output)
     monkeypatch.chdir(tmp_path / "x" / "model")
     assert cli("overlap", str(tmp_path / "store"), "--model", ".", "--json").exit_code == 0
+
+
+def test_audit_says_each_stage_on_stderr_and_quiet_says_nothing(cli, llama_folder, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {llama_folder}\nsuites: [race, gender]\nstore: {tmp_path / 'store'}\nreport: false\n"
+                      f"pruning: {{selection: {{fraction: 0.05}}, out: {tmp_path / 'pruned'}}}\nevaluators: [bias_reprobe]\n")
+    loud = cli("audit", config)
+    assert loud.exit_code == 0, loud.output
+    lines = [line for line in loud.stderr.splitlines() if line.startswith("fairaudit: ")]
+    assert lines[0] == f"fairaudit: loading {llama_folder}"
+    assert any(line.startswith("fairaudit: probing axis 1 of 2: race (") for line in lines)
+    assert any(line.startswith("fairaudit: probing axis 2 of 2: gender (") for line in lines)
+    assert any(line.startswith("fairaudit: writing the pruned model to ") and "MiB in float32" in line for line in lines)
+    assert [line for line in lines if "evaluating" in line] == ["fairaudit: evaluating 1 of 2: bias_reprobe on the original model",
+                                                                 "fairaudit: evaluating 2 of 2: bias_reprobe on the pruned model"]
+    quiet = cli("audit", config, "--store", tmp_path / "store2", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stdout == "" and "fairaudit: " not in quiet.stderr

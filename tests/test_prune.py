@@ -3,6 +3,8 @@ transformers, bad input writes nothing, and optiPfair keeps the same neurons."""
 
 from __future__ import annotations
 
+import re
+
 import copy
 import json
 
@@ -168,6 +170,29 @@ def test_prune_command_end_to_end(cli, probed, tmp_path):
 
     maps = ds.dataset(store / "neuron_maps", partitioning="hive").to_table()
     assert maps.num_rows == 2 * 122 and set(maps.column("model").to_pylist()) == {"pruned"}
+
+
+def test_prune_says_what_it_writes_and_saves_in_the_dtype_asked(cli, probed, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    folder, store = probed
+    out = tmp_path / "pruned-bf16"
+    result = cli("prune", "--model", folder, "--store", store, "--axis", "race", "--fraction", "0.05", "--out", out,
+                 "--save-dtype", "bfloat16")
+    assert result.exit_code == 0, result.output
+    written = re.search(r"writing the pruned model to .*: about ([\d,.]+) MiB in bfloat16", result.stderr)
+    assert written, result.stderr
+    on_disk = sum(path.stat().st_size for path in out.glob("*.safetensors")) / 2**20
+    assert abs(float(written[1].replace(",", "")) - on_disk) <= max(0.1 * on_disk, 1.0), "the announced size is the size written"
+    with safe_open(str(next(out.glob("*.safetensors"))), "pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.bfloat16}
+    assert AutoModelForCausalLM.from_pretrained(out).config.intermediate_size == 122
+    source = cli("prune", "--model", folder, "--store", store, "--axis", "race", "--fraction", "0.05", "--out", tmp_path / "src",
+                 "--save-dtype", "source", "--quiet")
+    assert source.exit_code == 0 and source.stdout == "" and source.stderr == "", "--quiet prints nothing"
+    with safe_open(str(next((tmp_path / "src").glob("*.safetensors"))), "pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float32}, "the test model is stored in float32"
 
 
 def test_pooled_pruning_recomputes_the_hybrid_on_the_pooled_bias(cli, probed, tmp_path):
