@@ -40,7 +40,7 @@ def run(command: str) -> str:
                                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
     if completed.returncode not in (0, 1, 3):  # a policy check's verdict is an output, not a failure
         sys.exit(f"{command!r} failed with exit status {completed.returncode}:\n{completed.stderr[-2000:]}")
-    return completed.stdout.rstrip("\n") + "\n"
+    return completed.stdout.strip("\n") + "\n"
 
 
 def main() -> int:
