@@ -13,12 +13,13 @@ module, so one hook captures it in every family.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from fairaudit.errors import ModelError
+
+if TYPE_CHECKING:  # annotations only: listing the adapters must not import torch
+    import torch
+    from torch import nn
 
 Where = Literal["output", "input"]
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-import torch
+from fairaudit.lazy import torch
 
 from fairaudit.model import LoadedModel
 
-Hook = Callable[[torch.Tensor], None]
+Hook = Callable[["torch.Tensor"], None]
 
 
 def run_hooked(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -12,7 +12,7 @@ from typing import Protocol
 import yaml
 
 from fairaudit.errors import StoreError
-from fairaudit.store import safe_name
+from fairaudit.names import safe_name
 from fairaudit.suite import Suite
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import torch
-from scipy import stats as scipy_stats
+from fairaudit.lazy import numpy as np, scipy_stats, torch
 
 from fairaudit.architecture import MlpWeights
 from fairaudit.probe import ActivationStats, ComponentStats

@@ -21,14 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
+from fairaudit.lazy import nn, torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
 from fairaudit.architecture import Adapter, find_adapter
 from fairaudit.errors import ModelError
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ModelSpec(BaseModel):
@@ -315,7 +313,7 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any, s
     declared = str(declared).removeprefix("torch.") if declared is not None else None
     load_options: dict[str, Any] = {
         **common,
-        "dtype": DTYPES[spec.dtype],
+        "dtype": getattr(torch, spec.dtype),
         "use_safetensors": None if spec.allow_pickle else True,
     }
     offload = None

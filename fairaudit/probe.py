@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
+from fairaudit.lazy import torch
 
 from fairaudit.model import LoadedModel
 from fairaudit.suite import Pair

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
+from fairaudit.lazy import nn, torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fairaudit import metrics

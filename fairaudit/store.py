@@ -33,19 +33,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from fairaudit.errors import StoreError
+from fairaudit.names import safe_name  # noqa: F401 (part of the store's API)
 from fairaudit.scoring import AxisScores
 
 SCHEMA_VERSION = 1
 TABLES = ("neuron_scores", "layer_scores", "axis_summary")
 PARTITIONS = ("model", "axis", "run_id")
 RUN_KINDS = ("audit", "prune", "evaluate", "sweep", "match")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(text: str, limit: int = 96) -> str:
-    """A file-system-safe partition value: no separators, no leading dots, bounded length."""
-    cleaned = _UNSAFE.sub("-", text.replace("/", "--")).strip(".-") or "unnamed"
-    return cleaned[:limit]
 
 
 def new_run_id() -> str:

@@ -6,9 +6,8 @@ names (say, another Llama derivative) works without a new adapter.
 
 from __future__ import annotations
 
-import torch
+from fairaudit.lazy import nn, torch
 from pydantic import BaseModel
-from torch import nn
 
 from fairaudit.architecture import MlpWeights, Site
 from fairaudit.hookspecs import hookimpl

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fairaudit.errors import SuiteError
 from fairaudit.hookspecs import hookimpl
 from fairaudit.importing import ImportResult, SkippedRow
-from fairaudit.store import safe_name
+from fairaudit.names import safe_name
 from fairaudit.suite import SentencePair, Suite
 
 

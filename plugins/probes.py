@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
+from fairaudit.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
+from fairaudit.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fairaudit import metrics

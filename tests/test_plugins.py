@@ -103,3 +103,17 @@ def test_plugin_registered_in_process_and_a_failing_one_is_named():
 def test_plugins_command_lists_sources(cli):
     output = cli("plugins").output
     assert "adapter" in output and "glu" in output and "fairaudit 0.1.0" in output
+
+
+def test_listing_plugins_imports_no_heavy_library():
+    """`fairaudit plugins` and `--help` answer in about a second: registering every built-in
+    plugin imports neither torch, transformers, scipy, pyarrow nor numpy (fairaudit.lazy)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom fairaudit.cli import main\n"
+            "result = CliRunner().invoke(main, ['plugins'])\nassert result.exit_code == 0 and 'output_attribution' in result.output\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'scipy', 'pyarrow', 'numpy') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
