@@ -31,7 +31,7 @@ def test_probe_prints_a_summary_per_axis_and_stores_it(cli, llama_folder, tmp_pa
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert set(payload["axes"]) == {"race", "religion"}
-    assert payload["axes"]["race"]["pairs"] == 100 and payload["axes"]["religion"]["pairs"] == 125
+    assert payload["axes"]["race"]["pairs"] == 150 and payload["axes"]["religion"]["pairs"] == 150
     table = cli("probe", "--model", llama_folder, "--suite", "race", "--store", tmp_path / "s2")
     assert "bias index [95% CI]" in table.output and "race" in table.output
     listing = cli("store", "ls", tmp_path / "s")

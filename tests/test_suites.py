@@ -100,7 +100,7 @@ def test_suites_show_prints_the_pairs(cli):
 def test_suites_list_counts(cli):
     output = cli("suites", "list").output
     race = next(line for line in output.splitlines() if line.startswith("race"))
-    assert race.split()[1:] == ["race", "5", "30", str(len(resolve_suite("race").pairs(None))), "6"]
+    assert race.split()[1:] == ["race", "6", "45", "225", "6"]
 
 
 def test_unknown_suite_name_lists_builtins():
@@ -130,6 +130,8 @@ def test_built_in_suites_have_no_text_artefacts(name):
         rest_a = [w for w in re.findall(r"\w+", pair.text_a) if w.lower() not in words["a"] | {"a", "an"}]
         rest_b = [w for w in re.findall(r"\w+", pair.text_b) if w.lower() not in words["b"] | {"a", "an"}]
         assert rest_a == rest_b, f"{pair.pair_id}: the prompts differ beyond their group words"
+        for text in (pair.text_a, pair.text_b):  # a pronoun swapped in must agree with its verb
+            assert not re.search(r"\bthey (was|is|has|does)\b|\b(he|she) (were|are|have|do)\b", text), f"{pair.pair_id}: {text!r}"
         if pair.continuations:
             assert set(pair.continuations) == {"negative", "neutral"}, pair.pair_id
             negative, neutral = pair.continuations["negative"], pair.continuations["neutral"]
@@ -143,5 +145,6 @@ def test_built_in_suites_measure_output_bias_on_held_out_templates():
         suite = resolve_suite(name)
         heldout = [pair for pair in suite.pairs("heldout") if pair.continuations]
         probe = [pair for pair in suite.pairs("probe") if pair.continuations]
-        assert len({pair.template_id for pair in heldout}) >= 5 and len(heldout) >= 20, name
-        assert len({pair.template_id for pair in probe}) >= 20 and len(probe) >= 80, name
+        # issue 23: power to see a change, with intervals that resample templates
+        assert len({pair.template_id for pair in heldout}) >= 8 and len(heldout) >= 75, name
+        assert len({pair.template_id for pair in probe}) >= 15 and len(probe) >= 150, name
