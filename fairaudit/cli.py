@@ -394,10 +394,14 @@ def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, 
 @click.option("--layer", type=int, default=None, help="layer of the PCA view (default: where MLP divergence peaks)")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--png", is_flag=True, help="also write PNG files (renders the SVG with Debian's chromium)")
+@click.option("--attribution", "verify", type=click.IntRange(min=0), default=None, metavar="K",
+              help="also: each layer's share of the output attribution beside its share of the divergence, and the top "
+                   "neurons and heads by the measured effect of ablating each of the K largest estimates alone (0: estimates only)")
 @click.option("--json", "as_json", is_flag=True)
-def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, as_json) -> None:
+def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, verify, as_json) -> None:
     """Where the bias appears and how it grows: per-token x per-layer divergence maps, PCA of
-    token representations, and the axis' emergence summary."""
+    token representations, and the axis' emergence summary; with --attribution K, what carries
+    it to the output."""
     from fairaudit import metrics
     from fairaudit.diagnose import diagnose_pair, emergence, render_view
     from fairaudit.errors import FairauditError
@@ -446,6 +450,13 @@ def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, as_js
               "attention_by_layer": summary.attention_by_layer, "attention_noise_floor": summary.attention_floor,
               "mlp_by_layer": summary.mlp_by_layer, "pairs": [pair.pair_id for pair in chosen], "files": [str(p) for p in written]}
     atomic_write_text(out / "emergence.json", _dumps(report))
+    causal = _diagnose_attribution(loaded, stats, verify) if verify is not None else None
+    if causal is not None:
+        if causal["svg"] is not None:
+            atomic_write_text(out / "attribution-by-layer.svg", str(causal["svg"]))
+            report["files"].append(str(out / "attribution-by-layer.svg"))
+        report["attribution"] = {key: value for key, value in causal.items() if key != "svg"}
+        atomic_write_text(out / "attribution.json", _dumps(report["attribution"]))
     if as_json:
         click.echo(_dumps(report))
         return
@@ -454,6 +465,32 @@ def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, as_js
                f"layer {summary.mlp_peak}; amplification last/first layer {summary.amplification:.2f} "
                f"[95% CI {summary.amplification_low:.2f}, {summary.amplification_high:.2f}]")
     click.echo(f"{len(written)} figures for {len(chosen)} pair(s) written to {out}")
+    if verify is not None and causal is None:
+        click.echo("attribution: not computed (the suite's probe pairs have no continuations, or the model has no language-model head)")
+    elif causal is not None:
+        click.echo("attribution peaks: " + "; ".join(f"{name} at layer {layer}" for name, layer in causal["peaks"].items())
+                   + f"; rank correlation of divergence and attribution shares over layers {_number(causal['agreement'])}")
+        for kind, found in causal["top"].items():
+            _print_table([[kind, str(row["layer"]), str(row["unit"]), _number(row["estimate"]), _number(row["measured"])]
+                          for row in found["rows"]], [f"top {kind} ({found['ranked_by']})", "layer", "unit", "estimated", "measured"])
+
+
+def _diagnose_attribution(loaded, stats, verify: int):
+    """`causal_view` of one axis from the output_attribution (and, with verify > 0, ablation) scorers."""
+    from fairaudit.plugins import registry
+    from fairaudit.report import causal_view
+    from fairaudit.scoring import AxisScores
+    from fairaudit.store import head_table, layer_table, neuron_table
+
+    scores = AxisScores(axis=stats.axis, component="neuron")
+    names = ["layer_index", "output_attribution"] + (["ablation"] if verify else [])
+    for name in names:
+        scorer = registry().get("scorer", name)
+        params = scorer.Params(top=verify) if name == "ablation" else scorer.Params()
+        scorer.compute(stats, loaded, scores, params)
+    if not scores.head:
+        return None
+    return causal_view(stats.axis, layer_table(scores).to_pylist(), neuron_table(scores).to_pylist(), head_table(scores).to_pylist())
 
 
 def _svg_to_png(path: Path) -> Path:

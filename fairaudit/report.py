@@ -126,6 +126,47 @@ def _attribution_line(axis: str, row: dict[str, Any]) -> str | None:
     return line + "."
 
 
+TOP_UNITS = 5
+
+
+def causal_view(axis: str, layer_rows: list[dict[str, Any]], neuron_rows: list[dict[str, Any]],
+                head_rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Where an axis' output-level bias is carried (the output_attribution and ablation scorers),
+    from rows of the layer_scores, neuron_scores and head_scores tables: the layer profile of
+    attribution beside the activation-divergence profile, each as a share of its total over
+    layers, their rank correlation, and the top neurons and heads by verified effect (by
+    estimated effect where no ablation was stored). None without attribution. The report reads
+    the rows from the store; `fairaudit diagnose --attribution` builds them from its own scores."""
+    layers = sorted(layer_rows, key=lambda r: r["layer"])
+    if not layers or "output_attribution_by_layer" not in layers[0]:
+        return None
+    profiles = {"MLP activation divergence": [r.get("mlp_divergence") for r in layers],
+                "MLP neurons' output attribution": [r["output_attribution_by_layer"] for r in layers],
+                "attention heads' output attribution": [r.get("head_attribution_by_layer") for r in layers]}
+    shares = {}
+    for name, values in profiles.items():
+        finite = [v for v in values if _finite(v)]
+        if len(finite) == len(values) and sum(finite) > 0:
+            shares[name] = [v / sum(finite) for v in values]
+    from fairaudit.metrics import spearman
+
+    divergence, attributed = shares.get("MLP activation divergence"), shares.get("MLP neurons' output attribution")
+    agreement = spearman(divergence, attributed) if divergence and attributed and len(layers) >= 3 else math.nan
+    top = {}
+    for kind, table_rows, index in (("neurons", neuron_rows, "neuron"), ("heads", head_rows, "head")):
+        rows = [r for r in table_rows if _finite(r.get("output_attribution"))]
+        verified = [r for r in rows if _finite(r.get("ablation_effect"))]
+        key = "ablation_effect" if verified else "output_attribution"
+        chosen = sorted(verified or rows, key=lambda r: -abs(r[key]))[:TOP_UNITS]
+        top[kind] = {"ranked_by": "measured effect of ablating it alone" if verified else "estimated effect (no ablation stored)",
+                     "rows": [{"layer": r["layer"], "unit": r[index], "estimate": r["output_attribution"],
+                               "measured": r.get("ablation_effect")} for r in chosen]}
+    svg = bar_chart(f"{axis}: where the bias is carried, and where activations differ (share of each total per layer)",
+                    [str(r["layer"]) for r in layers], shares, "layer", "share of the total over layers") if shares else None
+    return {"svg": svg, "shares": shares, "agreement": agreement, "top": top,
+            "peaks": {name: max(range(len(values)), key=values.__getitem__) for name, values in shares.items()}}
+
+
 def _policy_section(store: Store, run_id: str, record: dict[str, Any], policy, compare_run: str | None) -> dict[str, Any] | None:
     """The verdict table the report opens with (None when there is no policy)."""
     from fairaudit.policy import evaluate_policy, exit_status, gate_role, stored_policy, verdict_changes
@@ -277,6 +318,9 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         rows = store.rows("axis_summary", model=other["model_id"], run_id=compare_run)
         compared = {"run_id": compare_run, "model": other["model_id"], "axes": {r["axis"]: r for r in rows}}
 
+    causal = {axis: entry for axis in axes if (entry := causal_view(axis, *(
+        store.rows(table, model=model_id, axis=axis, run_id=run_id) for table in ("layer_scores", "neuron_scores", "head_scores"))))}
+
     diagnosis = {}
     for axis in axes:
         figures = store.rows("diagnosis", model=model_id, axis=axis, run_id=run_id)
@@ -308,7 +352,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         "summary": summary, "quality": quality, "quality_verdicts": quality_verdicts,
         "perplexity": perplexity, "fidelity": fidelity, "prune": prune, "pruned_id": pruned_id,
         "comparisons": comparisons, "charts": charts, "top_neurons": top_neurons,
-        "overlap": overlap_pairs, "overlap_svg": overlap_svg, "matched": matched, "diagnosis": diagnosis, "other_models": other_models, "compared": compared,
+        "overlap": overlap_pairs, "overlap_svg": overlap_svg, "matched": matched, "diagnosis": diagnosis, "causal": causal, "other_models": other_models, "compared": compared,
         "generations": sorted(generations.values(), key=lambda g: (g["axis"], g["pair_id"])),
         "failures": sorted({row["error"] for row in measurements if row["error"] and not row["error"].startswith("skipped")}),
         "provenance": provenance,

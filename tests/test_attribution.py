@@ -177,8 +177,17 @@ def test_the_scorers_write_neuron_head_and_verification_columns(model_folder, tm
     assert -1.0 <= summary["neuron_attribution_spearman"] <= 1.0 and summary["neuron_attribution_verified"] == 6
     from fairaudit.report import render_report_text, report_data
 
-    html, _ = render_report_text(report_data(store, result.run_id))
+    data = report_data(store, result.run_id)
+    html, _ = render_report_text(data)
     assert "race: output-level bias on the probe templates" in html and "neurons: Spearman" in html
+    # the causal section: layer profiles as shares of their totals, top units by measured effect
+    causal = data["causal"]["race"]
+    assert '<section id="causal">' in html and set(causal["shares"]) >= {"MLP activation divergence", "MLP neurons' output attribution"}
+    assert all(sum(shares) == pytest.approx(1.0) for shares in causal["shares"].values())
+    verified = [row["ablation_effect"] for row in heads if row["ablation_effect"] == row["ablation_effect"]]
+    assert causal["top"]["heads"]["ranked_by"].startswith("measured")
+    assert abs(causal["top"]["heads"]["rows"][0]["measured"]) == pytest.approx(max(abs(v) for v in verified), rel=1e-6)
+    assert len(causal["top"]["neurons"]["rows"]) == 5
     reduction = load_scores(store, result.model_id, "output_bias_reduction", result.run_id).by_axis["race"]
     carried = load_scores(store, result.model_id, "output_attribution", result.run_id).by_axis["race"]
     sign = 1.0 if summary["output_bias"] >= 0 else -1.0

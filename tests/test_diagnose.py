@@ -119,3 +119,24 @@ def test_diagnose_command(cli, planted, tmp_path):
     assert never_loaded.exit_code == 2 and "has no pair" in never_loaded.stderr  # the pair is checked before the model
     layer = cli("diagnose", "--model", folder, "--suite", "race", "--layer", "9", "--out", tmp_path / "f")
     assert layer.exit_code == 2 and "out of range" in layer.stderr
+
+
+def test_diagnose_attribution_names_the_planted_neurons_by_measured_effect(cli, planted, tmp_path):
+    import yaml
+
+    from fairaudit.resources import suites_dir
+
+    truth, loaded = planted
+    folder = loaded.provenance["source"]
+    race = yaml.safe_load((suites_dir() / "race.yaml").read_text())
+    race["templates"] = race["templates"][:16]  # the planted words, fewer prompts: a quicker test
+    (tmp_path / "race16.yaml").write_text(yaml.safe_dump(race))
+    result = cli("diagnose", "--model", folder, "--suite", tmp_path / "race16.yaml", "--top", "1", "--attribution", "4", "--out", tmp_path / "d")
+    assert result.exit_code == 0, result.output
+    assert "top neurons (measured effect of ablating it alone)" in result.output and "attribution peaks: " in result.output
+    causal = json.loads((tmp_path / "d" / "attribution.json").read_text())
+    planted_race = {(n.layer, n.neuron) for n in truth.neurons if "race" in n.axes}
+    top = causal["top"]["neurons"]
+    assert top["ranked_by"].startswith("measured") and (top["rows"][0]["layer"], top["rows"][0]["unit"]) in planted_race
+    assert causal["peaks"]["MLP neurons' output attribution"] == truth.neurons[0].layer
+    assert (tmp_path / "d" / "attribution-by-layer.svg").exists()
