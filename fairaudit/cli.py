@@ -613,7 +613,8 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
 @main.command("prune")
 @click.option("--model", "model_id", required=True, help="the model the store's scores were computed on")
 @click.option("--store", required=True, type=click.Path(path_type=Path))
-@click.option("--axis", "axes", multiple=True, required=True, help="axis whose scores select neurons; repeat for several")
+@click.option("--axis", "axes", multiple=True, required=True,
+              help="axis whose scores select neurons (with --causal: a built-in suite name or a suite file); repeat for several")
 @click.option("--combine", type=click.Choice(["pooled", "mean", "max", "union", "intersection"]), default="pooled", show_default=True,
               help="several axes: rank by the hybrid of their pooled bias, by their mean (or largest) score, "
                    "or unite / intersect their selections")
@@ -635,10 +636,19 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="new folder for the pruned model")
 @click.option("--save-dtype", type=click.Choice(["float32", "bfloat16", "float16", "source"]), default="float32", show_default=True,
               help="dtype of the saved model; source: the dtype the checkpoint's config declares")
+@click.option("--causal", is_flag=True, help="choose neurons by their measured-and-attributed effect on each axis' output-level "
+              "bias, in rounds, behind a quality guard, the budget chosen on validation templates (docs/attribution.md); "
+              "ignores the score options")
+@click.option("--budgets", default="0.0005,0.001,0.002", show_default=True, help="--causal: shares of all MLP neurons to choose among")
+@click.option("--rounds", type=click.IntRange(1, 20), default=2, show_default=True, help="--causal: re-score after each round")
+@click.option("--guard", type=click.FloatRange(min=0), default=0.003, show_default=True,
+              help="--causal: skip a neuron whose removal alone raises perplexity on a held-aside slice by more than this")
+@click.option("--gate", type=click.Choice(["templates", "pairs", "none"]), default="templates", show_default=True,
+              help="--causal: the 95%% interval of an axis' output bias that must exclude 0 for it to be selected for")
 @click.option("--quiet", is_flag=True, help="no progress lines, no table")
 @click.option("--json", "as_json", is_flag=True)
 def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, only_biased_axes,
-                  pruner, ablation, run_id, out, save_dtype, quiet, as_json) -> None:
+                  pruner, ablation, run_id, out, save_dtype, causal, budgets, rounds, guard, gate, quiet, as_json) -> None:
     """Fairness pruning: remove biased, unimportant MLP neurons; save a model transformers loads."""
     from pydantic import ValidationError
 
@@ -646,11 +656,19 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
     from fairaudit.prune import SelectionParams
     from fairaudit.runner import prune_model
 
+    suites = None
     try:
-        layer_list = [int(item) for item in layers.split(",")] if layers else None
-        params = SelectionParams(axes=list(axes), score=score, fraction=fraction, scope=scope, layers=layer_list,
-                                 combine=combine, round_to=round_to, protect=protect, direction=direction,
-                                 only_biased_axes=only_biased_axes)
+        if causal:
+            from fairaudit.causal import CausalParams
+            from fairaudit.suite import resolve_suite
+
+            params = CausalParams(budgets=[float(item) for item in budgets.split(",")], rounds=rounds, guard=guard, gate=gate)
+            suites = [resolve_suite(name) for name in axes]  # checked before the model loads
+        else:
+            layer_list = [int(item) for item in layers.split(",")] if layers else None
+            params = SelectionParams(axes=list(axes), score=score, fraction=fraction, scope=scope, layers=layer_list,
+                                     combine=combine, round_to=round_to, protect=protect, direction=direction,
+                                     only_biased_axes=only_biased_axes)
     except (ValueError, ValidationError) as exc:
         detail = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()) if isinstance(exc, ValidationError) else str(exc)
         raise ConfigError(f"prune options: {detail}.") from None
@@ -658,14 +676,14 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
         _silence_libraries()
     outcome = prune_model(model_id, store, params, out, run_id=run_id, pruner=pruner,
                           pruner_params={"ablation": ablation} if ablation != "zero" else None, save_dtype=save_dtype,
-                          progress=not (quiet or as_json))
+                          progress=not (quiet or as_json), causal_suites=suites)
     report = outcome.report
     if quiet:
         return
     if as_json:
         click.echo(_dumps({"run_id": outcome.run_id, "source_run": outcome.source_run, "out": str(outcome.out),
                                "widths_before": report.widths_before, "widths_after": report.widths_after,
-                               "zeroed": [len(z) for z in report.zeroed], "removed": report.removed, "ranking": outcome.ranking,
+                               "zeroed": [len(z) for z in report.zeroed], "removed": report.removed, "ranking": outcome.ranking, "causal": outcome.causal,
                                "parameters_before": report.parameters_before, "parameters_after": report.parameters_after}))
         return
     rows = [[str(layer), str(before), str(before - after + len(zeroed)), str(after), str(len(zeroed))]

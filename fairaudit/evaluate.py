@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fairaudit.lazy import nn, torch
+from fairaudit.lazy import torch
 
 from fairaudit.metrics import bootstrap_interval
 from fairaudit.model import LoadedModel

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from fairaudit.lazy import nn, torch
+from fairaudit.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fairaudit import metrics

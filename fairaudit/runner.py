@@ -398,20 +398,23 @@ class PruneOutcome:
     """A pruning run: the report, where the model went, and the store records."""
 
     run_id: str
-    source_run: str
+    source_run: str | None
     out: Path
     report: Any
     selection_params: Any
     ranking: str = ""
+    causal: dict[str, Any] | None = None  # fairaudit.causal.CausalPlan.as_dict() when chosen causally
 
 
-def _model_card(loaded, outcome_params, report, source_run: str, ranking: str) -> str:
+def _model_card(loaded, outcome_params, report, source_run: str | None, ranking: str) -> str:
     widths = sorted(set(report.widths_after))
+    chosen = (f"fraction {outcome_params.fraction} ({outcome_params.scope}), scores from run `{source_run}`; neurons in the top "
+              f"{outcome_params.protect:.1%} of `{outcome_params.importance}` per layer were protected" if source_run else
+              "held-out templates were not used; the prune run record in the store holds every step's figures")
     return (
         f"# {loaded.model_id}, fairness-pruned with fairaudit {fairaudit.__version__}\n\n"
         f"Base model: `{loaded.provenance.get('source')}` (weights hash {loaded.provenance['weights_hash']}).\n\n"
-        f"Neurons ranked by {ranking}; fraction {outcome_params.fraction} ({outcome_params.scope}), scores from run "
-        f"`{source_run}`; neurons in the top {outcome_params.protect:.1%} of `{outcome_params.importance}` per layer were protected.\n\n"
+        f"Neurons ranked by {ranking}; {chosen}.\n\n"
         f"MLP neurons removed or zeroed: {report.removed} of {sum(report.widths_before)}; MLP width now {widths}. "
         f"Parameters: {report.parameters_before:,} -> {report.parameters_after:,} "
         f"({report.parameters_removed_percent:.3f}% removed).\n\n"
@@ -489,10 +492,12 @@ def plan_selection(store: Store, model_id: str, source_run: str, params):
 
 def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params, out: str | Path,
                 run_id: str | None = None, pruner: str = "structured", pruner_params: dict[str, Any] | None = None,
-                save_dtype: str = "float32", progress: bool = True) -> PruneOutcome:
+                save_dtype: str = "float32", progress: bool = True, causal_suites: list[Suite] | None = None) -> PruneOutcome:
     """Select neurons from a store's scores for `model`, prune them, save the pruned model
     and record the neuron map and a provenance record in the store. `save_dtype`: float32,
-    bfloat16, float16, or "source" (the dtype the checkpoint's config declares)."""
+    bfloat16, float16, or "source" (the dtype the checkpoint's config declares).
+    `causal_suites`: select by `fairaudit.causal.plan` on these suites instead (then
+    `selection_params` is a `CausalParams`; no stored scores are read)."""
     from fairaudit.overlap import latest_run
     from fairaudit.prune import save_pruned, saved_bytes
 
@@ -511,19 +516,25 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     if spec.device_map:  # surgery changes shapes, which offloaded weights cannot take: prune a whole copy in CPU memory
         spec = spec.model_copy(update={"device_map": None, "max_memory": None, "offload_folder": None, "device": "cpu"})
     loaded = load_model(spec)
-    source_run = run_id or latest_run(store, loaded.model_id)
-    record = store.read_run(source_run)
-    if record.get("model", {}).get("weights_hash") != loaded.provenance["weights_hash"]:
-        raise StoreError(
-            f"run {source_run} in {store.root} was computed on other weights than {loaded.model_id} "
-            f"(weights hash {record.get('model', {}).get('weights_hash', '?')[:12]}... vs "
-            f"{loaded.provenance['weights_hash'][:12]}...); scores of one model cannot prune another."
-        )
+    source_run = None
+    if causal_suites is None:  # scores from a stored run, which must describe these very weights
+        source_run = run_id or latest_run(store, loaded.model_id)
+        record = store.read_run(source_run)
+        if record.get("model", {}).get("weights_hash") != loaded.provenance["weights_hash"]:
+            raise StoreError(
+                f"run {source_run} in {store.root} was computed on other weights than {loaded.model_id} "
+                f"(weights hash {record.get('model', {}).get('weights_hash', '?')[:12]}... vs "
+                f"{loaded.provenance['weights_hash'][:12]}...); scores of one model cannot prune another."
+            )
     dtype = loaded.provenance.get("source_dtype") if save_dtype == "source" else save_dtype
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"cannot save the pruned model in its source dtype: {loaded.model_id}'s checkpoint declares "
                           f"{dtype or 'none'}. Choose float32, bfloat16 or float16.")
-    selection = plan_selection(store, loaded.model_id, source_run, selection_params)
+    causal_record = None
+    if causal_suites is not None:
+        selection, causal_record, axes = _causal_selection(loaded, causal_suites, selection_params, progress)
+    else:
+        selection, axes = plan_selection(store, loaded.model_id, source_run, selection_params), selection_params.axes
     say(progress, f"pruning {loaded.model_id}: {sum(len(p) for p in selection.pruned)} neurons selected ({selection.ranking})")
     report = plugin.apply(loaded, selection, params)
 
@@ -535,6 +546,7 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
         "model_id": pruned_id, "base_model_id": loaded.model_id, "source_run": source_run, "pruner": pruner,
         "pruner_params": params.model_dump(mode="json"),
         "selection": selection_params.model_dump(mode="json"), "ranking": selection.ranking, "output": str(out.resolve()),
+        **({"causal": causal_record} if causal_record else {}),
         "widths_before": report.widths_before, "widths_after": report.widths_after,
         "parameters_before": report.parameters_before, "parameters_after": report.parameters_after,
         "environment": _environment(),
@@ -550,7 +562,7 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
                                "pruned_index": pa.array([r[1] for r in rows], pa.int32()),
                                "original_index": pa.array([r[2] for r in rows], pa.int32()),
                                "zeroed": pa.array([r[3] for r in rows], pa.bool_())})
-        store.write_part("neuron_maps", pruned_id, "+".join(selection_params.axes), prune_run, neuron_map)
+        store.write_part("neuron_maps", pruned_id, "+".join(axes), prune_run, neuron_map)
         store.write_run(prune_run, {**prune_record, "status": "complete", "weights_hash": weights_hash(loaded.model)})
     except BaseException as exc:
         if created:
@@ -560,7 +572,25 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
                                         "error": str(exc) or type(exc).__name__})
         raise
     return PruneOutcome(run_id=prune_run, source_run=source_run, out=out, report=report, selection_params=selection_params,
-                        ranking=selection.ranking)
+                        ranking=selection.ranking, causal=causal_record)
+
+
+def _causal_selection(loaded: LoadedModel, suites: list[Suite], params, progress: bool):
+    """(selection, record, axes) of `fairaudit.causal.plan`; refuses, before anything is
+    written, when it finds nothing to prune."""
+    from fairaudit.causal import plan
+    from fairaudit.resources import data_dir
+
+    corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
+    found = plan(loaded, suites, params, corpus, say=lambda text: say(progress, text))
+    if found.selection is None:
+        why = ("no axis has an output-level bias whose 95% interval on the selection templates excludes 0"
+               if not any(gate.active for gate in found.gates) else
+               "no budget reduced the validation templates' output-level bias within the perplexity limit")
+        measured = ", ".join(f"{gate.axis} {gate.bias:+.3f} [{gate.template_low:+.3f}, {gate.template_high:+.3f}]" for gate in found.gates)
+        raise ConfigError(f"causal selection found nothing to prune: {why} (selection-part output bias, 95% CI with templates "
+                          f"resampled: {measured}). Nothing was written.")
+    return found.selection, found.as_dict(), [gate.axis for gate in found.gates if gate.active]
 
 
 # --- evaluation ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from fairaudit.lazy import nn, torch
+from fairaudit.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fairaudit import metrics

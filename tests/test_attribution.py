@@ -51,7 +51,6 @@ def test_output_bias_is_the_evaluators_stereotype_preference(llama):
 def _scaled(loaded, kind: str, layer: int, index: int, factor: float, toward: torch.Tensor | None = None):
     """A pre-hook that moves one unit: x -> x * factor, or x -> x + (factor - 1) * (toward - x)."""
     module = attribution.unit_modules(loaded, kind)[layer]
-    width = None
 
     def hook(m, args):
         hidden = args[0].clone()

@@ -1,0 +1,219 @@
+"""Causal selection: choose MLP neurons by their effect on each axis' output-level bias, in
+greedy rounds, behind a measured quality guard, with the budget chosen on validation templates.
+
+Held-out discipline: the probe templates of each suite are split into a selection part and a
+validation part (every `validation_every`-th template, in declaration order). Attribution sees
+the selection part only; the budget is chosen on the validation part; held-out templates are
+never read here (they are for evaluation: `random_baseline`, `benchmarks/causal_pruning.py`).
+
+The steps (docs/attribution.md has the definitions and the SmolLM2 results):
+
+1. gate: an axis is selected for only when its selection-part output bias m has a 95% interval
+   (templates resampled, by default) that excludes 0 ("never move an unbiased axis");
+2. rounds: each round attributes m of every gated axis with the neurons chosen so far masked, and
+   takes the largest estimated reductions of |m| (attribution is a local estimate: re-scoring after
+   each round corrects it);
+3. quality guard: before a candidate joins, the real change of perplexity on a held-aside corpus
+   slice when it alone is removed is measured; a candidate above `guard` is skipped;
+4. budget: of `budgets` (shares of all MLP neurons, each a prefix of the greedy order), the one with
+   the smallest validation |m| (summed over gated axes, as a share of its value before) whose
+   perplexity on a corpus slice rises at most `max_perplexity_rise`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fairaudit.lazy import torch
+
+GUARD_TOKENS = 256  # the guard's held-aside slice, after the validation slice
+VALIDATION_TOKENS = 4096  # the corpus slice whose perplexity bounds the budget
+
+
+class CausalParams(BaseModel):
+    """How `plan` chooses neurons (the `prune --causal` options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budgets: list[float] = Field(default=[0.0005, 0.001, 0.002], description="shares of all MLP neurons to choose among")
+    rounds: int = Field(default=2, ge=1, le=20, description="re-score after each share of the largest budget")
+    guard: float = Field(default=0.003, ge=0, description="skip a candidate whose removal alone raises perplexity on "
+                                                         "a held-aside corpus slice by more than this (relative)")
+    max_perplexity_rise: float = Field(default=0.02, ge=0, description="the budget's limit on the validation corpus slice")
+    gate: Literal["templates", "pairs", "none"] = Field(default="templates", description="the interval that must exclude 0 "
+                                                        "for an axis to be selected for: templates resampled, pairs, or none")
+    validation_every: int = Field(default=4, ge=2, description="every k-th probe template is for validation")
+
+    @field_validator("budgets")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < budget < 1 for budget in value):
+            raise ValueError("budgets are shares of all MLP neurons, each in (0, 1)")
+        return sorted(set(value))
+
+
+@dataclass
+class AxisGate:
+    """An axis' output bias on the selection part, and whether it is selected for."""
+
+    axis: str
+    bias: float
+    template_low: float
+    template_high: float
+    pair_low: float
+    pair_high: float
+    selection_pairs: int
+    validation_pairs: int
+    active: bool
+
+
+@dataclass
+class CausalPlan:
+    """What `plan` chose and why: the gates, the greedy order, the guard's figures, each
+    budget's validation figures, and the chosen selection (None: nothing to prune)."""
+
+    gates: list[AxisGate]
+    order: list[tuple[int, int]]  # the greedy order: each budget takes a prefix
+    guard: dict[str, float]
+    total: int  # MLP neurons of the model
+    budgets: list[dict[str, float]] = field(default_factory=list)
+    chosen_budget: float | None = None
+    selection: Any = None  # fairaudit.prune.Selection
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"gates": [gate.__dict__ for gate in self.gates], "guard": self.guard, "budgets": self.budgets,
+                "chosen_budget": self.chosen_budget, "neurons": len(self.order_at(self.chosen_budget)) if self.chosen_budget else 0}
+
+    def order_at(self, budget: float) -> list[tuple[int, int]]:
+        return self.order[: round(budget * self.total)] if budget else []
+
+
+def split_probe(pairs: list, every: int = 4) -> tuple[list, list]:
+    """(selection pairs, validation pairs): every `every`-th probe template (in declaration
+    order) is for validation."""
+    templates = list(dict.fromkeys(pair.template_id for pair in pairs))
+    validation = set(templates[every - 1 :: every])
+    return [p for p in pairs if p.template_id not in validation], [p for p in pairs if p.template_id in validation]
+
+
+def selection_of(units: list[tuple[int, int]], widths: list[int], ranking: str = ""):
+    """A `fairaudit.prune.Selection` of (layer, neuron) units."""
+    from fairaudit.prune import Selection
+
+    per_layer = [sorted({unit for layer, unit in units if layer == index}) for index in range(len(widths))]
+    return Selection([torch.tensor(chosen, dtype=torch.long) for chosen in per_layer], list(widths), ranking)
+
+
+def corpus_perplexity(loaded, ids: list[int], selection=None) -> float:
+    """Perplexity of the token ids `ids` (512-token windows), with `selection` masked."""
+    from fairaudit.prune import masked
+    from fairaudit_plugins.evaluators import window_nll
+
+    context = masked(loaded, selection) if selection is not None else torch.no_grad()
+    with context:
+        windows = window_nll(loaded, ids, 512, None, 4)
+    return math.exp(sum(n for n, _ in windows) / sum(t for _, t in windows))
+
+
+def mean_output_bias(loaded, pairs: list, selection=None) -> float:
+    from fairaudit.attribution import output_bias_values
+    from fairaudit.prune import masked
+
+    if selection is None:
+        return float(output_bias_values(loaded, pairs).mean())
+    with masked(loaded, selection):
+        return float(output_bias_values(loaded, pairs).mean())
+
+
+def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say: Callable[[str], None] = lambda text: None) -> CausalPlan:
+    """Choose neurons of `loaded` for the axes of `suites` (probe templates only), as the module
+    docstring describes. `corpus_ids`: the tokenized bundled corpus (validation and guard slices)."""
+    from fairaudit import attribution, metrics
+    from fairaudit.prune import masked
+
+    widths = [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in loaded.layers]
+    slice_ids, guard_ids = corpus_ids[:VALIDATION_TOKENS], corpus_ids[VALIDATION_TOKENS : VALIDATION_TOKENS + GUARD_TOKENS]
+    gates, parts = [], {}
+    for suite in suites:
+        chosen, validation = split_probe([p for p in suite.pairs("probe") if metrics.output_bias_terms(p)], params.validation_every)
+        if not chosen or not validation:
+            gates.append(AxisGate(suite.axis, math.nan, math.nan, math.nan, math.nan, math.nan, len(chosen), len(validation), False))
+            continue
+        values = attribution.output_bias_values(loaded, chosen)
+        low, high = metrics.cluster_bootstrap_interval(values, [p.template_id for p in chosen])
+        pair_low, pair_high = metrics.bootstrap_interval(values)
+        bounds = {"templates": (low, high), "pairs": (pair_low, pair_high), "none": (1.0, 1.0)}[params.gate]
+        active = bounds[0] > 0 or bounds[1] < 0
+        gates.append(AxisGate(suite.axis, float(values.mean()), low, high, pair_low, pair_high, len(chosen), len(validation), active))
+        parts[suite.axis] = (chosen, validation)
+        say(f"{suite.axis}: selection-part output bias {float(values.mean()):+.3f}, 95% CI ({params.gate} resampled) "
+            f"[{bounds[0]:+.3f}, {bounds[1]:+.3f}]: {'selected for' if active else 'left alone'}")
+    active = [gate.axis for gate in gates if gate.active]
+    found = CausalPlan(gates=gates, order=[], guard={"checked": 0, "rejected": 0, "largest_rejected_rise": 0.0}, total=sum(widths))
+    if not active:
+        return found
+
+    largest = round(params.budgets[-1] * found.total)
+    for round_index in range(params.rounds):
+        take = round(largest * (round_index + 1) / params.rounds) - len(found.order)
+        if take <= 0:
+            continue
+        per_axis = max(1, take // len(active))
+        with masked(loaded, selection_of(found.order, widths)):
+            for axis in active:
+                _choose(loaded, parts[axis][0], widths, per_axis, found, guard_ids, params.guard)
+        say(f"round {round_index + 1}: {len(found.order)} neurons chosen; the quality guard rejected {found.guard['rejected']} of "
+            f"{found.guard['checked']} candidates")
+
+    base_slice = corpus_perplexity(loaded, slice_ids)
+    base = {axis: mean_output_bias(loaded, parts[axis][1]) for axis in active}
+    best = None
+    for budget in params.budgets:
+        selection = selection_of(found.order_at(budget), widths)
+        rise = corpus_perplexity(loaded, slice_ids, selection) / base_slice - 1
+        after = {axis: mean_output_bias(loaded, parts[axis][1], selection) for axis in active}
+        kept = sum(abs(after[axis]) for axis in active) / max(sum(abs(base[axis]) for axis in active), 1e-12)
+        found.budgets.append({"budget": budget, "neurons": len(found.order_at(budget)), "validation_abs_bias_kept": kept,
+                              "slice_perplexity_rise": rise, **{f"validation_bias_{axis}": after[axis] for axis in active}})
+        say(f"budget {budget:g} ({len(found.order_at(budget))} neurons): validation |m| kept {kept:.2f}, corpus-slice perplexity {rise:+.2%}")
+        if rise <= params.max_perplexity_rise and kept < 1 and (best is None or kept < best[1]):
+            best = (budget, kept)
+    if best is not None:
+        found.chosen_budget = best[0]
+        found.selection = selection_of(found.order_at(best[0]), widths,
+                                       ranking=f"causal selection: output attribution of {', '.join(active)} in {params.rounds} "
+                                               f"round(s), quality guard {params.guard:g}, budget {best[0]:g} chosen on validation templates")
+    return found
+
+
+def _choose(loaded, pairs: list, widths: list[int], count: int, found: CausalPlan, guard_ids: list[int], guard: float) -> None:
+    """Add up to `count` neurons to `found.order`: the largest estimated reductions of |m| on
+    `pairs` that pass the quality guard (8 candidates measured at a time)."""
+    from fairaudit import attribution
+
+    estimate = attribution.attribute(loaded, pairs)
+    direction = 1.0 if float(estimate.output_bias.mean()) >= 0 else -1.0
+    reduction = direction * -estimate.predicted_change("neuron").mean(dim=0)  # [layers, units]
+    for layer, unit in found.order:
+        reduction[layer, unit] = -math.inf
+    ranked = [divmod(flat, reduction.shape[1]) for flat in torch.argsort(reduction.flatten(), descending=True).tolist()]
+    candidates = [unit for unit in ranked if reduction[unit] > 0 and unit[1] < widths[unit[0]]]
+    picked = 0
+    for start in range(0, len(candidates), 8):
+        chunk = candidates[start : start + 8]
+        rises = torch.expm1(attribution.measured_loss_change(loaded, guard_ids, [attribution.Unit("neuron", *unit) for unit in chunk]))
+        found.guard["checked"] += len(chunk)
+        for unit, rise in zip(chunk, rises.tolist()):
+            if rise > guard:
+                found.guard["rejected"] += 1
+                found.guard["largest_rejected_rise"] = max(found.guard["largest_rejected_rise"], rise)
+            elif picked < count:
+                found.order.append(unit)
+                picked += 1
+        if picked == count:
+            return

@@ -1,0 +1,79 @@
+"""Causal selection (`fairaudit.causal`, `prune --causal`): on the planted model it gates in the
+axis with an output bias and leaves the unbiased one alone, chooses the planted neurons that
+carry the bias, keeps held-out templates out of every choice, and removes the held-out bias;
+with nothing to remove it refuses before writing anything."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fairaudit import attribution
+from fairaudit.causal import CausalParams, plan, split_probe
+from fairaudit.model import load_model
+from fairaudit.prune import masked
+from fairaudit.resources import data_dir
+from fairaudit.suite import resolve_suite
+from fairaudit.testing import make_planted_model
+
+
+def test_split_probe_takes_every_kth_template_for_validation():
+    suite = resolve_suite("race")
+    selection, validation = split_probe(suite.pairs("probe"), every=4)
+    templates = list(dict.fromkeys(pair.template_id for pair in suite.pairs("probe")))
+    assert {pair.template_id for pair in validation} == set(templates[3::4])
+    assert not {pair.template_id for pair in selection} & {pair.template_id for pair in validation}
+    assert not {pair.template_id for pair in selection + validation} & {pair.template_id for pair in suite.pairs("heldout")}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("causal") / "model"
+    truth = make_planted_model(folder)
+    return truth, load_model(str(folder))
+
+
+def test_causal_plan_gates_chooses_the_planted_neurons_and_removes_the_heldout_bias(planted, monkeypatch):
+    truth, loaded = planted
+    suites = [resolve_suite("race"), resolve_suite("nationality")]
+    read = []  # every pair whose output bias the plan measured: never a held-out one
+    original = attribution.output_bias_values
+    monkeypatch.setattr(attribution, "output_bias_values", lambda model, pairs, *a, **k: read.extend(pairs) or original(model, pairs, *a, **k))
+    corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
+    found = plan(loaded, suites, CausalParams(budgets=[0.01, 0.02]), corpus)
+    monkeypatch.undo()
+    gates = {gate.axis: gate for gate in found.gates}
+    assert gates["race"].active and gates["race"].template_low > 0
+    assert not gates["nationality"].active, "no neuron reads nationality in the planted model: it must be left alone"
+    assert read and not {pair.pair_id for pair in read} & {pair.pair_id for suite in suites for pair in suite.pairs("heldout")}
+    assert found.chosen_budget is not None and found.guard["checked"] >= len(found.order)
+    planted_race = {(n.layer, n.neuron) for n in truth.neurons if "race" in n.axes}
+    chosen = found.order_at(found.chosen_budget)
+    assert len(set(chosen) & planted_race) >= 4, (chosen, planted_race)
+    heldout = [pair for pair in suites[0].pairs("heldout") if pair.continuations]
+    before = float(attribution.output_bias_values(loaded, heldout).mean())
+    with masked(loaded, found.selection):
+        after = float(attribution.output_bias_values(loaded, heldout).mean())
+    assert before > 0.03 and abs(after) < 0.5 * abs(before), (before, after)
+
+
+def test_prune_causal_refuses_when_no_axis_has_an_output_bias_and_writes_nothing(cli, llama_folder, tmp_path):
+    (tmp_path / "store").mkdir()
+    result = cli("prune", "--causal", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "gender",
+                 "--budgets", "0.05", "--out", tmp_path / "pruned")
+    assert result.exit_code == 2 and "causal selection found nothing to prune" in result.stderr
+    assert "Nothing was written" in result.stderr and not (tmp_path / "pruned").exists()
+    assert not list((tmp_path / "store").glob("runs/*")), "no prune run is recorded before a selection exists"
+
+
+def test_prune_causal_writes_a_model_and_its_record(cli, planted, tmp_path):
+    truth, loaded = planted
+    (tmp_path / "store").mkdir()
+    result = cli("prune", "--causal", "--model", loaded.provenance["source"], "--store", tmp_path / "store", "--axis", "race",
+                 "--budgets", "0.01", "--rounds", "1", "--out", tmp_path / "pruned", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["causal"]["chosen_budget"] == 0.01 and payload["source_run"] is None
+    assert payload["ranking"].startswith("causal selection: output attribution of race")
+    assert (tmp_path / "pruned" / "config.json").exists() and "causal selection" in (tmp_path / "pruned" / "README.md").read_text()
