@@ -41,10 +41,11 @@ def test_optipfair_compatible_index_equals_optipfair_on_smollm2():
 # evaluators' sample sizes cut, so that the test takes two to three minutes on one core instead of
 # ten (`make audit` runs the full default; `benchmarks/audit_stages.py` times it).
 SMALL_DEFAULT = """
-suites: [race, gender]
+suites: [{race}, {gender}]
 evaluators:
   - bias_reprobe
   - output_bias
+  - {{plugin: random_baseline, params: {{seeds: 2}}}}
   - {{plugin: generations, params: {{pairs_per_axis: 1, max_length: 24}}}}
   - {{plugin: perplexity, params: {{file: {corpus}, max_length: 256}}}}
   - {{plugin: lm_eval, params: {{limit: 10}}}}
@@ -59,8 +60,19 @@ def test_the_default_audit_runs_on_smollm2_offline(tmp_path):
 
     corpus = tmp_path / "corpus-start.txt"
     corpus.write_text(corpus_path().read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    import yaml
+
+    from fairaudit.resources import suites_dir
+
+    cut = {}  # the built-in race and gender suites with fewer templates: every code path, a quarter of the pairs
+    for axis in ("race", "gender"):
+        suite = yaml.safe_load((suites_dir() / f"{axis}.yaml").read_text(encoding="utf-8"))
+        probe = [t for t in suite["templates"] if t.get("split") != "heldout"][:8]
+        suite["templates"] = probe + [t for t in suite["templates"] if t.get("split") == "heldout"][:4]
+        cut[axis] = tmp_path / f"{axis}-cut.yaml"
+        cut[axis].write_text(yaml.safe_dump(suite), encoding="utf-8")
     config = tmp_path / "audit.yaml"
-    config.write_text(SMALL_DEFAULT.format(corpus=corpus))
+    config.write_text(SMALL_DEFAULT.format(corpus=corpus, **cut))
     completed = run_module("audit", config, "--store", tmp_path / "store", "--quiet", "--json", cwd=tmp_path,
                            env={"HF_HUB_OFFLINE": "1"}, timeout=1800)
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -69,4 +81,4 @@ def test_the_default_audit_runs_on_smollm2_offline(tmp_path):
     assert payload["pruned"]["removed"] == 90 and payload["evaluation_failures"] == []
     assert payload["report"] and (tmp_path / payload["report"]).exists()
     evaluated = {row["evaluator"] for row in payload["measurements"] if not row["error"]}
-    assert evaluated >= {"bias_reprobe", "output_bias", "generations", "perplexity", "lm_eval", "facts", "fidelity"}
+    assert evaluated >= {"bias_reprobe", "output_bias", "random_baseline", "generations", "perplexity", "lm_eval", "facts", "fidelity"}
