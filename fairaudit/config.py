@@ -73,6 +73,9 @@ class PruningConfig(BaseModel):
     selection: dict[str, Any] = Field(default_factory=dict)
     out: str | None = Field(default=None, description="the pruned model goes to OUT/RUN_ID/MODEL-pruned "
                                                         "(default: a 'pruned' folder beside the store folder)")
+    causal: dict[str, Any] | None = Field(default=None, description="choose neurons by fairaudit.causal.plan (keys of "
+                                          "CausalParams: budgets, rounds, guard, max_perplexity_rise, gate, validation_every) "
+                                          "instead of a stored score; 'selection' must then be left out")
     save_dtype: Literal["float32", "bfloat16", "float16", "source"] = Field(
         default="float32", description="dtype of the saved pruned model; 'source': the dtype the checkpoint's config declares. "
                                        "The evaluations measure the model as saved")
@@ -174,7 +177,19 @@ class RunConfig(BaseModel):
                     f"{source}, field '{field_path}.params' of {kind} '{ref.plugin}': {problems}. "
                     f"Its parameters are: {allowed or '(none)'}."
                 ) from None
-        if self.pruning is not None:
+        if self.pruning is not None and self.pruning.causal is not None:
+            from fairaudit.causal import CausalParams
+
+            if self.pruning.selection:
+                raise ConfigError(f"{source}, field 'pruning': 'causal' chooses the neurons itself; leave out 'selection' "
+                                  f"(or 'causal' to select by a stored score).")
+            try:
+                CausalParams.model_validate(self.pruning.causal)
+            except ValidationError as exc:
+                problems = "; ".join(f"'{'.'.join(str(p) for p in err['loc'])}': {err['msg'].removeprefix('Value error, ')}"
+                                     for err in exc.errors()[:3])
+                raise ConfigError(f"{source}, field 'pruning.causal': {problems}.") from None
+        elif self.pruning is not None:
             try:
                 selection = self.selection(["axis"] if "axes" not in self.pruning.selection else [])
             except ValidationError as exc:

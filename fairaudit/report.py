@@ -344,7 +344,8 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
     if prune and pruning is not None:  # the selection as it was applied (defaults filled in), not as written
         effective = store.read_run(prune["run_id"]).get("selection") if store.run_path(prune["run_id"]).exists() else None
         if effective:
-            provenance["config"] = {**provenance["config"], "pruning": {**pruning, "selection": effective}}
+            key = "causal" if pruning.get("causal") is not None else "selection"
+            provenance["config"] = {**provenance["config"], "pruning": {**pruning, key: effective}}
     return {
         "fairaudit_version": fairaudit.__version__,
         "run_id": run_id, "model_id": model_id, "status": record.get("status"), "started": record.get("started"),

@@ -237,13 +237,20 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
     if (out / NEURON_MAP_FILE).exists() and "prune" not in record:
         shutil.rmtree(out)  # saved by a run killed before it recorded its pruning: not trusted, pruned again
     if not (out / NEURON_MAP_FILE).exists():
-        outcome = prune_model(config.model, store.root, config.selection([s.axis for s in suites]), out,
+        if config.pruning.causal is not None:
+            from fairaudit.causal import CausalParams
+
+            selection, causal_suites = CausalParams.model_validate(config.pruning.causal), suites
+        else:
+            selection, causal_suites = config.selection([s.axis for s in suites]), None
+        outcome = prune_model(config.model, store.root, selection, out,
                               run_id=run_id, pruner=config.pruning.pruner.plugin, pruner_params=config.pruning.pruner.params,
-                              save_dtype=config.pruning.save_dtype, progress=progress)
+                              save_dtype=config.pruning.save_dtype, progress=progress, causal_suites=causal_suites)
         record["prune"] = {"run_id": outcome.run_id, "out": str(out), "removed": outcome.report.removed,
                            "neurons": sum(outcome.report.widths_before), "ranking": outcome.ranking,
                            "parameters_before": outcome.report.parameters_before,
-                           "parameters_after": outcome.report.parameters_after}
+                           "parameters_after": outcome.report.parameters_after,
+                           **({"causal": outcome.causal} if outcome.causal else {})}
         _record_time(record["timings"], "prune", stage_started)
         store.write_run(run_id, record)
     result.pruned = record.get("prune", {"out": str(out)})
@@ -297,7 +304,7 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     say(progress, f"loading {config.model.id}")
     loaded = load_model(config.model)
     _check_model_name(store, loaded.model_id)
-    if config.pruning is not None:
+    if config.pruning is not None and config.pruning.causal is None:
         _check_selection_size(config, loaded, [suite.axis for suite in suites])
     record: dict[str, Any] = {
         "kind": "audit",

@@ -77,3 +77,23 @@ def test_prune_causal_writes_a_model_and_its_record(cli, planted, tmp_path):
     assert payload["causal"]["chosen_budget"] == 0.01 and payload["source_run"] is None
     assert payload["ranking"].startswith("causal selection: output attribution of race")
     assert (tmp_path / "pruned" / "config.json").exists() and "causal selection" in (tmp_path / "pruned" / "README.md").read_text()
+
+
+def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_path):
+    from fairaudit.config import RunConfig
+    from fairaudit.errors import ConfigError
+    from fairaudit.runner import audit
+
+    truth, loaded = planted
+    config = {"model": loaded.provenance["source"], "suites": ["race"], "store": str(tmp_path / "store"),
+              "probe": {"plugin": "activations", "params": {"progress": False}}, "diagnose_top": 0,
+              "pruning": {"out": str(tmp_path / "pruned"), "causal": {"budgets": [0.01], "rounds": 1}},
+              "evaluators": [{"plugin": "random_baseline", "params": {"seeds": 3}}]}
+    with pytest.raises(ConfigError, match="leave out 'selection'"):
+        RunConfig.model_validate({**config, "pruning": {**config["pruning"], "selection": {"fraction": 0.01}}}).check_plugins()
+    result = audit(RunConfig.model_validate(config))
+    assert result.pruned["causal"]["chosen_budget"] == 0.01
+    found = {row["metric"]: row["value"] for row in result.measurements if row["evaluator"] == "random_baseline" and row["role"] == "after"}
+    assert found["reduction"] > found["random_reduction"], found
+    html = result.report.read_text(encoding="utf-8")
+    assert "Causal selection" in html and "Budgets, measured on validation templates" in html and '"causal": {' in html
