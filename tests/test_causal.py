@@ -97,3 +97,13 @@ def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_pat
     assert found["reduction"] > found["random_reduction"], found
     html = result.report.read_text(encoding="utf-8")
     assert "Causal selection" in html and "Budgets, measured on validation templates" in html and '"causal": {' in html
+
+
+def test_the_documented_causal_audit_config_is_valid():
+    from pathlib import Path
+
+    from fairaudit.config import load_config
+
+    config = load_config(Path(__file__).parent.parent / "benchmarks" / "causal_audit.yaml")
+    config.check_plugins()
+    assert config.pruning.causal["gate"] == "templates" and "random_baseline" in [ref.plugin for ref in config.evaluators]
