@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,10 @@ class _Group(click.Group):
         """Click's own usage errors (an unknown option, a missing argument) read like every other
         user error: `error:` and one paragraph, exit status 2."""
         kwargs["standalone_mode"] = False
+        # transformers' own bars and load reports ("Loading weights", "Writing model shards") would
+        # interleave with fairaudit's one line per stage; a user who wants them sets these variables
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         try:
             return super().main(*args, **kwargs)
         except click.UsageError as exc:

@@ -93,3 +93,18 @@ def test_audit_says_each_stage_on_stderr_and_quiet_says_nothing(cli, llama_folde
                                                                  "fairaudit: evaluating 2 of 2: bias_reprobe on the pruned model"]
     quiet = cli("audit", config, "--store", tmp_path / "store2", "--quiet")
     assert quiet.exit_code == 0 and quiet.stdout == "" and "fairaudit: " not in quiet.stderr
+
+
+def test_library_bars_and_load_reports_stay_off_the_console(llama_folder, tmp_path):
+    """transformers' own progress bars ('Loading weights') would interleave with fairaudit's one
+    line per stage: the command turns them off unless the user's environment asks for them."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")}
+    completed = subprocess.run([sys.executable, "-m", "fairaudit", "probe", "--model", str(llama_folder), "--suite", "race",
+                                "--store", str(tmp_path / "store")], capture_output=True, text=True, timeout=600,
+                               env={**env, "HF_HUB_OFFLINE": "1"})
+    assert completed.returncode == 0, completed.stderr
+    assert "fairaudit: loading" in completed.stderr and "Loading weights" not in completed.stderr
