@@ -54,6 +54,32 @@ def _summary_rows(summaries: dict[str, dict[str, float]]) -> list[list[str]]:
     ]
 
 
+class _ListsPlugins(click.Command):
+    """A command whose --help ends with the registered plugins of `kinds` (and, for scorers, the
+    score columns each writes with its default parameters), computed only when help is shown."""
+
+    kinds: tuple[str, ...] = ()
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from fairaudit.plugins import registry
+
+        plugins = registry()
+        for kind in self.kinds:
+            rows = []
+            for name in plugins.names(kind):
+                component = plugins.get(kind, name)
+                columns = getattr(component, "outputs", None)
+                written = f" [columns: {', '.join(columns(component.Params()))}]" if kind == "scorer" and columns and columns(component.Params()) else ""
+                rows.append((name, f"{component.description}{written}"))
+            with formatter.section(f"{kind.capitalize()}s (fairaudit plugins lists every kind)"):
+                formatter.write_dl(rows)
+        super().format_epilog(ctx, formatter)
+
+
+def _lists(*kinds: str) -> type[click.Command]:
+    return type("ListsPlugins", (_ListsPlugins,), {"kinds": kinds})
+
+
 SUMMARY_HEADER = ["axis", "pairs", "controls", "bias index [95% CI]", "optiPfair index", "neurons q<0.05"]
 
 
@@ -293,7 +319,7 @@ def _exit_on_verdicts(verdicts, gate: str, quiet: bool) -> None:
     sys.exit(status)
 
 
-@main.command()
+@main.command(cls=_lists("probe", "scorer"))
 @click.option("--model", "model_id", default=None, help="hub id, local folder, .gguf file or alias (default: smollm2-135m)")
 @click.option("--suite", "suite_names", multiple=True, help="built-in suite name or file; repeat for several (default: all four)")
 @click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
@@ -367,7 +393,7 @@ def audit_command(config_file, resume_run, store, policy, quiet, as_json, grante
     _report_result(audit(config, resume=resume_run, granted=granted), quiet, as_json)
 
 
-@main.command("evaluate")
+@main.command("evaluate", cls=_lists("evaluator"))
 @click.option("--model", "model_id", required=True, help="the model to evaluate (the 'before' model)")
 @click.option("--compare", "compare_id", default=None, help="a pruned version of it (the 'after' model)")
 @click.option("--suite", "suite_names", multiple=True, help="suite for bias evaluators; repeat (default: all four)")
@@ -615,7 +641,7 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
 
 # --- prune ------------------------------------------------------------------------------
 
-@main.command("prune")
+@main.command("prune", cls=_lists("scorer", "pruner"))
 @click.option("--model", "model_id", required=True, help="the model the store's scores were computed on")
 @click.option("--store", required=True, type=click.Path(path_type=Path))
 @click.option("--axis", "axes", multiple=True, required=True,
@@ -627,7 +653,8 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
 @click.option("--scope", type=click.Choice(["per_layer", "global"]), default="per_layer", show_default=True)
 @click.option("--layers", default=None, help="comma-separated layer indices to prune (default: all)")
 @click.option("--score", default="hybrid_scaled", show_default=True,
-              help="stored neuron score; higher = prune first ('hybrid' is optiPfair's)")
+              help="stored neuron score; higher = prune first ('hybrid' is optiPfair's). The scorers' columns are listed "
+                   "below; the default audit also writes hybrid_scaled (the hybrid of scaled_bias)")
 @click.option("--round-to", type=int, default=None, help="round each new MLP width down to a multiple of this")
 @click.option("--protect", type=float, default=0.01, show_default=True, help="protect the top share of neurons by importance (0: none)")
 @click.option("--direction", type=click.Choice(["any", "pro"]), default="any", show_default=True,

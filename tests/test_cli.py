@@ -108,3 +108,13 @@ def test_library_bars_and_load_reports_stay_off_the_console(llama_folder, tmp_pa
                                env={**env, "HF_HUB_OFFLINE": "1"})
     assert completed.returncode == 0, completed.stderr
     assert "fairaudit: loading" in completed.stderr and "Loading weights" not in completed.stderr
+
+
+def test_help_lists_what_a_user_can_type(cli):
+    """--help of prune, probe and evaluate ends with the registered plugins, one line each, and
+    the score columns each scorer writes."""
+    prune = cli("prune", "--help").output
+    assert "Scorers" in prune and "Pruners" in prune and "output_bias_reduction" in prune and "[columns: p_value, q_value]" in prune
+    evaluate = cli("evaluate", "--help").output
+    assert "Evaluators" in evaluate and "random_baseline" in evaluate and "factual-knowledge control" in evaluate
+    assert "Probes" in cli("probe", "--help").output
