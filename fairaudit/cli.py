@@ -677,10 +677,15 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
               help="--causal: skip a neuron whose removal alone raises perplexity on a held-aside slice by more than this")
 @click.option("--gate", type=click.Choice(["templates", "pairs", "none"]), default="templates", show_default=True,
               help="--causal: the 95%% interval of an axis' output bias that must exclude 0 for it to be selected for")
+@click.option("--heads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="also zero this many attention heads, those with the largest --head-score summed over the axes (exact, "
+                   "shapes unchanged; needs the output_attribution scorer's head_scores)")
+@click.option("--head-score", default="output_bias_reduction", show_default=True, help="stored head score; higher = zero first")
 @click.option("--quiet", is_flag=True, help="no progress lines, no table")
 @click.option("--json", "as_json", is_flag=True)
 def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, only_biased_axes,
-                  pruner, ablation, run_id, out, save_dtype, causal, budgets, rounds, guard, gate, quiet, as_json) -> None:
+                  pruner, ablation, run_id, out, save_dtype, causal, budgets, rounds, guard, gate, heads, head_score, quiet,
+                  as_json) -> None:
     """Fairness pruning: remove biased, unimportant MLP neurons; save a model transformers loads."""
     from pydantic import ValidationError
 
@@ -708,7 +713,7 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
         _silence_libraries()
     outcome = prune_model(model_id, store, params, out, run_id=run_id, pruner=pruner,
                           pruner_params={"ablation": ablation} if ablation != "zero" else None, save_dtype=save_dtype,
-                          progress=not (quiet or as_json), causal_suites=suites)
+                          progress=not (quiet or as_json), causal_suites=suites, heads=heads, head_score=head_score)
     report = outcome.report
     if quiet:
         return
@@ -716,6 +721,7 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
         click.echo(_dumps({"run_id": outcome.run_id, "source_run": outcome.source_run, "out": str(outcome.out),
                                "widths_before": report.widths_before, "widths_after": report.widths_after,
                                "zeroed": [len(z) for z in report.zeroed], "removed": report.removed, "ranking": outcome.ranking, "causal": outcome.causal,
+                               "heads": [list(head) for head in outcome.heads],
                                "parameters_before": report.parameters_before, "parameters_after": report.parameters_after}))
         return
     rows = [[str(layer), str(before), str(before - after + len(zeroed)), str(after), str(len(zeroed))]
@@ -726,6 +732,8 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
                f"({100 * report.removed / sum(report.widths_before):.3f}%)")
     click.echo(f"parameters: {report.parameters_before:,} -> {report.parameters_after:,} "
                f"({report.parameters_removed_percent:.3f}% removed)")
+    if outcome.heads:
+        click.echo(f"attention heads zeroed (layer, head): {', '.join(f'({layer}, {head})' for layer, head in outcome.heads)}")
     click.echo(f"pruned model, tokenizer, neuron map and model card written to {outcome.out}; prune run {outcome.run_id}")
 
 

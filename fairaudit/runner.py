@@ -411,6 +411,7 @@ class PruneOutcome:
     selection_params: Any
     ranking: str = ""
     causal: dict[str, Any] | None = None  # fairaudit.causal.CausalPlan.as_dict() when chosen causally
+    heads: list[tuple[int, int]] = field(default_factory=list)  # (layer, head) zeroed
 
 
 def _model_card(loaded, outcome_params, report, source_run: str | None, ranking: str) -> str:
@@ -499,12 +500,15 @@ def plan_selection(store: Store, model_id: str, source_run: str, params):
 
 def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params, out: str | Path,
                 run_id: str | None = None, pruner: str = "structured", pruner_params: dict[str, Any] | None = None,
-                save_dtype: str = "float32", progress: bool = True, causal_suites: list[Suite] | None = None) -> PruneOutcome:
+                save_dtype: str = "float32", progress: bool = True, causal_suites: list[Suite] | None = None,
+                heads: int = 0, head_score: str = "output_bias_reduction") -> PruneOutcome:
     """Select neurons from a store's scores for `model`, prune them, save the pruned model
     and record the neuron map and a provenance record in the store. `save_dtype`: float32,
     bfloat16, float16, or "source" (the dtype the checkpoint's config declares).
     `causal_suites`: select by `fairaudit.causal.plan` on these suites instead (then
-    `selection_params` is a `CausalParams`; no stored scores are read)."""
+    `selection_params` is a `CausalParams`; no stored scores are read). `heads`: also zero the
+    attention heads with the largest `head_score` (summed over the axes) from the run's
+    `head_scores` table (exact, shapes unchanged)."""
     from fairaudit.overlap import latest_run
     from fairaudit.prune import save_pruned, saved_bytes
 
@@ -542,8 +546,14 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
         selection, causal_record, axes = _causal_selection(loaded, causal_suites, selection_params, progress)
     else:
         selection, axes = plan_selection(store, loaded.model_id, source_run, selection_params), selection_params.axes
-    say(progress, f"pruning {loaded.model_id}: {sum(len(p) for p in selection.pruned)} neurons selected ({selection.ranking})")
+    chosen_heads = _top_heads(store, loaded, source_run, axes, heads, head_score) if heads else []
+    say(progress, f"pruning {loaded.model_id}: {sum(len(p) for p in selection.pruned)} neurons selected ({selection.ranking})"
+                  + (f", and {len(chosen_heads)} attention heads by {head_score}" if chosen_heads else ""))
     report = plugin.apply(loaded, selection, params)
+    if chosen_heads:
+        from fairaudit.prune import zero_heads
+
+        zero_heads(loaded, [[head for layer, head in chosen_heads if layer == index] for index in range(len(loaded.layers))])
 
     # The record is written first ("running") and completed last, like an axis' summary: a prune
     # that is killed or fails leaves a record saying so, never a model or map that seems complete.
@@ -554,6 +564,7 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
         "pruner_params": params.model_dump(mode="json"),
         "selection": selection_params.model_dump(mode="json"), "ranking": selection.ranking, "output": str(out.resolve()),
         **({"causal": causal_record} if causal_record else {}),
+        **({"heads": [list(head) for head in chosen_heads], "head_score": head_score} if chosen_heads else {}),
         "widths_before": report.widths_before, "widths_after": report.widths_after,
         "parameters_before": report.parameters_before, "parameters_after": report.parameters_after,
         "environment": _environment(),
@@ -562,7 +573,11 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     created = not out.exists()
     say(progress, f"writing the pruned model to {out}: about {saved_bytes(loaded, dtype) / 2**20:,.0f} MiB in {dtype}")
     try:
-        save_pruned(loaded, report, out, _model_card(loaded, selection_params, report, source_run, selection.ranking), dtype)
+        card = _model_card(loaded, selection_params, report, source_run, selection.ranking)
+        if chosen_heads:
+            card += (f"\nAttention heads zeroed by `{head_score}` (their columns of the attention output projection are 0; "
+                     f"shapes unchanged), as (layer, head): {', '.join(f'({layer}, {head})' for layer, head in chosen_heads)}.\n")
+        save_pruned(loaded, report, out, card, dtype)
         rows = [(layer, position, original, original in set(report.zeroed[layer]))
                 for layer, kept in enumerate(report.neuron_map) for position, original in enumerate(kept)]
         neuron_map = pa.table({"layer": pa.array([r[0] for r in rows], pa.int16()),
@@ -579,7 +594,24 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
                                         "error": str(exc) or type(exc).__name__})
         raise
     return PruneOutcome(run_id=prune_run, source_run=source_run, out=out, report=report, selection_params=selection_params,
-                        ranking=selection.ranking, causal=causal_record)
+                        ranking=selection.ranking, causal=causal_record, heads=chosen_heads)
+
+
+def _top_heads(store: Store, loaded: LoadedModel, source_run: str | None, axes: list[str], count: int, column: str) -> list[tuple[int, int]]:
+    """The `count` (layer, head) with the largest `column` summed over `axes` in a run's head_scores."""
+    if source_run is None:
+        raise ConfigError("--heads selects by a stored head score; with --causal only neurons are chosen.")
+    totals: dict[tuple[int, int], float] = {}
+    for axis in axes:
+        rows = store.rows("head_scores", model=loaded.model_id, axis=axis, run_id=source_run)
+        if not rows or column not in rows[0]:
+            raise StoreError(f"run {source_run} has no head score '{column}' for axis {axis}; head scores come from the "
+                             f"'output_attribution' scorer (columns output_attribution, output_attribution_abs, output_bias_reduction).")
+        for row in rows:
+            if math.isfinite(row[column]):
+                key = (row["layer"], row["head"])
+                totals[key] = totals.get(key, 0.0) + row[column]
+    return sorted(sorted(totals, key=lambda key: -totals[key])[:count])
 
 
 def _causal_selection(loaded: LoadedModel, suites: list[Suite], params, progress: bool):

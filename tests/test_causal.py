@@ -107,3 +107,33 @@ def test_the_documented_causal_audit_config_is_valid():
     config = load_config(Path(__file__).parent.parent / "benchmarks" / "causal_audit.yaml")
     config.check_plugins()
     assert config.pruning.causal["gate"] == "templates" and "random_baseline" in [ref.plugin for ref in config.evaluators]
+
+
+def test_prune_zeroes_the_heads_with_the_largest_stored_head_score(cli, llama_folder, tmp_path):
+    from safetensors import safe_open
+
+    from fairaudit.attribution import head_count
+    from fairaudit.config import RunConfig
+    from fairaudit.runner import audit
+    from fairaudit.store import Store
+
+    audit(RunConfig.model_validate({"model": str(llama_folder), "suites": ["race"], "store": str(tmp_path / "store"), "report": False,
+                                    "probe": {"plugin": "activations", "params": {"progress": False}}, "pruning": None, "evaluators": [],
+                                    "scoring": {"scorers": ["bias", "importance", "hybrid", "layer_index", "output_attribution"]}}))
+    rows = Store(tmp_path / "store").rows("head_scores", axis="race")
+    expected = sorted((r["layer"], r["head"]) for r in sorted(rows, key=lambda r: -r["output_bias_reduction"])[:2])
+    result = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--score", "hybrid",
+                 "--fraction", "0.05", "--heads", "2", "--out", tmp_path / "pruned", "--json")
+    assert result.exit_code == 0, result.output
+    assert [tuple(head) for head in json.loads(result.stdout)["heads"]] == expected
+    count = head_count(load_model(str(llama_folder)))
+    with safe_open(str(next((tmp_path / "pruned").glob("*.safetensors"))), "pt") as weights:
+        for layer in range(2):
+            o_proj = weights.get_tensor(f"model.layers.{layer}.self_attn.o_proj.weight")
+            width = o_proj.shape[1] // count
+            zeroed = {head for head in range(count) if not o_proj[:, head * width:(head + 1) * width].any()}
+            assert zeroed == {head for l, head in expected if l == layer}
+    assert "Attention heads zeroed by `output_bias_reduction`" in (tmp_path / "pruned" / "README.md").read_text()
+    missing = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--score", "hybrid",
+                  "--fraction", "0.05", "--heads", "1", "--head-score", "nope", "--out", tmp_path / "pruned2")
+    assert missing.exit_code == 2 and "has no head score 'nope'" in missing.stderr and not (tmp_path / "pruned2").exists()
