@@ -398,7 +398,17 @@ class LmEval:
                 )
             specs.append(_with_local_files(entry.yaml_path, config) if dataset in LOCAL_DATASETS and entry.yaml_path
                          and _has_relative_files(entry.yaml_path, config) else task)
-        model = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=params.batch_size)
+        class QuietHFLM(HFLM):  # lm-eval's own bars would nest inside fairaudit's one line per stage
+            def loglikelihood(self, requests, disable_tqdm: bool = False):
+                return super().loglikelihood(requests, disable_tqdm=True)
+
+            def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+                return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+            def generate_until(self, requests, disable_tqdm: bool = False):
+                return super().generate_until(requests, disable_tqdm=True)
+
+        model = QuietHFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=params.batch_size)
         try:
             output = lm_eval.simple_evaluate(model=model, tasks=specs, task_manager=manager, limit=params.limit,
                                              num_fewshot=params.num_fewshot, log_samples=True, verbosity="ERROR")

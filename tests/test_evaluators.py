@@ -169,7 +169,7 @@ def test_batched_generations_equal_generating_each_prompt_alone(llama):
     assert generations._generate(llama, prompts, params) == alone
 
 
-def test_lm_eval_local_task_runs_offline_and_equals_argmax_by_hand(llama, monkeypatch):
+def test_lm_eval_local_task_runs_offline_and_equals_argmax_by_hand(llama, monkeypatch, capsys):
     import json
 
     from fairaudit.resources import data_dir
@@ -177,6 +177,8 @@ def test_lm_eval_local_task_runs_offline_and_equals_argmax_by_hand(llama, monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     lm_eval_plugin = evaluator("lm_eval")
     result = lm_eval_plugin.evaluate(llama, [], lm_eval_plugin.Params(limit=12), None)
+    printed = capsys.readouterr()
+    assert "Running loglikelihood requests" not in printed.err + printed.out, "lm-eval's own bars stay off the console"
     accuracy = next(m for m in result.measurements if m.metric == "acc")
     docs = [json.loads(line) for line in (data_dir() / "lm_eval_tasks" / "fairaudit_commonsense.jsonl").read_text().splitlines()][:12]
     correct = 0
