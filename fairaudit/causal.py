@@ -48,6 +48,8 @@ class CausalParams(BaseModel):
     gate: Literal["templates", "pairs", "none"] = Field(default="templates", description="the interval that must exclude 0 "
                                                         "for an axis to be selected for: templates resampled, pairs, or none")
     validation_every: int = Field(default=4, ge=2, description="every k-th probe template is for validation")
+    heldout_curve: bool = Field(default=False, description="after choosing, also measure each budget's held-out output bias "
+                                                           "(evaluation only: the choice is already made)")
 
     @field_validator("budgets")
     @classmethod
@@ -189,6 +191,22 @@ def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say:
                                        ranking=f"causal selection: output attribution of {', '.join(active)} in {params.rounds} "
                                                f"round(s), quality guard {params.guard:g}, budget {best[0]:g} chosen on validation templates")
     return found
+
+
+def heldout_curve(loaded, suites: list, found: CausalPlan) -> list[dict[str, Any]]:
+    """For each budget `plan` considered: every axis' |mean output bias| on its held-out
+    templates with that budget's neurons masked, beside the budget's validation figures. For the
+    curve a reader compares budgets on; it is computed after the choice and never feeds it."""
+    rows = []
+    heldout = {suite.axis: [pair for pair in suite.pairs("heldout") if pair.continuations] for suite in suites}
+    before = {axis: abs(mean_output_bias(loaded, pairs)) for axis, pairs in heldout.items() if pairs}
+    for budget in found.budgets:
+        selection = selection_of(found.order_at(budget["budget"]), [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in loaded.layers])
+        for axis in before:
+            after = abs(mean_output_bias(loaded, heldout[axis], selection))
+            rows.append({"budget": budget["budget"], "neurons": budget["neurons"], "axis": axis, "heldout_abs_bias_before": before[axis],
+                         "heldout_abs_bias_after": after, "slice_perplexity_rise": budget["slice_perplexity_rise"]})
+    return rows
 
 
 def _choose(loaded, pairs: list, widths: list[int], count: int, found: CausalPlan, guard_ids: list[int], guard: float) -> None:

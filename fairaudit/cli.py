@@ -677,6 +677,8 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
               help="--causal: skip a neuron whose removal alone raises perplexity on a held-aside slice by more than this")
 @click.option("--gate", type=click.Choice(["templates", "pairs", "none"]), default="templates", show_default=True,
               help="--causal: the 95%% interval of an axis' output bias that must exclude 0 for it to be selected for")
+@click.option("--sweep", is_flag=True, help="--causal: after choosing, also measure every budget's held-out output bias "
+              "(the curve against perplexity, in the prune record, --json and the report; evaluation only)")
 @click.option("--heads", type=click.IntRange(min=0), default=0, show_default=True,
               help="also zero this many attention heads, those with the largest --head-score summed over the axes (exact, "
                    "shapes unchanged; needs the output_attribution scorer's head_scores)")
@@ -684,7 +686,7 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
 @click.option("--quiet", is_flag=True, help="no progress lines, no table")
 @click.option("--json", "as_json", is_flag=True)
 def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, only_biased_axes,
-                  pruner, ablation, run_id, out, save_dtype, causal, budgets, rounds, guard, gate, heads, head_score, quiet,
+                  pruner, ablation, run_id, out, save_dtype, causal, budgets, rounds, guard, gate, sweep, heads, head_score, quiet,
                   as_json) -> None:
     """Fairness pruning: remove biased, unimportant MLP neurons; save a model transformers loads."""
     from pydantic import ValidationError
@@ -699,7 +701,8 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
             from fairaudit.causal import CausalParams
             from fairaudit.suite import resolve_suite
 
-            params = CausalParams(budgets=[float(item) for item in budgets.split(",")], rounds=rounds, guard=guard, gate=gate)
+            params = CausalParams(budgets=[float(item) for item in budgets.split(",")], rounds=rounds, guard=guard, gate=gate,
+                                  heldout_curve=sweep)
             suites = [resolve_suite(name) for name in axes]  # checked before the model loads
         else:
             layer_list = [int(item) for item in layers.split(",")] if layers else None
@@ -732,6 +735,11 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
                f"({100 * report.removed / sum(report.widths_before):.3f}%)")
     click.echo(f"parameters: {report.parameters_before:,} -> {report.parameters_after:,} "
                f"({report.parameters_removed_percent:.3f}% removed)")
+    if outcome.causal and outcome.causal.get("heldout_curve"):
+        click.echo("held-out output bias at every budget (evaluation only; the budget was chosen on validation templates):")
+        _print_table([[str(row["budget"]), str(row["neurons"]), row["axis"], _number(row["heldout_abs_bias_before"]),
+                       _number(row["heldout_abs_bias_after"]), _percent(row["slice_perplexity_rise"])] for row in outcome.causal["heldout_curve"]],
+                     ["budget", "neurons", "axis", "held-out |m| before", "after", "slice perplexity"])
     if outcome.heads:
         click.echo(f"attention heads zeroed (layer, head): {', '.join(f'({layer}, {head})' for layer, head in outcome.heads)}")
     click.echo(f"pruned model, tokenizer, neuron map and model card written to {outcome.out}; prune run {outcome.run_id}")

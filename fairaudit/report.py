@@ -318,6 +318,19 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         rows = store.rows("axis_summary", model=other["model_id"], run_id=compare_run)
         compared = {"run_id": compare_run, "model": other["model_id"], "axes": {r["axis"]: r for r in rows}}
 
+    curve = (prune or {}).get("causal", {}).get("heldout_curve") or []
+    curve_svg = None
+    if curve:
+        from fairaudit.svg import scatter
+
+        shown = [row for row in curve if row["heldout_abs_bias_before"] > 0]
+        curve_svg = scatter("Held-out |output bias| kept at each budget, against the perplexity it costs",
+                            [(row["slice_perplexity_rise"], row["heldout_abs_bias_after"] / row["heldout_abs_bias_before"]) for row in shown],
+                            [f"{row['budget']:g}" for row in shown], [row["axis"] for row in shown],
+                            [row["budget"] == prune["causal"]["chosen_budget"] for row in shown],
+                            "perplexity change on the corpus slice (relative)", "held-out |m| after / before",
+                            "Labels: budget (share of MLP neurons); ringed: the budget chosen on validation templates. "
+                            "Evaluation only: the held-out figures did not inform the choice.")
     causal = {axis: entry for axis in axes if (entry := causal_view(axis, *(
         store.rows(table, model=model_id, axis=axis, run_id=run_id) for table in ("layer_scores", "neuron_scores", "head_scores"))))}
 
@@ -353,7 +366,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         "summary": summary, "quality": quality, "quality_verdicts": quality_verdicts,
         "perplexity": perplexity, "fidelity": fidelity, "prune": prune, "pruned_id": pruned_id,
         "comparisons": comparisons, "charts": charts, "top_neurons": top_neurons,
-        "overlap": overlap_pairs, "overlap_svg": overlap_svg, "matched": matched, "diagnosis": diagnosis, "causal": causal, "other_models": other_models, "compared": compared,
+        "overlap": overlap_pairs, "overlap_svg": overlap_svg, "matched": matched, "diagnosis": diagnosis, "causal": causal, "causal_curve_svg": curve_svg, "other_models": other_models, "compared": compared,
         "generations": sorted(generations.values(), key=lambda g: (g["axis"], g["pair_id"])),
         "failures": sorted({row["error"] for row in measurements if row["error"] and not row["error"].startswith("skipped")}),
         "provenance": provenance,

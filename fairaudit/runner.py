@@ -629,7 +629,13 @@ def _causal_selection(loaded: LoadedModel, suites: list[Suite], params, progress
         measured = ", ".join(f"{gate.axis} {gate.bias:+.3f} [{gate.template_low:+.3f}, {gate.template_high:+.3f}]" for gate in found.gates)
         raise ConfigError(f"causal selection found nothing to prune: {why} (selection-part output bias, 95% CI with templates "
                           f"resampled: {measured}). Nothing was written.")
-    return found.selection, found.as_dict(), [gate.axis for gate in found.gates if gate.active]
+    record = found.as_dict()
+    if params.heldout_curve:
+        from fairaudit.causal import heldout_curve
+
+        say(progress, "measuring each budget's held-out output bias (evaluation only: the choice is made)")
+        record["heldout_curve"] = heldout_curve(loaded, suites, found)
+    return found.selection, record, [gate.axis for gate in found.gates if gate.active]
 
 
 # --- evaluation ---------------------------------------------------------------------------

@@ -71,10 +71,13 @@ def test_prune_causal_writes_a_model_and_its_record(cli, planted, tmp_path):
     truth, loaded = planted
     (tmp_path / "store").mkdir()
     result = cli("prune", "--causal", "--model", loaded.provenance["source"], "--store", tmp_path / "store", "--axis", "race",
-                 "--budgets", "0.01", "--rounds", "1", "--out", tmp_path / "pruned", "--json")
+                 "--budgets", "0.01,0.02", "--rounds", "1", "--sweep", "--out", tmp_path / "pruned", "--json")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["causal"]["chosen_budget"] == 0.01 and payload["source_run"] is None
+    assert payload["causal"]["chosen_budget"] in (0.01, 0.02) and payload["source_run"] is None
+    curve = payload["causal"]["heldout_curve"]  # evaluation only, one row per budget and axis
+    assert [(row["budget"], row["axis"]) for row in curve] == [(0.01, "race"), (0.02, "race")]
+    assert all(row["heldout_abs_bias_after"] < row["heldout_abs_bias_before"] for row in curve)
     assert payload["ranking"].startswith("causal selection: output attribution of race")
     assert (tmp_path / "pruned" / "config.json").exists() and "causal selection" in (tmp_path / "pruned" / "README.md").read_text()
 
@@ -87,7 +90,7 @@ def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_pat
     truth, loaded = planted
     config = {"model": loaded.provenance["source"], "suites": ["race"], "store": str(tmp_path / "store"),
               "probe": {"plugin": "activations", "params": {"progress": False}}, "diagnose_top": 0,
-              "pruning": {"out": str(tmp_path / "pruned"), "causal": {"budgets": [0.01], "rounds": 1}},
+              "pruning": {"out": str(tmp_path / "pruned"), "causal": {"budgets": [0.01], "rounds": 1, "heldout_curve": True}},
               "evaluators": [{"plugin": "random_baseline", "params": {"seeds": 3}}]}
     with pytest.raises(ConfigError, match="leave out 'selection'"):
         RunConfig.model_validate({**config, "pruning": {**config["pruning"], "selection": {"fraction": 0.01}}}).check_plugins()
@@ -97,6 +100,7 @@ def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_pat
     assert found["reduction"] > found["random_reduction"], found
     html = result.report.read_text(encoding="utf-8")
     assert "Causal selection" in html and "Budgets, measured on validation templates" in html and '"causal": {' in html
+    assert "Held-out |output bias| kept at each budget" in html and "did not inform the choice" in html
 
 
 def test_the_documented_causal_audit_config_is_valid():
