@@ -200,8 +200,9 @@ def heldout_curve(loaded, suites: list, found: CausalPlan) -> list[dict[str, Any
     rows = []
     heldout = {suite.axis: [pair for pair in suite.pairs("heldout") if pair.continuations] for suite in suites}
     before = {axis: abs(mean_output_bias(loaded, pairs)) for axis, pairs in heldout.items() if pairs}
+    widths = [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in loaded.layers]
     for budget in found.budgets:
-        selection = selection_of(found.order_at(budget["budget"]), [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in loaded.layers])
+        selection = selection_of(found.order_at(budget["budget"]), widths)
         for axis in before:
             after = abs(mean_output_bias(loaded, heldout[axis], selection))
             rows.append({"budget": budget["budget"], "neurons": budget["neurons"], "axis": axis, "heldout_abs_bias_before": before[axis],
