@@ -10,7 +10,7 @@
 - `<!-- docs-test: exit 0 1 3 -->`: the exit statuses a block may end with (a release gate's
   verdict on a random model is not a failure of the documentation);
 - a block preceded by `<!-- docs-test: skip: REASON -->` is not run, and REASON says which
-  test covers it instead (a block that needs the five-minute default audit, a Ray cluster,
+  test covers it instead (a block that needs the ten-minute default audit, a Ray cluster,
   or two real models);
 - `text` blocks are command synopses and output, not code.
 """
