@@ -51,6 +51,12 @@ def _plugin_ref(value: Any) -> Any:
     return {"plugin": value} if isinstance(value, str) else value
 
 
+def _problems(exc: ValidationError) -> str:
+    """The first three problems of a validation error, each with the field it is about."""
+    return "; ".join((f"'{'.'.join(str(p) for p in err['loc'])}': " if err["loc"] else "") + err["msg"].removeprefix("Value error, ")
+                     for err in exc.errors()[:3])
+
+
 class ScoringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -168,10 +174,7 @@ class RunConfig(BaseModel):
             try:
                 resolved[field_path] = component.Params.model_validate(ref.params)
             except ValidationError as exc:
-                problems = "; ".join(
-                    (f"'{'.'.join(str(p) for p in err['loc'])}': " if err["loc"] else "") + err["msg"].removeprefix("Value error, ")
-                    for err in exc.errors()[:3]
-                )
+                problems = _problems(exc)
                 allowed = ", ".join(component.Params.model_fields)
                 raise ConfigError(
                     f"{source}, field '{field_path}.params' of {kind} '{ref.plugin}': {problems}. "
@@ -186,15 +189,13 @@ class RunConfig(BaseModel):
             try:
                 CausalParams.model_validate(self.pruning.causal)
             except ValidationError as exc:
-                problems = "; ".join(f"'{'.'.join(str(p) for p in err['loc'])}': {err['msg'].removeprefix('Value error, ')}"
-                                     for err in exc.errors()[:3])
+                problems = _problems(exc)
                 raise ConfigError(f"{source}, field 'pruning.causal': {problems}.") from None
         elif self.pruning is not None:
             try:
                 selection = self.selection(["axis"] if "axes" not in self.pruning.selection else [])
             except ValidationError as exc:
-                problems = "; ".join(f"'{'.'.join(str(p) for p in err['loc'])}': {err['msg'].removeprefix('Value error, ')}"
-                                     for err in exc.errors()[:3])
+                problems = _problems(exc)
                 raise ConfigError(f"{source}, field 'pruning.selection': {problems}.") from None
             self._check_pruning_columns(plugins, resolved, selection, source)
         return resolved

@@ -187,7 +187,7 @@ def _check_scores(name: str, axis: str, scores: AxisScores, layers: int) -> None
 
 
 def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: RunConfig, suites: list[Suite],
-                     loaded: LoadedModel, params: dict[str, Any], result: AuditResult) -> None:
+                     loaded: LoadedModel, params: dict[str, Any], result: AuditResult, progress: bool = True) -> None:
     """Probe and score every axis not stored yet; each axis is written as soon as it is done."""
     plugins = registry()
     probe = plugins.get("probe", config.probe.plugin)
@@ -199,8 +199,7 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
             continue
         axis_started = _clock()
         pairs, controls, notes = screen_pairs(loaded, suite)
-        say(getattr(params["probe"], "progress", True),
-            f"probing axis {number} of {len(suites)}: {suite.axis} ({len(pairs)} pairs, {len(controls)} control pairs)")
+        say(progress, f"probing axis {number} of {len(suites)}: {suite.axis} ({len(pairs)} pairs, {len(controls)} control pairs)")
         result.warnings += notes
         record.setdefault("warnings", []).extend(notes)
         stats = _call_plugin("probe", probe.name, suite.axis, lambda: probe.run(
@@ -339,7 +338,7 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
 
     result = AuditResult(run_id=run_id, store=store.root, model_id=loaded.model_id)
     try:
-        _probe_and_score(store, run_id, record, config, suites, loaded, params, result)
+        _probe_and_score(store, run_id, record, config, suites, loaded, params, result, progress)
         if len(suites) >= 2:
             _store_overlap(store, loaded.model_id, run_id, config.overlap_top)
         after = _prune_stage(store, run_id, record, config, suites, loaded, result, progress) if config.pruning is not None else None
@@ -618,9 +617,9 @@ def _causal_selection(loaded: LoadedModel, suites: list[Suite], params, progress
     """(selection, record, axes) of `fairaudit.causal.plan`; refuses, before anything is
     written, when it finds nothing to prune."""
     from fairaudit.causal import plan
-    from fairaudit.resources import data_dir
+    from fairaudit.resources import corpus_path
 
-    corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
+    corpus = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     found = plan(loaded, suites, params, corpus, say=lambda text: say(progress, text))
     if found.selection is None:
         why = ("no axis has an output-level bias whose 95% interval on the selection templates excludes 0"
