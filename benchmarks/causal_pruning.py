@@ -27,7 +27,7 @@ from fairaudit.causal import CausalParams, corpus_perplexity, plan
 from fairaudit.attribution import output_bias_values
 from fairaudit.model import load_model
 from fairaudit.prune import masked, random_selection
-from fairaudit.resources import data_dir
+from fairaudit.resources import corpus_path
 from fairaudit.suite import resolve_suite
 
 AXES = ("race", "gender", "religion", "nationality")
@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
     loaded = load_model(args.model)
-    ids = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
+    ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     suites = [resolve_suite(axis) for axis in AXES]
     params = CausalParams(budgets=[float(b) for b in args.budgets.split(",")], rounds=args.rounds, guard=args.guard,
                           max_perplexity_rise=args.max_perplexity_rise, gate=args.gate)

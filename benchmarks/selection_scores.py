@@ -22,7 +22,8 @@ from fairaudit.prune import Selection, SelectionParams, masked
 from fairaudit.runner import plan_selection
 from fairaudit.store import Store
 from fairaudit.suite import resolve_suite
-from fairaudit_plugins.evaluators import corpus_path, window_nll
+from fairaudit.evaluate import window_nll
+from fairaudit.resources import corpus_path
 
 
 def main() -> None:

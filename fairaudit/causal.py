@@ -113,8 +113,8 @@ def selection_of(units: list[tuple[int, int]], widths: list[int], ranking: str =
 
 def corpus_perplexity(loaded, ids: list[int], selection=None) -> float:
     """Perplexity of the token ids `ids` (512-token windows), with `selection` masked."""
+    from fairaudit.evaluate import window_nll
     from fairaudit.prune import masked
-    from fairaudit_plugins.evaluators import window_nll
 
     context = masked(loaded, selection) if selection is not None else torch.no_grad()
     with context:

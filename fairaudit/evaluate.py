@@ -208,3 +208,44 @@ def compare(before: dict[str, float], after: dict[str, float], resamples: int = 
             result["relative_low"] = float(torch.quantile(relative, 0.025))
             result["relative_high"] = float(torch.quantile(relative, 0.975))
     return result
+
+
+def window_nll(loaded: LoadedModel, ids: list[int], max_length: int, stride: int | None, batch_size: int = 1) -> list[tuple[float, int]]:
+    """Sliding-window negative log-likelihood: each window of up to `max_length` tokens scores
+    only its tokens not scored before (at most `stride`), conditioned on the rest; the first
+    token is never scored. Returns (summed NLL, tokens scored) per window. Windows of equal
+    length and equal scored span run `batch_size` at a time (no padding). The step is at most
+    max_length - 1: a window's first token has no context inside it, so consecutive windows
+    overlap by at least one token (a larger step would score tokens without context, or skip them)."""
+    spans, previous_end = [], 0
+    stride = min(stride or max_length - 1, max_length - 1)
+    for begin in range(0, len(ids), stride):
+        end = min(begin + max_length, len(ids))
+        first_target = max(previous_end, 1)
+        if end <= first_target:
+            break
+        spans.append((begin, end, first_target))
+        previous_end = end
+        if end == len(ids):
+            break
+    windows: list[tuple[float, int]] = []
+    index = 0
+    while index < len(spans):
+        shape = lambda span: (span[1] - span[0], span[2] - span[0])  # noqa: E731
+        group = [spans[index]]
+        while len(group) < batch_size and index + len(group) < len(spans) and shape(spans[index + len(group)]) == shape(group[0]):
+            group.append(spans[index + len(group)])
+        index += len(group)
+        begin, end, first_target = group[0]
+        batch = torch.tensor([ids[b:e] for b, e, _ in group]).to(loaded.device)
+        predicting = torch.arange(first_target - begin - 1, end - begin - 1)  # positions whose next token is scored
+        keep = keep_logits(loaded, predicting)
+        with torch.inference_mode():
+            logits = loaded.model(input_ids=batch, **keep).logits
+        if not keep:  # a forward that computes every position
+            logits = logits[:, predicting]
+        for row, (b, e, f) in enumerate(group):
+            targets = torch.tensor(ids[f:e], device=logits.device)
+            nll = float(torch.nn.functional.cross_entropy(logits[row].float(), targets, reduction="sum"))
+            windows.append((nll, len(targets)))
+    return windows

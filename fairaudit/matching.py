@@ -202,10 +202,10 @@ def matched_overlap(name: str, mask_a: np.ndarray, mask_b: np.ndarray, matching:
 
 def read_corpus(path: str | Path | None) -> str:
     """The matching corpus: a UTF-8 text file, or the corpus bundled with fairaudit."""
-    from fairaudit.resources import data_dir
+    from fairaudit.resources import corpus_path
     from fairaudit.yamlio import read_capped
 
-    path = Path(path) if path else data_dir() / "corpus.txt"
+    path = Path(path) if path else corpus_path()
     raw = read_capped(path, 50 << 20, FairauditError, "corpus")
     try:
         return raw.decode("utf-8")

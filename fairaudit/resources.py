@@ -36,8 +36,13 @@ def data_dir() -> Path:
     return Path(__file__).resolve().parent / "data"
 
 
+def corpus_path() -> Path:
+    """The bundled corpus: perplexity, the causal planner's quality slices, mean-ablation."""
+    return data_dir() / "corpus.txt"
+
+
 def corpus_sentences(count: int) -> list[str]:
     """The first `count` sentences (five words or more) of the bundled corpus: the text that
     embedding fidelity compares and that mean-ablation averages over."""
-    text = (data_dir() / "corpus.txt").read_text(encoding="utf-8")
+    text = corpus_path().read_text(encoding="utf-8")
     return [s.strip() + "." for s in text.replace("\n", " ").split(". ") if len(s.split()) >= 5][:count]

@@ -56,7 +56,7 @@ evaluators:
 
 @needs_smollm2
 def test_the_default_audit_runs_on_smollm2_offline(tmp_path):
-    from fairaudit_plugins.evaluators import corpus_path
+    from fairaudit.resources import corpus_path
 
     corpus = tmp_path / "corpus-start.txt"
     corpus.write_text(corpus_path().read_text(encoding="utf-8")[:6000], encoding="utf-8")
