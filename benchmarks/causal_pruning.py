@@ -1,7 +1,7 @@
-"""Causal pruning on a real model: choose MLP neurons by their attributed share of each axis'
-output-level bias (`fairaudit.causal.plan`, what `fairaudit prune --causal` runs), and measure
-the chosen selection on held-out templates against random neurons of the same number per layer
-(issue 23's benchmark).
+"""Causal pruning on a real model: choose MLP neurons and attention heads by their attributed
+share of each axis' output-level bias (`fairaudit.causal.plan`, what `fairaudit prune --causal`
+runs), and measure the chosen selection on held-out templates against random neurons and heads of
+the same number per layer (issue 23's benchmark).
 
 Held-out discipline: `plan` sees the probe templates only (a selection part for attribution, every
 fourth template for choosing the budget); the held-out templates are used once, here, for the
@@ -9,7 +9,7 @@ final table. An axis whose selection-part output bias has a 95% interval (templa
 default) containing 0 gets no neuron.
 
 Usage: python benchmarks/causal_pruning.py [--model smollm2-135m] [--budgets 0.0005,0.001,0.002]
-       [--rounds 2] [--seeds 5] [--gate templates|pairs|none] [--guard 0.003] [--json OUT]
+       [--rounds 2] [--seeds 5] [--gate templates|pairs|none] [--guard 0.003] [--no-heads] [--json OUT]
 Prints a table; CPU minutes on SmolLM2-135M.
 """
 
@@ -24,7 +24,7 @@ import torch
 
 from fairaudit import metrics
 from fairaudit.causal import CausalParams, corpus_perplexity, plan
-from fairaudit.attribution import output_bias_values
+from fairaudit.attribution import head_count, output_bias_values
 from fairaudit.model import load_model
 from fairaudit.prune import masked, random_selection
 from fairaudit.resources import corpus_path
@@ -43,7 +43,8 @@ def mean_bias(loaded, pairs, selection=None) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--budgets", default="0.0005,0.001,0.002", help="shares of all MLP neurons")
+    parser.add_argument("--budgets", default="0.0005,0.001,0.002", help="shares of all units (MLP neurons and heads)")
+    parser.add_argument("--no-heads", action="store_true", help="MLP neurons only (attention heads are not candidates)")
     parser.add_argument("--rounds", type=int, default=2, help="re-score after each share of the largest budget")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--max-perplexity-rise", type=float, default=0.02)
@@ -58,7 +59,7 @@ def main() -> None:
     ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     suites = [resolve_suite(axis) for axis in AXES]
     params = CausalParams(budgets=[float(b) for b in args.budgets.split(",")], rounds=args.rounds, guard=args.guard,
-                          max_perplexity_rise=args.max_perplexity_rise, gate=args.gate)
+                          max_perplexity_rise=args.max_perplexity_rise, gate=args.gate, heads=not args.no_heads)
     found = plan(loaded, suites, params, ids, say=print)
     for gate in found.gates:
         print(f"{gate.axis}: selection-part output bias {gate.bias:+.3f}, 95% CI resampling templates [{gate.template_low:+.3f}, "
@@ -71,8 +72,9 @@ def main() -> None:
         return
     selection, widths = found.selection, found.selection.widths
     counts = [len(chosen) for chosen in selection.pruned]
-    neurons = sum(counts)
-    print(f"chosen budget {found.chosen_budget} ({neurons} neurons) on validation; held-out results:")
+    head_counts = [len(chosen) for chosen in selection.heads_per_layer()]
+    neurons, heads = sum(counts), sum(head_counts)
+    print(f"chosen budget {found.chosen_budget} ({neurons} neurons, {heads} heads: {selection.heads}) on validation; held-out results:")
 
     table = []
     active = {gate.axis for gate in found.gates if gate.active}
@@ -80,7 +82,7 @@ def main() -> None:
         pairs = [pair for pair in suite.pairs("heldout") if metrics.output_bias_terms(pair)]
         templates = [p.template_id for p in pairs]
         before, after = mean_bias(loaded, pairs), mean_bias(loaded, pairs, selection)
-        randoms = torch.stack([mean_bias(loaded, pairs, random_selection(counts, widths, seed)) for seed in range(args.seeds)])
+        randoms = torch.stack([mean_bias(loaded, pairs, random_selection(counts, widths, seed, head_counts, head_count(loaded))) for seed in range(args.seeds)])
         low_b, high_b = metrics.cluster_bootstrap_interval(before, templates)
         low_a, high_a = metrics.cluster_bootstrap_interval(after, templates)
         abs_before, abs_after = abs(float(before.mean())), abs(float(after.mean()))
@@ -97,9 +99,9 @@ def main() -> None:
         print(f"{row['axis']:<12} {row['pairs']:>5} {row['before']:>+8.3f} [{row['before_low']:+.3f}, {row['before_high']:+.3f}]"
               f"{'' if row['selected_on'] else ' *':>3} {row['after']:>+8.3f} [{row['after_low']:+.3f}, {row['after_high']:+.3f}] "
               f"{row['random_after']:>+8.3f} {row['reduction']:>14.1%} {row['random_reduction']:>8.1%} {row['beats_random_p']:>12.4f}")
-    print("(* no neuron was chosen for this axis: its selection-part interval contains 0)")
+    print("(* nothing was chosen for this axis: its selection-part interval contains 0)")
     print(f"perplexity on the bundled corpus: {full_before:.3f} -> {full_after:.3f} ({full_after / full_before - 1:+.2%}); "
-          f"{neurons} of {found.total} neurons ({neurons / found.total:.3%}); {time.time() - started:.0f} s")
+          f"{neurons} neurons and {heads} heads of {found.total} units ({(neurons + heads) / found.total:.3%}); {time.time() - started:.0f} s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"model": args.model, **found.as_dict(), "heldout": table,

@@ -1,5 +1,6 @@
-"""Causal selection: choose MLP neurons by their effect on each axis' output-level bias, in
-greedy rounds, behind a measured quality guard, with the budget chosen on validation templates.
+"""Causal selection: choose MLP neurons and attention heads by their effect on each axis'
+output-level bias, in greedy rounds, behind a measured quality guard, with the budget chosen on
+validation templates.
 
 Held-out discipline: the probe templates of each suite are split into a selection part and a
 validation part (every `validation_every`-th template, in declaration order). Attribution sees
@@ -10,12 +11,13 @@ The steps (docs/attribution.md has the definitions and the SmolLM2 results):
 
 1. gate: an axis is selected for only when its selection-part output bias m has a 95% interval
    (templates resampled, by default) that excludes 0 ("never move an unbiased axis");
-2. rounds: each round attributes m of every gated axis with the neurons chosen so far masked, and
-   takes the largest estimated reductions of |m| (attribution is a local estimate: re-scoring after
-   each round corrects it);
+2. rounds: each round attributes m of every gated axis with the units chosen so far masked, and
+   takes the largest estimated reductions of |m|, neurons and heads ranked together (attribution is
+   a local estimate: re-scoring after each round corrects it);
 3. quality guard: before a candidate joins, the real change of perplexity on a held-aside corpus
    slice when it alone is removed is measured; a candidate above `guard` is skipped;
-4. budget: of `budgets` (shares of all MLP neurons, each a prefix of the greedy order), the one with
+4. budget: of `budgets` (shares of all units: MLP neurons, and heads when they are candidates; each a
+   prefix of the greedy order; a head counts as one unit), the one with
    the smallest validation |m| (summed over gated axes, as a share of its value before) whose
    perplexity on a corpus slice rises at most `max_perplexity_rise`.
 """
@@ -40,7 +42,9 @@ class CausalParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    budgets: list[float] = Field(default=[0.0005, 0.001, 0.002], description="shares of all MLP neurons to choose among")
+    budgets: list[float] = Field(default=[0.0005, 0.001, 0.002], description="shares of all units (MLP neurons, and "
+                                 "attention heads when `heads` is on) to choose among")
+    heads: bool = Field(default=True, description="attention heads are candidates beside MLP neurons (zeroed when chosen)")
     rounds: int = Field(default=2, ge=1, le=20, description="re-score after each share of the largest budget")
     guard: float = Field(default=0.003, ge=0, description="skip a candidate whose removal alone raises perplexity on "
                                                          "a held-aside corpus slice by more than this (relative)")
@@ -55,7 +59,7 @@ class CausalParams(BaseModel):
     @classmethod
     def _shares(cls, value: list[float]) -> list[float]:
         if not value or any(not 0 < budget < 1 for budget in value):
-            raise ValueError("budgets are shares of all MLP neurons, each in (0, 1)")
+            raise ValueError("budgets are shares of all units (MLP neurons and heads), each in (0, 1)")
         return sorted(set(value))
 
 
@@ -80,18 +84,20 @@ class CausalPlan:
     budget's validation figures, and the chosen selection (None: nothing to prune)."""
 
     gates: list[AxisGate]
-    order: list[tuple[int, int]]  # the greedy order: each budget takes a prefix
+    order: list[Any]  # the greedy order of `fairaudit.attribution.Unit`s: each budget takes a prefix
     guard: dict[str, float]
-    total: int  # MLP neurons of the model
+    total: int  # candidate units of the model: MLP neurons, and heads when they are candidates
     budgets: list[dict[str, float]] = field(default_factory=list)
     chosen_budget: float | None = None
     selection: Any = None  # fairaudit.prune.Selection
 
     def as_dict(self) -> dict[str, Any]:
+        chosen = self.order_at(self.chosen_budget) if self.chosen_budget else []
         return {"gates": [gate.__dict__ for gate in self.gates], "guard": self.guard, "budgets": self.budgets,
-                "chosen_budget": self.chosen_budget, "neurons": len(self.order_at(self.chosen_budget)) if self.chosen_budget else 0}
+                "chosen_budget": self.chosen_budget, "neurons": sum(unit.kind == "neuron" for unit in chosen),
+                "heads": sum(unit.kind == "head" for unit in chosen)}
 
-    def order_at(self, budget: float) -> list[tuple[int, int]]:
+    def order_at(self, budget: float) -> list:
         return self.order[: round(budget * self.total)] if budget else []
 
 
@@ -103,12 +109,19 @@ def split_probe(pairs: list, every: int = 4) -> tuple[list, list]:
     return [p for p in pairs if p.template_id not in validation], [p for p in pairs if p.template_id in validation]
 
 
-def selection_of(units: list[tuple[int, int]], widths: list[int], ranking: str = ""):
-    """A `fairaudit.prune.Selection` of (layer, neuron) units."""
+def selection_of(units: list, widths: list[int], ranking: str = ""):
+    """A `fairaudit.prune.Selection` of `fairaudit.attribution.Unit`s (neurons and heads)."""
     from fairaudit.prune import Selection
 
-    per_layer = [sorted({unit for layer, unit in units if layer == index}) for index in range(len(widths))]
-    return Selection([torch.tensor(chosen, dtype=torch.long) for chosen in per_layer], list(widths), ranking)
+    per_layer = [sorted({unit.index for unit in units if unit.kind == "neuron" and unit.layer == index}) for index in range(len(widths))]
+    heads = sorted({(unit.layer, unit.index) for unit in units if unit.kind == "head"})
+    return Selection([torch.tensor(chosen, dtype=torch.long) for chosen in per_layer], list(widths), ranking, heads)
+
+
+def _counted(units: list) -> str:
+    """'23 neurons' or '21 neurons and 2 heads'."""
+    heads = sum(unit.kind == "head" for unit in units)
+    return f"{len(units) - heads} neurons" + (f" and {heads} heads" if heads else "")
 
 
 def corpus_perplexity(loaded, ids: list[int], selection=None) -> float:
@@ -133,8 +146,8 @@ def mean_output_bias(loaded, pairs: list, selection=None) -> float:
 
 
 def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say: Callable[[str], None] = lambda text: None) -> CausalPlan:
-    """Choose neurons of `loaded` for the axes of `suites` (probe templates only), as the module
-    docstring describes. `corpus_ids`: the tokenized bundled corpus (validation and guard slices)."""
+    """Choose neurons and heads of `loaded` for the axes of `suites` (probe templates only), as the
+    module docstring describes. `corpus_ids`: the tokenized bundled corpus (validation and guard slices)."""
     from fairaudit import attribution, metrics
     from fairaudit.prune import masked
 
@@ -156,7 +169,9 @@ def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say:
         say(f"{suite.axis}: selection-part output bias {float(values.mean()):+.3f}, 95% CI ({params.gate} resampled) "
             f"[{bounds[0]:+.3f}, {bounds[1]:+.3f}]: {'selected for' if active else 'left alone'}")
     active = [gate.axis for gate in gates if gate.active]
-    found = CausalPlan(gates=gates, order=[], guard={"checked": 0, "rejected": 0, "largest_rejected_rise": 0.0}, total=sum(widths))
+    heads = attribution.head_count(loaded) * len(widths) if params.heads else 0
+    found = CausalPlan(gates=gates, order=[], guard={"checked": 0, "rejected": 0, "largest_rejected_rise": 0.0},
+                       total=sum(widths) + heads)
     if not active:
         return found
 
@@ -168,8 +183,8 @@ def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say:
         per_axis = max(1, take // len(active))
         with masked(loaded, selection_of(found.order, widths)):
             for axis in active:
-                _choose(loaded, parts[axis][0], widths, per_axis, found, guard_ids, params.guard)
-        say(f"round {round_index + 1}: {len(found.order)} neurons chosen; the quality guard rejected {found.guard['rejected']} of "
+                _choose(loaded, parts[axis][0], widths, per_axis, found, guard_ids, params)
+        say(f"round {round_index + 1}: {_counted(found.order)} chosen; the quality guard rejected {found.guard['rejected']} of "
             f"{found.guard['checked']} candidates")
 
     base_slice = corpus_perplexity(loaded, slice_ids)
@@ -180,15 +195,18 @@ def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say:
         rise = corpus_perplexity(loaded, slice_ids, selection) / base_slice - 1
         after = {axis: mean_output_bias(loaded, parts[axis][1], selection) for axis in active}
         kept = sum(abs(after[axis]) for axis in active) / max(sum(abs(base[axis]) for axis in active), 1e-12)
-        found.budgets.append({"budget": budget, "neurons": len(found.order_at(budget)), "validation_abs_bias_kept": kept,
+        units = found.order_at(budget)
+        found.budgets.append({"budget": budget, "neurons": sum(unit.kind == "neuron" for unit in units),
+                              "heads": sum(unit.kind == "head" for unit in units), "validation_abs_bias_kept": kept,
                               "slice_perplexity_rise": rise, **{f"validation_bias_{axis}": after[axis] for axis in active}})
-        say(f"budget {budget:g} ({len(found.order_at(budget))} neurons): validation |m| kept {kept:.2f}, corpus-slice perplexity {rise:+.2%}")
+        say(f"budget {budget:g} ({_counted(units)}): validation |m| kept {kept:.2f}, corpus-slice perplexity {rise:+.2%}")
         if rise <= params.max_perplexity_rise and kept < 1 and (best is None or kept < best[1]):
             best = (budget, kept)
     if best is not None:
         found.chosen_budget = best[0]
         found.selection = selection_of(found.order_at(best[0]), widths,
-                                       ranking=f"causal selection: output attribution of {', '.join(active)} in {params.rounds} "
+                                       ranking=f"causal selection: output attribution of {', '.join(active)} "
+                                               f"({'neurons and heads' if params.heads else 'neurons'}) in {params.rounds} "
                                                f"round(s), quality guard {params.guard:g}, budget {best[0]:g} chosen on validation templates")
     return found
 
@@ -205,30 +223,35 @@ def heldout_curve(loaded, suites: list, found: CausalPlan) -> list[dict[str, Any
         selection = selection_of(found.order_at(budget["budget"]), widths)
         for axis in before:
             after = abs(mean_output_bias(loaded, heldout[axis], selection))
-            rows.append({"budget": budget["budget"], "neurons": budget["neurons"], "axis": axis, "heldout_abs_bias_before": before[axis],
+            rows.append({"budget": budget["budget"], "neurons": budget["neurons"], "heads": budget["heads"], "axis": axis,
+                         "heldout_abs_bias_before": before[axis],
                          "heldout_abs_bias_after": after, "slice_perplexity_rise": budget["slice_perplexity_rise"]})
     return rows
 
 
-def _choose(loaded, pairs: list, widths: list[int], count: int, found: CausalPlan, guard_ids: list[int], guard: float) -> None:
-    """Add up to `count` neurons to `found.order`: the largest estimated reductions of |m| on
-    `pairs` that pass the quality guard (8 candidates measured at a time)."""
+def _choose(loaded, pairs: list, widths: list[int], count: int, found: CausalPlan, guard_ids: list[int], params: CausalParams) -> None:
+    """Add up to `count` units to `found.order`: the largest estimated reductions of |m| on `pairs`
+    (neurons, and heads when they are candidates, ranked together) that pass the quality guard
+    (8 candidates measured at a time)."""
     from fairaudit import attribution
 
     estimate = attribution.attribute(loaded, pairs)
     direction = 1.0 if float(estimate.output_bias.mean()) >= 0 else -1.0
-    reduction = direction * -estimate.predicted_change("neuron").mean(dim=0)  # [layers, units]
-    for layer, unit in found.order:
-        reduction[layer, unit] = -math.inf
-    ranked = [divmod(flat, reduction.shape[1]) for flat in torch.argsort(reduction.flatten(), descending=True).tolist()]
-    candidates = [unit for unit in ranked if reduction[unit] > 0 and unit[1] < widths[unit[0]]]
+    taken = set(found.order)
+    scored = []
+    for kind in ("neuron", "head") if params.heads else ("neuron",):
+        reduction = direction * -estimate.predicted_change(kind).mean(dim=0)  # [layers, units]
+        positive = torch.nonzero(reduction > 0).tolist()
+        scored += [(float(reduction[layer, index]), attribution.Unit(kind, layer, index)) for layer, index in positive
+                   if kind == "head" or index < widths[layer]]
+    candidates = [unit for _, unit in sorted(scored, key=lambda entry: -entry[0]) if unit not in taken]
     picked = 0
     for start in range(0, len(candidates), 8):
         chunk = candidates[start : start + 8]
-        rises = torch.expm1(attribution.measured_loss_change(loaded, guard_ids, [attribution.Unit("neuron", *unit) for unit in chunk]))
+        rises = torch.expm1(attribution.measured_loss_change(loaded, guard_ids, chunk))
         found.guard["checked"] += len(chunk)
         for unit, rise in zip(chunk, rises.tolist()):
-            if rise > guard:
+            if rise > params.guard:
                 found.guard["rejected"] += 1
                 found.guard["largest_rejected_rise"] = max(found.guard["largest_rejected_rise"], rise)
             elif picked < count:

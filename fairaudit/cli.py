@@ -668,13 +668,16 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="new folder for the pruned model")
 @click.option("--save-dtype", type=click.Choice(["float32", "bfloat16", "float16", "source"]), default="float32", show_default=True,
               help="dtype of the saved model; source: the dtype the checkpoint's config declares")
-@click.option("--causal", is_flag=True, help="choose neurons by their measured-and-attributed effect on each axis' output-level "
+@click.option("--causal", is_flag=True, help="choose neurons and attention heads by their measured-and-attributed effect on each axis' output-level "
               "bias, in rounds, behind a quality guard, the budget chosen on validation templates (docs/attribution.md); "
               "ignores the score options")
-@click.option("--budgets", default="0.0005,0.001,0.002", show_default=True, help="--causal: shares of all MLP neurons to choose among")
+@click.option("--budgets", default="0.0005,0.001,0.002", show_default=True,
+              help="--causal: shares of all units (MLP neurons and attention heads; a head counts as one) to choose among")
+@click.option("--causal-heads/--no-causal-heads", default=True, show_default=True,
+              help="--causal: attention heads are candidates beside MLP neurons (a chosen head is zeroed)")
 @click.option("--rounds", type=click.IntRange(1, 20), default=2, show_default=True, help="--causal: re-score after each round")
 @click.option("--guard", type=click.FloatRange(min=0), default=0.003, show_default=True,
-              help="--causal: skip a neuron whose removal alone raises perplexity on a held-aside slice by more than this")
+              help="--causal: skip a unit whose removal alone raises perplexity on a held-aside slice by more than this")
 @click.option("--gate", type=click.Choice(["templates", "pairs", "none"]), default="templates", show_default=True,
               help="--causal: the 95%% interval of an axis' output bias that must exclude 0 for it to be selected for")
 @click.option("--sweep", is_flag=True, help="--causal: after choosing, also measure every budget's held-out output bias "
@@ -686,7 +689,7 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
 @click.option("--quiet", is_flag=True, help="no progress lines, no table")
 @click.option("--json", "as_json", is_flag=True)
 def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, only_biased_axes,
-                  pruner, ablation, run_id, out, save_dtype, causal, budgets, rounds, guard, gate, sweep, heads, head_score, quiet,
+                  pruner, ablation, run_id, out, save_dtype, causal, budgets, causal_heads, rounds, guard, gate, sweep, heads, head_score, quiet,
                   as_json) -> None:
     """Fairness pruning: remove biased, unimportant MLP neurons; save a model transformers loads."""
     from pydantic import ValidationError
@@ -701,8 +704,8 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
             from fairaudit.causal import CausalParams
             from fairaudit.suite import resolve_suite
 
-            params = CausalParams(budgets=[float(item) for item in budgets.split(",")], rounds=rounds, guard=guard, gate=gate,
-                                  heldout_curve=sweep)
+            params = CausalParams(budgets=[float(item) for item in budgets.split(",")], heads=causal_heads, rounds=rounds, guard=guard,
+                                  gate=gate, heldout_curve=sweep)
             suites = [resolve_suite(name) for name in axes]  # checked before the model loads
         else:
             layer_list = [int(item) for item in layers.split(",")] if layers else None
@@ -737,9 +740,9 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
                f"({report.parameters_removed_percent:.3f}% removed)")
     if outcome.causal and outcome.causal.get("heldout_curve"):
         click.echo("held-out output bias at every budget (evaluation only; the budget was chosen on validation templates):")
-        _print_table([[str(row["budget"]), str(row["neurons"]), row["axis"], _number(row["heldout_abs_bias_before"]),
+        _print_table([[str(row["budget"]), str(row["neurons"]), str(row.get("heads", 0)), row["axis"], _number(row["heldout_abs_bias_before"]),
                        _number(row["heldout_abs_bias_after"]), _percent(row["slice_perplexity_rise"])] for row in outcome.causal["heldout_curve"]],
-                     ["budget", "neurons", "axis", "held-out |m| before", "after", "slice perplexity"])
+                     ["budget", "neurons", "heads", "axis", "held-out |m| before", "after", "slice perplexity"])
     if outcome.heads:
         click.echo(f"attention heads zeroed (layer, head): {', '.join(f'({layer}, {head})' for layer, head in outcome.heads)}")
     click.echo(f"pruned model, tokenizer, neuron map and model card written to {outcome.out}; prune run {outcome.run_id}")

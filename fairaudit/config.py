@@ -80,7 +80,7 @@ class PruningConfig(BaseModel):
     out: str | None = Field(default=None, description="the pruned model goes to OUT/RUN_ID/MODEL-pruned "
                                                         "(default: a 'pruned' folder beside the store folder)")
     causal: dict[str, Any] | None = Field(default=None, description="choose neurons by fairaudit.causal.plan (keys of "
-                                          "CausalParams: budgets, rounds, guard, max_perplexity_rise, gate, validation_every) "
+                                          "CausalParams: budgets, heads, rounds, guard, max_perplexity_rise, gate, validation_every) "
                                           "instead of a stored score; 'selection' must then be left out")
     save_dtype: Literal["float32", "bfloat16", "float16", "source"] = Field(
         default="float32", description="dtype of the saved pruned model; 'source': the dtype the checkpoint's config declares. "

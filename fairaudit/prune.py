@@ -64,11 +64,16 @@ class SelectionParams(BaseModel):
 
 @dataclass
 class Selection:
-    """Neurons chosen for pruning: for each layer, sorted original indices."""
+    """Neurons chosen for pruning: for each layer, sorted original indices; and attention heads
+    to zero, as (layer, head)."""
 
     pruned: list[torch.Tensor]
     widths: list[int]
     ranking: str = ""  # how the neurons were ranked, in words (model card, provenance record)
+    heads: list[tuple[int, int]] = field(default_factory=list)
+
+    def heads_per_layer(self) -> list[list[int]]:
+        return [sorted(head for layer, head in self.heads if layer == index) for index in range(len(self.widths))]
 
     @property
     def kept(self) -> list[torch.Tensor]:
@@ -170,24 +175,29 @@ def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance:
     return Selection(pruned=[torch.tensor(sorted(s), dtype=torch.long) for s in combined], widths=[units] * layers)
 
 
-def random_selection(counts: list[int], widths: list[int], seed: int) -> Selection:
-    """`counts[l]` neurons of layer l chosen uniformly at random (the baseline a chosen
-    selection of the same size per layer must beat)."""
+def random_selection(counts: list[int], widths: list[int], seed: int, head_counts: list[int] | None = None,
+                     heads: int = 0) -> Selection:
+    """`counts[l]` neurons of layer l chosen uniformly at random, and `head_counts[l]` of its
+    `heads` attention heads (the baseline a chosen selection of the same size per layer and
+    per kind must beat)."""
     generator = torch.Generator().manual_seed(seed)
     pruned = [torch.sort(torch.randperm(width, generator=generator)[:count]).values for count, width in zip(counts, widths)]
-    return Selection(pruned=pruned, widths=list(widths), ranking=f"random (seed {seed})")
+    chosen_heads = [(layer, int(head)) for layer, count in enumerate(head_counts or []) if count
+                    for head in torch.randperm(heads, generator=generator)[:count].sort().values]
+    return Selection(pruned=pruned, widths=list(widths), ranking=f"random (seed {seed})", heads=chosen_heads)
 
 
-def pruned_counts(loaded: LoadedModel) -> list[int] | None:
-    """Neurons removed or zeroed per layer of a model fairaudit pruned (from its neuron map),
-    or None for a model without one."""
+def pruned_counts(loaded: LoadedModel) -> tuple[list[int], list[int]] | None:
+    """(neurons, attention heads) removed or zeroed per layer of a model fairaudit pruned (from
+    its neuron map), or None for a model without one."""
     folder = Path(str(loaded.provenance.get("source", "")))
     path = folder / NEURON_MAP_FILE
     if not path.is_file():
         return None
     neuron_map = json.loads(path.read_text(encoding="utf-8"))
-    return [width - len(kept) + len(zeroed) for width, kept, zeroed in
-            zip(neuron_map["original_widths"], neuron_map["layers"], neuron_map["zeroed"])]
+    neurons = [width - len(kept) + len(zeroed) for width, kept, zeroed in
+               zip(neuron_map["original_widths"], neuron_map["layers"], neuron_map["zeroed"])]
+    return neurons, [len(chosen) for chosen in neuron_map.get("zeroed_heads", [[] for _ in neurons])]
 
 
 # --- applying a selection ---------------------------------------------------------------
@@ -202,6 +212,7 @@ class PruneReport:
     parameters_before: int
     parameters_after: int
     neuron_map: list[list[int]] = field(default_factory=list)  # per layer: pruned index -> original index
+    zeroed_heads: list[list[int]] = field(default_factory=list)  # per layer: attention heads zeroed
 
     @property
     def removed(self) -> int:
@@ -244,7 +255,8 @@ def fold_means(loaded: LoadedModel, selection: Selection, means: torch.Tensor) -
 
 def zero_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
     """Prune attention heads exactly, shapes unchanged: zero each listed head's columns of the
-    attention output projection (its block of the projection's input), per layer."""
+    attention output projection (its block of the projection's input), per layer. (Removing
+    them instead would need the same head count in every layer: transformers' configs hold one.)"""
     from fairaudit.attribution import head_count, unit_modules
 
     modules, count = unit_modules(loaded, "head"), head_count(loaded)
@@ -253,7 +265,7 @@ def zero_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
     with torch.no_grad():
         for module, chosen in zip(modules, heads):
             is_linear = isinstance(module, torch.nn.Linear)  # Linear [out, in]; GPT-2's Conv1D [in, out]
-            width = (module.weight.shape[1] if is_linear else module.weight.shape[0]) // count
+            width = _head_width(module, count)
             for head in chosen:
                 if not 0 <= head < count:
                     raise FairauditError(f"head {head} is out of range: the model has heads 0..{count - 1}.")
@@ -314,25 +326,42 @@ def zero(loaded: LoadedModel, selection: Selection) -> PruneReport:
 
 @contextlib.contextmanager
 def masked(loaded: LoadedModel, selection: Selection) -> Iterator[None]:
-    """Zero the selected neurons for the duration of a `with` block (a what-if; nothing is
-    changed in the weights): their activations are multiplied by 0 before the down projection."""
+    """Zero the selected neurons and heads for the duration of a `with` block (a what-if; nothing
+    is changed in the weights): their activations are set to 0 before the down projection (a
+    neuron) or the attention output projection (a head's block of its input)."""
     handles = []
-    for layer, pruned in zip(loaded.layers, selection.pruned):
-        if not len(pruned):
-            continue
-        site = loaded.adapter.sites(layer)["neuron"]
+    if selection.heads:
+        from fairaudit.attribution import head_count, unit_modules
 
-        def zero_inputs(module, args, pruned=pruned):
-            hidden = args[0].clone()
-            hidden[..., pruned.to(hidden.device)] = 0
-            return (hidden, *args[1:])
-
-        handles.append(site.module.register_forward_pre_hook(zero_inputs))
+        modules, count = unit_modules(loaded, "head"), head_count(loaded)
+    for index, (layer, pruned) in enumerate(zip(loaded.layers, selection.pruned)):
+        chosen_heads = [head for at, head in selection.heads if at == index]
+        if len(pruned):
+            handles.append(loaded.adapter.sites(layer)["neuron"].module.register_forward_pre_hook(_zeroing(pruned)))
+        if chosen_heads:
+            width = _head_width(modules[index], count)
+            columns = torch.cat([torch.arange(head * width, (head + 1) * width) for head in chosen_heads])
+            handles.append(modules[index].register_forward_pre_hook(_zeroing(columns)))
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _zeroing(columns: torch.Tensor):
+    """A forward pre-hook that sets the given columns of a module's first input to 0."""
+    def hook(module, args):
+        hidden = args[0].clone()
+        hidden[..., columns.to(hidden.device)] = 0
+        return (hidden, *args[1:])
+
+    return hook
+
+
+def _head_width(module: torch.nn.Module, heads: int) -> int:
+    """Columns per head of an attention output projection (Linear [out, in]; GPT-2's Conv1D [in, out])."""
+    return (module.weight.shape[1] if isinstance(module, torch.nn.Linear) else module.weight.shape[0]) // heads
 
 
 def saved_bytes(loaded: LoadedModel, dtype: str | None = None) -> int:
@@ -360,7 +389,8 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str, 
     try:
         loaded.model.save_pretrained(temporary)
         loaded.tokenizer.save_pretrained(temporary)
-        neuron_map = {"original_widths": report.widths_before, "zeroed": report.zeroed, "layers": report.neuron_map}
+        neuron_map = {"original_widths": report.widths_before, "zeroed": report.zeroed, "layers": report.neuron_map,
+                      **({"zeroed_heads": report.zeroed_heads} if any(report.zeroed_heads) else {})}
         (temporary / NEURON_MAP_FILE).write_text(json.dumps(neuron_map), encoding="utf-8")
         (temporary / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
         if out.exists():

@@ -329,7 +329,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
                             [f"{row['budget']:g}" for row in shown], [row["axis"] for row in shown],
                             [row["budget"] == prune["causal"]["chosen_budget"] for row in shown],
                             "perplexity change on the corpus slice (relative)", "held-out |m| after / before",
-                            "Labels: budget (share of MLP neurons); ringed: the budget chosen on validation templates. "
+                            "Labels: budget (share of all units: MLP neurons and attention heads); ringed: the budget chosen on validation templates. "
                             "Evaluation only: the held-out figures did not inform the choice.")
     causal = {axis: entry for axis in axes if (entry := causal_view(axis, *(
         store.rows(table, model=model_id, axis=axis, run_id=run_id) for table in ("layer_scores", "neuron_scores", "head_scores"))))}

@@ -249,7 +249,8 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
                            "neurons": sum(outcome.report.widths_before), "ranking": outcome.ranking,
                            "parameters_before": outcome.report.parameters_before,
                            "parameters_after": outcome.report.parameters_after,
-                           **({"causal": outcome.causal} if outcome.causal else {})}
+                           **({"causal": outcome.causal} if outcome.causal else {}),
+                           **({"heads": [list(head) for head in outcome.heads]} if outcome.heads else {})}
         _record_time(record["timings"], "prune", stage_started)
         store.write_run(run_id, record)
     result.pruned = record.get("prune", {"out": str(out)})
@@ -547,12 +548,15 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
         selection, axes = plan_selection(store, loaded.model_id, source_run, selection_params), selection_params.axes
     chosen_heads = _top_heads(store, loaded, source_run, axes, heads, head_score) if heads else []
     say(progress, f"pruning {loaded.model_id}: {sum(len(p) for p in selection.pruned)} neurons selected ({selection.ranking})"
-                  + (f", and {len(chosen_heads)} attention heads by {head_score}" if chosen_heads else ""))
+                  + (f", and {len(chosen_heads)} attention heads by {head_score}" if chosen_heads else "")
+                  + (f", and {len(selection.heads)} attention heads" if selection.heads else ""))
+    chosen_heads = sorted(set(chosen_heads) | set(selection.heads))
     report = plugin.apply(loaded, selection, params)
     if chosen_heads:
         from fairaudit.prune import zero_heads
 
-        zero_heads(loaded, [[head for layer, head in chosen_heads if layer == index] for index in range(len(loaded.layers))])
+        report.zeroed_heads = [[head for layer, head in chosen_heads if layer == index] for index in range(len(loaded.layers))]
+        zero_heads(loaded, report.zeroed_heads)
 
     # The record is written first ("running") and completed last, like an axis' summary: a prune
     # that is killed or fails leaves a record saying so, never a model or map that seems complete.
@@ -563,7 +567,7 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
         "pruner_params": params.model_dump(mode="json"),
         "selection": selection_params.model_dump(mode="json"), "ranking": selection.ranking, "output": str(out.resolve()),
         **({"causal": causal_record} if causal_record else {}),
-        **({"heads": [list(head) for head in chosen_heads], "head_score": head_score} if chosen_heads else {}),
+        **({"heads": [list(head) for head in chosen_heads], "head_score": head_score if heads else "causal"} if chosen_heads else {}),
         "widths_before": report.widths_before, "widths_after": report.widths_after,
         "parameters_before": report.parameters_before, "parameters_after": report.parameters_after,
         "environment": _environment(),
@@ -574,8 +578,9 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     try:
         card = _model_card(loaded, selection_params, report, source_run, selection.ranking)
         if chosen_heads:
-            card += (f"\nAttention heads zeroed by `{head_score}` (their columns of the attention output projection are 0; "
-                     f"shapes unchanged), as (layer, head): {', '.join(f'({layer}, {head})' for layer, head in chosen_heads)}.\n")
+            card += (f"\nAttention heads zeroed{f' by `{head_score}`' if heads else ' by the causal selection'} (their columns "
+                     f"of the attention output projection are 0; shapes unchanged), as (layer, head): "
+                     f"{', '.join(f'({layer}, {head})' for layer, head in chosen_heads)}.\n")
         save_pruned(loaded, report, out, card, dtype)
         rows = [(layer, position, original, original in set(report.zeroed[layer]))
                 for layer, kept in enumerate(report.neuron_map) for position, original in enumerate(kept)]
@@ -599,7 +604,8 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
 def _top_heads(store: Store, loaded: LoadedModel, source_run: str | None, axes: list[str], count: int, column: str) -> list[tuple[int, int]]:
     """The `count` (layer, head) with the largest `column` summed over `axes` in a run's head_scores."""
     if source_run is None:
-        raise ConfigError("--heads selects by a stored head score; with --causal only neurons are chosen.")
+        raise ConfigError("--heads selects by a stored head score; with --causal the planner chooses heads itself "
+                          "(causal option heads: true, the default).")
     totals: dict[tuple[int, int], float] = {}
     for axis in axes:
         rows = store.rows("head_scores", model=loaded.model_id, axis=axis, run_id=source_run)

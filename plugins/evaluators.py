@@ -472,22 +472,24 @@ class RandomBaselineParams(_Params):
 class RandomBaseline:
     name = "random_baseline"
     description = ("did pruning beat chance? |mean output bias| of the pruned model against the unpruned model with the same "
-                   "number of neurons per layer removed at random (seeds), one-sided permutation p-value per axis")
+                   "number of neurons (and attention heads) per layer removed at random (seeds), one-sided permutation p-value per axis")
     requires_causal = True
     Params = RandomBaselineParams
 
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: RandomBaselineParams, reference=None) -> EvaluationResult:
-        from fairaudit.attribution import output_bias_values
+        from fairaudit.attribution import head_count, output_bias_values
         from fairaudit.prune import masked, pruned_counts, random_selection
 
         result = EvaluationResult()
         if reference is None:
             return result  # compares a pruned model with its reference
-        counts = pruned_counts(loaded)
-        if counts is None:
+        found = pruned_counts(loaded)
+        if found is None:
             raise PluginError("random_baseline: the model being evaluated carries no neuron map (fairaudit_neuron_map.json); "
                               "it compares a model pruned by fairaudit with its unpruned reference.")
+        counts, head_counts = found
         widths = [reference.adapter.mlp_weights(layer).down.shape[1] for layer in reference.layers]
+        heads = head_count(reference) if any(head_counts) else 0
         for suite in suites:
             pairs = [pair for pair in suite.pairs(None if params.split == "all" else params.split) if metrics.output_bias_terms(pair)]
             if len(pairs) < 2:
@@ -496,7 +498,7 @@ class RandomBaseline:
             after = output_bias_values(loaded, pairs, params.pairs_per_batch)
             randoms = []
             for seed in range(params.seeds):
-                with masked(reference, random_selection(counts, widths, seed)):
+                with masked(reference, random_selection(counts, widths, seed, head_counts, heads)):
                     randoms.append(output_bias_values(reference, pairs, params.pairs_per_batch))
             random = torch.stack(randoms)  # [seeds, pairs]
             p_value = metrics.beats_random_p(after, random, params.permutations)

@@ -41,7 +41,7 @@ def test_causal_plan_gates_chooses_the_planted_neurons_and_removes_the_heldout_b
     original = attribution.output_bias_values
     monkeypatch.setattr(attribution, "output_bias_values", lambda model, pairs, *a, **k: read.extend(pairs) or original(model, pairs, *a, **k))
     corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
-    found = plan(loaded, suites, CausalParams(budgets=[0.01, 0.02]), corpus)
+    found = plan(loaded, suites, CausalParams(budgets=[0.01, 0.02], heads=False), corpus)
     monkeypatch.undo()
     gates = {gate.axis: gate for gate in found.gates}
     assert gates["race"].active and gates["race"].template_low > 0
@@ -50,12 +50,65 @@ def test_causal_plan_gates_chooses_the_planted_neurons_and_removes_the_heldout_b
     assert found.chosen_budget is not None and found.guard["checked"] >= len(found.order)
     planted_race = {(n.layer, n.neuron) for n in truth.neurons if "race" in n.axes}
     chosen = found.order_at(found.chosen_budget)
-    assert len(set(chosen) & planted_race) >= 4, (chosen, planted_race)
+    assert {unit.kind for unit in chosen} == {"neuron"}
+    assert len({(unit.layer, unit.index) for unit in chosen} & planted_race) >= 4, (chosen, planted_race)
     heldout = [pair for pair in suites[0].pairs("heldout") if pair.continuations]
     before = float(attribution.output_bias_values(loaded, heldout).mean())
     with masked(loaded, found.selection):
         after = float(attribution.output_bias_values(loaded, heldout).mean())
     assert before > 0.03 and abs(after) < 0.5 * abs(before), (before, after)
+
+
+def test_causal_plan_with_heads_chooses_the_head_that_carries_the_bias_and_zeroes_it(planted, cli, tmp_path):
+    """In the planted model, head 0 of layer 0 copies every planted direction to later tokens: the
+    only head through which race reaches the output. With heads as candidates the planner ranks it
+    first, the quality guard passes it (it carries nothing else), and the pruned model has its
+    block of the attention output projection zeroed; the random baseline then removes one random
+    head of layer 0 beside the random neurons."""
+    from safetensors import safe_open
+
+    truth, loaded = planted
+    corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
+    found = plan(loaded, [resolve_suite("race")], CausalParams(budgets=[0.01], rounds=1), corpus)
+    assert found.order[0] == attribution.Unit("head", 0, 0), found.order[:5]
+    assert found.total == sum(128 for _ in range(4)) + 4 * 4 and found.as_dict()["heads"] >= 1
+    assert (0, 0) in found.selection.heads
+    heldout = [pair for pair in resolve_suite("race").pairs("heldout") if pair.continuations]
+    before = float(attribution.output_bias_values(loaded, heldout).mean())
+    with masked(loaded, found.selection):
+        assert abs(float(attribution.output_bias_values(loaded, heldout).mean())) < 0.5 * abs(before)
+
+    (tmp_path / "store").mkdir()
+    result = cli("prune", "--causal", "--model", loaded.provenance["source"], "--store", tmp_path / "store", "--axis", "race",
+                 "--budgets", "0.01", "--rounds", "1", "--out", tmp_path / "pruned", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [0, 0] in payload["heads"] and payload["causal"]["heads"] == len(payload["heads"])
+    with safe_open(str(next((tmp_path / "pruned").glob("*.safetensors"))), "pt") as weights:
+        o_proj = weights.get_tensor("model.layers.0.self_attn.o_proj.weight")
+    original = dict(loaded.model.named_parameters())["model.layers.0.self_attn.o_proj.weight"]
+    assert original[:, :16].any() and not o_proj[:, :16].any()  # head 0's block (head_dim 16), which carried the copy
+    neuron_map = json.loads((tmp_path / "pruned" / "fairaudit_neuron_map.json").read_text())
+    assert 0 in neuron_map["zeroed_heads"][0]
+    assert "Attention heads zeroed by the causal selection" in (tmp_path / "pruned" / "README.md").read_text()
+
+    from fairaudit.plugins import registry
+
+    pruned = load_model(str(tmp_path / "pruned"))
+    evaluator = registry().get("evaluator", "random_baseline")
+    measured = evaluator.evaluate(pruned, [resolve_suite("race")], evaluator.Params(seeds=3), reference=loaded)
+    values = {m.metric: m.value for m in measured.measurements}
+    assert values["reduction"] > 0.5 and values["beats_random_p"] < 0.1, values
+
+
+def test_random_selection_draws_heads_per_layer_beside_neurons():
+    from fairaudit.prune import random_selection
+
+    first = random_selection([2, 0, 1], [8, 8, 8], seed=3, head_counts=[1, 0, 2], heads=4)
+    assert [len(p) for p in first.pruned] == [2, 0, 1]
+    assert [len(h) for h in first.heads_per_layer()] == [1, 0, 2] and all(0 <= h < 4 for _, h in first.heads)
+    without = random_selection([2, 0, 1], [8, 8, 8], seed=3)
+    assert [p.tolist() for p in without.pruned] == [p.tolist() for p in first.pruned] and without.heads == []
 
 
 def test_prune_causal_refuses_when_no_axis_has_an_output_bias_and_writes_nothing(cli, llama_folder, tmp_path):
