@@ -60,23 +60,28 @@ class _Batch:
 
 
 def _batches(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int) -> Iterator[tuple[list[int], _Batch]]:
-    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     for start in range(0, len(pairs), pairs_per_batch):
         chunk = list(range(start, min(start + pairs_per_batch, len(pairs))))
-        rows = [(owner, *encode_request(loaded.tokenizer, context, continuation), sign)
+        rows = [(owner, context, continuation, sign)
                 for owner, index in enumerate(chunk) for context, continuation, sign in metrics.output_bias_terms(pairs[index])]
-        sequences = [(context + continuation)[:-1] for _, context, continuation, _ in rows]
-        width = max(len(s) for s in sequences)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        targets = []
-        for row, ((_, _, continuation, _), sequence) in enumerate(zip(rows, sequences)):
-            input_ids[row, : len(sequence)] = torch.tensor(sequence)
-            mask[row, : len(sequence)] = 1
-            end = len(sequence)
-            targets.append((torch.arange(end - len(continuation), end), torch.tensor(continuation)))
-        yield chunk, _Batch(input_ids, mask, targets, torch.tensor([sign for *_, sign in rows], dtype=torch.float32),
-                            torch.tensor([owner for owner, *_ in rows]))
+        yield chunk, _padded(loaded, [encode_request(loaded.tokenizer, context, continuation) for _, context, continuation, _ in rows],
+                             [sign for *_, sign in rows], [owner for owner, *_ in rows])
+
+
+def _padded(loaded: LoadedModel, encoded: list[tuple[list[int], list[int]]], signs: list[float], owners: list[int]) -> _Batch:
+    """A right-padded batch of (context ids, continuation ids) rows, each scoring its continuation."""
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    sequences = [(context + continuation)[:-1] for context, continuation in encoded]
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    targets = []
+    for row, ((_, continuation), sequence) in enumerate(zip(encoded, sequences)):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        mask[row, : len(sequence)] = 1
+        end = len(sequence)
+        targets.append((torch.arange(end - len(continuation), end), torch.tensor(continuation)))
+    return _Batch(input_ids, mask, targets, torch.tensor(signs, dtype=torch.float32), torch.tensor(owners))
 
 
 def _as_3d(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -150,17 +155,30 @@ class Attribution:
 
 
 def attribute(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) -> Attribution:
-    """One forward and one backward pass per batch of pairs; see the module's docstring."""
+    """One forward and one backward pass per batch; see the module's docstring. Each distinct
+    (context, continuation) run is computed once however many pairs share it (the reference
+    group's side of every pair of a template): its product x . g is its own, and a pair's
+    contribution is the signed sum of its runs' products."""
     if not loaded.is_causal:
         raise ConfigError("output attribution needs a language-model head; this model is an encoder.")
     pairs = [pair for pair in pairs if metrics.output_bias_terms(pair)]
     modules = {kind: unit_modules(loaded, kind) for kind in KINDS}
     heads = head_count(loaded)
     layers = len(loaded.layers)
-    result = {kind: [] for kind in KINDS}
-    gradients = {kind: [] for kind in KINDS}
-    values = torch.zeros(len(pairs), dtype=torch.float64)
-    for chunk, batch in _batches(loaded, pairs, pairs_per_batch):
+    terms = [metrics.output_bias_terms(pair) for pair in pairs]
+    runs = list(dict.fromkeys((context, continuation) for found in terms for context, continuation, _ in found))
+    where = {run: index for index, run in enumerate(runs)}
+    weight = torch.zeros((len(pairs), len(runs)), dtype=torch.float64)  # m_p = sum_r weight[p, r] * (log-likelihood of run r)
+    for index, found in enumerate(terms):
+        for context, continuation, sign in found:
+            weight[index, where[(context, continuation)]] += sign
+    scores = torch.zeros(len(runs), dtype=torch.float64)
+    contribution: dict[str, list] = {kind: [None] * layers for kind in KINDS}
+    gradient_sum: dict[str, list] = {kind: [None] * layers for kind in KINDS}
+    per_batch = 4 * pairs_per_batch
+    for start in range(0, len(runs), per_batch):
+        chunk = list(range(start, min(start + per_batch, len(runs))))
+        batch = _padded(loaded, [encode_request(loaded.tokenizer, *runs[index]) for index in chunk], [1.0] * len(chunk), chunk)
         captured: dict[tuple[str, int], torch.Tensor] = {}
         handles = [module.register_forward_pre_hook(lambda m, args, key=(kind, layer): captured.__setitem__(key, args[0]))
                    for kind in KINDS for layer, module in enumerate(modules[kind])]
@@ -175,29 +193,21 @@ def attribute(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) 
         finally:
             for handle in handles:
                 handle.remove()
-        values[chunk] = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, batch.owners, rows.detach().double().cpu())
-        per_layer: dict[str, list] = {kind: [None] * layers for kind in KINDS}
-        per_layer_grad: dict[str, list] = {kind: [None] * layers for kind in KINDS}
+        scores[chunk] = rows.detach().double().cpu()
+        mixing = weight[:, chunk].float()  # [pairs, runs of this batch]
         shape = batch.input_ids.shape
         for (kind, layer), grad in zip(keys, grads):
             activation = _as_3d(captured[(kind, layer)].detach().float(), shape)
             grad = _as_3d(grad.float(), shape)
-            product = activation * grad  # [rows, tokens, width]
+            product = (activation * grad).sum(dim=1)  # [runs, width]
             if kind == "head":
-                product = product.reshape(*product.shape[:2], heads, -1).sum(dim=-1)
-            by_pair = torch.zeros((len(chunk), product.shape[-1]), dtype=torch.float32)
-            per_layer[kind][layer] = by_pair.index_add_(0, batch.owners, product.sum(dim=1).cpu())
-            grad_sum = torch.zeros((len(chunk), grad.shape[-1]), dtype=torch.float32)
-            per_layer_grad[kind][layer] = grad_sum.index_add_(0, batch.owners, grad.sum(dim=1).cpu())
-        for kind in KINDS:
-            result[kind].append(torch.stack(per_layer[kind], dim=1))
-            gradients[kind].append(torch.stack(per_layer_grad[kind], dim=1))
-    empty = lambda kind: torch.zeros((0, layers, 0))  # noqa: E731
-    return Attribution(
-        pair_ids=[pair.pair_id for pair in pairs], output_bias=values,
-        contribution={kind: torch.cat(result[kind]) if result[kind] else empty(kind) for kind in KINDS},
-        gradient_sum={kind: torch.cat(gradients[kind]) if gradients[kind] else empty(kind) for kind in KINDS},
-        heads=heads)
+                product = product.reshape(product.shape[0], heads, -1).sum(dim=-1)
+            for store, value in ((contribution, product), (gradient_sum, grad.sum(dim=1))):
+                added = mixing @ value.cpu()
+                store[kind][layer] = added if store[kind][layer] is None else store[kind][layer] + added
+    stacked = lambda found: {kind: torch.stack(found[kind], dim=1) if runs else torch.zeros((0, layers, 0)) for kind in KINDS}  # noqa: E731
+    return Attribution(pair_ids=[pair.pair_id for pair in pairs], output_bias=weight @ scores, contribution=stacked(contribution),
+                       gradient_sum=stacked(gradient_sum), heads=heads)
 
 
 def shared_attribution(stats, loaded: LoadedModel, pairs_per_batch: int = 8) -> Attribution:
