@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fairaudit.errors import ConfigError, PluginError
 from fairaudit.model import DEFAULT_MODEL, ModelSpec
@@ -71,7 +71,9 @@ class ScoringConfig(BaseModel):
 
 class PruningConfig(BaseModel):
     """The `pruning:` section: which pruner, which neurons, where the pruned model goes.
-    `selection` holds `fairaudit.prune.SelectionParams`; its `axes` default to every suite's axis."""
+    Neurons and heads are chosen causally (`causal`, `fairaudit.causal.CausalParams`) unless the
+    section gives a `selection` (`fairaudit.prune.SelectionParams`: a stored score; its `axes`
+    default to every suite's axis) or says `causal: null` (then the default selection)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -79,12 +81,22 @@ class PruningConfig(BaseModel):
     selection: dict[str, Any] = Field(default_factory=dict)
     out: str | None = Field(default=None, description="the pruned model goes to OUT/RUN_ID/MODEL-pruned "
                                                         "(default: a 'pruned' folder beside the store folder)")
-    causal: dict[str, Any] | None = Field(default=None, description="choose neurons by fairaudit.causal.plan (keys of "
-                                          "CausalParams: budgets, heads, rounds, guard, max_perplexity_rise, gate, validation_every) "
-                                          "instead of a stored score; 'selection' must then be left out")
+    causal: dict[str, Any] | None = Field(default=None, description="choose neurons and heads by fairaudit.causal.plan (keys "
+                                          "of CausalParams: budgets, heads, rounds, guard, max_perplexity_rise, gate, "
+                                          "validation_every); the default when 'selection' is left out. null: select by a "
+                                          "stored score ('selection', default hybrid_scaled at 0.2%)")
     save_dtype: Literal["float32", "bfloat16", "float16", "source"] = Field(
         default="float32", description="dtype of the saved pruned model; 'source': the dtype the checkpoint's config declares. "
                                        "The evaluations measure the model as saved")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _causal_by_default(cls, data: Any) -> Any:
+        """Causal selection unless a `selection` (or `causal: null`) is given: it is the only
+        selection shown to beat random neurons on held-out templates (docs/attribution.md)."""
+        if isinstance(data, dict) and "causal" not in data and not data.get("selection"):
+            return {**data, "causal": {}}
+        return data
 
     @field_validator("pruner", mode="before")
     @classmethod

@@ -37,3 +37,12 @@ class ModelError(FairauditError):
 
 class StoreError(FairauditError):
     """Results could not be written to or read from an output folder."""
+
+
+class NothingToPrune(ConfigError):
+    """Causal selection found no axis, or no budget, to prune for; `record` holds its plan
+    (gates, guard, budgets). `prune --causal` stops with it; an audit goes on without pruning."""
+
+    def __init__(self, message: str, record: dict):
+        super().__init__(message)
+        self.record = record

@@ -365,6 +365,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         "policy": _policy_section(store, run_id, record, policy, compare_run),
         "summary": summary, "quality": quality, "quality_verdicts": quality_verdicts,
         "perplexity": perplexity, "fidelity": fidelity, "prune": prune, "pruned_id": pruned_id,
+        "prune_skipped": record.get("prune_skipped"),
         "comparisons": comparisons, "charts": charts, "top_neurons": top_neurons,
         "overlap": overlap_pairs, "overlap_svg": overlap_svg, "matched": matched, "diagnosis": diagnosis, "causal": causal, "causal_curve_svg": curve_svg, "other_models": other_models, "compared": compared,
         "generations": sorted(generations.values(), key=lambda g: (g["axis"], g["pair_id"])),

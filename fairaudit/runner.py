@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 import fairaudit
 from fairaudit import metrics
 from fairaudit.config import RunConfig, load_config
-from fairaudit.errors import ConfigError, FairauditError, ModelError, PluginError, StoreError, SuiteError
+from fairaudit.errors import ConfigError, FairauditError, ModelError, NothingToPrune, PluginError, StoreError, SuiteError
 from fairaudit.evaluate import EvaluationResult, Measurement, compare, divergence_rows, probe_key, remember
 from fairaudit.model import LoadedModel, ModelSpec, load_model, weights_hash
 from fairaudit.plugins import notify_stage_finished, registry
@@ -228,11 +228,14 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
 
 def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunConfig, suites: list[Suite],
                  loaded: LoadedModel, result: AuditResult, progress: bool = True) -> LoadedModel:
-    """Prune by this run's scores (unless a resumed run already saved the pruned model) and
-    load the saved model back through the user's code path."""
+    """Prune by this run's scores or causally (unless a resumed run already saved the pruned
+    model) and load the saved model back through the user's code path. None when causal
+    selection finds nothing to prune (recorded as `prune_skipped`: the audit goes on unpruned)."""
     stage_started = _clock()
     out_root = Path(config.pruning.out) if config.pruning.out else store.root.parent / "pruned"
     out = out_root / safe_name(run_id) / f"{safe_name(loaded.model_id)}-pruned"
+    if "prune_skipped" in record:  # a resumed run whose causal selection found nothing to prune
+        return None
     if (out / NEURON_MAP_FILE).exists() and "prune" not in record:
         shutil.rmtree(out)  # saved by a run killed before it recorded its pruning: not trusted, pruned again
     if not (out / NEURON_MAP_FILE).exists():
@@ -242,9 +245,16 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
             selection, causal_suites = CausalParams.model_validate(config.pruning.causal), suites
         else:
             selection, causal_suites = config.selection([s.axis for s in suites]), None
-        outcome = prune_model(config.model, store.root, selection, out,
-                              run_id=run_id, pruner=config.pruning.pruner.plugin, pruner_params=config.pruning.pruner.params,
-                              save_dtype=config.pruning.save_dtype, progress=progress, causal_suites=causal_suites)
+        try:
+            outcome = prune_model(config.model, store.root, selection, out,
+                                  run_id=run_id, pruner=config.pruning.pruner.plugin, pruner_params=config.pruning.pruner.params,
+                                  save_dtype=config.pruning.save_dtype, progress=progress, causal_suites=causal_suites)
+        except NothingToPrune as exc:  # no axis (or budget) to prune for: the audit goes on, the original model only
+            say(progress, str(exc).removesuffix(" Nothing was written.") + " The audit goes on without pruning.")
+            record["prune_skipped"] = {"reason": str(exc).removesuffix(" Nothing was written."), "causal": exc.record}
+            _record_time(record["timings"], "prune", stage_started)
+            store.write_run(run_id, record)
+            return None
         record["prune"] = {"run_id": outcome.run_id, "out": str(out), "removed": outcome.report.removed,
                            "neurons": sum(outcome.report.widths_before), "ranking": outcome.ranking,
                            "parameters_before": outcome.report.parameters_before,
@@ -632,8 +642,8 @@ def _causal_selection(loaded: LoadedModel, suites: list[Suite], params, progress
                if not any(gate.active for gate in found.gates) else
                "no budget reduced the validation templates' output-level bias within the perplexity limit")
         measured = ", ".join(f"{gate.axis} {gate.bias:+.3f} [{gate.template_low:+.3f}, {gate.template_high:+.3f}]" for gate in found.gates)
-        raise ConfigError(f"causal selection found nothing to prune: {why} (selection-part output bias, 95% CI with templates "
-                          f"resampled: {measured}). Nothing was written.")
+        raise NothingToPrune(f"causal selection found nothing to prune: {why} (selection-part output bias, 95% CI with templates "
+                             f"resampled: {measured}). Nothing was written.", found.as_dict())
     record = found.as_dict()
     if params.heldout_curve:
         from fairaudit.causal import heldout_curve

@@ -194,3 +194,26 @@ def test_prune_zeroes_the_heads_with_the_largest_stored_head_score(cli, llama_fo
     missing = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--score", "hybrid",
                   "--fraction", "0.05", "--heads", "1", "--head-score", "nope", "--out", tmp_path / "pruned2")
     assert missing.exit_code == 2 and "has no head score 'nope'" in missing.stderr and not (tmp_path / "pruned2").exists()
+
+
+def test_the_default_pruning_is_causal_and_an_audit_with_nothing_to_prune_goes_on_unpruned(llama_folder, tmp_path):
+    """Pruning without a `selection` is causal. On a random model no axis has an output bias whose
+    interval excludes 0: the audit records why nothing was pruned, evaluates the original model,
+    writes no pruned model, and its report says so; a resume does not try again."""
+    from fairaudit.config import PruningConfig, RunConfig
+    from fairaudit.runner import audit
+    from fairaudit.store import Store
+
+    assert PruningConfig().causal == {} and PruningConfig(selection={"fraction": 0.1}).causal is None
+    assert PruningConfig(causal=None).causal is None
+    config = RunConfig.model_validate({"model": str(llama_folder), "suites": ["gender"], "store": str(tmp_path / "store"),
+                                       "probe": {"plugin": "activations", "params": {"progress": False}}, "diagnose_top": 0,
+                                       "pruning": {"out": str(tmp_path / "pruned")}, "evaluators": ["output_bias"]})
+    result = audit(config)
+    record = Store(tmp_path / "store").read_run(result.run_id)
+    assert record["status"] == "complete" and "prune" not in record and not (tmp_path / "pruned").exists()
+    assert record["prune_skipped"]["reason"].startswith("causal selection found nothing to prune")
+    assert [gate["active"] for gate in record["prune_skipped"]["causal"]["gates"]] == [False]
+    assert {row["role"] for row in result.measurements} == {"before"}  # the original model only
+    html = result.report.read_text(encoding="utf-8")
+    assert "Nothing was pruned: causal selection found nothing to prune" in html and "axes selected for: gender no" in html
