@@ -44,7 +44,8 @@ class CausalParams(BaseModel):
 
     budgets: list[float] = Field(default=[0.0005, 0.001, 0.002], description="shares of all units (MLP neurons, and "
                                  "attention heads when `heads` is on) to choose among")
-    heads: bool = Field(default=True, description="attention heads are candidates beside MLP neurons (zeroed when chosen)")
+    heads: bool = Field(default=False, description="attention heads are candidates beside MLP neurons (zeroed when chosen); "
+                        "off by default: on SmolLM2-135M heads that each pass the guard cost too much together (docs/attribution.md)")
     rounds: int = Field(default=2, ge=1, le=20, description="re-score after each share of the largest budget")
     guard: float = Field(default=0.003, ge=0, description="skip a candidate whose removal alone raises perplexity on "
                                                          "a held-aside corpus slice by more than this (relative)")

@@ -668,12 +668,12 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="new folder for the pruned model")
 @click.option("--save-dtype", type=click.Choice(["float32", "bfloat16", "float16", "source"]), default="float32", show_default=True,
               help="dtype of the saved model; source: the dtype the checkpoint's config declares")
-@click.option("--causal", is_flag=True, help="choose neurons and attention heads by their measured-and-attributed effect on each axis' output-level "
+@click.option("--causal", is_flag=True, help="choose neurons (and, with --causal-heads, attention heads) by their measured-and-attributed effect on each axis' output-level "
               "bias, in rounds, behind a quality guard, the budget chosen on validation templates (docs/attribution.md); "
               "ignores the score options")
 @click.option("--budgets", default="0.0005,0.001,0.002", show_default=True,
               help="--causal: shares of all units (MLP neurons and attention heads; a head counts as one) to choose among")
-@click.option("--causal-heads/--no-causal-heads", default=True, show_default=True,
+@click.option("--causal-heads", is_flag=True,
               help="--causal: attention heads are candidates beside MLP neurons (a chosen head is zeroed)")
 @click.option("--rounds", type=click.IntRange(1, 20), default=2, show_default=True, help="--causal: re-score after each round")
 @click.option("--guard", type=click.FloatRange(min=0), default=0.003, show_default=True,

@@ -184,7 +184,7 @@ def weights_hash(model: nn.Module) -> str:
             raise ModelError(f"the model's weights are not finite: tensor '{name}' holds NaN or infinite values. Every score "
                              f"computed from it would be meaningless; the checkpoint is corrupt or was saved after a diverged update.")
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer itself: no copy
     return digest.hexdigest()
 
 

@@ -239,12 +239,15 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
     if (out / NEURON_MAP_FILE).exists() and "prune" not in record:
         shutil.rmtree(out)  # saved by a run killed before it recorded its pruning: not trusted, pruned again
     if not (out / NEURON_MAP_FILE).exists():
-        if config.pruning.causal is not None:
+        if config.pruning.causal is not None and loaded.is_causal:
             from fairaudit.causal import CausalParams
 
             selection, causal_suites = CausalParams.model_validate(config.pruning.causal), suites
-        else:
+        else:  # a stored score; for an encoder too, as said: causal selection needs a language-model head
             selection, causal_suites = config.selection([s.axis for s in suites]), None
+            if config.pruning.causal is not None:
+                say(progress, f"{loaded.model_id} is an encoder: causal selection needs a language-model head, so neurons "
+                              f"are selected by the stored score {selection.score} instead")
         try:
             outcome = prune_model(config.model, store.root, selection, out,
                                   run_id=run_id, pruner=config.pruning.pruner.plugin, pruner_params=config.pruning.pruner.params,
@@ -615,7 +618,7 @@ def _top_heads(store: Store, loaded: LoadedModel, source_run: str | None, axes: 
     """The `count` (layer, head) with the largest `column` summed over `axes` in a run's head_scores."""
     if source_run is None:
         raise ConfigError("--heads selects by a stored head score; with --causal the planner chooses heads itself "
-                          "(causal option heads: true, the default).")
+                          "(--causal-heads; causal option heads: true).")
     totals: dict[tuple[int, int], float] = {}
     for axis in axes:
         rows = store.rows("head_scores", model=loaded.model_id, axis=axis, run_id=source_run)

@@ -41,7 +41,7 @@ def test_causal_plan_gates_chooses_the_planted_neurons_and_removes_the_heldout_b
     original = attribution.output_bias_values
     monkeypatch.setattr(attribution, "output_bias_values", lambda model, pairs, *a, **k: read.extend(pairs) or original(model, pairs, *a, **k))
     corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
-    found = plan(loaded, suites, CausalParams(budgets=[0.01, 0.02], heads=False), corpus)
+    found = plan(loaded, suites, CausalParams(budgets=[0.01, 0.02]), corpus)  # neurons only, the default
     monkeypatch.undo()
     gates = {gate.axis: gate for gate in found.gates}
     assert gates["race"].active and gates["race"].template_low > 0
@@ -69,7 +69,7 @@ def test_causal_plan_with_heads_chooses_the_head_that_carries_the_bias_and_zeroe
 
     truth, loaded = planted
     corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
-    found = plan(loaded, [resolve_suite("race")], CausalParams(budgets=[0.01], rounds=1), corpus)
+    found = plan(loaded, [resolve_suite("race")], CausalParams(budgets=[0.01], rounds=1, heads=True), corpus)
     assert found.order[0] == attribution.Unit("head", 0, 0), found.order[:5]
     assert found.total == sum(128 for _ in range(4)) + 4 * 4 and found.as_dict()["heads"] >= 1
     assert (0, 0) in found.selection.heads
@@ -80,7 +80,7 @@ def test_causal_plan_with_heads_chooses_the_head_that_carries_the_bias_and_zeroe
 
     (tmp_path / "store").mkdir()
     result = cli("prune", "--causal", "--model", loaded.provenance["source"], "--store", tmp_path / "store", "--axis", "race",
-                 "--budgets", "0.01", "--rounds", "1", "--out", tmp_path / "pruned", "--json")
+                 "--budgets", "0.01", "--rounds", "1", "--causal-heads", "--out", tmp_path / "pruned", "--json")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert [0, 0] in payload["heads"] and payload["causal"]["heads"] == len(payload["heads"])
