@@ -271,8 +271,11 @@ def _report_result(result, quiet: bool, as_json: bool) -> None:
             click.echo(f"resumed: axes already stored were not recomputed: {', '.join(result.skipped_axes)}")
         if result.pruned.get("removed") is not None:
             pruned = result.pruned
-            click.echo(f"\npruned {pruned['removed']} of {pruned['neurons']} MLP neurons; parameters "
+            heads = f" and zeroed {len(pruned['heads'])} attention heads" if pruned.get("heads") else ""
+            click.echo(f"\npruned {pruned['removed']} of {pruned['neurons']} MLP neurons{heads}; parameters "
                        f"{pruned['parameters_before']:,} -> {pruned['parameters_after']:,}; model in {pruned['out']}")
+        elif result.pruned.get("skipped"):
+            click.echo(f"\nnothing pruned: {result.pruned['skipped']}")
         if result.comparisons:
             click.echo("")
             _print_table(_comparison_rows(result.comparisons), COMPARISON_HEADER)

@@ -47,7 +47,7 @@ class AuditResult:
     summaries: dict[str, dict[str, float]] = field(default_factory=dict)
     skipped_axes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    pruned: dict[str, Any] = field(default_factory=dict)  # out, widths, parameters (when the run prunes)
+    pruned: dict[str, Any] = field(default_factory=dict)  # out, widths, parameters (when the run prunes); or skipped: why not
     evaluation_failures: list[str] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     measurements: list[dict[str, Any]] = field(default_factory=list)
@@ -235,6 +235,7 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
     out_root = Path(config.pruning.out) if config.pruning.out else store.root.parent / "pruned"
     out = out_root / safe_name(run_id) / f"{safe_name(loaded.model_id)}-pruned"
     if "prune_skipped" in record:  # a resumed run whose causal selection found nothing to prune
+        result.pruned = {"skipped": record["prune_skipped"]["reason"]}
         return None
     if (out / NEURON_MAP_FILE).exists() and "prune" not in record:
         shutil.rmtree(out)  # saved by a run killed before it recorded its pruning: not trusted, pruned again
@@ -255,6 +256,7 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
         except NothingToPrune as exc:  # no axis (or budget) to prune for: the audit goes on, the original model only
             say(progress, str(exc).removesuffix(" Nothing was written.") + " The audit goes on without pruning.")
             record["prune_skipped"] = {"reason": str(exc).removesuffix(" Nothing was written."), "causal": exc.record}
+            result.pruned = {"skipped": record["prune_skipped"]["reason"]}
             _record_time(record["timings"], "prune", stage_started)
             store.write_run(run_id, record)
             return None

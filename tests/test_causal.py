@@ -213,6 +213,7 @@ def test_the_default_pruning_is_causal_and_an_audit_with_nothing_to_prune_goes_o
     record = Store(tmp_path / "store").read_run(result.run_id)
     assert record["status"] == "complete" and "prune" not in record and not (tmp_path / "pruned").exists()
     assert record["prune_skipped"]["reason"].startswith("causal selection found nothing to prune")
+    assert result.pruned == {"skipped": record["prune_skipped"]["reason"]}
     assert [gate["active"] for gate in record["prune_skipped"]["causal"]["gates"]] == [False]
     assert {row["role"] for row in result.measurements} == {"before"}  # the original model only
     html = result.report.read_text(encoding="utf-8")
