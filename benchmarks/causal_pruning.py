@@ -9,7 +9,12 @@ final table. An axis whose selection-part output bias has a 95% interval (templa
 default) containing 0 gets no neuron.
 
 Usage: python benchmarks/causal_pruning.py [--model smollm2-135m] [--budgets 0.0005,0.001,0.002]
-       [--rounds 2] [--seeds 5] [--gate templates|pairs|none] [--guard 0.003] [--no-heads] [--json OUT]
+       [--rounds 2] [--seeds 5] [--gate templates|pairs|none] [--guard 0.003] [--heads]
+       [--crows crows_pairs_anonymized.csv] [--json OUT]
+
+--crows: also the CrowS-Pairs categories that match the axes (race-color, gender, religion,
+nationality), imported from the file and evaluated before and after beside the suites' own
+figures: evidence, not a tuning set (the planner never reads them).
 Prints a table; CPU minutes on SmolLM2-135M.
 """
 
@@ -19,6 +24,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -40,11 +46,34 @@ def mean_bias(loaded, pairs, selection=None) -> torch.Tensor:
         return output_bias_values(loaded, pairs)
 
 
+CROWS_CATEGORIES = {"race-color": "race", "gender": "gender", "religion": "religion", "nationality": "nationality"}
+
+
+def held_out_row(loaded, name: str, pairs: list, selection, randoms: list, selected_on: bool) -> dict:
+    """An evaluation set's output bias m before and after `selection`, against the `randoms`:
+    means with 95% intervals resampling templates (a sentence pair is its own template), |m|
+    reductions, the permutation p-value, and the share of pairs with m > 0."""
+    templates = [pair.template_id or pair.pair_id for pair in pairs]
+    before, after = mean_bias(loaded, pairs), mean_bias(loaded, pairs, selection)
+    random = torch.stack([mean_bias(loaded, pairs, chosen) for chosen in randoms])
+    low_b, high_b = metrics.cluster_bootstrap_interval(before, templates)
+    low_a, high_a = metrics.cluster_bootstrap_interval(after, templates)
+    abs_before, abs_after = abs(float(before.mean())), abs(float(after.mean()))
+    abs_random = float(random.mean(dim=1).abs().mean())
+    return {"axis": name, "pairs": len(pairs), "templates": len(set(templates)), "before": float(before.mean()),
+            "before_low": low_b, "before_high": high_b, "after": float(after.mean()), "after_low": low_a, "after_high": high_a,
+            "random_after": float(random.mean()), "reduction": 1 - abs_after / abs_before if abs_before else math.nan,
+            "random_reduction": 1 - abs_random / abs_before if abs_before else math.nan,
+            "beats_random_p": metrics.beats_random_p(after, random), "selected_on": selected_on,
+            "pct_before": float((before > 0).double().mean()), "pct_after": float((after > 0).double().mean())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--budgets", default="0.0005,0.001,0.002", help="shares of all units (MLP neurons and heads)")
-    parser.add_argument("--no-heads", action="store_true", help="MLP neurons only (attention heads are not candidates)")
+    parser.add_argument("--heads", action="store_true", help="attention heads are candidates beside MLP neurons")
+    parser.add_argument("--crows", default=None, help="a CrowS-Pairs CSV: its matching categories are evaluated too")
     parser.add_argument("--rounds", type=int, default=2, help="re-score after each share of the largest budget")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--max-perplexity-rise", type=float, default=0.02)
@@ -59,7 +88,7 @@ def main() -> None:
     ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     suites = [resolve_suite(axis) for axis in AXES]
     params = CausalParams(budgets=[float(b) for b in args.budgets.split(",")], rounds=args.rounds, guard=args.guard,
-                          max_perplexity_rise=args.max_perplexity_rise, gate=args.gate, heads=not args.no_heads)
+                          max_perplexity_rise=args.max_perplexity_rise, gate=args.gate, heads=args.heads)
     found = plan(loaded, suites, params, ids, say=print)
     for gate in found.gates:
         print(f"{gate.axis}: selection-part output bias {gate.bias:+.3f}, 95% CI resampling templates [{gate.template_low:+.3f}, "
@@ -76,35 +105,34 @@ def main() -> None:
     neurons, heads = sum(counts), sum(head_counts)
     print(f"chosen budget {found.chosen_budget} ({neurons} neurons, {heads} heads: {selection.heads}) on validation; held-out results:")
 
-    table = []
+    randoms = [random_selection(counts, widths, seed, head_counts, head_count(loaded)) for seed in range(args.seeds)]
     active = {gate.axis for gate in found.gates if gate.active}
-    for suite in suites:
-        pairs = [pair for pair in suite.pairs("heldout") if metrics.output_bias_terms(pair)]
-        templates = [p.template_id for p in pairs]
-        before, after = mean_bias(loaded, pairs), mean_bias(loaded, pairs, selection)
-        randoms = torch.stack([mean_bias(loaded, pairs, random_selection(counts, widths, seed, head_counts, head_count(loaded))) for seed in range(args.seeds)])
-        low_b, high_b = metrics.cluster_bootstrap_interval(before, templates)
-        low_a, high_a = metrics.cluster_bootstrap_interval(after, templates)
-        abs_before, abs_after = abs(float(before.mean())), abs(float(after.mean()))
-        abs_random = float(randoms.mean(dim=1).abs().mean())
-        table.append({"axis": suite.axis, "pairs": len(pairs), "templates": len(set(templates)), "before": float(before.mean()),
-                      "before_low": low_b, "before_high": high_b, "after": float(after.mean()), "after_low": low_a, "after_high": high_a,
-                      "random_after": float(randoms.mean()), "reduction": 1 - abs_after / abs_before if abs_before else math.nan,
-                      "random_reduction": 1 - abs_random / abs_before if abs_before else math.nan,
-                      "beats_random_p": metrics.beats_random_p(after, randoms), "selected_on": suite.axis in active})
+    table = [held_out_row(loaded, suite.axis, [pair for pair in suite.pairs("heldout") if metrics.output_bias_terms(pair)],
+                          selection, randoms, suite.axis in active) for suite in suites]
+    crows = []
+    if args.crows:
+        from fairaudit.plugins import registry
+
+        importer = registry().get("importer", "crows-pairs")
+        imported = {suite.axis: suite for suite in importer.import_file(Path(args.crows), importer.Params()).suites}
+        crows = [held_out_row(loaded, f"crows:{category}", imported[category].pairs(None), selection, randoms, axis in active)
+                 for category, axis in CROWS_CATEGORIES.items() if category in imported]
     full_before, full_after = corpus_perplexity(loaded, ids), corpus_perplexity(loaded, ids, selection)
     print(f"\n{'axis':<12} {'pairs':>5} {'before [95% CI, templates]':>30} {'after [95% CI]':>28} {'random':>8} "
           f"{'|m| reduction':>14} {'random':>8} {'p vs random':>12}")
-    for row in table:
+    for row in table + crows:
         print(f"{row['axis']:<12} {row['pairs']:>5} {row['before']:>+8.3f} [{row['before_low']:+.3f}, {row['before_high']:+.3f}]"
               f"{'' if row['selected_on'] else ' *':>3} {row['after']:>+8.3f} [{row['after_low']:+.3f}, {row['after_high']:+.3f}] "
-              f"{row['random_after']:>+8.3f} {row['reduction']:>14.1%} {row['random_reduction']:>8.1%} {row['beats_random_p']:>12.4f}")
+              f"{row['random_after']:>+8.3f} {row['reduction']:>14.1%} {row['random_reduction']:>8.1%} {row['beats_random_p']:>12.4f}"
+              + (f"   share with m > 0: {row['pct_before']:.3f} -> {row['pct_after']:.3f}" if row in crows else ""))
     print("(* nothing was chosen for this axis: its selection-part interval contains 0)")
+    if crows:
+        print("(crows: the CrowS-Pairs category of the axis; m = log p(more stereotyping) - log p(less), intervals resample pairs)")
     print(f"perplexity on the bundled corpus: {full_before:.3f} -> {full_after:.3f} ({full_after / full_before - 1:+.2%}); "
           f"{neurons} neurons and {heads} heads of {found.total} units ({(neurons + heads) / found.total:.3%}); {time.time() - started:.0f} s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"model": args.model, **found.as_dict(), "heldout": table,
+            json.dump({"model": args.model, **found.as_dict(), "heldout": table, "crows_pairs": crows,
                        "perplexity_before": full_before, "perplexity_after": full_after}, handle, indent=1)
 
 

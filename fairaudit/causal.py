@@ -93,10 +93,8 @@ class CausalPlan:
     selection: Any = None  # fairaudit.prune.Selection
 
     def as_dict(self) -> dict[str, Any]:
-        chosen = self.order_at(self.chosen_budget) if self.chosen_budget else []
         return {"gates": [gate.__dict__ for gate in self.gates], "guard": self.guard, "budgets": self.budgets,
-                "chosen_budget": self.chosen_budget, "neurons": sum(unit.kind == "neuron" for unit in chosen),
-                "heads": sum(unit.kind == "head" for unit in chosen)}
+                "chosen_budget": self.chosen_budget, **_kinds(self.order_at(self.chosen_budget) if self.chosen_budget else [])}
 
     def order_at(self, budget: float) -> list:
         return self.order[: round(budget * self.total)] if budget else []
@@ -119,10 +117,14 @@ def selection_of(units: list, widths: list[int], ranking: str = ""):
     return Selection([torch.tensor(chosen, dtype=torch.long) for chosen in per_layer], list(widths), ranking, heads)
 
 
+def _kinds(units: list) -> dict[str, int]:
+    return {"neurons": sum(unit.kind == "neuron" for unit in units), "heads": sum(unit.kind == "head" for unit in units)}
+
+
 def _counted(units: list) -> str:
     """'23 neurons' or '21 neurons and 2 heads'."""
-    heads = sum(unit.kind == "head" for unit in units)
-    return f"{len(units) - heads} neurons" + (f" and {heads} heads" if heads else "")
+    count = _kinds(units)
+    return f"{count['neurons']} neurons" + (f" and {count['heads']} heads" if count["heads"] else "")
 
 
 def corpus_perplexity(loaded, ids: list[int], selection=None) -> float:
@@ -197,8 +199,7 @@ def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say:
         after = {axis: mean_output_bias(loaded, parts[axis][1], selection) for axis in active}
         kept = sum(abs(after[axis]) for axis in active) / max(sum(abs(base[axis]) for axis in active), 1e-12)
         units = found.order_at(budget)
-        found.budgets.append({"budget": budget, "neurons": sum(unit.kind == "neuron" for unit in units),
-                              "heads": sum(unit.kind == "head" for unit in units), "validation_abs_bias_kept": kept,
+        found.budgets.append({"budget": budget, **_kinds(units), "validation_abs_bias_kept": kept,
                               "slice_perplexity_rise": rise, **{f"validation_bias_{axis}": after[axis] for axis in active}})
         say(f"budget {budget:g} ({_counted(units)}): validation |m| kept {kept:.2f}, corpus-slice perplexity {rise:+.2%}")
         if rise <= params.max_perplexity_rise and kept < 1 and (best is None or kept < best[1]):
