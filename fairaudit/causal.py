@@ -4,8 +4,9 @@ validation templates.
 
 Held-out discipline: the probe templates of each suite are split into a selection part and a
 validation part (every `validation_every`-th template, in declaration order). Attribution sees
-the selection part only; the budget is chosen on the validation part; held-out templates are
-never read here (they are for evaluation: `random_baseline`, `benchmarks/causal_pruning.py`).
+the selection part only; the budget is chosen on the validation part; held-out templates and the
+sentence pairs of imported data sets (CrowS-Pairs, StereoSet) are never read here (they are for
+evaluation: `random_baseline`, `benchmarks/causal_pruning.py`).
 
 The steps (docs/attribution.md has the definitions and the SmolLM2 results):
 
@@ -158,7 +159,9 @@ def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say:
     slice_ids, guard_ids = corpus_ids[:VALIDATION_TOKENS], corpus_ids[VALIDATION_TOKENS : VALIDATION_TOKENS + GUARD_TOKENS]
     gates, parts = [], {}
     for suite in suites:
-        chosen, validation = split_probe([p for p in suite.pairs("probe") if metrics.output_bias_terms(p)], params.validation_every)
+        # templates only: literal sentence pairs come from imported data sets, which are for evaluation only
+        templates = [p for p in suite.pairs("probe") if p.kind == "template" and metrics.output_bias_terms(p)]
+        chosen, validation = split_probe(templates, params.validation_every)
         if not chosen or not validation:
             gates.append(AxisGate(suite.axis, math.nan, math.nan, math.nan, math.nan, math.nan, len(chosen), len(validation), False))
             continue

@@ -464,7 +464,9 @@ class Fidelity:
 
 class RandomBaselineParams(_Params):
     seeds: int = Field(default=5, ge=1, le=100, description="random selections of the same size per layer")
-    split: Literal["heldout", "probe", "all"] = Field(default="heldout", description="pairs whose output bias is compared")
+    split: Literal["heldout", "probe", "all"] = Field(default="heldout", description="pairs whose output bias is compared "
+                                                      "(heldout: held-out templates and imported sentence pairs, which no "
+                                                      "selection reads)")
     permutations: int = Field(default=2000, ge=100, le=100_000)
     pairs_per_batch: int = Field(default=8, ge=1)
 
@@ -492,6 +494,8 @@ class RandomBaseline:
         heads = head_count(reference) if any(head_counts) else 0
         for suite in suites:
             pairs = [pair for pair in suite.pairs(None if params.split == "all" else params.split) if metrics.output_bias_terms(pair)]
+            if params.split == "heldout":  # an imported data set's sentence pairs are evaluation-only, like held-out templates
+                pairs += [pair for pair in suite.pairs("probe") if pair.kind == "sentence"]
             if len(pairs) < 2:
                 continue
             before = output_bias_values(reference, pairs, params.pairs_per_batch)

@@ -218,3 +218,34 @@ def test_the_default_pruning_is_causal_and_an_audit_with_nothing_to_prune_goes_o
     assert {row["role"] for row in result.measurements} == {"before"}  # the original model only
     html = result.report.read_text(encoding="utf-8")
     assert "Nothing was pruned: causal selection found nothing to prune" in html and "axes selected for: gender no" in html
+
+
+def test_imported_sentence_pairs_are_never_selected_on_and_the_random_baseline_evaluates_them(planted, tmp_path, monkeypatch):
+    """Held-out discipline for imported data sets: a CrowS-Pairs-like suite's sentence pairs (the
+    probe split, by the suite format) are never read by the planner, which leaves that axis alone;
+    the random baseline evaluates them beside the held-out templates."""
+    from fairaudit.plugins import registry
+    from fairaudit.suite import load_suite
+
+    truth, loaded = planted
+    path = tmp_path / "crows.yaml"
+    path.write_text("suite: crows_race\naxis: race-color\nversion: 1\ndescription: imported\nsentence_pairs:\n"
+                    + "".join(f"  - {{id: s{i}, more: 'The Black man was angry {i}.', less: 'The white man was angry {i}.'}}\n"
+                              for i in range(6)), encoding="utf-8")
+    imported = load_suite(path)
+    read = []
+    original = attribution.output_bias_values
+    monkeypatch.setattr(attribution, "output_bias_values", lambda model, pairs, *a, **k: read.extend(pairs) or original(model, pairs, *a, **k))
+    corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
+    found = plan(loaded, [resolve_suite("race"), imported], CausalParams(budgets=[0.01], rounds=1), corpus)
+    monkeypatch.undo()
+    assert read and all(pair.kind == "template" for pair in read)
+    gate = next(gate for gate in found.gates if gate.axis == "race-color")
+    assert not gate.active and gate.selection_pairs == 0
+
+    import fairaudit.prune as prune_module
+
+    evaluator = registry().get("evaluator", "random_baseline")
+    monkeypatch.setattr(prune_module, "pruned_counts", lambda model: ([1] * 4, [0] * 4))  # as if one neuron per layer was pruned
+    measured = evaluator.evaluate(loaded, [imported], evaluator.Params(seeds=2), reference=loaded)
+    assert {m.metric: m.n for m in measured.measurements}["beats_random_p"] == 6
