@@ -227,7 +227,7 @@ def _probe_and_score(store: Store, run_id: str, record: dict[str, Any], config: 
 
 
 def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunConfig, suites: list[Suite],
-                 loaded: LoadedModel, result: AuditResult, progress: bool = True) -> LoadedModel:
+                 loaded: LoadedModel, result: AuditResult, progress: bool = True) -> LoadedModel | None:
     """Prune by this run's scores or causally (unless a resumed run already saved the pruned
     model) and load the saved model back through the user's code path. None when causal
     selection finds nothing to prune (recorded as `prune_skipped`: the audit goes on unpruned)."""
@@ -254,9 +254,10 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
                                   run_id=run_id, pruner=config.pruning.pruner.plugin, pruner_params=config.pruning.pruner.params,
                                   save_dtype=config.pruning.save_dtype, progress=progress, causal_suites=causal_suites)
         except NothingToPrune as exc:  # no axis (or budget) to prune for: the audit goes on, the original model only
-            say(progress, str(exc).removesuffix(" Nothing was written.") + " The audit goes on without pruning.")
-            record["prune_skipped"] = {"reason": str(exc).removesuffix(" Nothing was written."), "causal": exc.record}
-            result.pruned = {"skipped": record["prune_skipped"]["reason"]}
+            reason = str(exc).removesuffix(" Nothing was written.")
+            say(progress, f"{reason} The audit goes on without pruning.")
+            record["prune_skipped"] = {"reason": reason, "causal": exc.record}
+            result.pruned = {"skipped": reason}
             _record_time(record["timings"], "prune", stage_started)
             store.write_run(run_id, record)
             return None
