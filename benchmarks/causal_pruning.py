@@ -68,6 +68,22 @@ def held_out_row(loaded, name: str, pairs: list, selection, randoms: list, selec
             "pct_before": float((before > 0).double().mean()), "pct_after": float((after > 0).double().mean())}
 
 
+def table_lines(table: list[dict], crows: list[dict]) -> list[str]:
+    """The printed held-out table (and the CrowS-Pairs rows under it)."""
+    width = max(len(row["axis"]) for row in table + crows)
+    lines = [f"{'axis':<{width}} {'pairs':>5} {'before [95% CI, templates]':>30} {'after [95% CI]':>28} {'random':>8} "
+             f"{'|m| reduction':>14} {'random':>8} {'p vs random':>12}"]
+    for row in table + crows:
+        lines.append(f"{row['axis']:<{width}} {row['pairs']:>5} {row['before']:>+8.3f} [{row['before_low']:+.3f}, {row['before_high']:+.3f}]"
+                     f"{'' if row['selected_on'] else ' *':>3} {row['after']:>+8.3f} [{row['after_low']:+.3f}, {row['after_high']:+.3f}] "
+                     f"{row['random_after']:>+8.3f} {row['reduction']:>14.1%} {row['random_reduction']:>8.1%} {row['beats_random_p']:>12.4f}"
+                     + (f"   share with m > 0: {row['pct_before']:.3f} -> {row['pct_after']:.3f}" if row in crows else ""))
+    lines.append("(* nothing was chosen for this axis: its selection-part interval contains 0)")
+    if crows:
+        lines.append("(crows: the CrowS-Pairs category of the axis; m = log p(more stereotyping) - log p(less), intervals resample pairs)")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -118,16 +134,7 @@ def main() -> None:
         crows = [held_out_row(loaded, f"crows:{category}", imported[category].pairs(None), selection, randoms, axis in active)
                  for category, axis in CROWS_CATEGORIES.items() if category in imported]
     full_before, full_after = corpus_perplexity(loaded, ids), corpus_perplexity(loaded, ids, selection)
-    print(f"\n{'axis':<12} {'pairs':>5} {'before [95% CI, templates]':>30} {'after [95% CI]':>28} {'random':>8} "
-          f"{'|m| reduction':>14} {'random':>8} {'p vs random':>12}")
-    for row in table + crows:
-        print(f"{row['axis']:<12} {row['pairs']:>5} {row['before']:>+8.3f} [{row['before_low']:+.3f}, {row['before_high']:+.3f}]"
-              f"{'' if row['selected_on'] else ' *':>3} {row['after']:>+8.3f} [{row['after_low']:+.3f}, {row['after_high']:+.3f}] "
-              f"{row['random_after']:>+8.3f} {row['reduction']:>14.1%} {row['random_reduction']:>8.1%} {row['beats_random_p']:>12.4f}"
-              + (f"   share with m > 0: {row['pct_before']:.3f} -> {row['pct_after']:.3f}" if row in crows else ""))
-    print("(* nothing was chosen for this axis: its selection-part interval contains 0)")
-    if crows:
-        print("(crows: the CrowS-Pairs category of the axis; m = log p(more stereotyping) - log p(less), intervals resample pairs)")
+    print("\n" + "\n".join(table_lines(table, crows)))
     print(f"perplexity on the bundled corpus: {full_before:.3f} -> {full_after:.3f} ({full_after / full_before - 1:+.2%}); "
           f"{neurons} neurons and {heads} heads of {found.total} units ({(neurons + heads) / found.total:.3%}); {time.time() - started:.0f} s")
     if args.json:
