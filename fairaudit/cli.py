@@ -689,11 +689,15 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
               help="also zero this many attention heads, those with the largest --head-score summed over the axes (exact, "
                    "shapes unchanged; needs the output_attribution scorer's head_scores)")
 @click.option("--head-score", default="output_bias_reduction", show_default=True, help="stored head score; higher = zero first")
+@click.option("--head-scope", type=click.Choice(["global", "per_layer"]), default="global", show_default=True,
+              help="--heads K: the K best heads of the model, or K in every layer")
+@click.option("--remove-heads", is_flag=True, help="remove the chosen heads from the weights instead of zeroing them (Llama-style "
+              "attention, the same number in every layer, whole key/value groups; refused otherwise, before anything is written)")
 @click.option("--quiet", is_flag=True, help="no progress lines, no table")
 @click.option("--json", "as_json", is_flag=True)
 def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, only_biased_axes,
-                  pruner, ablation, run_id, out, save_dtype, causal, budgets, causal_heads, rounds, guard, gate, sweep, heads, head_score, quiet,
-                  as_json) -> None:
+                  pruner, ablation, run_id, out, save_dtype, causal, budgets, causal_heads, rounds, guard, gate, sweep, heads, head_score,
+                  head_scope, remove_heads, quiet, as_json) -> None:
     """Fairness pruning: remove biased, unimportant MLP neurons; save a model transformers loads."""
     from pydantic import ValidationError
 
@@ -722,7 +726,8 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
         _silence_libraries()
     outcome = prune_model(model_id, store, params, out, run_id=run_id, pruner=pruner,
                           pruner_params={"ablation": ablation} if ablation != "zero" else None, save_dtype=save_dtype,
-                          progress=not (quiet or as_json), causal_suites=suites, heads=heads, head_score=head_score)
+                          progress=not (quiet or as_json), causal_suites=suites, heads=heads, head_score=head_score,
+                          head_scope=head_scope, remove_heads=remove_heads)
     report = outcome.report
     if quiet:
         return
@@ -747,7 +752,8 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
                        _number(row["heldout_abs_bias_after"]), _percent(row["slice_perplexity_rise"])] for row in outcome.causal["heldout_curve"]],
                      ["budget", "neurons", "heads", "axis", "held-out |m| before", "after", "slice perplexity"])
     if outcome.heads:
-        click.echo(f"attention heads zeroed (layer, head): {', '.join(f'({layer}, {head})' for layer, head in outcome.heads)}")
+        click.echo(f"attention heads {'removed' if remove_heads else 'zeroed'} (layer, head): "
+                   f"{', '.join(f'({layer}, {head})' for layer, head in outcome.heads)}")
     click.echo(f"pruned model, tokenizer, neuron map and model card written to {outcome.out}; prune run {outcome.run_id}")
 
 

@@ -9,6 +9,7 @@ map pruned-index -> original-index (`fairaudit_neuron_map.json`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import glob
 import json
 import os
@@ -197,7 +198,9 @@ def pruned_counts(loaded: LoadedModel) -> tuple[list[int], list[int]] | None:
     neuron_map = json.loads(path.read_text(encoding="utf-8"))
     neurons = [width - len(kept) + len(zeroed) for width, kept, zeroed in
                zip(neuron_map["original_widths"], neuron_map["layers"], neuron_map["zeroed"])]
-    return neurons, [len(chosen) for chosen in neuron_map.get("zeroed_heads", [[] for _ in neurons])]
+    empty = [[] for _ in neurons]
+    return neurons, [len(zeroed) + len(removed) for zeroed, removed in
+                     zip(neuron_map.get("zeroed_heads", empty), neuron_map.get("removed_heads", empty))]
 
 
 # --- applying a selection ---------------------------------------------------------------
@@ -213,6 +216,7 @@ class PruneReport:
     parameters_after: int
     neuron_map: list[list[int]] = field(default_factory=list)  # per layer: pruned index -> original index
     zeroed_heads: list[list[int]] = field(default_factory=list)  # per layer: attention heads zeroed
+    removed_heads: list[list[int]] = field(default_factory=list)  # per layer: attention heads removed (original indices)
 
     @property
     def removed(self) -> int:
@@ -274,6 +278,56 @@ def zero_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
                     module.weight[:, block] = 0.0
                 else:
                     module.weight[block, :] = 0.0
+
+
+def remove_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
+    """Remove attention heads from the weights (shapes shrink; the config's head counts follow),
+    where the architecture allows it: separate q/k/v/o projections (Llama, Qwen, Gemma, Mistral
+    families), the same number of heads from every layer (their configs hold one head count),
+    and, when several query heads share a key/value head, whole groups of them. Refused
+    otherwise (`zero_heads` is exact for any selection)."""
+    from fairaudit.attribution import head_count
+
+    config = getattr(loaded.model.config, "text_config", None) or loaded.model.config
+    count, kv = head_count(loaded), int(getattr(config, "num_key_value_heads", None) or head_count(loaded))
+    attentions = [getattr(layer, "self_attn", None) for layer in loaded.layers]
+    if not all(all(hasattr(a, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")) for a in attentions):
+        raise FairauditError(f"heads cannot be removed from {type(loaded.model).__name__}: its attention has no separate "
+                             f"q/k/v/o projections; zero them instead.")
+    if len(heads) != len(attentions) or len({len(set(chosen)) for chosen in heads}) != 1 or not heads[0]:
+        raise FairauditError(f"heads are removed only when every layer loses the same number (transformers' config holds one "
+                             f"head count); this selection takes {[len(set(chosen)) for chosen in heads]} per layer. Zero them "
+                             f"instead (the default).")
+    group = count // kv
+    kept_kv = []
+    for index, chosen in enumerate(heads):
+        groups = sorted({head // group for head in chosen})
+        if any(not 0 <= head < count for head in chosen) or sorted(set(chosen)) != [g * group + i for g in groups for i in range(group)]:
+            raise FairauditError(f"layer {index}: heads {sorted(chosen)} cannot be removed: {group} query heads share each key/value "
+                                 f"head, so only whole groups of {group} ({count} heads in all) can go. Zero them instead.")
+        kept_kv.append([g for g in range(kv) if g not in groups])
+    width = int(getattr(config, "head_dim", None) or config.hidden_size // count)
+    candidate = copy.deepcopy(config)  # transformers' own checks of the new config (Llama: heads must divide hidden_size)
+    candidate.head_dim, candidate.num_attention_heads, candidate.num_key_value_heads = width, count - len(heads[0]), len(kept_kv[0])
+    try:
+        getattr(candidate, "validate", lambda: None)()
+    except Exception as exc:  # transformers' validators raise ValueError wrapped in huggingface_hub's own error
+        cause = exc.__cause__ or exc
+        raise FairauditError(f"removing {len(heads[0])} head(s) per layer leaves a config transformers refuses ({cause}); "
+                             f"zero them instead, or remove a number that it accepts.") from None
+    with torch.no_grad():
+        for attention, chosen, kv_kept in zip(attentions, heads, kept_kv):
+            query = torch.tensor([h * width + d for h in range(count) if h not in chosen for d in range(width)])
+            key = torch.tensor([g * width + d for g in kv_kept for d in range(width)])
+            for module, rows in ((attention.q_proj, query), (attention.k_proj, key), (attention.v_proj, key)):
+                module.weight = torch.nn.Parameter(module.weight[rows.to(module.weight.device)].clone())
+                if module.bias is not None:
+                    module.bias = torch.nn.Parameter(module.bias[rows.to(module.bias.device)].clone())
+                module.out_features = len(rows)
+            o_proj = attention.o_proj
+            o_proj.weight = torch.nn.Parameter(o_proj.weight[:, query.to(o_proj.weight.device)].clone())
+            o_proj.in_features = len(query)
+    config.head_dim, config.num_attention_heads, config.num_key_value_heads = width, count - len(heads[0]), len(kept_kv[0])
 
 
 def _zero_neurons(loaded: LoadedModel, layer: torch.nn.Module, neurons: torch.Tensor) -> None:
@@ -390,7 +444,8 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str, 
         loaded.model.save_pretrained(temporary)
         loaded.tokenizer.save_pretrained(temporary)
         neuron_map = {"original_widths": report.widths_before, "zeroed": report.zeroed, "layers": report.neuron_map,
-                      **({"zeroed_heads": report.zeroed_heads} if any(report.zeroed_heads) else {})}
+                      **({"zeroed_heads": report.zeroed_heads} if any(report.zeroed_heads) else {}),
+                      **({"removed_heads": report.removed_heads} if any(report.removed_heads) else {})}
         (temporary / NEURON_MAP_FILE).write_text(json.dumps(neuron_map), encoding="utf-8")
         (temporary / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
         if out.exists():

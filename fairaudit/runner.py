@@ -517,14 +517,17 @@ def plan_selection(store: Store, model_id: str, source_run: str, params):
 def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params, out: str | Path,
                 run_id: str | None = None, pruner: str = "structured", pruner_params: dict[str, Any] | None = None,
                 save_dtype: str = "float32", progress: bool = True, causal_suites: list[Suite] | None = None,
-                heads: int = 0, head_score: str = "output_bias_reduction") -> PruneOutcome:
+                heads: int = 0, head_score: str = "output_bias_reduction", head_scope: str = "global",
+                remove_heads: bool = False) -> PruneOutcome:
     """Select neurons from a store's scores for `model`, prune them, save the pruned model
     and record the neuron map and a provenance record in the store. `save_dtype`: float32,
     bfloat16, float16, or "source" (the dtype the checkpoint's config declares).
     `causal_suites`: select by `fairaudit.causal.plan` on these suites instead (then
     `selection_params` is a `CausalParams`; no stored scores are read). `heads`: also zero the
     attention heads with the largest `head_score` (summed over the axes) from the run's
-    `head_scores` table (exact, shapes unchanged)."""
+    `head_scores` table, over the whole model or (`head_scope` "per_layer") in every layer (exact,
+    shapes unchanged). `remove_heads`: remove the chosen heads instead of zeroing them, where
+    `fairaudit.prune.remove_heads` allows it (checked before anything is written)."""
     from fairaudit.overlap import latest_run
     from fairaudit.prune import save_pruned, saved_bytes
 
@@ -562,17 +565,23 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
         selection, causal_record, axes = _causal_selection(loaded, causal_suites, selection_params, progress)
     else:
         selection, axes = plan_selection(store, loaded.model_id, source_run, selection_params), selection_params.axes
-    chosen_heads = _top_heads(store, loaded, source_run, axes, heads, head_score) if heads else []
+    chosen_heads = _top_heads(store, loaded, source_run, axes, heads, head_score, head_scope) if heads else []
     say(progress, f"pruning {loaded.model_id}: {sum(len(p) for p in selection.pruned)} neurons selected ({selection.ranking})"
                   + (f", and {len(chosen_heads)} attention heads by {head_score}" if chosen_heads else "")
                   + (f", and {len(selection.heads)} attention heads" if selection.heads else ""))
     chosen_heads = sorted(set(chosen_heads) | set(selection.heads))
     report = plugin.apply(loaded, selection, params)
     if chosen_heads:
-        from fairaudit.prune import zero_heads
+        from fairaudit.prune import remove_heads as remove, zero_heads
 
-        report.zeroed_heads = [[head for layer, head in chosen_heads if layer == index] for index in range(len(loaded.layers))]
-        zero_heads(loaded, report.zeroed_heads)
+        per_layer = [[head for layer, head in chosen_heads if layer == index] for index in range(len(loaded.layers))]
+        if remove_heads:
+            remove(loaded, per_layer)
+            report.removed_heads = per_layer
+            report.parameters_after = sum(p.numel() for p in loaded.model.parameters())
+        else:
+            zero_heads(loaded, per_layer)
+            report.zeroed_heads = per_layer
 
     # The record is written first ("running") and completed last, like an axis' summary: a prune
     # that is killed or fails leaves a record saying so, never a model or map that seems complete.
@@ -594,8 +603,9 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     try:
         card = _model_card(loaded, selection_params, report, source_run, selection.ranking)
         if chosen_heads:
-            card += (f"\nAttention heads zeroed{f' by `{head_score}`' if heads else ' by the causal selection'} (their columns "
-                     f"of the attention output projection are 0; shapes unchanged), as (layer, head): "
+            how = ("removed by {} (the attention projections lost their rows and columns; the config's head counts follow)"
+                   if remove_heads else "zeroed by {} (their columns of the attention output projection are 0; shapes unchanged)")
+            card += (f"\nAttention heads {how.format(f'`{head_score}`' if heads else 'the causal selection')}, as (layer, head): "
                      f"{', '.join(f'({layer}, {head})' for layer, head in chosen_heads)}.\n")
         save_pruned(loaded, report, out, card, dtype)
         rows = [(layer, position, original, original in set(report.zeroed[layer]))
@@ -617,8 +627,10 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
                         ranking=selection.ranking, causal=causal_record, heads=chosen_heads)
 
 
-def _top_heads(store: Store, loaded: LoadedModel, source_run: str | None, axes: list[str], count: int, column: str) -> list[tuple[int, int]]:
-    """The `count` (layer, head) with the largest `column` summed over `axes` in a run's head_scores."""
+def _top_heads(store: Store, loaded: LoadedModel, source_run: str | None, axes: list[str], count: int, column: str,
+               scope: str = "global") -> list[tuple[int, int]]:
+    """The `count` (layer, head) with the largest `column` summed over `axes` in a run's head_scores
+    (`scope` "per_layer": `count` in every layer)."""
     if source_run is None:
         raise ConfigError("--heads selects by a stored head score; with --causal the planner chooses heads itself "
                           "(--causal-heads; causal option heads: true).")
@@ -632,7 +644,10 @@ def _top_heads(store: Store, loaded: LoadedModel, source_run: str | None, axes: 
             if math.isfinite(row[column]):
                 key = (row["layer"], row["head"])
                 totals[key] = totals.get(key, 0.0) + row[column]
-    return sorted(sorted(totals, key=lambda key: -totals[key])[:count])
+    ranked = sorted(totals, key=lambda key: -totals[key])
+    if scope == "per_layer":
+        return sorted(key for layer in sorted({layer for layer, _ in totals}) for key in [k for k in ranked if k[0] == layer][:count])
+    return sorted(ranked[:count])
 
 
 def _causal_selection(loaded: LoadedModel, suites: list[Suite], params, progress: bool):

@@ -195,6 +195,19 @@ def test_prune_zeroes_the_heads_with_the_largest_stored_head_score(cli, llama_fo
                   "--fraction", "0.05", "--heads", "1", "--head-score", "nope", "--out", tmp_path / "pruned2")
     assert missing.exit_code == 2 and "has no head score 'nope'" in missing.stderr and not (tmp_path / "pruned2").exists()
 
+    from fairaudit.prune import pruned_counts
+
+    removed = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--score", "hybrid",
+                  "--fraction", "0.05", "--heads", "1", "--head-scope", "per_layer", "--remove-heads", "--out", tmp_path / "removed", "--json")
+    assert removed.exit_code == 0, removed.output
+    assert [layer for layer, _ in json.loads(removed.stdout)["heads"]] == [0, 1]
+    assert json.loads((tmp_path / "removed" / "config.json").read_text())["num_attention_heads"] == count - 1
+    assert pruned_counts(load_model(str(tmp_path / "removed")))[1] == [1, 1]  # what the random baseline draws
+    assert "Attention heads removed by `output_bias_reduction`" in (tmp_path / "removed" / "README.md").read_text()
+    uneven = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--score", "hybrid",
+                 "--fraction", "0.05", "--heads", "3", "--remove-heads", "--out", tmp_path / "uneven")
+    assert uneven.exit_code == 2 and "same number" in uneven.stderr and not (tmp_path / "uneven").exists()
+
 
 def test_the_default_pruning_is_causal_and_an_audit_with_nothing_to_prune_goes_on_unpruned(llama_folder, tmp_path):
     """Pruning without a `selection` is causal. On a random model no axis has an output bias whose

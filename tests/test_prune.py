@@ -299,3 +299,54 @@ def test_mean_ablation_is_exported_exactly_and_loads_with_plain_transformers(fam
         assert torch.allclose(plain(input_ids=ids).logits, expected, atol=1e-5)
     if family == "llama":
         assert plain.config.mlp_bias is True and float(plain.model.layers[0].mlp.gate_proj.bias.detach().abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
+def test_removing_heads_computes_what_zeroing_them_computes_and_loads_with_plain_transformers(model_folder, family, tmp_path):
+    """Uniform head removal shrinks q/k/v/o and the config's head counts; the model computes what
+    the same heads zeroed compute, and the saved folder loads with plain transformers."""
+    import transformers
+
+    from fairaudit.prune import remove_heads, zero_heads
+
+    folder = model_folder(family, layers=2, hidden=64, intermediate=64)  # 4 heads of 16, as many key/value heads
+    zeroed, removed = load_model(str(folder)), load_model(str(folder))
+    zero_heads(zeroed, [[1, 2], [0, 3]])
+    remove_heads(removed, [[1, 2], [0, 3]])
+    assert torch.allclose(logits(zeroed), logits(removed), atol=1e-5)
+    attention = removed.layers[0].self_attn
+    assert attention.q_proj.weight.shape[0] == attention.o_proj.weight.shape[1] == 2 * 16
+    removed.model.save_pretrained(tmp_path / "saved")
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    config = getattr(plain.config, "text_config", None) or plain.config
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2, 2, 16)
+    batch = zeroed.tokenizer([INPUT], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(plain(**batch).logits, logits(zeroed), atol=1e-5)
+
+
+def test_removing_heads_is_refused_where_the_config_cannot_say_it(model_folder, tmp_path):
+    """Uneven counts per layer, part of a key/value group, or GPT-2's fused attention: refused with
+    the reason, the model untouched (zeroing stays possible)."""
+    import transformers
+
+    from fairaudit.prune import remove_heads
+
+    loaded = load_model(str(model_folder("llama", layers=2, hidden=64, intermediate=64)))
+    before = {name: value.clone() for name, value in loaded.model.state_dict().items()}
+    with pytest.raises(FairauditError, match="same number"):
+        remove_heads(loaded, [[1], [1, 2]])
+    with pytest.raises(FairauditError, match="config transformers refuses.*not a multiple"):
+        remove_heads(loaded, [[1], [1]])  # 3 heads left: Llama's config wants them to divide hidden_size (64)
+    assert all(torch.equal(before[name], value) for name, value in loaded.model.state_dict().items())
+    config = transformers.LlamaConfig(vocab_size=len(loaded.tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "gqa")
+    loaded.tokenizer.save_pretrained(tmp_path / "gqa")
+    grouped = load_model(str(tmp_path / "gqa"))
+    with pytest.raises(FairauditError, match="whole groups of 2"):
+        remove_heads(grouped, [[1, 2], [1, 2]])
+    remove_heads(grouped, [[2, 3], [0, 1]])  # one whole group in each layer
+    assert (grouped.model.config.num_attention_heads, grouped.model.config.num_key_value_heads) == (2, 1)
+    with pytest.raises(FairauditError, match="no separate q/k/v/o"):
+        remove_heads(load_model(str(model_folder("gpt2"))), [[0], [0]])
