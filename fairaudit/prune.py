@@ -74,7 +74,12 @@ class Selection:
     heads: list[tuple[int, int]] = field(default_factory=list)
 
     def heads_per_layer(self) -> list[list[int]]:
-        return [sorted(head for layer, head in self.heads if layer == index) for index in range(len(self.widths))]
+        return heads_by_layer(self.heads, len(self.widths))
+
+
+def heads_by_layer(heads: list[tuple[int, int]], layers: int) -> list[list[int]]:
+    """(layer, head) pairs as one sorted list of heads per layer."""
+    return [sorted(head for layer, head in heads if layer == index) for index in range(layers)]
 
     @property
     def kept(self) -> list[torch.Tensor]:

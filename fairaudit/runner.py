@@ -572,9 +572,9 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
     chosen_heads = sorted(set(chosen_heads) | set(selection.heads))
     report = plugin.apply(loaded, selection, params)
     if chosen_heads:
-        from fairaudit.prune import remove_heads as remove, zero_heads
+        from fairaudit.prune import heads_by_layer, remove_heads as remove, zero_heads
 
-        per_layer = [[head for layer, head in chosen_heads if layer == index] for index in range(len(loaded.layers))]
+        per_layer = heads_by_layer(chosen_heads, len(loaded.layers))
         if remove_heads:
             remove(loaded, per_layer)
             report.removed_heads = per_layer
