@@ -94,16 +94,19 @@ def _direction_verdict(axis: str, change: dict[str, Any] | None) -> str:
     return f"{axis}: the output-level preference for the negative continuation went from {before:+.4f} to {after:+.4f}: {what} ({interval}{certainty})."
 
 
-def _random_verdict(axis: str, found: dict[str, float]) -> str | None:
+def _random_verdict(axis: str, found: dict[str, float], selected: bool | None = None) -> str | None:
     """Did the chosen selection beat random neurons of the same number per layer (the
-    `random_baseline` evaluator)? Said plainly either way."""
+    `random_baseline` evaluator)? Said plainly either way; `selected` False: a causal selection
+    left this axis alone, so what moved it is a side effect."""
     if "beats_random_p" not in found:
         return None
     p = found["beats_random_p"]
     outcome = "beat random selections" if p < 0.05 else "did not beat random selections"
+    aside = (" This axis was not selected for (its bias was not distinguishable from zero on the selection templates): "
+             "the change is a side effect." if selected is False else "")
     return (f"{axis}: against random neurons of the same number per layer, |output-level bias| on held-out templates went from "
             f"{found['abs_output_bias_before']:.4f} to {found['abs_output_bias_after']:.4f} (random selections: "
-            f"{found['abs_output_bias_random']:.4f}); the chosen selection {outcome} (one-sided permutation p = {p:.2g}).")
+            f"{found['abs_output_bias_random']:.4f}); the chosen selection {outcome} (one-sided permutation p = {p:.2g}).{aside}")
 
 
 def _p_value_text(value: Any) -> str:
@@ -206,6 +209,7 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         return next((row for row in measurements if row["evaluator"] == evaluator and row["metric"] == metric
                      and row["role"] == role and not row["error"]), None)
 
+    selected = {gate["axis"]: gate["active"] for gate in ((prune or {}).get("causal") or {}).get("gates", [])}
     summary = []
     for axis in axes:
         row = summaries.get(axis, {})
@@ -220,7 +224,8 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
                 _verdict(axis, change.get(("bias_reprobe", axis, "bias_index_heldout")), "the bias index on held-out templates"),
                 _direction_verdict(axis, change.get(("output_bias", axis, "stereotype_preference"))),
                 _random_verdict(axis, {row["metric"]: row["value"] for row in measurements if row["evaluator"] == "random_baseline"
-                                       and row["axis_or_task"] == axis and row["role"] == "after" and not row["error"]}))
+                                       and row["axis_or_task"] == axis and row["role"] == "after" and not row["error"]},
+                                selected.get(axis)))
                 if verdict] if prune else [],
             "attribution": _attribution_line(axis, row),
         })

@@ -262,6 +262,7 @@ def _prune_stage(store: Store, run_id: str, record: dict[str, Any], config: RunC
             store.write_run(run_id, record)
             return None
         record["prune"] = {"run_id": outcome.run_id, "out": str(out), "removed": outcome.report.removed,
+                           "zeroed": sum(len(zeroed) for zeroed in outcome.report.zeroed),
                            "neurons": sum(outcome.report.widths_before), "ranking": outcome.ranking,
                            "parameters_before": outcome.report.parameters_before,
                            "parameters_after": outcome.report.parameters_after,

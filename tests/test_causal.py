@@ -141,7 +141,7 @@ def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_pat
     from fairaudit.runner import audit
 
     truth, loaded = planted
-    config = {"model": loaded.provenance["source"], "suites": ["race"], "store": str(tmp_path / "store"),
+    config = {"model": loaded.provenance["source"], "suites": ["race", "nationality"], "store": str(tmp_path / "store"),
               "probe": {"plugin": "activations", "params": {"progress": False}}, "diagnose_top": 0,
               "pruning": {"out": str(tmp_path / "pruned"), "causal": {"budgets": [0.01], "rounds": 1, "heldout_curve": True}},
               "evaluators": [{"plugin": "random_baseline", "params": {"seeds": 3}}]}
@@ -154,6 +154,9 @@ def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_pat
     html = result.report.read_text(encoding="utf-8")
     assert "Causal selection" in html and "Budgets, measured on validation templates" in html and '"causal": {' in html
     assert "Held-out |output bias| kept at each budget" in html and "did not inform the choice" in html
+    assert "nationality: against random neurons" in html and html.count("This axis was not selected for") == 1
+    zeroed = result.pruned["zeroed"]
+    assert ("zeroed in place" in html) == (zeroed > 0)
 
 
 def test_the_documented_causal_audit_config_is_valid():
