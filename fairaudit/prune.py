@@ -264,8 +264,8 @@ def fold_means(loaded: LoadedModel, selection: Selection, means: torch.Tensor) -
 
 def zero_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
     """Prune attention heads exactly, shapes unchanged: zero each listed head's columns of the
-    attention output projection (its block of the projection's input), per layer. (Removing
-    them instead would need the same head count in every layer: transformers' configs hold one.)"""
+    attention output projection (its block of the projection's input), per layer. `remove_heads`
+    removes them instead, where the architecture's config can say it."""
     from fairaudit.attribution import head_count, unit_modules
 
     modules, count = unit_modules(loaded, "head"), head_count(loaded)
@@ -312,8 +312,10 @@ def remove_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
                                  f"head, so only whole groups of {group} ({count} heads in all) can go. Zero them instead.")
         kept_kv.append([g for g in range(kv) if g not in groups])
     width = int(getattr(config, "head_dim", None) or config.hidden_size // count)
+    shape = {"head_dim": width, "num_attention_heads": count - len(heads[0]), "num_key_value_heads": len(kept_kv[0])}
     candidate = copy.deepcopy(config)  # transformers' own checks of the new config (Llama: heads must divide hidden_size)
-    candidate.head_dim, candidate.num_attention_heads, candidate.num_key_value_heads = width, count - len(heads[0]), len(kept_kv[0])
+    for key, value in shape.items():
+        setattr(candidate, key, value)
     try:
         getattr(candidate, "validate", lambda: None)()
     except Exception as exc:  # transformers' validators raise ValueError wrapped in huggingface_hub's own error
@@ -332,7 +334,8 @@ def remove_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
             o_proj = attention.o_proj
             o_proj.weight = torch.nn.Parameter(o_proj.weight[:, query.to(o_proj.weight.device)].clone())
             o_proj.in_features = len(query)
-    config.head_dim, config.num_attention_heads, config.num_key_value_heads = width, count - len(heads[0]), len(kept_kv[0])
+    for key, value in shape.items():
+        setattr(config, key, value)
 
 
 def _zero_neurons(loaded: LoadedModel, layer: torch.nn.Module, neurons: torch.Tensor) -> None:
@@ -393,8 +396,7 @@ def masked(loaded: LoadedModel, selection: Selection) -> Iterator[None]:
         from fairaudit.attribution import head_count, unit_modules
 
         modules, count = unit_modules(loaded, "head"), head_count(loaded)
-    for index, (layer, pruned) in enumerate(zip(loaded.layers, selection.pruned)):
-        chosen_heads = [head for at, head in selection.heads if at == index]
+    for index, (layer, pruned, chosen_heads) in enumerate(zip(loaded.layers, selection.pruned, selection.heads_per_layer())):
         if len(pruned):
             handles.append(loaded.adapter.sites(layer)["neuron"].module.register_forward_pre_hook(_zeroing(pruned)))
         if chosen_heads:
