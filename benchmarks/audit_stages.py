@@ -1,8 +1,10 @@
 """Where the default audit spends its time: wall and CPU seconds per stage and per evaluator,
 from the run record's timings (`fairaudit audit` records both). Runs the default audit into a
-temporary store, or reads a stored run with --store and --run.
+temporary store, or reads a stored run with --store and --run. --device and --dtype run it where
+`fairaudit audit --device D --dtype T` would (the GGUF is dequantized before the clock starts, as in
+the target of issue 19).
 
-Usage: python benchmarks/audit_stages.py [--store DIR --run RUN_ID]
+Usage: python benchmarks/audit_stages.py [--store DIR --run RUN_ID] [--device cuda --dtype bfloat16] [--model M]
 """
 
 from __future__ import annotations
@@ -22,17 +24,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=None)
     parser.add_argument("--run", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--model", default=None, help="model id (default: the default audit's)")
+    parser.add_argument("--out", default=None, help="folder for the audit's store, pruned model and report (default: temporary)")
     args = parser.parse_args()
     if args.store and args.run:
         store, run_id = Store(args.store), args.run
     else:
         from fairaudit.config import RunConfig
+        from fairaudit.model import load_model
         from fairaudit.runner import audit
 
-        folder = tempfile.mkdtemp(prefix="fairaudit-stages-")
+        folder = args.out or tempfile.mkdtemp(prefix="fairaudit-stages-")
         config = RunConfig(store=f"{folder}/store")
-        config = config.model_copy(update={"probe": config.probe.model_copy(update={"params": {"progress": False}})})
+        model = config.model.model_copy(update={"device": args.device, "dtype": args.dtype, **({"id": args.model} if args.model else {})})
+        config = config.model_copy(update={"model": model, "probe": config.probe.model_copy(update={"params": {"progress": False}})})
+        load_model(model)  # a GGUF is dequantized once, into the user cache, before the clock starts
         result = audit(config)
+        print(f"pruned: {result.pruned}\nevaluation failures: {result.evaluation_failures or 'none'}; report: {result.report}")
         store, run_id = Store(result.store), result.run_id
     timings = store.read_run(run_id)["timings"]
     print(f"run {run_id}: wall and CPU seconds per stage (CPU counts every thread of the process)")

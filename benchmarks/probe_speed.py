@@ -65,7 +65,7 @@ def plain_forward(loaded, pairs, batch_size: int) -> float:
     for start in range(0, len(pairs), per_batch):
         chunk = pairs[start : start + per_batch]
         texts = [pair.text_a for pair in chunk] + [pair.text_b for pair in chunk]
-        batch = tokenizer(texts, return_tensors="pt", padding=True)
+        batch = tokenizer(texts, return_tensors="pt", padding=True).to(loaded.device)
         with torch.inference_mode():
             loaded.model(**batch)
     return time.perf_counter() - started

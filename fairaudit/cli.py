@@ -322,14 +322,30 @@ def _exit_on_verdicts(verdicts, gate: str, quiet: bool) -> None:
     sys.exit(status)
 
 
+def _device_options(command):
+    """--device and --dtype: where the model runs and in which precision (default: the run
+    config's, else cpu and float32). Activations are reduced in float32 whatever the dtype."""
+    command = click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+                           help="weights and activations dtype (default float32; bfloat16 on a GPU)")(command)
+    return click.option("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, mps")(command)
+
+
+def _on_device(model_id: str, device: str | None, dtype: str | None):
+    """A model id, or a ModelSpec when --device or --dtype was given."""
+    if device is None and dtype is None:
+        return model_id
+    from fairaudit.model import ModelSpec
+
+    return ModelSpec(id=model_id, **({"device": device} if device else {}), **({"dtype": dtype} if dtype else {}))
+
+
 @main.command(cls=_lists("probe", "scorer"))
 @click.option("--model", "model_id", default=None, help="hub id, local folder, .gguf file or alias (default: smollm2-135m)")
 @click.option("--suite", "suite_names", multiple=True, help="built-in suite name or file; repeat for several (default: all four)")
 @click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
 @click.option("--position", type=click.Choice(["mean", "last", "aligned"]), default="mean", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="prompts per forward pass")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@_device_options
 @click.option("--trust-remote-code", is_flag=True, help="run code shipped with the model (only for models you trust)")
 @click.option("--allow-pickle", is_flag=True, help="accept pickled (.bin) weights (only for models you trust)")
 @click.option("--quiet", is_flag=True, help="no progress bars, no table")
@@ -343,7 +359,7 @@ def probe(model_id, suite_names, store, position, batch_size, device, dtype, tru
     from fairaudit.runner import audit
 
     config = RunConfig.model_validate({
-        "model": {"id": model_id or DEFAULT_MODEL, "device": device, "dtype": dtype,
+        "model": {"id": model_id or DEFAULT_MODEL, "device": device or "cpu", "dtype": dtype or "float32",
                   "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle},
         "suites": list(suite_names) or DEFAULT_SUITES,
         "probe": {"plugin": "activations", "params": {"position": position, "batch_size": batch_size, "progress": not quiet}},
@@ -371,10 +387,11 @@ def _trust_options(command):
 @click.option("--store", default=None, type=click.Path(path_type=Path), help="store folder (overrides the config's)")
 @click.option("--policy", default=None, metavar="POLICY", help="policy file or built-in name (e.g. default): verdicts, and "
               "exit status 0 pass / 1 fail / 3 inconclusive (overrides the config's 'policy')")
+@_device_options
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @_trust_options
-def audit_command(config_file, resume_run, store, policy, quiet, as_json, granted) -> None:
+def audit_command(config_file, resume_run, store, policy, device, dtype, quiet, as_json, granted) -> None:
     """Run the audit a CONFIG_FILE describes; with none, the default audit
     (SmolLM2-135M on the four built-in suites)."""
     from fairaudit.config import RunConfig, load_config
@@ -386,6 +403,11 @@ def audit_command(config_file, resume_run, store, policy, quiet, as_json, grante
     config = load_config(config_file, granted) if config_file else RunConfig().with_trust(granted, "the default audit")
     if store is not None:
         config = config.model_copy(update={"store": str(store)})
+    if device is not None or dtype is not None:
+        if resume_run:
+            raise click.UsageError("--device and --dtype cannot be given with --resume: a resumed run keeps the model settings it started with")
+        config = config.model_copy(update={"model": config.model.model_copy(update={
+            key: value for key, value in (("device", device), ("dtype", dtype)) if value is not None})})
     if policy is not None:
         if resume_run:
             raise click.UsageError("--policy cannot be given with --resume: a resumed run keeps its own policy "
@@ -406,16 +428,18 @@ def audit_command(config_file, resume_run, store, policy, quiet, as_json, grante
 @click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
               help="seconds per evaluator run")
+@_device_options
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, time_limit, quiet, as_json) -> None:
+def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, time_limit, device, dtype, quiet, as_json) -> None:
     """Measure bias and quality of a model, and of its pruned version with --compare."""
     from fairaudit.config import DEFAULT_EVALUATORS, DEFAULT_SUITES
     from fairaudit.runner import evaluate_models
 
     if quiet:
         _silence_libraries()
-    result = evaluate_models(model_id, compare_id, list(suite_names) or DEFAULT_SUITES,
+    result = evaluate_models(_on_device(model_id, device, dtype), compare_id and _on_device(compare_id, device, dtype),
+                             list(suite_names) or DEFAULT_SUITES,
                              list(evaluator_names) or DEFAULT_EVALUATORS, store, time_limit, progress=not quiet)
     _report_result(result, quiet, as_json)
 
@@ -431,8 +455,9 @@ def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, 
 @click.option("--attribution", "verify", type=click.IntRange(min=0), default=None, metavar="K",
               help="also: each layer's share of the output attribution beside its share of the divergence, and the top "
                    "neurons and heads by the measured effect of ablating each of the K largest estimates alone (0: estimates only)")
+@_device_options
 @click.option("--json", "as_json", is_flag=True)
-def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, verify, as_json) -> None:
+def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, verify, device, dtype, as_json) -> None:
     """Where the bias appears and how it grows: per-token x per-layer divergence maps, PCA of
     token representations, and the axis' emergence summary; with --attribution K, what carries
     it to the output."""
@@ -453,7 +478,7 @@ def diagnose_command(model_id, suite_name, pair_ids, top, layer, out, png, verif
     if missing:  # checked before the model loads: a typo costs a second, not a model load
         raise FairauditError(f"suite '{suite.suite}' has no pair {missing}; pair ids look like "
                              f"'{pairs[0].pair_id}' (see 'fairaudit suites show {suite_name}').")
-    loaded = load_model(model_id)
+    loaded = load_model(_on_device(model_id, device, dtype))
     probe = registry().get("probe", "activations")
     stats = probe.run(loaded, suite.pairs("probe"), suite.control_pairs(),
                       probe.Params(components=["attention", "mlp"], optipfair_index=False, progress=False), suite.axis)
@@ -693,11 +718,12 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
               help="--heads K: the K best heads of the model, or K in every layer")
 @click.option("--remove-heads", is_flag=True, help="remove the chosen heads from the weights instead of zeroing them (Llama-style "
               "attention, the same number in every layer, whole key/value groups; refused otherwise, before anything is written)")
+@_device_options
 @click.option("--quiet", is_flag=True, help="no progress lines, no table")
 @click.option("--json", "as_json", is_flag=True)
 def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, only_biased_axes,
                   pruner, ablation, run_id, out, save_dtype, causal, budgets, causal_heads, rounds, guard, gate, sweep, heads, head_score,
-                  head_scope, remove_heads, quiet, as_json) -> None:
+                  head_scope, remove_heads, device, dtype, quiet, as_json) -> None:
     """Fairness pruning: remove biased, unimportant MLP neurons; save a model transformers loads."""
     from pydantic import ValidationError
 
@@ -724,7 +750,7 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
         raise ConfigError(f"prune options: {detail}.") from None
     if quiet or as_json:
         _silence_libraries()
-    outcome = prune_model(model_id, store, params, out, run_id=run_id, pruner=pruner,
+    outcome = prune_model(_on_device(model_id, device, dtype), store, params, out, run_id=run_id, pruner=pruner,
                           pruner_params={"ablation": ablation} if ablation != "zero" else None, save_dtype=save_dtype,
                           progress=not (quiet or as_json), causal_suites=suites, heads=heads, head_score=head_score,
                           head_scope=head_scope, remove_heads=remove_heads)

@@ -552,10 +552,13 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, selection_params
         source_run = run_id or latest_run(store, loaded.model_id)
         record = store.read_run(source_run)
         if record.get("model", {}).get("weights_hash") != loaded.provenance["weights_hash"]:
+            stored_dtype = record.get("model", {}).get("dtype")
+            hint = f" (the run loaded it in {stored_dtype}, this prune in {spec.dtype}: pass --dtype {stored_dtype})" \
+                if stored_dtype not in (None, spec.dtype) else ""
             raise StoreError(
                 f"run {source_run} in {store.root} was computed on other weights than {loaded.model_id} "
                 f"(weights hash {record.get('model', {}).get('weights_hash', '?')[:12]}... vs "
-                f"{loaded.provenance['weights_hash'][:12]}...); scores of one model cannot prune another."
+                f"{loaded.provenance['weights_hash'][:12]}...); scores of one model cannot prune another{hint}."
             )
     dtype = loaded.provenance.get("source_dtype") if save_dtype == "source" else save_dtype
     if dtype not in ("float32", "bfloat16", "float16"):

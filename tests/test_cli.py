@@ -118,3 +118,40 @@ def test_help_lists_what_a_user_can_type(cli):
     evaluate = cli("evaluate", "--help").output
     assert "Evaluators" in evaluate and "random_baseline" in evaluate and "factual-knowledge control" in evaluate
     assert "Probes" in cli("probe", "--help").output
+
+
+def test_device_and_dtype_reach_every_command_that_loads_a_model(cli, llama_folder, tmp_path):
+    """--dtype bfloat16 (CPU here; the device machine runs the same with --device cuda): the
+    audit's config is overridden, probe / prune / evaluate / diagnose load the model in it, and a
+    prune whose dtype differs from its store run's is refused with the --dtype to pass."""
+    import torch
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {llama_folder}\nsuites: [race]\nstore: {tmp_path / 'store'}\nreport: false\n"
+                      f"pruning: {{selection: {{fraction: 0.05}}, out: {tmp_path / 'pruned'}}}\nevaluators: [output_bias]\n")
+    audited = cli("audit", config, "--dtype", "bfloat16", "--device", "cpu", "--quiet", "--json")
+    assert audited.exit_code == 0, audited.output
+    run = json.loads(audited.stdout)["run_id"]
+    from fairaudit.store import Store
+
+    record = Store(tmp_path / "store").read_run(run)
+    assert record["model"]["dtype"] == "bfloat16"
+    assert cli("audit", config, "--resume", run, "--dtype", "float32").exit_code == 2
+    refused = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--fraction", "0.05",
+                  "--out", tmp_path / "p32", "--quiet")
+    assert refused.exit_code == 2 and "pass --dtype bfloat16" in refused.output and not (tmp_path / "p32").exists()
+    pruned = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--fraction", "0.05",
+                 "--out", tmp_path / "p16", "--dtype", "bfloat16", "--save-dtype", "bfloat16", "--quiet")
+    assert pruned.exit_code == 0, pruned.output
+    from safetensors import safe_open
+
+    with safe_open(str(next((tmp_path / "p16").glob("*.safetensors"))), "pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.bfloat16}
+    evaluated = cli("evaluate", "--model", llama_folder, "--compare", tmp_path / "p16", "--suite", "race", "--evaluator", "output_bias",
+                    "--store", tmp_path / "ev", "--dtype", "bfloat16", "--quiet", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    record = Store(tmp_path / "ev").read_run(json.loads(evaluated.stdout)["run_id"])
+    assert record["model"]["dtype"] == "bfloat16" and record["compare"]["dtype"] == "bfloat16"
+    diagnosed = cli("diagnose", "--model", llama_folder, "--suite", "race", "--top", "1", "--out", tmp_path / "d",
+                    "--dtype", "bfloat16", "--json")
+    assert diagnosed.exit_code == 0, diagnosed.output
