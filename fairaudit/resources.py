@@ -5,15 +5,20 @@ In a wheel they are the package-data folders `fairaudit/suites` and
 top-level folders `suites/` and `reports_templates/` next to `fairaudit/`.
 """
 
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 
 def _data_dir(name: str) -> Path:
+    """The folder itself: the data folders hold no __init__.py, so they import as namespace
+    packages, whose `resources.files` is not a plain path on every Python (3.12: a MultiplexedPath)."""
     try:
-        return Path(str(resources.files(f"fairaudit.{name}")))
+        spec = importlib.util.find_spec(f"fairaudit.{name}")
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / name
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / name
 
 
 def suites_dir() -> Path:

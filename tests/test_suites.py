@@ -148,3 +148,27 @@ def test_built_in_suites_measure_output_bias_on_held_out_templates():
         # issue 23: power to see a change, with intervals that resample templates
         assert len({pair.template_id for pair in heldout}) >= 8 and len(heldout) >= 75, name
         assert len({pair.template_id for pair in probe}) >= 15 and len(probe) >= 150, name
+
+
+def test_data_folders_are_plain_folders_also_when_installed_as_namespace_packages(monkeypatch, tmp_path):
+    """The data folders (suites, policies, report templates) hold no __init__.py: installed from
+    the wheel they import as namespace packages, and on Python 3.12 `importlib.resources.files`
+    of one is a MultiplexedPath, whose str() is no path (a wheel install there found no
+    built-in suite). The folder comes from the package spec's search locations instead."""
+    import importlib.machinery
+    import importlib.util
+
+    from fairaudit import resources
+
+    for folder, expected in ((resources.suites_dir(), "race.yaml"), (resources.policies_dir(), "default.yaml")):
+        assert (folder / expected).is_file(), folder
+    (tmp_path / "race.yaml").write_text("x", encoding="utf-8")
+
+    class NamespacePath:  # like importlib's _NamespacePath: iterable, not a list
+        def __iter__(self):
+            return iter([str(tmp_path)])
+
+    spec = importlib.machinery.ModuleSpec("fairaudit.suites", None, is_package=True)
+    spec.submodule_search_locations = NamespacePath()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec if name == "fairaudit.suites" else None)
+    assert resources.suites_dir() == tmp_path
