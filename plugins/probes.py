@@ -72,15 +72,26 @@ class _Batch:
         lengths = self.attention_mask.sum(dim=1)
         self.equal_length = lengths[: self.pairs] == lengths[self.pairs :]
         self.lengths_a = lengths[: self.pairs].double()
+        self._copies: dict = {}
+
+    def on(self, device) -> dict[str, torch.Tensor]:
+        """The pooling weights, side a's mask and lengths on `device`, copied there once per batch
+        (a copy per hook would wait for the device at every layer)."""
+        if device not in self._copies:
+            self._copies[device] = {"pool": self.pool.to(device), "mask_a": self.attention_mask[: self.pairs].double().to(device),
+                                    "lengths_a": self.lengths_a.to(device)}
+        return self._copies[device]
 
 
 class _Accumulator:
-    """Running sums for one component over pairs or controls."""
+    """Running sums for one component over pairs or controls, kept on the device the activations
+    come from (float64) and brought to the CPU once, by `stats`."""
+
+    SUMS = ("abs_diff_sum", "abs_diff_sq_sum", "diff_sum", "activation_sum", "activation_sq_sum")
 
     def __init__(self, layers: int, units: int):
-        zeros = lambda: torch.zeros((layers, units), dtype=torch.float64)  # noqa: E731
-        self.abs_sum, self.abs_sq_sum, self.diff_sum = zeros(), zeros(), zeros()
-        self.act_sum, self.act_sq_sum = zeros(), zeros()
+        self.layers, self.units = layers, units
+        self.sums: list[torch.Tensor] | None = None
         self.divergence: list[torch.Tensor] = []
 
     def add(self, pooled: torch.Tensor, pairs: int) -> None:
@@ -88,15 +99,18 @@ class _Accumulator:
         pooled = pooled.double()
         difference = pooled[:, :pairs] - pooled[:, pairs:]
         absolute = difference.abs()
-        self.abs_sum += absolute.sum(dim=1)
-        self.abs_sq_sum += difference.square().sum(dim=1)
-        self.diff_sum += difference.sum(dim=1)
-        self.act_sum += pooled.sum(dim=1)
-        self.act_sq_sum += pooled.square().sum(dim=1)
+        if self.sums is None:
+            self.sums = [torch.zeros((self.layers, self.units), dtype=torch.float64, device=pooled.device) for _ in self.SUMS]
+        for total, term in zip(self.sums, (absolute, difference.square(), difference, pooled, pooled.square())):
+            total += term.sum(dim=1)
         self.divergence.append(absolute.mean(dim=2).T.float())
 
-    def divergence_matrix(self, layers: int) -> torch.Tensor:
-        return torch.cat(self.divergence) if self.divergence else torch.zeros((0, layers))
+    def stats(self) -> dict[str, torch.Tensor]:
+        """The sums and the `[items, layers]` divergence matrix, on the CPU."""
+        sums = self.sums or [torch.zeros((self.layers, self.units), dtype=torch.float64) for _ in self.SUMS]
+        found = {name: total.cpu() for name, total in zip(self.SUMS, sums)}
+        found["divergence"] = torch.cat(self.divergence).cpu() if self.divergence else torch.zeros((0, self.layers))
+        return found
 
 
 class ActivationProbe:
@@ -137,39 +151,35 @@ class ActivationProbe:
                 pad_id,
             )
             pooled: dict[str, list[torch.Tensor | None]] = {name: [None] * len(layers) for name in params.components}
-            terms = torch.full((batch.pairs, len(optipfair_keys)), float("nan"), dtype=torch.float64)
+            index_terms: list[torch.Tensor | None] = [None] * len(optipfair_keys)  # per column: [k] on the device
             hooks = {}
             for layer_index in range(len(layers)):
                 for name in set(params.components) | set(optipfair):
                     column = optipfair_keys.index(f"{name}_layer_{layer_index}") if name in optipfair else None
-                    hooks[(name, layer_index)] = self._hook(name, layer_index, column, batch, pooled, terms, is_control)
+                    hooks[(name, layer_index)] = self._hook(name, layer_index, column, batch, pooled, index_terms, is_control)
             run_hooked(loaded, batch.input_ids, batch.attention_mask, hooks)
             for name, per_layer in pooled.items():
-                stacked = torch.stack(per_layer)  # [layers, 2k, units]
+                stacked = torch.stack([value.to(per_layer[0].device) for value in per_layer])  # [layers, 2k, units]
                 units[name] = stacked.shape[2]
                 group = accumulators.setdefault(is_control, {})
                 group.setdefault(name, _Accumulator(len(layers), units[name])).add(stacked, batch.pairs)
             if not is_control:
                 unequal += int((~batch.equal_length).sum())
                 aligned_fallbacks += batch.aligned_fallbacks
-                optipfair_rows.append(terms)
+                optipfair_rows.append(self._index_rows(batch, index_terms))
 
         pair_sums = accumulators.get(False, {})
         control_sums = accumulators.get(True, {})
         components = {}
         for name in params.components:
-            main = pair_sums.get(name) or _Accumulator(len(layers), units.get(name, 0))
-            control = control_sums.get(name) or _Accumulator(len(layers), main.abs_sum.shape[1])
+            main = (pair_sums.get(name) or _Accumulator(len(layers), units.get(name, 0))).stats()
+            control = (control_sums.get(name) or _Accumulator(len(layers), main["abs_diff_sum"].shape[1])).stats()
             components[name] = ComponentStats(
-                abs_diff_sum=main.abs_sum,
-                abs_diff_sq_sum=main.abs_sq_sum,
-                diff_sum=main.diff_sum,
-                activation_sum=main.act_sum,
-                activation_sq_sum=main.act_sq_sum,
-                control_abs_diff_sum=control.abs_sum,
-                control_abs_diff_sq_sum=control.abs_sq_sum,
-                pair_divergence=main.divergence_matrix(len(layers)),
-                control_divergence=control.divergence_matrix(len(layers)),
+                **{key: main[key] for key in _Accumulator.SUMS},
+                control_abs_diff_sum=control["abs_diff_sum"],
+                control_abs_diff_sq_sum=control["abs_diff_sq_sum"],
+                pair_divergence=main["divergence"],
+                control_divergence=control["divergence"],
             )
         return ActivationStats(
             axis=axis,
@@ -187,20 +197,32 @@ class ActivationProbe:
         )
 
     @staticmethod
-    def _hook(name, layer_index, column, batch: _Batch, pooled, terms, is_control):
+    def _hook(name, layer_index, column, batch: _Batch, pooled, index_terms, is_control):
+        """Reduce one site's activations where they are; nothing here waits for the device."""
         pairs = batch.pairs
 
         def hook(hidden):
             hidden = hidden.float()
+            copies = batch.on(hidden.device)
             if name in pooled:
-                pooled[name][layer_index] = torch.einsum("bt,btu->bu", batch.pool.to(hidden.device), hidden).cpu()
+                pooled[name][layer_index] = torch.einsum("bt,btu->bu", copies["pool"], hidden)
             if column is not None and not is_control and bool(batch.equal_length.any()):
-                per_token = (hidden[:pairs] - hidden[pairs:]).abs().mean(dim=-1).double().cpu()  # [k, T]
-                mask = batch.attention_mask[:pairs].double()
-                value_per_pair = (per_token * mask).sum(dim=1) / batch.lengths_a
-                terms[:, column] = torch.where(batch.equal_length, value_per_pair, torch.nan)
+                per_token = (hidden[:pairs] - hidden[pairs:]).abs().mean(dim=-1).double()  # [k, T]
+                index_terms[column] = (per_token * copies["mask_a"]).sum(dim=1) / copies["lengths_a"]
 
         return hook
+
+    @staticmethod
+    def _index_rows(batch: _Batch, index_terms: list) -> torch.Tensor:
+        """optiPfair's per-pair terms of one batch, `[k, columns]` on the CPU (one copy): NaN for
+        a pair whose sides differ in length, and where the index is off."""
+        rows = torch.full((batch.pairs, len(index_terms)), float("nan"), dtype=torch.float64)
+        found = [column for column, value in enumerate(index_terms) if value is not None]
+        if found:
+            device = index_terms[found[0]].device
+            values = torch.stack([index_terms[column].to(device) for column in found], dim=1).cpu()
+            rows[:, found] = torch.where(batch.equal_length[:, None], values, torch.nan)
+        return rows
 
 
 @hookimpl
