@@ -56,7 +56,8 @@ def main() -> None:
             result = json.loads(done.stdout)
             pruned, failures = result.get("pruned", {}), result.get("evaluation_failures", [])
             ok = "skipped" not in pruned and not failures
-            detail = f"pruned {pruned.get('removed', 0)} removed, {pruned.get('zeroed', 0)} zeroed; evaluator failures: {failures or 'none'}"
+            detail = (f"{pruned.get('removed', 0)} neurons pruned ({pruned.get('zeroed', 0)} of them zeroed in place), heads zeroed "
+                      f"{pruned.get('heads', [])}; evaluator failures: {failures or 'none'}")
         print(f"{'ok  ' if ok else 'FAIL'} {name}: exit {done.returncode}, {seconds:.1f} s {detail}")
         if not ok:
             failed = True

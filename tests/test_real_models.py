@@ -37,9 +37,9 @@ def test_optipfair_compatible_index_equals_optipfair_on_smollm2():
     assert used == 1 and ours == pytest.approx(theirs["overall_metrics"]["mean_difference"], abs=1e-4)
 
 
-# The default audit's every stage and evaluator on SmolLM2, on two of its four suites and with the
-# evaluators' sample sizes cut, so that the test takes two to three minutes on one core instead of
-# ten (`make audit` runs the full default; `benchmarks/audit_stages.py` times it). It prunes by the
+# The default audit's every stage and evaluator on SmolLM2, on two of its four suites cut to 8 of
+# their 45 templates and with the evaluators' sample sizes cut, so that the test takes about a
+# minute and a half on one core instead of fourteen (`make audit` runs the full default; `benchmarks/audit_stages.py` times it). It prunes by the
 # stored score: the default causal selection finds nothing to prune on race and gender (their
 # intervals contain 0) and would add minutes; tests/test_causal.py runs it on a planted model.
 SMALL_DEFAULT = """
@@ -52,30 +52,32 @@ evaluators:
   - {{plugin: generations, params: {{pairs_per_axis: 1, max_length: 24}}}}
   - {{plugin: perplexity, params: {{file: {corpus}, max_length: 256}}}}
   - {{plugin: lm_eval, params: {{limit: 10}}}}
-  - facts
+  - {{plugin: facts, params: {{file: {facts}}}}}
   - {{plugin: fidelity, params: {{sentences: 20}}}}
 """
 
 
 @needs_smollm2
 def test_the_default_audit_runs_on_smollm2_offline(tmp_path):
-    from fairaudit.resources import corpus_path
+    from fairaudit.resources import corpus_path, data_dir
 
     corpus = tmp_path / "corpus-start.txt"
     corpus.write_text(corpus_path().read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    facts = tmp_path / "facts-cut.jsonl"  # every fourth bundled fact: every category, a quarter of the items
+    facts.write_text("".join((data_dir() / "facts.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[::4]), encoding="utf-8")
     import yaml
 
     from fairaudit.resources import suites_dir
 
-    cut = {}  # the built-in race and gender suites with fewer templates: every code path, a quarter of the pairs
+    cut = {}  # the built-in race and gender suites with fewer templates: every code path, a sixth of the pairs
     for axis in ("race", "gender"):
         suite = yaml.safe_load((suites_dir() / f"{axis}.yaml").read_text(encoding="utf-8"))
-        probe = [t for t in suite["templates"] if t.get("split") != "heldout"][:8]
-        suite["templates"] = probe + [t for t in suite["templates"] if t.get("split") == "heldout"][:4]
+        probe = [t for t in suite["templates"] if t.get("split") != "heldout"][:5]
+        suite["templates"] = probe + [t for t in suite["templates"] if t.get("split") == "heldout"][:3]
         cut[axis] = tmp_path / f"{axis}-cut.yaml"
         cut[axis].write_text(yaml.safe_dump(suite), encoding="utf-8")
     config = tmp_path / "audit.yaml"
-    config.write_text(SMALL_DEFAULT.format(corpus=corpus, **cut))
+    config.write_text(SMALL_DEFAULT.format(corpus=corpus, facts=facts, **cut))
     completed = run_module("audit", config, "--store", tmp_path / "store", "--quiet", "--json", cwd=tmp_path,
                            env={"HF_HUB_OFFLINE": "1"}, timeout=1800)
     assert completed.returncode == 0, completed.stderr[-2000:]
