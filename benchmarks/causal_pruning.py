@@ -10,7 +10,7 @@ default) containing 0 gets no neuron.
 
 Usage: python benchmarks/causal_pruning.py [--model smollm2-135m] [--budgets 0.0005,0.001,0.002]
        [--rounds 2] [--seeds 5] [--gate templates|pairs|none] [--guard 0.003] [--heads]
-       [--crows crows_pairs_anonymized.csv] [--json OUT]
+       [--crows crows_pairs_anonymized.csv] [--dtype bfloat16 [--plan-in model]] [--json OUT]
 
 --crows: also the CrowS-Pairs categories that match the axes (race-color, gender, religion,
 nationality), imported from the file and evaluated before and after beside the suites' own
@@ -31,7 +31,7 @@ import torch
 from fairaudit import metrics
 from fairaudit.causal import CausalParams, corpus_perplexity, plan
 from fairaudit.attribution import head_count, output_bias_values
-from fairaudit.model import load_model
+from fairaudit.model import ModelSpec, load_model
 from fairaudit.prune import masked, random_selection
 from fairaudit.resources import corpus_path
 from fairaudit.suite import resolve_suite
@@ -97,14 +97,18 @@ def main() -> None:
                         help="skip a candidate whose removal alone raises perplexity on a held-aside corpus slice by more than this")
     parser.add_argument("--gate", choices=["templates", "pairs", "none"], default="templates",
                         help="an axis is pruned for when its selection-part interval (resampling templates, or pairs) excludes 0")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--plan-in", choices=["float32", "model"], default="float32",
+                        help="model: plan a bfloat16 or float16 model in its own dtype instead of casting it up")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     started = time.time()
-    loaded = load_model(args.model)
+    loaded = load_model(ModelSpec(id=args.model, dtype=args.dtype))
     ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     suites = [resolve_suite(axis) for axis in AXES]
     params = CausalParams(budgets=[float(b) for b in args.budgets.split(",")], rounds=args.rounds, guard=args.guard,
-                          max_perplexity_rise=args.max_perplexity_rise, gate=args.gate, heads=args.heads)
+                          max_perplexity_rise=args.max_perplexity_rise, gate=args.gate, heads=args.heads,
+                          float32=args.plan_in == "float32")
     found = plan(loaded, suites, params, ids, say=print)
     for gate in found.gates:
         print(f"{gate.axis}: selection-part output bias {gate.bias:+.3f}, 95% CI resampling templates [{gate.template_low:+.3f}, "

@@ -21,18 +21,26 @@ The steps (docs/attribution.md has the definitions and the SmolLM2 results):
    prefix of the greedy order; a head counts as one unit), the one with
    the smallest validation |m| (summed over gated axes, as a share of its value before) whose
    perplexity on a corpus slice rises at most `max_perplexity_rise`.
+
+A model loaded in bfloat16 or float16 is planned in float32 (its weights cast up, then back:
+exact), because the guard's 0.3% is below bfloat16's rounding noise: planned in bfloat16,
+SmolLM2-135M's guard rejects twice the candidates and no budget stays within the perplexity
+limit (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fairaudit.lazy import torch
+
+HALF = ("bfloat16", "float16")
 
 GUARD_TOKENS = 256  # the guard's held-aside slice, after the validation slice
 VALIDATION_TOKENS = 4096  # the corpus slice whose perplexity bounds the budget
@@ -56,6 +64,9 @@ class CausalParams(BaseModel):
     validation_every: int = Field(default=4, ge=2, description="every k-th probe template is for validation")
     heldout_curve: bool = Field(default=False, description="after choosing, also measure each budget's held-out output bias "
                                                            "(evaluation only: the choice is already made)")
+    float32: bool = Field(default=True, description="plan a bfloat16 or float16 model in float32 (weights cast up for the "
+                          "planning, then back: exact; twice the memory meanwhile). false: plan in the model's dtype, whose "
+                          "rounding noise is above the guard's 0.3%")
 
     @field_validator("budgets")
     @classmethod
@@ -92,10 +103,12 @@ class CausalPlan:
     budgets: list[dict[str, float]] = field(default_factory=list)
     chosen_budget: float | None = None
     selection: Any = None  # fairaudit.prune.Selection
+    measured_in: str = "float32"  # the dtype the plan's forward passes ran in
 
     def as_dict(self) -> dict[str, Any]:
         return {"gates": [gate.__dict__ for gate in self.gates], "guard": self.guard, "budgets": self.budgets,
-                "chosen_budget": self.chosen_budget, **_kinds(self.order_at(self.chosen_budget) if self.chosen_budget else [])}
+                "chosen_budget": self.chosen_budget, "measured_in": self.measured_in,
+                **_kinds(self.order_at(self.chosen_budget) if self.chosen_budget else [])}
 
     def order_at(self, budget: float) -> list:
         return self.order[: round(budget * self.total)] if budget else []
@@ -149,9 +162,39 @@ def mean_output_bias(loaded, pairs: list, selection=None) -> float:
         return float(output_bias_values(loaded, pairs).mean())
 
 
+@contextmanager
+def measured_in(loaded, float32: bool):
+    """Yield the dtype the planner's forward passes run in: float32 for a bfloat16 or float16 model
+    when `float32` (its parameters cast up, and back on exit: bfloat16 -> float32 -> bfloat16 is
+    exact) unless it is offloaded (then it stays as it is); else the model's own dtype."""
+    from fairaudit.model import is_offloaded
+
+    dtype = next(loaded.model.parameters()).dtype
+    name = str(dtype).removeprefix("torch.")
+    if not float32 or name not in HALF or is_offloaded(loaded.model):
+        yield name
+        return
+    loaded.model.float()
+    try:
+        yield "float32"
+    finally:
+        loaded.model.to(dtype)
+
+
 def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say: Callable[[str], None] = lambda text: None) -> CausalPlan:
     """Choose neurons and heads of `loaded` for the axes of `suites` (probe templates only), as the
     module docstring describes. `corpus_ids`: the tokenized bundled corpus (validation and guard slices)."""
+    model_dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
+    with measured_in(loaded, params.float32) as dtype:
+        if model_dtype in HALF:
+            say(f"planning in float32: the {model_dtype} weights are cast up, and back after" if dtype == "float32" else
+                f"planning in {dtype}: its rounding noise is above the quality guard's threshold")
+        found = _plan(loaded, suites, params, corpus_ids, say)
+    found.measured_in = dtype
+    return found
+
+
+def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say: Callable[[str], None]) -> CausalPlan:
     from fairaudit import attribution, metrics
     from fairaudit.prune import masked
 

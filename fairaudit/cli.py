@@ -326,8 +326,8 @@ def _device_options(command):
     """--device and --dtype: where the model runs and in which precision (default: the run
     config's, else cpu and float32). Activations are reduced in float32 whatever the dtype."""
     command = click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
-                           help="dtype of the weights (default float32); bfloat16 halves memory, but its rounding "
-                                "makes the causal planner's quality guard stricter (docs/benchmarks.md)")(command)
+                           help="dtype of the weights (default float32); bfloat16 halves memory (the causal "
+                                "planner still measures in float32: docs/attribution.md)")(command)
     return click.option("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, mps")(command)
 
 

@@ -154,6 +154,7 @@ def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_pat
     html = result.report.read_text(encoding="utf-8")
     assert "Causal selection" in html and "Budgets, measured on validation templates" in html and '"causal": {' in html
     assert "Held-out |output bias| kept at each budget" in html and "did not inform the choice" in html
+    assert "The plan's forward passes ran in float32." in html
     assert "nationality: against random neurons" in html and html.count("This axis was not selected for") == 1
     zeroed = result.pruned["zeroed"]
     assert ("zeroed in place" in html) == (zeroed > 0)
@@ -265,3 +266,36 @@ def test_imported_sentence_pairs_are_never_selected_on_and_the_random_baseline_e
     monkeypatch.setattr(prune_module, "pruned_counts", lambda model: ([1] * 4, [0] * 4))  # as if one neuron per layer was pruned
     measured = evaluator.evaluate(loaded, [imported], evaluator.Params(seeds=2), reference=loaded)
     assert {m.metric: m.n for m in measured.measurements}["beats_random_p"] == 6
+
+
+def test_a_bfloat16_model_is_planned_in_float32_and_given_back_unchanged(planted):
+    """bfloat16's rounding noise is above the guard's 0.3% (on SmolLM2-135M it rejected twice the
+    candidates and left no admissible budget), so `plan` casts a half-precision model up for
+    the planning and back after: the plan is the one of the same weights in float32, and the
+    model's weights (dtype, values, hash) are what they were. `float32: false` plans in bfloat16."""
+    import torch
+
+    from fairaudit.model import ModelSpec, weights_hash
+
+    _, reference = planted
+    half = load_model(ModelSpec(id=reference.provenance["source"], dtype="bfloat16"))
+    corpus = half.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
+    suites, params = [resolve_suite("race")], CausalParams(budgets=[0.01, 0.02], rounds=1)
+    before = weights_hash(half.model)
+    said, seen = [], []
+    record = lambda module, args, out: seen.append((out[0] if isinstance(out, tuple) else out).dtype)  # noqa: E731
+    handle = half.layers[0].register_forward_hook(record)
+    found = plan(half, suites, params, corpus, say=said.append)
+    handle.remove()
+    assert set(seen) == {torch.float32}, "every forward pass of the plan ran in float32"
+    assert found.measured_in == "float32" and found.as_dict()["measured_in"] == "float32"
+    assert said[0] == "planning in float32: the bfloat16 weights are cast up, and back after"
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16} and weights_hash(half.model) == before
+    upcast = load_model(ModelSpec(id=reference.provenance["source"], dtype="bfloat16"))
+    upcast.model.float()  # the same bfloat16-rounded weights, in float32
+    assert found.order == plan(upcast, suites, params, corpus).order
+    seen.clear()
+    handle = half.layers[0].register_forward_hook(record)
+    in_half = plan(half, suites, params.model_copy(update={"float32": False}), corpus)
+    handle.remove()
+    assert in_half.measured_in == "bfloat16" and set(seen) == {torch.bfloat16}
