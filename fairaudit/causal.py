@@ -174,9 +174,15 @@ def measured_in(loaded, float32: bool):
     if not float32 or name not in HALF or is_offloaded(loaded.model):
         yield name
         return
-    loaded.model.float()
     try:
+        loaded.model.float()
         yield "float32"
+    except torch.cuda.OutOfMemoryError:
+        from fairaudit.errors import ModelError
+
+        raise ModelError(f"planning in float32 ran out of GPU memory (the {name} weights are cast up for the causal planner, "
+                         f"which doubles their memory). Plan in {name} instead: 'prune --causal --plan-in model', or "
+                         f"'causal: {{float32: false}}' in a run config (its quality guard is then stricter: docs/attribution.md).") from None
     finally:
         loaded.model.to(dtype)
 

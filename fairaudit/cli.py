@@ -709,6 +709,9 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
               help="--causal: skip a unit whose removal alone raises perplexity on a held-aside slice by more than this")
 @click.option("--gate", type=click.Choice(["templates", "pairs", "none"]), default="templates", show_default=True,
               help="--causal: the 95%% interval of an axis' output bias that must exclude 0 for it to be selected for")
+@click.option("--plan-in", type=click.Choice(["float32", "model"]), default="float32", show_default=True,
+              help="--causal: the dtype of the planner's forward passes for a bfloat16 or float16 model (float32: its weights "
+                   "cast up, then back; model: its own dtype, half the memory, a stricter guard)")
 @click.option("--sweep", is_flag=True, help="--causal: after choosing, also measure every budget's held-out output bias "
               "(the curve against perplexity, in the prune record, --json and the report; evaluation only)")
 @click.option("--heads", type=click.IntRange(min=0), default=0, show_default=True,
@@ -723,7 +726,7 @@ def overlap(store, models, runs, top, score, out, match_corpus, permutations, ma
 @click.option("--quiet", is_flag=True, help="no progress lines, no table")
 @click.option("--json", "as_json", is_flag=True)
 def prune_command(model_id, store, axes, combine, fraction, scope, layers, score, round_to, protect, direction, only_biased_axes,
-                  pruner, ablation, run_id, out, save_dtype, causal, budgets, causal_heads, rounds, guard, gate, sweep, heads, head_score,
+                  pruner, ablation, run_id, out, save_dtype, causal, budgets, causal_heads, rounds, guard, gate, plan_in, sweep, heads, head_score,
                   head_scope, remove_heads, device, dtype, quiet, as_json) -> None:
     """Fairness pruning: remove biased, unimportant MLP neurons; save a model transformers loads."""
     from pydantic import ValidationError
@@ -739,7 +742,7 @@ def prune_command(model_id, store, axes, combine, fraction, scope, layers, score
             from fairaudit.suite import resolve_suite
 
             params = CausalParams(budgets=[float(item) for item in budgets.split(",")], heads=causal_heads, rounds=rounds, guard=guard,
-                                  gate=gate, heldout_curve=sweep)
+                                  gate=gate, heldout_curve=sweep, float32=plan_in == "float32")
             suites = [resolve_suite(name) for name in axes]  # checked before the model loads
         else:
             layer_list = [int(item) for item in layers.split(",")] if layers else None

@@ -299,3 +299,26 @@ def test_a_bfloat16_model_is_planned_in_float32_and_given_back_unchanged(planted
     in_half = plan(half, suites, params.model_copy(update={"float32": False}), corpus)
     handle.remove()
     assert in_half.measured_in == "bfloat16" and set(seen) == {torch.bfloat16}
+
+
+def test_planning_out_of_gpu_memory_says_how_to_plan_in_the_models_dtype(planted, cli, tmp_path, monkeypatch):
+    import torch
+
+    from fairaudit.errors import ModelError
+    from fairaudit.model import ModelSpec
+
+    _, reference = planted
+    half = load_model(ModelSpec(id=reference.provenance["source"], dtype="bfloat16"))
+
+    def out_of_memory():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(half.model, "float", out_of_memory)
+    with pytest.raises(ModelError, match="ran out of GPU memory.*--plan-in model.*float32: false"):
+        plan(half, [resolve_suite("race")], CausalParams(budgets=[0.01]), [1, 2, 3])
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    (tmp_path / "store").mkdir()
+    result = cli("prune", "--causal", "--model", reference.provenance["source"], "--store", tmp_path / "store", "--axis", "race",
+                 "--budgets", "0.01,0.02", "--rounds", "1", "--dtype", "bfloat16", "--plan-in", "model", "--out", tmp_path / "pruned", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["causal"]["measured_in"] == "bfloat16"
