@@ -368,6 +368,23 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any, s
     return model, tokenizer, declared
 
 
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot name, or one this machine does not have, with what it has."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"device '{device}' is not a torch device; use cpu, cuda, cuda:N or mps.") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "" if torch.version.cuda else " (this torch is a build without CUDA)"
+            raise ModelError(f"device '{device}': no CUDA GPU is available to torch {torch.__version__}{build}; use --device cpu.")
+        if parsed.index is not None and parsed.index >= count:
+            raise ModelError(f"device '{device}': this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}.")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device '{device}': Apple's MPS backend is not available here; use --device cpu.")
+
+
 def load_model(spec: ModelSpec | str, adapters: dict[str, Adapter] | None = None) -> LoadedModel:
     """Load the model `spec` names and find its architecture adapter."""
     if isinstance(spec, str):
@@ -376,6 +393,8 @@ def load_model(spec: ModelSpec | str, adapters: dict[str, Adapter] | None = None
         from fairaudit.plugins import registry
 
         adapters = {name: registry().get("adapter", name) for name in registry().names("adapter")}
+    if not spec.device_map:
+        check_device(spec.device)  # before minutes of loading
     provenance: dict[str, Any] = {"source": spec.id, "revision": spec.revision, "dtype": spec.dtype}
     path = Path(spec.id).expanduser()
     if spec.id in ALIASES:

@@ -90,3 +90,15 @@ def test_click_usage_errors_read_like_every_other_error():
         assert completed.returncode == 2 and completed.stderr.startswith("error: ") and message in completed.stderr
         assert "Usage:" not in completed.stderr and len(completed.stderr.strip().splitlines()) == 1
     assert run_module("--help").returncode == 0 and run_module("--version").returncode == 0
+
+
+def test_a_device_torch_cannot_name_or_this_machine_lacks_exits_2_before_loading(cli, llama_folder, tmp_path: Path):
+    import torch
+
+    devices = ["gpu", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in devices:
+        for command in (["probe", "--suite", "race", "--store", tmp_path / "store"],
+                        ["evaluate", "--evaluator", "perplexity", "--store", tmp_path / "store"]):
+            done = cli(command[0], "--model", llama_folder, *command[1:], "--device", device)
+            assert done.exit_code == 2 and f"error: device '{device}'" in done.stderr, (device, done.output)
+    assert not (tmp_path / "store").exists(), "nothing is written before the model loads"
