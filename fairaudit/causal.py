@@ -25,7 +25,7 @@ The steps (docs/attribution.md has the definitions and the SmolLM2 results):
 A model loaded in bfloat16 or float16 is planned in float32 (its weights cast up, then back:
 exact), because the guard's 0.3% is below bfloat16's rounding noise: planned in bfloat16,
 SmolLM2-135M's guard rejects twice the candidates and no budget stays within the perplexity
-limit (docs/benchmarks.md).
+limit (docs/attribution.md).
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def mean_output_bias(loaded, pairs: list, selection=None) -> float:
 
 
 @contextmanager
-def measured_in(loaded, float32: bool):
+def measured_in(loaded, float32: bool, say: Callable[[str], None] = lambda text: None):
     """Yield the dtype the planner's forward passes run in: float32 for a bfloat16 or float16 model
     when `float32` (its parameters cast up, and back on exit: bfloat16 -> float32 -> bfloat16 is
     exact) unless it is offloaded (then it stays as it is); else the model's own dtype."""
@@ -172,10 +172,13 @@ def measured_in(loaded, float32: bool):
     dtype = next(loaded.model.parameters()).dtype
     name = str(dtype).removeprefix("torch.")
     if not float32 or name not in HALF or is_offloaded(loaded.model):
+        if name in HALF:
+            say(f"planning in {name}: its rounding noise is above the quality guard's threshold")
         yield name
         return
     try:
         loaded.model.float()
+        say(f"planning in float32: the {name} weights are cast up, and back after")
         yield "float32"
     except torch.cuda.OutOfMemoryError:
         from fairaudit.errors import ModelError
@@ -190,11 +193,7 @@ def measured_in(loaded, float32: bool):
 def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say: Callable[[str], None] = lambda text: None) -> CausalPlan:
     """Choose neurons and heads of `loaded` for the axes of `suites` (probe templates only), as the
     module docstring describes. `corpus_ids`: the tokenized bundled corpus (validation and guard slices)."""
-    model_dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
-    with measured_in(loaded, params.float32) as dtype:
-        if model_dtype in HALF:
-            say(f"planning in float32: the {model_dtype} weights are cast up, and back after" if dtype == "float32" else
-                f"planning in {dtype}: its rounding noise is above the quality guard's threshold")
+    with measured_in(loaded, params.float32, say) as dtype:
         found = _plan(loaded, suites, params, corpus_ids, say)
     found.measured_in = dtype
     return found
