@@ -303,3 +303,20 @@ def test_verify_refuses_what_is_not_a_bundle(tmp_path):
     (tmp_path / "y.zip").write_bytes(buffer.getvalue())
     process = run_module("verify", tmp_path / "y.zip")
     assert process.returncode == 2 and "no manifest.json" in process.stderr
+
+
+def test_the_example_screen_gates_the_original_model_without_pruning(llama_folder, tmp_path):
+    """examples/screen.yaml (the two-minute screen the docs describe): probe and output-level bias
+    of the original model, verdicts of the default policy, nothing pruned."""
+    from fairaudit.config import load_config
+    from fairaudit.model import ModelSpec
+    from fairaudit.runner import audit
+
+    config = load_config(Path(__file__).parent.parent / "examples" / "screen.yaml")
+    assert config.pruning is None and [ref.plugin for ref in config.evaluators] == ["output_bias"] and config.policy == "default"
+    result = audit(config.model_copy(update={"model": ModelSpec(id=str(llama_folder)), "store": str(tmp_path / "store"),
+                                             "report": False}))
+    assert not result.pruned and not (tmp_path / "pruned").exists()
+    assert {row["evaluator"] for row in result.measurements} == {"output_bias"}
+    rules = {verdict.rule for verdict in result.verdicts}
+    assert "output-bias" in rules and {verdict.model for verdict in result.verdicts if verdict.rule == "output-bias"} == {"original"}
