@@ -9,8 +9,8 @@ intermediate 8192, 32 query and 8 key/value heads, vocab 128256), on any device 
 Usage: python benchmarks/large_model.py [--device cuda --dtype bfloat16] [--pairs 45] [--layers 16 --hidden 2048 ...]
 The model is built on the device from random weights and saved, then loaded through
 `fairaudit.model.load_model` like a user's folder (its tokenizer is the test tokenizer: one token
-per word). On the CPU of this project's machine it takes several minutes; the figures in the
-README come from the GPU machine.
+per word). The figures in the README come from the GPU machine; for the CPU figures of the same
+shape, `probe_speed.py --memory-only` and `prune_speed.py` are the ones documented.
 """
 
 from __future__ import annotations
