@@ -144,11 +144,7 @@ def main() -> None:
 
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
-        synchronize(args.device)
-        started = time.perf_counter()
-        select_and_prune()
-        synchronize(args.device)
-        figures["prune_s"] = time.perf_counter() - started
+        figures["prune_s"] = timed(select_and_prune, args.device, repeats=1)
         figures["prune_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
 
     where = f"{figures['gpu']}, " if on_gpu else ""

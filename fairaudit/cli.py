@@ -331,13 +331,18 @@ def _device_options(command):
     return click.option("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, mps")(command)
 
 
+def _device_fields(device: str | None, dtype: str | None) -> dict[str, str]:
+    """The `model:` fields --device and --dtype set (those given)."""
+    return {key: value for key, value in (("device", device), ("dtype", dtype)) if value is not None}
+
+
 def _on_device(model_id: str, device: str | None, dtype: str | None):
     """A model id, or a ModelSpec when --device or --dtype was given."""
-    if device is None and dtype is None:
+    if not _device_fields(device, dtype):
         return model_id
     from fairaudit.model import ModelSpec
 
-    return ModelSpec(id=model_id, **({"device": device} if device else {}), **({"dtype": dtype} if dtype else {}))
+    return ModelSpec(id=model_id, **_device_fields(device, dtype))
 
 
 @main.command(cls=_lists("probe", "scorer"))
@@ -360,7 +365,7 @@ def probe(model_id, suite_names, store, position, batch_size, device, dtype, tru
     from fairaudit.runner import audit
 
     config = RunConfig.model_validate({
-        "model": {"id": model_id or DEFAULT_MODEL, "device": device or "cpu", "dtype": dtype or "float32",
+        "model": {"id": model_id or DEFAULT_MODEL, **_device_fields(device, dtype),
                   "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle},
         "suites": list(suite_names) or DEFAULT_SUITES,
         "probe": {"plugin": "activations", "params": {"position": position, "batch_size": batch_size, "progress": not quiet}},
@@ -404,11 +409,10 @@ def audit_command(config_file, resume_run, store, policy, device, dtype, quiet, 
     config = load_config(config_file, granted) if config_file else RunConfig().with_trust(granted, "the default audit")
     if store is not None:
         config = config.model_copy(update={"store": str(store)})
-    if device is not None or dtype is not None:
+    if _device_fields(device, dtype):
         if resume_run:
             raise click.UsageError("--device and --dtype cannot be given with --resume: a resumed run keeps the model settings it started with")
-        config = config.model_copy(update={"model": config.model.model_copy(update={
-            key: value for key, value in (("device", device), ("dtype", dtype)) if value is not None})})
+        config = config.model_copy(update={"model": config.model.model_copy(update=_device_fields(device, dtype))})
     if policy is not None:
         if resume_run:
             raise click.UsageError("--policy cannot be given with --resume: a resumed run keeps its own policy "
