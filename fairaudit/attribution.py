@@ -109,13 +109,14 @@ def _row_scores(logits: torch.Tensor, batch: _Batch, offset: int = 0) -> torch.T
     return torch.stack(values) * batch.signs.to(logits.device, values[0].dtype)
 
 
-def output_bias_values(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) -> torch.Tensor:
+def output_bias_values(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8,
+                       known: dict[tuple[str, str], float] | None = None) -> torch.Tensor:
     """[pairs] float64: m_p for each pair (no gradient), from the log-likelihoods the evaluators
     use (`fairaudit.evaluate.loglikelihoods`: a context and continuation shared by several pairs,
-    such as the reference group's side, is computed once)."""
+    such as the reference group's side, is computed once; one in `known` is not computed)."""
     terms = [metrics.output_bias_terms(pair) for pair in pairs]
     scores = iter(loglikelihoods(loaded, [(context, continuation) for found in terms for context, continuation, _ in found],
-                                 batch_size=4 * pairs_per_batch))
+                                 batch_size=4 * pairs_per_batch, known=known))
     return torch.tensor([sum(sign * next(scores) for _, _, sign in found) for found in terms], dtype=torch.float64)
 
 

@@ -118,6 +118,8 @@ class RunConfig(BaseModel):
     store: str = "fairaudit-out/store"
     seed: int = 0
     evaluator_time_limit: float | None = Field(default=3600.0, gt=0, description="seconds per evaluator run (null: none)")
+    evaluate_side_by_side: bool = Field(default=True, description="evaluate the original and the pruned model at once "
+                                        "(two threads, half the CPU threads each) with the evaluators that allow it")
     report: bool = Field(default=True, description="write the HTML report (and report.json) beside the store folder")
     diagnose_top: int = Field(default=1, ge=0, le=20, description="diagnosis figures for this many most divergent pairs per axis")
     overlap_top: float = Field(default=0.01, gt=0, description="top-k of each axis for the stored overlap analysis")

@@ -54,7 +54,10 @@ class EvaluationResult:
 
 
 class Evaluator(Protocol):
-    """What an evaluator plugin provides. `requires_causal`: skipped for encoders."""
+    """What an evaluator plugin provides. `requires_causal`: skipped for encoders.
+    `exclusive` (optional; True when absent): False lets the audit run it on the original and
+    the pruned model at once, in two threads; say False only when `evaluate` reads no model but
+    `loaded` (not `reference`) and no process-wide state (global random generators, settings)."""
 
     name: str
     description: str
@@ -128,14 +131,18 @@ def encode_request(tokenizer: Any, context: str, continuation: str) -> tuple[lis
     return context_ids, whole[len(context_ids):]
 
 
-def loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
+def loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_size: int = 16,
+                   known: dict[tuple[str, str], float] | None = None) -> list[float]:
     """Summed log-probability of each continuation given its context (natural log). A request
-    asked several times (the reference group's side of every pair of a template) is computed once."""
-    unique = list(dict.fromkeys(requests))
-    if len(unique) < len(requests):
-        values = dict(zip(unique, _loglikelihoods(loaded, unique, batch_size)))
-        return [values[request] for request in requests]
-    return _loglikelihoods(loaded, requests, batch_size)
+    asked several times (the reference group's side of every pair of a template) is computed once;
+    one in `known` (what `recall(loaded, LOGLIKELIHOODS)` gives) is not computed at all."""
+    known = known or {}
+    unique = [request for request in dict.fromkeys(requests) if request not in known]
+    values = {**known, **dict(zip(unique, _loglikelihoods(loaded, unique, batch_size)))} if unique else known
+    return [values[request] for request in requests]
+
+
+LOGLIKELIHOODS = "loglikelihoods"  # `remember` key: {(context, continuation): value} the output_bias evaluator computed
 
 
 def _loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_size: int) -> list[float]:

@@ -7,6 +7,7 @@ is done; `resume=RUN_ID` skips the axes already in the store.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import platform
 import shutil
@@ -15,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import torch
@@ -366,7 +367,7 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
                           for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
             result.evaluation_failures, result.comparisons = run_evaluations(
                 store, run_id, suites, evaluators, loaded, after, record["timings"], config.evaluator_time_limit,
-                progress=progress)
+                progress=progress, side_by_side=config.evaluate_side_by_side)
             result.measurements = store.rows("evaluations", run_id=run_id)
             _record_time(record["timings"], "evaluate", stage_started)
             record["evaluation_failures"] = result.evaluation_failures
@@ -730,44 +731,127 @@ GENERATION_SCHEMA = pa.schema([("evaluator", pa.string()), ("role", pa.string())
 def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: list[tuple[str, Any, Any]],
                     before: LoadedModel, after: LoadedModel | None,
                     timings: dict[str, float] | None = None, time_limit: float | None = None,
-                    progress: bool = True) -> tuple[list[str], list[dict[str, Any]]]:
+                    progress: bool = True, side_by_side: bool = True) -> tuple[list[str], list[dict[str, Any]]]:
     """Run every evaluator on `before` (and `after`, the pruned model), store what each
     measured, then store the paired before/after comparisons. An evaluator that raises or
     returns the wrong type is recorded with its error; the others still run. Returns
-    (one message per failure, the comparison rows); `timings` receives wall and CPU seconds per run."""
+    (one message per failure, the comparison rows); `timings` receives wall and CPU seconds per run.
+
+    With `side_by_side` and two models, the evaluators that touch only the model they evaluate
+    (`exclusive = False`) run in two lanes at once, one per model, each with half of torch's CPU
+    threads (all of them once the other lane is done); then the exclusive ones (those that also
+    read the unpruned reference, or process-wide state; any evaluator that does not say) run
+    one at a time. Each lane computes what a run alone computes, with fewer threads (float32 sums
+    may round differently: docs/evaluation.md)."""
     failures: list[str] = []
     timings = timings if timings is not None else {}
     roles = [("before", before, None)] + ([("after", after, before)] if after is not None else [])
-    total, number = len(roles) * len(evaluators), 0
-    for role, loaded, reference in roles:
-        for name, evaluator, params in evaluators:
-            number += 1
-            if store.part_path("evaluations", loaded.model_id, "all", run_id, name).exists():
-                continue  # stored by an interrupted run being resumed
-            say(progress, f"evaluating {number} of {total}: {name} on the {'original' if role == 'before' else 'pruned'} model")
-            evaluator_started = _clock()
-            result = EvaluationResult()
-            if getattr(evaluator, "requires_causal", False) and not loaded.is_causal:
-                result.measurements.append(Measurement(name, "", "skipped", math.nan, error="skipped: the model has no language-model head"))
-            else:
-                try:
-                    result = _with_time_limit(lambda: evaluator.evaluate(loaded, suites, params, reference), time_limit)
-                    if not isinstance(result, EvaluationResult):
-                        raise PluginError(f"returned {type(result).__name__}, not an EvaluationResult")
-                except Exception as exc:  # a plugin's failure must not take the other results with it
-                    message = f"{name} on {role} model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    jobs = [_Job(number, *role, *entry) for number, (role, entry) in enumerate(itertools.product(roles, evaluators), 1)]
+    lock = threading.Lock()
+    threads = torch.get_num_threads()
+    lanes_running = [0]
+
+    def run(job: _Job, lane: bool) -> None:
+        number, role, loaded, reference, name, evaluator, params = job
+        if store.part_path("evaluations", loaded.model_id, "all", run_id, name).exists():
+            return  # stored by an interrupted run being resumed
+        with lock:
+            say(progress, f"evaluating {number} of {len(jobs)}: {name} on the {'original' if role == 'before' else 'pruned'} model")
+        started, spent = _clock(), []
+
+        def call() -> EvaluationResult:
+            if not lane:
+                return evaluator.evaluate(loaded, suites, params, reference)
+            # this thread's share of the cores: set here, since torch reads it per thread
+            with lock:
+                share = max(1, threads // max(lanes_running[0], 1))
+            torch.set_num_threads(share)
+            cpu = time.thread_time()
+            try:
+                return evaluator.evaluate(loaded, suites, params, reference)
+            finally:
+                spent.append(time.thread_time() - cpu)
+
+        result = EvaluationResult()
+        if getattr(evaluator, "requires_causal", False) and not loaded.is_causal:
+            result.measurements.append(Measurement(name, "", "skipped", math.nan, error="skipped: the model has no language-model head"))
+        else:
+            try:
+                result = _with_time_limit(call, time_limit)
+                if not isinstance(result, EvaluationResult):
+                    raise PluginError(f"returned {type(result).__name__}, not an EvaluationResult")
+            except Exception as exc:  # a plugin's failure must not take the other results with it
+                message = f"{name} on {role} model: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                with lock:
                     failures.append(message)
-                    result = EvaluationResult(measurements=[Measurement(name, "", "failed", math.nan, error=message)])
-            _record_time(timings, f"evaluate:{name}:{role}", evaluator_started)
-            tables = _evaluation_tables(name, role, result)
+                result = EvaluationResult(measurements=[Measurement(name, "", "failed", math.nan, error=message)])
+        tables = _evaluation_tables(name, role, result)
+        with lock:
+            _record_time(timings, f"evaluate:{name}:{role}", started)
+            if lane:  # CPU seconds of the thread that ran it (the process' would count the other lane's too)
+                timings[f"evaluate:{name}:{role}:cpu"] = round(spent[0], 3) if spent else math.nan
             for table in ("evaluation_items", "generations", "evaluations"):  # the measurements last: they mark completion
                 store.write_part(table, loaded.model_id, "all", run_id, tables[table], part=name)
+
+    serial = jobs
+    if side_by_side and after is not None:
+        lanes = [[job for job in jobs if job.role == role and not exclusive(job.evaluator)] for role in ("before", "after")]
+        serial = [job for job in jobs if exclusive(job.evaluator)]
+        _in_lanes(lanes, run, lanes_running, lock, timings)
+        torch.set_num_threads(threads)
+    for job in serial:
+        run(job, lane=False)
     stored = [row for row in store.rows("evaluations", run_id=run_id) if row["error"]]
     failures = sorted({row["error"] for row in stored if not row["error"].startswith("skipped")} | set(failures))
     comparisons = _comparisons(store, run_id, before.model_id, after.model_id) if after is not None else []
     if comparisons:
         store.write_part("comparisons", before.model_id, "all", run_id, pa.Table.from_pylist(comparisons))
     return failures, comparisons
+
+
+class _Job(NamedTuple):
+    number: int
+    role: str
+    loaded: LoadedModel
+    reference: LoadedModel | None
+    name: str
+    evaluator: Any
+    params: Any
+
+
+def exclusive(evaluator: Any) -> bool:
+    """Whether an evaluator must run alone: it says `exclusive = False` only when it reads no
+    model but the one it evaluates and no process-wide state (global random generators)."""
+    return getattr(evaluator, "exclusive", True) is not False
+
+
+def _in_lanes(lanes: list[list], run, running: list[int], lock: threading.Lock, timings: dict[str, float]) -> None:
+    """Run each lane's jobs in order, the lanes at once (one thread each); `running[0]` counts
+    the lanes not yet done. An error that escapes a job (a store failure) is raised after both stop."""
+    lanes = [lane for lane in lanes if lane]
+    if not lanes:
+        return
+    started, errors = _clock(), []
+    running[0] = len(lanes)
+
+    def work(lane: list) -> None:
+        try:
+            for job in lane:
+                run(job, lane=True)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    workers = [threading.Thread(target=work, args=(lane,), daemon=True) for lane in lanes]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    _record_time(timings, "evaluate:side_by_side", started)
+    if errors:
+        raise errors[0]
 
 
 def _comparisons(store: Store, run_id: str, before_id: str, after_id: str) -> list[dict[str, Any]]:

@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fairaudit import metrics
 from fairaudit.errors import PluginError
-from fairaudit.evaluate import (EvaluationResult, Measurement, divergence_rows, encode_request, loglikelihoods,
-                                probe_key, recall, window_nll)
+from fairaudit.evaluate import (LOGLIKELIHOODS, EvaluationResult, Measurement, divergence_rows, encode_request, has_hooks,
+                                loglikelihoods, probe_key, recall, remember, window_nll)
 from fairaudit.hookspecs import hookimpl
-from fairaudit.model import LoadedModel
+from fairaudit.model import LoadedModel, weights_hash
 from fairaudit.resources import corpus_path, corpus_sentences, data_dir
 from fairaudit.suite import Suite
 
@@ -41,6 +41,7 @@ class BiasReprobe:
     name = "bias_reprobe"
     description = "bias index per axis on the probe templates and on held-out templates (per-pair values kept)"
     requires_causal = False
+    exclusive = False  # reads only the model it evaluates
     Params = ReprobeParams
 
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: ReprobeParams, reference=None) -> EvaluationResult:
@@ -89,16 +90,25 @@ class OutputBias:
     description = ("log-probability gaps of declared continuations between the two sides of each pair; "
                    "for sentence pairs, the share where the stereotyping sentence is more likely")
     requires_causal = True
+    exclusive = False  # reads only the model it evaluates
     Params = OutputBiasParams
 
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: OutputBiasParams, reference=None) -> EvaluationResult:
         result = EvaluationResult()
+        # what this computes is left on the model for the random baseline's unmasked runs (`recall`)
+        weights, computed = (None, {}) if has_hooks(loaded.model) else (weights_hash(loaded.model), {})
+
+        def score(requests: list[tuple[str, str]]) -> list[float]:
+            values = loglikelihoods(loaded, requests, params.batch_size)
+            computed.update(zip(requests, values))
+            return values
+
         for suite in suites:
             pairs = [pair for pair in suite.pairs(None) if pair.kind == "template" and pair.continuations]
             labels = sorted({label for pair in pairs for label in pair.continuations})
             requests = [(text, pair.continuations[label]) for pair in pairs for label in labels if label in pair.continuations
                         for text in (pair.text_a, pair.text_b)]
-            scores = iter(loglikelihoods(loaded, requests, params.batch_size))
+            scores = iter(score(requests))
             by_label: dict[str, dict[str, float]] = {label: {} for label in labels}
             for pair in pairs:
                 for label in labels:
@@ -116,18 +126,20 @@ class OutputBias:
             sentences = [pair for pair in suite.pairs("probe") if pair.kind == "sentence"]
             crows = [pair for pair in sentences if not pair.unrelated]
             if crows:
-                _crows_pairs_scores(self.name, loaded, suite.axis, crows, params.batch_size, result)
+                _crows_pairs_scores(self.name, score, suite.axis, crows, result)
             stereoset = [pair for pair in sentences if pair.unrelated]
             if stereoset:
-                _stereoset_scores(self.name, loaded, suite.axis, stereoset, params.batch_size, result)
+                _stereoset_scores(self.name, score, loaded, suite.axis, stereoset, result)
+        if weights is not None:
+            remember(loaded, LOGLIKELIHOODS, computed, weights)
         return result
 
 
-def _crows_pairs_scores(name: str, loaded: LoadedModel, axis: str, pairs: list, batch_size: int, result: EvaluationResult) -> None:
+def _crows_pairs_scores(name: str, score, axis: str, pairs: list, result: EvaluationResult) -> None:
     """lm-eval's crows_pairs metrics: summed log-likelihood of each sentence with an empty
     context; pct_stereotype = share preferring the first (more stereotyping) sentence,
     likelihood_diff = mean |difference|; and the original paper's split by direction."""
-    likelihoods = loglikelihoods(loaded, [("", text) for pair in pairs for text in (pair.text_a, pair.text_b)], batch_size)
+    likelihoods = score([("", text) for pair in pairs for text in (pair.text_a, pair.text_b)])
     more, less = likelihoods[0::2], likelihoods[1::2]
     result.add_items(name, axis, "pct_stereotype", {p.pair_id: float(a > b) for p, a, b in zip(pairs, more, less)})
     result.add_items(name, axis, "likelihood_diff", {p.pair_id: abs(a - b) for p, a, b in zip(pairs, more, less)})
@@ -137,13 +149,13 @@ def _crows_pairs_scores(name: str, loaded: LoadedModel, axis: str, pairs: list, 
             result.add_items(name, axis, f"pct_stereotype_{direction}", chosen)
 
 
-def _stereoset_scores(name: str, loaded: LoadedModel, axis: str, pairs: list, batch_size: int, result: EvaluationResult) -> None:
+def _stereoset_scores(name: str, score, loaded: LoadedModel, axis: str, pairs: list, result: EvaluationResult) -> None:
     """StereoSet (Nadeem et al., 2021) intrasentence scores from each sentence's mean token
     log-probability (empty context): SS = share of items where the stereotype beats the
     anti-stereotype; LMS = share of (meaningful, unrelated) comparisons the meaningful sentence
     wins; ICAT = LMS * min(SS, 1 - SS) / 0.5. Shares in [0, 1] (the paper prints x100)."""
     texts = [text for pair in pairs for text in (pair.text_a, pair.text_b, pair.unrelated)]
-    totals = loglikelihoods(loaded, [("", text) for text in texts], batch_size)
+    totals = score([("", text) for text in texts])
     lengths = [len(encode_request(loaded.tokenizer, "", text)[1]) for text in texts]
     mean = [total / max(length, 1) for total, length in zip(totals, lengths)]
     stereotype, anti, unrelated = mean[0::3], mean[1::3], mean[2::3]
@@ -172,6 +184,7 @@ class Generations:
     name = "generations"
     description = "deterministic continuations of each pair's two prompts (write-up: num_beams=5, do_sample=False, max_length=50)"
     requires_causal = True
+    exclusive = False  # reads only the model it evaluates
     Params = GenerationParams
 
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: GenerationParams, reference=None) -> EvaluationResult:
@@ -226,6 +239,7 @@ class Perplexity:
     name = "perplexity"
     description = "perplexity (exp of mean token NLL) on the bundled corpus or a user file, sliding window"
     requires_causal = True
+    exclusive = False  # reads only the model it evaluates
     Params = PerplexityParams
 
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: PerplexityParams, reference=None) -> EvaluationResult:
@@ -325,6 +339,7 @@ class LmEval:
     name = "lm_eval"
     description = "lm-evaluation-harness tasks on the in-memory model (hub tasks online; local task YAML + JSONL offline)"
     requires_causal = True
+    exclusive = True  # lm-eval seeds the process' random generators
     Params = LmEvalParams
 
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: LmEvalParams, reference=None) -> EvaluationResult:
@@ -397,6 +412,7 @@ class FactualControl:
     description = ("factual-knowledge control: facts whose answer depends on a demographic word for factual reasons "
                    "(kinship, pronouns, capitals, languages, religious holidays); accuracy and log-probability")
     requires_causal = True
+    exclusive = False  # reads only the model it evaluates
     Params = FactsParams
 
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: FactsParams, reference=None) -> EvaluationResult:
@@ -446,6 +462,7 @@ class Fidelity:
     name = "fidelity"
     description = "cosine similarity of mean-pooled last hidden states, pruned vs unpruned, on corpus sentences"
     requires_causal = False
+    exclusive = True  # reads the unpruned reference too
     Params = FidelityParams
 
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: FidelityParams, reference: LoadedModel | None = None) -> EvaluationResult:
@@ -476,6 +493,7 @@ class RandomBaseline:
     description = ("did pruning beat chance? |mean output bias| of the pruned model against the unpruned model with the same "
                    "number of neurons (and attention heads) per layer removed at random (seeds), one-sided permutation p-value per axis")
     requires_causal = True
+    exclusive = True  # masks the unpruned reference
     Params = RandomBaselineParams
 
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: RandomBaselineParams, reference=None) -> EvaluationResult:
@@ -492,14 +510,16 @@ class RandomBaseline:
         counts, head_counts = found
         widths = [reference.adapter.mlp_weights(layer).down.shape[1] for layer in reference.layers]
         heads = head_count(reference) if any(head_counts) else 0
+        # the unmasked models' values, where the output_bias evaluator computed them on these weights
+        known_before, known_after = recall(reference, LOGLIKELIHOODS), recall(loaded, LOGLIKELIHOODS)
         for suite in suites:
             pairs = [pair for pair in suite.pairs(None if params.split == "all" else params.split) if metrics.output_bias_terms(pair)]
             if params.split == "heldout":  # an imported data set's sentence pairs are evaluation-only, like held-out templates
                 pairs += [pair for pair in suite.pairs("probe") if pair.kind == "sentence"]
             if len(pairs) < 2:
                 continue
-            before = output_bias_values(reference, pairs, params.pairs_per_batch)
-            after = output_bias_values(loaded, pairs, params.pairs_per_batch)
+            before = output_bias_values(reference, pairs, params.pairs_per_batch, known_before)
+            after = output_bias_values(loaded, pairs, params.pairs_per_batch, known_after)
             randoms = []
             for seed in range(params.seeds):
                 with masked(reference, random_selection(counts, widths, seed, head_counts, heads)):

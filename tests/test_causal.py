@@ -6,6 +6,7 @@ with nothing to remove it refuses before writing anything."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -322,3 +323,41 @@ def test_planning_out_of_gpu_memory_says_how_to_plan_in_the_models_dtype(planted
                  "--budgets", "0.01,0.02", "--rounds", "1", "--dtype", "bfloat16", "--plan-in", "model", "--out", tmp_path / "pruned", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["causal"]["measured_in"] == "bfloat16"
+
+
+def test_the_random_baseline_takes_unmasked_values_output_bias_computed_on_the_same_weights(planted, monkeypatch):
+    """The random baseline's unpruned and pruned values are the output_bias evaluator's, when that
+    evaluator ran on the same weights (hash recomputed) with no mask on; the masked random
+    selections are always computed; a model changed in place is computed again."""
+    import torch
+
+    import fairaudit.evaluate as evaluate_module
+    import fairaudit.prune as prune_module
+    from fairaudit.evaluate import LOGLIKELIHOODS
+    from fairaudit.plugins import registry
+
+    _, loaded = planted
+    twin = load_model(loaded.provenance["source"])  # stands for the pruned model: another object
+    suites = [resolve_suite("race")]
+    baseline, output_bias = registry().get("evaluator", "random_baseline"), registry().get("evaluator", "output_bias")
+    params = baseline.Params(seeds=2)
+    monkeypatch.setattr(prune_module, "pruned_counts", lambda model: ([1] * 4, [0] * 4))
+    computed = []
+    original = evaluate_module._loglikelihoods
+    monkeypatch.setattr(evaluate_module, "_loglikelihoods", lambda model, requests, *a: computed.extend(requests) or original(model, requests, *a))
+    try:
+        fresh = {m.metric: m.value for m in baseline.evaluate(twin, suites, params, reference=loaded).measurements}
+        unique = len(computed) // 4  # the unpruned, the pruned, two random selections
+        for model in (loaded, twin):
+            output_bias.evaluate(model, suites, output_bias.Params(), None)
+        computed.clear()
+        reused = {m.metric: m.value for m in baseline.evaluate(twin, suites, params, reference=loaded).measurements}
+        assert len(computed) == 2 * unique, "only the two random selections are computed"
+        assert reused.keys() == fresh.keys() and all(math.isclose(reused[k], fresh[k], rel_tol=1e-9, abs_tol=1e-12) for k in fresh), (reused, fresh)
+        with torch.no_grad():
+            twin.layers[1].mlp.down_proj.weight.data.add_(0.01)  # changed in place, behind autograd's back
+        computed.clear()
+        baseline.evaluate(twin, suites, params, reference=loaded)
+        assert len(computed) == 3 * unique, "the changed model is measured again, the unchanged reference is not"
+    finally:
+        loaded.measured.pop(LOGLIKELIHOODS, None)

@@ -4,6 +4,8 @@ recorded and do not stop the others; offline lm-eval paths."""
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from fairaudit.evaluate import compare, loglikelihoods
 from fairaudit.hookspecs import hookimpl
 from fairaudit.model import load_model
 from fairaudit.plugins import register_plugin, registry, unregister_plugin
+from fairaudit.store import Store
 from fairaudit.suite import resolve_suite
 
 
@@ -321,3 +324,83 @@ def test_bundled_facts_cover_a_hundred_demographic_facts():
     facts = [json.loads(line) for line in (data_dir() / "facts.jsonl").read_text().splitlines()]
     assert len(facts) >= 100 and {f["category"] for f in facts} == {"capital", "language", "kinship", "pronoun", "religion"}
     assert all(f["correct"] not in f["distractors"] for f in facts)
+
+
+# --- the two models side by side --------------------------------------------------------------
+
+class _Timed:
+    """An evaluator that records when it ran, on which model; `exclusive` as given (absent: None)."""
+
+    description = "records its interval"
+    requires_causal = False
+    Params = Exploding.Params
+
+    def __init__(self, name: str, exclusive: bool | None, log: list):
+        self.name, self.log = name, log
+        if exclusive is not None:
+            self.exclusive = exclusive
+
+    def evaluate(self, loaded, suites, params, reference=None):
+        from fairaudit.evaluate import EvaluationResult
+
+        started = time.monotonic()
+        time.sleep(0.4)
+        self.log.append((self.name, "after" if reference is not None else "before", started, time.monotonic(), torch.get_num_threads()))
+        return EvaluationResult()
+
+
+def _pruning_audit(model, root: Path, evaluators: list, **overrides):
+    from fairaudit.config import RunConfig
+    from fairaudit.runner import audit
+
+    return audit(RunConfig.model_validate({
+        "model": str(model), "suites": ["race", "gender"], "store": str(root / "store"), "report": False,
+        "probe": {"plugin": "activations", "params": {"progress": False}},
+        "pruning": {"out": str(root / "pruned"), "selection": {"fraction": 0.1}}, "evaluators": evaluators, **overrides}))
+
+
+def test_evaluators_that_allow_it_run_on_both_models_at_once_and_the_others_alone(llama_folder, tmp_path):
+    log: list = []
+
+    class Plugin:
+        @hookimpl
+        def register_evaluators(self, register):
+            register(_Timed("shared", False, log))
+            register(_Timed("unsaid", None, log))  # says nothing: runs alone
+            register(_Timed("alone", True, log))
+
+    register_plugin(Plugin(), name="timed-evaluators")
+    try:
+        result = _pruning_audit(llama_folder, tmp_path, ["shared", "unsaid", "alone"])
+    finally:
+        unregister_plugin("timed-evaluators")
+    assert result.evaluation_failures == []
+    runs = {(name, role): (start, end, threads) for name, role, start, end, threads in log}
+    assert len(runs) == 6
+    overlap = lambda a, b: a[0] < b[1] and b[0] < a[1]  # noqa: E731
+    assert overlap(runs[("shared", "before")], runs[("shared", "after")])
+    for key in [("unsaid", "before"), ("unsaid", "after"), ("alone", "before"), ("alone", "after")]:
+        assert not any(overlap(runs[key], other) for name, other in runs.items() if name != key), key
+    cores = torch.get_num_threads()
+    assert runs[("shared", "before")][2] == max(1, cores // 2) and runs[("alone", "after")][2] == cores
+    timings = Store(tmp_path / "store").read_run(result.run_id)["timings"]
+    assert "evaluate:side_by_side" in timings and timings["evaluate:shared:after:cpu"] < 0.4  # its own thread's CPU: it slept
+
+
+def test_side_by_side_evaluation_gives_the_numbers_of_one_model_at_a_time(llama_folder, tmp_path):
+    evaluators = ["bias_reprobe", "output_bias", {"plugin": "perplexity", "params": {"max_length": 64, "stride": 48}}, "facts",
+                  "generations", "fidelity"]
+
+    def numbers(folder: Path, side_by_side: bool) -> dict:
+        result = _pruning_audit(llama_folder, folder, evaluators, evaluate_side_by_side=side_by_side)
+        assert result.evaluation_failures == []
+        store = Store(folder / "store")
+        items = {(row["evaluator"], row["role"], row["axis_or_task"], row["metric"], row["item"]): row["value"]
+                 for row in store.rows("evaluation_items", run_id=result.run_id)}
+        texts = sorted((row["role"], row["pair_id"], row["side"], row["continuation"]) for row in store.rows("generations", run_id=result.run_id))
+        return items, texts
+
+    (items, texts), (alone_items, alone_texts) = numbers(tmp_path / "at-once", True), numbers(tmp_path / "one-by-one", False)
+    assert items.keys() == alone_items.keys() and len(items) > 1000 and texts == alone_texts and len(texts) == 16
+    assert {key: value for key, value in items.items() if not math.isnan(value)} == \
+           {key: value for key, value in alone_items.items() if not math.isnan(value)}  # bit for bit
