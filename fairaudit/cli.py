@@ -433,10 +433,13 @@ def audit_command(config_file, resume_run, store, policy, device, dtype, quiet, 
 @click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
               help="seconds per evaluator run")
+@click.option("--one-at-a-time", is_flag=True, help="with --compare: evaluate the two models one after the other "
+              "(default: side by side where the evaluator allows it; docs/evaluation.md)")
 @_device_options
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, time_limit, device, dtype, quiet, as_json) -> None:
+def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, time_limit, one_at_a_time, device, dtype, quiet,
+                     as_json) -> None:
     """Measure bias and quality of a model, and of its pruned version with --compare."""
     from fairaudit.config import DEFAULT_EVALUATORS, DEFAULT_SUITES
     from fairaudit.runner import evaluate_models
@@ -445,7 +448,8 @@ def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, 
         _silence_libraries()
     result = evaluate_models(_on_device(model_id, device, dtype), compare_id and _on_device(compare_id, device, dtype),
                              list(suite_names) or DEFAULT_SUITES,
-                             list(evaluator_names) or DEFAULT_EVALUATORS, store, time_limit, progress=not quiet)
+                             list(evaluator_names) or DEFAULT_EVALUATORS, store, time_limit, progress=not quiet,
+                             side_by_side=not one_at_a_time)
     _report_result(result, quiet, as_json)
 
 

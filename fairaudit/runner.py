@@ -872,7 +872,7 @@ def _comparisons(store: Store, run_id: str, before_id: str, after_id: str) -> li
 
 def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None, suite_names: list[str],
                     evaluator_refs: list, store_path: str | Path, time_limit: float | None = 3600.0,
-                    progress: bool = True) -> AuditResult:
+                    progress: bool = True, side_by_side: bool = True) -> AuditResult:
     """Evaluate a model (and a pruned version of it) without probing or pruning: a run of
     kind "evaluate" in the store, with measurements and paired comparisons."""
     config = RunConfig.model_validate({"model": model if isinstance(model, str) else model.model_dump(), "suites": suite_names,
@@ -891,7 +891,8 @@ def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None
                   for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
     result = AuditResult(run_id=run_id, store=store.root, model_id=before.model_id)
     result.evaluation_failures, result.comparisons = run_evaluations(store, run_id, suites, evaluators, before, after,
-                                                                     time_limit=time_limit, progress=progress)
+                                                                     time_limit=time_limit, progress=progress,
+                                                                     side_by_side=side_by_side)
     result.measurements = store.rows("evaluations", run_id=run_id)
     store.write_run(run_id, {**record, "status": "complete", "evaluation_failures": result.evaluation_failures})
     return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -96,7 +97,8 @@ class OutputBias:
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: OutputBiasParams, reference=None) -> EvaluationResult:
         result = EvaluationResult()
         # what this computes is left on the model for the random baseline's unmasked runs (`recall`)
-        weights, computed = (None, {}) if has_hooks(loaded.model) else (weights_hash(loaded.model), {})
+        weights = None if has_hooks(loaded.model) else weights_hash(loaded.model)
+        computed: dict[tuple[str, str], float] = {}
 
         def score(requests: list[tuple[str, str]]) -> list[float]:
             values = loglikelihoods(loaded, requests, params.batch_size)
@@ -135,7 +137,10 @@ class OutputBias:
         return result
 
 
-def _crows_pairs_scores(name: str, score, axis: str, pairs: list, result: EvaluationResult) -> None:
+Scoring = Callable[[list[tuple[str, str]]], list[float]]  # (context, continuation) requests -> log-likelihoods
+
+
+def _crows_pairs_scores(name: str, score: Scoring, axis: str, pairs: list, result: EvaluationResult) -> None:
     """lm-eval's crows_pairs metrics: summed log-likelihood of each sentence with an empty
     context; pct_stereotype = share preferring the first (more stereotyping) sentence,
     likelihood_diff = mean |difference|; and the original paper's split by direction."""
@@ -149,7 +154,7 @@ def _crows_pairs_scores(name: str, score, axis: str, pairs: list, result: Evalua
             result.add_items(name, axis, f"pct_stereotype_{direction}", chosen)
 
 
-def _stereoset_scores(name: str, score, loaded: LoadedModel, axis: str, pairs: list, result: EvaluationResult) -> None:
+def _stereoset_scores(name: str, score: Scoring, loaded: LoadedModel, axis: str, pairs: list, result: EvaluationResult) -> None:
     """StereoSet (Nadeem et al., 2021) intrasentence scores from each sentence's mean token
     log-probability (empty context): SS = share of items where the stereotype beats the
     anti-stereotype; LMS = share of (meaningful, unrelated) comparisons the meaningful sentence

@@ -4,6 +4,7 @@ recorded and do not stop the others; offline lm-eval paths."""
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -404,3 +405,25 @@ def test_side_by_side_evaluation_gives_the_numbers_of_one_model_at_a_time(llama_
     assert items.keys() == alone_items.keys() and len(items) > 1000 and texts == alone_texts and len(texts) == 16
     assert {key: value for key, value in items.items() if not math.isnan(value)} == \
            {key: value for key, value in alone_items.items() if not math.isnan(value)}  # bit for bit
+
+
+def test_evaluate_compare_runs_the_two_models_side_by_side_unless_told_one_at_a_time(cli, llama_folder, tmp_path):
+    log: list = []
+
+    class Plugin:
+        @hookimpl
+        def register_evaluators(self, register):
+            register(_Timed("shared", False, log))
+
+    twin = shutil.copytree(llama_folder, tmp_path / "twin")  # stands for a pruned model
+    register_plugin(Plugin(), name="timed-evaluator")
+    try:
+        for flags, at_once in (([], True), (["--one-at-a-time"], False)):
+            log.clear()
+            result = cli("evaluate", "--model", llama_folder, "--compare", twin, "--suite", "race", "--evaluator", "shared",
+                         "--store", tmp_path / "store", "--quiet", *flags)
+            assert result.exit_code == 0, result.output
+            (_, _, start, end, _), (_, _, other_start, other_end, _) = log
+            assert (start < other_end and other_start < end) == at_once, flags
+    finally:
+        unregister_plugin("timed-evaluator")
