@@ -350,6 +350,13 @@ class _Timed:
         return EvaluationResult()
 
 
+class _FailsOnPruned(_Timed):
+    def evaluate(self, loaded, suites, params, reference=None):
+        if reference is not None:
+            raise RuntimeError("kaboom on the pruned side")
+        return super().evaluate(loaded, suites, params, reference)
+
+
 def _pruning_audit(model, root: Path, evaluators: list, **overrides):
     from fairaudit.config import RunConfig
     from fairaudit.runner import audit
@@ -369,14 +376,16 @@ def test_evaluators_that_allow_it_run_on_both_models_at_once_and_the_others_alon
             register(_Timed("shared", False, log))
             register(_Timed("unsaid", None, log))  # says nothing: runs alone
             register(_Timed("alone", True, log))
+            register(_FailsOnPruned("failing", False, log))
 
     register_plugin(Plugin(), name="timed-evaluators")
     try:
-        result = _pruning_audit(llama_folder, tmp_path, ["shared", "unsaid", "alone"])
+        result = _pruning_audit(llama_folder, tmp_path, ["shared", "failing", "unsaid", "alone"])
     finally:
         unregister_plugin("timed-evaluators")
-    assert result.evaluation_failures == []
-    runs = {(name, role): (start, end, threads) for name, role, start, end, threads in log}
+    # a failure in one lane is recorded; that lane and the other go on
+    assert result.evaluation_failures == ["failing on after model: RuntimeError: kaboom on the pruned side"]
+    runs = {(name, role): (start, end, threads) for name, role, start, end, threads in log if name != "failing"}
     assert len(runs) == 6
     overlap = lambda a, b: a[0] < b[1] and b[0] < a[1]  # noqa: E731
     assert overlap(runs[("shared", "before")], runs[("shared", "after")])
