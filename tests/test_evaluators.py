@@ -399,10 +399,10 @@ def test_evaluators_that_allow_it_run_on_both_models_at_once_and_the_others_alon
 
 def test_side_by_side_evaluation_gives_the_numbers_of_one_model_at_a_time(llama_folder, tmp_path):
     evaluators = ["bias_reprobe", "output_bias", {"plugin": "perplexity", "params": {"max_length": 64, "stride": 48}}, "facts",
-                  "generations", "fidelity"]
+                  "generations"]  # every built-in that runs side by side
 
     def numbers(folder: Path, side_by_side: bool) -> dict:
-        result = _pruning_audit(llama_folder, folder, evaluators, evaluate_side_by_side=side_by_side)
+        result = _pruning_audit(llama_folder, folder, evaluators, suites=["race"], evaluate_side_by_side=side_by_side)
         assert result.evaluation_failures == []
         store = Store(folder / "store")
         items = {(row["evaluator"], row["role"], row["axis_or_task"], row["metric"], row["item"]): row["value"]
@@ -411,7 +411,7 @@ def test_side_by_side_evaluation_gives_the_numbers_of_one_model_at_a_time(llama_
         return items, texts
 
     (items, texts), (alone_items, alone_texts) = numbers(tmp_path / "at-once", True), numbers(tmp_path / "one-by-one", False)
-    assert items.keys() == alone_items.keys() and len(items) > 1000 and texts == alone_texts and len(texts) == 16
+    assert items.keys() == alone_items.keys() and len(items) > 500 and texts == alone_texts and len(texts) == 8
     assert {key: value for key, value in items.items() if not math.isnan(value)} == \
            {key: value for key, value in alone_items.items() if not math.isnan(value)}  # bit for bit
 
