@@ -47,7 +47,9 @@ def register_pruners(register):
 @hookspec
 def register_evaluators(register):
     """Register evaluators (`fairaudit.evaluate.Evaluator`): measure a model (bias, quality)
-    before and after pruning; per-item values make the paired comparison."""
+    before and after pruning; per-item values make the paired comparison. One that sets
+    `exclusive = False` runs on the two models at once, in two threads: only when it reads no
+    model but the one it is given and no process-wide state."""
 
 
 @hookspec
