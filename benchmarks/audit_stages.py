@@ -35,8 +35,8 @@ def main() -> None:
         store, run_id = Store(args.store), args.run
     else:
         from fairaudit.config import RunConfig
-        from fairaudit.model import load_model
-        from fairaudit.runner import audit
+        from fairaudit.inputs.model import load_model
+        from fairaudit.pipeline.audit import audit
 
         folder = args.out or tempfile.mkdtemp(prefix="fairaudit-stages-")
         config = RunConfig(store=f"{folder}/store", evaluate_side_by_side=not args.one_at_a_time)

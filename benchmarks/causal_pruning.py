@@ -1,5 +1,5 @@
 """Causal pruning on a real model: choose MLP neurons and attention heads by their attributed
-share of each axis' output-level bias (`fairaudit.causal.plan`, what `fairaudit prune --causal`
+share of each axis' output-level bias (`fairaudit.repair.causal.plan`, what `fairaudit prune --causal`
 runs), and measure the chosen selection on held-out templates against random neurons and heads of
 the same number per layer (issue 23's benchmark).
 
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from fairaudit import metrics
-from fairaudit.causal import CausalParams, corpus_perplexity, plan
-from fairaudit.attribution import head_count, output_bias_values
-from fairaudit.model import ModelSpec, load_model
-from fairaudit.prune import masked, random_selection
+from fairaudit.inputs.model import ModelSpec, load_model
+from fairaudit.inputs.suite import resolve_suite
+from fairaudit.measurement import metrics
+from fairaudit.measurement.attribution import head_count, output_bias_values
+from fairaudit.repair.causal import CausalParams, corpus_perplexity, plan
+from fairaudit.repair.prune import masked, random_selection
 from fairaudit.resources import corpus_path
-from fairaudit.suite import resolve_suite
 
 AXES = ("race", "gender", "religion", "nationality")
 

@@ -13,12 +13,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from fairaudit.analysis.matching import compare_models
+from fairaudit.analysis.overlap import load_scores
 from fairaudit.config import DEFAULT_SUITES, RunConfig
-from fairaudit.matching import compare_models
-from fairaudit.overlap import load_scores
-from fairaudit.runner import audit
+from fairaudit.inputs.suite import resolve_suite
+from fairaudit.pipeline.audit import audit
 from fairaudit.store import Store
-from fairaudit.suite import resolve_suite
 
 MODELS = ("smollm2-135m", "gemma3-270m")
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fairaudit.analysis.overlap import axis_overlap, load_scores
 from fairaudit.config import RunConfig
-from fairaudit.overlap import axis_overlap, load_scores
-from fairaudit.runner import audit, plan_selection
+from fairaudit.pipeline.audit import audit
+from fairaudit.pipeline.pruning import plan_selection
 from fairaudit.store import Store
 from fairaudit.testing import make_planted_model
 
@@ -56,8 +57,9 @@ def ground_truth_figures(root: Path, seed: int = 0, score: str = "hybrid_scaled"
     figures["pruned_planted_unimportant"] = len(pruned & unimportant) / len(unimportant)
     important = {(n.layer, n.neuron) for n in truth.neurons if n.important}
     figures["pruned_planted_important"] = sorted(pruned & important)
-    chosen = lambda update: {(layer, int(n)) for n in plan_selection(store, result.model_id, result.run_id,
-                                                                     config.selection(AXES).model_copy(update=update)).pruned[layer]}
+    def chosen(update):
+        return {(layer, int(n)) for n in plan_selection(store, result.model_id, result.run_id,
+                                                                         config.pruning.for_axes(AXES).selection.model_copy(update=update)).pruned[layer]}
     figures["unguarded_important"] = sorted(chosen({"protect": 0.0}) & important)
     figures["by_combine"] = {combine: len(chosen({"combine": combine}) & unimportant) for combine in ("pooled", "mean", "max")}
     change = {(r["evaluator"], r["axis_or_task"], r["metric"]): r for r in result.comparisons}

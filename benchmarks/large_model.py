@@ -8,7 +8,7 @@ intermediate 8192, 32 query and 8 key/value heads, vocab 128256), on any device 
 
 Usage: python benchmarks/large_model.py [--device cuda --dtype bfloat16] [--pairs 45] [--layers 16 --hidden 2048 ...]
 The model is built on the device from random weights and saved, then loaded through
-`fairaudit.model.load_model` like a user's folder (its tokenizer is the test tokenizer: one token
+`fairaudit.inputs.model.load_model` like a user's folder (its tokenizer is the test tokenizer: one token
 per word). The figures in the README come from the GPU machine; for the CPU figures of the same
 shape, `probe_speed.py --memory-only` and `prune_speed.py` are the ones documented.
 """
@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 import torch
-
-from fairaudit.model import ModelSpec, load_model
-from fairaudit.plugins import registry
-from fairaudit.prune import SelectionParams, prune, select
-from fairaudit.testing import make_tokenizer
 from probe_speed import all_pairs, plain_forward
+
+from fairaudit.inputs.model import ModelSpec, load_model
+from fairaudit.plugins import registry
+from fairaudit.repair.prune import SelectionParams, prune, select
+from fairaudit.testing import make_tokenizer
 
 
 def build(folder: Path, args) -> Path:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fairaudit.overlap import axis_overlap, load_scores, model_overlap
-from fairaudit.scoring import AxisScores
+from fairaudit.analysis.overlap import axis_overlap, load_scores, model_overlap
+from fairaudit.measurement.scoring import AxisScores
 from fairaudit.store import Store
 
 AXES = ("race", "gender", "religion", "nationality")

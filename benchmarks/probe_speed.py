@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from fairaudit.model import load_model
+from fairaudit.inputs.model import load_model
+from fairaudit.inputs.suite import builtin_suite_names, resolve_suite
 from fairaudit.plugins import registry
-from fairaudit.suite import builtin_suite_names, resolve_suite
 from fairaudit.testing import make_tokenizer
 
 

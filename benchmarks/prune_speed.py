@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from fairaudit.model import LoadedModel
+from fairaudit.inputs.model import LoadedModel
 from fairaudit.plugins import registry
-from fairaudit.prune import SelectionParams, prune, select
+from fairaudit.repair.prune import SelectionParams, prune, select
 
 
 def random_llama(layers: int, hidden: int, intermediate: int, vocab: int):
@@ -58,7 +58,7 @@ def main() -> None:
     prune_model_mlp_glu(twin, pruning_percentage=args.fraction * 100, fairness_scores=hybrid, show_progress=False)
     optipfair_seconds = time.perf_counter() - started
 
-    loaded = LoadedModel(model=model, tokenizer=None, adapter=registry().get("adapter", "glu"), model_id="bench", is_causal=True)
+    loaded = LoadedModel(model=model, tokenizer=None, adapter=registry().get("adapter", "glu"), model_id="bench", has_lm_head=True)
     started = time.perf_counter()
     selection = select({"bench": torch.stack([hybrid[layer] for layer in range(args.layers)])},
                        SelectionParams(axes=["bench"], fraction=args.fraction, protect=0))

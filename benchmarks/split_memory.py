@@ -45,9 +45,9 @@ class AnonymousPeak:
 
 def child(mode: str, folder: str, pairs: int, budget: str, out: str) -> None:
     """Load (whole or split), probe `pairs` race pairs, print time and peak RSS as JSON."""
-    from fairaudit.model import ModelSpec, is_offloaded, load_model
+    from fairaudit.inputs.model import ModelSpec, is_offloaded, load_model
+    from fairaudit.inputs.suite import resolve_suite
     from fairaudit.plugins import registry
-    from fairaudit.suite import resolve_suite
 
     sampler = AnonymousPeak()
     started = time.perf_counter()
@@ -74,9 +74,9 @@ def prune_child(folder: str, out: str) -> None:
     """Prune 0.2% of each layer's neurons (random scores) from a whole CPU copy and save it."""
     import torch
 
-    from fairaudit.model import ModelSpec, load_model
+    from fairaudit.inputs.model import ModelSpec, load_model
     from fairaudit.plugins import registry
-    from fairaudit.prune import SelectionParams, save_pruned, select
+    from fairaudit.repair.prune import SelectionParams, save_pruned, select
 
     sampler = AnonymousPeak()
     started = time.perf_counter()

@@ -13,6 +13,11 @@ seed: 0
 
 A plugin is named by a string or `{plugin: NAME, params: {...}}`; its params are checked
 against the plugin's own `Params` model, so a typo fails before any model is loaded.
+
+Every setting is a typed pydantic model, parsed once here and handed on as that object: the
+engine (`fairaudit.pipeline`, `fairaudit.repair`) reads fields, never dictionaries, and the
+command line builds the same objects from its flags, taking each default from the field
+(`fairaudit.cli.options.model_options`). This module imports nothing from the engine.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fairaudit.errors import ConfigError, PluginError
-from fairaudit.model import DEFAULT_MODEL, ModelSpec
 from fairaudit.plugins import Registry, registry
 from fairaudit.yamlio import read_model
+
+DEFAULT_MODEL = "smollm2-135m"
 
 # `hybrid` is optiPfair's score (on the unscaled bias); `hybrid_scaled` the same on the scale-free
 # bias, which the audit prunes by (see README, "Which score to prune by").
@@ -69,22 +75,133 @@ class ScoringConfig(BaseModel):
         return [_plugin_ref(item) for item in value] if isinstance(value, list) else value
 
 
+class ModelSpec(BaseModel):
+    """Which model to load and how (the `model:` section of a run config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, description="hub id, local folder, .gguf file or built-in alias")
+    revision: str | None = None
+    gguf_file: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "cpu"
+    device_map: str | dict[str, str | int] | None = Field(
+        default=None, description="'auto' (accelerate) spreads a model over GPUs, CPU memory and disk; or a map "
+        "{module name: device} such as {model.layers.20: 1, lm_head: cpu}")
+    max_memory: dict[str | int, str | int] | None = Field(
+        default=None, description="with device_map: memory per device, e.g. {0: 20GiB, cpu: 60GiB}")
+    offload_folder: str | None = Field(
+        default=None, description="with device_map: where weights that fit nowhere go (a private temporary folder inside it is used "
+        "and removed when the model is freed)")
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    allow_missing_weights: bool = Field(
+        default=False, description="accept a checkpoint that lacks weights the architecture has (they would be random) "
+        "or has weights it does not use")
+
+
+class SelectionParams(BaseModel):
+    """Which neurons to prune. `fraction` is per layer (`scope: per_layer`, the write-up's
+    uniform 0.2%) or of all neurons (`scope: global`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    axes: list[str] | None = Field(default=None, min_length=1, description="axes whose scores select neurons (in a run "
+                                   "config: default every audited axis; `prune_model` fills them in from its suites)")
+    score: str = "hybrid_scaled"
+    fraction: float = Field(default=0.002, description="share of neurons to prune, in (0, 1)")
+    scope: Literal["per_layer", "global"] = "per_layer"
+    layers: list[int] | None = None
+    combine: Literal["pooled", "mean", "max", "union", "intersection"] = Field(
+        default="pooled", description="several axes: rank by one score computed on the axes' pooled bias, by the mean "
+        "(or largest) of their scores, or unite / intersect their selections")
+    round_to: int | None = Field(default=None, ge=1, description="round each new width down to a multiple of this")
+    protect: float = Field(default=0.01, ge=0.0, lt=1.0, description="protect the top share of neurons by importance (0: none)")
+    importance: str = "importance_ppm"
+    direction: Literal["any", "pro"] = Field(
+        default="any", description="pro: only neurons whose `push` score is > 0 (pushing group a toward the stereotype)")
+    push: str = "stereotype_push"
+    only_biased_axes: bool = Field(
+        default=False, description="leave out every axis whose stored output-level bias (output_attribution scorer) has a "
+        "template-resampled 95% interval containing 0: never move an axis that shows no bias")
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, value: list[int] | None) -> list[int] | None:
+        """A layer named twice is one layer (`--layers 1,1,1` prunes what `--layers 1` prunes)."""
+        return sorted(set(value)) if value is not None else None
+
+    @field_validator("fraction")
+    @classmethod
+    def _fraction_inside_unit_interval(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"fraction must be strictly between 0 and 1 (0.002 = 0.2%); got {value}")
+        return value
+
+
+class CausalParams(BaseModel):
+    """How `plan` chooses neurons (the `prune --causal` options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budgets: list[float] = Field(default=[0.0005, 0.001, 0.002], description="shares of all units (MLP neurons, and "
+                                 "attention heads when `heads` is on) to choose among")
+    heads: bool = Field(default=False, description="attention heads are candidates beside MLP neurons (zeroed when chosen); "
+                        "off by default: on SmolLM2-135M heads that each pass the guard cost too much together (docs/attribution.md)")
+    rounds: int = Field(default=2, ge=1, le=20, description="re-score after each share of the largest budget")
+    guard: float = Field(default=0.003, ge=0, description="skip a candidate whose removal alone raises perplexity on "
+                                                         "a held-aside corpus slice by more than this (relative)")
+    max_perplexity_rise: float = Field(default=0.02, ge=0, description="the budget's limit on the validation corpus slice")
+    gate: Literal["templates", "pairs", "none"] = Field(default="templates", description="the interval that must exclude 0 "
+                                                        "for an axis to be selected for: templates resampled, pairs, or none")
+    validation_every: int = Field(default=4, ge=2, description="every k-th probe template is for validation")
+    heldout_curve: bool = Field(default=False, description="after choosing, also measure each budget's held-out output bias "
+                                                           "(evaluation only: the choice is already made)")
+    float32: bool = Field(default=True, description="plan a bfloat16 or float16 model in float32 (weights cast up for the "
+                          "planning, then back: exact; twice the memory meanwhile). false: plan in the model's dtype, whose "
+                          "rounding noise is above the guard's 0.3%")
+
+    @field_validator("budgets")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < budget < 1 for budget in value):
+            raise ValueError("budgets are shares of all units (MLP neurons and heads), each in (0, 1)")
+        return sorted(set(value))
+
+
+class HeadsParams(BaseModel):
+    """Attention heads zeroed beside the neurons a stored score selects (`pruning.heads`,
+    `prune --heads K`): the `count` heads with the largest stored `score` summed over the axes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(ge=1, description="heads to zero: the K best of the model, or K in every layer (scope per_layer)")
+    score: str = Field(default="output_bias_reduction", description="stored head score (output_attribution scorer's "
+                       "head_scores); higher = zero first")
+    scope: Literal["global", "per_layer"] = Field(default="global", description="the K best heads of the model, or K in every layer")
+
+
 class PruningConfig(BaseModel):
-    """The `pruning:` section: which pruner, which neurons, where the pruned model goes.
-    Neurons and heads are chosen causally (`causal`, `fairaudit.causal.CausalParams`) unless the
-    section gives a `selection` (`fairaudit.prune.SelectionParams`: a stored score; its `axes`
-    default to every suite's axis) or says `causal: null` (then the default selection)."""
+    """The `pruning:` section: which pruner, which neurons (and heads), where the pruned model goes.
+
+    Exactly one of `causal` (`CausalParams`: chosen by measured effect on the output, the
+    default) and `selection` (`SelectionParams`: a stored score) is set once validated: a
+    section without `selection` is causal; `causal: null` without a `selection` selects by the
+    default stored score. `heads` (zero heads by a stored score) goes with `selection`."""
 
     model_config = ConfigDict(extra="forbid")
 
     pruner: PluginRef = Field(default_factory=lambda: PluginRef(plugin="structured"))
-    selection: dict[str, Any] = Field(default_factory=dict)
+    causal: CausalParams | None = Field(default=None, description="choose neurons (and heads) by their measured and "
+                                        "attributed effect on each axis' output-level bias (the default)")
+    selection: SelectionParams | None = Field(default=None, description="choose neurons by a stored score instead "
+                                              "(default hybrid_scaled at 0.2% per layer)")
+    heads: HeadsParams | None = Field(default=None, description="with selection: also zero attention heads by a stored head score")
+    remove_heads: bool = Field(default=False, description="remove the chosen heads from the weights instead of zeroing them "
+                               "(Llama-style attention, the same number in every layer, whole key/value groups; refused "
+                               "otherwise, before anything is written)")
     out: str | None = Field(default=None, description="the pruned model goes to OUT/RUN_ID/MODEL-pruned "
                                                         "(default: a 'pruned' folder beside the store folder)")
-    causal: dict[str, Any] | None = Field(default=None, description="choose neurons and heads by fairaudit.causal.plan (keys "
-                                          "of CausalParams: budgets, heads, rounds, guard, max_perplexity_rise, gate, "
-                                          "validation_every); the default when 'selection' is left out. null: select by a "
-                                          "stored score ('selection', default hybrid_scaled at 0.2%)")
     save_dtype: Literal["float32", "bfloat16", "float16", "source"] = Field(
         default="float32", description="dtype of the saved pruned model; 'source': the dtype the checkpoint's config declares. "
                                        "The evaluations measure the model as saved")
@@ -94,14 +211,32 @@ class PruningConfig(BaseModel):
     def _causal_by_default(cls, data: Any) -> Any:
         """Causal selection unless a `selection` (or `causal: null`) is given: it is the only
         selection shown to beat random neurons on held-out templates (docs/attribution.md)."""
-        if isinstance(data, dict) and "causal" not in data and not data.get("selection"):
-            return {**data, "causal": {}}
+        if not isinstance(data, dict):
+            return data
+        if data.get("causal") is not None and data.get("selection"):
+            raise ValueError("'causal' chooses the neurons itself; leave out 'selection' (or 'causal' to select by a stored score)")
+        if "causal" not in data and not data.get("selection"):
+            return {**data, "causal": {}, "selection": None}
+        if data.get("causal") is None and not data.get("selection"):
+            return {**data, "causal": None, "selection": {}}
         return data
+
+    @model_validator(mode="after")
+    def _heads_need_a_stored_score(self) -> PruningConfig:
+        if self.heads is not None and self.causal is not None:
+            raise ValueError("'heads' selects heads by a stored score; the causal planner chooses heads itself (causal: {heads: true})")
+        return self
 
     @field_validator("pruner", mode="before")
     @classmethod
     def _pruner_shorthand(cls, value: Any) -> Any:
         return _plugin_ref(value)
+
+    def for_axes(self, axes: list[str]) -> PruningConfig:
+        """This section with the selection's axes filled in (when it leaves them out): what is applied."""
+        if self.selection is None or self.selection.axes:
+            return self
+        return self.model_copy(update={"selection": self.selection.model_copy(update={"axes": list(axes)})})
 
 
 class RunConfig(BaseModel):
@@ -170,12 +305,6 @@ class RunConfig(BaseModel):
         refs += [(f"evaluators.{index}", "evaluator", ref) for index, ref in enumerate(self.evaluators)]
         return refs
 
-    def selection(self, axes: list[str]):
-        """The pruning selection, with `axes` filled in when the config leaves them out."""
-        from fairaudit.prune import SelectionParams
-
-        return SelectionParams.model_validate({"axes": axes, **(self.pruning.selection if self.pruning else {})})
-
     def check_plugins(self, plugins: Registry | None = None, source: str = "run config") -> dict[str, BaseModel]:
         """Resolve every plugin name and validate its params; return params by field path."""
         plugins = plugins or registry()
@@ -194,27 +323,12 @@ class RunConfig(BaseModel):
                     f"{source}, field '{field_path}.params' of {kind} '{ref.plugin}': {problems}. "
                     f"Its parameters are: {allowed or '(none)'}."
                 ) from None
-        if self.pruning is not None and self.pruning.causal is not None:
-            from fairaudit.causal import CausalParams
-
-            if self.pruning.selection:
-                raise ConfigError(f"{source}, field 'pruning': 'causal' chooses the neurons itself; leave out 'selection' "
-                                  f"(or 'causal' to select by a stored score).")
-            try:
-                CausalParams.model_validate(self.pruning.causal)
-            except ValidationError as exc:
-                problems = _problems(exc)
-                raise ConfigError(f"{source}, field 'pruning.causal': {problems}.") from None
-        elif self.pruning is not None:
-            try:
-                selection = self.selection(["axis"] if "axes" not in self.pruning.selection else [])
-            except ValidationError as exc:
-                problems = _problems(exc)
-                raise ConfigError(f"{source}, field 'pruning.selection': {problems}.") from None
-            self._check_pruning_columns(plugins, resolved, selection, source)
+        if self.pruning is not None and self.pruning.selection is not None:
+            self._check_pruning_columns(plugins, resolved, self.pruning.selection, source)
         return resolved
 
-    def _check_pruning_columns(self, plugins: Registry, resolved: dict[str, BaseModel], selection, source: str) -> None:
+    def _check_pruning_columns(self, plugins: Registry, resolved: dict[str, BaseModel], selection: SelectionParams,
+                               source: str) -> None:
         """When every configured scorer declares its columns, the pruning score must be one of them."""
         produced: set[str] = set()
         for index, ref in enumerate(self.scoring.scorers):

@@ -21,32 +21,32 @@ hookimpl = pluggy.HookimplMarker("fairaudit")
 
 @hookspec
 def register_adapters(register):
-    """Register architecture adapters (`fairaudit.architecture.Adapter`): where a model
+    """Register architecture adapters (`fairaudit.inputs.architecture.Adapter`): where a model
     family keeps its layers, attention and MLP, and how to prune its MLP."""
 
 
 @hookspec
 def register_probes(register):
-    """Register probes (`fairaudit.probe.Probe`): run a suite's pairs through a
+    """Register probes (`fairaudit.measurement.probe.Probe`): run a suite's pairs through a
     model and return streaming activation statistics."""
 
 
 @hookspec
 def register_scorers(register):
-    """Register scorers (`fairaudit.scoring.Scorer`): turn activation statistics and
+    """Register scorers (`fairaudit.measurement.scoring.Scorer`): turn activation statistics and
     weights into per-neuron or per-layer score columns."""
 
 
 @hookspec
 def register_pruners(register):
     """Register pruners: `name`, `description`, `Params`, and `apply(loaded, selection, params)`,
-    which removes or masks the selected MLP neurons (`fairaudit.prune.Selection`) and returns a
-    `fairaudit.prune.PruneReport`."""
+    which removes or masks the selected MLP neurons (`fairaudit.repair.prune.Selection`) and returns a
+    `fairaudit.repair.prune.PruneReport`."""
 
 
 @hookspec
 def register_evaluators(register):
-    """Register evaluators (`fairaudit.evaluate.Evaluator`): measure a model (bias, quality)
+    """Register evaluators (`fairaudit.measurement.evaluate.Evaluator`): measure a model (bias, quality)
     before and after pruning; per-item values make the paired comparison. One that sets
     `exclusive = False` runs on the two models at once, in two threads: only when it reads no
     model but the one it is given and no process-wide state."""
@@ -54,7 +54,7 @@ def register_evaluators(register):
 
 @hookspec
 def register_importers(register):
-    """Register suite importers (`fairaudit.importing.Importer`): turn a public data set file
+    """Register suite importers (`fairaudit.inputs.importing.Importer`): turn a public data set file
     into suites."""
 
 

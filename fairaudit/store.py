@@ -21,29 +21,76 @@ import contextlib
 import glob
 import json
 import os
+import platform
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
 
 from fairaudit.errors import StoreError
+from fairaudit.measurement.scoring import AxisScores
 from fairaudit.names import safe_name  # noqa: F401 (part of the store's API)
-from fairaudit.scoring import AxisScores
 
 SCHEMA_VERSION = 1
 TABLES = ("neuron_scores", "layer_scores", "axis_summary")
 PARTITIONS = ("model", "axis", "run_id")
 RUN_KINDS = ("audit", "prune", "evaluate", "sweep", "match")
+RunKind = Literal["audit", "prune", "evaluate", "sweep", "match"]
+RunStatus = Literal["running", "complete", "failed", "interrupted"]
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def now() -> str:
+    """The current UTC time as the run records write it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def environment() -> dict[str, str]:
+    """Where a run ran: host, platform and the versions that decide its numbers."""
+    import torch
+    import transformers
+
+    import fairaudit
+
+    return {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "fairaudit": fairaudit.__version__}
+
+
+class RunRecord(BaseModel):
+    """A run's provenance record (`runs/run_id=R/run.json`). The fields every kind of run has
+    are typed here; a kind adds its own (an audit its suites, plugins and prune outcome, a
+    prune its selection and widths), kept as given. `status` is set by `Store.recording` only:
+    running while the run works, then complete, failed (with `error`) or interrupted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run_id: str
+    kind: RunKind
+    status: RunStatus = "running"
+    started: str = Field(default_factory=now)
+    finished: str | None = None
+    error: str | None = None
+    model_id: str = ""
+    environment: dict[str, str] | None = None
+    timings: dict[str, float] | None = None  # wall and CPU seconds per stage (audit)
+    warnings: list[str] | None = None
+    evaluation_failures: list[str] | None = None
+    prune: dict[str, Any] | None = None  # an audit that pruned: its prune run, where the model went, what was removed
+    prune_skipped: dict[str, Any] | None = None  # an audit whose causal selection found nothing to prune: why
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as stored (fields never set left out)."""
+        return self.model_dump(mode="json", exclude_none=True, exclude={"run_id"})
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -116,6 +163,29 @@ class Store:
     def write_run(self, run_id: str, record: dict[str, Any]) -> None:
         text = json.dumps({"schema_version": SCHEMA_VERSION, "run_id": run_id, **record}, indent=2, default=str)
         _atomic_write(self.run_path(run_id), lambda path: path.write_text(text, encoding="utf-8"))
+
+    def save(self, record: RunRecord) -> None:
+        """Write a run record (atomically, like every file of the store)."""
+        self.write_run(record.run_id, record.as_dict())
+
+    @contextlib.contextmanager
+    def recording(self, kind: RunKind, run_id: str | None = None, **fields: Any) -> Iterator[RunRecord]:
+        """A run recorded from start to end: its record is written "running" now, and "complete"
+        when the block ends; an exception marks it "failed" with its error, Ctrl-C or a
+        termination signal (which the command line turns into `KeyboardInterrupt`)
+        "interrupted". The block may change the record and `save` it as it goes."""
+        record = RunRecord(run_id=run_id or new_run_id(), kind=kind, environment=environment(), **fields)
+        self.save(record)
+        try:
+            yield record
+        except BaseException as exc:
+            record.status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+            record.error = str(exc) or type(exc).__name__
+            with contextlib.suppress(StoreError):  # the store may be what failed; the original error is what matters
+                self.save(record)
+            raise
+        record.status, record.finished = "complete", now()
+        self.save(record)
 
     def read_run(self, run_id: str) -> dict[str, Any]:
         path = self.run_path(run_id)

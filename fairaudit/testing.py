@@ -264,8 +264,8 @@ def make_planted_model(folder: str | Path, seed: int = 0, family: str = "llama",
     an output attribution must rank the quiet ones first (`PlantedNeuron.role`)."""
     import transformers as t
 
-    from fairaudit.metrics import first_difference
-    from fairaudit.suite import resolve_suite
+    from fairaudit.inputs.suite import resolve_suite
+    from fairaudit.measurement.metrics import first_difference
 
     folder = Path(folder)
     tokenizer = make_tokenizer()
@@ -352,7 +352,7 @@ def rotate_residual_stream(model, seed: int = 0):
     output (so the norm commutes with the rotation), embeddings and every weight that reads the
     residual stream are multiplied by Q^T on the input side, every weight that writes to it by
     Q on the output side. MLP neurons see exactly the activations they saw before, so a neuron
-    matcher must pair each neuron with itself (the sanity baseline of `fairaudit.matching`)."""
+    matcher must pair each neuron with itself (the sanity baseline of `fairaudit.analysis.matching`)."""
     hidden = model.config.hidden_size
     generator = torch.Generator().manual_seed(seed)
     rotation, _ = torch.linalg.qr(torch.randn(hidden, hidden, generator=generator, dtype=torch.float64))

@@ -15,6 +15,8 @@ line (`line_of`).
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -202,3 +204,19 @@ def read_model(path: str | Path, model: type, error: type[FairauditError], what:
         return document, model.model_validate(document.data)
     except ValidationError as exc:
         raise error(describe_validation_error(document, exc, what)) from None
+
+
+def finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None: strict JSON has no NaN (docs: "--json output")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def strict_json(value: Any) -> str:
+    """Strict JSON (indented): NaN and infinities become null, other objects their `str`."""
+    return json.dumps(finite(value), indent=2, default=str, allow_nan=False)

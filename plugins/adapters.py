@@ -6,11 +6,11 @@ names (say, another Llama derivative) works without a new adapter.
 
 from __future__ import annotations
 
-from fairaudit.lazy import nn, torch
 from pydantic import BaseModel
 
-from fairaudit.architecture import MlpWeights, Site
 from fairaudit.hookspecs import hookimpl
+from fairaudit.inputs.architecture import MlpWeights, Site
+from fairaudit.lazy import nn, torch
 
 
 class NoParams(BaseModel):

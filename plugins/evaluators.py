@@ -14,17 +14,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from fairaudit.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fairaudit import metrics
 from fairaudit.errors import PluginError
-from fairaudit.evaluate import (LOGLIKELIHOODS, EvaluationResult, Measurement, divergence_rows, encode_request, has_hooks,
-                                loglikelihoods, probe_key, recall, remember, window_nll)
 from fairaudit.hookspecs import hookimpl
-from fairaudit.model import LoadedModel, weights_hash
+from fairaudit.inputs.model import LoadedModel, weights_hash
+from fairaudit.inputs.suite import Suite
+from fairaudit.lazy import torch
+from fairaudit.measurement import metrics
+from fairaudit.measurement.evaluate import (
+    LOGLIKELIHOODS,
+    EvaluationResult,
+    Measurement,
+    divergence_rows,
+    encode_request,
+    has_hooks,
+    loglikelihoods,
+    probe_key,
+    recall,
+    remember,
+    window_nll,
+)
 from fairaudit.resources import corpus_path, corpus_sentences, data_dir
-from fairaudit.suite import Suite
 
 
 class _Params(BaseModel):
@@ -452,7 +463,7 @@ class FidelityParams(_Params):
 
 
 def _pooled_embeddings(loaded: LoadedModel, sentences: list[str], batch_size: int) -> torch.Tensor:
-    base = loaded.model.base_model if loaded.is_causal else loaded.model
+    base = loaded.model.base_model if loaded.has_lm_head else loaded.model
     rows = []
     for start in range(0, len(sentences), batch_size):
         batch = loaded.tokenizer(sentences[start : start + batch_size], return_tensors="pt", padding=True).to(loaded.device)
@@ -502,8 +513,8 @@ class RandomBaseline:
     Params = RandomBaselineParams
 
     def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: RandomBaselineParams, reference=None) -> EvaluationResult:
-        from fairaudit.attribution import head_count, output_bias_values
-        from fairaudit.prune import masked, pruned_counts, random_selection
+        from fairaudit.measurement.attribution import head_count, output_bias_values
+        from fairaudit.repair.prune import masked, pruned_counts, random_selection
 
         result = EvaluationResult()
         if reference is None:

@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fairaudit.errors import SuiteError
 from fairaudit.hookspecs import hookimpl
-from fairaudit.importing import ImportResult, SkippedRow
+from fairaudit.inputs.importing import ImportResult, SkippedRow
+from fairaudit.inputs.suite import SentencePair, Suite
 from fairaudit.names import safe_name
-from fairaudit.suite import SentencePair, Suite
 
 
 class NoParams(BaseModel):

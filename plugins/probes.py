@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fairaudit.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from fairaudit.architecture import COMPONENTS
-from fairaudit.capture import run_hooked
 from fairaudit.errors import ConfigError
 from fairaudit.hookspecs import hookimpl
-from fairaudit.model import LoadedModel
-from fairaudit.probe import ActivationStats, ComponentStats
-from fairaudit.suite import Pair
+from fairaudit.inputs.architecture import COMPONENTS
+from fairaudit.inputs.model import LoadedModel
+from fairaudit.inputs.suite import Pair
+from fairaudit.lazy import torch
+from fairaudit.measurement.capture import run_hooked
+from fairaudit.measurement.probe import ActivationStats, ComponentStats
 
 # optiPfair 0.4.2's default hooks, in its order: self_attn, mlp, gate/up/down_proj, input_layernorm.
 OPTIPFAIR_COMPONENTS = ("attention", "mlp", "gate", "up", "down", "input_norm")

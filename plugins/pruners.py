@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fairaudit.hookspecs import hookimpl
-from fairaudit.model import LoadedModel
-from fairaudit.prune import PruneReport, Selection, fold_means, prune, zero
+from fairaudit.inputs.model import LoadedModel
+from fairaudit.repair.prune import PruneReport, Selection, fold_means, prune, zero
 
 
 class AblationParams(BaseModel):
@@ -21,7 +21,7 @@ class AblationParams(BaseModel):
 
 def _fold(loaded: LoadedModel, selection: Selection, params: AblationParams) -> None:
     if params.ablation == "mean":
-        from fairaudit.attribution import unit_means
+        from fairaudit.measurement.attribution import unit_means
         from fairaudit.resources import corpus_sentences
 
         fold_means(loaded, selection, unit_means(loaded, corpus_sentences(params.corpus_sentences))["neuron"])

@@ -1,18 +1,18 @@
-"""Built-in scorers. Each only applies a definition from `fairaudit.metrics`."""
+"""Built-in scorers. Each only applies a definition from `fairaudit.measurement.metrics`."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from fairaudit.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fairaudit import metrics
 from fairaudit.errors import ConfigError
 from fairaudit.hookspecs import hookimpl
-from fairaudit.model import LoadedModel, materialized
-from fairaudit.probe import ActivationStats
-from fairaudit.scoring import AxisScores
+from fairaudit.inputs.model import LoadedModel, materialized
+from fairaudit.lazy import torch
+from fairaudit.measurement import metrics
+from fairaudit.measurement.probe import ActivationStats
+from fairaudit.measurement.scoring import AxisScores
 
 
 class NoParams(BaseModel):
@@ -33,7 +33,8 @@ class BiasScorer:
     name = "bias"
     description = "bias = mean |h(a) - h(b)| over pairs; signed_bias = mean h(a) - h(b)"
     Params = NoParams
-    outputs = lambda self, params: ["bias", "signed_bias"]  # neuron columns it writes
+    def outputs(self, params):
+        return ["bias", "signed_bias"]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
         component = _component(stats, scores)
@@ -45,7 +46,8 @@ class ScaledBiasScorer:
     name = "scaled_bias"
     description = "bias divided by the unit's activation spread over all prompts (scale-free)"
     Params = NoParams
-    outputs = lambda self, params: ["scaled_bias"]  # neuron columns it writes
+    def outputs(self, params):
+        return ["scaled_bias"]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
         scores.neuron["scaled_bias"] = metrics.scaled_bias(_component(stats, scores), stats.n_pairs)
@@ -55,7 +57,8 @@ class NoiseFloorScorer:
     name = "noise_floor"
     description = "mean |h(a) - h(b)| over control pairs, and bias above it"
     Params = NoParams
-    outputs = lambda self, params: ["noise_floor", "bias_above_floor"]  # neuron columns it writes
+    def outputs(self, params):
+        return ["noise_floor", "bias_above_floor"]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
         component = _component(stats, scores)
@@ -68,7 +71,8 @@ class SignificanceScorer:
     name = "significance"
     description = "one-sided Welch t-test of pair |d| against control |d|, Benjamini-Hochberg q-values"
     Params = NoParams
-    outputs = lambda self, params: ["p_value", "q_value"]  # neuron columns it writes
+    def outputs(self, params):
+        return ["p_value", "q_value"]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
         p = metrics.p_values(_component(stats, scores), stats.n_pairs, stats.n_controls)
@@ -87,7 +91,8 @@ class ImportanceScorer:
     name = "importance"
     description = "weight-only neuron importance: ppm (optiPfair), maw (write-up), vow, pon, l2"
     Params = ImportanceParams
-    outputs = lambda self, params: [f"importance_{method}" for method in params.methods]  # neuron columns it writes
+    def outputs(self, params):
+        return [f"importance_{method}" for method in params.methods]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: ImportanceParams) -> None:
         if scores.component != "neuron":
@@ -110,7 +115,8 @@ class HybridScorer:
     name = "hybrid"
     description = "w * norm(bias) + (1 - w) * (1 - norm(importance)), min-max within a layer"
     Params = HybridParams
-    outputs = lambda self, params: [params.column]  # neuron columns it writes
+    def outputs(self, params):
+        return [params.column]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: HybridParams) -> None:
         missing = [column for column in (params.bias, params.importance) if column not in scores.neuron]
@@ -128,10 +134,11 @@ class StereotypePushScorer:
                    "negative continuations depart from their neutral ones - that of the neutral ones)); > 0 pushes group a "
                    "toward the negative")
     Params = NoParams
-    outputs = lambda self, params: ["stereotype_push"]  # neuron columns it writes
+    def outputs(self, params):
+        return ["stereotype_push"]  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: NoParams) -> None:
-        head = loaded.model.get_output_embeddings() if loaded.is_causal else None
+        head = loaded.model.get_output_embeddings() if loaded.has_lm_head else None
         if head is None or scores.component != "neuron" or not {"negative", "neutral"} <= set(stats.continuations):
             return  # needs an LM head and templates with negative and neutral continuations
         encode = lambda text: loaded.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
@@ -162,7 +169,8 @@ class LayerIndexScorer:
     name = "layer_index"
     description = "per-layer mean |d| of attention and MLP outputs; bias index with bootstrap interval; optiPfair index"
     Params = LayerIndexParams
-    outputs = lambda self, params: []  # neuron columns it writes
+    def outputs(self, params):
+        return []  # neuron columns it writes
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: LayerIndexParams) -> None:
         for name in metrics.INDEX_COMPONENTS:
@@ -196,7 +204,7 @@ class AttributionParams(BaseModel):
 
 
 def _attribution(stats: ActivationStats, loaded: LoadedModel, params: AttributionParams):
-    from fairaudit.attribution import shared_attribution, shared_means
+    from fairaudit.measurement.attribution import shared_attribution, shared_means
 
     means = shared_means(stats, loaded, params.corpus_sentences) if params.ablation == "mean" else None
     return shared_attribution(stats, loaded, params.pairs_per_batch), means
@@ -210,7 +218,7 @@ class OutputAttributionScorer:
     outputs = lambda self, params: ["output_attribution", "output_attribution_abs", "output_bias_reduction"]  # noqa: E731
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: AttributionParams) -> None:
-        if scores.component != "neuron" or not loaded.is_causal or not any(metrics.output_bias_terms(p) for p in stats.pairs):
+        if scores.component != "neuron" or not loaded.has_lm_head or not any(metrics.output_bias_terms(p) for p in stats.pairs):
             return  # needs MLP neurons, a language-model head and pairs with an output-level bias quantity
         found, means = _attribution(stats, loaded, params)
         values = found.output_bias
@@ -243,10 +251,10 @@ class AblationScorer:
     outputs = lambda self, params: ["ablation_effect"]  # noqa: E731
 
     def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: AblationParams) -> None:
-        from fairaudit import attribution
+        from fairaudit.measurement import attribution
 
         if "output_attribution" not in scores.neuron:
-            if scores.component == "neuron" and loaded.is_causal and any(metrics.output_bias_terms(p) for p in stats.pairs):
+            if scores.component == "neuron" and loaded.has_lm_head and any(metrics.output_bias_terms(p) for p in stats.pairs):
                 raise ConfigError("the ablation scorer verifies output_attribution: list 'output_attribution' before 'ablation'.")
             return
         _, means = _attribution(stats, loaded, params)

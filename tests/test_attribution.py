@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairaudit import attribution, metrics
-from fairaudit.model import load_model
+from fairaudit.inputs.model import load_model
+from fairaudit.inputs.suite import Pair, resolve_suite
+from fairaudit.measurement import attribution, metrics
 from fairaudit.plugins import registry
-from fairaudit.prune import Selection, masked, zero_heads
-from fairaudit.suite import Pair, resolve_suite
+from fairaudit.repair.prune import Selection, masked, zero_heads
 from fairaudit.testing import make_planted_model
 
 PAIR = Pair(pair_id="p", kind="template", template_id="t", group_a="x", group_b="y", text_a="The x man was", text_b="The y man was",
@@ -155,9 +155,9 @@ def test_attribution_ranks_neurons_with_output_effect_above_neurons_that_only_re
 
 
 def test_the_scorers_write_neuron_head_and_verification_columns(model_folder, tmp_path):
+    from fairaudit.analysis.overlap import load_scores
     from fairaudit.config import RunConfig
-    from fairaudit.overlap import load_scores
-    from fairaudit.runner import audit
+    from fairaudit.pipeline.audit import audit
     from fairaudit.store import Store
 
     result = audit(RunConfig.model_validate({
@@ -174,7 +174,7 @@ def test_the_scorers_write_neuron_head_and_verification_columns(model_folder, tm
     summary = result.summaries["race"]
     assert summary["output_bias_pairs"] > 0 and summary["output_bias_low"] <= summary["output_bias"] <= summary["output_bias_high"]
     assert -1.0 <= summary["neuron_attribution_spearman"] <= 1.0 and summary["neuron_attribution_verified"] == 6
-    from fairaudit.report import render_report_text, report_data
+    from fairaudit.reporting.report import render_report_text, report_data
 
     data = report_data(store, result.run_id)
     html, _ = render_report_text(data)
@@ -205,7 +205,7 @@ def test_pruning_by_attribution_beats_random_on_a_planted_model(tmp_path):
     """Pruned by estimated output-bias reduction, the planted model loses its race output bias;
     random neurons of the same number per layer do not, and the evaluator says so."""
     from fairaudit.config import RunConfig
-    from fairaudit.runner import audit
+    from fairaudit.pipeline.audit import audit
 
     make_planted_model(tmp_path / "model")
     result = audit(RunConfig.model_validate({
@@ -252,7 +252,7 @@ def test_only_biased_axes_leaves_an_unbiased_axis_alone(cli, tmp_path):
     neuron reads it): `--only-biased-axes` prunes for race and gender only and says so; asked
     for nationality alone it refuses, and writes nothing."""
     from fairaudit.config import RunConfig
-    from fairaudit.runner import audit
+    from fairaudit.pipeline.audit import audit
 
     make_planted_model(tmp_path / "model")
     result = audit(RunConfig.model_validate({

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA, run_module
 
 BAD_SUITES = sorted((DATA / "bad_suites").glob("*.yaml"))

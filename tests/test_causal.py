@@ -1,4 +1,4 @@
-"""Causal selection (`fairaudit.causal`, `prune --causal`): on the planted model it gates in the
+"""Causal selection (`fairaudit.repair.causal`, `prune --causal`): on the planted model it gates in the
 axis with an output bias and leaves the unbiased one alone, chooses the planted neurons that
 carry the bias, keeps held-out templates out of every choice, and removes the held-out bias;
 with nothing to remove it refuses before writing anything."""
@@ -10,12 +10,12 @@ import math
 
 import pytest
 
-from fairaudit import attribution
-from fairaudit.causal import CausalParams, plan, split_probe
-from fairaudit.model import load_model
-from fairaudit.prune import masked
+from fairaudit.inputs.model import load_model
+from fairaudit.inputs.suite import resolve_suite
+from fairaudit.measurement import attribution
+from fairaudit.repair.causal import CausalParams, plan, split_probe
+from fairaudit.repair.prune import masked
 from fairaudit.resources import data_dir
-from fairaudit.suite import resolve_suite
 from fairaudit.testing import make_planted_model
 
 
@@ -103,7 +103,7 @@ def test_causal_plan_with_heads_chooses_the_head_that_carries_the_bias_and_zeroe
 
 
 def test_random_selection_draws_heads_per_layer_beside_neurons():
-    from fairaudit.prune import random_selection
+    from fairaudit.repair.prune import random_selection
 
     first = random_selection([2, 0, 1], [8, 8, 8], seed=3, head_counts=[1, 0, 2], heads=4)
     assert [len(p) for p in first.pruned] == [2, 0, 1]
@@ -137,17 +137,18 @@ def test_prune_causal_writes_a_model_and_its_record(cli, planted, tmp_path):
 
 
 def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_path):
+    from pydantic import ValidationError
+
     from fairaudit.config import RunConfig
-    from fairaudit.errors import ConfigError
-    from fairaudit.runner import audit
+    from fairaudit.pipeline.audit import audit
 
     truth, loaded = planted
     config = {"model": loaded.provenance["source"], "suites": ["race", "nationality"], "store": str(tmp_path / "store"),
               "probe": {"plugin": "activations", "params": {"progress": False}}, "diagnose_top": 0,
               "pruning": {"out": str(tmp_path / "pruned"), "causal": {"budgets": [0.01], "rounds": 1, "heldout_curve": True}},
               "evaluators": [{"plugin": "random_baseline", "params": {"seeds": 3}}]}
-    with pytest.raises(ConfigError, match="leave out 'selection'"):
-        RunConfig.model_validate({**config, "pruning": {**config["pruning"], "selection": {"fraction": 0.01}}}).check_plugins()
+    with pytest.raises(ValidationError, match="leave out 'selection'"):  # refused where the config is parsed
+        RunConfig.model_validate({**config, "pruning": {**config["pruning"], "selection": {"fraction": 0.01}}})
     result = audit(RunConfig.model_validate(config))
     assert result.pruned["causal"]["chosen_budget"] == 0.01
     found = {row["metric"]: row["value"] for row in result.measurements if row["evaluator"] == "random_baseline" and row["role"] == "after"}
@@ -168,15 +169,15 @@ def test_the_documented_causal_audit_config_is_valid():
 
     config = load_config(Path(__file__).parent.parent / "benchmarks" / "causal_audit.yaml")
     config.check_plugins()
-    assert config.pruning.causal["gate"] == "templates" and "random_baseline" in [ref.plugin for ref in config.evaluators]
+    assert config.pruning.causal.gate == "templates" and "random_baseline" in [ref.plugin for ref in config.evaluators]
 
 
 def test_prune_zeroes_the_heads_with_the_largest_stored_head_score(cli, llama_folder, tmp_path):
     from safetensors import safe_open
 
-    from fairaudit.attribution import head_count
     from fairaudit.config import RunConfig
-    from fairaudit.runner import audit
+    from fairaudit.measurement.attribution import head_count
+    from fairaudit.pipeline.audit import audit
     from fairaudit.store import Store
 
     audit(RunConfig.model_validate({"model": str(llama_folder), "suites": ["race"], "store": str(tmp_path / "store"), "report": False,
@@ -194,13 +195,13 @@ def test_prune_zeroes_the_heads_with_the_largest_stored_head_score(cli, llama_fo
             o_proj = weights.get_tensor(f"model.layers.{layer}.self_attn.o_proj.weight")
             width = o_proj.shape[1] // count
             zeroed = {head for head in range(count) if not o_proj[:, head * width:(head + 1) * width].any()}
-            assert zeroed == {head for l, head in expected if l == layer}
+            assert zeroed == {head for at, head in expected if at == layer}
     assert "Attention heads zeroed by `output_bias_reduction`" in (tmp_path / "pruned" / "README.md").read_text()
     missing = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--score", "hybrid",
                   "--fraction", "0.05", "--heads", "1", "--head-score", "nope", "--out", tmp_path / "pruned2")
     assert missing.exit_code == 2 and "has no head score 'nope'" in missing.stderr and not (tmp_path / "pruned2").exists()
 
-    from fairaudit.prune import pruned_counts
+    from fairaudit.repair.prune import pruned_counts
 
     removed = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--score", "hybrid",
                   "--fraction", "0.05", "--heads", "1", "--head-scope", "per_layer", "--remove-heads", "--out", tmp_path / "removed", "--json")
@@ -218,11 +219,11 @@ def test_the_default_pruning_is_causal_and_an_audit_with_nothing_to_prune_goes_o
     """Pruning without a `selection` is causal. On a random model no axis has an output bias whose
     interval excludes 0: the audit records why nothing was pruned, evaluates the original model,
     writes no pruned model, and its report says so; a resume does not try again."""
-    from fairaudit.config import PruningConfig, RunConfig
-    from fairaudit.runner import audit
+    from fairaudit.config import CausalParams, PruningConfig, RunConfig
+    from fairaudit.pipeline.audit import audit
     from fairaudit.store import Store
 
-    assert PruningConfig().causal == {} and PruningConfig(selection={"fraction": 0.1}).causal is None
+    assert PruningConfig().causal == CausalParams() and PruningConfig(selection={"fraction": 0.1}).causal is None
     assert PruningConfig(causal=None).causal is None
     config = RunConfig.model_validate({"model": str(llama_folder), "suites": ["gender"], "store": str(tmp_path / "store"),
                                        "probe": {"plugin": "activations", "params": {"progress": False}}, "diagnose_top": 0,
@@ -242,8 +243,8 @@ def test_imported_sentence_pairs_are_never_selected_on_and_the_random_baseline_e
     """Held-out discipline for imported data sets: a CrowS-Pairs-like suite's sentence pairs (the
     probe split, by the suite format) are never read by the planner, which leaves that axis alone;
     the random baseline evaluates them beside the held-out templates."""
+    from fairaudit.inputs.suite import load_suite
     from fairaudit.plugins import registry
-    from fairaudit.suite import load_suite
 
     truth, loaded = planted
     path = tmp_path / "crows.yaml"
@@ -261,7 +262,7 @@ def test_imported_sentence_pairs_are_never_selected_on_and_the_random_baseline_e
     gate = next(gate for gate in found.gates if gate.axis == "race-color")
     assert not gate.active and gate.selection_pairs == 0
 
-    import fairaudit.prune as prune_module
+    import fairaudit.repair.prune as prune_module
 
     evaluator = registry().get("evaluator", "random_baseline")
     monkeypatch.setattr(prune_module, "pruned_counts", lambda model: ([1] * 4, [0] * 4))  # as if one neuron per layer was pruned
@@ -276,7 +277,7 @@ def test_a_bfloat16_model_is_planned_in_float32_and_given_back_unchanged(planted
     model's weights (dtype, values, hash) are what they were. `float32: false` plans in bfloat16."""
     import torch
 
-    from fairaudit.model import ModelSpec, weights_hash
+    from fairaudit.inputs.model import ModelSpec, weights_hash
 
     _, reference = planted
     half = load_model(ModelSpec(id=reference.provenance["source"], dtype="bfloat16"))
@@ -306,7 +307,7 @@ def test_planning_out_of_gpu_memory_says_how_to_plan_in_the_models_dtype(planted
     import torch
 
     from fairaudit.errors import ModelError
-    from fairaudit.model import ModelSpec
+    from fairaudit.inputs.model import ModelSpec
 
     _, reference = planted
     half = load_model(ModelSpec(id=reference.provenance["source"], dtype="bfloat16"))
@@ -331,9 +332,9 @@ def test_the_random_baseline_takes_unmasked_values_output_bias_computed_on_the_s
     selections are always computed; a model changed in place is computed again."""
     import torch
 
-    import fairaudit.evaluate as evaluate_module
-    import fairaudit.prune as prune_module
-    from fairaudit.evaluate import LOGLIKELIHOODS
+    import fairaudit.measurement.evaluate as evaluate_module
+    import fairaudit.repair.prune as prune_module
+    from fairaudit.measurement.evaluate import LOGLIKELIHOODS
     from fairaudit.plugins import registry
 
     _, loaded = planted

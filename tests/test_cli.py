@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_module
+
 from fairaudit.cli import main
 
 COMMANDS = [[], ["suites"], ["suites", "list"], ["suites", "show"], ["suites", "validate"], ["plugins"],
@@ -48,9 +48,9 @@ def test_python_api_is_what_the_cli_calls_and_import_is_cheap():
     import sys
 
     import fairaudit
-    from fairaudit import runner
+    from fairaudit.pipeline import audit, evaluation
 
-    assert fairaudit.audit is runner.audit and fairaudit.evaluate_models is runner.evaluate_models
+    assert fairaudit.audit is audit.audit and fairaudit.evaluate_models is evaluation.evaluate_models
     probe = subprocess.run([sys.executable, "-c", "import sys, fairaudit; print('torch' in sys.modules)"], capture_output=True, text=True)
     assert probe.stdout.strip() == "False"
 

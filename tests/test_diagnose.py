@@ -9,10 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from fairaudit.diagnose import PairView, counterpart, diagnose_pair, emergence, pca_2d, render_view, shared_ends
-from fairaudit.model import load_model
+from fairaudit.analysis.diagnose import (
+    PairView,
+    counterpart,
+    diagnose_pair,
+    emergence,
+    pca_2d,
+    render_view,
+    shared_ends,
+)
+from fairaudit.inputs.model import load_model
+from fairaudit.inputs.suite import Pair, resolve_suite
 from fairaudit.plugins import registry
-from fairaudit.suite import Pair, resolve_suite
 from fairaudit.testing import make_planted_model
 
 
@@ -60,7 +68,7 @@ def test_tokens_are_shown_as_decoded_text_not_byte_level_markers():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from fairaudit.diagnose import token_text
+    from fairaudit.analysis.diagnose import token_text
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -29,7 +29,8 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from regenerate_docs import PAGES as OUTPUT_PAGES, documented_outputs  # noqa: E402
+from regenerate_docs import PAGES as OUTPUT_PAGES  # noqa: E402
+from regenerate_docs import documented_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(path.relative_to(ROOT)) for path in (ROOT / "docs").glob("*.md"))]
@@ -69,15 +70,15 @@ def test_data_blocks_are_valid(index, tmp_path):
     path = tmp_path / "block.yaml"
     path.write_text(block["body"], encoding="utf-8")
     if "suite" in document:
-        from fairaudit.suite import load_suite
+        from fairaudit.inputs.suite import load_suite
 
         assert load_suite(path).pairs(None)
     elif "policy" in document:
-        from fairaudit.policy import load_policy
+        from fairaudit.compliance.policy import load_policy
 
         assert load_policy(path).rules
     elif "sweep" in document:
-        from fairaudit.sweep import load_sweep
+        from fairaudit.pipeline.sweep import load_sweep
 
         (tmp_path / "audit.yaml").write_text(RUN_CONFIG, encoding="utf-8")
         (tmp_path / "my_axis.yaml").write_text("", encoding="utf-8")
@@ -104,7 +105,7 @@ def test_excerpts_are_true_to_their_source(index):
 def sandbox(tmp_path_factory) -> Path:
     """A folder with ./my-model, audit.yaml, a probed store/ and every block marked `file`."""
     from fairaudit.config import RunConfig
-    from fairaudit.runner import audit
+    from fairaudit.pipeline.audit import audit
     from fairaudit.testing import make_model
 
     base = tmp_path_factory.mktemp("docs-sandbox")

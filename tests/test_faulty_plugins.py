@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from fairaudit.config import RunConfig
 from fairaudit.errors import PluginError
 from fairaudit.hookspecs import hookimpl
+from fairaudit.pipeline.audit import audit
 from fairaudit.plugins import register_plugin, unregister_plugin
-from fairaudit.runner import audit
 from fairaudit.store import Store
 
 

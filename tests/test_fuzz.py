@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from fairaudit.config import RunConfig, load_config
 from fairaudit.errors import FairauditError
-from fairaudit.suite import Suite, load_suite
+from fairaudit.inputs.suite import Suite, load_suite
 
 SCRATCH = Path(tempfile.mkdtemp(prefix="fairaudit-fuzz-"))
 CASE_SECONDS = 2.0

@@ -15,19 +15,20 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
+from conftest import run_module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from fairaudit.config import RunConfig, load_config
 from fairaudit.errors import ConfigError, FairauditError, ModelError, StoreError, SuiteError
-from fairaudit.model import ModelSpec, load_model
-from fairaudit.report import render_report, report_data
-from fairaudit.runner import _load_suites, _check_model_name, audit, prune_model, screen_pairs
+from fairaudit.inputs.model import ModelSpec, load_model
+from fairaudit.inputs.suite import load_suite, resolve_suites
+from fairaudit.measurement.probe import screen_pairs
+from fairaudit.pipeline.audit import _check_model_name, audit
+from fairaudit.pipeline.pruning import prune_model
+from fairaudit.reporting.report import render_report, report_data
 from fairaudit.store import Store
-from fairaudit.suite import load_suite
-
-from conftest import run_module
 
 TWO_GROUPS = "suite: s\naxis: {axis}\ngroups:\n  a: {{group: Black}}\n  b: {{group: white}}\ntemplates:\n  - {{id: t, text: 'The {{group}} man walked'}}\n"
 
@@ -126,7 +127,7 @@ def test_axes_and_models_that_sanitise_alike_are_refused(tmp_path):
     (tmp_path / "one.yaml").write_text(TWO_GROUPS.format(axis="gender"))
     (tmp_path / "two.yaml").write_text(TWO_GROUPS.format(axis="gender."))
     with pytest.raises(ConfigError, match="stored under one name"):
-        _load_suites(RunConfig(suites=[str(tmp_path / "one.yaml"), str(tmp_path / "two.yaml")]))
+        resolve_suites([str(tmp_path / "one.yaml"), str(tmp_path / "two.yaml")])
     store = Store(tmp_path / "store")
     store.write_run("r1", {"kind": "audit", "status": "complete", "model_id": "org/model"})
     with pytest.raises(ConfigError, match="same name"):
@@ -257,7 +258,7 @@ def test_a_failed_prune_leaves_no_model_and_a_failed_record(audited, llama_folde
     shutil.copytree(root / "store", store.root)
     from transformers import LlamaForCausalLM
 
-    from fairaudit.prune import SelectionParams
+    from fairaudit.config import PruningConfig, SelectionParams
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -269,7 +270,7 @@ def test_a_failed_prune_leaves_no_model_and_a_failed_record(audited, llama_folde
 
     monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", full_disk)
     with pytest.raises(StoreError, match="No space left on device"):
-        prune_model(str(llama_folder), store.root, SelectionParams(axes=["race"], fraction=0.05), tmp_path / "out", run_id=result.run_id)
+        prune_model(str(llama_folder), store.root, PruningConfig(selection=SelectionParams(axes=["race"], fraction=0.05)), tmp_path / "out", run_id=result.run_id)
     assert not (tmp_path / "out").exists() and not stale.exists()
     prunes = [r for r in store.runs() if r.get("kind") == "prune" and r.get("source_run") == result.run_id]
     assert [r["status"] for r in prunes if r["run_id"] != result.pruned.get("run_id")] == ["failed"]
@@ -423,4 +424,4 @@ def test_the_same_axis_twice_is_refused(tmp_path):
     for name in ("one", "two"):
         (tmp_path / f"{name}.yaml").write_text(TWO_GROUPS.format(axis="race"))
     with pytest.raises(ConfigError, match="appears in more than one suite"):
-        _load_suites(RunConfig(suites=[str(tmp_path / "one.yaml"), str(tmp_path / "two.yaml")]))
+        resolve_suites([str(tmp_path / "one.yaml"), str(tmp_path / "two.yaml")])

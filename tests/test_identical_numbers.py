@@ -25,7 +25,7 @@ EVALUATORS = ["bias_reprobe", "output_bias", {"plugin": "perplexity", "params": 
 def small_audit_numbers(folder: Path) -> dict[str, dict[str, float]]:
     """Run a two-axis audit with pruning on a small Llama; {measurements, comparisons} keyed by row."""
     from fairaudit.config import RunConfig
-    from fairaudit.runner import audit
+    from fairaudit.pipeline.audit import audit
     from fairaudit.testing import make_model
 
     model = make_model("llama", folder / "model", layers=2, hidden=32, intermediate=64)
@@ -35,10 +35,10 @@ def small_audit_numbers(folder: Path) -> dict[str, dict[str, float]]:
         "pruning": {"out": str(folder / "pruned"), "selection": {"fraction": 0.1}},
         "evaluators": EVALUATORS}))
     assert result.evaluation_failures == []
-    from fairaudit.evaluate import loglikelihoods
-    from fairaudit.metrics import output_bias_terms
-    from fairaudit.model import load_model
-    from fairaudit.suite import resolve_suite
+    from fairaudit.inputs.model import load_model
+    from fairaudit.inputs.suite import resolve_suite
+    from fairaudit.measurement.evaluate import loglikelihoods
+    from fairaudit.measurement.metrics import output_bias_terms
 
     loaded = load_model(str(model))
     requests = [(context, continuation) for axis in ("race", "gender") for pair in resolve_suite(axis).pairs(None)

@@ -10,12 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA
-from fairaudit.evaluate import encode_request, loglikelihoods
-from fairaudit.model import load_model
+
+from fairaudit.inputs.model import load_model
+from fairaudit.inputs.suite import load_suite
+from fairaudit.measurement.evaluate import encode_request, loglikelihoods
 from fairaudit.plugins import registry
-from fairaudit.suite import load_suite
 
 SAMPLE = SHARED_DATA / "crows_pairs_sample.csv"
 needs_sample = pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data/crows_pairs_sample.csv is absent (a fresh clone has no ../shared)")

@@ -8,14 +8,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fairaudit.analysis.matching import (
+    align_depth,
+    corpus_chunks,
+    match_neurons,
+    matched_overlap,
+    overlaps_through_matching,
+    self_match_recovery,
+    word_activations,
+)
+from fairaudit.analysis.overlap import load_scores, top_k
 from fairaudit.config import RunConfig
-from fairaudit.matching import (align_depth, corpus_chunks, match_neurons, matched_overlap, overlaps_through_matching,
-                                self_match_recovery, word_activations)
-from fairaudit.model import load_model
-from fairaudit.overlap import load_scores, top_k
-from fairaudit.runner import audit
+from fairaudit.inputs.model import load_model
+from fairaudit.inputs.suite import resolve_suite
+from fairaudit.pipeline.audit import audit
 from fairaudit.store import Store
-from fairaudit.suite import resolve_suite
 from fairaudit.testing import make_model, make_planted_model, rotate_residual_stream
 
 AXES = ["race", "gender", "religion", "nationality"]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from fairaudit import metrics
-from fairaudit.architecture import MlpWeights
-from fairaudit.probe import ComponentStats
+from fairaudit.inputs.architecture import MlpWeights
+from fairaudit.measurement import metrics
+from fairaudit.measurement.probe import ComponentStats
 
 
 def component_from(pair_diffs: torch.Tensor, control_diffs: torch.Tensor, activations: torch.Tensor) -> ComponentStats:
@@ -81,7 +81,7 @@ def test_importance_equals_optipfair_functions():
 
 def test_hybrid_equals_optipfair_fairness_pruning_scores(model_folder):
     activations = pytest.importorskip("optipfair.bias.activations")
-    from fairaudit.model import load_model
+    from fairaudit.inputs.model import load_model
 
     loaded = load_model(str(model_folder("llama")))
     generator = torch.Generator().manual_seed(0)

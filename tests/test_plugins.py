@@ -8,8 +8,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import run_module
+
 from fairaudit.errors import PluginError
 from fairaudit.hookspecs import hookimpl
 from fairaudit.plugins import register_plugin, registry, unregister_plugin

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from conftest import run_module
 
-from fairaudit.bundle import verify_bundle, write_bundle
+from fairaudit.compliance.policy import Policy, evaluate_policy, exit_status, judge, load_policy, verdict_changes
 from fairaudit.config import RunConfig
 from fairaudit.errors import ConfigError
-from fairaudit.evaluate import EvaluationResult
-from fairaudit.policy import Policy, evaluate_policy, exit_status, judge, load_policy, verdict_changes
-from fairaudit.runner import MEASUREMENT_SCHEMA, audit
+from fairaudit.measurement.evaluate import EvaluationResult
+from fairaudit.pipeline.audit import audit
+from fairaudit.pipeline.evaluation import MEASUREMENT_SCHEMA
+from fairaudit.reporting.bundle import verify_bundle, write_bundle
 from fairaudit.store import Store
-
-from conftest import run_module
 
 
 def _policy(*rules: dict, min_items: int = 10) -> Policy:
@@ -309,8 +309,8 @@ def test_the_example_screen_gates_the_original_model_without_pruning(llama_folde
     """examples/screen.yaml (the two-minute screen the docs describe): probe and output-level bias
     of the original model, verdicts of the default policy, nothing pruned."""
     from fairaudit.config import load_config
-    from fairaudit.model import ModelSpec
-    from fairaudit.runner import audit
+    from fairaudit.inputs.model import ModelSpec
+    from fairaudit.pipeline.audit import audit
 
     config = load_config(Path(__file__).parent.parent / "examples" / "screen.yaml")
     assert config.pruning is None and [ref.plugin for ref in config.evaluators] == ["output_bias"] and config.policy == "default"

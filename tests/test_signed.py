@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fairaudit.analysis.overlap import load_scores
 from fairaudit.config import RunConfig
-from fairaudit.model import load_model
-from fairaudit.overlap import load_scores
+from fairaudit.inputs.model import load_model
+from fairaudit.inputs.suite import resolve_suite
+from fairaudit.pipeline.audit import audit
 from fairaudit.plugins import registry
-from fairaudit.prune import Selection, SelectionParams, masked, select
-from fairaudit.runner import audit
+from fairaudit.repair.prune import Selection, SelectionParams, masked, select
 from fairaudit.store import Store
-from fairaudit.suite import resolve_suite
 from fairaudit.testing import make_planted_model
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fairaudit.config import RunConfig
-from fairaudit.model import ModelSpec, is_offloaded, load_model
-from fairaudit.runner import audit
+from fairaudit.inputs.model import ModelSpec, is_offloaded, load_model
+from fairaudit.pipeline.audit import audit
 from fairaudit.store import Store
 
 SPLIT = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",

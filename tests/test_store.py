@@ -16,7 +16,7 @@ import pytest
 
 from fairaudit.config import RunConfig
 from fairaudit.errors import StoreError
-from fairaudit.runner import audit
+from fairaudit.pipeline.audit import audit
 from fairaudit.store import SCHEMA_VERSION, Store, safe_name
 
 

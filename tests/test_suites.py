@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fairaudit.errors import SuiteError
+from fairaudit.inputs.suite import Suite, builtin_suite_names, load_suite, resolve_suite
 from fairaudit.resources import suites_dir
-from fairaudit.suite import Suite, builtin_suite_names, load_suite, resolve_suite
 
 TWO_PLACEHOLDERS = """
 suite: demo

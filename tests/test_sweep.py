@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from fairaudit.errors import ConfigError
-from fairaudit.report import _pareto_front, sweep_data
+from fairaudit.pipeline.sweep import load_sweep, run_sweep
+from fairaudit.reporting.report import _pareto_front, sweep_data
 from fairaudit.store import Store
-from fairaudit.sweep import load_sweep, run_sweep
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 

@@ -43,7 +43,7 @@ class NeutralGap:
         batch_size: int = Field(default=16, ge=1)
 
     def evaluate(self, loaded, suites, params, reference=None):
-        from fairaudit.evaluate import EvaluationResult, loglikelihoods
+        from fairaudit.measurement.evaluate import EvaluationResult, loglikelihoods
 
         result = EvaluationResult()
         for suite in suites:

@@ -192,7 +192,7 @@ def run_cell(config: dict[str, Any], run_id: str, sweep_id: str, values: dict[st
     """Run one cell as an ordinary audit (resuming it when a killed sweep left it unfinished)
     and return {run_id, status, seconds, error}. Every failure is recorded in the store.
     This is the function a Ray task runs; it takes and returns plain data."""
-    from fairaudit.runner import audit
+    from fairaudit.pipeline.audit import audit
 
     if cwd and Path(cwd).is_dir():
         os.chdir(cwd)  # a Ray worker of a local cluster: relative paths mean what they meant to the sweep

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fairaudit.errors import SuiteError
+from fairaudit.errors import ConfigError, SuiteError
 from fairaudit.resources import suites_dir
 from fairaudit.yamlio import describe_validation_error, read_yaml
 
@@ -279,3 +279,19 @@ def resolve_suite(name_or_path: str | Path) -> Suite:
         f"no suite named '{name_or_path}': it is neither a file nor a built-in suite. "
         f"Built-in suites: {', '.join(builtin_suite_names())}."
     )
+
+
+def resolve_suites(names: list[str]) -> list[Suite]:
+    """The suites a run config names (`suites:`), refusing two whose axes would share a folder
+    in the store (axes are folder names: two that sanitise alike would share numbers)."""
+    from fairaudit.names import safe_name
+
+    suites = [resolve_suite(name) for name in names]
+    stored_as: dict[str, str] = {}
+    for suite in suites:
+        other = stored_as.get(safe_name(suite.axis))
+        if other is not None:
+            same = "appears in more than one suite" if other == suite.axis else f"and '{other}' are stored under one name"
+            raise ConfigError(f"run config field 'suites': axis '{suite.axis}' {same}; one suite per axis, with distinct names.")
+        stored_as[safe_name(suite.axis)] = suite.axis
+    return suites

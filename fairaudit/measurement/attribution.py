@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import torch
 
-from fairaudit import metrics
 from fairaudit.errors import ConfigError
-from fairaudit.evaluate import encode_request, keep_logits, loglikelihoods
-from fairaudit.model import LoadedModel
-from fairaudit.suite import Pair
+from fairaudit.inputs.model import LoadedModel
+from fairaudit.inputs.suite import Pair
+from fairaudit.measurement import metrics
+from fairaudit.measurement.evaluate import encode_request, keep_logits, loglikelihoods
 
 KINDS = ("neuron", "head")
 
@@ -112,7 +112,7 @@ def _row_scores(logits: torch.Tensor, batch: _Batch, offset: int = 0) -> torch.T
 def output_bias_values(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8,
                        known: dict[tuple[str, str], float] | None = None) -> torch.Tensor:
     """[pairs] float64: m_p for each pair (no gradient), from the log-likelihoods the evaluators
-    use (`fairaudit.evaluate.loglikelihoods`: a context and continuation shared by several pairs,
+    use (`fairaudit.measurement.evaluate.loglikelihoods`: a context and continuation shared by several pairs,
     such as the reference group's side, is computed once; one in `known` is not computed)."""
     terms = [metrics.output_bias_terms(pair) for pair in pairs]
     scores = iter(loglikelihoods(loaded, [(context, continuation) for found in terms for context, continuation, _ in found],
@@ -160,7 +160,7 @@ def attribute(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) 
     (context, continuation) run is computed once however many pairs share it (the reference
     group's side of every pair of a template): its product x . g is its own, and a pair's
     contribution is the signed sum of its runs' products."""
-    if not loaded.is_causal:
+    if not loaded.has_lm_head:
         raise ConfigError("output attribution needs a language-model head; this model is an encoder.")
     pairs = [pair for pair in pairs if metrics.output_bias_terms(pair)]
     modules = {kind: unit_modules(loaded, kind) for kind in KINDS}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import combinations
-
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats as scipy_stats
 
-from fairaudit import metrics
 from fairaudit.errors import FairauditError, StoreError
+from fairaudit.measurement import metrics
 from fairaudit.store import Store, safe_name
 
 DEFAULT_SCORE = "scaled_bias"

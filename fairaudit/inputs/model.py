@@ -19,39 +19,12 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from fairaudit.lazy import nn, torch
-from pydantic import BaseModel, ConfigDict, Field
-
-from fairaudit.architecture import Adapter, find_adapter
+from fairaudit.config import ModelSpec
 from fairaudit.errors import ModelError
-
-
-
-class ModelSpec(BaseModel):
-    """Which model to load and how (the `model:` section of a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(min_length=1, description="hub id, local folder, .gguf file or built-in alias")
-    revision: str | None = None
-    gguf_file: str | None = None
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    device: str = "cpu"
-    device_map: str | dict[str, str | int] | None = Field(
-        default=None, description="'auto' (accelerate) spreads a model over GPUs, CPU memory and disk; or a map "
-        "{module name: device} such as {model.layers.20: 1, lm_head: cpu}")
-    max_memory: dict[str | int, str | int] | None = Field(
-        default=None, description="with device_map: memory per device, e.g. {0: 20GiB, cpu: 60GiB}")
-    offload_folder: str | None = Field(
-        default=None, description="with device_map: where weights that fit nowhere go (a private temporary folder inside it is used "
-        "and removed when the model is freed)")
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    allow_missing_weights: bool = Field(
-        default=False, description="accept a checkpoint that lacks weights the architecture has (they would be random) "
-        "or has weights it does not use")
+from fairaudit.inputs.architecture import Adapter, find_adapter
+from fairaudit.lazy import nn, torch
 
 
 @dataclass(frozen=True)
@@ -78,7 +51,6 @@ ALIASES = {
         description="Gemma-3-270M base (GLU), 4-bit GGUF dequantized to float32",
     ),
 }
-DEFAULT_MODEL = "smollm2-135m"
 CACHE_FORMAT = "v2"  # bump when the layout of cached dequantized copies changes
 
 
@@ -90,10 +62,10 @@ class LoadedModel:
     tokenizer: Any
     adapter: Adapter
     model_id: str
-    is_causal: bool
+    has_lm_head: bool
     provenance: dict[str, Any] = field(default_factory=dict)
     # what earlier stages measured on this model, for evaluators to reuse: key -> (weights hash
-    # when measured, value); see `fairaudit.evaluate.recall`
+    # when measured, value); see `fairaudit.measurement.evaluate.recall`
     measured: dict[Any, tuple[str, Any]] = field(default_factory=dict, repr=False)
 
     @property
@@ -216,7 +188,7 @@ def _resolve_alias(alias: Alias) -> tuple[Path, str]:
     raise ModelError(f"package '{alias.package}' has no file {alias.gguf_name}; reinstall it with: {alias.pip}")
 
 
-def _is_causal(config: Any) -> bool:
+def _has_lm_head(config: Any) -> bool:
     architectures = getattr(config, "architectures", None) or []
     if architectures:
         return any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
@@ -308,7 +280,7 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any, s
             f"could not find model '{source}': it is not a local folder with a config.json, and it could not be "
             f"fetched from the hub ({type(exc).__name__}: {str(exc).splitlines()[0]}). Check the name, or pass a local folder."
         ) from None
-    auto = AutoModelForCausalLM if _is_causal(config) else AutoModel
+    auto = AutoModelForCausalLM if _has_lm_head(config) else AutoModel
     declared = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)  # what the checkpoint stores, before loading casts it
     declared = str(declared).removeprefix("torch.") if declared is not None else None
     load_options: dict[str, Any] = {
@@ -344,7 +316,7 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any, s
                              f"model.allow_missing_weights: true only if that is intended.")
     except ModelError:
         raise
-    except (OSError, EnvironmentError) as exc:
+    except OSError as exc:
         message = str(exc).splitlines()[0]
         if not spec.allow_pickle and ("safetensors" in message or "pytorch_model.bin" in message):
             raise ModelError(
@@ -424,4 +396,4 @@ def load_model(spec: ModelSpec | str, adapters: dict[str, Adapter] | None = None
     )
     model_id = stored_name(spec.id)
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, model_id=model_id,
-                       is_causal=_is_causal(model.config), provenance=provenance)
+                       has_lm_head=_has_lm_head(model.config), provenance=provenance)

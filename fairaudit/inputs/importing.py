@@ -12,8 +12,8 @@ from typing import Protocol
 import yaml
 
 from fairaudit.errors import StoreError
+from fairaudit.inputs.suite import Suite
 from fairaudit.names import safe_name
-from fairaudit.suite import Suite
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 import fairaudit
-from fairaudit.policy import Policy, Verdict, evaluate_policy, stored_policy
+from fairaudit.compliance.policy import Policy, Verdict, evaluate_policy, stored_policy
 from fairaudit.store import Store
 
 LIMITATIONS = (

@@ -8,9 +8,9 @@ beside it with the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -20,9 +20,10 @@ import jinja2
 from markupsafe import Markup, escape
 
 import fairaudit
+from fairaudit.analysis.diagnose import causal_view
 from fairaudit.errors import StoreError
+from fairaudit.reporting.sanitize import safe_svg
 from fairaudit.resources import templates_dir
-from fairaudit.sanitize import safe_svg
 from fairaudit.store import Store, safe_name
 from fairaudit.svg import bar_chart, heatmap
 
@@ -129,50 +130,9 @@ def _attribution_line(axis: str, row: dict[str, Any]) -> str | None:
     return line + "."
 
 
-TOP_UNITS = 5
-
-
-def causal_view(axis: str, layer_rows: list[dict[str, Any]], neuron_rows: list[dict[str, Any]],
-                head_rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Where an axis' output-level bias is carried (the output_attribution and ablation scorers),
-    from rows of the layer_scores, neuron_scores and head_scores tables: the layer profile of
-    attribution beside the activation-divergence profile, each as a share of its total over
-    layers, their rank correlation, and the top neurons and heads by verified effect (by
-    estimated effect where no ablation was stored). None without attribution. The report reads
-    the rows from the store; `fairaudit diagnose --attribution` builds them from its own scores."""
-    layers = sorted(layer_rows, key=lambda r: r["layer"])
-    if not layers or "output_attribution_by_layer" not in layers[0]:
-        return None
-    profiles = {"MLP activation divergence": [r.get("mlp_divergence") for r in layers],
-                "MLP neurons' output attribution": [r["output_attribution_by_layer"] for r in layers],
-                "attention heads' output attribution": [r.get("head_attribution_by_layer") for r in layers]}
-    shares = {}
-    for name, values in profiles.items():
-        finite = [v for v in values if _finite(v)]
-        if len(finite) == len(values) and sum(finite) > 0:
-            shares[name] = [v / sum(finite) for v in values]
-    from fairaudit.metrics import spearman
-
-    divergence, attributed = shares.get("MLP activation divergence"), shares.get("MLP neurons' output attribution")
-    agreement = spearman(divergence, attributed) if divergence and attributed and len(layers) >= 3 else math.nan
-    top = {}
-    for kind, table_rows, index in (("neurons", neuron_rows, "neuron"), ("heads", head_rows, "head")):
-        rows = [r for r in table_rows if _finite(r.get("output_attribution"))]
-        verified = [r for r in rows if _finite(r.get("ablation_effect"))]
-        key = "ablation_effect" if verified else "output_attribution"
-        chosen = sorted(verified or rows, key=lambda r: -abs(r[key]))[:TOP_UNITS]
-        top[kind] = {"ranked_by": "measured effect of ablating it alone" if verified else "estimated effect (no ablation stored)",
-                     "rows": [{"layer": r["layer"], "unit": r[index], "estimate": r["output_attribution"],
-                               "measured": r.get("ablation_effect")} for r in chosen]}
-    svg = bar_chart(f"{axis}: where the bias is carried, and where activations differ (share of each total per layer)",
-                    [str(r["layer"]) for r in layers], shares, "layer", "share of the total over layers") if shares else None
-    return {"svg": svg, "shares": shares, "agreement": agreement, "top": top,
-            "peaks": {name: max(range(len(values)), key=values.__getitem__) for name, values in shares.items()}}
-
-
 def _policy_section(store: Store, run_id: str, record: dict[str, Any], policy, compare_run: str | None) -> dict[str, Any] | None:
     """The verdict table the report opens with (None when there is no policy)."""
-    from fairaudit.policy import evaluate_policy, exit_status, gate_role, stored_policy, verdict_changes
+    from fairaudit.compliance.policy import evaluate_policy, exit_status, gate_role, stored_policy, verdict_changes
 
     policy = policy or stored_policy(record)
     if policy is None:
@@ -190,7 +150,7 @@ def _policy_section(store: Store, run_id: str, record: dict[str, Any], policy, c
 
 
 def report_data(store: Store, run_id: str, compare_run: str | None = None, policy=None) -> dict[str, Any]:
-    """Everything the report shows, read from the store. `policy` (a `fairaudit.policy.Policy`)
+    """Everything the report shows, read from the store. `policy` (a `fairaudit.compliance.policy.Policy`)
     adds the verdict table; without it, the policy the run was audited against, if any."""
     record = store.read_run(run_id)
     if record.get("kind", "audit") != "audit":

@@ -34,46 +34,15 @@ import math
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
+from fairaudit.config import CausalParams
 from fairaudit.lazy import torch
 
 HALF = ("bfloat16", "float16")
 
 GUARD_TOKENS = 256  # the guard's held-aside slice, after the validation slice
 VALIDATION_TOKENS = 4096  # the corpus slice whose perplexity bounds the budget
-
-
-class CausalParams(BaseModel):
-    """How `plan` chooses neurons (the `prune --causal` options)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    budgets: list[float] = Field(default=[0.0005, 0.001, 0.002], description="shares of all units (MLP neurons, and "
-                                 "attention heads when `heads` is on) to choose among")
-    heads: bool = Field(default=False, description="attention heads are candidates beside MLP neurons (zeroed when chosen); "
-                        "off by default: on SmolLM2-135M heads that each pass the guard cost too much together (docs/attribution.md)")
-    rounds: int = Field(default=2, ge=1, le=20, description="re-score after each share of the largest budget")
-    guard: float = Field(default=0.003, ge=0, description="skip a candidate whose removal alone raises perplexity on "
-                                                         "a held-aside corpus slice by more than this (relative)")
-    max_perplexity_rise: float = Field(default=0.02, ge=0, description="the budget's limit on the validation corpus slice")
-    gate: Literal["templates", "pairs", "none"] = Field(default="templates", description="the interval that must exclude 0 "
-                                                        "for an axis to be selected for: templates resampled, pairs, or none")
-    validation_every: int = Field(default=4, ge=2, description="every k-th probe template is for validation")
-    heldout_curve: bool = Field(default=False, description="after choosing, also measure each budget's held-out output bias "
-                                                           "(evaluation only: the choice is already made)")
-    float32: bool = Field(default=True, description="plan a bfloat16 or float16 model in float32 (weights cast up for the "
-                          "planning, then back: exact; twice the memory meanwhile). false: plan in the model's dtype, whose "
-                          "rounding noise is above the guard's 0.3%")
-
-    @field_validator("budgets")
-    @classmethod
-    def _shares(cls, value: list[float]) -> list[float]:
-        if not value or any(not 0 < budget < 1 for budget in value):
-            raise ValueError("budgets are shares of all units (MLP neurons and heads), each in (0, 1)")
-        return sorted(set(value))
 
 
 @dataclass
@@ -97,12 +66,12 @@ class CausalPlan:
     budget's validation figures, and the chosen selection (None: nothing to prune)."""
 
     gates: list[AxisGate]
-    order: list[Any]  # the greedy order of `fairaudit.attribution.Unit`s: each budget takes a prefix
+    order: list[Any]  # the greedy order of `fairaudit.measurement.attribution.Unit`s: each budget takes a prefix
     guard: dict[str, float]
     total: int  # candidate units of the model: MLP neurons, and heads when they are candidates
     budgets: list[dict[str, float]] = field(default_factory=list)
     chosen_budget: float | None = None
-    selection: Any = None  # fairaudit.prune.Selection
+    selection: Any = None  # fairaudit.repair.prune.Selection
     measured_in: str = "float32"  # the dtype the plan's forward passes ran in
 
     def as_dict(self) -> dict[str, Any]:
@@ -123,8 +92,8 @@ def split_probe(pairs: list, every: int = 4) -> tuple[list, list]:
 
 
 def selection_of(units: list, widths: list[int], ranking: str = ""):
-    """A `fairaudit.prune.Selection` of `fairaudit.attribution.Unit`s (neurons and heads)."""
-    from fairaudit.prune import Selection
+    """A `fairaudit.repair.prune.Selection` of `fairaudit.measurement.attribution.Unit`s (neurons and heads)."""
+    from fairaudit.repair.prune import Selection
 
     per_layer = [sorted({unit.index for unit in units if unit.kind == "neuron" and unit.layer == index}) for index in range(len(widths))]
     heads = sorted({(unit.layer, unit.index) for unit in units if unit.kind == "head"})
@@ -143,8 +112,8 @@ def _counted(units: list) -> str:
 
 def corpus_perplexity(loaded, ids: list[int], selection=None) -> float:
     """Perplexity of the token ids `ids` (512-token windows), with `selection` masked."""
-    from fairaudit.evaluate import window_nll
-    from fairaudit.prune import masked
+    from fairaudit.measurement.evaluate import window_nll
+    from fairaudit.repair.prune import masked
 
     context = masked(loaded, selection) if selection is not None else torch.no_grad()
     with context:
@@ -153,8 +122,8 @@ def corpus_perplexity(loaded, ids: list[int], selection=None) -> float:
 
 
 def mean_output_bias(loaded, pairs: list, selection=None) -> float:
-    from fairaudit.attribution import output_bias_values
-    from fairaudit.prune import masked
+    from fairaudit.measurement.attribution import output_bias_values
+    from fairaudit.repair.prune import masked
 
     if selection is None:
         return float(output_bias_values(loaded, pairs).mean())
@@ -167,7 +136,7 @@ def measured_in(loaded, float32: bool, say: Callable[[str], None] = lambda text:
     """Yield the dtype the planner's forward passes run in: float32 for a bfloat16 or float16 model
     when `float32` (its parameters cast up, and back on exit: bfloat16 -> float32 -> bfloat16 is
     exact) unless it is offloaded (then it stays as it is); else the model's own dtype."""
-    from fairaudit.model import is_offloaded
+    from fairaudit.inputs.model import is_offloaded
 
     dtype = next(loaded.model.parameters()).dtype
     name = str(dtype).removeprefix("torch.")
@@ -200,8 +169,8 @@ def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say:
 
 
 def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say: Callable[[str], None]) -> CausalPlan:
-    from fairaudit import attribution, metrics
-    from fairaudit.prune import masked
+    from fairaudit.measurement import attribution, metrics
+    from fairaudit.repair.prune import masked
 
     widths = [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in loaded.layers]
     slice_ids, guard_ids = corpus_ids[:VALIDATION_TOKENS], corpus_ids[VALIDATION_TOKENS : VALIDATION_TOKENS + GUARD_TOKENS]
@@ -286,7 +255,7 @@ def _choose(loaded, pairs: list, widths: list[int], count: int, found: CausalPla
     """Add up to `count` units to `found.order`: the largest estimated reductions of |m| on `pairs`
     (neurons, and heads when they are candidates, ranked together) that pass the quality guard
     (8 candidates measured at a time)."""
-    from fairaudit import attribution
+    from fairaudit.measurement import attribution
 
     estimate = attribution.attribute(loaded, pairs)
     direction = 1.0 if float(estimate.output_bias.mean()) >= 0 else -1.0

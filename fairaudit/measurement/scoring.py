@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fairaudit.inputs.model import LoadedModel
 from fairaudit.lazy import torch
-
-from fairaudit.model import LoadedModel
-from fairaudit.probe import ActivationStats
+from fairaudit.measurement.probe import ActivationStats
 
 
 @dataclass

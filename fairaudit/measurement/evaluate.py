@@ -13,11 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fairaudit.inputs.model import LoadedModel
+from fairaudit.inputs.suite import Suite
 from fairaudit.lazy import torch
-
-from fairaudit.metrics import bootstrap_interval
-from fairaudit.model import LoadedModel
-from fairaudit.suite import Suite
+from fairaudit.measurement.metrics import bootstrap_interval
 
 
 @dataclass
@@ -85,7 +84,7 @@ def recall(loaded: LoadedModel, key: Any) -> Any:
     """The value remembered under `key` if the model still computes what it computed then:
     no hook registered, and the weights hash (recomputed now) unchanged; else None (and a
     stale entry is forgotten). A model changed in place, or masked, is measured again."""
-    from fairaudit.model import weights_hash
+    from fairaudit.inputs.model import weights_hash
 
     entry = loaded.measured.get(key)
     if entry is None or has_hooks(loaded.model):
@@ -99,7 +98,7 @@ def recall(loaded: LoadedModel, key: Any) -> Any:
 def divergence_rows(stats) -> dict[str, dict[str, torch.Tensor]]:
     """pair id -> component -> `[layers]` mean |d_p| over units: what the bias re-probe needs of
     an `ActivationStats` (attention and MLP outputs)."""
-    from fairaudit.metrics import INDEX_COMPONENTS
+    from fairaudit.measurement.metrics import INDEX_COMPONENTS
 
     return {pair_id: {name: stats.components[name].pair_divergence[index] for name in INDEX_COMPONENTS}
             for index, pair_id in enumerate(stats.pair_ids)}
@@ -251,7 +250,7 @@ def window_nll(loaded: LoadedModel, ids: list[int], max_length: int, stride: int
             logits = loaded.model(input_ids=batch, **keep).logits
         if not keep:  # a forward that computes every position
             logits = logits[:, predicting]
-        for row, (b, e, f) in enumerate(group):
+        for row, (_b, e, f) in enumerate(group):
             targets = torch.tensor(ids[f:e], device=logits.device)
             nll = float(torch.nn.functional.cross_entropy(logits[row].float(), targets, reduction="sum"))
             windows.append((nll, len(targets)))

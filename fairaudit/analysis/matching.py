@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fairaudit.capture import token_states
 from fairaudit.errors import FairauditError
-from fairaudit.model import LoadedModel
+from fairaudit.inputs.model import LoadedModel
+from fairaudit.measurement.capture import token_states
 
 WORDS_PER_CHUNK = 120  # words per forward pass: short enough for any model's context
 
@@ -214,7 +214,7 @@ def read_corpus(path: str | Path | None) -> str:
 
 
 def _axes_masks(by_axis: dict[str, np.ndarray], top: float) -> dict[str, np.ndarray]:
-    from fairaudit.overlap import top_k
+    from fairaudit.analysis.overlap import top_k
 
     masks = {axis: top_k(values, top) for axis, values in by_axis.items()}
     if len(masks) >= 2:  # the cross-axis shared set: neurons in the top-k of two or more axes
@@ -261,15 +261,16 @@ class MatchedComparison:
 
 def _scores_in_memory(loaded: LoadedModel, config, score: str) -> dict[str, np.ndarray]:
     """A run config's probe and scorers applied to `loaded` without a store: axis -> `[layers, units]`."""
+    from fairaudit.inputs.suite import resolve_suites
+    from fairaudit.measurement.probe import screen_pairs
+    from fairaudit.measurement.scoring import AxisScores
     from fairaudit.plugins import registry
-    from fairaudit.runner import _load_suites, screen_pairs
-    from fairaudit.scoring import AxisScores
 
     params = config.check_plugins()
     plugins = registry()
     probe = plugins.get("probe", config.probe.plugin)
     by_axis = {}
-    for suite in _load_suites(config):
+    for suite in resolve_suites(config.suites):
         pairs, controls, _ = screen_pairs(loaded, suite)
         stats = probe.run(loaded, pairs, controls, params["probe"], suite.axis)
         scores = AxisScores(axis=suite.axis, component=config.scoring.component)
@@ -287,7 +288,7 @@ def random_twin(loaded: LoadedModel, seed: int) -> LoadedModel:
     torch.manual_seed(seed)
     model = type(loaded.model)(loaded.model.config).eval()
     return LoadedModel(model=model, tokenizer=loaded.tokenizer, adapter=loaded.adapter, model_id=f"random-{loaded.model_id}",
-                       is_causal=loaded.is_causal, provenance={})
+                       has_lm_head=loaded.has_lm_head, provenance={})
 
 
 def random_baseline(loaded: list[LoadedModel], config, score: str, chunks: list[str], top: float, permutations: int) -> list[MatchedOverlap]:
@@ -306,12 +307,10 @@ def compare_models(store, scores_a, scores_b, corpus: str | Path | None, top: fl
     corpus, store the matching (table `neuron_matching`) and the matched overlaps (table
     `matched_overlap`) under a new run of kind "match", and return them."""
     import hashlib
-    import time
 
     import pyarrow as pa
 
-    from fairaudit.model import ModelSpec, load_model
-    from fairaudit.store import new_run_id
+    from fairaudit.inputs.model import ModelSpec, load_model
 
     loaded = []
     for scores in (scores_a, scores_b):
@@ -328,30 +327,31 @@ def compare_models(store, scores_a, scores_b, corpus: str | Path | None, top: fl
     chunks = corpus_chunks(text, max_words=max_words)
     if not chunks:
         raise FairauditError("the matching corpus has no words.")
-    first, second = (word_activations(model, chunks) for model in loaded)
-    matching = match_neurons(first, second)
-    overlaps = overlaps_through_matching(scores_a.by_axis, scores_b.by_axis, matching, top, permutations)
-    recovery = self_match_recovery(first)
-    random_overlaps = []
-    if baselines:
-        from fairaudit.config import RunConfig
+    with store.recording("match", model_id=scores_a.model, model_b=scores_b.model, run_a=scores_a.run_id, run_b=scores_b.run_id,
+                         score=scores_a.score, top=top, permutations=permutations, corpus=str(corpus or "bundled"),
+                         corpus_sha256=hashlib.sha256(" ".join(chunks).encode()).hexdigest(),
+                         weights_hash_a=loaded[0].provenance["weights_hash"],
+                         weights_hash_b=loaded[1].provenance["weights_hash"]) as record:
+        first, second = (word_activations(model, chunks) for model in loaded)
+        matching = match_neurons(first, second)
+        overlaps = overlaps_through_matching(scores_a.by_axis, scores_b.by_axis, matching, top, permutations)
+        recovery = self_match_recovery(first)
+        random_overlaps = []
+        if baselines:
+            from fairaudit.config import RunConfig
 
-        config = RunConfig.model_validate(store.read_run(scores_a.run_id)["config"]).model_copy(update={"pruning": None, "evaluators": []})
-        config = config.model_copy(update={"probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}})})
-        random_overlaps = random_baseline(loaded, config, scores_a.score, chunks, top, permutations)
-    run_id = new_run_id()
-    store.write_part("neuron_matching", scores_a.model, scores_b.model, run_id, pa.Table.from_pylist(matching.rows()))
-    store.write_part("matched_overlap", scores_a.model, scores_b.model, run_id, pa.Table.from_pylist(
-        [{key: value for key, value in overlap.__dict__.items() if key != "mapped"} | {"top": top} for overlap in overlaps]))
-    store.write_run(run_id, {
-        "kind": "match", "status": "complete", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model_id": scores_a.model, "model_b": scores_b.model, "run_a": scores_a.run_id, "run_b": scores_b.run_id,
-        "score": scores_a.score, "top": top, "permutations": permutations, "corpus": str(corpus or "bundled"),
-        "corpus_sha256": hashlib.sha256(" ".join(chunks).encode()).hexdigest(), "words": matching.words,
-        "alignment": matching.alignment, "self_match_recovery": recovery,
-        "random_baseline": [{key: value for key, value in overlap.__dict__.items() if key != "mapped"} for overlap in random_overlaps],
-        "weights_hash_a": loaded[0].provenance["weights_hash"], "weights_hash_b": loaded[1].provenance["weights_hash"],
-    })
+            config = RunConfig.model_validate(store.read_run(scores_a.run_id)["config"]).model_copy(update={"pruning": None, "evaluators": []})
+            config = config.model_copy(update={"probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}})})
+            random_overlaps = random_baseline(loaded, config, scores_a.score, chunks, top, permutations)
+        run_id = record.run_id
+        store.write_part("neuron_matching", scores_a.model, scores_b.model, run_id, pa.Table.from_pylist(matching.rows()))
+        store.write_part("matched_overlap", scores_a.model, scores_b.model, run_id, pa.Table.from_pylist(
+            [{key: value for key, value in overlap.__dict__.items() if key != "mapped"} | {"top": top} for overlap in overlaps]))
+        extras = {"words": matching.words, "alignment": matching.alignment, "self_match_recovery": recovery,
+                  "random_baseline": [{key: value for key, value in overlap.__dict__.items() if key != "mapped"}
+                                      for overlap in random_overlaps]}
+        for key, value in extras.items():
+            setattr(record, key, value)
     return MatchedComparison(run_id=run_id, matching=matching, overlaps=overlaps, self_recovery=recovery, corpus=str(corpus or "bundled"),
                              random_overlaps=random_overlaps)
 

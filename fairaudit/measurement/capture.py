@@ -6,9 +6,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from fairaudit.inputs.model import LoadedModel
 from fairaudit.lazy import torch
-
-from fairaudit.model import LoadedModel
 
 Hook = Callable[["torch.Tensor"], None]
 
@@ -19,7 +18,7 @@ def run_hooked(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: tor
     layer)]` receives that site's activations as `[batch, tokens, units]` (tuple outputs
     unwrapped, OPT's flattened `[batch * tokens, units]` reshaped). Position ids follow the
     attention mask, so left padding does not shift absolute positions."""
-    forward = loaded.model.base_model if loaded.is_causal else loaded.model
+    forward = loaded.model.base_model if loaded.has_lm_head else loaded.model
     accepted = inspect.signature(forward.forward).parameters
     sites = [loaded.adapter.sites(layer) for layer in loaded.layers]
     shape = input_ids.shape

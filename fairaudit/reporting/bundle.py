@@ -30,8 +30,8 @@ from typing import Any
 import yaml
 
 import fairaudit
+from fairaudit.compliance.policy import Policy, stored_policy
 from fairaudit.errors import ConfigError, StoreError
-from fairaudit.policy import Policy, stored_policy
 from fairaudit.store import Store, atomic_write_bytes, safe_name
 
 MANIFEST = "manifest.json"
@@ -62,7 +62,7 @@ def _run_parts(store: Store, run_id: str) -> dict[str, bytes]:
 
 def bundle_files(store: Store, run_id: str, policy: Policy | None = None) -> dict[str, bytes]:
     """The files of a run's bundle (manifest included), by path."""
-    from fairaudit.report import render_report_text, report_data
+    from fairaudit.reporting.report import render_report_text, report_data
 
     record = store.read_run(run_id)
     if record.get("kind", "audit") != "audit" or record.get("status") != "complete":
@@ -202,7 +202,7 @@ def verify_bundle(path: str | Path, model: Any = None, expect_manifest: str | No
     if recorded != manifest.get("weights_hash"):
         result.problems.append(f"run.json: weights hash {recorded} differs from the manifest's {manifest.get('weights_hash')}")
     if model is not None:
-        from fairaudit.model import load_model
+        from fairaudit.inputs.model import load_model
 
         loaded = load_model(model)
         if loaded.provenance["weights_hash"] != manifest.get("weights_hash"):

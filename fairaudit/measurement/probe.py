@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fairaudit.errors import SuiteError
+from fairaudit.inputs.model import LoadedModel
+from fairaudit.inputs.suite import Pair, Suite
 from fairaudit.lazy import torch
-
-from fairaudit.model import LoadedModel
-from fairaudit.suite import Pair
 
 
 @dataclass
@@ -82,3 +82,30 @@ class Probe(Protocol):
     def run(self, loaded: LoadedModel, pairs: list[Pair], controls: list[Pair], params, axis: str) -> ActivationStats:
         """Run the pairs and controls through `loaded` and return streaming statistics.
         `params` is an instance of the probe's `Params` model."""
+
+
+def screen_pairs(loaded: LoadedModel, suite: Suite) -> tuple[list[Pair], list[Pair], list[str]]:
+    """The probe and control pairs worth probing, and a note for each kind left out: a pair
+    whose two sides tokenize identically measures nothing (its bias would be 0, and identical
+    controls would make every neuron look significant). A prompt longer than the model's
+    context is an error: its activations would not mean what the suite says."""
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    notes: list[str] = []
+    kept: dict[str, list] = {}
+    for kind, pairs in (("probe", suite.pairs("probe")), ("control", suite.control_pairs())):
+        same = []
+        kept[kind] = []
+        for pair in pairs:
+            ids_a, ids_b = (loaded.tokenizer(text)["input_ids"] for text in (pair.text_a, pair.text_b))
+            if context and max(len(ids_a), len(ids_b)) > context:
+                raise SuiteError(f"suite '{suite.suite}', pair {pair.pair_id}: a prompt is {max(len(ids_a), len(ids_b)):,} tokens, "
+                                 f"longer than the model's context of {context:,} tokens; shorten it.")
+            (same if ids_a == ids_b else kept[kind]).append(pair)
+        if same:
+            notes.append(f"axis {suite.axis}: {len(same)} {kind} pair(s) whose two sides tokenize identically for this model "
+                         f"were left out (they measure nothing): {', '.join(p.pair_id for p in same[:5])}"
+                         f"{' ...' if len(same) > 5 else ''}")
+    if not kept["probe"]:
+        raise SuiteError(f"suite '{suite.suite}': no probe pair is left once pairs whose sides tokenize identically are left "
+                         f"out; its group words are not distinguished by this model's tokenizer.")
+    return kept["probe"], kept["control"], notes

@@ -1,7 +1,7 @@
 """Metric definitions: each score of the audit is defined once, here.
 
 Shapes: per-neuron scores are `[layers, units]`, per-layer scores `[layers]`.
-Notation (see `fairaudit.probe`): for pair p, d_p = h(a_p) - h(b_p), h pooled over tokens.
+Notation (see `fairaudit.measurement.probe`): for pair p, d_p = h(a_p) - h(b_p), h pooled over tokens.
 README.md ("Scores") gives each definition in words, with what it does not show.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 
-from fairaudit.lazy import numpy as np, scipy_stats, torch
-
-from fairaudit.architecture import MlpWeights
-from fairaudit.probe import ActivationStats, ComponentStats
-from fairaudit.suite import Pair
+from fairaudit.inputs.architecture import MlpWeights
+from fairaudit.inputs.suite import Pair
+from fairaudit.lazy import numpy as np
+from fairaudit.lazy import scipy_stats, torch
+from fairaudit.measurement.probe import ActivationStats, ComponentStats
 
 EPSILON = 1e-8
 

@@ -13,54 +13,20 @@ import copy
 import glob
 import json
 import os
-import shutil
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from fairaudit.lazy import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from fairaudit import metrics
+from fairaudit.config import SelectionParams
 from fairaudit.errors import FairauditError, StoreError
-from fairaudit.model import LoadedModel
+from fairaudit.inputs.model import LoadedModel
+from fairaudit.lazy import torch
+from fairaudit.measurement import metrics
 
 NEURON_MAP_FILE = "fairaudit_neuron_map.json"
 MODEL_CARD_FILE = "README.md"
-
-
-class SelectionParams(BaseModel):
-    """Which neurons to prune. `fraction` is per layer (`scope: per_layer`, the write-up's
-    uniform 0.2%) or of all neurons (`scope: global`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    axes: list[str] = Field(min_length=1)
-    score: str = "hybrid_scaled"
-    fraction: float = Field(default=0.002, description="share of neurons to prune, in (0, 1)")
-    scope: Literal["per_layer", "global"] = "per_layer"
-    layers: list[int] | None = None
-    combine: Literal["pooled", "mean", "max", "union", "intersection"] = Field(
-        default="pooled", description="several axes: rank by one score computed on the axes' pooled bias, by the mean "
-        "(or largest) of their scores, or unite / intersect their selections")
-    round_to: int | None = Field(default=None, ge=1, description="round each new width down to a multiple of this")
-    protect: float = Field(default=0.01, ge=0.0, lt=1.0, description="protect the top share of neurons by importance (0: none)")
-    importance: str = "importance_ppm"
-    direction: Literal["any", "pro"] = Field(
-        default="any", description="pro: only neurons whose `push` score is > 0 (pushing group a toward the stereotype)")
-    push: str = "stereotype_push"
-    only_biased_axes: bool = Field(
-        default=False, description="leave out every axis whose stored output-level bias (output_attribution scorer) has a "
-        "template-resampled 95% interval containing 0: never move an axis that shows no bias")
-
-    @field_validator("fraction")
-    @classmethod
-    def _fraction_inside_unit_interval(cls, value: float) -> float:
-        if not 0.0 < value < 1.0:
-            raise ValueError(f"fraction must be strictly between 0 and 1 (0.002 = 0.2%); got {value}")
-        return value
 
 
 @dataclass
@@ -266,7 +232,7 @@ def zero_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
     """Prune attention heads exactly, shapes unchanged: zero each listed head's columns of the
     attention output projection (its block of the projection's input), per layer. `remove_heads`
     removes them instead, where the architecture's config can say it."""
-    from fairaudit.attribution import head_count, unit_modules
+    from fairaudit.measurement.attribution import head_count, unit_modules
 
     modules, count = unit_modules(loaded, "head"), head_count(loaded)
     if len(heads) != len(modules):
@@ -291,7 +257,7 @@ def remove_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
     families), the same number of heads from every layer (their configs hold one head count),
     and, when several query heads share a key/value head, whole groups of them. Refused
     otherwise (`zero_heads` is exact for any selection)."""
-    from fairaudit.attribution import head_count
+    from fairaudit.measurement.attribution import head_count
 
     config = getattr(loaded.model.config, "text_config", None) or loaded.model.config
     count, kv = head_count(loaded), int(getattr(config, "num_key_value_heads", None) or head_count(loaded))
@@ -393,7 +359,7 @@ def masked(loaded: LoadedModel, selection: Selection) -> Iterator[None]:
     neuron) or the attention output projection (a head's block of its input)."""
     handles = []
     if selection.heads:
-        from fairaudit.attribution import head_count, unit_modules
+        from fairaudit.measurement.attribution import head_count, unit_modules
 
         modules, count = unit_modules(loaded, "head"), head_count(loaded)
     for index, (layer, pruned, chosen_heads) in enumerate(zip(loaded.layers, selection.pruned, selection.heads_per_layer())):
