@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install audit test benchmarks chromium
+.PHONY: install audit test lint benchmarks chromium
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,14 @@ audit: install
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)); } || echo "chromium is absent and cannot be installed here: the browser test will be skipped"
 
+# The house rules (CONTRIBUTING.md): ruff's lint and format, and mypy on the package.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 # Two workers (one torch thread each): the SmolLM2 audit test runs beside the others.
-test: install chromium
+test: install chromium lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 benchmarks: install

@@ -60,27 +60,45 @@ def held_out_row(loaded, name: str, pairs: list, selection, randoms: list, selec
     low_a, high_a = metrics.cluster_bootstrap_interval(after, templates)
     abs_before, abs_after = abs(float(before.mean())), abs(float(after.mean()))
     abs_random = float(random.mean(dim=1).abs().mean())
-    return {"axis": name, "pairs": len(pairs), "templates": len(set(templates)), "before": float(before.mean()),
-            "before_low": low_b, "before_high": high_b, "after": float(after.mean()), "after_low": low_a, "after_high": high_a,
-            "random_after": float(random.mean()), "reduction": 1 - abs_after / abs_before if abs_before else math.nan,
-            "random_reduction": 1 - abs_random / abs_before if abs_before else math.nan,
-            "beats_random_p": metrics.beats_random_p(after, random), "selected_on": selected_on,
-            "pct_before": float((before > 0).double().mean()), "pct_after": float((after > 0).double().mean())}
+    return {
+        "axis": name,
+        "pairs": len(pairs),
+        "templates": len(set(templates)),
+        "before": float(before.mean()),
+        "before_low": low_b,
+        "before_high": high_b,
+        "after": float(after.mean()),
+        "after_low": low_a,
+        "after_high": high_a,
+        "random_after": float(random.mean()),
+        "reduction": 1 - abs_after / abs_before if abs_before else math.nan,
+        "random_reduction": 1 - abs_random / abs_before if abs_before else math.nan,
+        "beats_random_p": metrics.beats_random_p(after, random),
+        "selected_on": selected_on,
+        "pct_before": float((before > 0).double().mean()),
+        "pct_after": float((after > 0).double().mean()),
+    }
 
 
 def table_lines(table: list[dict], crows: list[dict]) -> list[str]:
     """The printed held-out table (and the CrowS-Pairs rows under it)."""
     width = max(len(row["axis"]) for row in table + crows)
-    lines = [f"{'axis':<{width}} {'pairs':>5} {'before [95% CI, templates]':>30} {'after [95% CI]':>28} {'random':>8} "
-             f"{'|m| reduction':>14} {'random':>8} {'p vs random':>12}"]
+    lines = [
+        f"{'axis':<{width}} {'pairs':>5} {'before [95% CI, templates]':>30} {'after [95% CI]':>28} {'random':>8} "
+        f"{'|m| reduction':>14} {'random':>8} {'p vs random':>12}"
+    ]
     for row in table + crows:
-        lines.append(f"{row['axis']:<{width}} {row['pairs']:>5} {row['before']:>+8.3f} [{row['before_low']:+.3f}, {row['before_high']:+.3f}]"
-                     f"{'' if row['selected_on'] else ' *':>3} {row['after']:>+8.3f} [{row['after_low']:+.3f}, {row['after_high']:+.3f}] "
-                     f"{row['random_after']:>+8.3f} {row['reduction']:>14.1%} {row['random_reduction']:>8.1%} {row['beats_random_p']:>12.4f}"
-                     + (f"   share with m > 0: {row['pct_before']:.3f} -> {row['pct_after']:.3f}" if row in crows else ""))
+        lines.append(
+            f"{row['axis']:<{width}} {row['pairs']:>5} {row['before']:>+8.3f} [{row['before_low']:+.3f}, {row['before_high']:+.3f}]"
+            f"{'' if row['selected_on'] else ' *':>3} {row['after']:>+8.3f} [{row['after_low']:+.3f}, {row['after_high']:+.3f}] "
+            f"{row['random_after']:>+8.3f} {row['reduction']:>14.1%} {row['random_reduction']:>8.1%} {row['beats_random_p']:>12.4f}"
+            + (f"   share with m > 0: {row['pct_before']:.3f} -> {row['pct_after']:.3f}" if row in crows else "")
+        )
     lines.append("(* nothing was chosen for this axis: its selection-part interval contains 0)")
     if crows:
-        lines.append("(crows: the CrowS-Pairs category of the axis; m = log p(more stereotyping) - log p(less), intervals resample pairs)")
+        lines.append(
+            "(crows: the CrowS-Pairs category of the axis; m = log p(more stereotyping) - log p(less), intervals resample pairs)"
+        )
     return lines
 
 
@@ -93,58 +111,110 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="re-score after each share of the largest budget")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--max-perplexity-rise", type=float, default=0.02)
-    parser.add_argument("--guard", type=float, default=0.003,
-                        help="skip a candidate whose removal alone raises perplexity on a held-aside corpus slice by more than this")
-    parser.add_argument("--gate", choices=["templates", "pairs", "none"], default="templates",
-                        help="an axis is pruned for when its selection-part interval (resampling templates, or pairs) excludes 0")
+    parser.add_argument(
+        "--guard",
+        type=float,
+        default=0.003,
+        help="skip a candidate whose removal alone raises perplexity on a held-aside corpus slice by more than this",
+    )
+    parser.add_argument(
+        "--gate",
+        choices=["templates", "pairs", "none"],
+        default="templates",
+        help="an axis is pruned for when its selection-part interval (resampling templates, or pairs) excludes 0",
+    )
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--plan-in", choices=["float32", "model"], default="float32",
-                        help="model: plan a bfloat16 or float16 model in its own dtype instead of casting it up")
+    parser.add_argument(
+        "--plan-in",
+        choices=["float32", "model"],
+        default="float32",
+        help="model: plan a bfloat16 or float16 model in its own dtype instead of casting it up",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     started = time.time()
     loaded = load_model(ModelSpec(id=args.model, dtype=args.dtype))
     ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     suites = [resolve_suite(axis) for axis in AXES]
-    params = CausalParams(budgets=[float(b) for b in args.budgets.split(",")], rounds=args.rounds, guard=args.guard,
-                          max_perplexity_rise=args.max_perplexity_rise, gate=args.gate, heads=args.heads,
-                          float32=args.plan_in == "float32")
+    params = CausalParams(
+        budgets=[float(b) for b in args.budgets.split(",")],
+        rounds=args.rounds,
+        guard=args.guard,
+        max_perplexity_rise=args.max_perplexity_rise,
+        gate=args.gate,
+        heads=args.heads,
+        float32=args.plan_in == "float32",
+    )
     found = plan(loaded, suites, params, ids, say=print)
     for gate in found.gates:
-        print(f"{gate.axis}: selection-part output bias {gate.bias:+.3f}, 95% CI resampling templates [{gate.template_low:+.3f}, "
-              f"{gate.template_high:+.3f}], pairs [{gate.pair_low:+.3f}, {gate.pair_high:+.3f}] ({gate.selection_pairs} pairs), "
-              f"validation {gate.validation_pairs} pairs")
-    print(f"quality guard: {found.guard['rejected']} of {found.guard['checked']} candidates rejected "
-          f"(largest rise alone {found.guard['largest_rejected_rise']:+.1%})")
+        print(
+            f"{gate.axis}: selection-part output bias {gate.bias:+.3f}, 95% CI resampling templates [{gate.template_low:+.3f}, "
+            f"{gate.template_high:+.3f}], pairs [{gate.pair_low:+.3f}, {gate.pair_high:+.3f}] ({gate.selection_pairs} pairs), "
+            f"validation {gate.validation_pairs} pairs"
+        )
+    print(
+        f"quality guard: {found.guard['rejected']} of {found.guard['checked']} candidates rejected "
+        f"(largest rise alone {found.guard['largest_rejected_rise']:+.1%})"
+    )
     if found.selection is None:
-        print("nothing to prune: no axis is gated in, or no budget reduced the validation bias within the perplexity limit")
+        print(
+            "nothing to prune: no axis is gated in, or no budget reduced the validation bias within the perplexity limit"
+        )
         return
     selection, widths = found.selection, found.selection.widths
     counts = [len(chosen) for chosen in selection.pruned]
     head_counts = [len(chosen) for chosen in selection.heads_per_layer()]
     neurons, heads = sum(counts), sum(head_counts)
-    print(f"chosen budget {found.chosen_budget} ({neurons} neurons, {heads} heads: {selection.heads}) on validation; held-out results:")
+    print(
+        f"chosen budget {found.chosen_budget} ({neurons} neurons, {heads} heads: {selection.heads}) on validation; held-out results:"
+    )
 
     randoms = [random_selection(counts, widths, seed, head_counts, head_count(loaded)) for seed in range(args.seeds)]
     active = {gate.axis for gate in found.gates if gate.active}
-    table = [held_out_row(loaded, suite.axis, [pair for pair in suite.pairs("heldout") if metrics.output_bias_terms(pair)],
-                          selection, randoms, suite.axis in active) for suite in suites]
+    table = [
+        held_out_row(
+            loaded,
+            suite.axis,
+            [pair for pair in suite.pairs("heldout") if metrics.output_bias_terms(pair)],
+            selection,
+            randoms,
+            suite.axis in active,
+        )
+        for suite in suites
+    ]
     crows = []
     if args.crows:
         from fairaudit.plugins import registry
 
         importer = registry().get("importer", "crows-pairs")
         imported = {suite.axis: suite for suite in importer.import_file(Path(args.crows), importer.Params()).suites}
-        crows = [held_out_row(loaded, f"crows:{category}", imported[category].pairs(None), selection, randoms, axis in active)
-                 for category, axis in CROWS_CATEGORIES.items() if category in imported]
+        crows = [
+            held_out_row(
+                loaded, f"crows:{category}", imported[category].pairs(None), selection, randoms, axis in active
+            )
+            for category, axis in CROWS_CATEGORIES.items()
+            if category in imported
+        ]
     full_before, full_after = corpus_perplexity(loaded, ids), corpus_perplexity(loaded, ids, selection)
     print("\n" + "\n".join(table_lines(table, crows)))
-    print(f"perplexity on the bundled corpus: {full_before:.3f} -> {full_after:.3f} ({full_after / full_before - 1:+.2%}); "
-          f"{neurons} neurons and {heads} heads of {found.total} units ({(neurons + heads) / found.total:.3%}); {time.time() - started:.0f} s")
+    print(
+        f"perplexity on the bundled corpus: {full_before:.3f} -> {full_after:.3f} ({full_after / full_before - 1:+.2%}); "
+        f"{neurons} neurons and {heads} heads of {found.total} units ({(neurons + heads) / found.total:.3%}); {time.time() - started:.0f} s"
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"model": args.model, **found.as_dict(), "heldout": table, "crows_pairs": crows,
-                       "perplexity_before": full_before, "perplexity_after": full_after}, handle, indent=1)
+            json.dump(
+                {
+                    "model": args.model,
+                    **found.as_dict(),
+                    "heldout": table,
+                    "crows_pairs": crows,
+                    "perplexity_before": full_before,
+                    "perplexity_after": full_after,
+                },
+                handle,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -33,17 +33,80 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="fairaudit-device-"))
     make_planted_model(root / "model")
     config = root / "run.yaml"
-    config.write_text(f"model: {root / 'model'}\nsuites: [race, nationality]\nstore: {root / 'store'}\n"
-                      f"pruning: {{out: {root / 'pruned'}, causal: {{budgets: [0.01, 0.02], heads: true}}}}\n", encoding="utf-8")
+    config.write_text(
+        f"model: {root / 'model'}\nsuites: [race, nationality]\nstore: {root / 'store'}\n"
+        f"pruning: {{out: {root / 'pruned'}, causal: {{budgets: [0.01, 0.02], heads: true}}}}\n",
+        encoding="utf-8",
+    )
     steps = [
-        ("audit (causal pruning with heads, every default evaluator, report)", ("audit", config, *on, "--quiet", "--json")),
-        ("probe", ("probe", "--model", root / "model", "--suite", "race", "--store", root / "s2", *on, "--quiet", "--json")),
-        ("prune --causal", ("prune", "--causal", "--model", root / "model", "--store", root / "s2", "--axis", "race",
-                            "--budgets", "0.01,0.02", "--out", root / "p2", *on, "--json")),
-        ("evaluate", ("evaluate", "--model", root / "model", "--compare", root / "p2", "--suite", "race", "--store", root / "s2",
-                      "--evaluator", "output_bias", "--evaluator", "perplexity", "--evaluator", "generations", *on, "--quiet", "--json")),
-        ("diagnose --attribution 4", ("diagnose", "--model", root / "model", "--suite", "race", "--top", "1", "--attribution", "4",
-                                      "--out", root / "d", *on, "--json")),
+        (
+            "audit (causal pruning with heads, every default evaluator, report)",
+            ("audit", config, *on, "--quiet", "--json"),
+        ),
+        (
+            "probe",
+            ("probe", "--model", root / "model", "--suite", "race", "--store", root / "s2", *on, "--quiet", "--json"),
+        ),
+        (
+            "prune --causal",
+            (
+                "prune",
+                "--causal",
+                "--model",
+                root / "model",
+                "--store",
+                root / "s2",
+                "--axis",
+                "race",
+                "--budgets",
+                "0.01,0.02",
+                "--out",
+                root / "p2",
+                *on,
+                "--json",
+            ),
+        ),
+        (
+            "evaluate",
+            (
+                "evaluate",
+                "--model",
+                root / "model",
+                "--compare",
+                root / "p2",
+                "--suite",
+                "race",
+                "--store",
+                root / "s2",
+                "--evaluator",
+                "output_bias",
+                "--evaluator",
+                "perplexity",
+                "--evaluator",
+                "generations",
+                *on,
+                "--quiet",
+                "--json",
+            ),
+        ),
+        (
+            "diagnose --attribution 4",
+            (
+                "diagnose",
+                "--model",
+                root / "model",
+                "--suite",
+                "race",
+                "--top",
+                "1",
+                "--attribution",
+                "4",
+                "--out",
+                root / "d",
+                *on,
+                "--json",
+            ),
+        ),
     ]
     failed = False
     for name, command in steps:
@@ -56,13 +119,17 @@ def main() -> None:
             result = json.loads(done.stdout)
             pruned, failures = result.get("pruned", {}), result.get("evaluation_failures", [])
             ok = "skipped" not in pruned and not failures
-            detail = (f"{pruned.get('removed', 0)} neurons pruned ({pruned.get('zeroed', 0)} of them zeroed in place), heads zeroed "
-                      f"{pruned.get('heads', [])}; evaluator failures: {failures or 'none'}")
+            detail = (
+                f"{pruned.get('removed', 0)} neurons pruned ({pruned.get('zeroed', 0)} of them zeroed in place), heads zeroed "
+                f"{pruned.get('heads', [])}; evaluator failures: {failures or 'none'}"
+            )
         print(f"{'ok  ' if ok else 'FAIL'} {name}: exit {done.returncode}, {seconds:.1f} s {detail}")
         if not ok:
             failed = True
             print("     " + "\n     ".join((done.stderr or done.stdout).strip().splitlines()[-25:]))
-    print(f"device {args.device}, dtype {args.dtype}: {'a step failed' if failed else 'every step passed'} (files in {root})")
+    print(
+        f"device {args.device}, dtype {args.dtype}: {'a step failed' if failed else 'every step passed'} (files in {root})"
+    )
     sys.exit(1 if failed else 0)
 
 

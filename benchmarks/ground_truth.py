@@ -29,13 +29,21 @@ def ground_truth_figures(root: Path, seed: int = 0, score: str = "hybrid_scaled"
     unimportant = {(n.layer, n.neuron) for n in truth.neurons if not n.important}
     layer = truth.neurons[0].layer
     width = 128
-    config = RunConfig.model_validate({
-        "model": str(root / "model"), "suites": AXES, "store": str(root / "store"), "seed": seed,
-        "probe": {"plugin": "activations", "params": {"progress": False}},
-        "pruning": {"out": str(root / "pruned"), "selection": {"score": score, "layers": [layer], "fraction": len(unimportant) / width}},
-        "evaluators": ["bias_reprobe", "output_bias", {"plugin": "perplexity", "params": {"max_length": 256}}],
-        "report": False,
-    })
+    config = RunConfig.model_validate(
+        {
+            "model": str(root / "model"),
+            "suites": AXES,
+            "store": str(root / "store"),
+            "seed": seed,
+            "probe": {"plugin": "activations", "params": {"progress": False}},
+            "pruning": {
+                "out": str(root / "pruned"),
+                "selection": {"score": score, "layers": [layer], "fraction": len(unimportant) / width},
+            },
+            "evaluators": ["bias_reprobe", "output_bias", {"plugin": "perplexity", "params": {"max_length": 256}}],
+            "report": False,
+        }
+    )
     result = audit(config)
     store = Store(root / "store")
     figures: dict = {"recovery": {}, "sharing": {}, "effect": {}, "truth": truth}
@@ -49,27 +57,45 @@ def ground_truth_figures(root: Path, seed: int = 0, score: str = "hybrid_scaled"
         figures["recovery"][axis] = {"precision": hits / len(found), "recall": hits / len(planted), "k": len(planted)}
     overlap = axis_overlap(bias, top=len(truth.planted("race")))
     for row in overlap.pairs.to_pylist():
-        figures["sharing"][(row["axis_a"], row["axis_b"])] = {"overlap": row["overlap"], "expected": row["expected"], "p_value": row["p_value"]}
-    shared_found = {(r["layer"], r["neuron"]) for r in overlap.shared.to_pylist() if "race" in r["axes"] and "gender" in r["axes"]}
+        figures["sharing"][(row["axis_a"], row["axis_b"])] = {
+            "overlap": row["overlap"],
+            "expected": row["expected"],
+            "p_value": row["p_value"],
+        }
+    shared_found = {
+        (r["layer"], r["neuron"]) for r in overlap.shared.to_pylist() if "race" in r["axes"] and "gender" in r["axes"]
+    }
     figures["shared_recovered"] = len(truth.shared() & shared_found) / len(truth.shared())
     kept = {(row["layer"], row["original_index"]) for row in store.read("neuron_maps").to_pylist() if not row["zeroed"]}
     pruned = {(layer, neuron) for neuron in range(width)} - {k for k in kept if k[0] == layer}
     figures["pruned_planted_unimportant"] = len(pruned & unimportant) / len(unimportant)
     important = {(n.layer, n.neuron) for n in truth.neurons if n.important}
     figures["pruned_planted_important"] = sorted(pruned & important)
+
     def chosen(update):
-        return {(layer, int(n)) for n in plan_selection(store, result.model_id, result.run_id,
-                                                                         config.pruning.for_axes(AXES).selection.model_copy(update=update)).pruned[layer]}
+        return {
+            (layer, int(n))
+            for n in plan_selection(
+                store, result.model_id, result.run_id, config.pruning.for_axes(AXES).selection.model_copy(update=update)
+            ).pruned[layer]
+        }
+
     figures["unguarded_important"] = sorted(chosen({"protect": 0.0}) & important)
-    figures["by_combine"] = {combine: len(chosen({"combine": combine}) & unimportant) for combine in ("pooled", "mean", "max")}
+    figures["by_combine"] = {
+        combine: len(chosen({"combine": combine}) & unimportant) for combine in ("pooled", "mean", "max")
+    }
     change = {(r["evaluator"], r["axis_or_task"], r["metric"]): r for r in result.comparisons}
     for axis in truth.axes:
         gap = change[("output_bias", axis, "logprob_gap_negative")]
         index = change[("bias_reprobe", axis, "bias_index")]
-        figures["effect"][axis] = {"gap_before": gap["before"], "gap_after": gap["after"],
-                                   "gap_drop": 1 - abs(gap["after"]) / abs(gap["before"]),
-                                   "index_before": index["before"], "index_after": index["after"],
-                                   "index_drop": 1 - index["after"] / index["before"]}
+        figures["effect"][axis] = {
+            "gap_before": gap["before"],
+            "gap_after": gap["after"],
+            "gap_drop": 1 - abs(gap["after"]) / abs(gap["before"]),
+            "index_before": index["before"],
+            "index_after": index["after"],
+            "index_drop": 1 - index["after"] / index["before"],
+        }
     perplexity = {r["role"]: r["value"] for r in result.measurements if r["metric"].startswith("perplexity")}
     figures["perplexity"] = (perplexity["before"], perplexity["after"], perplexity["after"] / perplexity["before"] - 1)
     return figures
@@ -97,16 +123,22 @@ def report(figures: dict, seed: int, score: str, family: str) -> None:
     for (a, b), row in sorted(figures["sharing"].items()):
         print(f"  {a:>11} x {b:<11} overlap {row['overlap']:<3} expected {row['expected']:.2f}  p {row['p_value']:.2e}")
     print(f"  planted shared neurons listed as shared by race and gender: {figures['shared_recovered']:.0%}")
-    print(f"protection: planted important neurons pruned: {figures['pruned_planted_important'] or 'none'}; "
-          f"planted unimportant neurons pruned: {figures['pruned_planted_unimportant']:.0%}; without the importance "
-          f"guard (protect 0), planted important neurons selected: {len(figures['unguarded_important'])} of {len(important)}")
+    print(
+        f"protection: planted important neurons pruned: {figures['pruned_planted_important'] or 'none'}; "
+        f"planted unimportant neurons pruned: {figures['pruned_planted_unimportant']:.0%}; without the importance "
+        f"guard (protect 0), planted important neurons selected: {len(figures['unguarded_important'])} of {len(important)}"
+    )
     unimportant = sum(not n.important for n in figures["truth"].neurons)
-    print(f"planted unimportant neurons selected (of {unimportant}) with combine "
-          + ", ".join(f"{combine}: {count}" for combine, count in figures["by_combine"].items()))
+    print(
+        f"planted unimportant neurons selected (of {unimportant}) with combine "
+        + ", ".join(f"{combine}: {count}" for combine, count in figures["by_combine"].items())
+    )
     print("effect of pruning:")
     for axis, row in figures["effect"].items():
-        print(f"  {axis:<9} negative-continuation gap {row['gap_before']:+.3f} -> {row['gap_after']:+.3f} "
-              f"(drop {row['gap_drop']:.0%}); bias index {row['index_before']:.4f} -> {row['index_after']:.4f} (drop {row['index_drop']:.0%})")
+        print(
+            f"  {axis:<9} negative-continuation gap {row['gap_before']:+.3f} -> {row['gap_after']:+.3f} "
+            f"(drop {row['gap_drop']:.0%}); bias index {row['index_before']:.4f} -> {row['index_after']:.4f} (drop {row['index_drop']:.0%})"
+        )
     before, after, relative = figures["perplexity"]
     print(f"  perplexity on the bundled corpus {before:.2f} -> {after:.2f} ({relative:+.2%})")
 

@@ -38,9 +38,19 @@ def build(folder: Path, args) -> Path:
     """A random Llama of the given shape, initialised on the device in the target dtype and saved."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-                         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
-                         max_position_embeddings=2048, pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=True)
+    config = LlamaConfig(
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        vocab_size=args.vocab,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        tie_word_embeddings=True,
+    )
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     model = model.to_empty(device=args.device).to(getattr(torch, args.dtype))
@@ -108,8 +118,13 @@ def main() -> None:
         return
     on_gpu = args.device.startswith("cuda")
     counts = (args.pairs, 10 * args.pairs)
-    figures: dict = {"device": args.device, "dtype": args.dtype, "batch_prompts": args.batch_size,
-                     "gpu": torch.cuda.get_device_name() if on_gpu else None, "torch": torch.__version__}
+    figures: dict = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_prompts": args.batch_size,
+        "gpu": torch.cuda.get_device_name() if on_gpu else None,
+        "torch": torch.__version__,
+    }
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
         folder = build(Path(scratch) / "model", args)
@@ -130,17 +145,36 @@ def main() -> None:
             if on_gpu:
                 memory = peak_above(args.device, lambda: probe.run(loaded, subset, [], params, "bench"))
             else:
-                child = subprocess.run([sys.executable, __file__, "--rss-child", str(folder), str(count), "--device", args.device,
-                                        "--dtype", args.dtype, "--batch-size", str(args.batch_size)],
-                                       capture_output=True, text=True, check=True)
+                child = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--rss-child",
+                        str(folder),
+                        str(count),
+                        "--device",
+                        args.device,
+                        "--dtype",
+                        args.dtype,
+                        "--batch-size",
+                        str(args.batch_size),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 memory = json.loads(child.stdout.strip().splitlines()[-1])["max_rss_mib"]
-            figures["rows"].append({"pairs": count, "plain_s": plain, "probe_s": probed, "ratio": probed / plain, "peak_mib": memory})
+            figures["rows"].append(
+                {"pairs": count, "plain_s": plain, "probe_s": probed, "ratio": probed / plain, "peak_mib": memory}
+            )
 
         generator = torch.Generator().manual_seed(1)
         scores = {"bench": torch.rand(args.layers, args.intermediate, generator=generator)}
 
         def select_and_prune():
-            figures["pruned"] = prune(loaded, select(scores, SelectionParams(axes=["bench"], fraction=args.fraction, protect=0))).removed
+            figures["pruned"] = prune(
+                loaded, select(scores, SelectionParams(axes=["bench"], fraction=args.fraction, protect=0))
+            ).removed
 
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
@@ -148,18 +182,26 @@ def main() -> None:
         figures["prune_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
 
     where = f"{figures['gpu']}, " if on_gpu else ""
-    print(f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, vocab {args.vocab} "
-          f"({figures['parameters']:,} parameters, {args.dtype}) on {where}{args.device}; torch {torch.__version__}; "
-          f"batches of {args.batch_size} prompts; built and saved in {figures['build_and_save_s']:.1f} s, loaded in {figures['load_s']:.1f} s")
+    print(
+        f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, vocab {args.vocab} "
+        f"({figures['parameters']:,} parameters, {args.dtype}) on {where}{args.device}; torch {torch.__version__}; "
+        f"batches of {args.batch_size} prompts; built and saved in {figures['build_and_save_s']:.1f} s, loaded in {figures['load_s']:.1f} s"
+    )
     memory_label = "peak GPU MiB above the model" if on_gpu else "peak RSS MiB"
     print(f"{'pairs':>6} {'plain forward s':>16} {'probe s':>8} {'probe/plain':>12} {memory_label:>30}")
     for row in figures["rows"]:
-        print(f"{row['pairs']:>6} {row['plain_s']:>16.3f} {row['probe_s']:>8.3f} {row['ratio']:>12.2f} {row['peak_mib']:>30.0f}")
+        print(
+            f"{row['pairs']:>6} {row['plain_s']:>16.3f} {row['probe_s']:>8.3f} {row['ratio']:>12.2f} {row['peak_mib']:>30.0f}"
+        )
     small, large = figures["rows"]
-    print(f"probe memory, {large['pairs']} pairs vs {small['pairs']}: {(large['peak_mib'] / small['peak_mib'] - 1) * 100:+.1f}%")
+    print(
+        f"probe memory, {large['pairs']} pairs vs {small['pairs']}: {(large['peak_mib'] / small['peak_mib'] - 1) * 100:+.1f}%"
+    )
     peak = f", peak GPU memory {figures['prune_peak_mib']:.0f} MiB (model included)" if on_gpu else ""
-    print(f"select + structured pruning of {args.fraction:.1%} of the neurons per layer ({figures['pruned']} neurons): "
-          f"{figures['prune_s']:.2f} s{peak}")
+    print(
+        f"select + structured pruning of {args.fraction:.1%} of the neurons per layer ({figures['pruned']} neurons): "
+        f"{figures['prune_s']:.2f} s{peak}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2), encoding="utf-8")
 

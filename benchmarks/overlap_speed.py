@@ -55,10 +55,14 @@ def main() -> None:
             model_overlap(first, second, args.top)
         model_seconds = time.perf_counter() - started
     neurons = args.layers * args.units
-    print(f"store: {args.models} models x {len(AXES)} axes x {args.layers} layers x {args.units} neurons "
-          f"({args.models * len(AXES) * neurons:,} rows per score column); written in {write_seconds:.1f} s")
+    print(
+        f"store: {args.models} models x {len(AXES)} axes x {args.layers} layers x {args.units} neurons "
+        f"({args.models * len(AXES) * neurons:,} rows per score column); written in {write_seconds:.1f} s"
+    )
     print(f"load all score vectors: {load_seconds:.2f} s")
-    print(f"cross-axis overlap, {args.models} models x 6 axis pairs (+ per-layer, shared list; {shared} shared neurons): {axis_seconds:.2f} s")
+    print(
+        f"cross-axis overlap, {args.models} models x 6 axis pairs (+ per-layer, shared list; {shared} shared neurons): {axis_seconds:.2f} s"
+    )
     print(f"cross-model overlap, {args.models - 1} model pairs x {len(AXES)} axes: {model_seconds:.2f} s")
     print(f"total analysis: {load_seconds + axis_seconds + model_seconds:.2f} s")
 

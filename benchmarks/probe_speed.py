@@ -35,9 +35,19 @@ def build(folder: Path, layers: int, hidden: int, intermediate: int, vocab: int)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = make_tokenizer()
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                         num_attention_heads=9 if hidden % 9 == 0 else 8, num_key_value_heads=3 if hidden % 9 == 0 else 8,
-                         max_position_embeddings=512, pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=9 if hidden % 9 == 0 else 8,
+        num_key_value_heads=3 if hidden % 9 == 0 else 8,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -80,7 +90,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--optipfair-pairs", type=int, default=45)
     parser.add_argument("--pairs", type=int, default=45, help="the smaller pair count; the larger is ten times it")
-    parser.add_argument("--memory-only", action="store_true", help="only probe time and peak memory, in fresh processes")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only probe time and peak memory, in fresh processes"
+    )
     parser.add_argument("--memory-child", nargs=2, metavar=("FOLDER", "PAIRS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -92,14 +104,30 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             folder = build(Path(scratch) / "model", args.layers, args.hidden, args.intermediate, args.vocab)
             parameters = sum(p.numel() for p in load_model(str(folder)).model.parameters())  # tied weights once
-            print(f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, vocab {args.vocab} "
-                  f"({parameters:,} parameters, float32); batch {args.batch_size} prompts; each count in a fresh process")
+            print(
+                f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, vocab {args.vocab} "
+                f"({parameters:,} parameters, float32); batch {args.batch_size} prompts; each count in a fresh process"
+            )
             for count in counts:
-                child = subprocess.run([sys.executable, __file__, "--memory-child", str(folder), str(count),
-                                        "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
+                child = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--memory-child",
+                        str(folder),
+                        str(count),
+                        "--batch-size",
+                        str(args.batch_size),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 found = json.loads(child.stdout.strip().splitlines()[-1])
-                print(f"{count:>5} pairs: probe {found['seconds']:.1f} s ({found['seconds'] / count * 1000:.0f} ms/pair), "
-                      f"peak RSS {found['max_rss_kb'] / 1024:.0f} MiB")
+                print(
+                    f"{count:>5} pairs: probe {found['seconds']:.1f} s ({found['seconds'] / count * 1000:.0f} ms/pair), "
+                    f"peak RSS {found['max_rss_kb'] / 1024:.0f} MiB"
+                )
         return
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -127,27 +155,47 @@ def main() -> None:
         started = time.perf_counter()
         analyze_neuron_bias(loaded.model, loaded.tokenizer, [(p.text_a, p.text_b) for p in subset], show_progress=False)
         optipfair_per_pair = (time.perf_counter() - started) / len(subset)
-        probe_gate_up = probe.Params(batch_size=args.batch_size, progress=False, components=["gate", "up"], optipfair_index=False)
+        probe_gate_up = probe.Params(
+            batch_size=args.batch_size, progress=False, components=["gate", "up"], optipfair_index=False
+        )
         started = time.perf_counter()
         probe.run(loaded, subset, [], probe_gate_up, "bench")
         probe_per_pair = (time.perf_counter() - started) / len(subset)
 
         memory = {}
         for count in counts:
-            child = subprocess.run([sys.executable, __file__, "--memory-child", str(folder), str(count),
-                                    "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
+            child = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--memory-child",
+                    str(folder),
+                    str(count),
+                    "--batch-size",
+                    str(args.batch_size),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             memory[count] = json.loads(child.stdout.strip().splitlines()[-1])["max_rss_kb"] / 1024
 
-    print(f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, vocab {args.vocab}; "
-          f"CPU threads {torch.get_num_threads()}; batch {args.batch_size} prompts")
+    print(
+        f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, vocab {args.vocab}; "
+        f"CPU threads {torch.get_num_threads()}; batch {args.batch_size} prompts"
+    )
     print(f"{'pairs':>6} {'plain forward s':>16} {'probe s':>8} {'probe/plain':>12}")
     for count, baseline, probe_seconds in rows:
         print(f"{count:>6} {baseline:>16.2f} {probe_seconds:>8.2f} {probe_seconds / baseline:>12.2f}")
-    print(f"optiPfair analyze_neuron_bias: {optipfair_per_pair * 1000:.0f} ms/pair; probe (same gate/up outputs): "
-          f"{probe_per_pair * 1000:.0f} ms/pair; ratio {optipfair_per_pair / probe_per_pair:.1f}x")
+    print(
+        f"optiPfair analyze_neuron_bias: {optipfair_per_pair * 1000:.0f} ms/pair; probe (same gate/up outputs): "
+        f"{probe_per_pair * 1000:.0f} ms/pair; ratio {optipfair_per_pair / probe_per_pair:.1f}x"
+    )
     small, large = counts
-    print(f"peak RSS: {small} pairs {memory[small]:.0f} MiB, {large} pairs {memory[large]:.0f} MiB, "
-          f"{(memory[large] / memory[small] - 1) * 100:+.1f}%")
+    print(
+        f"peak RSS: {small} pairs {memory[small]:.0f} MiB, {large} pairs {memory[large]:.0f} MiB, "
+        f"{(memory[large] / memory[small] - 1) * 100:+.1f}%"
+    )
 
 
 if __name__ == "__main__":

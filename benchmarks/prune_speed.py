@@ -23,8 +23,15 @@ from fairaudit.repair.prune import SelectionParams, prune, select
 def random_llama(layers: int, hidden: int, intermediate: int, vocab: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                         num_attention_heads=32, num_key_value_heads=8, vocab_size=vocab, tie_word_embeddings=True)
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=vocab,
+        tie_word_embeddings=True,
+    )
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     model = model.to_empty(device="cpu")
@@ -58,10 +65,14 @@ def main() -> None:
     prune_model_mlp_glu(twin, pruning_percentage=args.fraction * 100, fairness_scores=hybrid, show_progress=False)
     optipfair_seconds = time.perf_counter() - started
 
-    loaded = LoadedModel(model=model, tokenizer=None, adapter=registry().get("adapter", "glu"), model_id="bench", has_lm_head=True)
+    loaded = LoadedModel(
+        model=model, tokenizer=None, adapter=registry().get("adapter", "glu"), model_id="bench", has_lm_head=True
+    )
     started = time.perf_counter()
-    selection = select({"bench": torch.stack([hybrid[layer] for layer in range(args.layers)])},
-                       SelectionParams(axes=["bench"], fraction=args.fraction, protect=0))
+    selection = select(
+        {"bench": torch.stack([hybrid[layer] for layer in range(args.layers)])},
+        SelectionParams(axes=["bench"], fraction=args.fraction, protect=0),
+    )
     report = prune(loaded, selection)
     ours_seconds = time.perf_counter() - started
 
@@ -71,12 +82,18 @@ def main() -> None:
         and torch.equal(mine.mlp.down_proj.weight, theirs.mlp.down_proj.weight)
         for mine, theirs in zip(model.model.layers, twin.model.layers)
     )
-    print(f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
-          f"{report.parameters_before:,} parameters (built in {build_seconds:.1f} s); CPU threads {torch.get_num_threads()}")
-    print(f"pruned {report.removed} neurons ({report.removed / (args.layers * args.intermediate):.3%}), "
-          f"{report.parameters_before - report.parameters_after:,} parameters ({report.parameters_removed_percent:.3f}%)")
-    print(f"optiPfair prune_model_mlp_glu: {optipfair_seconds:.2f} s; fairaudit select + prune: {ours_seconds:.2f} s; "
-          f"ratio {ours_seconds / optipfair_seconds:.3f} (optiPfair is {optipfair_seconds / ours_seconds:.1f}x slower)")
+    print(
+        f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
+        f"{report.parameters_before:,} parameters (built in {build_seconds:.1f} s); CPU threads {torch.get_num_threads()}"
+    )
+    print(
+        f"pruned {report.removed} neurons ({report.removed / (args.layers * args.intermediate):.3%}), "
+        f"{report.parameters_before - report.parameters_after:,} parameters ({report.parameters_removed_percent:.3f}%)"
+    )
+    print(
+        f"optiPfair prune_model_mlp_glu: {optipfair_seconds:.2f} s; fairaudit select + prune: {ours_seconds:.2f} s; "
+        f"ratio {ours_seconds / optipfair_seconds:.3f} (optiPfair is {optipfair_seconds / ours_seconds:.1f}x slower)"
+    )
     print(f"same kept neurons and weights in every layer: {same}")
 
 

@@ -31,7 +31,9 @@ def main() -> None:
     parser.add_argument("store")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--axes", nargs="+", default=["race", "gender"])
-    parser.add_argument("--scores", nargs="+", default=["hybrid", "bias", "hybrid_scaled", "scaled_bias", "bias_above_floor"])
+    parser.add_argument(
+        "--scores", nargs="+", default=["hybrid", "bias", "hybrid_scaled", "scaled_bias", "bias_above_floor"]
+    )
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.002, 0.01])
     parser.add_argument("--combine", default="pooled", choices=["pooled", "mean", "max"])
     parser.add_argument("--corpus-chars", type=int, default=8000)
@@ -47,7 +49,10 @@ def main() -> None:
     def measure() -> list[str]:
         windows = window_nll(loaded, ids, 512, 512)
         perplexity = math.exp(sum(n for n, _ in windows) / sum(t for _, t in windows))
-        indices = [metrics.bias_index(probe.run(loaded, suite.pairs("heldout"), [], probe_params, axis)) for axis, suite in suites.items()]
+        indices = [
+            metrics.bias_index(probe.run(loaded, suite.pairs("heldout"), [], probe_params, axis))
+            for axis, suite in suites.items()
+        ]
         return [f"{value:.4f}" for value in indices] + [f"{perplexity:.2f}"]
 
     importance = load_scores(store, args.model, "importance_ppm", run).by_axis[args.axes[0]]
@@ -57,12 +62,18 @@ def main() -> None:
     for fraction in args.fractions:
         generator = torch.Generator().manual_seed(0)
         count = int(fraction * units)
-        random = Selection([torch.randperm(units, generator=generator)[:count].sort().values for _ in range(layers)], [units] * layers)
+        random = Selection(
+            [torch.randperm(units, generator=generator)[:count].sort().values for _ in range(layers)], [units] * layers
+        )
         with masked(loaded, random):
             rows.append(["random", str(fraction)] + measure())
         for score in args.scores:
-            selection = plan_selection(store, args.model, run, SelectionParams(axes=args.axes, score=score, fraction=fraction,
-                                                                               combine=args.combine))
+            selection = plan_selection(
+                store,
+                args.model,
+                run,
+                SelectionParams(axes=args.axes, score=score, fraction=fraction, combine=args.combine),
+            )
             with masked(loaded, selection):
                 rows.append([score, str(fraction)] + measure())
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

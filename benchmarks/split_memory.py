@@ -51,8 +51,13 @@ def child(mode: str, folder: str, pairs: int, budget: str, out: str) -> None:
 
     sampler = AnonymousPeak()
     started = time.perf_counter()
-    spec = ModelSpec(id=folder) if mode == "whole" else ModelSpec(
-        id=folder, device_map="auto", max_memory={"cpu": budget}, offload_folder=str(Path(out) / "offload"))
+    spec = (
+        ModelSpec(id=folder)
+        if mode == "whole"
+        else ModelSpec(
+            id=folder, device_map="auto", max_memory={"cpu": budget}, offload_folder=str(Path(out) / "offload")
+        )
+    )
     loaded = load_model(spec)
     loaded_seconds = time.perf_counter() - started
     time.sleep(0.05)
@@ -60,14 +65,28 @@ def child(mode: str, folder: str, pairs: int, budget: str, out: str) -> None:
     suite = resolve_suite("race")
     probe = registry().get("probe", "activations")
     started = time.perf_counter()
-    stats = probe.run(loaded, suite.pairs("probe")[:pairs], suite.control_pairs()[:2], probe.Params(progress=False), "race")
+    stats = probe.run(
+        loaded, suite.pairs("probe")[:pairs], suite.control_pairs()[:2], probe.Params(progress=False), "race"
+    )
     probe_seconds = time.perf_counter() - started
     time.sleep(0.05)
     probe_peak = sampler.reset()
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"mode": mode, "offloaded": is_offloaded(loaded.model), "load_s": loaded_seconds, "probe_s": probe_seconds,
-                      "pairs": stats.n_pairs, "peak_rss_mib": peak_mib, "load_anon_mib": load_peak, "probe_anon_mib": probe_peak,
-                      "parameters": loaded.provenance["parameters"]}))
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "offloaded": is_offloaded(loaded.model),
+                "load_s": loaded_seconds,
+                "probe_s": probe_seconds,
+                "pairs": stats.n_pairs,
+                "peak_rss_mib": peak_mib,
+                "load_anon_mib": load_peak,
+                "probe_anon_mib": probe_peak,
+                "parameters": loaded.provenance["parameters"],
+            }
+        )
+    )
 
 
 def prune_child(folder: str, out: str) -> None:
@@ -88,8 +107,17 @@ def prune_child(folder: str, out: str) -> None:
     save_pruned(loaded, report, Path(out) / "pruned", "benchmark\n")
     time.sleep(0.05)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"mode": "prune", "seconds": time.perf_counter() - started, "removed": report.removed, "peak_rss_mib": peak_mib,
-                      "anon_mib": sampler.reset()}))
+    print(
+        json.dumps(
+            {
+                "mode": "prune",
+                "seconds": time.perf_counter() - started,
+                "removed": report.removed,
+                "peak_rss_mib": peak_mib,
+                "anon_mib": sampler.reset(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -112,17 +140,35 @@ def main() -> None:
         folder = make_model("llama", Path(scratch) / "model", layers=16, hidden=2048, intermediate=8192)
         print(f"built and saved the model in {time.perf_counter() - started:.0f} s")
         for mode in ("whole", "split", "prune"):
-            done = subprocess.run([sys.executable, __file__, "--cpu-budget", args.cpu_budget, "--child", mode, str(folder),
-                                   str(args.pairs), scratch], capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--cpu-budget",
+                    args.cpu_budget,
+                    "--child",
+                    mode,
+                    str(folder),
+                    str(args.pairs),
+                    scratch,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             result = json.loads(done.stdout.strip().splitlines()[-1])
             if mode == "prune":
-                print(f"prune (whole copy in CPU memory, save): {result['seconds']:.1f} s, peak RSS {result['peak_rss_mib']:.0f} MiB, "
-                      f"peak anonymous {result['anon_mib']} MiB")
+                print(
+                    f"prune (whole copy in CPU memory, save): {result['seconds']:.1f} s, peak RSS {result['peak_rss_mib']:.0f} MiB, "
+                    f"peak anonymous {result['anon_mib']} MiB"
+                )
             else:
-                print(f"{mode:5s} ({'offloaded' if result['offloaded'] else 'in memory'}, {result['parameters']:,} parameters): "
-                      f"load {result['load_s']:.1f} s, probe {result['pairs']} pairs {result['probe_s']:.1f} s; peak RSS "
-                      f"{result['peak_rss_mib']:.0f} MiB; peak anonymous memory: loading {result['load_anon_mib']} MiB, "
-                      f"probing {result['probe_anon_mib']} MiB")
+                print(
+                    f"{mode:5s} ({'offloaded' if result['offloaded'] else 'in memory'}, {result['parameters']:,} parameters): "
+                    f"load {result['load_s']:.1f} s, probe {result['pairs']} pairs {result['probe_s']:.1f} s; peak RSS "
+                    f"{result['peak_rss_mib']:.0f} MiB; peak anonymous memory: loading {result['load_anon_mib']} MiB, "
+                    f"probing {result['probe_anon_mib']} MiB"
+                )
 
 
 if __name__ == "__main__":

@@ -10,12 +10,23 @@ The Python API is what the `fairaudit` command calls:
 """
 
 __version__ = "0.1.0"
-_API = {"audit": "fairaudit.pipeline.audit", "evaluate_models": "fairaudit.pipeline.evaluation",
-        "prune_model": "fairaudit.pipeline.pruning", "PruningConfig": "fairaudit.config",
-        "RunConfig": "fairaudit.config", "load_config": "fairaudit.config", "load_model": "fairaudit.inputs.model",
-        "load_suite": "fairaudit.inputs.suite", "resolve_suite": "fairaudit.inputs.suite",
-        "load_policy": "fairaudit.compliance.policy", "evaluate_policy": "fairaudit.compliance.policy", "run_sweep": "fairaudit.pipeline.sweep",
-        "write_bundle": "fairaudit.reporting.bundle", "verify_bundle": "fairaudit.reporting.bundle", "Store": "fairaudit.store"}
+_API = {
+    "audit": "fairaudit.pipeline.audit",
+    "evaluate_models": "fairaudit.pipeline.evaluation",
+    "prune_model": "fairaudit.pipeline.pruning",
+    "PruningConfig": "fairaudit.config",
+    "RunConfig": "fairaudit.config",
+    "load_config": "fairaudit.config",
+    "load_model": "fairaudit.inputs.model",
+    "load_suite": "fairaudit.inputs.suite",
+    "resolve_suite": "fairaudit.inputs.suite",
+    "load_policy": "fairaudit.compliance.policy",
+    "evaluate_policy": "fairaudit.compliance.policy",
+    "run_sweep": "fairaudit.pipeline.sweep",
+    "write_bundle": "fairaudit.reporting.bundle",
+    "verify_bundle": "fairaudit.reporting.bundle",
+    "Store": "fairaudit.store",
+}
 
 
 def __getattr__(name: str):

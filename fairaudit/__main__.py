@@ -1,4 +1,5 @@
 """`python -m fairaudit` is the `fairaudit` command."""
+
 from fairaudit.cli import main
 
 main()

@@ -35,13 +35,34 @@ DEFAULT_MODEL = "smollm2-135m"
 
 # `hybrid` is optiPfair's score (on the unscaled bias); `hybrid_scaled` the same on the scale-free
 # bias, which the audit prunes by (see README, "Which score to prune by").
-DEFAULT_SCORERS = ["bias", "scaled_bias", "noise_floor", "significance", "importance", "hybrid",
-                   {"plugin": "hybrid", "params": {"bias": "scaled_bias", "column": "hybrid_scaled"}}, "stereotype_push",
-                   "layer_index"]
+DEFAULT_SCORERS = [
+    "bias",
+    "scaled_bias",
+    "noise_floor",
+    "significance",
+    "importance",
+    "hybrid",
+    {"plugin": "hybrid", "params": {"bias": "scaled_bias", "column": "hybrid_scaled"}},
+    "stereotype_push",
+    "layer_index",
+]
 DEFAULT_SUITES = ["race", "gender", "religion", "nationality"]
 # What only a command-line flag can turn on (a config file, a sweep file or a store record may ask).
-TRUST_FLAGS = {"trust_remote_code": "--trust-remote-code", "allow_pickle": "--allow-pickle", "allow_task_code": "--allow-task-code"}
-DEFAULT_EVALUATORS = ["bias_reprobe", "output_bias", "random_baseline", "generations", "perplexity", "lm_eval", "facts", "fidelity"]
+TRUST_FLAGS = {
+    "trust_remote_code": "--trust-remote-code",
+    "allow_pickle": "--allow-pickle",
+    "allow_task_code": "--allow-task-code",
+}
+DEFAULT_EVALUATORS = [
+    "bias_reprobe",
+    "output_bias",
+    "random_baseline",
+    "generations",
+    "perplexity",
+    "lm_eval",
+    "facts",
+    "fidelity",
+]
 
 
 class PluginRef(BaseModel):
@@ -59,15 +80,19 @@ def _plugin_ref(value: Any) -> Any:
 
 def _problems(exc: ValidationError) -> str:
     """The first three problems of a validation error, each with the field it is about."""
-    return "; ".join((f"'{'.'.join(str(p) for p in err['loc'])}': " if err["loc"] else "") + err["msg"].removeprefix("Value error, ")
-                     for err in exc.errors()[:3])
+    return "; ".join(
+        (f"'{'.'.join(str(p) for p in err['loc'])}': " if err["loc"] else "") + err["msg"].removeprefix("Value error, ")
+        for err in exc.errors()[:3]
+    )
 
 
 class ScoringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     component: str = Field(default="neuron", description="which captured component per-neuron scores describe")
-    scorers: list[PluginRef] = Field(default_factory=lambda: [PluginRef.model_validate(_plugin_ref(ref)) for ref in DEFAULT_SCORERS])
+    scorers: list[PluginRef] = Field(
+        default_factory=lambda: [PluginRef.model_validate(_plugin_ref(ref)) for ref in DEFAULT_SCORERS]
+    )
 
     @field_validator("scorers", mode="before")
     @classmethod
@@ -86,18 +111,25 @@ class ModelSpec(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
     device_map: str | dict[str, str | int] | None = Field(
-        default=None, description="'auto' (accelerate) spreads a model over GPUs, CPU memory and disk; or a map "
-        "{module name: device} such as {model.layers.20: 1, lm_head: cpu}")
+        default=None,
+        description="'auto' (accelerate) spreads a model over GPUs, CPU memory and disk; or a map "
+        "{module name: device} such as {model.layers.20: 1, lm_head: cpu}",
+    )
     max_memory: dict[str | int, str | int] | None = Field(
-        default=None, description="with device_map: memory per device, e.g. {0: 20GiB, cpu: 60GiB}")
+        default=None, description="with device_map: memory per device, e.g. {0: 20GiB, cpu: 60GiB}"
+    )
     offload_folder: str | None = Field(
-        default=None, description="with device_map: where weights that fit nowhere go (a private temporary folder inside it is used "
-        "and removed when the model is freed)")
+        default=None,
+        description="with device_map: where weights that fit nowhere go (a private temporary folder inside it is used "
+        "and removed when the model is freed)",
+    )
     trust_remote_code: bool = False
     allow_pickle: bool = False
     allow_missing_weights: bool = Field(
-        default=False, description="accept a checkpoint that lacks weights the architecture has (they would be random) "
-        "or has weights it does not use")
+        default=False,
+        description="accept a checkpoint that lacks weights the architecture has (they would be random) "
+        "or has weights it does not use",
+    )
 
 
 class SelectionParams(BaseModel):
@@ -106,24 +138,35 @@ class SelectionParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    axes: list[str] | None = Field(default=None, min_length=1, description="axes whose scores select neurons (in a run "
-                                   "config: default every audited axis; `prune_model` fills them in from its suites)")
+    axes: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="axes whose scores select neurons (in a run "
+        "config: default every audited axis; `prune_model` fills them in from its suites)",
+    )
     score: str = "hybrid_scaled"
     fraction: float = Field(default=0.002, description="share of neurons to prune, in (0, 1)")
     scope: Literal["per_layer", "global"] = "per_layer"
     layers: list[int] | None = None
     combine: Literal["pooled", "mean", "max", "union", "intersection"] = Field(
-        default="pooled", description="several axes: rank by one score computed on the axes' pooled bias, by the mean "
-        "(or largest) of their scores, or unite / intersect their selections")
+        default="pooled",
+        description="several axes: rank by one score computed on the axes' pooled bias, by the mean "
+        "(or largest) of their scores, or unite / intersect their selections",
+    )
     round_to: int | None = Field(default=None, ge=1, description="round each new width down to a multiple of this")
-    protect: float = Field(default=0.01, ge=0.0, lt=1.0, description="protect the top share of neurons by importance (0: none)")
+    protect: float = Field(
+        default=0.01, ge=0.0, lt=1.0, description="protect the top share of neurons by importance (0: none)"
+    )
     importance: str = "importance_ppm"
     direction: Literal["any", "pro"] = Field(
-        default="any", description="pro: only neurons whose `push` score is > 0 (pushing group a toward the stereotype)")
+        default="any", description="pro: only neurons whose `push` score is > 0 (pushing group a toward the stereotype)"
+    )
     push: str = "stereotype_push"
     only_biased_axes: bool = Field(
-        default=False, description="leave out every axis whose stored output-level bias (output_attribution scorer) has a "
-        "template-resampled 95% interval containing 0: never move an axis that shows no bias")
+        default=False,
+        description="leave out every axis whose stored output-level bias (output_attribution scorer) has a "
+        "template-resampled 95% interval containing 0: never move an axis that shows no bias",
+    )
 
     @field_validator("layers")
     @classmethod
@@ -144,22 +187,42 @@ class CausalParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    budgets: list[float] = Field(default=[0.0005, 0.001, 0.002], description="shares of all units (MLP neurons, and "
-                                 "attention heads when `heads` is on) to choose among")
-    heads: bool = Field(default=False, description="attention heads are candidates beside MLP neurons (zeroed when chosen); "
-                        "off by default: on SmolLM2-135M heads that each pass the guard cost too much together (docs/attribution.md)")
+    budgets: list[float] = Field(
+        default=[0.0005, 0.001, 0.002],
+        description="shares of all units (MLP neurons, and attention heads when `heads` is on) to choose among",
+    )
+    heads: bool = Field(
+        default=False,
+        description="attention heads are candidates beside MLP neurons (zeroed when chosen); "
+        "off by default: on SmolLM2-135M heads that each pass the guard cost too much together (docs/attribution.md)",
+    )
     rounds: int = Field(default=2, ge=1, le=20, description="re-score after each share of the largest budget")
-    guard: float = Field(default=0.003, ge=0, description="skip a candidate whose removal alone raises perplexity on "
-                                                         "a held-aside corpus slice by more than this (relative)")
-    max_perplexity_rise: float = Field(default=0.02, ge=0, description="the budget's limit on the validation corpus slice")
-    gate: Literal["templates", "pairs", "none"] = Field(default="templates", description="the interval that must exclude 0 "
-                                                        "for an axis to be selected for: templates resampled, pairs, or none")
+    guard: float = Field(
+        default=0.003,
+        ge=0,
+        description="skip a candidate whose removal alone raises perplexity on "
+        "a held-aside corpus slice by more than this (relative)",
+    )
+    max_perplexity_rise: float = Field(
+        default=0.02, ge=0, description="the budget's limit on the validation corpus slice"
+    )
+    gate: Literal["templates", "pairs", "none"] = Field(
+        default="templates",
+        description="the interval that must exclude 0 "
+        "for an axis to be selected for: templates resampled, pairs, or none",
+    )
     validation_every: int = Field(default=4, ge=2, description="every k-th probe template is for validation")
-    heldout_curve: bool = Field(default=False, description="after choosing, also measure each budget's held-out output bias "
-                                                           "(evaluation only: the choice is already made)")
-    float32: bool = Field(default=True, description="plan a bfloat16 or float16 model in float32 (weights cast up for the "
-                          "planning, then back: exact; twice the memory meanwhile). false: plan in the model's dtype, whose "
-                          "rounding noise is above the guard's 0.3%")
+    heldout_curve: bool = Field(
+        default=False,
+        description="after choosing, also measure each budget's held-out output bias "
+        "(evaluation only: the choice is already made)",
+    )
+    float32: bool = Field(
+        default=True,
+        description="plan a bfloat16 or float16 model in float32 (weights cast up for the "
+        "planning, then back: exact; twice the memory meanwhile). false: plan in the model's dtype, whose "
+        "rounding noise is above the guard's 0.3%",
+    )
 
     @field_validator("budgets")
     @classmethod
@@ -175,10 +238,16 @@ class HeadsParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    count: int = Field(ge=1, description="heads to zero: the K best of the model, or K in every layer (scope per_layer)")
-    score: str = Field(default="output_bias_reduction", description="stored head score (output_attribution scorer's "
-                       "head_scores); higher = zero first")
-    scope: Literal["global", "per_layer"] = Field(default="global", description="the K best heads of the model, or K in every layer")
+    count: int = Field(
+        ge=1, description="heads to zero: the K best of the model, or K in every layer (scope per_layer)"
+    )
+    score: str = Field(
+        default="output_bias_reduction",
+        description="stored head score (output_attribution scorer's head_scores); higher = zero first",
+    )
+    scope: Literal["global", "per_layer"] = Field(
+        default="global", description="the K best heads of the model, or K in every layer"
+    )
 
 
 class PruningConfig(BaseModel):
@@ -192,19 +261,33 @@ class PruningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pruner: PluginRef = Field(default_factory=lambda: PluginRef(plugin="structured"))
-    causal: CausalParams | None = Field(default=None, description="choose neurons (and heads) by their measured and "
-                                        "attributed effect on each axis' output-level bias (the default)")
-    selection: SelectionParams | None = Field(default=None, description="choose neurons by a stored score instead "
-                                              "(default hybrid_scaled at 0.2% per layer)")
-    heads: HeadsParams | None = Field(default=None, description="with selection: also zero attention heads by a stored head score")
-    remove_heads: bool = Field(default=False, description="remove the chosen heads from the weights instead of zeroing them "
-                               "(Llama-style attention, the same number in every layer, whole key/value groups; refused "
-                               "otherwise, before anything is written)")
-    out: str | None = Field(default=None, description="the pruned model goes to OUT/RUN_ID/MODEL-pruned "
-                                                        "(default: a 'pruned' folder beside the store folder)")
+    causal: CausalParams | None = Field(
+        default=None,
+        description="choose neurons (and heads) by their measured and "
+        "attributed effect on each axis' output-level bias (the default)",
+    )
+    selection: SelectionParams | None = Field(
+        default=None, description="choose neurons by a stored score instead (default hybrid_scaled at 0.2% per layer)"
+    )
+    heads: HeadsParams | None = Field(
+        default=None, description="with selection: also zero attention heads by a stored head score"
+    )
+    remove_heads: bool = Field(
+        default=False,
+        description="remove the chosen heads from the weights instead of zeroing them "
+        "(Llama-style attention, the same number in every layer, whole key/value groups; refused "
+        "otherwise, before anything is written)",
+    )
+    out: str | None = Field(
+        default=None,
+        description="the pruned model goes to OUT/RUN_ID/MODEL-pruned "
+        "(default: a 'pruned' folder beside the store folder)",
+    )
     save_dtype: Literal["float32", "bfloat16", "float16", "source"] = Field(
-        default="float32", description="dtype of the saved pruned model; 'source': the dtype the checkpoint's config declares. "
-                                       "The evaluations measure the model as saved")
+        default="float32",
+        description="dtype of the saved pruned model; 'source': the dtype the checkpoint's config declares. "
+        "The evaluations measure the model as saved",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -214,7 +297,9 @@ class PruningConfig(BaseModel):
         if not isinstance(data, dict):
             return data
         if data.get("causal") is not None and data.get("selection"):
-            raise ValueError("'causal' chooses the neurons itself; leave out 'selection' (or 'causal' to select by a stored score)")
+            raise ValueError(
+                "'causal' chooses the neurons itself; leave out 'selection' (or 'causal' to select by a stored score)"
+            )
         if "causal" not in data and not data.get("selection"):
             return {**data, "causal": {}, "selection": None}
         if data.get("causal") is None and not data.get("selection"):
@@ -224,7 +309,9 @@ class PruningConfig(BaseModel):
     @model_validator(mode="after")
     def _heads_need_a_stored_score(self) -> PruningConfig:
         if self.heads is not None and self.causal is not None:
-            raise ValueError("'heads' selects heads by a stored score; the causal planner chooses heads itself (causal: {heads: true})")
+            raise ValueError(
+                "'heads' selects heads by a stored score; the causal planner chooses heads itself (causal: {heads: true})"
+            )
         return self
 
     @field_validator("pruner", mode="before")
@@ -252,13 +339,22 @@ class RunConfig(BaseModel):
     evaluators: list[PluginRef] = Field(default_factory=lambda: [PluginRef(plugin=name) for name in DEFAULT_EVALUATORS])
     store: str = "fairaudit-out/store"
     seed: int = 0
-    evaluator_time_limit: float | None = Field(default=3600.0, gt=0, description="seconds per evaluator run (null: none)")
-    evaluate_side_by_side: bool = Field(default=True, description="evaluate the original and the pruned model at once "
-                                        "(two threads, half the CPU threads each) with the evaluators that allow it")
+    evaluator_time_limit: float | None = Field(
+        default=3600.0, gt=0, description="seconds per evaluator run (null: none)"
+    )
+    evaluate_side_by_side: bool = Field(
+        default=True,
+        description="evaluate the original and the pruned model at once "
+        "(two threads, half the CPU threads each) with the evaluators that allow it",
+    )
     report: bool = Field(default=True, description="write the HTML report (and report.json) beside the store folder")
-    diagnose_top: int = Field(default=1, ge=0, le=20, description="diagnosis figures for this many most divergent pairs per axis")
+    diagnose_top: int = Field(
+        default=1, ge=0, le=20, description="diagnosis figures for this many most divergent pairs per axis"
+    )
     overlap_top: float = Field(default=0.01, gt=0, description="top-k of each axis for the stored overlap analysis")
-    policy: str | None = Field(default=None, description="a policy file or built-in policy name whose rules the run is checked against")
+    policy: str | None = Field(
+        default=None, description="a policy file or built-in policy name whose rules the run is checked against"
+    )
 
     @field_validator("evaluators", mode="before")
     @classmethod
@@ -288,12 +384,20 @@ class RunConfig(BaseModel):
         record) cannot make fairaudit run foreign code on its own."""
         missing = sorted(self.requested_trust() - set(granted))
         if missing:
-            raise ConfigError(f"{source} asks for {', '.join(missing)}, which runs code (or reads pickles) from files you did "
-                              f"not write; a file cannot turn that on. Pass {' '.join(TRUST_FLAGS[name] for name in missing)} "
-                              f"on the command line only if you trust them.")
-        model = self.model.model_copy(update={name: True for name in ("trust_remote_code", "allow_pickle") if name in granted})
-        evaluators = [ref.model_copy(update={"params": {**ref.params, "allow_task_code": True}})
-                      if ref.plugin == "lm_eval" and "allow_task_code" in granted else ref for ref in self.evaluators]
+            raise ConfigError(
+                f"{source} asks for {', '.join(missing)}, which runs code (or reads pickles) from files you did "
+                f"not write; a file cannot turn that on. Pass {' '.join(TRUST_FLAGS[name] for name in missing)} "
+                f"on the command line only if you trust them."
+            )
+        model = self.model.model_copy(
+            update={name: True for name in ("trust_remote_code", "allow_pickle") if name in granted}
+        )
+        evaluators = [
+            ref.model_copy(update={"params": {**ref.params, "allow_task_code": True}})
+            if ref.plugin == "lm_eval" and "allow_task_code" in granted
+            else ref
+            for ref in self.evaluators
+        ]
         return self.model_copy(update={"model": model, "evaluators": evaluators})
 
     def plugin_refs(self) -> list[tuple[str, str, PluginRef]]:
@@ -327,8 +431,9 @@ class RunConfig(BaseModel):
             self._check_pruning_columns(plugins, resolved, self.pruning.selection, source)
         return resolved
 
-    def _check_pruning_columns(self, plugins: Registry, resolved: dict[str, BaseModel], selection: SelectionParams,
-                               source: str) -> None:
+    def _check_pruning_columns(
+        self, plugins: Registry, resolved: dict[str, BaseModel], selection: SelectionParams, source: str
+    ) -> None:
         """When every configured scorer declares its columns, the pruning score must be one of them."""
         produced: set[str] = set()
         for index, ref in enumerate(self.scoring.scorers):
@@ -336,8 +441,11 @@ class RunConfig(BaseModel):
             if outputs is None:
                 return  # a scorer that does not declare its columns: checked when pruning runs
             produced.update(outputs(resolved[f"scoring.scorers.{index}"]))
-        needed = ([selection.score] + ([selection.importance] if selection.protect > 0 else [])
-                  + ([selection.push] if selection.direction == "pro" else []))
+        needed = (
+            [selection.score]
+            + ([selection.importance] if selection.protect > 0 else [])
+            + ([selection.push] if selection.direction == "pro" else [])
+        )
         missing = [column for column in needed if column not in produced]
         if missing:
             raise ConfigError(

@@ -1,16 +1,18 @@
 """Heavy libraries imported on first use, so that listing plugins and reading `--help` do not
 load torch (about two seconds on a small machine).
 
-`from fairaudit.lazy import torch` gives a stand-in whose first attribute access imports the
-real torch (then cached by Python as usual); after that, each access costs one dictionary
-lookup more than a plain `import torch`. The plugin modules use it; so does anything they
-import at module level."""
+The house rule (docs/design.md, "Imports"): torch, torch.nn, numpy and scipy.stats are
+imported at module level from here, in every module (`from fairaudit.lazy import torch`);
+every other heavy library (transformers, lm-eval, accelerate, pyarrow.dataset, jinja2, ray)
+is imported inside the function that needs it. A stand-in's first attribute access imports
+the real module (then cached by Python as usual); after that, each access costs one
+dictionary lookup more than a plain `import torch`. Type checkers see the real modules."""
 
 from __future__ import annotations
 
 import importlib
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 class LazyModule(types.ModuleType):
@@ -27,7 +29,13 @@ class LazyModule(types.ModuleType):
         return dir(importlib.import_module(self.__dict__["_target"]))
 
 
-torch = LazyModule("torch")
-nn = LazyModule("torch.nn")
-numpy = LazyModule("numpy")
-scipy_stats = LazyModule("scipy.stats")
+if TYPE_CHECKING:
+    import numpy as numpy
+    import torch as torch
+    from scipy import stats as scipy_stats
+    from torch import nn as nn
+else:
+    torch = LazyModule("torch")
+    nn = LazyModule("torch.nn")
+    numpy = LazyModule("numpy")
+    scipy_stats = LazyModule("scipy.stats")

@@ -124,8 +124,13 @@ def registry() -> Registry:
             plugin_name = implementation.plugin_name
             distribution, version = _distributions.get(plugin_name, ("(unknown)", ""))
 
-            def register(component: Any, _kind: str = kind, _plugin: str = plugin_name,
-                         _distribution: str = distribution, _version: str = version) -> None:
+            def register(
+                component: Any,
+                _kind: str = kind,
+                _plugin: str = plugin_name,
+                _distribution: str = distribution,
+                _version: str = version,
+            ) -> None:
                 name = getattr(component, "name", None)
                 if not isinstance(name, str) or not name:
                     raise PluginError(f"plugin '{_plugin}' registered a {_kind} without a string 'name'.")
@@ -152,8 +157,11 @@ def notify_stage_finished(stage: str, name: str, axis: str | None, seconds: floa
     for implementation in plugin_manager().hook.fairaudit_stage_finished.get_hookimpls():
         try:
             implementation.function(
-                **{arg: value for arg, value in dict(stage=stage, name=name, axis=axis, seconds=seconds).items()
-                   if arg in implementation.argnames}
+                **{
+                    arg: value
+                    for arg, value in dict(stage=stage, name=name, axis=axis, seconds=seconds).items()
+                    if arg in implementation.argnames
+                }
             )
         except Exception as exc:
             failures.append(f"observer plugin '{implementation.plugin_name}' failed: {type(exc).__name__}: {exc}")

@@ -18,6 +18,7 @@ that exists is complete. Runs never share a file, so concurrent runs cannot coll
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -62,8 +63,14 @@ def environment() -> dict[str, str]:
 
     import fairaudit
 
-    return {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "fairaudit": fairaudit.__version__}
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "fairaudit": fairaudit.__version__,
+    }
 
 
 class RunRecord(BaseModel):
@@ -93,7 +100,7 @@ class RunRecord(BaseModel):
         return self.model_dump(mode="json", exclude_none=True, exclude={"run_id"})
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write `path` through a temporary sibling and a rename; on failure leave nothing behind."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
@@ -126,12 +133,21 @@ def _run_record(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise StoreError(f"run record {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it is corrupt or "
-                         f"truncated. Other runs of the store are not affected.") from None
-    if not isinstance(record, dict) or record.get("kind", "audit") not in RUN_KINDS or not isinstance(record.get("status"), str) \
-            or not isinstance(record.get("run_id", ""), str) or not isinstance(record.get("model_id", ""), str):
-        raise StoreError(f"run record {path} is not a fairaudit run record (it needs a kind among {', '.join(RUN_KINDS)}, a status "
-                         f"and string ids). Other runs of the store are not affected.")
+        raise StoreError(
+            f"run record {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it is corrupt or "
+            f"truncated. Other runs of the store are not affected."
+        ) from None
+    if (
+        not isinstance(record, dict)
+        or record.get("kind", "audit") not in RUN_KINDS
+        or not isinstance(record.get("status"), str)
+        or not isinstance(record.get("run_id", ""), str)
+        or not isinstance(record.get("model_id", ""), str)
+    ):
+        raise StoreError(
+            f"run record {path} is not a fairaudit run record (it needs a kind among {', '.join(RUN_KINDS)}, a status "
+            f"and string ids). Other runs of the store are not affected."
+        )
     return record
 
 
@@ -209,8 +225,11 @@ class Store:
         """Delete the temporary files that dead writers of `run_id` left (never complete parts,
         never the temporaries of a writer that is still running: its pid is in their name)."""
         pattern = f"run_id={safe_name(run_id)}/.*.tmp-*"
-        stale = [path for path in list(self.root.glob(f"*/**/{pattern}")) + list(self.root.glob(f"runs/{pattern}"))
-                 if not writer_alive(path)]
+        stale = [
+            path
+            for path in list(self.root.glob(f"*/**/{pattern}")) + list(self.root.glob(f"runs/{pattern}"))
+            if not writer_alive(path)
+        ]
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
@@ -218,7 +237,9 @@ class Store:
     # --- tables ---------------------------------------------------------------------
 
     def part_path(self, table: str, model: str, axis: str, run_id: str, part: str = "0") -> Path:
-        folder = self.root / table / f"model={safe_name(model)}" / f"axis={safe_name(axis)}" / f"run_id={safe_name(run_id)}"
+        folder = (
+            self.root / table / f"model={safe_name(model)}" / f"axis={safe_name(axis)}" / f"run_id={safe_name(run_id)}"
+        )
         return folder / f"part-{safe_name(part)}.parquet"
 
     def write_part(self, table: str, model: str, axis: str, run_id: str, data: pa.Table, part: str = "0") -> Path:
@@ -236,16 +257,22 @@ class Store:
         """The whole table as a pyarrow dataset (for DuckDB-style analysis; every part must be readable)."""
         folder = self.root / table
         if not folder.exists():
-            raise StoreError(f"store {self.root} has no table '{table}' yet; run 'fairaudit probe' or 'fairaudit audit' first.")
+            raise StoreError(
+                f"store {self.root} has no table '{table}' yet; run 'fairaudit probe' or 'fairaudit audit' first."
+            )
         keys = pa.schema([(key, pa.string()) for key in PARTITIONS])
-        return ds.dataset(folder, format="parquet", partitioning=ds.partitioning(keys, flavor="hive"), ignore_prefixes=[".", "_"])
+        return ds.dataset(
+            folder, format="parquet", partitioning=ds.partitioning(keys, flavor="hive"), ignore_prefixes=[".", "_"]
+        )
 
     def read(self, table: str, **equal: str) -> pa.Table:
         """Rows of `table` whose partition columns (model, axis, run_id) equal the given values
         (safe-named). Only the parts of the matching partitions are opened, so a corrupt or stray
         file elsewhere in the store does not matter; a corrupt matching part is an error naming it."""
         if not (self.root / table).is_dir():
-            raise StoreError(f"store {self.root} has no table '{table}' yet; run 'fairaudit probe' or 'fairaudit audit' first.")
+            raise StoreError(
+                f"store {self.root} has no table '{table}' yet; run 'fairaudit probe' or 'fairaudit audit' first."
+            )
         return self._read_parts(table, equal)
 
     def rows(self, table: str, **equal: str) -> list[dict[str, Any]]:
@@ -258,7 +285,9 @@ class Store:
         unknown = sorted(set(equal) - set(PARTITIONS))
         if unknown:
             raise ValueError(f"not partition columns: {unknown}")
-        pattern = "/".join(f"{key}={glob.escape(safe_name(equal[key]))}" if key in equal else f"{key}=*" for key in PARTITIONS)
+        pattern = "/".join(
+            f"{key}={glob.escape(safe_name(equal[key]))}" if key in equal else f"{key}=*" for key in PARTITIONS
+        )
         parts = []
         for path in sorted((self.root / table).glob(f"{pattern}/*.parquet")):
             if path.name.startswith((".", "_")) or not path.is_file():
@@ -266,10 +295,14 @@ class Store:
             try:
                 data = pq.read_table(path)
             except (pa.ArrowException, OSError) as exc:
-                raise StoreError(f"store file {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it is "
-                                 f"corrupt, truncated or not a fairaudit part. Move it out of the store (other runs are not "
-                                 f"affected) and rerun the run that wrote it.") from None
-            values = {part.split("=", 1)[0]: part.split("=", 1)[1] for part in path.relative_to(self.root / table).parts[:-1]}
+                raise StoreError(
+                    f"store file {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it is "
+                    f"corrupt, truncated or not a fairaudit part. Move it out of the store (other runs are not "
+                    f"affected) and rerun the run that wrote it."
+                ) from None
+            values = {
+                part.split("=", 1)[0]: part.split("=", 1)[1] for part in path.relative_to(self.root / table).parts[:-1]
+            }
             for key in PARTITIONS:
                 data = data.drop_columns([key]) if key in data.column_names else data
                 data = data.append_column(key, pa.array([values[key]] * data.num_rows, pa.string()))
@@ -279,8 +312,10 @@ class Store:
         try:
             return pa.concat_tables(parts, promote_options="permissive")
         except pa.ArrowException as exc:
-            raise StoreError(f"the parts of table '{table}' in {self.root} do not fit together ({exc}); a part was replaced "
-                             f"by a file of another table.") from None
+            raise StoreError(
+                f"the parts of table '{table}' in {self.root} do not fit together ({exc}); a part was replaced "
+                f"by a file of another table."
+            ) from None
 
     def write_axis(self, model: str, run_id: str, scores: AxisScores) -> None:
         """Write the three tables of one axis; the summary last, so it marks completeness."""
@@ -299,8 +334,8 @@ def write_tables(folder: str | Path, tables: dict[str, pa.Table]) -> list[Path]:
     for name, table in tables.items():
         base = Path(folder) / safe_name(name, limit=200)
         parquet, csv = base.with_name(base.name + ".parquet"), base.with_name(base.name + ".csv")
-        _atomic_write(parquet, lambda path, table=table: pq.write_table(table, path))
-        _atomic_write(csv, lambda path, table=table: pcsv.write_csv(table, path))
+        _atomic_write(parquet, functools.partial(pq.write_table, table))
+        _atomic_write(csv, functools.partial(pcsv.write_csv, table))
         written += [parquet, csv]
     return written
 
@@ -308,7 +343,13 @@ def write_tables(folder: str | Path, tables: dict[str, pa.Table]) -> list[Path]:
 def neuron_table(scores: AxisScores) -> pa.Table:
     """One row per (layer, neuron) of `scores.component`; scores as float32."""
     if not scores.neuron:
-        return pa.table({"layer": pa.array([], pa.int16()), "component": pa.array([], pa.string()), "neuron": pa.array([], pa.int32())})
+        return pa.table(
+            {
+                "layer": pa.array([], pa.int16()),
+                "component": pa.array([], pa.string()),
+                "neuron": pa.array([], pa.int32()),
+            }
+        )
     first = next(iter(scores.neuron.values()))
     layers, units = first.shape
     columns: dict[str, pa.Array] = {
@@ -342,4 +383,7 @@ def layer_table(scores: AxisScores) -> pa.Table:
 
 
 def summary_table(scores: AxisScores) -> pa.Table:
-    return pa.table({name: pa.array([float(value)], pa.float64()) for name, value in scores.summary.items()} or {"pairs": pa.array([0.0])})
+    return pa.table(
+        {name: pa.array([float(value)], pa.float64()) for name, value in scores.summary.items()}
+        or {"pairs": pa.array([0.0])}
+    )

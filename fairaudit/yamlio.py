@@ -21,14 +21,19 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fairaudit.errors import FairauditError, one_paragraph
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
+
 MAX_FILE_BYTES = 5 * 1024 * 1024
-LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when PyYAML has it: the same safe loader, faster
+LOADER = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader
+)  # libyaml's parser when PyYAML has it: the same safe loader, faster
 MAX_EXPANDED_NODES = 200_000  # refused beyond this only when aliases multiply the file's own nodes ...
 EXPANSION_FACTOR = 10  # ... by more than this: a long plain file is fine, a "billion laughs" is not
 
@@ -92,11 +97,15 @@ def read_capped(path: Path, limit: int, error: type[FairauditError], what: str) 
         if stat.S_ISDIR(mode):
             raise error(f"{path} is a folder, not a {what} file.")
         if not stat.S_ISREG(mode):
-            raise error(f"{what} file {path} is not a regular file (a device, pipe or socket); save the {what} to a file.")
+            raise error(
+                f"{what} file {path} is not a regular file (a device, pipe or socket); save the {what} to a file."
+            )
         raw = handle.read(limit + 1)
     if len(raw) > limit:
-        raise error(f"{what} file {path} is larger than {limit / 1e6:.0f} MB, the limit. A {what} holds prompts, not data: "
-                    f"split it or trim it.")
+        raise error(
+            f"{what} file {path} is larger than {limit / 1e6:.0f} MB, the limit. A {what} holds prompts, not data: "
+            f"split it or trim it."
+        )
     return raw
 
 
@@ -113,7 +122,9 @@ def _literal_size(node: yaml.Node, seen: set[int] | None = None) -> int:
     return 1
 
 
-def _refuse_duplicate_keys(node: yaml.Node, path: Path, error: type[FairauditError], what: str, seen: set[int] | None = None) -> None:
+def _refuse_duplicate_keys(
+    node: yaml.Node, path: Path, error: type[FairauditError], what: str, seen: set[int] | None = None
+) -> None:
     """A key given twice in one mapping silently drops the first value in YAML loaders: refuse it."""
     seen = set() if seen is None else seen
     if id(node) in seen:
@@ -124,9 +135,11 @@ def _refuse_duplicate_keys(node: yaml.Node, path: Path, error: type[FairauditErr
         for key, value in node.value:
             if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                 if key.value in keys:
-                    raise error(f"{what} file {path}, line {key.start_mark.line + 1}: key '{one_paragraph(key.value)[:80]}' is "
-                                f"given twice in one mapping (first on line {keys[key.value]}); YAML would keep only the last. "
-                                f"Merge the two.")
+                    raise error(
+                        f"{what} file {path}, line {key.start_mark.line + 1}: key '{one_paragraph(key.value)[:80]}' is "
+                        f"given twice in one mapping (first on line {keys[key.value]}); YAML would keep only the last. "
+                        f"Merge the two."
+                    )
                 keys[key.value] = key.start_mark.line + 1
             _refuse_duplicate_keys(value, path, error, what, seen)
     elif isinstance(node, yaml.SequenceNode):
@@ -164,7 +177,9 @@ def read_yaml(path: str | Path, error: type[FairauditError], what: str) -> YamlD
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
         if isinstance(exc, yaml.constructor.ConstructorError):
-            problem += "; only plain data (mappings, lists, strings, numbers) is read, tags that build objects are refused"
+            problem += (
+                "; only plain data (mappings, lists, strings, numbers) is read, tags that build objects are refused"
+            )
         elif "\t" in text and "tab" in problem:
             problem += "; YAML does not allow tabs for indentation, use spaces"
         raise error(f"{what} file {path}{where}: invalid YAML: {problem}.") from None
@@ -175,7 +190,7 @@ def read_yaml(path: str | Path, error: type[FairauditError], what: str) -> YamlD
     return YamlDocument(path=path, data=data, root=root)
 
 
-def describe_validation_error(document: YamlDocument, exc: Exception, what: str) -> str:
+def describe_validation_error(document: YamlDocument, exc: ValidationError, what: str) -> str:
     """One paragraph naming the file, the first failing field, its line and what was expected."""
     errors = exc.errors()  # pydantic.ValidationError
     problems = []
@@ -192,7 +207,9 @@ def describe_validation_error(document: YamlDocument, exc: Exception, what: str)
     return f"{what} file {document.path}: " + "; ".join(problems) + more + "."
 
 
-def read_model(path: str | Path, model: type, error: type[FairauditError], what: str, keys: str) -> tuple[YamlDocument, Any]:
+def read_model(
+    path: str | Path, model: type[BaseModel], error: type[FairauditError], what: str, keys: str
+) -> tuple[YamlDocument, Any]:
     """Read a YAML mapping into the pydantic `model`; every error names the file and, where
     it can, the field and the line. `keys` lists the expected keys for the message."""
     from pydantic import ValidationError

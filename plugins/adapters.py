@@ -44,7 +44,9 @@ def _take(tensor: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
         return tensor.index_select(dim, keep)
     bounds = [0, *breaks.tolist(), len(keep)]
     starts = keep[bounds[:-1]].tolist()
-    return torch.cat([tensor.narrow(dim, start, end - begin) for start, begin, end in zip(starts, bounds[:-1], bounds[1:])], dim=dim)
+    return torch.cat(
+        [tensor.narrow(dim, start, end - begin) for start, begin, end in zip(starts, bounds[:-1], bounds[1:])], dim=dim
+    )
 
 
 def _shrink(module: nn.Module, keep: torch.Tensor, dim: int) -> None:
@@ -79,9 +81,15 @@ class GluAdapter:
 
     def matches(self, model: nn.Module) -> bool:
         layers = self.layers(model)
-        return bool(layers) and all(
-            hasattr(getattr(layer, "mlp", None), name) for layer in layers for name in ("gate_proj", "up_proj", "down_proj")
-        ) and hasattr(layers[0], "self_attn")
+        return (
+            bool(layers)
+            and all(
+                hasattr(getattr(layer, "mlp", None), name)
+                for layer in layers
+                for name in ("gate_proj", "up_proj", "down_proj")
+            )
+            and hasattr(layers[0], "self_attn")
+        )
 
     def sites(self, layer: nn.Module) -> dict[str, Site]:
         sites = {
@@ -184,7 +192,9 @@ class Gpt2Adapter:
         }
 
     def mlp_weights(self, layer: nn.Module) -> MlpWeights:
-        return MlpWeights(rows=(layer.mlp.c_fc.weight.detach().float().T,), down=layer.mlp.c_proj.weight.detach().float().T)
+        return MlpWeights(
+            rows=(layer.mlp.c_fc.weight.detach().float().T,), down=layer.mlp.c_proj.weight.detach().float().T
+        )
 
     def prune_layer(self, layer: nn.Module, keep: torch.Tensor) -> None:
         _shrink(layer.mlp.c_fc, keep, 1)
@@ -255,7 +265,9 @@ class BertAdapter:
         }
 
     def mlp_weights(self, layer: nn.Module) -> MlpWeights:
-        return MlpWeights(rows=(layer.intermediate.dense.weight.detach().float(),), down=layer.output.dense.weight.detach().float())
+        return MlpWeights(
+            rows=(layer.intermediate.dense.weight.detach().float(),), down=layer.output.dense.weight.detach().float()
+        )
 
     def prune_layer(self, layer: nn.Module, keep: torch.Tensor) -> None:
         _shrink(layer.intermediate.dense, keep, 0)

@@ -44,6 +44,7 @@ class _Params(BaseModel):
 
 # --- bias re-probe --------------------------------------------------------------------------
 
+
 class ReprobeParams(_Params):
     position: Literal["mean", "last", "aligned"] = "mean"
     batch_size: int = Field(default=16, ge=2)
@@ -56,12 +57,19 @@ class BiasReprobe:
     exclusive = False  # reads only the model it evaluates
     Params = ReprobeParams
 
-    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: ReprobeParams, reference=None) -> EvaluationResult:
+    def evaluate(
+        self, loaded: LoadedModel, suites: list[Suite], params: ReprobeParams, reference=None
+    ) -> EvaluationResult:
         from fairaudit.plugins import registry
 
         probe = registry().get("probe", "activations")
-        probe_params = probe.Params(position=params.position, batch_size=params.batch_size, components=["attention", "mlp"],
-                                    optipfair_index=False, progress=False)
+        probe_params = probe.Params(
+            position=params.position,
+            batch_size=params.batch_size,
+            components=["attention", "mlp"],
+            optipfair_index=False,
+            progress=False,
+        )
         result = EvaluationResult()
         for suite in suites:
             for split, metric in (("probe", "bias_index"), ("heldout", "bias_index_heldout")):
@@ -76,22 +84,36 @@ class BiasReprobe:
                 if missing:
                     stats = probe.run(loaded, missing, [], probe_params, suite.axis)
                     rows.update(divergence_rows(stats))
-                divergence = {name: torch.stack([rows[pair.pair_id][name] for pair in pairs]) for name in metrics.INDEX_COMPONENTS}
+                divergence = {
+                    name: torch.stack([rows[pair.pair_id][name] for pair in pairs]) for name in metrics.INDEX_COMPONENTS
+                }
                 per_pair = metrics.index_of_divergence(divergence)
-                result.add_items(self.name, suite.axis, metric, {pair.pair_id: value for pair, value in zip(pairs, per_pair.tolist())})
-                if split == "probe":  # per-layer profiles with 95% intervals over pairs, for the before/after layer charts
+                result.add_items(
+                    self.name,
+                    suite.axis,
+                    metric,
+                    {pair.pair_id: value for pair, value in zip(pairs, per_pair.tolist())},
+                )
+                if (
+                    split == "probe"
+                ):  # per-layer profiles with 95% intervals over pairs, for the before/after layer charts
                     for component in metrics.INDEX_COMPONENTS:
                         per_layer = divergence[component].double()  # [pairs, layers]
                         profile = per_layer.mean(dim=0)  # metrics.layer_divergence
-                        bounds = [metrics.bootstrap_interval(per_layer[:, layer]) for layer in range(per_layer.shape[1])]
+                        bounds = [
+                            metrics.bootstrap_interval(per_layer[:, layer]) for layer in range(per_layer.shape[1])
+                        ]
                         name = f"{component}_divergence_by_layer"
                         result.items[(suite.axis, name)] = {str(i): float(v) for i, v in enumerate(profile)}
                         result.items[(suite.axis, f"{name}_low")] = {str(i): low for i, (low, _) in enumerate(bounds)}
-                        result.items[(suite.axis, f"{name}_high")] = {str(i): high for i, (_, high) in enumerate(bounds)}
+                        result.items[(suite.axis, f"{name}_high")] = {
+                            str(i): high for i, (_, high) in enumerate(bounds)
+                        }
         return result
 
 
 # --- output-level bias ----------------------------------------------------------------------
+
 
 class OutputBiasParams(_Params):
     batch_size: int = Field(default=16, ge=1)
@@ -99,13 +121,17 @@ class OutputBiasParams(_Params):
 
 class OutputBias:
     name = "output_bias"
-    description = ("log-probability gaps of declared continuations between the two sides of each pair; "
-                   "for sentence pairs, the share where the stereotyping sentence is more likely")
+    description = (
+        "log-probability gaps of declared continuations between the two sides of each pair; "
+        "for sentence pairs, the share where the stereotyping sentence is more likely"
+    )
     requires_causal = True
     exclusive = False  # reads only the model it evaluates
     Params = OutputBiasParams
 
-    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: OutputBiasParams, reference=None) -> EvaluationResult:
+    def evaluate(
+        self, loaded: LoadedModel, suites: list[Suite], params: OutputBiasParams, reference=None
+    ) -> EvaluationResult:
         result = EvaluationResult()
         # what this computes is left on the model for the random baseline's unmasked runs (`recall`)
         weights = None if has_hooks(loaded.model) else weights_hash(loaded.model)
@@ -119,8 +145,13 @@ class OutputBias:
         for suite in suites:
             pairs = [pair for pair in suite.pairs(None) if pair.kind == "template" and pair.continuations]
             labels = sorted({label for pair in pairs for label in pair.continuations})
-            requests = [(text, pair.continuations[label]) for pair in pairs for label in labels if label in pair.continuations
-                        for text in (pair.text_a, pair.text_b)]
+            requests = [
+                (text, pair.continuations[label])
+                for pair in pairs
+                for label in labels
+                if label in pair.continuations
+                for text in (pair.text_a, pair.text_b)
+            ]
             scores = iter(score(requests))
             by_label: dict[str, dict[str, float]] = {label: {} for label in labels}
             for pair in pairs:
@@ -134,8 +165,12 @@ class OutputBias:
             if "negative" in by_label and "neutral" in by_label:
                 shared = [key for key in by_label["negative"] if key in by_label["neutral"]]
                 if shared:
-                    result.add_items(self.name, suite.axis, "stereotype_preference",
-                                     {key: by_label["negative"][key] - by_label["neutral"][key] for key in shared})
+                    result.add_items(
+                        self.name,
+                        suite.axis,
+                        "stereotype_preference",
+                        {key: by_label["negative"][key] - by_label["neutral"][key] for key in shared},
+                    )
             sentences = [pair for pair in suite.pairs("probe") if pair.kind == "sentence"]
             crows = [pair for pair in sentences if not pair.unrelated]
             if crows:
@@ -165,7 +200,9 @@ def _crows_pairs_scores(name: str, score: Scoring, axis: str, pairs: list, resul
             result.add_items(name, axis, f"pct_stereotype_{direction}", chosen)
 
 
-def _stereoset_scores(name: str, score: Scoring, loaded: LoadedModel, axis: str, pairs: list, result: EvaluationResult) -> None:
+def _stereoset_scores(
+    name: str, score: Scoring, loaded: LoadedModel, axis: str, pairs: list, result: EvaluationResult
+) -> None:
     """StereoSet (Nadeem et al., 2021) intrasentence scores from each sentence's mean token
     log-probability (empty context): SS = share of items where the stereotype beats the
     anti-stereotype; LMS = share of (meaningful, unrelated) comparisons the meaningful sentence
@@ -180,7 +217,9 @@ def _stereoset_scores(name: str, score: Scoring, loaded: LoadedModel, axis: str,
     lms.update({f"{p.pair_id}:anti-stereotype": float(a > u) for p, a, u in zip(pairs, anti, unrelated)})
     result.add_items(name, axis, "stereoset_lms", lms)
     ss, lm_score = sum(float(s > a) for s, a in zip(stereotype, anti)) / len(pairs), sum(lms.values()) / len(lms)
-    result.measurements.append(Measurement(name, axis, "stereoset_icat", lm_score * min(ss, 1 - ss) / 0.5, n=len(pairs)))
+    result.measurements.append(
+        Measurement(name, axis, "stereoset_icat", lm_score * min(ss, 1 - ss) / 0.5, n=len(pairs))
+    )
 
 
 # --- generations ----------------------------------------------------------------------------
@@ -192,18 +231,24 @@ class GenerationParams(_Params):
     pairs_per_axis: int = Field(default=2, ge=1, description="pairs (from distinct templates) generated per axis")
     num_beams: int = Field(default=5, ge=1)
     do_sample: bool = False
-    max_length: int = Field(default=50, ge=2, description="tokens, prompt included (as the write-up); a longer prompt gets one new token")
+    max_length: int = Field(
+        default=50, ge=2, description="tokens, prompt included (as the write-up); a longer prompt gets one new token"
+    )
     include: list[str] = Field(default_factory=list, description="extra prompts generated on every model")
 
 
 class Generations:
     name = "generations"
-    description = "deterministic continuations of each pair's two prompts (write-up: num_beams=5, do_sample=False, max_length=50)"
+    description = (
+        "deterministic continuations of each pair's two prompts (write-up: num_beams=5, do_sample=False, max_length=50)"
+    )
     requires_causal = True
     exclusive = False  # reads only the model it evaluates
     Params = GenerationParams
 
-    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: GenerationParams, reference=None) -> EvaluationResult:
+    def evaluate(
+        self, loaded: LoadedModel, suites: list[Suite], params: GenerationParams, reference=None
+    ) -> EvaluationResult:
         result = EvaluationResult()
         jobs = [("", "extra", "", "", text) for text in params.include]
         for suite in suites:
@@ -212,10 +257,15 @@ class Generations:
                 if pair.template_id in seen or len(seen) >= params.pairs_per_axis:
                     continue
                 seen.add(pair.template_id)
-                jobs += [(suite.axis, pair.pair_id, "a", pair.group_a, pair.text_a), (suite.axis, pair.pair_id, "b", pair.group_b, pair.text_b)]
+                jobs += [
+                    (suite.axis, pair.pair_id, "a", pair.group_a, pair.text_a),
+                    (suite.axis, pair.pair_id, "b", pair.group_b, pair.text_b),
+                ]
         continuations = self._generate(loaded, [job[-1] for job in jobs], params)
         for (axis, pair_id, side, group, prompt), text in zip(jobs, continuations):
-            result.generations.append({"axis": axis, "pair_id": pair_id, "side": side, "group": group, "prompt": prompt, "continuation": text})
+            result.generations.append(
+                {"axis": axis, "pair_id": pair_id, "side": side, "group": group, "prompt": prompt, "continuation": text}
+            )
         result.measurements.append(Measurement(self.name, "", "generated_prompts", float(len(jobs)), n=len(jobs)))
         return result
 
@@ -230,12 +280,17 @@ class Generations:
             by_length.setdefault(len(ids), []).append(index)
         for length, indices in sorted(by_length.items()):
             for start in range(0, len(indices), GENERATION_BATCH):
-                chunk = indices[start:start + GENERATION_BATCH]
+                chunk = indices[start : start + GENERATION_BATCH]
                 ids = torch.tensor([encoded[i] for i in chunk], device=loaded.device)
                 with torch.inference_mode():
-                    output = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=params.num_beams,
-                                                   do_sample=params.do_sample, max_length=max(params.max_length, length + 1),
-                                                   pad_token_id=tokenizer.pad_token_id)
+                    output = loaded.model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        num_beams=params.num_beams,
+                        do_sample=params.do_sample,
+                        max_length=max(params.max_length, length + 1),
+                        pad_token_id=tokenizer.pad_token_id,
+                    )
                 for index, row in zip(chunk, output):
                     continuations[index] = tokenizer.decode(row[length:], skip_special_tokens=True)
         return continuations
@@ -243,11 +298,16 @@ class Generations:
 
 # --- perplexity -----------------------------------------------------------------------------
 
+
 class PerplexityParams(_Params):
     file: str | None = Field(default=None, description="a UTF-8 text file; default: the corpus bundled with fairaudit")
     max_length: int = Field(default=512, ge=8, description="tokens per window")
-    stride: int | None = Field(default=None, ge=1, description="new tokens scored per window (at most max_length - 1, so that "
-                               "every scored token has context in its window; default: max_length - 1)")
+    stride: int | None = Field(
+        default=None,
+        ge=1,
+        description="new tokens scored per window (at most max_length - 1, so that "
+        "every scored token has context in its window; default: max_length - 1)",
+    )
     batch_size: int = Field(default=4, ge=1)
 
 
@@ -258,7 +318,9 @@ class Perplexity:
     exclusive = False  # reads only the model it evaluates
     Params = PerplexityParams
 
-    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: PerplexityParams, reference=None) -> EvaluationResult:
+    def evaluate(
+        self, loaded: LoadedModel, suites: list[Suite], params: PerplexityParams, reference=None
+    ) -> EvaluationResult:
         path = Path(params.file) if params.file else corpus_path()
         try:
             text = path.read_text(encoding="utf-8")
@@ -274,9 +336,17 @@ class Perplexity:
         draws = torch.randint(0, len(windows), (2000, len(windows)), generator=generator)
         resampled = torch.exp(nll[draws].sum(1) / tokens[draws].sum(1))
         label = "bundled" if params.file is None else path.name
-        result.measurements.append(Measurement(self.name, "", f"perplexity_{label}", math.exp(total_nll / total_tokens),
-                                               float(torch.quantile(resampled, 0.025)), float(torch.quantile(resampled, 0.975)),
-                                               int(total_tokens)))
+        result.measurements.append(
+            Measurement(
+                self.name,
+                "",
+                f"perplexity_{label}",
+                math.exp(total_nll / total_tokens),
+                float(torch.quantile(resampled, 0.025)),
+                float(torch.quantile(resampled, 0.975)),
+                int(total_tokens),
+            )
+        )
         result.items[("", f"nll_per_token_{label}")] = {str(i): n / t for i, (n, t) in enumerate(windows)}
         return result
 
@@ -313,20 +383,26 @@ def _with_local_files(yaml_path: Path, config: dict) -> dict:
 
 class LmEvalParams(_Params):
     tasks: list[str] = Field(default_factory=lambda: ["fairaudit_commonsense"], min_length=1)
-    include_path: str | None = Field(default=None, description="folder of local task YAML; default: fairaudit's bundled tasks")
+    include_path: str | None = Field(
+        default=None, description="folder of local task YAML; default: fairaudit's bundled tasks"
+    )
     limit: int | None = Field(default=None, ge=1)
     num_fewshot: int | None = Field(default=None, ge=0)
     batch_size: int = Field(default=8, ge=1)
-    allow_task_code: bool = Field(default=False, description="run Python that include_path's task YAML names with !function "
-                                  "(granted by --allow-task-code only)")
+    allow_task_code: bool = Field(
+        default=False,
+        description="run Python that include_path's task YAML names with !function (granted by --allow-task-code only)",
+    )
 
     @model_validator(mode="after")
     def _no_foreign_code(self) -> LmEvalParams:
         if self.include_path and not self.allow_task_code:
             found = task_code_in(Path(self.include_path))
             if found:
-                raise ValueError(f"the lm-eval task folder {self.include_path} runs Python code: {found}. lm-eval would import "
-                                 f"and run it; pass --allow-task-code only if you trust that folder")
+                raise ValueError(
+                    f"the lm-eval task folder {self.include_path} runs Python code: {found}. lm-eval would import "
+                    f"and run it; pass --allow-task-code only if you trust that folder"
+                )
         return self
 
 
@@ -353,18 +429,24 @@ def task_code_in(folder: Path, limit: int = 2000) -> str:
 
 class LmEval:
     name = "lm_eval"
-    description = "lm-evaluation-harness tasks on the in-memory model (hub tasks online; local task YAML + JSONL offline)"
+    description = (
+        "lm-evaluation-harness tasks on the in-memory model (hub tasks online; local task YAML + JSONL offline)"
+    )
     requires_causal = True
     exclusive = True  # lm-eval seeds the process' random generators
     Params = LmEvalParams
 
-    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: LmEvalParams, reference=None) -> EvaluationResult:
+    def evaluate(
+        self, loaded: LoadedModel, suites: list[Suite], params: LmEvalParams, reference=None
+    ) -> EvaluationResult:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
         include = params.include_path or str(tasks_dir())
-        manager = TaskManager(include_path=include, include_defaults=False)  # indexing lm-eval's own ~15,000 tasks takes 7 s
+        manager = TaskManager(
+            include_path=include, include_defaults=False
+        )  # indexing lm-eval's own ~15,000 tasks takes 7 s
         if any(task not in manager.all_tasks for task in params.tasks):
             manager = TaskManager(include_path=include)
         unknown = [task for task in params.tasks if task not in manager.all_tasks]
@@ -383,8 +465,12 @@ class LmEval:
                     f"pointing to local JSONL files, put it in a folder and pass that folder as include_path "
                     f"(see {tasks_dir()} for an example)."
                 )
-            specs.append(_with_local_files(entry.yaml_path, config) if dataset in LOCAL_DATASETS and entry.yaml_path
-                         and _has_relative_files(entry.yaml_path, config) else task)
+            specs.append(
+                _with_local_files(entry.yaml_path, config)
+                if dataset in LOCAL_DATASETS and entry.yaml_path and _has_relative_files(entry.yaml_path, config)
+                else task
+            )
+
         class QuietHFLM(HFLM):  # lm-eval's own bars would nest inside fairaudit's one line per stage
             def loglikelihood(self, requests, disable_tqdm: bool = False):
                 return super().loglikelihood(requests, disable_tqdm=True)
@@ -397,10 +483,19 @@ class LmEval:
 
         model = QuietHFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=params.batch_size)
         try:
-            output = lm_eval.simple_evaluate(model=model, tasks=specs, task_manager=manager, limit=params.limit,
-                                             num_fewshot=params.num_fewshot, log_samples=True, verbosity="ERROR")
+            output = lm_eval.simple_evaluate(
+                model=model,
+                tasks=specs,
+                task_manager=manager,
+                limit=params.limit,
+                num_fewshot=params.num_fewshot,
+                log_samples=True,
+                verbosity="ERROR",
+            )
         except Exception as exc:
-            raise PluginError(f"lm_eval: tasks {params.tasks} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise PluginError(
+                f"lm_eval: tasks {params.tasks} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
         result = EvaluationResult()
         for task, values in output["results"].items():
             samples = output.get("samples", {}).get(task, [])
@@ -408,7 +503,9 @@ class LmEval:
                 if not isinstance(value, (int, float)) or "," not in key or "stderr" in key:
                     continue
                 metric = key.split(",")[0]
-                per_doc = {str(s["doc_id"]): float(s[metric]) for s in samples if isinstance(s.get(metric), (int, float, bool))}
+                per_doc = {
+                    str(s["doc_id"]): float(s[metric]) for s in samples if isinstance(s.get(metric), (int, float, bool))
+                }
                 if per_doc:
                     result.add_items(self.name, task, metric, per_doc)
                 else:
@@ -418,20 +515,27 @@ class LmEval:
 
 # --- factual-knowledge control --------------------------------------------------------------
 
+
 class FactsParams(_Params):
-    file: str | None = Field(default=None, description="JSONL of {id, category, prompt, correct, distractors}; default: bundled")
+    file: str | None = Field(
+        default=None, description="JSONL of {id, category, prompt, correct, distractors}; default: bundled"
+    )
     batch_size: int = Field(default=16, ge=1)
 
 
 class FactualControl:
     name = "facts"
-    description = ("factual-knowledge control: facts whose answer depends on a demographic word for factual reasons "
-                   "(kinship, pronouns, capitals, languages, religious holidays); accuracy and log-probability")
+    description = (
+        "factual-knowledge control: facts whose answer depends on a demographic word for factual reasons "
+        "(kinship, pronouns, capitals, languages, religious holidays); accuracy and log-probability"
+    )
     requires_causal = True
     exclusive = False  # reads only the model it evaluates
     Params = FactsParams
 
-    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: FactsParams, reference=None) -> EvaluationResult:
+    def evaluate(
+        self, loaded: LoadedModel, suites: list[Suite], params: FactsParams, reference=None
+    ) -> EvaluationResult:
         import json
 
         path = Path(params.file) if params.file else data_dir() / "facts.jsonl"
@@ -450,12 +554,17 @@ class FactualControl:
         result.add_items(self.name, "", "fact_accuracy", accuracy)
         result.add_items(self.name, "", "fact_logprob", logprob)
         for category in sorted({fact["category"] for fact in facts}):
-            result.add_items(self.name, category, "fact_accuracy",
-                             {fact["id"]: accuracy[fact["id"]] for fact in facts if fact["category"] == category})
+            result.add_items(
+                self.name,
+                category,
+                "fact_accuracy",
+                {fact["id"]: accuracy[fact["id"]] for fact in facts if fact["category"] == category},
+            )
         return result
 
 
 # --- embedding fidelity (encoders, and any model against its unpruned reference) -----------
+
 
 class FidelityParams(_Params):
     sentences: int = Field(default=200, ge=2, description="sentences of the bundled corpus compared")
@@ -466,7 +575,9 @@ def _pooled_embeddings(loaded: LoadedModel, sentences: list[str], batch_size: in
     base = loaded.model.base_model if loaded.has_lm_head else loaded.model
     rows = []
     for start in range(0, len(sentences), batch_size):
-        batch = loaded.tokenizer(sentences[start : start + batch_size], return_tensors="pt", padding=True).to(loaded.device)
+        batch = loaded.tokenizer(sentences[start : start + batch_size], return_tensors="pt", padding=True).to(
+            loaded.device
+        )
         with torch.inference_mode():
             hidden = base(**batch).last_hidden_state.double()
         mask = batch["attention_mask"].unsqueeze(-1).double()
@@ -481,13 +592,17 @@ class Fidelity:
     exclusive = True  # reads the unpruned reference too
     Params = FidelityParams
 
-    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: FidelityParams, reference: LoadedModel | None = None) -> EvaluationResult:
+    def evaluate(
+        self, loaded: LoadedModel, suites: list[Suite], params: FidelityParams, reference: LoadedModel | None = None
+    ) -> EvaluationResult:
         result = EvaluationResult()
         if reference is None:
             return result  # fidelity compares a pruned model with its reference; nothing to measure alone
         sentences = corpus_sentences(params.sentences)
         cosine = torch.nn.functional.cosine_similarity(
-            _pooled_embeddings(loaded, sentences, params.batch_size), _pooled_embeddings(reference, sentences, params.batch_size), dim=1
+            _pooled_embeddings(loaded, sentences, params.batch_size),
+            _pooled_embeddings(reference, sentences, params.batch_size),
+            dim=1,
         )
         result.add_items(self.name, "", "embedding_cosine", {str(i): float(c) for i, c in enumerate(cosine)})
         return result
@@ -495,24 +610,32 @@ class Fidelity:
 
 # --- random-selection baseline ----------------------------------------------------------------
 
+
 class RandomBaselineParams(_Params):
     seeds: int = Field(default=5, ge=1, le=100, description="random selections of the same size per layer")
-    split: Literal["heldout", "probe", "all"] = Field(default="heldout", description="pairs whose output bias is compared "
-                                                      "(heldout: held-out templates and imported sentence pairs, which no "
-                                                      "selection reads)")
+    split: Literal["heldout", "probe", "all"] = Field(
+        default="heldout",
+        description="pairs whose output bias is compared "
+        "(heldout: held-out templates and imported sentence pairs, which no "
+        "selection reads)",
+    )
     permutations: int = Field(default=2000, ge=100, le=100_000)
     pairs_per_batch: int = Field(default=8, ge=1)
 
 
 class RandomBaseline:
     name = "random_baseline"
-    description = ("did pruning beat chance? |mean output bias| of the pruned model against the unpruned model with the same "
-                   "number of neurons (and attention heads) per layer removed at random (seeds), one-sided permutation p-value per axis")
+    description = (
+        "did pruning beat chance? |mean output bias| of the pruned model against the unpruned model with the same "
+        "number of neurons (and attention heads) per layer removed at random (seeds), one-sided permutation p-value per axis"
+    )
     requires_causal = True
     exclusive = True  # masks the unpruned reference
     Params = RandomBaselineParams
 
-    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params: RandomBaselineParams, reference=None) -> EvaluationResult:
+    def evaluate(
+        self, loaded: LoadedModel, suites: list[Suite], params: RandomBaselineParams, reference=None
+    ) -> EvaluationResult:
         from fairaudit.measurement.attribution import head_count, output_bias_values
         from fairaudit.repair.prune import masked, pruned_counts, random_selection
 
@@ -521,16 +644,24 @@ class RandomBaseline:
             return result  # compares a pruned model with its reference
         found = pruned_counts(loaded)
         if found is None:
-            raise PluginError("random_baseline: the model being evaluated carries no neuron map (fairaudit_neuron_map.json); "
-                              "it compares a model pruned by fairaudit with its unpruned reference.")
+            raise PluginError(
+                "random_baseline: the model being evaluated carries no neuron map (fairaudit_neuron_map.json); "
+                "it compares a model pruned by fairaudit with its unpruned reference."
+            )
         counts, head_counts = found
         widths = [reference.adapter.mlp_weights(layer).down.shape[1] for layer in reference.layers]
         heads = head_count(reference) if any(head_counts) else 0
         # the unmasked models' values, where the output_bias evaluator computed them on these weights
         known_before, known_after = recall(reference, LOGLIKELIHOODS), recall(loaded, LOGLIKELIHOODS)
         for suite in suites:
-            pairs = [pair for pair in suite.pairs(None if params.split == "all" else params.split) if metrics.output_bias_terms(pair)]
-            if params.split == "heldout":  # an imported data set's sentence pairs are evaluation-only, like held-out templates
+            pairs = [
+                pair
+                for pair in suite.pairs(None if params.split == "all" else params.split)
+                if metrics.output_bias_terms(pair)
+            ]
+            if (
+                params.split == "heldout"
+            ):  # an imported data set's sentence pairs are evaluation-only, like held-out templates
                 pairs += [pair for pair in suite.pairs("probe") if pair.kind == "sentence"]
             if len(pairs) < 2:
                 continue
@@ -543,21 +674,33 @@ class RandomBaseline:
             random = torch.stack(randoms)  # [seeds, pairs]
             p_value = metrics.beats_random_p(after, random, params.permutations)
             ids = [pair.pair_id for pair in pairs]
-            result.items[(suite.axis, "output_bias_random")] = {f"{seed}:{pair_id}": float(value)
-                                                                 for seed, row in enumerate(random) for pair_id, value in zip(ids, row)}
+            result.items[(suite.axis, "output_bias_random")] = {
+                f"{seed}:{pair_id}": float(value) for seed, row in enumerate(random) for pair_id, value in zip(ids, row)
+            }
             abs_before, abs_after = abs(float(before.mean())), abs(float(after.mean()))
             abs_random = float(random.mean(dim=1).abs().mean())
-            for metric, value in (("abs_output_bias_before", abs_before), ("abs_output_bias_after", abs_after),
-                                  ("abs_output_bias_random", abs_random),
-                                  ("reduction", 1 - abs_after / abs_before if abs_before else math.nan),
-                                  ("random_reduction", 1 - abs_random / abs_before if abs_before else math.nan),
-                                  ("beats_random_p", p_value)):
+            for metric, value in (
+                ("abs_output_bias_before", abs_before),
+                ("abs_output_bias_after", abs_after),
+                ("abs_output_bias_random", abs_random),
+                ("reduction", 1 - abs_after / abs_before if abs_before else math.nan),
+                ("random_reduction", 1 - abs_random / abs_before if abs_before else math.nan),
+                ("beats_random_p", p_value),
+            ):
                 result.measurements.append(Measurement(self.name, suite.axis, metric, value, n=len(pairs)))
         return result
 
 
 @hookimpl
 def register_evaluators(register):
-    for evaluator in (BiasReprobe(), OutputBias(), Generations(), Perplexity(), LmEval(), FactualControl(), Fidelity(),
-                      RandomBaseline()):
+    for evaluator in (
+        BiasReprobe(),
+        OutputBias(),
+        Generations(),
+        Perplexity(),
+        LmEval(),
+        FactualControl(),
+        Fidelity(),
+        RandomBaseline(),
+    ):
         register(evaluator)

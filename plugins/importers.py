@@ -25,9 +25,16 @@ class NoParams(BaseModel):
 
 
 def _suites(prefix: str, source: str, description: str, by_type: dict[str, list[SentencePair]]) -> list[Suite]:
-    return [Suite(suite=f"{prefix}_{safe_name(bias_type)}", axis=safe_name(bias_type), version=1,
-                  description=f"{description} Bias type '{bias_type}', imported from {source}.", sentence_pairs=pairs)
-            for bias_type, pairs in sorted(by_type.items())]
+    return [
+        Suite(
+            suite=f"{prefix}_{safe_name(bias_type)}",
+            axis=safe_name(bias_type),
+            version=1,
+            description=f"{description} Bias type '{bias_type}', imported from {source}.",
+            sentence_pairs=pairs,
+        )
+        for bias_type, pairs in sorted(by_type.items())
+    ]
 
 
 class CrowsPairsImporter:
@@ -42,8 +49,10 @@ class CrowsPairsImporter:
                 reader = csv.DictReader(handle)
                 missing = [column for column in self.REQUIRED if column not in (reader.fieldnames or [])]
                 if missing:
-                    raise SuiteError(f"CrowS-Pairs file {path}: missing column(s) {missing}; expected the columns of "
-                                     f"crows_pairs_anonymized.csv ({', '.join(self.REQUIRED)}).")
+                    raise SuiteError(
+                        f"CrowS-Pairs file {path}: missing column(s) {missing}; expected the columns of "
+                        f"crows_pairs_anonymized.csv ({', '.join(self.REQUIRED)})."
+                    )
                 rows = list(reader)
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise SuiteError(f"CrowS-Pairs file {path}: cannot be read as UTF-8 CSV ({exc}).") from None
@@ -61,8 +70,12 @@ class CrowsPairsImporter:
                 problem = f"duplicate id {row_id}"
             if problem is None:
                 try:
-                    pair = SentencePair(id=f"crows-{row_id}", more=row["sent_more"], less=row["sent_less"],
-                                        label=row["stereo_antistereo"].strip())
+                    pair = SentencePair(
+                        id=f"crows-{row_id}",
+                        more=row["sent_more"],
+                        less=row["sent_less"],
+                        label=row["stereo_antistereo"].strip(),
+                    )
                 except ValidationError as exc:
                     problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
             if problem is not None:
@@ -70,8 +83,13 @@ class CrowsPairsImporter:
                 continue
             seen.add(pair.id)
             by_type.setdefault(row["bias_type"].strip(), []).append(pair)
-        return ImportResult(_suites("crows_pairs", path.name, "CrowS-Pairs (Nangia et al., 2020; CC BY-SA 4.0) sentence pairs.", by_type),
-                            skipped, len(rows))
+        return ImportResult(
+            _suites(
+                "crows_pairs", path.name, "CrowS-Pairs (Nangia et al., 2020; CC BY-SA 4.0) sentence pairs.", by_type
+            ),
+            skipped,
+            len(rows),
+        )
 
 
 class StereoSetImporter:
@@ -86,7 +104,9 @@ class StereoSetImporter:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SuiteError(f"StereoSet file {path}: not readable JSON ({exc}).") from None
         except (KeyError, TypeError):
-            raise SuiteError(f"StereoSet file {path}: expected {{'data': {{'intrasentence': [...]}}}} as in StereoSet's dev.json.") from None
+            raise SuiteError(
+                f"StereoSet file {path}: expected {{'data': {{'intrasentence': [...]}}}} as in StereoSet's dev.json."
+            ) from None
         if not isinstance(items, list):
             raise SuiteError(f"StereoSet file {path}: data.intrasentence is not a list.")
         by_type: dict[str, list[SentencePair]] = {}
@@ -95,9 +115,15 @@ class StereoSetImporter:
             item_id = str(item.get("id", number)) if isinstance(item, dict) else str(number)
             try:
                 sentences = {s["gold_label"]: s["sentence"] for s in item["sentences"]}
-                pair = SentencePair(id=f"stereoset-{item_id}", more=sentences["stereotype"], less=sentences["anti-stereotype"],
-                                    unrelated=sentences["unrelated"], label="stereo", group_more=str(item.get("target", "")),
-                                    group_less=str(item.get("target", "")))
+                pair = SentencePair(
+                    id=f"stereoset-{item_id}",
+                    more=sentences["stereotype"],
+                    less=sentences["anti-stereotype"],
+                    unrelated=sentences["unrelated"],
+                    label="stereo",
+                    group_more=str(item.get("target", "")),
+                    group_less=str(item.get("target", "")),
+                )
                 bias_type = str(item["bias_type"]).strip()
                 if not bias_type:
                     raise KeyError("bias_type")
@@ -108,8 +134,11 @@ class StereoSetImporter:
                 skipped.append(SkippedRow(number, item_id, exc.errors()[0]["msg"].removeprefix("Value error, ")))
                 continue
             by_type.setdefault(bias_type, []).append(pair)
-        return ImportResult(_suites("stereoset", Path(path).name, "StereoSet (Nadeem et al., 2021) intrasentence items.", by_type),
-                            skipped, len(items))
+        return ImportResult(
+            _suites("stereoset", Path(path).name, "StereoSet (Nadeem et al., 2021) intrasentence items.", by_type),
+            skipped,
+            len(items),
+        )
 
 
 @hookimpl

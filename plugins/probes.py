@@ -78,8 +78,11 @@ class _Batch:
         """The pooling weights, side a's mask and lengths on `device`, copied there once per batch
         (a copy per hook would wait for the device at every layer)."""
         if device not in self._copies:
-            self._copies[device] = {"pool": self.pool.to(device), "mask_a": self.attention_mask[: self.pairs].double().to(device),
-                                    "lengths_a": self.lengths_a.to(device)}
+            self._copies[device] = {
+                "pool": self.pool.to(device),
+                "mask_a": self.attention_mask[: self.pairs].double().to(device),
+                "lengths_a": self.lengths_a.to(device),
+            }
         return self._copies[device]
 
 
@@ -100,7 +103,9 @@ class _Accumulator:
         difference = pooled[:, :pairs] - pooled[:, pairs:]
         absolute = difference.abs()
         if self.sums is None:
-            self.sums = [torch.zeros((self.layers, self.units), dtype=torch.float64, device=pooled.device) for _ in self.SUMS]
+            self.sums = [
+                torch.zeros((self.layers, self.units), dtype=torch.float64, device=pooled.device) for _ in self.SUMS
+            ]
         for total, term in zip(self.sums, (absolute, difference.square(), difference, pooled, pooled.square())):
             total += term.sum(dim=1)
         self.divergence.append(absolute.mean(dim=2).T.float())
@@ -118,7 +123,9 @@ class ActivationProbe:
     description = "batched forward passes with hooks on every layer; streaming per-unit statistics"
     Params = ProbeParams
 
-    def run(self, loaded: LoadedModel, pairs: list[Pair], controls: list[Pair], params: ProbeParams, axis: str) -> ActivationStats:
+    def run(
+        self, loaded: LoadedModel, pairs: list[Pair], controls: list[Pair], params: ProbeParams, axis: str
+    ) -> ActivationStats:
         layers = loaded.layers
         sites = [loaded.adapter.sites(layer) for layer in layers]
         available = set(sites[0])
@@ -156,7 +163,9 @@ class ActivationProbe:
             for layer_index in range(len(layers)):
                 for name in set(params.components) | set(optipfair):
                     column = optipfair_keys.index(f"{name}_layer_{layer_index}") if name in optipfair else None
-                    hooks[(name, layer_index)] = self._hook(name, layer_index, column, batch, pooled, index_terms, is_control)
+                    hooks[(name, layer_index)] = self._hook(
+                        name, layer_index, column, batch, pooled, index_terms, is_control
+                    )
             run_hooked(loaded, batch.input_ids, batch.attention_mask, hooks)
             for name, per_layer in pooled.items():
                 stacked = torch.stack([value.to(per_layer[0].device) for value in per_layer])  # [layers, 2k, units]
@@ -191,8 +200,10 @@ class ActivationProbe:
             optipfair_terms=torch.cat(optipfair_rows) if optipfair_rows else torch.zeros((0, len(optipfair_keys))),
             unequal_length_pairs=unequal,
             aligned_fallbacks=aligned_fallbacks,
-            continuations={label: sorted({p.continuations[label] for p in pairs if label in p.continuations})
-                           for label in sorted({label for p in pairs for label in p.continuations})},
+            continuations={
+                label: sorted({p.continuations[label] for p in pairs if label in p.continuations})
+                for label in sorted({label for p in pairs for label in p.continuations})
+            },
             pairs=list(pairs),
         )
 

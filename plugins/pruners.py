@@ -14,8 +14,11 @@ from fairaudit.repair.prune import PruneReport, Selection, fold_means, prune, ze
 
 class AblationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ablation: Literal["zero", "mean"] = Field(default="zero", description="what a removed neuron leaves behind: nothing, or its "
-                                              "mean activation over the bundled corpus times its output column (in the bias)")
+    ablation: Literal["zero", "mean"] = Field(
+        default="zero",
+        description="what a removed neuron leaves behind: nothing, or its "
+        "mean activation over the bundled corpus times its output column (in the bias)",
+    )
     corpus_sentences: int = Field(default=200, ge=1, description="bundled-corpus sentences averaged for the means")
 
 
@@ -29,7 +32,9 @@ def _fold(loaded: LoadedModel, selection: Selection, params: AblationParams) -> 
 
 class StructuredPruner:
     name = "structured"
-    description = "remove the neurons: smaller gate/up (fc_in) and down (fc_out) layers, config updated (ablation: zero or mean)"
+    description = (
+        "remove the neurons: smaller gate/up (fc_in) and down (fc_out) layers, config updated (ablation: zero or mean)"
+    )
     Params = AblationParams
 
     def apply(self, loaded: LoadedModel, selection: Selection, params: AblationParams) -> PruneReport:
@@ -39,7 +44,9 @@ class StructuredPruner:
 
 class ZeroPruner:
     name = "zero"
-    description = "zero the neurons' output columns in place: same shapes, same function as removal (ablation: zero or mean)"
+    description = (
+        "zero the neurons' output columns in place: same shapes, same function as removal (ablation: zero or mean)"
+    )
     Params = AblationParams
 
     def apply(self, loaded: LoadedModel, selection: Selection, params: AblationParams) -> PruneReport:

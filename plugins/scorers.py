@@ -33,6 +33,7 @@ class BiasScorer:
     name = "bias"
     description = "bias = mean |h(a) - h(b)| over pairs; signed_bias = mean h(a) - h(b)"
     Params = NoParams
+
     def outputs(self, params):
         return ["bias", "signed_bias"]  # neuron columns it writes
 
@@ -46,6 +47,7 @@ class ScaledBiasScorer:
     name = "scaled_bias"
     description = "bias divided by the unit's activation spread over all prompts (scale-free)"
     Params = NoParams
+
     def outputs(self, params):
         return ["scaled_bias"]  # neuron columns it writes
 
@@ -57,6 +59,7 @@ class NoiseFloorScorer:
     name = "noise_floor"
     description = "mean |h(a) - h(b)| over control pairs, and bias above it"
     Params = NoParams
+
     def outputs(self, params):
         return ["noise_floor", "bias_above_floor"]  # neuron columns it writes
 
@@ -71,6 +74,7 @@ class SignificanceScorer:
     name = "significance"
     description = "one-sided Welch t-test of pair |d| against control |d|, Benjamini-Hochberg q-values"
     Params = NoParams
+
     def outputs(self, params):
         return ["p_value", "q_value"]  # neuron columns it writes
 
@@ -84,17 +88,22 @@ class SignificanceScorer:
 
 class ImportanceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    methods: list[Literal["ppm", "maw", "vow", "pon", "l2"]] = Field(default_factory=lambda: ["ppm", "maw", "vow", "pon", "l2"])
+    methods: list[Literal["ppm", "maw", "vow", "pon", "l2"]] = Field(
+        default_factory=lambda: ["ppm", "maw", "vow", "pon", "l2"]
+    )
 
 
 class ImportanceScorer:
     name = "importance"
     description = "weight-only neuron importance: ppm (optiPfair), maw (write-up), vow, pon, l2"
     Params = ImportanceParams
+
     def outputs(self, params):
         return [f"importance_{method}" for method in params.methods]  # neuron columns it writes
 
-    def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: ImportanceParams) -> None:
+    def compute(
+        self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: ImportanceParams
+    ) -> None:
         if scores.component != "neuron":
             return  # importance is defined for MLP expansion neurons only
         weights = [loaded.mlp_weights(layer) for layer in loaded.layers]
@@ -115,6 +124,7 @@ class HybridScorer:
     name = "hybrid"
     description = "w * norm(bias) + (1 - w) * (1 - norm(importance)), min-max within a layer"
     Params = HybridParams
+
     def outputs(self, params):
         return [params.column]  # neuron columns it writes
 
@@ -125,15 +135,20 @@ class HybridScorer:
                 f"hybrid scorer needs columns {missing}, which no earlier scorer produced; list 'bias' and "
                 f"'importance' before 'hybrid' in the run config (columns so far: {sorted(scores.neuron)})."
             )
-        scores.neuron[params.column] = metrics.hybrid(scores.neuron[params.bias], scores.neuron[params.importance], params.weight)
+        scores.neuron[params.column] = metrics.hybrid(
+            scores.neuron[params.bias], scores.neuron[params.importance], params.weight
+        )
 
 
 class StereotypePushScorer:
     name = "stereotype_push"
-    description = ("signed direct effect on the output: signed_bias x (down_proj column . (unembedding of the tokens where "
-                   "negative continuations depart from their neutral ones - that of the neutral ones)); > 0 pushes group a "
-                   "toward the negative")
+    description = (
+        "signed direct effect on the output: signed_bias x (down_proj column . (unembedding of the tokens where "
+        "negative continuations depart from their neutral ones - that of the neutral ones)); > 0 pushes group a "
+        "toward the negative"
+    )
     Params = NoParams
+
     def outputs(self, params):
         return ["stereotype_push"]  # neuron columns it writes
 
@@ -142,17 +157,26 @@ class StereotypePushScorer:
         if head is None or scores.component != "neuron" or not {"negative", "neutral"} <= set(stats.continuations):
             return  # needs an LM head and templates with negative and neutral continuations
         encode = lambda text: loaded.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
-        continuations = sorted({(p.continuations["negative"], p.continuations["neutral"]) for p in stats.pairs
-                                if {"negative", "neutral"} <= set(p.continuations)})
+        continuations = sorted(
+            {
+                (p.continuations["negative"], p.continuations["neutral"])
+                for p in stats.pairs
+                if {"negative", "neutral"} <= set(p.continuations)
+            }
+        )
         if not continuations:  # a probe that does not hand on its pairs: the first tokens, unpaired
             continuations = list(zip(stats.continuations["negative"], stats.continuations["neutral"]))
-        departures = [metrics.first_difference(encode(negative), encode(neutral)) for negative, neutral in continuations]
+        departures = [
+            metrics.first_difference(encode(negative), encode(neutral)) for negative, neutral in continuations
+        ]
         departures = [(a, b) for a, b in departures if a is not None and b is not None]
         if not departures:
             return
         with materialized(head):  # a no-op unless a device map offloaded the head
             weights = head.weight.detach().float()
-            direction = (weights[[a for a, _ in departures]] - weights[[b for _, b in departures]]).mean(dim=0).cpu()  # [hidden]
+            direction = (
+                (weights[[a for a, _ in departures]] - weights[[b for _, b in departures]]).mean(dim=0).cpu()
+            )  # [hidden]
         effect = torch.stack([(loaded.mlp_weights(layer).down.cpu().T @ direction).double() for layer in loaded.layers])
         signed = scores.neuron.get("signed_bias", metrics.signed_bias(stats.components["neuron"], stats.n_pairs))
         scores.neuron["stereotype_push"] = signed * effect
@@ -169,15 +193,20 @@ class LayerIndexScorer:
     name = "layer_index"
     description = "per-layer mean |d| of attention and MLP outputs; bias index with bootstrap interval; optiPfair index"
     Params = LayerIndexParams
+
     def outputs(self, params):
         return []  # neuron columns it writes
 
-    def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: LayerIndexParams) -> None:
+    def compute(
+        self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: LayerIndexParams
+    ) -> None:
         for name in metrics.INDEX_COMPONENTS:
             if name in stats.components:
                 scores.layer[f"{name}_divergence"] = metrics.layer_divergence(stats, name)
                 if stats.n_controls:
-                    scores.layer[f"{name}_control_divergence"] = stats.components[name].control_divergence.double().mean(dim=0)
+                    scores.layer[f"{name}_control_divergence"] = (
+                        stats.components[name].control_divergence.double().mean(dim=0)
+                    )
         per_pair = metrics.pair_bias_index(stats)
         low, high = metrics.bootstrap_interval(per_pair, params.confidence, params.resamples, params.seed)
         compatible, used = metrics.optipfair_index(stats)
@@ -195,10 +224,13 @@ class LayerIndexScorer:
 
 # --- output attribution (causal: effect on what the model says) ------------------------------
 
+
 class AttributionParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ablation: Literal["zero", "mean"] = Field(default="zero", description="what an ablated unit is replaced by: 0, or its "
-                                              "mean activation over the bundled corpus")
+    ablation: Literal["zero", "mean"] = Field(
+        default="zero",
+        description="what an ablated unit is replaced by: 0, or its mean activation over the bundled corpus",
+    )
     pairs_per_batch: int = Field(default=8, ge=1, le=512)
     corpus_sentences: int = Field(default=200, ge=1, description="bundled-corpus sentences averaged for mean-ablation")
 
@@ -212,22 +244,38 @@ def _attribution(stats: ActivationStats, loaded: LoadedModel, params: Attributio
 
 class OutputAttributionScorer:
     name = "output_attribution"
-    description = ("causal: each MLP neuron's and attention head's first-order share of the output-level bias m "
-                   "(attribution patching, one backward pass per batch); heads in head_scores")
+    description = (
+        "causal: each MLP neuron's and attention head's first-order share of the output-level bias m "
+        "(attribution patching, one backward pass per batch); heads in head_scores"
+    )
     Params = AttributionParams
     outputs = lambda self, params: ["output_attribution", "output_attribution_abs", "output_bias_reduction"]  # noqa: E731
 
-    def compute(self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: AttributionParams) -> None:
-        if scores.component != "neuron" or not loaded.has_lm_head or not any(metrics.output_bias_terms(p) for p in stats.pairs):
+    def compute(
+        self, stats: ActivationStats, loaded: LoadedModel, scores: AxisScores, params: AttributionParams
+    ) -> None:
+        if (
+            scores.component != "neuron"
+            or not loaded.has_lm_head
+            or not any(metrics.output_bias_terms(p) for p in stats.pairs)
+        ):
             return  # needs MLP neurons, a language-model head and pairs with an output-level bias quantity
         found, means = _attribution(stats, loaded, params)
         values = found.output_bias
         low, high = metrics.bootstrap_interval(values)
         templates = {pair.pair_id: pair.template_id for pair in stats.pairs}
-        template_low, template_high = metrics.cluster_bootstrap_interval(values, [templates[pair_id] for pair_id in found.pair_ids])
+        template_low, template_high = metrics.cluster_bootstrap_interval(
+            values, [templates[pair_id] for pair_id in found.pair_ids]
+        )
         mean = float(values.mean())
-        scores.summary.update(output_bias=mean, output_bias_low=low, output_bias_high=high, output_bias_pairs=len(values),
-                              output_bias_template_low=template_low, output_bias_template_high=template_high)
+        scores.summary.update(
+            output_bias=mean,
+            output_bias_low=low,
+            output_bias_high=high,
+            output_bias_pairs=len(values),
+            output_bias_template_low=template_low,
+            output_bias_template_high=template_high,
+        )
         direction = 1.0 if mean >= 0 else -1.0
         for kind, table in (("neuron", scores.neuron), ("head", scores.head)):
             carried = -found.predicted_change(kind, None if means is None else means[kind])  # [pairs, layers, units]
@@ -240,13 +288,17 @@ class OutputAttributionScorer:
 
 class AblationParams(AttributionParams):
     top: int = Field(default=64, ge=1, le=4096, description="candidates verified per kind (neurons, heads)")
-    replicas: int = Field(default=4, ge=1, le=64, description="candidates ablated in one forward pass (the batch repeated)")
+    replicas: int = Field(
+        default=4, ge=1, le=64, description="candidates ablated in one forward pass (the batch repeated)"
+    )
 
 
 class AblationScorer:
     name = "ablation"
-    description = ("verification: the real change of the mean output bias when each of the top candidates by "
-                   "|output_attribution| is ablated alone; rank correlation with the estimate")
+    description = (
+        "verification: the real change of the mean output bias when each of the top candidates by "
+        "|output_attribution| is ablated alone; rank correlation with the estimate"
+    )
     Params = AblationParams
     outputs = lambda self, params: ["ablation_effect"]  # noqa: E731
 
@@ -254,18 +306,28 @@ class AblationScorer:
         from fairaudit.measurement import attribution
 
         if "output_attribution" not in scores.neuron:
-            if scores.component == "neuron" and loaded.has_lm_head and any(metrics.output_bias_terms(p) for p in stats.pairs):
-                raise ConfigError("the ablation scorer verifies output_attribution: list 'output_attribution' before 'ablation'.")
+            if (
+                scores.component == "neuron"
+                and loaded.has_lm_head
+                and any(metrics.output_bias_terms(p) for p in stats.pairs)
+            ):
+                raise ConfigError(
+                    "the ablation scorer verifies output_attribution: list 'output_attribution' before 'ablation'."
+                )
             return
         _, means = _attribution(stats, loaded, params)
         for kind, table in (("neuron", scores.neuron), ("head", scores.head)):
             predicted = table["output_attribution"]
             order = torch.argsort(predicted.abs().flatten(), descending=True, stable=True)[: params.top]
             units = [attribution.Unit(kind, int(i) // predicted.shape[1], int(i) % predicted.shape[1]) for i in order]
-            change = attribution.measured_change(loaded, stats.pairs, units, means, params.pairs_per_batch, params.replicas)
+            change = attribution.measured_change(
+                loaded, stats.pairs, units, means, params.pairs_per_batch, params.replicas
+            )
             effect = torch.full(predicted.shape, float("nan"), dtype=torch.float64)
             for unit, value in zip(units, change.tolist()):
-                effect[unit.layer, unit.index] = -value  # what the unit carried: the sign convention of output_attribution
+                effect[
+                    unit.layer, unit.index
+                ] = -value  # what the unit carried: the sign convention of output_attribution
             table["ablation_effect"] = effect
             chosen = predicted.flatten()[order].double()
             measured = -change
@@ -276,7 +338,16 @@ class AblationScorer:
 
 @hookimpl
 def register_scorers(register):
-    for scorer in (BiasScorer(), ScaledBiasScorer(), NoiseFloorScorer(), SignificanceScorer(),
-                   ImportanceScorer(), HybridScorer(), StereotypePushScorer(), LayerIndexScorer(),
-                   OutputAttributionScorer(), AblationScorer()):
+    for scorer in (
+        BiasScorer(),
+        ScaledBiasScorer(),
+        NoiseFloorScorer(),
+        SignificanceScorer(),
+        ImportanceScorer(),
+        HybridScorer(),
+        StereotypePushScorer(),
+        LayerIndexScorer(),
+        OutputAttributionScorer(),
+        AblationScorer(),
+    ):
         register(scorer)

@@ -25,9 +25,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # the default audit first: the commands after it read its store
-PAGES = ["docs/getting-started.md", "README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")
-                                                 if p.name != "getting-started.md")]
-OUTPUT = re.compile(r"<!-- docs-output: (?P<command>.*?)(?: \| sandbox: (?P<sandbox>.*?))? -->\n```text\n(?P<body>.*?)^```", re.S | re.M)
+PAGES = [
+    "docs/getting-started.md",
+    "README.md",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md") if p.name != "getting-started.md"),
+]
+OUTPUT = re.compile(
+    r"<!-- docs-output: (?P<command>.*?)(?: \| sandbox: (?P<sandbox>.*?))? -->\n```text\n(?P<body>.*?)^```", re.S | re.M
+)
 
 
 def documented_outputs(page: str) -> list[re.Match]:
@@ -35,9 +40,17 @@ def documented_outputs(page: str) -> list[re.Match]:
 
 
 def run(command: str) -> str:
-    completed = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", command], cwd=ROOT, capture_output=True, text=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1",  # this interpreter's fairaudit, venv activated or not
-                                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    completed = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",  # this interpreter's fairaudit, venv activated or not
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+    )
     if completed.returncode not in (0, 1, 3):  # a policy check's verdict is an output, not a failure
         sys.exit(f"{command!r} failed with exit status {completed.returncode}:\n{completed.stderr[-2000:]}")
     return completed.stdout.strip("\n") + "\n"
@@ -54,11 +67,13 @@ def main() -> int:
         text = path.read_text(encoding="utf-8")
         matches = documented_outputs(page)
         outputs = [run(match["command"]) for match in matches]  # in page order
-        for match, printed in reversed(list(zip(matches, outputs))):  # replaced from the end: earlier offsets stay valid
+        for match, printed in reversed(
+            list(zip(matches, outputs))
+        ):  # replaced from the end: earlier offsets stay valid
             if printed != match["body"]:
                 stale += 1
                 print(f"{page}: {match['command']}: {'differs' if arguments.check else 'regenerated'}")
-                text = text[:match.start("body")] + printed + text[match.end("body"):]
+                text = text[: match.start("body")] + printed + text[match.end("body") :]
         if not arguments.check:
             path.write_text(text, encoding="utf-8")
     return 1 if arguments.check and stale else 0

@@ -13,7 +13,9 @@ from click.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each (and in their subprocesses)
+if os.environ.get(
+    "PYTEST_XDIST_WORKER"
+):  # `make test` runs two workers on two cores: one thread each (and in their subprocesses)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from fairaudit.cli import main  # noqa: E402
@@ -53,7 +55,15 @@ def cli():
     return invoke
 
 
-def run_module(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_module(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run `python -m fairaudit ARGS` in a subprocess (real exit status, real stderr)."""
-    return subprocess.run([sys.executable, "-m", "fairaudit", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fairaudit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )

@@ -14,8 +14,16 @@ from fairaudit.plugins import registry
 from fairaudit.repair.prune import Selection, masked, zero_heads
 from fairaudit.testing import make_planted_model
 
-PAIR = Pair(pair_id="p", kind="template", template_id="t", group_a="x", group_b="y", text_a="The x man was", text_b="The y man was",
-            continuations={"negative": " bad", "neutral": " here"})
+PAIR = Pair(
+    pair_id="p",
+    kind="template",
+    template_id="t",
+    group_a="x",
+    group_b="y",
+    text_a="The x man was",
+    text_b="The y man was",
+    continuations={"negative": " bad", "neutral": " here"},
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +40,15 @@ def llama64(model_folder):
 
 
 def test_output_bias_terms_by_hand():
-    assert metrics.output_bias_terms(PAIR) == [("The x man was", " bad", 1.0), ("The y man was", " bad", -1.0),
-                                               ("The x man was", " here", -1.0), ("The y man was", " here", 1.0)]
-    sentence = Pair(pair_id="s", kind="sentence", template_id="s", group_a="x", group_b="y", text_a="More.", text_b="Less.")
+    assert metrics.output_bias_terms(PAIR) == [
+        ("The x man was", " bad", 1.0),
+        ("The y man was", " bad", -1.0),
+        ("The x man was", " here", -1.0),
+        ("The y man was", " here", 1.0),
+    ]
+    sentence = Pair(
+        pair_id="s", kind="sentence", template_id="s", group_a="x", group_b="y", text_a="More.", text_b="Less."
+    )
     assert metrics.output_bias_terms(sentence) == [("", "More.", 1.0), ("", "Less.", -1.0)]
     assert metrics.output_bias_terms(PAIR.model_copy(update={"continuations": {"negative": " bad"}})) == []
 
@@ -83,14 +97,18 @@ def test_contribution_is_the_derivative_along_the_units_own_scale(llama64, kind,
         finally:
             handle.remove()
     by_hand = (values[0] - values[1]) / (2 * epsilon)
-    assert found.contribution[kind][:, layer, index].double().tolist() == pytest.approx(by_hand.tolist(), rel=2e-2, abs=2e-5)
+    assert found.contribution[kind][:, layer, index].double().tolist() == pytest.approx(
+        by_hand.tolist(), rel=2e-2, abs=2e-5
+    )
 
 
 def test_mean_ablation_estimate_is_the_derivative_toward_the_mean(llama64):
     llama = llama64
     pairs = [pair for pair in resolve_suite("gender").pairs("probe") if metrics.output_bias_terms(pair)][:4]
     found = attribution.attribute(llama, pairs, pairs_per_batch=4)
-    means = attribution.unit_means(llama, ["The weather was mild for the season.", "She read the letter twice before she answered."])
+    means = attribution.unit_means(
+        llama, ["The weather was mild for the season.", "She read the letter twice before she answered."]
+    )
     epsilon = 1e-2
     for kind, layer in (("neuron", 1), ("head", 0)):
         index = int(found.predicted_change(kind, means[kind])[:, layer].abs().sum(dim=0).argmax())
@@ -113,12 +131,16 @@ def test_measured_change_is_the_masked_models_change(llama):
     base = attribution.output_bias_values(llama, pairs).mean()
     selection = Selection([torch.tensor([3]), torch.zeros(0, dtype=torch.long)], [64, 64])
     with masked(llama, selection):
-        assert float(measured[0]) == pytest.approx(float(attribution.output_bias_values(llama, pairs).mean() - base), abs=1e-5)
+        assert float(measured[0]) == pytest.approx(
+            float(attribution.output_bias_values(llama, pairs).mean() - base), abs=1e-5
+        )
     o_proj = attribution.unit_modules(llama, "head")[1]
     saved = o_proj.weight.detach().clone()
     zero_heads(llama, [[], [1]])  # a head pruned by zeroing its output-projection columns
     try:
-        assert float(measured[2]) == pytest.approx(float(attribution.output_bias_values(llama, pairs).mean() - base), abs=1e-5)
+        assert float(measured[2]) == pytest.approx(
+            float(attribution.output_bias_values(llama, pairs).mean() - base), abs=1e-5
+        )
         assert abs(float(measured[2])) > 1e-5  # the head mattered: the comparison is not vacuous
     finally:
         with torch.no_grad():
@@ -151,7 +173,9 @@ def test_attribution_ranks_neurons_with_output_effect_above_neurons_that_only_re
         assert all(carried[u] > 0 for u in quiet), axis  # they carry the stereotype-consistent preference
         units = [attribution.Unit("neuron", *u) for u in quiet + silent]
         measured = -attribution.measured_change(loaded, pairs, units)  # what each carried, measured
-        assert all(measured[i] > 0 for i in range(len(quiet))) and all(abs(measured[len(quiet) + i]) < 1e-4 for i in range(len(silent)))
+        assert all(measured[i] > 0 for i in range(len(quiet))) and all(
+            abs(measured[len(quiet) + i]) < 1e-4 for i in range(len(silent))
+        )
 
 
 def test_the_scorers_write_neuron_head_and_verification_columns(model_folder, tmp_path):
@@ -160,19 +184,46 @@ def test_the_scorers_write_neuron_head_and_verification_columns(model_folder, tm
     from fairaudit.pipeline.audit import audit
     from fairaudit.store import Store
 
-    result = audit(RunConfig.model_validate({
-        "model": str(model_folder("llama")), "suites": ["race"], "store": str(tmp_path / "store"), "report": False,
-        "probe": {"plugin": "activations", "params": {"progress": False}}, "pruning": None, "evaluators": [],
-        "scoring": {"scorers": ["bias", "layer_index", "output_attribution", {"plugin": "ablation", "params": {"top": 6}}]}}))
+    result = audit(
+        RunConfig.model_validate(
+            {
+                "model": str(model_folder("llama")),
+                "suites": ["race"],
+                "store": str(tmp_path / "store"),
+                "report": False,
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "pruning": None,
+                "evaluators": [],
+                "scoring": {
+                    "scorers": [
+                        "bias",
+                        "layer_index",
+                        "output_attribution",
+                        {"plugin": "ablation", "params": {"top": 6}},
+                    ]
+                },
+            }
+        )
+    )
     store = Store(tmp_path / "store")
     heads = store.read("head_scores", run_id=result.run_id).to_pylist()
     count = 2 * attribution.head_count(load_model(str(model_folder("llama"))))  # two layers
-    assert len(heads) == count and {"output_attribution", "output_attribution_abs", "output_bias_reduction", "ablation_effect"} <= set(heads[0])
-    assert sum(row["ablation_effect"] == row["ablation_effect"] for row in heads) == min(6, count)  # the top ones verified, NaN elsewhere
+    assert len(heads) == count and {
+        "output_attribution",
+        "output_attribution_abs",
+        "output_bias_reduction",
+        "ablation_effect",
+    } <= set(heads[0])
+    assert sum(row["ablation_effect"] == row["ablation_effect"] for row in heads) == min(
+        6, count
+    )  # the top ones verified, NaN elsewhere
     neurons = load_scores(store, result.model_id, "ablation_effect", result.run_id).by_axis["race"]
     assert int((neurons == neurons).sum()) == 6
     summary = result.summaries["race"]
-    assert summary["output_bias_pairs"] > 0 and summary["output_bias_low"] <= summary["output_bias"] <= summary["output_bias_high"]
+    assert (
+        summary["output_bias_pairs"] > 0
+        and summary["output_bias_low"] <= summary["output_bias"] <= summary["output_bias_high"]
+    )
     assert -1.0 <= summary["neuron_attribution_spearman"] <= 1.0 and summary["neuron_attribution_verified"] == 6
     from fairaudit.reporting.report import render_report_text, report_data
 
@@ -181,7 +232,10 @@ def test_the_scorers_write_neuron_head_and_verification_columns(model_folder, tm
     assert "race: output-level bias on the probe templates" in html and "neurons: Spearman" in html
     # the causal section: layer profiles as shares of their totals, top units by measured effect
     causal = data["causal"]["race"]
-    assert '<section id="causal">' in html and set(causal["shares"]) >= {"MLP activation divergence", "MLP neurons' output attribution"}
+    assert '<section id="causal">' in html and set(causal["shares"]) >= {
+        "MLP activation divergence",
+        "MLP neurons' output attribution",
+    }
     assert all(sum(shares) == pytest.approx(1.0) for shares in causal["shares"].values())
     verified = [row["ablation_effect"] for row in heads if row["ablation_effect"] == row["ablation_effect"]]
     assert causal["top"]["heads"]["ranked_by"].startswith("measured")
@@ -190,7 +244,7 @@ def test_the_scorers_write_neuron_head_and_verification_columns(model_folder, tm
     reduction = load_scores(store, result.model_id, "output_bias_reduction", result.run_id).by_axis["race"]
     carried = load_scores(store, result.model_id, "output_attribution", result.run_id).by_axis["race"]
     sign = 1.0 if summary["output_bias"] >= 0 else -1.0
-    assert (reduction == pytest.approx(sign * carried, abs=1e-7))
+    assert reduction == pytest.approx(sign * carried, abs=1e-7)
 
 
 def test_beats_random_p_by_hand():
@@ -198,7 +252,9 @@ def test_beats_random_p_by_hand():
     chosen row is (0, 0) with probability 1/4, the only arrangement with T <= T_observed = -1."""
     p = metrics.beats_random_p(torch.tensor([0.0, 0.0]), torch.tensor([[1.0, 1.0]]), permutations=8000)
     assert p == pytest.approx(0.25, abs=0.02)
-    assert metrics.beats_random_p(torch.tensor([1.0, 1.0]), torch.tensor([[0.0, 0.0]]), permutations=2000) == pytest.approx(1.0)
+    assert metrics.beats_random_p(
+        torch.tensor([1.0, 1.0]), torch.tensor([[0.0, 0.0]]), permutations=2000
+    ) == pytest.approx(1.0)
 
 
 def test_pruning_by_attribution_beats_random_on_a_planted_model(tmp_path):
@@ -208,13 +264,28 @@ def test_pruning_by_attribution_beats_random_on_a_planted_model(tmp_path):
     from fairaudit.pipeline.audit import audit
 
     make_planted_model(tmp_path / "model")
-    result = audit(RunConfig.model_validate({
-        "model": str(tmp_path / "model"), "suites": ["race"], "store": str(tmp_path / "store"), "report": False,
-        "probe": {"plugin": "activations", "params": {"progress": False}},
-        "scoring": {"scorers": ["bias", "importance", "layer_index", "output_attribution"]},
-        "pruning": {"out": str(tmp_path / "pruned"), "selection": {"score": "output_bias_reduction", "fraction": 0.04}},
-        "evaluators": [{"plugin": "random_baseline", "params": {"split": "probe", "seeds": 5}}]}))
-    found = {row["metric"]: row["value"] for row in result.measurements if row["evaluator"] == "random_baseline" and row["role"] == "after"}
+    result = audit(
+        RunConfig.model_validate(
+            {
+                "model": str(tmp_path / "model"),
+                "suites": ["race"],
+                "store": str(tmp_path / "store"),
+                "report": False,
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "scoring": {"scorers": ["bias", "importance", "layer_index", "output_attribution"]},
+                "pruning": {
+                    "out": str(tmp_path / "pruned"),
+                    "selection": {"score": "output_bias_reduction", "fraction": 0.04},
+                },
+                "evaluators": [{"plugin": "random_baseline", "params": {"split": "probe", "seeds": 5}}],
+            }
+        )
+    )
+    found = {
+        row["metric"]: row["value"]
+        for row in result.measurements
+        if row["evaluator"] == "random_baseline" and row["role"] == "after"
+    }
     assert found["abs_output_bias_before"] > 0.05 and found["reduction"] > 0.8 and found["random_reduction"] < 0.3
     assert found["beats_random_p"] < 0.01
 
@@ -255,16 +326,42 @@ def test_only_biased_axes_leaves_an_unbiased_axis_alone(cli, tmp_path):
     from fairaudit.pipeline.audit import audit
 
     make_planted_model(tmp_path / "model")
-    result = audit(RunConfig.model_validate({
-        "model": str(tmp_path / "model"), "suites": ["race", "gender", "nationality"], "store": str(tmp_path / "store"),
-        "report": False, "probe": {"plugin": "activations", "params": {"progress": False}},
-        "scoring": {"scorers": ["bias", "importance", "layer_index", "output_attribution"]}, "pruning": None, "evaluators": []}))
+    result = audit(
+        RunConfig.model_validate(
+            {
+                "model": str(tmp_path / "model"),
+                "suites": ["race", "gender", "nationality"],
+                "store": str(tmp_path / "store"),
+                "report": False,
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "scoring": {"scorers": ["bias", "importance", "layer_index", "output_attribution"]},
+                "pruning": None,
+                "evaluators": [],
+            }
+        )
+    )
     nationality = result.summaries["nationality"]
     assert nationality["output_bias_template_low"] < 0 < nationality["output_bias_template_high"]
-    common = ["prune", "--model", tmp_path / "model", "--store", tmp_path / "store", "--score", "output_bias_reduction",
-              "--combine", "union", "--fraction", "0.03", "--only-biased-axes", "--json"]
+    common = [
+        "prune",
+        "--model",
+        tmp_path / "model",
+        "--store",
+        tmp_path / "store",
+        "--score",
+        "output_bias_reduction",
+        "--combine",
+        "union",
+        "--fraction",
+        "0.03",
+        "--only-biased-axes",
+        "--json",
+    ]
     pruned = cli(*common, "--axis", "race", "--axis", "gender", "--axis", "nationality", "--out", tmp_path / "pruned")
     assert pruned.exit_code == 0, pruned.output
-    assert "axes left out, their output-level bias interval containing 0: nationality" in (tmp_path / "pruned" / "README.md").read_text()
+    assert (
+        "axes left out, their output-level bias interval containing 0: nationality"
+        in (tmp_path / "pruned" / "README.md").read_text()
+    )
     refused = cli(*common, "--axis", "nationality", "--out", tmp_path / "none")
     assert refused.exit_code == 2 and "nothing to remove" in refused.stderr and not (tmp_path / "none").exists()

@@ -74,9 +74,11 @@ def test_fifty_megabyte_suite_is_refused_without_reading_it(cli, tmp_path: Path)
 
 
 def test_missing_files_and_models_exit_2_without_traceback(tmp_path: Path):
-    for args in (["suites", "validate", tmp_path / "nope.yaml"],
-                 ["audit", tmp_path / "nope.yaml"],
-                 ["probe", "--model", tmp_path / "no-model", "--suite", "race", "--store", tmp_path / "s", "--quiet"]):
+    for args in (
+        ["suites", "validate", tmp_path / "nope.yaml"],
+        ["audit", tmp_path / "nope.yaml"],
+        ["probe", "--model", tmp_path / "no-model", "--suite", "race", "--store", tmp_path / "s", "--quiet"],
+    ):
         completed = run_module(*args)
         assert completed.returncode == 2, completed.stderr
         assert completed.stderr.startswith("error: ") and "Traceback" not in completed.stderr
@@ -96,8 +98,10 @@ def test_a_device_torch_cannot_name_or_this_machine_lacks_exits_2_before_loading
 
     devices = ["gpu", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda"])
     for device in devices:
-        for command in (["probe", "--suite", "race", "--store", tmp_path / "store"],
-                        ["evaluate", "--evaluator", "perplexity", "--store", tmp_path / "store"]):
+        for command in (
+            ["probe", "--suite", "race", "--store", tmp_path / "store"],
+            ["evaluate", "--evaluator", "perplexity", "--store", tmp_path / "store"],
+        ):
             done = cli(command[0], "--model", llama_folder, *command[1:], "--device", device)
             assert done.exit_code == 2 and f"error: device '{device}'" in done.stderr, (device, done.output)
     assert not (tmp_path / "store").exists(), "nothing is written before the model loads"

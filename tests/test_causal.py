@@ -25,7 +25,9 @@ def test_split_probe_takes_every_kth_template_for_validation():
     templates = list(dict.fromkeys(pair.template_id for pair in suite.pairs("probe")))
     assert {pair.template_id for pair in validation} == set(templates[3::4])
     assert not {pair.template_id for pair in selection} & {pair.template_id for pair in validation}
-    assert not {pair.template_id for pair in selection + validation} & {pair.template_id for pair in suite.pairs("heldout")}
+    assert not {pair.template_id for pair in selection + validation} & {
+        pair.template_id for pair in suite.pairs("heldout")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +42,20 @@ def test_causal_plan_gates_chooses_the_planted_neurons_and_removes_the_heldout_b
     suites = [resolve_suite("race"), resolve_suite("nationality")]
     read = []  # every pair whose output bias the plan measured: never a held-out one
     original = attribution.output_bias_values
-    monkeypatch.setattr(attribution, "output_bias_values", lambda model, pairs, *a, **k: read.extend(pairs) or original(model, pairs, *a, **k))
+    monkeypatch.setattr(
+        attribution,
+        "output_bias_values",
+        lambda model, pairs, *a, **k: read.extend(pairs) or original(model, pairs, *a, **k),
+    )
     corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
     found = plan(loaded, suites, CausalParams(budgets=[0.01, 0.02]), corpus)  # neurons only, the default
     monkeypatch.undo()
     gates = {gate.axis: gate for gate in found.gates}
     assert gates["race"].active and gates["race"].template_low > 0
     assert not gates["nationality"].active, "no neuron reads nationality in the planted model: it must be left alone"
-    assert read and not {pair.pair_id for pair in read} & {pair.pair_id for suite in suites for pair in suite.pairs("heldout")}
+    assert read and not {pair.pair_id for pair in read} & {
+        pair.pair_id for suite in suites for pair in suite.pairs("heldout")
+    }
     assert found.chosen_budget is not None and found.guard["checked"] >= len(found.order)
     planted_race = {(n.layer, n.neuron) for n in truth.neurons if "race" in n.axes}
     chosen = found.order_at(found.chosen_budget)
@@ -80,8 +88,24 @@ def test_causal_plan_with_heads_chooses_the_head_that_carries_the_bias_and_zeroe
         assert abs(float(attribution.output_bias_values(loaded, heldout).mean())) < 0.5 * abs(before)
 
     (tmp_path / "store").mkdir()
-    result = cli("prune", "--causal", "--model", loaded.provenance["source"], "--store", tmp_path / "store", "--axis", "race",
-                 "--budgets", "0.01", "--rounds", "1", "--causal-heads", "--out", tmp_path / "pruned", "--json")
+    result = cli(
+        "prune",
+        "--causal",
+        "--model",
+        loaded.provenance["source"],
+        "--store",
+        tmp_path / "store",
+        "--axis",
+        "race",
+        "--budgets",
+        "0.01",
+        "--rounds",
+        "1",
+        "--causal-heads",
+        "--out",
+        tmp_path / "pruned",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert [0, 0] in payload["heads"] and payload["causal"]["heads"] == len(payload["heads"])
@@ -114,8 +138,20 @@ def test_random_selection_draws_heads_per_layer_beside_neurons():
 
 def test_prune_causal_refuses_when_no_axis_has_an_output_bias_and_writes_nothing(cli, llama_folder, tmp_path):
     (tmp_path / "store").mkdir()
-    result = cli("prune", "--causal", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "gender",
-                 "--budgets", "0.05", "--out", tmp_path / "pruned")
+    result = cli(
+        "prune",
+        "--causal",
+        "--model",
+        llama_folder,
+        "--store",
+        tmp_path / "store",
+        "--axis",
+        "gender",
+        "--budgets",
+        "0.05",
+        "--out",
+        tmp_path / "pruned",
+    )
     assert result.exit_code == 2 and "causal selection found nothing to prune" in result.stderr
     assert "Nothing was written" in result.stderr and not (tmp_path / "pruned").exists()
     assert not list((tmp_path / "store").glob("runs/*")), "no prune run is recorded before a selection exists"
@@ -124,8 +160,24 @@ def test_prune_causal_refuses_when_no_axis_has_an_output_bias_and_writes_nothing
 def test_prune_causal_writes_a_model_and_its_record(cli, planted, tmp_path):
     truth, loaded = planted
     (tmp_path / "store").mkdir()
-    result = cli("prune", "--causal", "--model", loaded.provenance["source"], "--store", tmp_path / "store", "--axis", "race",
-                 "--budgets", "0.01,0.02", "--rounds", "1", "--sweep", "--out", tmp_path / "pruned", "--json")
+    result = cli(
+        "prune",
+        "--causal",
+        "--model",
+        loaded.provenance["source"],
+        "--store",
+        tmp_path / "store",
+        "--axis",
+        "race",
+        "--budgets",
+        "0.01,0.02",
+        "--rounds",
+        "1",
+        "--sweep",
+        "--out",
+        tmp_path / "pruned",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["causal"]["chosen_budget"] in (0.01, 0.02) and payload["source_run"] is None
@@ -133,7 +185,9 @@ def test_prune_causal_writes_a_model_and_its_record(cli, planted, tmp_path):
     assert [(row["budget"], row["axis"]) for row in curve] == [(0.01, "race"), (0.02, "race")]
     assert all(row["heldout_abs_bias_after"] < row["heldout_abs_bias_before"] for row in curve)
     assert payload["ranking"].startswith("causal selection: output attribution of race")
-    assert (tmp_path / "pruned" / "config.json").exists() and "causal selection" in (tmp_path / "pruned" / "README.md").read_text()
+    assert (tmp_path / "pruned" / "config.json").exists() and "causal selection" in (
+        tmp_path / "pruned" / "README.md"
+    ).read_text()
 
 
 def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_path):
@@ -143,15 +197,24 @@ def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_pat
     from fairaudit.pipeline.audit import audit
 
     truth, loaded = planted
-    config = {"model": loaded.provenance["source"], "suites": ["race", "nationality"], "store": str(tmp_path / "store"),
-              "probe": {"plugin": "activations", "params": {"progress": False}}, "diagnose_top": 0,
-              "pruning": {"out": str(tmp_path / "pruned"), "causal": {"budgets": [0.01], "rounds": 1, "heldout_curve": True}},
-              "evaluators": [{"plugin": "random_baseline", "params": {"seeds": 3}}]}
+    config = {
+        "model": loaded.provenance["source"],
+        "suites": ["race", "nationality"],
+        "store": str(tmp_path / "store"),
+        "probe": {"plugin": "activations", "params": {"progress": False}},
+        "diagnose_top": 0,
+        "pruning": {"out": str(tmp_path / "pruned"), "causal": {"budgets": [0.01], "rounds": 1, "heldout_curve": True}},
+        "evaluators": [{"plugin": "random_baseline", "params": {"seeds": 3}}],
+    }
     with pytest.raises(ValidationError, match="leave out 'selection'"):  # refused where the config is parsed
         RunConfig.model_validate({**config, "pruning": {**config["pruning"], "selection": {"fraction": 0.01}}})
     result = audit(RunConfig.model_validate(config))
     assert result.pruned["causal"]["chosen_budget"] == 0.01
-    found = {row["metric"]: row["value"] for row in result.measurements if row["evaluator"] == "random_baseline" and row["role"] == "after"}
+    found = {
+        row["metric"]: row["value"]
+        for row in result.measurements
+        if row["evaluator"] == "random_baseline" and row["role"] == "after"
+    }
     assert found["reduction"] > found["random_reduction"], found
     html = result.report.read_text(encoding="utf-8")
     assert "Causal selection" in html and "Budgets, measured on validation templates" in html and '"causal": {' in html
@@ -180,13 +243,40 @@ def test_prune_zeroes_the_heads_with_the_largest_stored_head_score(cli, llama_fo
     from fairaudit.pipeline.audit import audit
     from fairaudit.store import Store
 
-    audit(RunConfig.model_validate({"model": str(llama_folder), "suites": ["race"], "store": str(tmp_path / "store"), "report": False,
-                                    "probe": {"plugin": "activations", "params": {"progress": False}}, "pruning": None, "evaluators": [],
-                                    "scoring": {"scorers": ["bias", "importance", "hybrid", "layer_index", "output_attribution"]}}))
+    audit(
+        RunConfig.model_validate(
+            {
+                "model": str(llama_folder),
+                "suites": ["race"],
+                "store": str(tmp_path / "store"),
+                "report": False,
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "pruning": None,
+                "evaluators": [],
+                "scoring": {"scorers": ["bias", "importance", "hybrid", "layer_index", "output_attribution"]},
+            }
+        )
+    )
     rows = Store(tmp_path / "store").rows("head_scores", axis="race")
     expected = sorted((r["layer"], r["head"]) for r in sorted(rows, key=lambda r: -r["output_bias_reduction"])[:2])
-    result = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--score", "hybrid",
-                 "--fraction", "0.05", "--heads", "2", "--out", tmp_path / "pruned", "--json")
+    result = cli(
+        "prune",
+        "--model",
+        llama_folder,
+        "--store",
+        tmp_path / "store",
+        "--axis",
+        "race",
+        "--score",
+        "hybrid",
+        "--fraction",
+        "0.05",
+        "--heads",
+        "2",
+        "--out",
+        tmp_path / "pruned",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert [tuple(head) for head in json.loads(result.stdout)["heads"]] == expected
     count = head_count(load_model(str(llama_folder)))
@@ -194,24 +284,78 @@ def test_prune_zeroes_the_heads_with_the_largest_stored_head_score(cli, llama_fo
         for layer in range(2):
             o_proj = weights.get_tensor(f"model.layers.{layer}.self_attn.o_proj.weight")
             width = o_proj.shape[1] // count
-            zeroed = {head for head in range(count) if not o_proj[:, head * width:(head + 1) * width].any()}
+            zeroed = {head for head in range(count) if not o_proj[:, head * width : (head + 1) * width].any()}
             assert zeroed == {head for at, head in expected if at == layer}
     assert "Attention heads zeroed by `output_bias_reduction`" in (tmp_path / "pruned" / "README.md").read_text()
-    missing = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--score", "hybrid",
-                  "--fraction", "0.05", "--heads", "1", "--head-score", "nope", "--out", tmp_path / "pruned2")
-    assert missing.exit_code == 2 and "has no head score 'nope'" in missing.stderr and not (tmp_path / "pruned2").exists()
+    missing = cli(
+        "prune",
+        "--model",
+        llama_folder,
+        "--store",
+        tmp_path / "store",
+        "--axis",
+        "race",
+        "--score",
+        "hybrid",
+        "--fraction",
+        "0.05",
+        "--heads",
+        "1",
+        "--head-score",
+        "nope",
+        "--out",
+        tmp_path / "pruned2",
+    )
+    assert (
+        missing.exit_code == 2 and "has no head score 'nope'" in missing.stderr and not (tmp_path / "pruned2").exists()
+    )
 
     from fairaudit.repair.prune import pruned_counts
 
-    removed = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--score", "hybrid",
-                  "--fraction", "0.05", "--heads", "1", "--head-scope", "per_layer", "--remove-heads", "--out", tmp_path / "removed", "--json")
+    removed = cli(
+        "prune",
+        "--model",
+        llama_folder,
+        "--store",
+        tmp_path / "store",
+        "--axis",
+        "race",
+        "--score",
+        "hybrid",
+        "--fraction",
+        "0.05",
+        "--heads",
+        "1",
+        "--head-scope",
+        "per_layer",
+        "--remove-heads",
+        "--out",
+        tmp_path / "removed",
+        "--json",
+    )
     assert removed.exit_code == 0, removed.output
     assert [layer for layer, _ in json.loads(removed.stdout)["heads"]] == [0, 1]
     assert json.loads((tmp_path / "removed" / "config.json").read_text())["num_attention_heads"] == count - 1
     assert pruned_counts(load_model(str(tmp_path / "removed")))[1] == [1, 1]  # what the random baseline draws
     assert "Attention heads removed by `output_bias_reduction`" in (tmp_path / "removed" / "README.md").read_text()
-    uneven = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--score", "hybrid",
-                 "--fraction", "0.05", "--heads", "3", "--remove-heads", "--out", tmp_path / "uneven")
+    uneven = cli(
+        "prune",
+        "--model",
+        llama_folder,
+        "--store",
+        tmp_path / "store",
+        "--axis",
+        "race",
+        "--score",
+        "hybrid",
+        "--fraction",
+        "0.05",
+        "--heads",
+        "3",
+        "--remove-heads",
+        "--out",
+        tmp_path / "uneven",
+    )
     assert uneven.exit_code == 2 and "same number" in uneven.stderr and not (tmp_path / "uneven").exists()
 
 
@@ -225,9 +369,17 @@ def test_the_default_pruning_is_causal_and_an_audit_with_nothing_to_prune_goes_o
 
     assert PruningConfig().causal == CausalParams() and PruningConfig(selection={"fraction": 0.1}).causal is None
     assert PruningConfig(causal=None).causal is None
-    config = RunConfig.model_validate({"model": str(llama_folder), "suites": ["gender"], "store": str(tmp_path / "store"),
-                                       "probe": {"plugin": "activations", "params": {"progress": False}}, "diagnose_top": 0,
-                                       "pruning": {"out": str(tmp_path / "pruned")}, "evaluators": ["output_bias"]})
+    config = RunConfig.model_validate(
+        {
+            "model": str(llama_folder),
+            "suites": ["gender"],
+            "store": str(tmp_path / "store"),
+            "probe": {"plugin": "activations", "params": {"progress": False}},
+            "diagnose_top": 0,
+            "pruning": {"out": str(tmp_path / "pruned")},
+            "evaluators": ["output_bias"],
+        }
+    )
     result = audit(config)
     record = Store(tmp_path / "store").read_run(result.run_id)
     assert record["status"] == "complete" and "prune" not in record and not (tmp_path / "pruned").exists()
@@ -236,10 +388,14 @@ def test_the_default_pruning_is_causal_and_an_audit_with_nothing_to_prune_goes_o
     assert [gate["active"] for gate in record["prune_skipped"]["causal"]["gates"]] == [False]
     assert {row["role"] for row in result.measurements} == {"before"}  # the original model only
     html = result.report.read_text(encoding="utf-8")
-    assert "Nothing was pruned: causal selection found nothing to prune" in html and "axes selected for: gender no" in html
+    assert (
+        "Nothing was pruned: causal selection found nothing to prune" in html and "axes selected for: gender no" in html
+    )
 
 
-def test_imported_sentence_pairs_are_never_selected_on_and_the_random_baseline_evaluates_them(planted, tmp_path, monkeypatch):
+def test_imported_sentence_pairs_are_never_selected_on_and_the_random_baseline_evaluates_them(
+    planted, tmp_path, monkeypatch
+):
     """Held-out discipline for imported data sets: a CrowS-Pairs-like suite's sentence pairs (the
     probe split, by the suite format) are never read by the planner, which leaves that axis alone;
     the random baseline evaluates them beside the held-out templates."""
@@ -248,13 +404,22 @@ def test_imported_sentence_pairs_are_never_selected_on_and_the_random_baseline_e
 
     truth, loaded = planted
     path = tmp_path / "crows.yaml"
-    path.write_text("suite: crows_race\naxis: race-color\nversion: 1\ndescription: imported\nsentence_pairs:\n"
-                    + "".join(f"  - {{id: s{i}, more: 'The Black man was angry {i}.', less: 'The white man was angry {i}.'}}\n"
-                              for i in range(6)), encoding="utf-8")
+    path.write_text(
+        "suite: crows_race\naxis: race-color\nversion: 1\ndescription: imported\nsentence_pairs:\n"
+        + "".join(
+            f"  - {{id: s{i}, more: 'The Black man was angry {i}.', less: 'The white man was angry {i}.'}}\n"
+            for i in range(6)
+        ),
+        encoding="utf-8",
+    )
     imported = load_suite(path)
     read = []
     original = attribution.output_bias_values
-    monkeypatch.setattr(attribution, "output_bias_values", lambda model, pairs, *a, **k: read.extend(pairs) or original(model, pairs, *a, **k))
+    monkeypatch.setattr(
+        attribution,
+        "output_bias_values",
+        lambda model, pairs, *a, **k: read.extend(pairs) or original(model, pairs, *a, **k),
+    )
     corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
     found = plan(loaded, [resolve_suite("race"), imported], CausalParams(budgets=[0.01], rounds=1), corpus)
     monkeypatch.undo()
@@ -265,7 +430,9 @@ def test_imported_sentence_pairs_are_never_selected_on_and_the_random_baseline_e
     import fairaudit.repair.prune as prune_module
 
     evaluator = registry().get("evaluator", "random_baseline")
-    monkeypatch.setattr(prune_module, "pruned_counts", lambda model: ([1] * 4, [0] * 4))  # as if one neuron per layer was pruned
+    monkeypatch.setattr(
+        prune_module, "pruned_counts", lambda model: ([1] * 4, [0] * 4)
+    )  # as if one neuron per layer was pruned
     measured = evaluator.evaluate(loaded, [imported], evaluator.Params(seeds=2), reference=loaded)
     assert {m.metric: m.n for m in measured.measurements}["beats_random_p"] == 6
 
@@ -320,8 +487,27 @@ def test_planning_out_of_gpu_memory_says_how_to_plan_in_the_models_dtype(planted
         plan(half, [resolve_suite("race")], CausalParams(budgets=[0.01]), [1, 2, 3])
     assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
     (tmp_path / "store").mkdir()
-    result = cli("prune", "--causal", "--model", reference.provenance["source"], "--store", tmp_path / "store", "--axis", "race",
-                 "--budgets", "0.01,0.02", "--rounds", "1", "--dtype", "bfloat16", "--plan-in", "model", "--out", tmp_path / "pruned", "--json")
+    result = cli(
+        "prune",
+        "--causal",
+        "--model",
+        reference.provenance["source"],
+        "--store",
+        tmp_path / "store",
+        "--axis",
+        "race",
+        "--budgets",
+        "0.01,0.02",
+        "--rounds",
+        "1",
+        "--dtype",
+        "bfloat16",
+        "--plan-in",
+        "model",
+        "--out",
+        tmp_path / "pruned",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["causal"]["measured_in"] == "bfloat16"
 
@@ -345,7 +531,11 @@ def test_the_random_baseline_takes_unmasked_values_output_bias_computed_on_the_s
     monkeypatch.setattr(prune_module, "pruned_counts", lambda model: ([1] * 4, [0] * 4))
     computed = []
     original = evaluate_module._loglikelihoods
-    monkeypatch.setattr(evaluate_module, "_loglikelihoods", lambda model, requests, *a: computed.extend(requests) or original(model, requests, *a))
+    monkeypatch.setattr(
+        evaluate_module,
+        "_loglikelihoods",
+        lambda model, requests, *a: computed.extend(requests) or original(model, requests, *a),
+    )
     try:
         fresh = {m.metric: m.value for m in baseline.evaluate(twin, suites, params, reference=loaded).measurements}
         unique = len(computed) // 4  # the unpruned, the pruned, two random selections
@@ -357,9 +547,13 @@ def test_the_random_baseline_takes_unmasked_values_output_bias_computed_on_the_s
         # reused and fresh log-likelihoods came from batches of other shapes: equal within float32 rounding of
         # the log-likelihoods summed into each m_p (bit-identical on one CPU, not across CPUs' kernels)
         nats = 1e-6 * max(abs(value) for value in evaluate_module.recall(loaded, LOGLIKELIHOODS).values())
-        tolerance = {k: nats if k.startswith("abs_") else nats / fresh["abs_output_bias_before"] if "reduction" in k else 1e-12
-                     for k in fresh}
-        assert reused.keys() == fresh.keys() and all(math.isclose(reused[k], fresh[k], rel_tol=1e-9, abs_tol=tolerance[k]) for k in fresh), (reused, fresh)
+        tolerance = {
+            k: nats if k.startswith("abs_") else nats / fresh["abs_output_bias_before"] if "reduction" in k else 1e-12
+            for k in fresh
+        }
+        assert reused.keys() == fresh.keys() and all(
+            math.isclose(reused[k], fresh[k], rel_tol=1e-9, abs_tol=tolerance[k]) for k in fresh
+        ), (reused, fresh)
         with torch.no_grad():
             twin.layers[1].mlp.down_proj.weight.data.add_(0.01)  # changed in place, behind autograd's back
         computed.clear()

@@ -9,8 +9,18 @@ from conftest import run_module
 
 from fairaudit.cli import main
 
-COMMANDS = [[], ["suites"], ["suites", "list"], ["suites", "show"], ["suites", "validate"], ["plugins"],
-            ["probe"], ["audit"], ["store"], ["store", "ls"]]
+COMMANDS = [
+    [],
+    ["suites"],
+    ["suites", "list"],
+    ["suites", "show"],
+    ["suites", "validate"],
+    ["plugins"],
+    ["probe"],
+    ["audit"],
+    ["store"],
+    ["store", "ls"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "fairaudit")
@@ -26,8 +36,21 @@ def test_python_dash_m_is_the_same_command():
 
 
 def test_probe_prints_a_summary_per_axis_and_stores_it(cli, llama_folder, tmp_path):
-    result = cli("probe", "--model", llama_folder, "--suite", "race", "--suite", "religion", "--store", tmp_path / "s",
-                 "--position", "last", "--quiet", "--json")
+    result = cli(
+        "probe",
+        "--model",
+        llama_folder,
+        "--suite",
+        "race",
+        "--suite",
+        "religion",
+        "--store",
+        tmp_path / "s",
+        "--position",
+        "last",
+        "--quiet",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert set(payload["axes"]) == {"race", "religion"}
@@ -51,7 +74,9 @@ def test_python_api_is_what_the_cli_calls_and_import_is_cheap():
     from fairaudit.pipeline import audit, evaluation
 
     assert fairaudit.audit is audit.audit and fairaudit.evaluate_models is evaluation.evaluate_models
-    probe = subprocess.run([sys.executable, "-c", "import sys, fairaudit; print('torch' in sys.modules)"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, fairaudit; print('torch' in sys.modules)"], capture_output=True, text=True
+    )
     assert probe.stdout.strip() == "False"
 
 
@@ -80,18 +105,24 @@ def test_a_relative_model_path_names_the_store_the_same_way_in_every_command(cli
 
 def test_audit_says_each_stage_on_stderr_and_quiet_says_nothing(cli, llama_folder, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {llama_folder}\nsuites: [race, gender]\nstore: {tmp_path / 'store'}\nreport: false\n"
-                      f"pruning: {{selection: {{fraction: 0.05}}, out: {tmp_path / 'pruned'}}}\nevaluators: [bias_reprobe]\n")
+    config.write_text(
+        f"model: {llama_folder}\nsuites: [race, gender]\nstore: {tmp_path / 'store'}\nreport: false\n"
+        f"pruning: {{selection: {{fraction: 0.05}}, out: {tmp_path / 'pruned'}}}\nevaluators: [bias_reprobe]\n"
+    )
     loud = cli("audit", config)
     assert loud.exit_code == 0, loud.output
     lines = [line for line in loud.stderr.splitlines() if line.startswith("fairaudit: ")]
     assert lines[0] == f"fairaudit: loading {llama_folder}"
     assert any(line.startswith("fairaudit: probing axis 1 of 2: race (") for line in lines)
     assert any(line.startswith("fairaudit: probing axis 2 of 2: gender (") for line in lines)
-    assert any(line.startswith("fairaudit: writing the pruned model to ") and "MiB in float32" in line for line in lines)
+    assert any(
+        line.startswith("fairaudit: writing the pruned model to ") and "MiB in float32" in line for line in lines
+    )
     # the two models are evaluated side by side: either line may come first
-    assert sorted(line for line in lines if "evaluating" in line) == ["fairaudit: evaluating 1 of 2: bias_reprobe on the original model",
-                                                                       "fairaudit: evaluating 2 of 2: bias_reprobe on the pruned model"]
+    assert sorted(line for line in lines if "evaluating" in line) == [
+        "fairaudit: evaluating 1 of 2: bias_reprobe on the original model",
+        "fairaudit: evaluating 2 of 2: bias_reprobe on the pruned model",
+    ]
     quiet = cli("audit", config, "--store", tmp_path / "store2", "--quiet")
     assert quiet.exit_code == 0 and quiet.stdout == "" and "fairaudit: " not in quiet.stderr
 
@@ -103,10 +134,29 @@ def test_library_bars_and_load_reports_stay_off_the_console(llama_folder, tmp_pa
     import subprocess
     import sys
 
-    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")}
-    completed = subprocess.run([sys.executable, "-m", "fairaudit", "probe", "--model", str(llama_folder), "--suite", "race",
-                                "--store", str(tmp_path / "store")], capture_output=True, text=True, timeout=600,
-                               env={**env, "HF_HUB_OFFLINE": "1"})
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
+    }
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fairaudit",
+            "probe",
+            "--model",
+            str(llama_folder),
+            "--suite",
+            "race",
+            "--store",
+            str(tmp_path / "store"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+    )
     assert completed.returncode == 0, completed.stderr
     assert "fairaudit: loading" in completed.stderr and "Loading weights" not in completed.stderr
 
@@ -115,7 +165,12 @@ def test_help_lists_what_a_user_can_type(cli):
     """--help of prune, probe and evaluate ends with the registered plugins, one line each, and
     the score columns each scorer writes."""
     prune = cli("prune", "--help").output
-    assert "Scorers" in prune and "Pruners" in prune and "output_bias_reduction" in prune and "[columns: p_value, q_value]" in prune
+    assert (
+        "Scorers" in prune
+        and "Pruners" in prune
+        and "output_bias_reduction" in prune
+        and "[columns: p_value, q_value]" in prune
+    )
     evaluate = cli("evaluate", "--help").output
     assert "Evaluators" in evaluate and "random_baseline" in evaluate and "factual-knowledge control" in evaluate
     assert "Probes" in cli("probe", "--help").output
@@ -128,8 +183,10 @@ def test_device_and_dtype_reach_every_command_that_loads_a_model(cli, llama_fold
     import torch
 
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {llama_folder}\nsuites: [race]\nstore: {tmp_path / 'store'}\nreport: false\n"
-                      f"pruning: {{selection: {{fraction: 0.05}}, out: {tmp_path / 'pruned'}}}\nevaluators: [output_bias]\n")
+    config.write_text(
+        f"model: {llama_folder}\nsuites: [race]\nstore: {tmp_path / 'store'}\nreport: false\n"
+        f"pruning: {{selection: {{fraction: 0.05}}, out: {tmp_path / 'pruned'}}}\nevaluators: [output_bias]\n"
+    )
     audited = cli("audit", config, "--dtype", "bfloat16", "--device", "cpu", "--quiet", "--json")
     assert audited.exit_code == 0, audited.output
     run = json.loads(audited.stdout)["run_id"]
@@ -138,21 +195,76 @@ def test_device_and_dtype_reach_every_command_that_loads_a_model(cli, llama_fold
     record = Store(tmp_path / "store").read_run(run)
     assert record["model"]["dtype"] == "bfloat16"
     assert cli("audit", config, "--resume", run, "--dtype", "float32").exit_code == 2
-    refused = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--fraction", "0.05",
-                  "--out", tmp_path / "p32", "--quiet")
+    refused = cli(
+        "prune",
+        "--model",
+        llama_folder,
+        "--store",
+        tmp_path / "store",
+        "--axis",
+        "race",
+        "--fraction",
+        "0.05",
+        "--out",
+        tmp_path / "p32",
+        "--quiet",
+    )
     assert refused.exit_code == 2 and "pass --dtype bfloat16" in refused.output and not (tmp_path / "p32").exists()
-    pruned = cli("prune", "--model", llama_folder, "--store", tmp_path / "store", "--axis", "race", "--fraction", "0.05",
-                 "--out", tmp_path / "p16", "--dtype", "bfloat16", "--save-dtype", "bfloat16", "--quiet")
+    pruned = cli(
+        "prune",
+        "--model",
+        llama_folder,
+        "--store",
+        tmp_path / "store",
+        "--axis",
+        "race",
+        "--fraction",
+        "0.05",
+        "--out",
+        tmp_path / "p16",
+        "--dtype",
+        "bfloat16",
+        "--save-dtype",
+        "bfloat16",
+        "--quiet",
+    )
     assert pruned.exit_code == 0, pruned.output
     from safetensors import safe_open
 
     with safe_open(str(next((tmp_path / "p16").glob("*.safetensors"))), "pt") as weights:
         assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.bfloat16}
-    evaluated = cli("evaluate", "--model", llama_folder, "--compare", tmp_path / "p16", "--suite", "race", "--evaluator", "output_bias",
-                    "--store", tmp_path / "ev", "--dtype", "bfloat16", "--quiet", "--json")
+    evaluated = cli(
+        "evaluate",
+        "--model",
+        llama_folder,
+        "--compare",
+        tmp_path / "p16",
+        "--suite",
+        "race",
+        "--evaluator",
+        "output_bias",
+        "--store",
+        tmp_path / "ev",
+        "--dtype",
+        "bfloat16",
+        "--quiet",
+        "--json",
+    )
     assert evaluated.exit_code == 0, evaluated.output
     record = Store(tmp_path / "ev").read_run(json.loads(evaluated.stdout)["run_id"])
     assert record["model"]["dtype"] == "bfloat16" and record["compare"]["dtype"] == "bfloat16"
-    diagnosed = cli("diagnose", "--model", llama_folder, "--suite", "race", "--top", "1", "--out", tmp_path / "d",
-                    "--dtype", "bfloat16", "--json")
+    diagnosed = cli(
+        "diagnose",
+        "--model",
+        llama_folder,
+        "--suite",
+        "race",
+        "--top",
+        "1",
+        "--out",
+        tmp_path / "d",
+        "--dtype",
+        "bfloat16",
+        "--json",
+    )
     assert diagnosed.exit_code == 0, diagnosed.output

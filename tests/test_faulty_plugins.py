@@ -70,13 +70,24 @@ def faulty():
 
 
 def config(model, root, **overrides) -> RunConfig:
-    return RunConfig.model_validate({"model": str(model), "suites": ["race", "gender"], "store": str(root / "store"),
-                                     "probe": {"plugin": "activations", "params": {"progress": False}},
-                                     "pruning": None, "evaluators": [], "report": False, **overrides})
+    return RunConfig.model_validate(
+        {
+            "model": str(model),
+            "suites": ["race", "gender"],
+            "store": str(root / "store"),
+            "probe": {"plugin": "activations", "params": {"progress": False}},
+            "pruning": None,
+            "evaluators": [],
+            "report": False,
+            **overrides,
+        }
+    )
 
 
 def test_raising_scorer_is_named_and_earlier_axes_are_kept(llama_folder, tmp_path):
-    with pytest.raises(PluginError, match="scorer plugin 'explodes_on_gender' failed on axis 'gender': ZeroDivisionError: bad luck"):
+    with pytest.raises(
+        PluginError, match="scorer plugin 'explodes_on_gender' failed on axis 'gender': ZeroDivisionError: bad luck"
+    ):
         audit(config(llama_folder, tmp_path, scoring={"scorers": ["bias", "explodes_on_gender"]}))
     store = Store(tmp_path / "store")
     record = store.runs()[0]
@@ -93,9 +104,19 @@ def test_scorer_writing_the_wrong_type_is_named(llama_folder, tmp_path):
 
 def test_hanging_evaluator_times_out_and_the_report_names_it(llama_folder, tmp_path):
     started = time.time()
-    result = audit(config(llama_folder, tmp_path, suites=["race"], evaluators=["sleeper", "bias_reprobe"],
-                          evaluator_time_limit=1.0, report=True))
+    result = audit(
+        config(
+            llama_folder,
+            tmp_path,
+            suites=["race"],
+            evaluators=["sleeper", "bias_reprobe"],
+            evaluator_time_limit=1.0,
+            report=True,
+        )
+    )
     assert time.time() - started < 25
-    assert result.evaluation_failures == ["sleeper on before model: TimeoutError: did not finish within its time limit of 1 s (abandoned)"]
+    assert result.evaluation_failures == [
+        "sleeper on before model: TimeoutError: did not finish within its time limit of 1 s (abandoned)"
+    ]
     assert any(row["evaluator"] == "bias_reprobe" and not row["error"] for row in result.measurements)
     assert "sleeper on before model: TimeoutError" in result.report.read_text()

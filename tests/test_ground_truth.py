@@ -16,8 +16,10 @@ from fairaudit.testing import make_planted_model  # noqa: E402
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def figures(request, tmp_path_factory):
-    return {"family": request.param, **ground_truth_figures(tmp_path_factory.mktemp("planted"), seed=0, score="hybrid",
-                                                            family=request.param)}
+    return {
+        "family": request.param,
+        **ground_truth_figures(tmp_path_factory.mktemp("planted"), seed=0, score="hybrid", family=request.param),
+    }
 
 
 def test_planted_neurons_are_recovered(figures):

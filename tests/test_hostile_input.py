@@ -45,16 +45,24 @@ def _weights(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def audited(model_folder, tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
-    result = audit(RunConfig.model_validate({
-        "model": str(model_folder("llama")), "suites": ["race", "gender"], "store": str(root / "store"),
-        "probe": {"plugin": "activations", "params": {"progress": False}},
-        "pruning": {"out": str(root / "pruned"), "selection": {"fraction": 0.05}},
-        "evaluators": ["bias_reprobe", "output_bias"], "report": False,
-    }))
+    result = audit(
+        RunConfig.model_validate(
+            {
+                "model": str(model_folder("llama")),
+                "suites": ["race", "gender"],
+                "store": str(root / "store"),
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "pruning": {"out": str(root / "pruned"), "selection": {"fraction": 0.05}},
+                "evaluators": ["bias_reprobe", "output_bias"],
+                "report": False,
+            }
+        )
+    )
     return root, result
 
 
 # --- code execution -------------------------------------------------------------------------------
+
 
 def test_lm_eval_task_folder_with_function_tags_needs_the_flag(llama_folder, tmp_path):
     tasks = tmp_path / "tasks"
@@ -62,8 +70,10 @@ def test_lm_eval_task_folder_with_function_tags_needs_the_flag(llama_folder, tmp
     (tasks / "evil.yaml").write_text("task: evil\ndataset_path: json\nprocess_docs: !function utils.run\n")
     (tasks / "utils.py").write_text("import os\nos.system('touch pwned')\ndef run(d): return d\n")
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {llama_folder}\nsuites: [race]\npruning: null\n"
-                      f"evaluators: [{{plugin: lm_eval, params: {{tasks: [evil], include_path: {tasks}}}}}]\n")
+    config.write_text(
+        f"model: {llama_folder}\nsuites: [race]\npruning: null\n"
+        f"evaluators: [{{plugin: lm_eval, params: {{tasks: [evil], include_path: {tasks}}}}}]\n"
+    )
     process = run_module("audit", config, "--store", tmp_path / "store", cwd=tmp_path)
     assert process.returncode == 2 and "--allow-task-code" in process.stderr and "Traceback" not in process.stderr
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "store").exists()
@@ -96,10 +106,17 @@ def test_report_never_trusts_markup_read_from_a_store(audited, tmp_path):
     root, result = audited
     store = Store(tmp_path / "store")
     shutil.copytree(root / "store", store.root)
-    hostile = ('<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><script>alert(2)</script>'
-               '<img src=x onerror="alert(3)"><text x="1">ok</text><a href="javascript:alert(4)"><rect/></a></svg>')
-    store.write_part("diagnosis", result.model_id, "race", result.run_id,
-                     pa.Table.from_pylist([{"pair_id": "p", "figure": "divergence_map", "svg": hostile}]))
+    hostile = (
+        '<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><script>alert(2)</script>'
+        '<img src=x onerror="alert(3)"><text x="1">ok</text><a href="javascript:alert(4)"><rect/></a></svg>'
+    )
+    store.write_part(
+        "diagnosis",
+        result.model_id,
+        "race",
+        result.run_id,
+        pa.Table.from_pylist([{"pair_id": "p", "figure": "divergence_map", "svg": hostile}]),
+    )
     html, _ = render_report(report_data(store, result.run_id), tmp_path / "report.html")
     text = html.read_text(encoding="utf-8")
     for marker in ("<script", "onerror", "onload", "javascript:", "<img"):
@@ -123,6 +140,7 @@ def test_shard_maps_cannot_reach_pickles_or_files_outside_the_folder(llama_folde
 
 # --- silent wrong numbers -------------------------------------------------------------------------
 
+
 def test_axes_and_models_that_sanitise_alike_are_refused(tmp_path):
     (tmp_path / "one.yaml").write_text(TWO_GROUPS.format(axis="gender"))
     (tmp_path / "two.yaml").write_text(TWO_GROUPS.format(axis="gender."))
@@ -142,7 +160,9 @@ def test_neuron_marks_come_from_this_runs_own_prune(audited, tmp_path):
     before = report_data(store, result.run_id)["top_neurons"]
     pruned_id = Path(result.pruned["out"]).name
     layers = {row["layer"] for row in store.rows("neuron_maps", model=pruned_id)}
-    other = [{"layer": layer, "pruned_index": 0, "original_index": 0, "zeroed": False} for layer in layers]  # keeps one neuron
+    other = [
+        {"layer": layer, "pruned_index": 0, "original_index": 0, "zeroed": False} for layer in layers
+    ]  # keeps one neuron
     store.write_part("neuron_maps", pruned_id, "race", "20990101T000000-other", pa.Table.from_pylist(other))
     assert report_data(store, result.run_id)["top_neurons"] == before
 
@@ -161,8 +181,17 @@ def test_non_finite_weights_and_activations_are_refused(llama_folder, tmp_path):
         if "layers.0.mlp" in key:
             tensors[key] = tensors[key] * 1e30
     save_file(tensors, _weights(folder), metadata={"format": "pt"})
-    config = RunConfig.model_validate({"model": str(folder), "suites": ["race"], "store": str(tmp_path / "store"), "pruning": None,
-                                       "evaluators": [], "report": False, "probe": {"plugin": "activations", "params": {"progress": False}}})
+    config = RunConfig.model_validate(
+        {
+            "model": str(folder),
+            "suites": ["race"],
+            "store": str(tmp_path / "store"),
+            "pruning": None,
+            "evaluators": [],
+            "report": False,
+            "probe": {"plugin": "activations", "params": {"progress": False}},
+        }
+    )
     with pytest.raises(ModelError, match="activations are not finite"):
         audit(config)
     assert not list((tmp_path / "store").glob("neuron_scores/**/*.parquet"))  # no NaN score was stored
@@ -184,9 +213,11 @@ def test_a_checkpoint_missing_weights_is_refused_unless_asked(llama_folder, tmp_
 def test_degenerate_pairs_are_left_out_with_a_note_and_long_prompts_refused(llama_folder, tmp_path):
     loaded = load_model(str(llama_folder))  # a word-level tokenizer: words it does not know are all <unk>
     path = tmp_path / "s.yaml"
-    path.write_text("suite: s\naxis: a\ngroups:\n  a: {group: Black}\n  b: {group: white}\n  c: {group: Zorblat}\n"
-                    "  d: {group: Quixer}\nreference: a\ntemplates:\n  - {id: t, text: 'The {group} man walked'}\n"
-                    "controls:\n  - ['A zorblat man', 'A quixer man']\n  - ['The man walked', 'The woman walked']\n")
+    path.write_text(
+        "suite: s\naxis: a\ngroups:\n  a: {group: Black}\n  b: {group: white}\n  c: {group: Zorblat}\n"
+        "  d: {group: Quixer}\nreference: a\ntemplates:\n  - {id: t, text: 'The {group} man walked'}\n"
+        "controls:\n  - ['A zorblat man', 'A quixer man']\n  - ['The man walked', 'The woman walked']\n"
+    )
     suite = load_suite(path)
     pairs, controls, notes = screen_pairs(loaded, suite)
     assert [p.pair_id for p in pairs] == ["t:b:a", "t:c:a", "t:d:a"]
@@ -205,23 +236,41 @@ def test_duplicate_yaml_keys_are_refused_with_the_line(tmp_path):
     path.write_text(TWO_GROUPS.format(axis="race") + "templates:\n  - {id: u, text: 'A {group} woman'}\n")
     with pytest.raises(SuiteError, match="line 8: key 'templates' is given twice.*first on line 6"):
         load_suite(path)
-    path.write_text("suite: s\naxis: a\ngroups:\n  a: {group: x}\n  a: {group: y}\n  b: {group: z}\ntemplates: [{id: t, text: '{group}'}]\n")
+    path.write_text(
+        "suite: s\naxis: a\ngroups:\n  a: {group: x}\n  a: {group: y}\n  b: {group: z}\ntemplates: [{id: t, text: '{group}'}]\n"
+    )
     with pytest.raises(SuiteError, match="line 5: key 'a' is given twice"):
         load_suite(path)
 
 
 def test_scores_that_are_not_scores_and_selections_of_nothing_exit_2(audited, llama_folder, tmp_path):
     root, result = audited
-    process = run_module("overlap", root / "store", "--model", result.model_id, "--score", "layer", "--out", tmp_path / "o")
+    process = run_module(
+        "overlap", root / "store", "--model", result.model_id, "--score", "layer", "--out", tmp_path / "o"
+    )
     assert process.returncode == 2 and "'layer' is not a per-neuron score" in process.stderr
     process = run_module("overlap", root / "store", "--model", result.model_id, "--top", "nan", "--out", tmp_path / "o")
     assert process.returncode == 2 and "Traceback" not in process.stderr
-    process = run_module("prune", "--model", llama_folder, "--store", root / "store", "--axis", "race", "--fraction", "0.001",
-                         "--run", result.run_id, "--out", tmp_path / "p")
+    process = run_module(
+        "prune",
+        "--model",
+        llama_folder,
+        "--store",
+        root / "store",
+        "--axis",
+        "race",
+        "--fraction",
+        "0.001",
+        "--run",
+        result.run_id,
+        "--out",
+        tmp_path / "p",
+    )
     assert process.returncode == 2 and "prunes no neuron" in process.stderr and not (tmp_path / "p").exists()
 
 
 # --- data loss --------------------------------------------------------------------------------------
+
 
 def test_report_does_not_replace_a_json_file_it_was_not_named(audited, tmp_path, cli):
     root, result = audited
@@ -231,7 +280,9 @@ def test_report_does_not_replace_a_json_file_it_was_not_named(audited, tmp_path,
     assert process.returncode == 2 and "x.json exists and is not the JSON twin" in process.stderr
     assert foreign.read_text() == '{"mine": true}' and not (tmp_path / "x.html").exists()
     assert cli("report", root / "store", "--run", result.run_id, "--out", tmp_path / "y.html").exit_code == 0
-    assert cli("report", root / "store", "--run", result.run_id, "--out", tmp_path / "y.html").exit_code == 0  # its own twin
+    assert (
+        cli("report", root / "store", "--run", result.run_id, "--out", tmp_path / "y.html").exit_code == 0
+    )  # its own twin
     assert cli("report", root / "store", "--run", result.run_id, "--out", tmp_path / "x.html", "--force").exit_code == 0
 
 
@@ -270,7 +321,13 @@ def test_a_failed_prune_leaves_no_model_and_a_failed_record(audited, llama_folde
 
     monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", full_disk)
     with pytest.raises(StoreError, match="No space left on device"):
-        prune_model(str(llama_folder), store.root, PruningConfig(selection=SelectionParams(axes=["race"], fraction=0.05)), tmp_path / "out", run_id=result.run_id)
+        prune_model(
+            str(llama_folder),
+            store.root,
+            PruningConfig(selection=SelectionParams(axes=["race"], fraction=0.05)),
+            tmp_path / "out",
+            run_id=result.run_id,
+        )
     assert not (tmp_path / "out").exists() and not stale.exists()
     prunes = [r for r in store.runs() if r.get("kind") == "prune" and r.get("source_run") == result.run_id]
     assert [r["status"] for r in prunes if r["run_id"] != result.pruned.get("run_id")] == ["failed"]
@@ -278,10 +335,15 @@ def test_a_failed_prune_leaves_no_model_and_a_failed_record(audited, llama_folde
 
 # --- hangs and memory ---------------------------------------------------------------------------------
 
+
 def test_small_files_that_expand_without_bound_are_refused_fast(tmp_path):
     bomb = tmp_path / "bomb.yaml"
-    bomb.write_text("suite: s\naxis: a\ngroups:\n" + "".join(f"  g{i}: {{group: w{i}}}\n" for i in range(2000))
-                    + "templates:\n" + "".join(f"  - {{id: t{i}, text: 'The {{group}} person'}}\n" for i in range(50)))
+    bomb.write_text(
+        "suite: s\naxis: a\ngroups:\n"
+        + "".join(f"  g{i}: {{group: w{i}}}\n" for i in range(2000))
+        + "templates:\n"
+        + "".join(f"  - {{id: t{i}, text: 'The {{group}} person'}}\n" for i in range(50))
+    )
     started = time.time()
     with pytest.raises(SuiteError, match="expands to 99,950,000 pairs.*limit is 20,000"):
         load_suite(bomb)
@@ -300,8 +362,11 @@ def test_small_files_that_expand_without_bound_are_refused_fast(tmp_path):
 
 
 def test_a_large_legitimate_suite_is_not_taken_for_a_billion_laughs(tmp_path):
-    rows = "".join(f"  - {{id: p{i}, more: 'The first sentence number {i} is here', less: 'The second sentence number {i} is here', "
-                   f"label: stereo, group_more: a, group_less: b}}\n" for i in range(19_000))
+    rows = "".join(
+        f"  - {{id: p{i}, more: 'The first sentence number {i} is here', less: 'The second sentence number {i} is here', "
+        f"label: stereo, group_more: a, group_less: b}}\n"
+        for i in range(19_000)
+    )
     path = tmp_path / "big.yaml"
     path.write_text(f"suite: big\naxis: big\ndescription: '{'x' * 1_500_000}'\nsentence_pairs:\n{rows}")
     assert 3_000_000 < path.stat().st_size < 5_000_000
@@ -310,20 +375,34 @@ def test_a_large_legitimate_suite_is_not_taken_for_a_billion_laughs(tmp_path):
 
 # --- tracebacks and clear messages ----------------------------------------------------------------------
 
+
 def test_a_corrupt_part_names_the_file_and_other_runs_stay_readable(audited, tmp_path, cli):
     root, result = audited
     store = Store(tmp_path / "store")
     shutil.copytree(root / "store", store.root)
-    other = audit(RunConfig.model_validate({**store.read_run(result.run_id)["config"], "store": str(store.root), "pruning": None,
-                                            "evaluators": [], "report": False}))
+    other = audit(
+        RunConfig.model_validate(
+            {
+                **store.read_run(result.run_id)["config"],
+                "store": str(store.root),
+                "pruning": None,
+                "evaluators": [],
+                "report": False,
+            }
+        )
+    )
     part = next(store.root.glob(f"neuron_scores/*/axis=race/run_id={other.run_id}/*.parquet"))
     part.write_bytes(part.read_bytes()[:40])
     (store.root / "neuron_scores" / "stray.txt").write_text("notes")
     (store.root / "neuron_scores" / "model=x" / "axis=y" / "run_id=z").mkdir(parents=True)
     (store.root / "neuron_scores" / "model=x" / "axis=y" / "run_id=z" / "part-0.parquet").write_bytes(b"stray")
-    process = run_module("overlap", store.root, "--model", result.model_id, "--run", other.run_id, "--out", tmp_path / "o")
+    process = run_module(
+        "overlap", store.root, "--model", result.model_id, "--run", other.run_id, "--out", tmp_path / "o"
+    )
     assert process.returncode == 2 and str(part) in process.stderr and "Traceback" not in process.stderr
-    process = run_module("overlap", store.root, "--model", result.model_id, "--run", result.run_id, "--out", tmp_path / "o")
+    process = run_module(
+        "overlap", store.root, "--model", result.model_id, "--run", result.run_id, "--out", tmp_path / "o"
+    )
     assert process.returncode == 0, process.stderr  # the untouched run is readable
     with pytest.raises(StoreError, match=str(part)):
         store.read("neuron_scores", run_id=other.run_id)
@@ -334,9 +413,20 @@ def test_a_corrupt_part_names_the_file_and_other_runs_stay_readable(audited, tmp
     assert cli("store", "ls", store.root).exit_code == 0
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(damage=st.lists(st.tuples(st.sampled_from(["truncate", "replace", "stray", "garbage_record"]), st.integers(0, 10_000),
-                                 st.binary(max_size=64)), min_size=1, max_size=3))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    damage=st.lists(
+        st.tuples(
+            st.sampled_from(["truncate", "replace", "stray", "garbage_record"]),
+            st.integers(0, 10_000),
+            st.binary(max_size=64),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_generated_store_damage_never_gives_a_traceback(audited, tmp_path_factory, damage):
     root, result = audited
     store = Store(tmp_path_factory.mktemp("damage") / "store")
@@ -353,8 +443,11 @@ def test_generated_store_damage_never_gives_a_traceback(audited, tmp_path_factor
         else:
             (store.root / "runs" / f"run_id=x{index}").mkdir(parents=True, exist_ok=True)
             (store.root / "runs" / f"run_id=x{index}" / "run.json").write_bytes(data)
-    for call in (lambda: report_data(store, result.run_id), lambda: store.runs(),
-                 lambda: [store.rows(table, run_id=result.run_id) for table in ("neuron_scores", "evaluations", "neuron_maps")]):
+    for call in (
+        lambda: report_data(store, result.run_id),
+        lambda: store.runs(),
+        lambda: [store.rows(table, run_id=result.run_id) for table in ("neuron_scores", "evaluations", "neuron_maps")],
+    ):
         try:
             call()
         except FairauditError as exc:
@@ -365,9 +458,14 @@ def test_generated_store_damage_never_gives_a_traceback(audited, tmp_path_factor
 @given(groups=st.integers(2, 3000), templates=st.integers(1, 200), reference=st.booleans())
 def test_generated_suite_sizes_are_bounded_before_any_expansion(tmp_path_factory, groups, templates, reference):
     path = tmp_path_factory.mktemp("size") / "s.yaml"
-    path.write_text("suite: s\naxis: a\n" + ("reference: g0\n" if reference else "") + "groups:\n"
-                    + "".join(f"  g{i}: {{group: w{i}}}\n" for i in range(groups))
-                    + "templates:\n" + "".join(f"  - {{id: t{i}, text: 'The {{group}} person {i}'}}\n" for i in range(templates)))
+    path.write_text(
+        "suite: s\naxis: a\n"
+        + ("reference: g0\n" if reference else "")
+        + "groups:\n"
+        + "".join(f"  g{i}: {{group: w{i}}}\n" for i in range(groups))
+        + "templates:\n"
+        + "".join(f"  - {{id: t{i}, text: 'The {{group}} person {i}'}}\n" for i in range(templates))
+    )
     pairs = (groups - 1 if reference else groups * (groups - 1) // 2) * templates
     started = time.time()
     try:
@@ -381,10 +479,24 @@ def test_generated_suite_sizes_are_bounded_before_any_expansion(tmp_path_factory
 
 def test_diagnose_figures_of_pairs_whose_names_sanitise_alike_do_not_overwrite_each_other(llama_folder, tmp_path, cli):
     suite = tmp_path / "s.yaml"
-    suite.write_text("suite: s\naxis: a\ngroups:\n  'x y': {group: Black}\n  'x-y': {group: white}\n  z: {group: Asian}\n"
-                     "reference: z\ntemplates:\n  - {id: t, text: 'The {group} man walked'}\n")
-    result = cli("diagnose", "--model", llama_folder, "--suite", suite, "--pair", "t:x y:z", "--pair", "t:x-y:z",
-                 "--out", tmp_path / "figures", "--json")
+    suite.write_text(
+        "suite: s\naxis: a\ngroups:\n  'x y': {group: Black}\n  'x-y': {group: white}\n  z: {group: Asian}\n"
+        "reference: z\ntemplates:\n  - {id: t, text: 'The {group} man walked'}\n"
+    )
+    result = cli(
+        "diagnose",
+        "--model",
+        llama_folder,
+        "--suite",
+        suite,
+        "--pair",
+        "t:x y:z",
+        "--pair",
+        "t:x-y:z",
+        "--out",
+        tmp_path / "figures",
+        "--json",
+    )
     files = json.loads(result.output)["files"]
     assert len(files) == len(set(files)) and all(Path(f).exists() for f in files)
     assert len({Path(f).read_text() for f in files}) == len(files)  # two pairs' figures, none overwritten
@@ -393,10 +505,27 @@ def test_diagnose_figures_of_pairs_whose_names_sanitise_alike_do_not_overwrite_e
 def test_clear_messages_for_the_rough_cases(audited, llama_folder, tmp_path):
     root, result = audited
     (tmp_path / "file").write_text("x")
-    process = run_module("prune", "--model", llama_folder, "--store", root / "store", "--axis", "race", "--fraction", "0.05",
-                         "--out", tmp_path / "file")
-    assert process.returncode == 2 and "is not an empty folder" in process.stderr and (tmp_path / "file").read_text() == "x"
-    process = run_module("probe", "--model", llama_folder, "--suite", "race", "--batch-size", "0", "--store", tmp_path / "s")
+    process = run_module(
+        "prune",
+        "--model",
+        llama_folder,
+        "--store",
+        root / "store",
+        "--axis",
+        "race",
+        "--fraction",
+        "0.05",
+        "--out",
+        tmp_path / "file",
+    )
+    assert (
+        process.returncode == 2
+        and "is not an empty folder" in process.stderr
+        and (tmp_path / "file").read_text() == "x"
+    )
+    process = run_module(
+        "probe", "--model", llama_folder, "--suite", "race", "--batch-size", "0", "--store", tmp_path / "s"
+    )
     assert process.returncode == 2 and "--batch-size" in process.stderr and "run config" not in process.stderr
     process = run_module("audit", "--store", root / "store", "--resume", result.run_id)
     assert process.returncode == 2 and "nothing to resume" in process.stderr
@@ -413,7 +542,9 @@ def test_clear_messages_for_the_rough_cases(audited, llama_folder, tmp_path):
 
 def test_json_output_is_strict_json(audited, tmp_path):
     root, _ = audited
-    (tmp_path / "policy.yaml").write_text("policy: p\nrules:\n  - {id: crows, metric: pct_stereotype, between: [0.45, 0.55]}\n")
+    (tmp_path / "policy.yaml").write_text(
+        "policy: p\nrules:\n  - {id: crows, metric: pct_stereotype, between: [0.45, 0.55]}\n"
+    )
     process = run_module("check", root / "store", "--policy", tmp_path / "policy.yaml", "--json")
     assert process.returncode == 3 and "NaN" not in process.stdout
     payload = json.loads(process.stdout, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))

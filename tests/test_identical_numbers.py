@@ -19,7 +19,13 @@ import sys
 from pathlib import Path
 
 REFERENCE = Path(__file__).parent / "data" / "small_audit_numbers.json"
-EVALUATORS = ["bias_reprobe", "output_bias", {"plugin": "perplexity", "params": {"max_length": 64, "stride": 48}}, "facts", "fidelity"]
+EVALUATORS = [
+    "bias_reprobe",
+    "output_bias",
+    {"plugin": "perplexity", "params": {"max_length": 64, "stride": 48}},
+    "facts",
+    "fidelity",
+]
 
 
 def small_audit_numbers(folder: Path) -> dict[str, dict[str, float]]:
@@ -29,11 +35,19 @@ def small_audit_numbers(folder: Path) -> dict[str, dict[str, float]]:
     from fairaudit.testing import make_model
 
     model = make_model("llama", folder / "model", layers=2, hidden=32, intermediate=64)
-    result = audit(RunConfig.model_validate({
-        "model": str(model), "suites": ["race", "gender"], "store": str(folder / "store"), "report": False,
-        "probe": {"plugin": "activations", "params": {"progress": False}},
-        "pruning": {"out": str(folder / "pruned"), "selection": {"fraction": 0.1}},
-        "evaluators": EVALUATORS}))
+    result = audit(
+        RunConfig.model_validate(
+            {
+                "model": str(model),
+                "suites": ["race", "gender"],
+                "store": str(folder / "store"),
+                "report": False,
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "pruning": {"out": str(folder / "pruned"), "selection": {"fraction": 0.1}},
+                "evaluators": EVALUATORS,
+            }
+        )
+    )
     assert result.evaluation_failures == []
     from fairaudit.inputs.model import load_model
     from fairaudit.inputs.suite import resolve_suite
@@ -41,15 +55,26 @@ def small_audit_numbers(folder: Path) -> dict[str, dict[str, float]]:
     from fairaudit.measurement.metrics import output_bias_terms
 
     loaded = load_model(str(model))
-    requests = [(context, continuation) for axis in ("race", "gender") for pair in resolve_suite(axis).pairs(None)
-                for context, continuation, _ in output_bias_terms(pair)]
+    requests = [
+        (context, continuation)
+        for axis in ("race", "gender")
+        for pair in resolve_suite(axis).pairs(None)
+        for context, continuation, _ in output_bias_terms(pair)
+    ]
     nats = max(abs(value) for value in loglikelihoods(loaded, requests))  # the largest log-likelihood summed into a gap
-    measurements = {f"{row['evaluator']}|{row['role']}|{row['axis_or_task']}|{row['metric']}": row["value"]
-                    for row in result.measurements}
-    comparisons = {f"{row['evaluator']}|{row['axis_or_task']}|{row['metric']}|{key}": row[key]
-                   for row in result.comparisons for key in ("before", "after", "change", "change_low", "change_high")}
-    scales = {f"{row['evaluator']}|{row['axis_or_task']}|{row['metric']}": max(abs(row["before"]), abs(row["after"]))
-              for row in result.comparisons}
+    measurements = {
+        f"{row['evaluator']}|{row['role']}|{row['axis_or_task']}|{row['metric']}": row["value"]
+        for row in result.measurements
+    }
+    comparisons = {
+        f"{row['evaluator']}|{row['axis_or_task']}|{row['metric']}|{key}": row[key]
+        for row in result.comparisons
+        for key in ("before", "after", "change", "change_low", "change_high")
+    }
+    scales = {
+        f"{row['evaluator']}|{row['axis_or_task']}|{row['metric']}": max(abs(row["before"]), abs(row["after"]))
+        for row in result.comparisons
+    }
     return {"measurements": measurements, "comparisons": comparisons, "scales": scales, "nats": nats}
 
 
@@ -80,7 +105,10 @@ if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
     import tempfile
 
     numbers = small_audit_numbers(Path(tempfile.mkdtemp(prefix="fairaudit-reference-")))
-    clean = {table: {key: (None if value is None or math.isnan(value) else value) for key, value in rows.items()}
-             for table, rows in numbers.items() if table != "nats"}
+    clean = {
+        table: {key: (None if value is None or math.isnan(value) else value) for key, value in rows.items()}
+        for table, rows in numbers.items()
+        if table != "nats"
+    }
     REFERENCE.write_text(json.dumps(clean, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {REFERENCE}: {sum(len(rows) for rows in clean.values())} numbers")

@@ -19,9 +19,11 @@ SUITES = "[race, gender, religion, nationality]"
 
 
 def config_text(model: Path, root: Path) -> str:
-    return (f"model: {model}\nsuites: {SUITES}\nstore: {root / 'store'}\n"
-            f"pruning: {{out: {root / 'pruned'}, selection: {{fraction: 0.05}}}}\n"
-            "evaluators: [bias_reprobe, {plugin: perplexity, params: {max_length: 64}}]\n")
+    return (
+        f"model: {model}\nsuites: {SUITES}\nstore: {root / 'store'}\n"
+        f"pruning: {{out: {root / 'pruned'}, selection: {{fraction: 0.05}}}}\n"
+        "evaluators: [bias_reprobe, {plugin: perplexity, params: {max_length: 64}}]\n"
+    )
 
 
 def assert_nothing_partial(root: Path) -> None:
@@ -40,7 +42,9 @@ def reference(model_folder, tmp_path_factory):
     root = tmp_path_factory.mktemp("uninterrupted")
     config = root / "run.yaml"
     config.write_text(config_text(model_folder("llama"), root))
-    done = subprocess.run([sys.executable, "-m", "fairaudit", "audit", str(config), "--json"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "fairaudit", "audit", str(config), "--json"], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -59,7 +63,9 @@ def test_killed_at_ten_points_then_resumed(model_folder, tmp_path, reference):
     delays = [rng.uniform(2.0, 9.0) for _ in range(10)]  # startup, probing of four axes, pruning, evaluation
     model = model_folder("llama")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for finished in [pool.submit(kill_then_resume, attempt, delays[attempt], model, tmp_path, reference) for attempt in range(10)]:
+        for finished in [
+            pool.submit(kill_then_resume, attempt, delays[attempt], model, tmp_path, reference) for attempt in range(10)
+        ]:
             finished.result()  # re-raises an attempt's assertion
 
 
@@ -69,8 +75,12 @@ def kill_then_resume(attempt: int, delay: float, model: Path, tmp_path: Path, re
     config = root / "run.yaml"
     config.write_text(config_text(model, root))
     how = signal.SIGINT if attempt % 2 == 0 else signal.SIGKILL
-    process = subprocess.Popen([sys.executable, "-m", "fairaudit", "audit", str(config), "--quiet"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fairaudit", "audit", str(config), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(delay)
     process.send_signal(how)
     _, stderr = process.communicate(timeout=120)
@@ -84,13 +94,24 @@ def kill_then_resume(attempt: int, delay: float, model: Path, tmp_path: Path, re
     if how == signal.SIGINT and audits[0]["status"] == "interrupted":  # the message names the real run to resume
         assert f"--resume {run_id}" in stderr and "RUN_ID" not in stderr
     if audits[0]["status"] == "complete":  # killed after it finished: a resume is refused and changes nothing
-        refused = subprocess.run([sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store")],
-                                 capture_output=True, text=True, timeout=120)
+        refused = subprocess.run(
+            [sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert refused.returncode == 2 and "nothing to resume" in refused.stderr
-        assert json.loads(next((root / "store").glob(f"runs/run_id={run_id}/run.json")).read_text())["status"] == "complete"
+        assert (
+            json.loads(next((root / "store").glob(f"runs/run_id={run_id}/run.json")).read_text())["status"]
+            == "complete"
+        )
         return
-    resumed = subprocess.run([sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store"), "--json"],
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(root / "store"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, (attempt, how, resumed.stderr)
     assert comparable(json.loads(resumed.stdout)) == comparable(reference), (attempt, how)
     assert_nothing_partial(root)

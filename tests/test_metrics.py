@@ -14,17 +14,24 @@ from fairaudit.measurement.probe import ComponentStats
 def component_from(pair_diffs: torch.Tensor, control_diffs: torch.Tensor, activations: torch.Tensor) -> ComponentStats:
     """ComponentStats as the probe would accumulate them from per-pair differences [P, 1, U]."""
     return ComponentStats(
-        abs_diff_sum=pair_diffs.abs().sum(0), abs_diff_sq_sum=pair_diffs.square().sum(0), diff_sum=pair_diffs.sum(0),
-        activation_sum=activations.sum(0), activation_sq_sum=activations.square().sum(0),
-        control_abs_diff_sum=control_diffs.abs().sum(0), control_abs_diff_sq_sum=control_diffs.square().sum(0),
-        pair_divergence=pair_diffs.abs().mean(2).float(), control_divergence=control_diffs.abs().mean(2).float(),
+        abs_diff_sum=pair_diffs.abs().sum(0),
+        abs_diff_sq_sum=pair_diffs.square().sum(0),
+        diff_sum=pair_diffs.sum(0),
+        activation_sum=activations.sum(0),
+        activation_sq_sum=activations.square().sum(0),
+        control_abs_diff_sum=control_diffs.abs().sum(0),
+        control_abs_diff_sq_sum=control_diffs.square().sum(0),
+        pair_divergence=pair_diffs.abs().mean(2).float(),
+        control_divergence=control_diffs.abs().mean(2).float(),
     )
 
 
 @pytest.fixture
 def small():
     generator = torch.Generator().manual_seed(3)
-    pairs = torch.randn(12, 1, 5, generator=generator, dtype=torch.float64) + torch.tensor([0, 0, 1.5, -2.0, 0], dtype=torch.float64)
+    pairs = torch.randn(12, 1, 5, generator=generator, dtype=torch.float64) + torch.tensor(
+        [0, 0, 1.5, -2.0, 0], dtype=torch.float64
+    )
     controls = torch.randn(6, 1, 5, generator=generator, dtype=torch.float64) * 0.3
     activations = torch.randn(24, 1, 5, generator=generator, dtype=torch.float64)
     return pairs, controls, activations, component_from(pairs, controls, activations)
@@ -35,7 +42,9 @@ def test_bias_signed_spread_scaled_floor(small):
     assert torch.allclose(metrics.bias(component, 12), pairs.abs().mean(0))
     assert torch.allclose(metrics.signed_bias(component, 12), pairs.mean(0))
     assert torch.allclose(metrics.activation_spread(component, 24), activations.std(0, unbiased=False))
-    assert torch.allclose(metrics.scaled_bias(component, 12), pairs.abs().mean(0) / (activations.std(0, unbiased=False) + 1e-8))
+    assert torch.allclose(
+        metrics.scaled_bias(component, 12), pairs.abs().mean(0) / (activations.std(0, unbiased=False) + 1e-8)
+    )
     assert torch.allclose(metrics.noise_floor(component, 6), controls.abs().mean(0))
 
 
@@ -43,8 +52,9 @@ def test_p_values_equal_scipy_welch_one_sided(small):
     pairs, controls, _, component = small
     p = metrics.p_values(component, 12, 6)
     for unit in range(5):
-        expected = scipy_stats.ttest_ind(pairs[:, 0, unit].abs().numpy(), controls[:, 0, unit].abs().numpy(),
-                                         equal_var=False, alternative="greater").pvalue
+        expected = scipy_stats.ttest_ind(
+            pairs[:, 0, unit].abs().numpy(), controls[:, 0, unit].abs().numpy(), equal_var=False, alternative="greater"
+        ).pvalue
         assert float(p[0, unit]) == pytest.approx(expected, rel=1e-6)
     assert float(p[0, 3]) < 0.001 and float(p[0, 2]) < 0.01, "the shifted units are significant"
     assert torch.isnan(metrics.p_values(component, 12, 1)).all(), "one control is too few for a test"
@@ -85,7 +95,11 @@ def test_hybrid_equals_optipfair_fairness_pruning_scores(model_folder):
 
     loaded = load_model(str(model_folder("llama")))
     generator = torch.Generator().manual_seed(0)
-    bias_scores = {f"{kind}_layer_{layer}": torch.rand(64, generator=generator) for layer in range(2) for kind in ("gate_proj", "up_proj")}
+    bias_scores = {
+        f"{kind}_layer_{layer}": torch.rand(64, generator=generator)
+        for layer in range(2)
+        for kind in ("gate_proj", "up_proj")
+    }
     expected = activations.compute_fairness_pruning_scores(loaded.model, bias_scores, bias_weight=0.8)
     for layer in range(2):
         bias_mean = (bias_scores[f"gate_proj_layer_{layer}"] + bias_scores[f"up_proj_layer_{layer}"]) / 2

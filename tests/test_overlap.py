@@ -38,7 +38,9 @@ def test_planted_shared_neurons_are_reported_as_shared(tmp_path):
     rows = {(r["axis_a"], r["axis_b"]): r for r in result.pairs.to_pylist()}
     assert rows[("gender", "race")]["overlap"] >= 10 and rows[("gender", "race")]["p_value"] < 1e-6
     assert rows[("race", "religion")]["p_value"] > 0.001 and rows[("gender", "religion")]["p_value"] > 0.001
-    shared = {(r["layer"], r["neuron"]) for r in result.shared.to_pylist() if "race" in r["axes"] and "gender" in r["axes"]}
+    shared = {
+        (r["layer"], r["neuron"]) for r in result.shared.to_pylist() if "race" in r["axes"] and "gender" in r["axes"]
+    }
     assert set(planted_shared) <= shared
     per_layer = [r for r in result.per_layer.to_pylist() if (r["axis_a"], r["axis_b"]) == ("gender", "race")]
     assert sum(r["overlap"] for r in per_layer) == rows[("gender", "race")]["overlap"]
@@ -92,12 +94,19 @@ def test_cross_model_identity_and_depth_profiles(tmp_path):
 
 def test_overlap_command_on_a_probed_model(cli, llama_folder, tmp_path):
     store = tmp_path / "store"
-    assert cli("probe", "--model", llama_folder, "--suite", "race", "--suite", "gender", "--store", store, "--quiet").exit_code == 0
+    assert (
+        cli(
+            "probe", "--model", llama_folder, "--suite", "race", "--suite", "gender", "--store", store, "--quiet"
+        ).exit_code
+        == 0
+    )
     result = cli("overlap", store, "--model", llama_folder.name, "--top", "0.1", "--out", tmp_path / "ov")
     assert result.exit_code == 0, result.output
     assert "gender" in result.output and "p (hypergeom.)" in result.output
     assert (tmp_path / "ov" / f"{llama_folder.name}.axis_pairs.csv").exists()
-    payload = json.loads(cli("overlap", store, "--model", llama_folder.name, "--json", "--out", tmp_path / "ov2").stdout)
+    payload = json.loads(
+        cli("overlap", store, "--model", llama_folder.name, "--json", "--out", tmp_path / "ov2").stdout
+    )
     assert payload[f"{llama_folder.name}.axis_pairs"][0]["k_a"] == round(0.01 * 2 * 64)
     missing = cli("overlap", store, "--model", "nope", "--out", tmp_path / "ov3")
     assert missing.exit_code == 2 and "no complete run of model 'nope'" in missing.stderr
@@ -108,11 +117,24 @@ def test_pruned_model_maps_back_to_its_base_through_the_neuron_map(cli, model_fo
     the stored neuron map, so the unpruned neurons line up with their originals."""
     base = model_folder("llama", layers=2, hidden=32, intermediate=128)
     store = tmp_path / "store"
-    assert cli("probe", "--model", base, "--suite", "race", "--suite", "gender", "--store", store, "--quiet").exit_code == 0
+    assert (
+        cli("probe", "--model", base, "--suite", "race", "--suite", "gender", "--store", store, "--quiet").exit_code
+        == 0
+    )
     pruned = tmp_path / "pruned"
-    assert cli("prune", "--model", base, "--store", store, "--axis", "race", "--fraction", "0.05", "--out", pruned).exit_code == 0
-    assert cli("probe", "--model", pruned, "--suite", "race", "--suite", "gender", "--store", store, "--quiet").exit_code == 0
-    result = cli("overlap", store, "--model", base.name, "--model", "pruned", "--top", "20", "--out", tmp_path / "ov", "--json")
+    assert (
+        cli(
+            "prune", "--model", base, "--store", store, "--axis", "race", "--fraction", "0.05", "--out", pruned
+        ).exit_code
+        == 0
+    )
+    assert (
+        cli("probe", "--model", pruned, "--suite", "race", "--suite", "gender", "--store", store, "--quiet").exit_code
+        == 0
+    )
+    result = cli(
+        "overlap", store, "--model", base.name, "--model", "pruned", "--top", "20", "--out", tmp_path / "ov", "--json"
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["models"]
     race = next(row for row in rows if row["axis"] == "race")

@@ -49,8 +49,17 @@ def make_third_party_package(root: Path) -> Path:
 
 def test_builtins_are_registered_through_the_entry_point_group():
     entries = {(e.kind, e.name): e for e in registry().entries()}
-    for key in [("adapter", "glu"), ("adapter", "gpt2"), ("adapter", "bert"), ("adapter", "opt"), ("adapter", "fused_glu"),
-                ("probe", "activations"), ("scorer", "bias"), ("scorer", "hybrid"), ("scorer", "layer_index")]:
+    for key in [
+        ("adapter", "glu"),
+        ("adapter", "gpt2"),
+        ("adapter", "bert"),
+        ("adapter", "opt"),
+        ("adapter", "fused_glu"),
+        ("probe", "activations"),
+        ("scorer", "bias"),
+        ("scorer", "hybrid"),
+        ("scorer", "layer_index"),
+    ]:
         assert key in entries
         assert entries[key].distribution == "fairaudit"
         assert entries[key].plugin.startswith("fairaudit:")
@@ -70,9 +79,11 @@ def test_third_party_plugin_is_listed_and_used_by_name(tmp_path: Path, llama_fol
     assert (entry["kind"], entry["distribution"], entry["version"]) == ("scorer", "fairaudit-peak", "0.3.1")
 
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {llama_folder}\nsuites: [race]\nstore: {tmp_path / 'store'}\n"
-                      "scoring: {scorers: [bias, {plugin: peak_signed, params: {scale: 2.0}}, layer_index]}\n"
-                      "pruning: null\nevaluators: []\nreport: false\n")
+    config.write_text(
+        f"model: {llama_folder}\nsuites: [race]\nstore: {tmp_path / 'store'}\n"
+        "scoring: {scorers: [bias, {plugin: peak_signed, params: {scale: 2.0}}, layer_index]}\n"
+        "pruning: null\nevaluators: []\nreport: false\n"
+    )
     completed = run_module("audit", config, "--quiet", env=env)
     assert completed.returncode == 0, completed.stderr
     import pyarrow.dataset as ds
@@ -111,9 +122,11 @@ def test_listing_plugins_imports_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom click.testing import CliRunner\nfrom fairaudit.cli import main\n"
-            "result = CliRunner().invoke(main, ['plugins'])\nassert result.exit_code == 0 and 'output_attribution' in result.output\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'scipy', 'pyarrow', 'numpy') if m in sys.modules))")
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom fairaudit.cli import main\n"
+        "result = CliRunner().invoke(main, ['plugins'])\nassert result.exit_code == 0 and 'output_attribution' in result.output\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'scipy', 'pyarrow', 'numpy') if m in sys.modules))"
+    )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"

@@ -29,14 +29,40 @@ def _policy(*rules: dict, min_items: int = 10) -> Policy:
     return Policy.model_validate({"policy": "test", "min_items": min_items, "rules": list(rules)})
 
 
-def _fake_run(store: Store, run_id: str, rows: list[dict], comparisons: list[dict] | None = None, axes=("race", "gender")) -> None:
+def _fake_run(
+    store: Store, run_id: str, rows: list[dict], comparisons: list[dict] | None = None, axes=("race", "gender")
+) -> None:
     """A stored audit run whose evaluations are set by hand: (evaluator, role, axis, metric, value, low, high, n)."""
-    store.write_run(run_id, {"kind": "audit", "status": "complete", "started": run_id, "model_id": "m",
-                             "model": {"weights_hash": "abc"}, "suites": {axis: {} for axis in axes},
-                             "config": {"evaluators": ["output_bias", "perplexity", "facts"]},
-                             **({"prune": {"out": "/x/m-pruned", "run_id": "p"}} if comparisons is not None else {})})
-    table = pa.Table.from_pylist([{"evaluator": r[0], "role": r[1], "axis_or_task": r[2], "metric": r[3], "value": r[4],
-                                   "low": r[5], "high": r[6], "n": r[7], "error": ""} for r in rows], schema=MEASUREMENT_SCHEMA)
+    store.write_run(
+        run_id,
+        {
+            "kind": "audit",
+            "status": "complete",
+            "started": run_id,
+            "model_id": "m",
+            "model": {"weights_hash": "abc"},
+            "suites": {axis: {} for axis in axes},
+            "config": {"evaluators": ["output_bias", "perplexity", "facts"]},
+            **({"prune": {"out": "/x/m-pruned", "run_id": "p"}} if comparisons is not None else {}),
+        },
+    )
+    table = pa.Table.from_pylist(
+        [
+            {
+                "evaluator": r[0],
+                "role": r[1],
+                "axis_or_task": r[2],
+                "metric": r[3],
+                "value": r[4],
+                "low": r[5],
+                "high": r[6],
+                "n": r[7],
+                "error": "",
+            }
+            for r in rows
+        ],
+        schema=MEASUREMENT_SCHEMA,
+    )
     store.write_part("evaluations", "m", "all", run_id, table, part="output_bias")
     if comparisons:
         store.write_part("comparisons", "m", "all", run_id, pa.Table.from_pylist(comparisons))
@@ -44,15 +70,19 @@ def _fake_run(store: Store, run_id: str, rows: list[dict], comparisons: list[dic
 
 # --- verdicts ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("low, high, items, expected", [
-    (-0.10, 0.15, 40, "pass"),           # the whole interval inside [-0.2, 0.2]
-    (0.25, 0.60, 40, "fail"),            # the whole interval above 0.2
-    (-0.50, -0.21, 40, "fail"),          # the whole interval below -0.2
-    (0.05, 0.35, 40, "inconclusive"),    # straddles 0.2
-    (-0.30, 0.30, 40, "inconclusive"),   # straddles both thresholds
-    (-0.10, 0.15, 9, "too few items"),   # would pass, but rests on 9 items
-    (math.nan, math.nan, 40, "inconclusive"),  # no interval
-])
+
+@pytest.mark.parametrize(
+    "low, high, items, expected",
+    [
+        (-0.10, 0.15, 40, "pass"),  # the whole interval inside [-0.2, 0.2]
+        (0.25, 0.60, 40, "fail"),  # the whole interval above 0.2
+        (-0.50, -0.21, 40, "fail"),  # the whole interval below -0.2
+        (0.05, 0.35, 40, "inconclusive"),  # straddles 0.2
+        (-0.30, 0.30, 40, "inconclusive"),  # straddles both thresholds
+        (-0.10, 0.15, 9, "too few items"),  # would pass, but rests on 9 items
+        (math.nan, math.nan, 40, "inconclusive"),  # no interval
+    ],
+)
 def test_abs_threshold_verdicts(low, high, items, expected):
     rule = _policy({"id": "r", "metric": "stereotype_preference", "abs_at_most": 0.2}).rules[0]
     assert judge(0.0, low, high, items, rule.allowed(), 10)[0] == expected
@@ -61,7 +91,7 @@ def test_abs_threshold_verdicts(low, high, items, expected):
 def test_between_at_most_at_least_are_closed_intervals():
     between = _policy({"id": "r", "metric": "pct_stereotype", "between": [0.45, 0.55]}).rules[0]
     assert between.allowed() == (0.45, 0.55)
-    assert judge(0.5, 0.45, 0.55, 50, between.allowed(), 10)[0] == "pass"   # the bounds themselves are allowed
+    assert judge(0.5, 0.45, 0.55, 50, between.allowed(), 10)[0] == "pass"  # the bounds themselves are allowed
     assert judge(0.6, 0.56, 0.64, 50, between.allowed(), 10)[0] == "fail"
     at_most = _policy({"id": "r", "metric": "perplexity_change", "at_most": 0.02}).rules[0]
     assert at_most.allowed() == (-math.inf, 0.02)
@@ -88,15 +118,34 @@ def test_bernoulli_items_give_the_verdicts_their_intervals_imply():
 
 def test_policy_reads_each_axis_and_model_from_the_store(tmp_path):
     store = Store(tmp_path / "store")
-    _fake_run(store, "r1", [("output_bias", "before", "race", "stereotype_preference", 0.4, 0.3, 0.5, 40),
-                            ("output_bias", "before", "gender", "stereotype_preference", 0.0, -0.1, 0.1, 40),
-                            ("output_bias", "after", "race", "stereotype_preference", 0.1, -0.05, 0.25, 40),
-                            ("output_bias", "after", "gender", "stereotype_preference", 0.0, -0.1, 0.1, 5)],
-              comparisons=[{"evaluator": "perplexity", "axis_or_task": "", "metric": "nll_per_token_bundled", "items": 40,
-                            "change": 0.01, "change_low": 0.005, "change_high": 0.015,
-                            "relative_change": 0.003, "relative_low": 0.001, "relative_high": 0.004}])
-    policy = _policy({"id": "bias", "metric": "stereotype_preference", "abs_at_most": 0.2},
-                     {"id": "ppl", "metric": "perplexity_change", "at_most": 0.02})
+    _fake_run(
+        store,
+        "r1",
+        [
+            ("output_bias", "before", "race", "stereotype_preference", 0.4, 0.3, 0.5, 40),
+            ("output_bias", "before", "gender", "stereotype_preference", 0.0, -0.1, 0.1, 40),
+            ("output_bias", "after", "race", "stereotype_preference", 0.1, -0.05, 0.25, 40),
+            ("output_bias", "after", "gender", "stereotype_preference", 0.0, -0.1, 0.1, 5),
+        ],
+        comparisons=[
+            {
+                "evaluator": "perplexity",
+                "axis_or_task": "",
+                "metric": "nll_per_token_bundled",
+                "items": 40,
+                "change": 0.01,
+                "change_low": 0.005,
+                "change_high": 0.015,
+                "relative_change": 0.003,
+                "relative_low": 0.001,
+                "relative_high": 0.004,
+            }
+        ],
+    )
+    policy = _policy(
+        {"id": "bias", "metric": "stereotype_preference", "abs_at_most": 0.2},
+        {"id": "ppl", "metric": "perplexity_change", "at_most": 0.02},
+    )
     verdicts = {(v.rule, v.model, v.axis): v for v in evaluate_policy(policy, store, "r1")}
     assert verdicts[("bias", "original", "race")].verdict == "fail"
     assert verdicts[("bias", "original", "gender")].verdict == "pass"
@@ -116,33 +165,54 @@ def test_unmeasured_must_rule_is_not_a_pass_unless_marked_if_measured(tmp_path):
     strict = _policy({"id": "crows", "metric": "pct_stereotype", "between": [0.45, 0.55]})
     verdicts = evaluate_policy(strict, store, "r1")
     assert [v.verdict for v in verdicts] == ["not measured"] and exit_status(verdicts, "original") == 3
-    lenient = _policy({"id": "crows", "metric": "pct_stereotype", "between": [0.45, 0.55], "if_measured": True},
-                      {"id": "bias", "metric": "stereotype_preference", "abs_at_most": 0.2})
+    lenient = _policy(
+        {"id": "crows", "metric": "pct_stereotype", "between": [0.45, 0.55], "if_measured": True},
+        {"id": "bias", "metric": "stereotype_preference", "abs_at_most": 0.2},
+    )
     verdicts = evaluate_policy(lenient, store, "r1")
     assert [(v.rule, v.verdict) for v in verdicts] == [("bias", "pass")] and exit_status(verdicts, "original") == 0
 
 
 def test_a_regression_is_listed_first(tmp_path):
     store = Store(tmp_path / "store")
-    _fake_run(store, "old", [("output_bias", "before", "race", "stereotype_preference", 0.0, -0.1, 0.1, 40),
-                             ("output_bias", "before", "gender", "stereotype_preference", 0.5, 0.3, 0.7, 40)])
-    _fake_run(store, "new", [("output_bias", "before", "race", "stereotype_preference", 0.5, 0.3, 0.7, 40),
-                             ("output_bias", "before", "gender", "stereotype_preference", 0.0, -0.1, 0.1, 40)])
+    _fake_run(
+        store,
+        "old",
+        [
+            ("output_bias", "before", "race", "stereotype_preference", 0.0, -0.1, 0.1, 40),
+            ("output_bias", "before", "gender", "stereotype_preference", 0.5, 0.3, 0.7, 40),
+        ],
+    )
+    _fake_run(
+        store,
+        "new",
+        [
+            ("output_bias", "before", "race", "stereotype_preference", 0.5, 0.3, 0.7, 40),
+            ("output_bias", "before", "gender", "stereotype_preference", 0.0, -0.1, 0.1, 40),
+        ],
+    )
     policy = _policy({"id": "bias", "metric": "stereotype_preference", "abs_at_most": 0.2})
     rows = verdict_changes(evaluate_policy(policy, store, "old"), evaluate_policy(policy, store, "new"))
     assert [(r["axis"], r["before"], r["after"], r["change"]) for r in rows] == [
-        ("race", "pass", "fail", "regression"), ("gender", "fail", "pass", "better")]
+        ("race", "pass", "fail", "regression"),
+        ("gender", "fail", "pass", "better"),
+    ]
 
 
 # --- policy files and the gate ------------------------------------------------------------------
 
+
 def test_policy_file_errors_name_the_line(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text("policy: p\nrules:\n  - id: a\n    metric: stereotype_preference\n    abs_at_most: 0.2\n"
-                    "  - id: b\n    metric: toxicity\n    at_most: 1\n")
+    path.write_text(
+        "policy: p\nrules:\n  - id: a\n    metric: stereotype_preference\n    abs_at_most: 0.2\n"
+        "  - id: b\n    metric: toxicity\n    at_most: 1\n"
+    )
     with pytest.raises(ConfigError, match=r"line 7.*unknown metric 'toxicity'"):
         load_policy(path)
-    path.write_text("policy: p\nrules:\n  - id: a\n    metric: stereotype_preference\n    at_most: 0.2\n    at_least: 0\n")
+    path.write_text(
+        "policy: p\nrules:\n  - id: a\n    metric: stereotype_preference\n    at_most: 0.2\n    at_least: 0\n"
+    )
     with pytest.raises(ConfigError, match="exactly one threshold"):
         load_policy(path)
     path.write_text("policy: p\nrules:\n  - id: a\n    metric: pct_stereotype\n    between: [0.6, 0.4]\n")
@@ -159,10 +229,17 @@ def test_the_bundled_policy_loads_and_cites_a_source_for_every_rule():
 
 def test_check_exit_statuses(cli, tmp_path):
     store = Store(tmp_path / "store")
-    _fake_run(store, "r1", [("output_bias", "before", "race", "stereotype_preference", 0.0, -0.1, 0.1, 40),
-                            ("output_bias", "before", "gender", "stereotype_preference", 0.1, 0.05, 0.3, 40)])
+    _fake_run(
+        store,
+        "r1",
+        [
+            ("output_bias", "before", "race", "stereotype_preference", 0.0, -0.1, 0.1, 40),
+            ("output_bias", "before", "gender", "stereotype_preference", 0.1, 0.05, 0.3, 40),
+        ],
+    )
     write = lambda name, threshold: (tmp_path / name).write_text(  # noqa: E731
-        f"policy: {name}\nmin_items: 10\nrules:\n  - id: bias\n    metric: stereotype_preference\n    abs_at_most: {threshold}\n")
+        f"policy: {name}\nmin_items: 10\nrules:\n  - id: bias\n    metric: stereotype_preference\n    abs_at_most: {threshold}\n"
+    )
     write("loose.yaml", 0.5)
     write("tight.yaml", 0.01)
     write("middle.yaml", 0.2)
@@ -171,20 +248,31 @@ def test_check_exit_statuses(cli, tmp_path):
     assert cli("check", tmp_path / "store", "--policy", tmp_path / "middle.yaml").exit_code == 3
     result = cli("check", tmp_path / "store", "--policy", tmp_path / "middle.yaml", "--json")
     table = json.loads(result.output)
-    assert table["exit_status"] == 3 and {(v["axis"], v["verdict"]) for v in table["verdicts"]} == {("race", "pass"), ("gender", "inconclusive")}
-    (tmp_path / "axis.yaml").write_text("policy: p\nrules:\n  - id: a\n    metric: stereotype_preference\n"
-                                        "    abs_at_most: 0.2\n    axes: [caste]\n")
+    assert table["exit_status"] == 3 and {(v["axis"], v["verdict"]) for v in table["verdicts"]} == {
+        ("race", "pass"),
+        ("gender", "inconclusive"),
+    }
+    (tmp_path / "axis.yaml").write_text(
+        "policy: p\nrules:\n  - id: a\n    metric: stereotype_preference\n    abs_at_most: 0.2\n    axes: [caste]\n"
+    )
     process = run_module("check", tmp_path / "store", "--policy", tmp_path / "axis.yaml")
-    assert process.returncode == 2 and "axis ['caste'] is not audited" in process.stderr and "Traceback" not in process.stderr
+    assert (
+        process.returncode == 2
+        and "axis ['caste'] is not audited" in process.stderr
+        and "Traceback" not in process.stderr
+    )
 
 
 def test_audit_refuses_a_bad_policy_before_loading_the_model(tmp_path):
     base = {"model": str(tmp_path / "no-such-model"), "suites": ["race"], "store": str(tmp_path / "store")}
-    (tmp_path / "axis.yaml").write_text("policy: p\nrules:\n  - id: a\n    metric: stereotype_preference\n"
-                                        "    abs_at_most: 0.2\n    axes: [religion]\n")
+    (tmp_path / "axis.yaml").write_text(
+        "policy: p\nrules:\n  - id: a\n    metric: stereotype_preference\n    abs_at_most: 0.2\n    axes: [religion]\n"
+    )
     with pytest.raises(ConfigError, match="axis \\['religion'\\] is not audited"):
         audit(RunConfig.model_validate({**base, "policy": str(tmp_path / "axis.yaml")}))
-    (tmp_path / "ppl.yaml").write_text("policy: p\nrules:\n  - id: a\n    metric: perplexity_change\n    at_most: 0.02\n")
+    (tmp_path / "ppl.yaml").write_text(
+        "policy: p\nrules:\n  - id: a\n    metric: perplexity_change\n    at_most: 0.02\n"
+    )
     with pytest.raises(ConfigError, match="does not prune"):
         audit(RunConfig.model_validate({**base, "pruning": None, "policy": str(tmp_path / "ppl.yaml")}))
     (tmp_path / "facts.yaml").write_text("policy: p\nrules:\n  - id: a\n    metric: fact_accuracy\n    at_least: 0.5\n")
@@ -195,23 +283,37 @@ def test_audit_refuses_a_bad_policy_before_loading_the_model(tmp_path):
 
 # --- a real audit with a policy: report, card, bundle ------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def audited(model_folder, tmp_path_factory):
     root = tmp_path_factory.mktemp("policy")
-    config = RunConfig.model_validate({
-        "model": str(model_folder("llama")), "suites": ["race", "gender"], "store": str(root / "store"),
-        "probe": {"plugin": "activations", "params": {"progress": False}}, "diagnose_top": 0,
-        "pruning": {"out": str(root / "pruned"), "selection": {"fraction": 0.05}},
-        "evaluators": ["bias_reprobe", "output_bias", {"plugin": "perplexity", "params": {"max_length": 64}}, "facts"],
-        "policy": "default",
-    })
+    config = RunConfig.model_validate(
+        {
+            "model": str(model_folder("llama")),
+            "suites": ["race", "gender"],
+            "store": str(root / "store"),
+            "probe": {"plugin": "activations", "params": {"progress": False}},
+            "diagnose_top": 0,
+            "pruning": {"out": str(root / "pruned"), "selection": {"fraction": 0.05}},
+            "evaluators": [
+                "bias_reprobe",
+                "output_bias",
+                {"plugin": "perplexity", "params": {"max_length": 64}},
+                "facts",
+            ],
+            "policy": "default",
+        }
+    )
     return root, audit(config)
 
 
 def test_audit_with_a_policy_stores_it_and_the_report_opens_with_verdicts(audited, cli):
     root, result = audited
     record = Store(root / "store").read_run(result.run_id)
-    assert record["policy"]["name"] == "fairaudit-default" and record["policy"]["sha256"] == load_policy("default").sha256()
+    assert (
+        record["policy"]["name"] == "fairaudit-default"
+        and record["policy"]["sha256"] == load_policy("default").sha256()
+    )
     assert {v.rule for v in result.verdicts} >= {"output-bias", "perplexity-cost", "factual-control"}
     html = result.report.read_text(encoding="utf-8")
     assert html.index('id="policy"') < html.index('id="summary"')
@@ -237,9 +339,19 @@ def test_bundle_is_deterministic_and_verifies(audited, cli, tmp_path):
     assert cli("bundle", root / "store", "--run", result.run_id, "--out", second).exit_code == 0
     assert first.read_bytes() == second.read_bytes()
     names = zipfile.ZipFile(first).namelist()
-    assert {"manifest.json", "report.html", "report.json", "run.json", "prune-run.json", "policy.yaml",
-            "suites/race.yaml", "suites/gender.yaml"} <= set(names)
-    assert any(name.startswith("tables/neuron_scores/") for name in names) and any(name.startswith("tables/neuron_maps/") for name in names)
+    assert {
+        "manifest.json",
+        "report.html",
+        "report.json",
+        "run.json",
+        "prune-run.json",
+        "policy.yaml",
+        "suites/race.yaml",
+        "suites/gender.yaml",
+    } <= set(names)
+    assert any(name.startswith("tables/neuron_scores/") for name in names) and any(
+        name.startswith("tables/neuron_maps/") for name in names
+    )
     manifest = json.loads(zipfile.ZipFile(first).read("manifest.json"))
     assert manifest["weights_hash"] == Store(root / "store").read_run(result.run_id)["model"]["weights_hash"]
     assert any(p["name"] == "output_bias" for p in manifest["plugins"])
@@ -313,10 +425,19 @@ def test_the_example_screen_gates_the_original_model_without_pruning(llama_folde
     from fairaudit.pipeline.audit import audit
 
     config = load_config(Path(__file__).parent.parent / "examples" / "screen.yaml")
-    assert config.pruning is None and [ref.plugin for ref in config.evaluators] == ["output_bias"] and config.policy == "default"
-    result = audit(config.model_copy(update={"model": ModelSpec(id=str(llama_folder)), "store": str(tmp_path / "store"),
-                                             "report": False}))
+    assert (
+        config.pruning is None
+        and [ref.plugin for ref in config.evaluators] == ["output_bias"]
+        and config.policy == "default"
+    )
+    result = audit(
+        config.model_copy(
+            update={"model": ModelSpec(id=str(llama_folder)), "store": str(tmp_path / "store"), "report": False}
+        )
+    )
     assert not result.pruned and not (tmp_path / "pruned").exists()
     assert {row["evaluator"] for row in result.measurements} == {"output_bias"}
     rules = {verdict.rule for verdict in result.verdicts}
-    assert "output-bias" in rules and {verdict.model for verdict in result.verdicts if verdict.rule == "output-bias"} == {"original"}
+    assert "output-bias" in rules and {
+        verdict.model for verdict in result.verdicts if verdict.rule == "output-bias"
+    } == {"original"}

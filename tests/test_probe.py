@@ -26,7 +26,11 @@ def naive_pooled(loaded, text: str, component: str, position: str = "mean", suff
     for layer in loaded.layers:
         site = loaded.adapter.sites(layer)[component]
         if site.where == "output":
-            handles.append(site.module.register_forward_hook(lambda m, a, out: captured.append(out[0] if isinstance(out, tuple) else out)))
+            handles.append(
+                site.module.register_forward_hook(
+                    lambda m, a, out: captured.append(out[0] if isinstance(out, tuple) else out)
+                )
+            )
         else:
             handles.append(site.module.register_forward_pre_hook(lambda m, a: captured.append(a[0])))
     with torch.no_grad():
@@ -57,9 +61,15 @@ def race_pairs():
     return suite.pairs()[:10], suite.control_pairs()
 
 
-UNEQUAL = Pair(pair_id="u", kind="template", template_id="u", group_a="x", group_b="y",
-               text_a="A very tall Black man walked at night . The officer thought he",
-               text_b="A white man walked at night . The officer thought he")
+UNEQUAL = Pair(
+    pair_id="u",
+    kind="template",
+    template_id="u",
+    group_a="x",
+    group_b="y",
+    text_a="A very tall Black man walked at night . The officer thought he",
+    text_b="A white man walked at night . The officer thought he",
+)
 
 
 @pytest.mark.parametrize("position", ["mean", "last", "aligned"])
@@ -72,8 +82,10 @@ def test_bias_equals_naive_reference_for_every_position(llama, race_pairs, posit
         for pair in pairs:
             a, b = tokenize(pair.text_a), tokenize(pair.text_b)
             suffix = next((n for n in range(min(len(a), len(b)), -1, -1) if n == 0 or a[-n:] == b[-n:]), 0)
-            differences.append(naive_pooled(llama, pair.text_a, component, position, suffix)
-                               - naive_pooled(llama, pair.text_b, component, position, suffix))
+            differences.append(
+                naive_pooled(llama, pair.text_a, component, position, suffix)
+                - naive_pooled(llama, pair.text_b, component, position, suffix)
+            )
         expected = torch.stack(differences).abs().mean(0)
         got = metrics.bias(stats.components[component], stats.n_pairs)
         assert torch.allclose(got, expected, atol=1e-5), component
@@ -87,7 +99,9 @@ def test_results_do_not_depend_on_batch_size_or_padding_side(llama, race_pairs):
         other = run(llama, pairs, controls, batch_size=batch_size, padding_side=side)
         for name, component in reference.components.items():
             for field in ("abs_diff_sum", "diff_sum", "activation_sq_sum", "control_abs_diff_sum"):
-                assert torch.allclose(getattr(component, field), getattr(other.components[name], field), atol=1e-4, rtol=1e-4)
+                assert torch.allclose(
+                    getattr(component, field), getattr(other.components[name], field), atol=1e-4, rtol=1e-4
+                )
         assert torch.allclose(reference.optipfair_terms, other.optipfair_terms, atol=1e-5, equal_nan=True)
 
 
@@ -102,8 +116,9 @@ def test_memory_is_independent_of_the_number_of_pairs(llama, race_pairs):
 def test_neuron_bias_equals_optipfair_analyze_neuron_bias(llama, race_pairs):
     optipfair = pytest.importorskip("optipfair.bias.activations")
     pairs = [*race_pairs[0], UNEQUAL]
-    reference = optipfair.analyze_neuron_bias(llama.model, llama.tokenizer, [(p.text_a, p.text_b) for p in pairs],
-                                              show_progress=False)
+    reference = optipfair.analyze_neuron_bias(
+        llama.model, llama.tokenizer, [(p.text_a, p.text_b) for p in pairs], show_progress=False
+    )
     stats = run(llama, pairs, components=["gate", "up", "neuron"], batch_size=6)
     for layer in range(3):
         for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj")):
@@ -128,15 +143,20 @@ def test_bias_index_and_controls_by_hand(llama, race_pairs):
     stats = run(llama, pairs, controls)
     per_pair = []
     for pair in pairs:
-        layer_means = [(naive_pooled(llama, pair.text_a, c) - naive_pooled(llama, pair.text_b, c)).abs().mean(1)
-                       for c in ("attention", "mlp")]
+        layer_means = [
+            (naive_pooled(llama, pair.text_a, c) - naive_pooled(llama, pair.text_b, c)).abs().mean(1)
+            for c in ("attention", "mlp")
+        ]
         per_pair.append(torch.stack(layer_means).mean())
     assert metrics.bias_index(stats) == pytest.approx(float(torch.stack(per_pair).mean()), abs=1e-6)
-    floor = torch.stack([(naive_pooled(llama, c.text_a, "neuron") - naive_pooled(llama, c.text_b, "neuron")).abs()
-                         for c in controls]).mean(0)
+    floor = torch.stack(
+        [(naive_pooled(llama, c.text_a, "neuron") - naive_pooled(llama, c.text_b, "neuron")).abs() for c in controls]
+    ).mean(0)
     assert torch.allclose(metrics.noise_floor(stats.components["neuron"], stats.n_controls), floor, atol=1e-5)
     sides = torch.stack([naive_pooled(llama, text, "neuron") for p in pairs for text in (p.text_a, p.text_b)])
-    assert torch.allclose(metrics.activation_spread(stats.components["neuron"], 2 * len(pairs)), sides.std(0, unbiased=False), atol=1e-5)
+    assert torch.allclose(
+        metrics.activation_spread(stats.components["neuron"], 2 * len(pairs)), sides.std(0, unbiased=False), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("family", ["gpt2", "opt", "bert", "phi3", "gemma3"])
@@ -145,8 +165,13 @@ def test_other_families_match_the_naive_reference(model_folder, race_pairs, fami
     pairs = race_pairs[0][:3]
     stats = run(loaded, pairs, batch_size=4, padding_side="left")
     for component in ("attention", "mlp", "neuron"):
-        expected = torch.stack([naive_pooled(loaded, p.text_a, component) - naive_pooled(loaded, p.text_b, component)
-                                for p in pairs]).abs().mean(0)
+        expected = (
+            torch.stack(
+                [naive_pooled(loaded, p.text_a, component) - naive_pooled(loaded, p.text_b, component) for p in pairs]
+            )
+            .abs()
+            .mean(0)
+        )
         assert torch.allclose(metrics.bias(stats.components[component], 3), expected, atol=1e-5), component
 
 

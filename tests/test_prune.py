@@ -30,7 +30,9 @@ def logits(loaded, text: str = INPUT) -> torch.Tensor:
 
 def random_selection(widths: list[int], counts: list[int], seed: int = 0) -> Selection:
     generator = torch.Generator().manual_seed(seed)
-    return Selection(pruned=[torch.randperm(w, generator=generator)[:c].sort().values for w, c in zip(widths, counts)], widths=widths)
+    return Selection(
+        pruned=[torch.randperm(w, generator=generator)[:c].sort().values for w, c in zip(widths, counts)], widths=widths
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -63,23 +65,39 @@ def test_pruning_nothing_changes_nothing_and_pruning_is_deterministic(model_fold
 
 
 def test_selection_rules_by_hand():
-    race = torch.tensor([[0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4, 0.5, 0.0],
-                         [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]])
+    race = torch.tensor(
+        [[0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4, 0.5, 0.0], [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]]
+    )
     gender = race.flip(1)
     params = dict(score="hybrid", protect=0)
     per_layer = select({"race": race}, SelectionParams(axes=["race"], fraction=0.2, **params))
     assert [p.tolist() for p in per_layer.pruned] == [[0, 2], [8, 9]]
-    union = select({"race": race, "gender": gender}, SelectionParams(axes=["race", "gender"], fraction=0.2, combine="union", **params))
+    union = select(
+        {"race": race, "gender": gender},
+        SelectionParams(axes=["race", "gender"], fraction=0.2, combine="union", **params),
+    )
     assert [p.tolist() for p in union.pruned] == [[0, 2, 7, 9], [0, 1, 8, 9]]
-    largest = select({"race": race, "gender": gender}, SelectionParams(axes=["race", "gender"], fraction=0.1, combine="max", **params))
+    largest = select(
+        {"race": race, "gender": gender},
+        SelectionParams(axes=["race", "gender"], fraction=0.1, combine="max", **params),
+    )
     assert [p.tolist() for p in largest.pruned] == [[0], [0]]  # max per neuron, ties to the lower index
-    averaged = select({"race": race, "gender": gender}, SelectionParams(axes=["race", "gender"], fraction=0.1, combine="mean", **params))
+    averaged = select(
+        {"race": race, "gender": gender},
+        SelectionParams(axes=["race", "gender"], fraction=0.1, combine="mean", **params),
+    )
     assert averaged.pruned[0].tolist() == [2]  # layer 0 means: 0.6 at 2 (and 7), ties to the lower index
     similar = race.clone()
     similar[0, 0] = 0.0  # layer 0: race top-3 {0, 2, 4}, this one {2, 4, 6}
-    both = select({"race": race, "other": similar}, SelectionParams(axes=["race", "other"], fraction=0.3, combine="intersection", **params))
+    both = select(
+        {"race": race, "other": similar},
+        SelectionParams(axes=["race", "other"], fraction=0.3, combine="intersection", **params),
+    )
     assert [p.tolist() for p in both.pruned] == [[2, 4], [7, 8, 9]]
-    overall = select({"race": race * torch.tensor([[1.0], [0.5]])}, SelectionParams(axes=["race"], fraction=0.2, scope="global", **params))
+    overall = select(
+        {"race": race * torch.tensor([[1.0], [0.5]])},
+        SelectionParams(axes=["race"], fraction=0.2, scope="global", **params),
+    )
     assert [p.tolist() for p in overall.pruned] == [[0, 2, 4, 6], []]
     only_second = select({"race": race}, SelectionParams(axes=["race"], fraction=0.2, layers=[1], **params))
     assert [p.tolist() for p in only_second.pruned] == [[], [8, 9]]
@@ -87,7 +105,9 @@ def test_selection_rules_by_hand():
     assert [10 - len(p) for p in rounded.pruned] == [8, 8]
     importance = torch.zeros(2, 10)
     importance[0, 0] = 5.0
-    protected = select({"race": race}, SelectionParams(axes=["race"], fraction=0.2, score="hybrid", protect=0.1), importance)
+    protected = select(
+        {"race": race}, SelectionParams(axes=["race"], fraction=0.2, score="hybrid", protect=0.1), importance
+    )
     assert 0 not in protected.pruned[0].tolist() and protected.pruned[0].tolist() == [2, 4]
     with pytest.raises(FairauditError, match="out of range"):
         select({"race": race}, SelectionParams(axes=["race"], layers=[2], **params))
@@ -147,9 +167,19 @@ def test_zero_pruner_keeps_shapes_and_equals_masking(model_folder):
 def probed(model_folder, tmp_path_factory):
     folder = model_folder("llama", layers=2, hidden=32, intermediate=128)
     store = tmp_path_factory.mktemp("prune") / "store"
-    audit(RunConfig.model_validate({"model": str(folder), "suites": ["race", "gender"], "store": str(store),
-                                    "probe": {"plugin": "activations", "params": {"progress": False}},
-                                    "pruning": None, "evaluators": [], "report": False}))
+    audit(
+        RunConfig.model_validate(
+            {
+                "model": str(folder),
+                "suites": ["race", "gender"],
+                "store": str(store),
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "pruning": None,
+                "evaluators": [],
+                "report": False,
+            }
+        )
+    )
     return folder, store
 
 
@@ -177,21 +207,52 @@ def test_prune_says_what_it_writes_and_saves_in_the_dtype_asked(cli, probed, tmp
 
     folder, store = probed
     out = tmp_path / "pruned-bf16"
-    result = cli("prune", "--model", folder, "--store", store, "--axis", "race", "--fraction", "0.05", "--out", out,
-                 "--save-dtype", "bfloat16")
+    result = cli(
+        "prune",
+        "--model",
+        folder,
+        "--store",
+        store,
+        "--axis",
+        "race",
+        "--fraction",
+        "0.05",
+        "--out",
+        out,
+        "--save-dtype",
+        "bfloat16",
+    )
     assert result.exit_code == 0, result.output
     written = re.search(r"writing the pruned model to .*: about ([\d,.]+) MiB in bfloat16", result.stderr)
     assert written, result.stderr
     on_disk = sum(path.stat().st_size for path in out.glob("*.safetensors")) / 2**20
-    assert abs(float(written[1].replace(",", "")) - on_disk) <= max(0.1 * on_disk, 1.0), "the announced size is the size written"
+    assert abs(float(written[1].replace(",", "")) - on_disk) <= max(0.1 * on_disk, 1.0), (
+        "the announced size is the size written"
+    )
     with safe_open(str(next(out.glob("*.safetensors"))), "pt") as weights:
         assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.bfloat16}
     assert AutoModelForCausalLM.from_pretrained(out).config.intermediate_size == 122
-    source = cli("prune", "--model", folder, "--store", store, "--axis", "race", "--fraction", "0.05", "--out", tmp_path / "src",
-                 "--save-dtype", "source", "--quiet")
+    source = cli(
+        "prune",
+        "--model",
+        folder,
+        "--store",
+        store,
+        "--axis",
+        "race",
+        "--fraction",
+        "0.05",
+        "--out",
+        tmp_path / "src",
+        "--save-dtype",
+        "source",
+        "--quiet",
+    )
     assert source.exit_code == 0 and source.stdout == "" and source.stderr == "", "--quiet prints nothing"
     with safe_open(str(next((tmp_path / "src").glob("*.safetensors"))), "pt") as weights:
-        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float32}, "the test model is stored in float32"
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float32}, (
+            "the test model is stored in float32"
+        )
 
 
 def test_pooled_pruning_recomputes_the_hybrid_on_the_pooled_bias(cli, probed, tmp_path):
@@ -200,22 +261,51 @@ def test_pooled_pruning_recomputes_the_hybrid_on_the_pooled_bias(cli, probed, tm
     from fairaudit.store import Store
 
     folder, store = probed
-    result = cli("prune", "--model", folder, "--store", store, "--axis", "race", "--axis", "gender", "--score", "hybrid",
-                 "--fraction", "0.05", "--protect", "0", "--out", tmp_path / "pooled")
+    result = cli(
+        "prune",
+        "--model",
+        folder,
+        "--store",
+        store,
+        "--axis",
+        "race",
+        "--axis",
+        "gender",
+        "--score",
+        "hybrid",
+        "--fraction",
+        "0.05",
+        "--protect",
+        "0",
+        "--out",
+        tmp_path / "pooled",
+    )
     assert result.exit_code == 0, result.output
     opened = Store(store)
     run = latest_run(opened, "model")
-    bias = {axis: torch.from_numpy(load_scores(opened, "model", "bias", run).by_axis[axis]) for axis in ("race", "gender")}
+    bias = {
+        axis: torch.from_numpy(load_scores(opened, "model", "bias", run).by_axis[axis]) for axis in ("race", "gender")
+    }
     importance = torch.from_numpy(load_scores(opened, "model", "importance_ppm", run).by_axis["race"])
     stored_race = torch.from_numpy(load_scores(opened, "model", "hybrid", run).by_axis["race"]).double()
-    assert torch.allclose(pooled_hybrid({"race": bias["race"]}, importance, 0.8), stored_race, atol=1e-6)  # one axis: the scorer's own
-    expected = select({"pooled": pooled_hybrid(bias, importance, 0.8)}, SelectionParams(axes=["race", "gender"], fraction=0.05, protect=0))
+    assert torch.allclose(
+        pooled_hybrid({"race": bias["race"]}, importance, 0.8), stored_race, atol=1e-6
+    )  # one axis: the scorer's own
+    expected = select(
+        {"pooled": pooled_hybrid(bias, importance, 0.8)},
+        SelectionParams(axes=["race", "gender"], fraction=0.05, protect=0),
+    )
     kept = json.loads((tmp_path / "pooled" / NEURON_MAP_FILE).read_text())["layers"]
     assert [sorted(set(range(128)) - set(layer)) for layer in kept] == [p.tolist() for p in expected.pruned]
     hybrid = {axis: torch.from_numpy(load_scores(opened, "model", "hybrid", run).by_axis[axis]) for axis in bias}
     for fraction in (0.05, 0.1, 0.2):  # pooling is not the mean (they may agree on the very top of a small model)
-        averaged = select(hybrid, SelectionParams(axes=["race", "gender"], fraction=fraction, protect=0, combine="mean"))
-        pooled = select({"pooled": pooled_hybrid(bias, importance, 0.8)}, SelectionParams(axes=["race", "gender"], fraction=fraction, protect=0))
+        averaged = select(
+            hybrid, SelectionParams(axes=["race", "gender"], fraction=fraction, protect=0, combine="mean")
+        )
+        pooled = select(
+            {"pooled": pooled_hybrid(bias, importance, 0.8)},
+            SelectionParams(axes=["race", "gender"], fraction=fraction, protect=0),
+        )
         if [p.tolist() for p in averaged.pruned] != [p.tolist() for p in pooled.pruned]:
             break
     else:
@@ -224,12 +314,15 @@ def test_pooled_pruning_recomputes_the_hybrid_on_the_pooled_bias(cli, probed, tm
     assert "ranked by hybrid (weight 0.8) of the mean over axes race, gender of `bias`" in card
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--axis", "race", "--fraction", "1.5"], "strictly between 0 and 1"),
-    (["--axis", "race", "--fraction", "0"], "strictly between 0 and 1"),
-    (["--axis", "caste"], "axis ['caste'] has no 'hybrid_scaled' in run"),
-    (["--axis", "race", "--layers", "7"], "out of range"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--axis", "race", "--fraction", "1.5"], "strictly between 0 and 1"),
+        (["--axis", "race", "--fraction", "0"], "strictly between 0 and 1"),
+        (["--axis", "caste"], "axis ['caste'] has no 'hybrid_scaled' in run"),
+        (["--axis", "race", "--layers", "7"], "out of range"),
+    ],
+)
 def test_prune_bad_input_writes_nothing(cli, probed, tmp_path, args, message):
     folder, store = probed
     out = tmp_path / "never"
@@ -256,11 +349,17 @@ def test_same_kept_neurons_as_optipfair(model_folder):
     generator = torch.Generator().manual_seed(4)
     hybrid = {layer: torch.rand(128, generator=generator) for layer in range(2)}
     mlp_glu.prune_model_mlp_glu(twin, pruning_percentage=5.0, fairness_scores=hybrid, show_progress=False)
-    selection = select({"race": torch.stack([hybrid[0], hybrid[1]])}, SelectionParams(axes=["race"], fraction=0.05, protect=0))
+    selection = select(
+        {"race": torch.stack([hybrid[0], hybrid[1]])}, SelectionParams(axes=["race"], fraction=0.05, protect=0)
+    )
     prune(loaded, selection)
     for layer in range(2):
-        assert torch.equal(loaded.model.model.layers[layer].mlp.gate_proj.weight, twin.model.layers[layer].mlp.gate_proj.weight)
-        assert torch.equal(loaded.model.model.layers[layer].mlp.down_proj.weight, twin.model.layers[layer].mlp.down_proj.weight)
+        assert torch.equal(
+            loaded.model.model.layers[layer].mlp.gate_proj.weight, twin.model.layers[layer].mlp.gate_proj.weight
+        )
+        assert torch.equal(
+            loaded.model.model.layers[layer].mlp.down_proj.weight, twin.model.layers[layer].mlp.down_proj.weight
+        )
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -280,10 +379,12 @@ def test_mean_ablation_is_exported_exactly_and_loads_with_plain_transformers(fam
 
     handles = []
     for layer, pruned in zip(loaded.layers, selection.pruned):
+
         def hold(module, args, pruned=pruned, mean=means[loaded.layers.index(layer)]):
             hidden = args[0].clone()
             hidden[..., pruned] = mean[pruned].to(hidden.dtype)
             return (hidden, *args[1:])
+
         handles.append(loaded.adapter.sites(layer)["neuron"].module.register_forward_pre_hook(hold))
     with torch.no_grad():
         expected = loaded.model(input_ids=ids).logits
@@ -297,11 +398,16 @@ def test_mean_ablation_is_exported_exactly_and_loads_with_plain_transformers(fam
     with torch.no_grad():
         assert torch.allclose(plain(input_ids=ids).logits, expected, atol=1e-5)
     if family == "llama":
-        assert plain.config.mlp_bias is True and float(plain.model.layers[0].mlp.gate_proj.bias.detach().abs().max()) == 0.0
+        assert (
+            plain.config.mlp_bias is True
+            and float(plain.model.layers[0].mlp.gate_proj.bias.detach().abs().max()) == 0.0
+        )
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
-def test_removing_heads_computes_what_zeroing_them_computes_and_loads_with_plain_transformers(model_folder, family, tmp_path):
+def test_removing_heads_computes_what_zeroing_them_computes_and_loads_with_plain_transformers(
+    model_folder, family, tmp_path
+):
     """Uniform head removal shrinks q/k/v/o and the config's head counts; the model computes what
     the same heads zeroed compute, and the saved folder loads with plain transformers."""
     import transformers
@@ -338,8 +444,15 @@ def test_removing_heads_is_refused_where_the_config_cannot_say_it(model_folder, 
     with pytest.raises(FairauditError, match="config transformers refuses.*not a multiple"):
         remove_heads(loaded, [[1], [1]])  # 3 heads left: Llama's config wants them to divide hidden_size (64)
     assert all(torch.equal(before[name], value) for name, value in loaded.model.state_dict().items())
-    config = transformers.LlamaConfig(vocab_size=len(loaded.tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        vocab_size=len(loaded.tokenizer),
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "gqa")
     loaded.tokenizer.save_pretrained(tmp_path / "gqa")
     grouped = load_model(str(tmp_path / "gqa"))

@@ -13,8 +13,14 @@ from fairaudit.inputs.model import ModelSpec, is_offloaded, load_model
 from fairaudit.pipeline.audit import audit
 from fairaudit.store import Store
 
-SPLIT = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
-         "model.rotary_emb": "cpu", "lm_head": "cpu"}
+SPLIT = {
+    "model.embed_tokens": "cpu",
+    "model.layers.0": "cpu",
+    "model.layers.1": "disk",
+    "model.norm": "cpu",
+    "model.rotary_emb": "cpu",
+    "lm_head": "cpu",
+}
 
 
 def test_split_model_loads_with_the_whole_models_hash(llama_folder, tmp_path):
@@ -36,18 +42,29 @@ def test_split_model_loads_with_the_whole_models_hash(llama_folder, tmp_path):
 
 
 def _audit(folder, store, model: dict):
-    return audit(RunConfig.model_validate({
-        "model": model, "suites": ["race"], "store": str(store), "diagnose_top": 0,
-        "probe": {"plugin": "activations", "params": {"progress": False}},
-        "pruning": {"out": str(store.parent / "pruned"), "selection": {"fraction": 0.05}},
-        "evaluators": ["output_bias"], "report": False,
-    }))
+    return audit(
+        RunConfig.model_validate(
+            {
+                "model": model,
+                "suites": ["race"],
+                "store": str(store),
+                "diagnose_top": 0,
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "pruning": {"out": str(store.parent / "pruned"), "selection": {"fraction": 0.05}},
+                "evaluators": ["output_bias"],
+                "report": False,
+            }
+        )
+    )
 
 
 def test_probe_scores_and_pruning_of_a_split_model_equal_the_whole_models(llama_folder, tmp_path):
     whole = _audit(llama_folder, tmp_path / "whole" / "store", {"id": str(llama_folder)})
-    split = _audit(llama_folder, tmp_path / "split" / "store",
-                   {"id": str(llama_folder), "device_map": SPLIT, "offload_folder": str(tmp_path / "offload")})
+    split = _audit(
+        llama_folder,
+        tmp_path / "split" / "store",
+        {"id": str(llama_folder), "device_map": SPLIT, "offload_folder": str(tmp_path / "offload")},
+    )
     for table in ("neuron_scores", "axis_summary", "evaluations"):
         a = Store(tmp_path / "whole" / "store").read(table, run_id=whole.run_id).to_pylist()
         b = Store(tmp_path / "split" / "store").read(table, run_id=split.run_id).to_pylist()

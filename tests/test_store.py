@@ -21,9 +21,17 @@ from fairaudit.store import SCHEMA_VERSION, Store, safe_name
 
 
 def small_config(model: Path, store: Path, suites=("race", "gender")) -> RunConfig:
-    return RunConfig.model_validate({"model": str(model), "suites": list(suites), "store": str(store),
-                                     "probe": {"plugin": "activations", "params": {"progress": False}},
-                                     "pruning": None, "evaluators": [], "report": False})
+    return RunConfig.model_validate(
+        {
+            "model": str(model),
+            "suites": list(suites),
+            "store": str(store),
+            "probe": {"plugin": "activations", "params": {"progress": False}},
+            "pruning": None,
+            "evaluators": [],
+            "report": False,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +112,16 @@ def test_resume_skips_stored_axes_and_matches_an_uninterrupted_run(model_folder,
     record = Store(config.store).read_run(first.run_id)
     record["config"]["suites"] = ["race", "gender"]
     record["status"] = "running"
-    Store(config.store).write_run(first.run_id, {k: v for k, v in record.items() if k not in ("run_id", "schema_version")})
+    Store(config.store).write_run(
+        first.run_id, {k: v for k, v in record.items() if k not in ("run_id", "schema_version")}
+    )
     resumed = audit(config, resume=first.run_id)
     assert resumed.skipped_axes == ["race"]
     uninterrupted = audit(config.model_copy(update={"store": str(tmp_path / "other")}))
     for axis in ("race", "gender"):
-        assert resumed.summaries[axis]["bias_index"] == pytest.approx(uninterrupted.summaries[axis]["bias_index"], rel=1e-6)
+        assert resumed.summaries[axis]["bias_index"] == pytest.approx(
+            uninterrupted.summaries[axis]["bias_index"], rel=1e-6
+        )
     assert Store(config.store).read_run(first.run_id)["status"] == "complete"
 
 
@@ -117,10 +129,15 @@ def test_sigkill_between_axes_then_resume(model_folder, tmp_path):
     """Kill the CLI as soon as the first axis is stored; no partial part; --resume finishes."""
     store = tmp_path / "store"
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {model_folder('llama')}\nsuites: [race, gender, religion, nationality]\nstore: {store}\n"
-                      "pruning: {selection: {fraction: 0.05}}\n")  # the default 0.2% is no neuron of this small model
-    process = subprocess.Popen([sys.executable, "-m", "fairaudit", "audit", str(config), "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config.write_text(
+        f"model: {model_folder('llama')}\nsuites: [race, gender, religion, nationality]\nstore: {store}\n"
+        "pruning: {selection: {fraction: 0.05}}\n"
+    )  # the default 0.2% is no neuron of this small model
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fairaudit", "audit", str(config), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list(store.glob("axis_summary/*/axis=race/*/part-0.parquet")):
         time.sleep(0.02)
@@ -129,8 +146,12 @@ def test_sigkill_between_axes_then_resume(model_folder, tmp_path):
     for part in store.rglob("*.parquet"):
         pq.read_table(part)  # every part on disk is complete
     run_id = json.loads(next(store.glob("runs/*/run.json")).read_text())["run_id"]
-    done = subprocess.run([sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(store), "--json"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "fairaudit", "audit", "--resume", run_id, "--store", str(store), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert set(json.loads(done.stdout)["axes"]) == {"race", "gender", "religion", "nationality"}
     assert Store(store).read_run(run_id)["status"] == "complete"
@@ -148,7 +169,9 @@ def test_resume_removes_a_killed_writers_temporaries_only_for_its_run(tmp_path):
     dead = _dead_pid()
     mine = tmp_path / f"neuron_scores/model=m/axis=race/run_id=r1/.part-0.parquet.tmp-{dead}-ab"
     other = tmp_path / f"neuron_scores/model=m/axis=race/run_id=r2/.part-0.parquet.tmp-{dead}-cd"
-    alive = tmp_path / f"layer_scores/model=m/axis=race/run_id=r1/.part-0.parquet.tmp-{os.getpid()}-ef"  # a writer still running
+    alive = (
+        tmp_path / f"layer_scores/model=m/axis=race/run_id=r1/.part-0.parquet.tmp-{os.getpid()}-ef"
+    )  # a writer still running
     for path in (mine, other, alive):
         path.parent.mkdir(parents=True)
         path.write_bytes(b"partial")
@@ -158,10 +181,19 @@ def test_resume_removes_a_killed_writers_temporaries_only_for_its_run(tmp_path):
 
 def test_two_runs_writing_to_one_store_at_once(model_folder, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {model_folder('llama')}\nsuites: [race, gender]\nstore: {tmp_path / 'store'}\n"
-                      "pruning: {selection: {fraction: 0.05}}\n")
-    processes = [subprocess.Popen([sys.executable, "-m", "fairaudit", "audit", str(config), "--json"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    config.write_text(
+        f"model: {model_folder('llama')}\nsuites: [race, gender]\nstore: {tmp_path / 'store'}\n"
+        "pruning: {selection: {fraction: 0.05}}\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fairaudit", "audit", str(config), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [process.communicate(timeout=300) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], [err for _, err in outputs]
     run_ids = {json.loads(out)["run_id"] for out, _ in outputs}
@@ -171,11 +203,28 @@ def test_two_runs_writing_to_one_store_at_once(model_folder, tmp_path):
 
 
 def test_run_records_hold_wall_and_cpu_seconds_per_stage(model_folder, tmp_path):
-    result = audit(RunConfig.model_validate({
-        "model": str(model_folder("llama")), "suites": ["race"], "store": str(tmp_path / "store"), "report": False,
-        "probe": {"plugin": "activations", "params": {"progress": False}}, "pruning": {"selection": {"fraction": 0.05}},
-        "evaluators": ["output_bias"]}))
+    result = audit(
+        RunConfig.model_validate(
+            {
+                "model": str(model_folder("llama")),
+                "suites": ["race"],
+                "store": str(tmp_path / "store"),
+                "report": False,
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "pruning": {"selection": {"fraction": 0.05}},
+                "evaluators": ["output_bias"],
+            }
+        )
+    )
     timings = Store(tmp_path / "store").read_run(result.run_id)["timings"]
-    for stage in ("load_model", "axis:race", "prune", "evaluate:output_bias:before", "evaluate:output_bias:after", "evaluate", "total"):
+    for stage in (
+        "load_model",
+        "axis:race",
+        "prune",
+        "evaluate:output_bias:before",
+        "evaluate:output_bias:after",
+        "evaluate",
+        "total",
+    ):
         assert timings[stage] > 0 and timings[f"{stage}:cpu"] > 0, stage
     assert timings["total"] >= timings["axis:race"] + timings["prune"]

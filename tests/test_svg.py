@@ -8,7 +8,9 @@ import re
 
 from fairaudit.svg import CHAR_WIDTH, bar_chart, heatmap, matrix_heatmap, scatter
 
-LONG = "a title long enough to run past the right edge of a seven-hundred-pixel figure if it were drawn on one line " * 2
+LONG = (
+    "a title long enough to run past the right edge of a seven-hundred-pixel figure if it were drawn on one line " * 2
+)
 
 
 def _boxes(svg: str) -> tuple[float, float, list[tuple[float, float, float, float, str]]]:
@@ -42,8 +44,14 @@ def _assert_no_overlap(svg, first: str, second: str) -> None:
 
 
 def test_bar_chart_wraps_its_title_keeps_the_legend_clear_and_draws_intervals():
-    svg = bar_chart(LONG, ["0", "1"], {"before pruning": [1.0, 2.0], "after pruning": [0.5, 1.5]}, "layer", "divergence",
-                    {"before pruning": [(0.8, 1.2), (1.7, 2.4)]})
+    svg = bar_chart(
+        LONG,
+        ["0", "1"],
+        {"before pruning": [1.0, 2.0], "after pruning": [0.5, 1.5]},
+        "layer",
+        "divergence",
+        {"before pruning": [(0.8, 1.2), (1.7, 2.4)]},
+    )
     _assert_inside(svg)
     _assert_no_overlap(svg, "a title", "before pruning")
     assert str(svg).count("<path") == 2 and "[0.8, 1.2]" in str(svg) and "bars show 95% intervals" in str(svg)
@@ -52,27 +60,52 @@ def test_bar_chart_wraps_its_title_keeps_the_legend_clear_and_draws_intervals():
 
 def test_matrix_heatmap_fits_long_captions_and_tokens_and_has_a_numeric_scale():
     tokens = ["When", "an", "extraordinarily-long-token-text", "thought"]
-    svg = str(matrix_heatmap(LONG, ["layer 0", "layer 1"], tokens, [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.25]],
-                             [False, True, False, False], caption=LONG, x_label="token of prompt a", y_label="layer",
-                             scale_label="mean |difference|:"))
+    svg = str(
+        matrix_heatmap(
+            LONG,
+            ["layer 0", "layer 1"],
+            tokens,
+            [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.25]],
+            [False, True, False, False],
+            caption=LONG,
+            x_label="token of prompt a",
+            y_label="layer",
+            scale_label="mean |difference|:",
+        )
+    )
     _assert_inside(svg)
     assert "extraordinarily…" in svg and "<title>extraordinarily-long-token-text</title>" in svg
     assert "mean |difference|:" in svg and ">0<" in svg and ">0.7<" in svg, "the colour scale runs from 0 to the peak"
     _, height, _ = _boxes(svg)
-    rotated = [float(y) for y in re.findall(r'rotate\(-50 [\d.]+ ([\d.]+)\)', svg)]
+    rotated = [float(y) for y in re.findall(r"rotate\(-50 [\d.]+ ([\d.]+)\)", svg)]
     assert max(rotated) + len("extraordinarily…") * 10 * CHAR_WIDTH * 0.77 < height
 
 
 def test_overlap_heatmap_has_a_numeric_scale():
-    svg = str(heatmap("overlap", ["race", "gender"], [[None, 2.5], [2.5, None]], [["race", "3"], ["3", "gender"]],
-                      scale_label="observed / expected:"))
+    svg = str(
+        heatmap(
+            "overlap",
+            ["race", "gender"],
+            [[None, 2.5], [2.5, None]],
+            [["race", "3"], ["3", "gender"]],
+            scale_label="observed / expected:",
+        )
+    )
     _assert_inside(svg)
     assert "observed / expected:" in svg and ">2.5<" in svg
 
 
 def test_scatter_legend_sits_under_its_title_and_labels_stay_inside():
     points = [(0.0, 0.0), (1.0, 1.0), (0.99, 0.5)]
-    svg = scatter(LONG, points, ["When", "an-extraordinarily-long-label", "thought"], ["a: asian", "b: white", "b: white"],
-                  [False, True, False], "PC1", "PC2", caption=LONG)
+    svg = scatter(
+        LONG,
+        points,
+        ["When", "an-extraordinarily-long-label", "thought"],
+        ["a: asian", "b: white", "b: white"],
+        [False, True, False],
+        "PC1",
+        "PC2",
+        caption=LONG,
+    )
     _assert_inside(svg)
     _assert_no_overlap(svg, "a title", "a: asian")

@@ -16,7 +16,7 @@ import pytest
 
 from fairaudit.errors import ConfigError
 from fairaudit.pipeline.sweep import load_sweep, run_sweep
-from fairaudit.reporting.report import _pareto_front, sweep_data
+from fairaudit.reporting.sweep import _pareto_front, sweep_data
 from fairaudit.store import Store
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -29,7 +29,7 @@ config:
   probe: {{plugin: activations, params: {{progress: false}}}}
   diagnose_top: 0
   evaluators: [output_bias]
-  pruning: {{out: {folder / (store + '-pruned')}}}
+  pruning: {{out: {folder / (store + "-pruned")}}}
 store: {folder / store}
 grid:
   model: [{models[0]}, {models[1]}]
@@ -91,17 +91,18 @@ def test_local_sweep_runs_every_cell_once(local_sweep, cli):
     assert cell["sweep"] == {"id": "grid", "values": result.cells[-1].values} and cell["prune"]["removed"] > 0
     again = run_sweep(path)  # complete cells are not run twice
     assert [o.status for o in again.outcomes] == ["skipped"] * 8
-    assert {run["run_id"]: run["started"] for run in store.runs() if run.get("kind") == "audit"} == \
-           {run_id: run["started"] for run_id, run in runs.items() if run.get("kind") == "audit"}
+    assert {run["run_id"]: run["started"] for run in store.runs() if run.get("kind") == "audit"} == {
+        run_id: run["started"] for run_id, run in runs.items() if run.get("kind") == "audit"
+    }
 
 
 def test_a_failing_cell_is_recorded_and_the_others_run(model_folder, tmp_path, cli):
     path = tmp_path / "s.yaml"
     path.write_text(f"""sweep: broken
 config: {{diagnose_top: 0, evaluators: [output_bias], pruning: null, probe: {{plugin: activations, params: {{progress: false}}}}}}
-store: {tmp_path / 'store'}
+store: {tmp_path / "store"}
 grid:
-  model: [{model_folder('llama')}, {tmp_path / 'no-such-model'}]
+  model: [{model_folder("llama")}, {tmp_path / "no-such-model"}]
   suites: [[race]]
 """)
     result = cli("sweep", path)
@@ -122,15 +123,22 @@ def test_grid_report_numbers_equal_the_store(local_sweep, cli):
     store = Store(folder / "local")
     for cell in result.cells:
         axis = cell.values["suites"][0]
-        before = next(r for r in store.read("evaluations", run_id=cell.run_id).to_pylist()
-                      if r["metric"] == "stereotype_preference" and r["role"] == "before")
-        assert f'data-metric="preference_before" data-axis="{cell.run_id}:{axis}" data-value="{before["value"]!r}"' in html
+        before = next(
+            r
+            for r in store.read("evaluations", run_id=cell.run_id).to_pylist()
+            if r["metric"] == "stereotype_preference" and r["role"] == "before"
+        )
+        assert (
+            f'data-metric="preference_before" data-axis="{cell.run_id}:{axis}" data-value="{before["value"]!r}"' in html
+        )
     data = sweep_data(store, "grid")
     assert len(data["fronts"]) == 4 and all(any(p["front"] for p in front["points"]) for front in data["fronts"])
     assert html.count("<svg") == 4 and "<script" not in html
 
 
-@pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install 'fairaudit[ray]'); the local backend is tested without it")
+@pytest.mark.skipif(
+    not HAS_RAY, reason="ray is not installed (pip install 'fairaudit[ray]'); the local backend is tested without it"
+)
 def test_ray_sweep_killed_midway_resumes_and_matches_local(local_sweep, model_folder):
     folder, _, _ = local_sweep
     path = _sweep_file(folder, "ray", [model_folder("llama"), model_folder("gpt2")])
@@ -141,8 +149,11 @@ def test_ray_sweep_killed_midway_resumes_and_matches_local(local_sweep, model_fo
     complete: dict[str, str] = {}
     while time.time() < deadline and process.poll() is None and not complete:
         time.sleep(0.5)
-        complete = {record.parent.name: record.read_text() for record in runs.glob("run_id=grid-*/run.json")
-                    if '"status": "complete"' in record.read_text()}
+        complete = {
+            record.parent.name: record.read_text()
+            for record in runs.glob("run_id=grid-*/run.json")
+            if '"status": "complete"' in record.read_text()
+        }
     _kill_session(process)
     assert complete, "no cell completed before the deadline"
     assert len(complete) < 8, "the sweep finished before it could be killed"

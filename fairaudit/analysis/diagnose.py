@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fairaudit.errors import FairauditError
 from fairaudit.inputs.model import LoadedModel
 from fairaudit.inputs.suite import Pair
+from fairaudit.lazy import torch
 from fairaudit.measurement.capture import token_states
 from fairaudit.measurement.metrics import bootstrap_interval
 from fairaudit.measurement.probe import ActivationStats
@@ -100,11 +99,15 @@ def diagnose_pair(loaded: LoadedModel, pair: Pair, layer: int) -> PairView:
     prefix, suffix = shared_ends(ids_a, ids_b)
     states_a = token_states(loaded, pair.text_a, list(VIEW_COMPONENTS))
     states_b = token_states(loaded, pair.text_b, list(VIEW_COMPONENTS))
-    view = PairView(pair=pair, layer=layer,
-                    tokens_a=[token_text(tokenizer, i) for i in ids_a], tokens_b=[token_text(tokenizer, i) for i in ids_b],
-                    substituted_a=[prefix <= t < len(ids_a) - suffix for t in range(len(ids_a))],
-                    substituted_b=[prefix <= t < len(ids_b) - suffix for t in range(len(ids_b))],
-                    pca_from=1 if min(len(ids_a), len(ids_b)) > 2 else 0)
+    view = PairView(
+        pair=pair,
+        layer=layer,
+        tokens_a=[token_text(tokenizer, i) for i in ids_a],
+        tokens_b=[token_text(tokenizer, i) for i in ids_b],
+        substituted_a=[prefix <= t < len(ids_a) - suffix for t in range(len(ids_a))],
+        substituted_b=[prefix <= t < len(ids_b) - suffix for t in range(len(ids_b))],
+        pca_from=1 if min(len(ids_a), len(ids_b)) > 2 else 0,
+    )
     skip = view.pca_from
     for component in VIEW_COMPONENTS:
         a, b = states_a[component], states_b[component]  # [layers, tokens, units]
@@ -116,8 +119,10 @@ def diagnose_pair(loaded: LoadedModel, pair: Pair, layer: int) -> PairView:
         coordinates, shares = pca_2d(torch.cat([a[layer, skip:], b[layer, skip:]]))
         view.pca[component] = coordinates
         view.explained[component] = shares
-        moves = [float((a[layer, t] - b[layer, counterpart(t, len(ids_a), len(ids_b), prefix, suffix)].mean(dim=0)).norm())
-                 for t in range(len(ids_a))]
+        moves = [
+            float((a[layer, t] - b[layer, counterpart(t, len(ids_a), len(ids_b), prefix, suffix)].mean(dim=0)).norm())
+            for t in range(len(ids_a))
+        ]
         view.most_moved[component] = view.tokens_a[max(range(len(moves)), key=moves.__getitem__)]
     return view
 
@@ -142,7 +147,11 @@ def emergence(stats: ActivationStats, confidence: float = 0.95, resamples: int =
     of their attention divergence; amplification interval: percentile bootstrap over pairs."""
     attention = stats.components["attention"].pair_divergence.double()  # [pairs, layers]
     mlp = stats.components["mlp"].pair_divergence.double()
-    floor = stats.components["attention"].control_divergence.double().mean(dim=0) if stats.n_controls else torch.zeros(attention.shape[1])
+    floor = (
+        stats.components["attention"].control_divergence.double().mean(dim=0)
+        if stats.n_controls
+        else torch.zeros(attention.shape[1])
+    )
     attention_mean, mlp_mean = attention.mean(dim=0), mlp.mean(dim=0)
     above = [layer for layer in range(attention.shape[1]) if attention_mean[layer] > floor[layer]]
     ratios = mlp[:, -1] / mlp[:, 0].clamp(min=1e-12)
@@ -150,10 +159,22 @@ def emergence(stats: ActivationStats, confidence: float = 0.95, resamples: int =
     draws = torch.randint(0, mlp.shape[0], (resamples, mlp.shape[0]), generator=generator)
     resampled = mlp[draws][:, :, -1].mean(dim=1) / mlp[draws][:, :, 0].mean(dim=1).clamp(min=1e-12)
     tail = (1 - confidence) / 2
-    low, high = (float(torch.quantile(resampled, tail)), float(torch.quantile(resampled, 1 - tail))) if mlp.shape[0] > 1 else bootstrap_interval(ratios)
-    return Emergence(axis=stats.axis, attention_onset=above[0] if above else None, mlp_peak=int(mlp_mean.argmax()),
-                     amplification=float(mlp_mean[-1] / mlp_mean[0].clamp(min=1e-12)), amplification_low=low, amplification_high=high,
-                     attention_by_layer=attention_mean.tolist(), mlp_by_layer=mlp_mean.tolist(), attention_floor=floor.tolist())
+    low, high = (
+        (float(torch.quantile(resampled, tail)), float(torch.quantile(resampled, 1 - tail)))
+        if mlp.shape[0] > 1
+        else bootstrap_interval(ratios)
+    )
+    return Emergence(
+        axis=stats.axis,
+        attention_onset=above[0] if above else None,
+        mlp_peak=int(mlp_mean.argmax()),
+        amplification=float(mlp_mean[-1] / mlp_mean[0].clamp(min=1e-12)),
+        amplification_low=low,
+        amplification_high=high,
+        attention_by_layer=attention_mean.tolist(),
+        mlp_by_layer=mlp_mean.tolist(),
+        attention_floor=floor.tolist(),
+    )
 
 
 def render_view(view: PairView) -> dict[str, str]:
@@ -162,26 +183,37 @@ def render_view(view: PairView) -> dict[str, str]:
     from fairaudit.svg import matrix_heatmap, scatter
 
     stem = safe_name(view.pair.pair_id.replace(":", "_"), 80)
-    figures = {}
+    figures: dict[str, str] = {}
     for component in VIEW_COMPONENTS:
         heat = view.heat[component]
         peak_layer, peak_token = divmod(int(heat.argmax()), heat.shape[1])
         figures[f"{stem}-{component}-heatmap"] = matrix_heatmap(
             f"{view.pair.pair_id}: {component} output divergence per token and layer",
-            [f"layer {i}" for i in range(heat.shape[0])], view.tokens_a, heat.tolist(), view.substituted_a,
+            [f"layer {i}" for i in range(heat.shape[0])],
+            view.tokens_a,
+            heat.tolist(),
+            view.substituted_a,
             caption=f"Largest divergence: token '{view.tokens_a[peak_token]}' at layer {peak_layer}. "
-                    f"Compared: {view.pair.text_a!r} vs {view.pair.text_b!r}.",
-            x_label="token of prompt a (substituted words underlined and bold); darker = larger divergence", y_label="layer",
-            scale_label="mean |difference|:")
+            f"Compared: {view.pair.text_a!r} vs {view.pair.text_b!r}.",
+            x_label="token of prompt a (substituted words underlined and bold); darker = larger divergence",
+            y_label="layer",
+            scale_label="mean |difference|:",
+        )
         shares, skip = view.explained[component], view.pca_from
-        left_out = " The first token of each prompt is left out (it alone can take most of the variance)." if skip else ""
+        left_out = (
+            " The first token of each prompt is left out (it alone can take most of the variance)." if skip else ""
+        )
         figures[f"{stem}-{component}-pca-layer{view.layer}"] = scatter(
             f"{view.pair.pair_id}: PCA of {component} outputs at layer {view.layer}",
-            [tuple(row) for row in view.pca[component].tolist()], view.tokens_a[skip:] + view.tokens_b[skip:],
-            [f"a: {view.pair.group_a}"] * (len(view.tokens_a) - skip) + [f"b: {view.pair.group_b}"] * (len(view.tokens_b) - skip),
+            [tuple(row) for row in view.pca[component].tolist()],
+            view.tokens_a[skip:] + view.tokens_b[skip:],
+            [f"a: {view.pair.group_a}"] * (len(view.tokens_a) - skip)
+            + [f"b: {view.pair.group_b}"] * (len(view.tokens_b) - skip),
             view.substituted_a[skip:] + view.substituted_b[skip:],
-            x_label=f"PC1 ({shares[0]:.0%} of variance)", y_label=f"PC2 ({shares[1]:.0%})",
-            caption=f"The token that moves most between the two prompts: '{view.most_moved[component]}'. Substituted words ringed.{left_out}")
+            x_label=f"PC1 ({shares[0]:.0%} of variance)",
+            y_label=f"PC2 ({shares[1]:.0%})",
+            caption=f"The token that moves most between the two prompts: '{view.most_moved[component]}'. Substituted words ringed.{left_out}",
+        )
     return figures
 
 
@@ -192,8 +224,9 @@ def _is_number(value: Any) -> bool:
 TOP_UNITS = 5
 
 
-def causal_view(axis: str, layer_rows: list[dict[str, Any]], neuron_rows: list[dict[str, Any]],
-                head_rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def causal_view(
+    axis: str, layer_rows: list[dict[str, Any]], neuron_rows: list[dict[str, Any]], head_rows: list[dict[str, Any]]
+) -> dict[str, Any] | None:
     """Where an axis' output-level bias is carried (the output_attribution and ablation scorers),
     from rows of the layer_scores, neuron_scores and head_scores tables: the layer profile of
     attribution beside the activation-divergence profile, each as a share of its total over
@@ -203,9 +236,11 @@ def causal_view(axis: str, layer_rows: list[dict[str, Any]], neuron_rows: list[d
     layers = sorted(layer_rows, key=lambda r: r["layer"])
     if not layers or "output_attribution_by_layer" not in layers[0]:
         return None
-    profiles = {"MLP activation divergence": [r.get("mlp_divergence") for r in layers],
-                "MLP neurons' output attribution": [r["output_attribution_by_layer"] for r in layers],
-                "attention heads' output attribution": [r.get("head_attribution_by_layer") for r in layers]}
+    profiles = {
+        "MLP activation divergence": [r.get("mlp_divergence") for r in layers],
+        "MLP neurons' output attribution": [r["output_attribution_by_layer"] for r in layers],
+        "attention heads' output attribution": [r.get("head_attribution_by_layer") for r in layers],
+    }
     shares = {}
     for name, values in profiles.items():
         finite = [v for v in values if _is_number(v)]
@@ -222,13 +257,38 @@ def causal_view(axis: str, layer_rows: list[dict[str, Any]], neuron_rows: list[d
         verified = [r for r in rows if _is_number(r.get("ablation_effect"))]
         key = "ablation_effect" if verified else "output_attribution"
         chosen = sorted(verified or rows, key=lambda r: -abs(r[key]))[:TOP_UNITS]
-        top[kind] = {"ranked_by": "measured effect of ablating it alone" if verified else "estimated effect (no ablation stored)",
-                     "rows": [{"layer": r["layer"], "unit": r[index], "estimate": r["output_attribution"],
-                               "measured": r.get("ablation_effect")} for r in chosen]}
-    svg = bar_chart(f"{axis}: where the bias is carried, and where activations differ (share of each total per layer)",
-                    [str(r["layer"]) for r in layers], shares, "layer", "share of the total over layers") if shares else None
-    return {"svg": svg, "shares": shares, "agreement": agreement, "top": top,
-            "peaks": {name: max(range(len(values)), key=values.__getitem__) for name, values in shares.items()}}
+        top[kind] = {
+            "ranked_by": "measured effect of ablating it alone"
+            if verified
+            else "estimated effect (no ablation stored)",
+            "rows": [
+                {
+                    "layer": r["layer"],
+                    "unit": r[index],
+                    "estimate": r["output_attribution"],
+                    "measured": r.get("ablation_effect"),
+                }
+                for r in chosen
+            ],
+        }
+    svg = (
+        bar_chart(
+            f"{axis}: where the bias is carried, and where activations differ (share of each total per layer)",
+            [str(r["layer"]) for r in layers],
+            shares,
+            "layer",
+            "share of the total over layers",
+        )
+        if shares
+        else None
+    )
+    return {
+        "svg": svg,
+        "shares": shares,
+        "agreement": agreement,
+        "top": top,
+        "peaks": {name: max(range(len(values)), key=values.__getitem__) for name, values in shares.items()},
+    }
 
 
 @dataclass
@@ -244,8 +304,16 @@ class Diagnosis:
     attribution: dict[str, Any] | None = None
 
 
-def run(model: Any, suite_name: str, pair_ids: tuple[str, ...] | list[str], top: int, layer: int | None, out: Path,
-        png: bool = False, verify: int | None = None) -> Diagnosis:
+def run(
+    model: Any,
+    suite_name: str,
+    pair_ids: tuple[str, ...] | list[str],
+    top: int,
+    layer: int | None,
+    out: Path,
+    png: bool = False,
+    verify: int | None = None,
+) -> Diagnosis:
     """`fairaudit diagnose`: probe one suite, then draw the `top` most divergent pairs (or the
     named ones) into `out` with the axis' emergence summary (emergence.json); with `verify`, also
     attribute the output bias to layers, neurons and heads (`verify` > 0: the K largest estimates
@@ -263,26 +331,43 @@ def run(model: Any, suite_name: str, pair_ids: tuple[str, ...] | list[str], top:
     by_id = {pair.pair_id: pair for pair in suite.pairs(None)}
     missing = [pair_id for pair_id in pair_ids if pair_id not in by_id]
     if missing:  # checked before the model loads: a typo costs a second, not a model load
-        raise FairauditError(f"suite '{suite.suite}' has no pair {missing}; pair ids look like "
-                             f"'{next(iter(by_id))}' (see 'fairaudit suites show {suite_name}').")
+        raise FairauditError(
+            f"suite '{suite.suite}' has no pair {missing}; pair ids look like "
+            f"'{next(iter(by_id))}' (see 'fairaudit suites show {suite_name}')."
+        )
     loaded = load_model(model)
     probe = registry().get("probe", "activations")
-    stats = probe.run(loaded, suite.pairs("probe"), suite.control_pairs(),
-                      probe.Params(components=["attention", "mlp"], optipfair_index=False, progress=False), suite.axis)
+    stats = probe.run(
+        loaded,
+        suite.pairs("probe"),
+        suite.control_pairs(),
+        probe.Params(components=["attention", "mlp"], optipfair_index=False, progress=False),
+        suite.axis,
+    )
     summary = emergence(stats)
     if pair_ids:
         chosen = [by_id[pair_id] for pair_id in pair_ids]
     else:
-        chosen = [suite.pairs("probe")[index] for index in pair_bias_index(stats).argsort(descending=True)[:top].tolist()]
+        chosen = [
+            suite.pairs("probe")[index] for index in pair_bias_index(stats).argsort(descending=True)[:top].tolist()
+        ]
     layer = summary.mlp_peak if layer is None else layer
     if not 0 <= layer < len(loaded.layers):
         raise FairauditError(f"--layer {layer} is out of range: the model has layers 0..{len(loaded.layers) - 1}.")
     out.mkdir(parents=True, exist_ok=True)
     written = _draw(loaded, chosen, layer, out, png)
-    report = {"axis": suite.axis, "attention_onset_layer": summary.attention_onset, "mlp_peak_layer": summary.mlp_peak,
-              "amplification": summary.amplification, "amplification_95ci": [summary.amplification_low, summary.amplification_high],
-              "attention_by_layer": summary.attention_by_layer, "attention_noise_floor": summary.attention_floor,
-              "mlp_by_layer": summary.mlp_by_layer, "pairs": [pair.pair_id for pair in chosen], "files": [str(p) for p in written]}
+    report: dict[str, Any] = {
+        "axis": suite.axis,
+        "attention_onset_layer": summary.attention_onset,
+        "mlp_peak_layer": summary.mlp_peak,
+        "amplification": summary.amplification,
+        "amplification_95ci": [summary.amplification_low, summary.amplification_high],
+        "attention_by_layer": summary.attention_by_layer,
+        "attention_noise_floor": summary.attention_floor,
+        "mlp_by_layer": summary.mlp_by_layer,
+        "pairs": [pair.pair_id for pair in chosen],
+        "files": [str(p) for p in written],
+    }
     atomic_write_text(out / "emergence.json", strict_json(report))
     found = Diagnosis(axis=suite.axis, summary=summary, pairs=chosen, files=written, report=report)
     causal = _attribution(loaded, stats, verify) if verify is not None else None
@@ -327,21 +412,38 @@ def _attribution(loaded: LoadedModel, stats: ActivationStats, verify: int) -> di
         scorer.compute(stats, loaded, scores, params)
     if not scores.head:
         return None
-    return causal_view(stats.axis, layer_table(scores).to_pylist(), neuron_table(scores).to_pylist(), head_table(scores).to_pylist())
+    return causal_view(
+        stats.axis, layer_table(scores).to_pylist(), neuron_table(scores).to_pylist(), head_table(scores).to_pylist()
+    )
 
 
 def svg_to_png(path: Path) -> Path:
     """Render an SVG file to PNG beside it with a headless chromium (Debian's)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        raise FairauditError("--png renders the SVG figures with a headless chromium, which is not installed "
-                             "(Debian: apt-get install chromium); the SVG files were written.")
+        raise FairauditError(
+            "--png renders the SVG figures with a headless chromium, which is not installed "
+            "(Debian: apt-get install chromium); the SVG files were written."
+        )
     target = path.with_suffix(".png")
     if target.is_symlink():
         target.unlink()  # chromium would write through it
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--no-first-run", f"--screenshot={target}", "--window-size=1000,700", path.resolve().as_uri()],
-                   capture_output=True, timeout=120, check=False)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            f"--screenshot={target}",
+            "--window-size=1000,700",
+            path.resolve().as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     if not target.exists():
         raise FairauditError(f"chromium could not render {path} to PNG; the SVG file was written.")
     return target

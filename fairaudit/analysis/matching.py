@@ -32,12 +32,13 @@ import bisect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from fairaudit.errors import FairauditError
 from fairaudit.inputs.model import LoadedModel
+from fairaudit.lazy import torch
 from fairaudit.measurement.capture import token_states
 
 WORDS_PER_CHUNK = 120  # words per forward pass: short enough for any model's context
@@ -60,17 +61,24 @@ class Matching:
         out = []
         for layer_a, layer_b in enumerate(self.alignment):
             for neuron_a, neuron_b in enumerate(self.assignment[layer_a]):
-                out.append({"layer_a": layer_a, "neuron_a": neuron_a, "layer_b": layer_b, "neuron_b": int(neuron_b),
-                            "correlation": float(self.correlation[layer_a][neuron_a]),
-                            "best_neuron_b": int(self.best_neuron[layer_a][neuron_a]),
-                            "best_correlation": float(self.best_correlation[layer_a][neuron_a])})
+                out.append(
+                    {
+                        "layer_a": layer_a,
+                        "neuron_a": neuron_a,
+                        "layer_b": layer_b,
+                        "neuron_b": int(neuron_b),
+                        "correlation": float(self.correlation[layer_a][neuron_a]),
+                        "best_neuron_b": int(self.best_neuron[layer_a][neuron_a]),
+                        "best_correlation": float(self.best_correlation[layer_a][neuron_a]),
+                    }
+                )
         return out
 
 
 def corpus_chunks(text: str, words_per_chunk: int = WORDS_PER_CHUNK, max_words: int | None = None) -> list[str]:
     """The corpus as chunks of whole words (a chunk keeps its original spacing within a line)."""
     words = re.findall(r"\S+", text)[:max_words]
-    return [" ".join(words[start:start + words_per_chunk]) for start in range(0, len(words), words_per_chunk)]
+    return [" ".join(words[start : start + words_per_chunk]) for start in range(0, len(words), words_per_chunk)]
 
 
 def word_activations(loaded: LoadedModel, chunks: list[str]) -> list[np.ndarray]:
@@ -92,7 +100,9 @@ def word_activations(loaded: LoadedModel, chunks: list[str]) -> list[np.ndarray]
         present = sorted(set(owner[owner >= 0].tolist()))
         if len(present) != len(spans):
             missing = len(spans) - len(present)
-            raise FairauditError(f"model {loaded.model_id}: {missing} word(s) of a corpus chunk got no token (truncated?).")
+            raise FairauditError(
+                f"model {loaded.model_id}: {missing} word(s) of a corpus chunk got no token (truncated?)."
+            )
         weights = torch.zeros(len(spans), len(offsets))
         for token, word in enumerate(owner):
             if word >= 0:
@@ -107,7 +117,7 @@ def _standardise(values: np.ndarray) -> np.ndarray:
     """Columns centred and scaled so that Z_a.T @ Z_b / words is the Pearson correlation; a
     constant neuron gets zeros (correlation 0 with everything)."""
     centred = values - values.mean(axis=0, keepdims=True)
-    scale = np.sqrt((centred ** 2).mean(axis=0, keepdims=True))
+    scale = np.sqrt((centred**2).mean(axis=0, keepdims=True))
     return np.divide(centred, scale, out=np.zeros_like(centred), where=scale > 1e-8).astype(np.float32)
 
 
@@ -135,7 +145,9 @@ def match_neurons(first: list[np.ndarray], second: list[np.ndarray]) -> Matching
     from scipy.optimize import linear_sum_assignment
 
     if first[0].shape[0] != second[0].shape[0]:
-        raise FairauditError(f"the two models saw different numbers of words ({first[0].shape[0]} vs {second[0].shape[0]}).")
+        raise FairauditError(
+            f"the two models saw different numbers of words ({first[0].shape[0]} vs {second[0].shape[0]})."
+        )
     words = first[0].shape[0]
     standard_a = [_standardise(values) for values in first]
     standard_b = [_standardise(values) for values in second]
@@ -144,15 +156,24 @@ def match_neurons(first: list[np.ndarray], second: list[np.ndarray]) -> Matching
         for b, z_b in enumerate(standard_b):
             layer_scores[a, b] = float((z_a.T @ z_b / words).max(axis=1).mean())
     alignment = align_depth(layer_scores)
-    matching = Matching(alignment=alignment, layer_scores=layer_scores, assignment=[], correlation=[], best_neuron=[],
-                        best_correlation=[], words=words)
+    matching = Matching(
+        alignment=alignment,
+        layer_scores=layer_scores,
+        assignment=[],
+        correlation=[],
+        best_neuron=[],
+        best_correlation=[],
+        words=words,
+    )
     for a, b in enumerate(alignment):
         correlation = standard_a[a].T @ standard_b[b] / words  # [neurons_a, neurons_b]
         rows, columns = linear_sum_assignment(correlation, maximize=True)
         assigned = np.full(correlation.shape[0], -1)
         assigned[rows] = columns
         matching.assignment.append(assigned)
-        matching.correlation.append(np.where(assigned >= 0, correlation[np.arange(len(assigned)), np.maximum(assigned, 0)], np.nan))
+        matching.correlation.append(
+            np.where(assigned >= 0, correlation[np.arange(len(assigned)), np.maximum(assigned, 0)], np.nan)
+        )
         matching.best_neuron.append(correlation.argmax(axis=1))
         matching.best_correlation.append(correlation.max(axis=1))
     return matching
@@ -174,7 +195,9 @@ class MatchedOverlap:
     mapped: list[tuple[int, int]] = field(default_factory=list)  # (layer_b, neuron_b) of A's top neurons
 
 
-def _overlap(mask_a: np.ndarray, mask_b: np.ndarray, matching: Matching, assignment: list[np.ndarray]) -> tuple[int, list]:
+def _overlap(
+    mask_a: np.ndarray, mask_b: np.ndarray, matching: Matching, assignment: list[np.ndarray]
+) -> tuple[int, list]:
     mapped = []
     for layer_a, layer_b in enumerate(matching.alignment):
         for neuron_a in np.flatnonzero(mask_a[layer_a]):
@@ -184,8 +207,9 @@ def _overlap(mask_a: np.ndarray, mask_b: np.ndarray, matching: Matching, assignm
     return sum(bool(mask_b[layer_b, neuron_b]) for layer_b, neuron_b in mapped), mapped
 
 
-def matched_overlap(name: str, mask_a: np.ndarray, mask_b: np.ndarray, matching: Matching, permutations: int = 2000,
-                    seed: int = 0) -> MatchedOverlap:
+def matched_overlap(
+    name: str, mask_a: np.ndarray, mask_b: np.ndarray, matching: Matching, permutations: int = 2000, seed: int = 0
+) -> MatchedOverlap:
     """Overlap of two boolean top-k masks (`[layers_a, neurons_a]`, `[layers_b, neurons_b]`)
     through the matching, with its within-layer permutation null."""
     observed, mapped = _overlap(mask_a, mask_b, matching, matching.assignment)
@@ -194,10 +218,18 @@ def matched_overlap(name: str, mask_a: np.ndarray, mask_b: np.ndarray, matching:
     for index in range(permutations):
         shuffled = [generator.permutation(assigned) for assigned in matching.assignment]
         null[index] = _overlap(mask_a, mask_b, matching, shuffled)[0]
-    return MatchedOverlap(name=name, k_a=int(mask_a.sum()), k_b=int(mask_b.sum()), overlap=observed, null_mean=float(null.mean()),
-                          null_low=float(np.quantile(null, 0.025)), null_high=float(np.quantile(null, 0.975)),
-                          p_value=(1 + int((null >= observed).sum())) / (1 + permutations), permutations=permutations,
-                          mapped=mapped)
+    return MatchedOverlap(
+        name=name,
+        k_a=int(mask_a.sum()),
+        k_b=int(mask_b.sum()),
+        overlap=observed,
+        null_mean=float(null.mean()),
+        null_low=float(np.quantile(null, 0.025)),
+        null_high=float(np.quantile(null, 0.975)),
+        p_value=(1 + int((null >= observed).sum())) / (1 + permutations),
+        permutations=permutations,
+        mapped=mapped,
+    )
 
 
 def read_corpus(path: str | Path | None) -> str:
@@ -222,8 +254,14 @@ def _axes_masks(by_axis: dict[str, np.ndarray], top: float) -> dict[str, np.ndar
     return masks
 
 
-def overlaps_through_matching(by_axis_a: dict[str, np.ndarray], by_axis_b: dict[str, np.ndarray], matching: Matching, top: float,
-                              permutations: int = 2000, seed: int = 0) -> list[MatchedOverlap]:
+def overlaps_through_matching(
+    by_axis_a: dict[str, np.ndarray],
+    by_axis_b: dict[str, np.ndarray],
+    matching: Matching,
+    top: float,
+    permutations: int = 2000,
+    seed: int = 0,
+) -> list[MatchedOverlap]:
     """For every axis both models have (and their shared sets), the matched overlap of the top-k."""
     masks_a, masks_b = _axes_masks(by_axis_a, top), _axes_masks(by_axis_b, top)
     names = [name for name in masks_a if name in masks_b]
@@ -240,7 +278,11 @@ def self_match_recovery(activations: list[np.ndarray], seed: int = 0) -> float:
     matching = match_neurons(activations, [values[:, order] for values, order in zip(activations, orders)])
     recovered = total = 0
     for layer_a, layer_b in enumerate(matching.alignment):
-        found = orders[layer_b][matching.assignment[layer_a]] if layer_b == layer_a else np.full(activations[layer_a].shape[1], -1)
+        found = (
+            orders[layer_b][matching.assignment[layer_a]]
+            if layer_b == layer_a
+            else np.full(activations[layer_a].shape[1], -1)
+        )
         live = activations[layer_a].std(axis=0) > 1e-8
         recovered += int((found[live] == np.arange(len(found))[live]).sum())
         total += int(live.sum())
@@ -278,7 +320,9 @@ def _scores_in_memory(loaded: LoadedModel, config, score: str) -> dict[str, np.n
             if kind == "scorer":
                 plugins.get("scorer", ref.plugin).compute(stats, loaded, scores, params[path])
         if score not in scores.neuron:
-            raise FairauditError(f"the random-model baseline needs the score '{score}', which the run's scorers do not write.")
+            raise FairauditError(
+                f"the random-model baseline needs the score '{score}', which the run's scorers do not write."
+            )
         by_axis[suite.axis] = scores.neuron[score].double().numpy()
     return by_axis
 
@@ -287,11 +331,19 @@ def random_twin(loaded: LoadedModel, seed: int) -> LoadedModel:
     """A model of the same architecture and size with freshly initialised (untrained) weights."""
     torch.manual_seed(seed)
     model = type(loaded.model)(loaded.model.config).eval()
-    return LoadedModel(model=model, tokenizer=loaded.tokenizer, adapter=loaded.adapter, model_id=f"random-{loaded.model_id}",
-                       has_lm_head=loaded.has_lm_head, provenance={})
+    return LoadedModel(
+        model=model,
+        tokenizer=loaded.tokenizer,
+        adapter=loaded.adapter,
+        model_id=f"random-{loaded.model_id}",
+        has_lm_head=loaded.has_lm_head,
+        provenance={},
+    )
 
 
-def random_baseline(loaded: list[LoadedModel], config, score: str, chunks: list[str], top: float, permutations: int) -> list[MatchedOverlap]:
+def random_baseline(
+    loaded: list[LoadedModel], config, score: str, chunks: list[str], top: float, permutations: int
+) -> list[MatchedOverlap]:
     """Sanity baseline: two independently initialised random models of the two architectures,
     probed and scored like the audited ones and matched on the same words; their matched
     overlaps should be at chance."""
@@ -301,8 +353,17 @@ def random_baseline(loaded: list[LoadedModel], config, score: str, chunks: list[
     return overlaps_through_matching(scores[0], scores[1], matching, top, permutations)
 
 
-def compare_models(store, scores_a, scores_b, corpus: str | Path | None, top: float, permutations: int = 2000,
-                   max_words: int = 5000, granted: frozenset[str] = frozenset(), baselines: bool = False) -> MatchedComparison:
+def compare_models(
+    store,
+    scores_a,
+    scores_b,
+    corpus: str | Path | None,
+    top: float,
+    permutations: int = 2000,
+    max_words: int = 5000,
+    granted: frozenset[str] = frozenset(),
+    baselines: bool = False,
+) -> MatchedComparison:
     """Load the two audited models (as their runs recorded them), match their neurons on the
     corpus, store the matching (table `neuron_matching`) and the matched overlaps (table
     `matched_overlap`) under a new run of kind "match", and return them."""
@@ -310,69 +371,102 @@ def compare_models(store, scores_a, scores_b, corpus: str | Path | None, top: fl
 
     import pyarrow as pa
 
-    from fairaudit.inputs.model import ModelSpec, load_model
-
-    loaded = []
-    for scores in (scores_a, scores_b):
-        record = store.read_run(scores.run_id)
-        provenance = record.get("model", {})
-        spec = ModelSpec.model_validate({**record.get("config", {}).get("model", {"id": provenance.get("source")}),
-                                         **{name: True for name in ("trust_remote_code", "allow_pickle") if name in granted}})
-        model = load_model(spec)
-        if model.provenance["weights_hash"] != provenance.get("weights_hash"):
-            raise FairauditError(f"model {scores.model} loads with other weights than run {scores.run_id} audited "
-                                 f"(weights hash differs); its neurons cannot be matched to those scores.")
-        loaded.append(model)
+    loaded = [_audited_model(store, scores, granted) for scores in (scores_a, scores_b)]
     text = read_corpus(None if corpus in (None, "bundled") else corpus)
     chunks = corpus_chunks(text, max_words=max_words)
     if not chunks:
         raise FairauditError("the matching corpus has no words.")
-    with store.recording("match", model_id=scores_a.model, model_b=scores_b.model, run_a=scores_a.run_id, run_b=scores_b.run_id,
-                         score=scores_a.score, top=top, permutations=permutations, corpus=str(corpus or "bundled"),
-                         corpus_sha256=hashlib.sha256(" ".join(chunks).encode()).hexdigest(),
-                         weights_hash_a=loaded[0].provenance["weights_hash"],
-                         weights_hash_b=loaded[1].provenance["weights_hash"]) as record:
+    with store.recording(
+        "match",
+        model_id=scores_a.model,
+        model_b=scores_b.model,
+        run_a=scores_a.run_id,
+        run_b=scores_b.run_id,
+        score=scores_a.score,
+        top=top,
+        permutations=permutations,
+        corpus=str(corpus or "bundled"),
+        corpus_sha256=hashlib.sha256(" ".join(chunks).encode()).hexdigest(),
+        weights_hash_a=loaded[0].provenance["weights_hash"],
+        weights_hash_b=loaded[1].provenance["weights_hash"],
+    ) as record:
         first, second = (word_activations(model, chunks) for model in loaded)
         matching = match_neurons(first, second)
         overlaps = overlaps_through_matching(scores_a.by_axis, scores_b.by_axis, matching, top, permutations)
         recovery = self_match_recovery(first)
         random_overlaps = []
         if baselines:
-            from fairaudit.config import RunConfig
-
-            config = RunConfig.model_validate(store.read_run(scores_a.run_id)["config"]).model_copy(update={"pruning": None, "evaluators": []})
-            config = config.model_copy(update={"probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}})})
-            random_overlaps = random_baseline(loaded, config, scores_a.score, chunks, top, permutations)
+            random_overlaps = _random_model_overlaps(store, scores_a, loaded, chunks, top, permutations)
         run_id = record.run_id
-        store.write_part("neuron_matching", scores_a.model, scores_b.model, run_id, pa.Table.from_pylist(matching.rows()))
-        store.write_part("matched_overlap", scores_a.model, scores_b.model, run_id, pa.Table.from_pylist(
-            [{key: value for key, value in overlap.__dict__.items() if key != "mapped"} | {"top": top} for overlap in overlaps]))
-        extras = {"words": matching.words, "alignment": matching.alignment, "self_match_recovery": recovery,
-                  "random_baseline": [{key: value for key, value in overlap.__dict__.items() if key != "mapped"}
-                                      for overlap in random_overlaps]}
+        store.write_part(
+            "neuron_matching", scores_a.model, scores_b.model, run_id, pa.Table.from_pylist(matching.rows())
+        )
+        store.write_part(
+            "matched_overlap",
+            scores_a.model,
+            scores_b.model,
+            run_id,
+            pa.Table.from_pylist(
+                [
+                    {key: value for key, value in overlap.__dict__.items() if key != "mapped"} | {"top": top}
+                    for overlap in overlaps
+                ]
+            ),
+        )
+        extras = {
+            "words": matching.words,
+            "alignment": matching.alignment,
+            "self_match_recovery": recovery,
+            "random_baseline": [
+                {key: value for key, value in overlap.__dict__.items() if key != "mapped"}
+                for overlap in random_overlaps
+            ],
+        }
         for key, value in extras.items():
             setattr(record, key, value)
-    return MatchedComparison(run_id=run_id, matching=matching, overlaps=overlaps, self_recovery=recovery, corpus=str(corpus or "bundled"),
-                             random_overlaps=random_overlaps)
+    return MatchedComparison(
+        run_id=run_id,
+        matching=matching,
+        overlaps=overlaps,
+        self_recovery=recovery,
+        corpus=str(corpus or "bundled"),
+        random_overlaps=random_overlaps,
+    )
 
 
-def figures(comparison: MatchedComparison, model_a: str, model_b: str) -> dict[str, str]:
-    """SVG figures of a matched comparison: observed vs null overlap per axis, and the layer
-    alignment over the layer-pair scores."""
-    from fairaudit.svg import bar_chart, matrix_heatmap
+def _random_model_overlaps(
+    store: Any, scores: Any, loaded: list[LoadedModel], chunks: list[str], top: float, permutations: int
+) -> list[MatchedOverlap]:
+    """`random_baseline` with the probe and scorers of the run that audited the first model."""
+    from fairaudit.config import RunConfig
 
-    names = [overlap.name for overlap in comparison.overlaps]
-    series = {"matched overlap": [float(o.overlap) for o in comparison.overlaps],
-              "null mean": [o.null_mean for o in comparison.overlaps]}
-    if comparison.random_overlaps:
-        series["random models"] = [float(o.overlap) for o in comparison.random_overlaps]
-    scores = comparison.matching.layer_scores
-    return {
-        "matched_overlap": str(bar_chart(f"{model_a} top neurons mapped into {model_b}'s top neurons", names, series,
-                                         "axis", "neurons")),
-        "layer_alignment": str(matrix_heatmap(
-            f"layer-pair scores, {model_a} (rows) x {model_b} (columns)", [f"{a}" for a in range(scores.shape[0])],
-            [f"{b}" for b in range(scores.shape[1])], scores.tolist(), [False] * scores.shape[1],
-            f"alignment (row -> column): {comparison.matching.alignment}", f"layer of {model_b}", f"layer of {model_a}",
-            scale_label="layer-pair score:")),
-    }
+    config = RunConfig.model_validate(store.read_run(scores.run_id)["config"])
+    config = config.model_copy(
+        update={
+            "pruning": None,
+            "evaluators": [],
+            "probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}}),
+        }
+    )
+    return random_baseline(loaded, config, scores.score, chunks, top, permutations)
+
+
+def _audited_model(store: Any, scores: Any, granted: frozenset[str]) -> LoadedModel:
+    """The model a run audited, loaded as its run recorded it, refused when its weights changed."""
+    from fairaudit.inputs.model import ModelSpec, load_model
+
+    record = store.read_run(scores.run_id)
+    provenance = record.get("model", {})
+    spec = ModelSpec.model_validate(
+        {
+            **record.get("config", {}).get("model", {"id": provenance.get("source")}),
+            **{name: True for name in ("trust_remote_code", "allow_pickle") if name in granted},
+        }
+    )
+    model = load_model(spec)
+    if model.provenance["weights_hash"] != provenance.get("weights_hash"):
+        raise FairauditError(
+            f"model {scores.model} loads with other weights than run {scores.run_id} audited "
+            f"(weights hash differs); its neurons cannot be matched to those scores."
+        )
+    return model

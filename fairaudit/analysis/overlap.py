@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,11 +44,18 @@ class ModelScores:
 
 def latest_run(store: Store, model: str) -> str:
     """The newest complete audit run (not a prune record) of `model` in `store`."""
-    runs = [r for r in store.runs() if safe_name(r.get("model_id", "")) == safe_name(model)
-            and r.get("status") == "complete" and r.get("kind", "audit") == "audit"]
+    runs = [
+        r
+        for r in store.runs()
+        if safe_name(r.get("model_id", "")) == safe_name(model)
+        and r.get("status") == "complete"
+        and r.get("kind", "audit") == "audit"
+    ]
     if not runs:
         models = sorted({r.get("model_id", "?") for r in store.runs()})
-        raise StoreError(f"store {store.root} has no complete run of model '{model}'. Models in it: {', '.join(models) or '(none)'}.")
+        raise StoreError(
+            f"store {store.root} has no complete run of model '{model}'. Models in it: {', '.join(models) or '(none)'}."
+        )
     return runs[-1]["run_id"]
 
 
@@ -55,10 +63,14 @@ def load_scores(store: Store, model: str, score: str = DEFAULT_SCORE, run_id: st
     """Read `score` for every axis of one run (default: the model's latest complete run)."""
     run_id = run_id or latest_run(store, model)
     table = store.read("neuron_scores", model=model, run_id=run_id)
-    columns = [field.name for field in table.schema if pa.types.is_floating(field.type)]  # keys (layer, neuron...) are not scores
+    columns = [
+        field.name for field in table.schema if pa.types.is_floating(field.type)
+    ]  # keys (layer, neuron...) are not scores
     if score not in columns:
-        raise FairauditError(f"'{score}' is not a per-neuron score stored for model '{model}' run {run_id}; "
-                             f"stored scores: {', '.join(columns) or '(none)'}.")
+        raise FairauditError(
+            f"'{score}' is not a per-neuron score stored for model '{model}' run {run_id}; "
+            f"stored scores: {', '.join(columns) or '(none)'}."
+        )
     by_axis = {}
     for axis in sorted(set(table.column("axis").to_pylist())):
         rows = table.filter(pc.equal(table.column("axis"), axis))
@@ -89,7 +101,9 @@ def hypergeometric_p(overlap: int, population: int, k_a: int, k_b: int) -> float
     return float(scipy_stats.hypergeom.sf(overlap - 1, population, k_a, k_b))
 
 
-def set_overlap(mask_a: np.ndarray, mask_b: np.ndarray, values_a: np.ndarray | None = None, values_b: np.ndarray | None = None) -> dict:
+def set_overlap(
+    mask_a: np.ndarray, mask_b: np.ndarray, values_a: np.ndarray | None = None, values_b: np.ndarray | None = None
+) -> dict:
     """Overlap statistics of two top-k masks over the same neurons. With score values, the
     population is the neurons scored in both (a pruned model lacks some)."""
     population, k_a, k_b = mask_a.size, int(mask_a.sum()), int(mask_b.sum())
@@ -98,7 +112,10 @@ def set_overlap(mask_a: np.ndarray, mask_b: np.ndarray, values_a: np.ndarray | N
     overlap = int((mask_a & mask_b).sum())
     union = int((mask_a | mask_b).sum())
     result = {
-        "neurons": population, "k_a": k_a, "k_b": k_b, "overlap": overlap,
+        "neurons": population,
+        "k_a": k_a,
+        "k_b": k_b,
+        "overlap": overlap,
         "expected": k_a * k_b / population,
         "p_value": hypergeometric_p(overlap, population, k_a, k_b),
         "jaccard": overlap / union if union else 0.0,
@@ -123,7 +140,9 @@ def axis_overlap(scores: ModelScores, top: float) -> AxisOverlap:
     axes = sorted(scores.by_axis)
     shapes = {scores.by_axis[a].shape for a in axes}
     if len(shapes) != 1:
-        raise FairauditError(f"axes of model '{scores.model}' have different shapes {sorted(shapes)}; cannot compare neurons.")
+        raise FairauditError(
+            f"axes of model '{scores.model}' have different shapes {sorted(shapes)}; cannot compare neurons."
+        )
     masks = {axis: top_k(scores.by_axis[axis], top) for axis in axes}
     pair_rows, layer_rows = [], []
     for axis_a, axis_b in combinations(axes, 2):
@@ -134,15 +153,33 @@ def axis_overlap(scores: ModelScores, top: float) -> AxisOverlap:
             layer_rows.append({"model": scores.model, "axis_a": axis_a, "axis_b": axis_b, "layer": layer, **per})
     stacked = np.stack([masks[axis] for axis in axes])  # [axes, layers, units]
     counts = stacked.sum(axis=0)
-    shared_rows = [
-        {"model": scores.model, "layer": int(layer), "neuron": int(neuron), "axes_count": int(counts[layer, neuron]),
-         "axes": ",".join(axis for index, axis in enumerate(axes) if stacked[index, layer, neuron])}
+    shared_rows: list[dict[str, Any]] = [
+        {
+            "model": scores.model,
+            "layer": int(layer),
+            "neuron": int(neuron),
+            "axes_count": int(counts[layer, neuron]),
+            "axes": ",".join(axis for index, axis in enumerate(axes) if stacked[index, layer, neuron]),
+        }
         for layer, neuron in zip(*np.nonzero(counts >= 2))
     ]
     shared_rows.sort(key=lambda r: (-r["axes_count"], r["layer"], r["neuron"]))
-    return AxisOverlap(pa.Table.from_pylist(pair_rows), pa.Table.from_pylist(layer_rows),
-                       pa.Table.from_pylist(shared_rows, schema=pa.schema([("model", pa.string()), ("layer", pa.int16()),
-                                                                        ("neuron", pa.int32()), ("axes_count", pa.int8()), ("axes", pa.string())])))
+    return AxisOverlap(
+        pa.Table.from_pylist(pair_rows),
+        pa.Table.from_pylist(layer_rows),
+        pa.Table.from_pylist(
+            shared_rows,
+            schema=pa.schema(
+                [
+                    ("model", pa.string()),
+                    ("layer", pa.int16()),
+                    ("neuron", pa.int32()),
+                    ("axes_count", pa.int8()),
+                    ("axes", pa.string()),
+                ]
+            ),
+        ),
+    )
 
 
 def depth_profile(values: np.ndarray, points: int = GRID_POINTS) -> np.ndarray:
@@ -197,14 +234,24 @@ def model_overlap(first: ModelScores, second: ModelScores, top: float) -> pa.Tab
     for axis in sorted(set(first.by_axis) & set(second.by_axis)):
         a, b = first.by_axis[axis], second.by_axis[axis]
         profile_a, profile_b = depth_profile(a), depth_profile(b)
-        row = {"axis": axis, "model_a": first.model, "model_b": second.model, "layers_a": a.shape[0], "layers_b": b.shape[0],
-               "profile_spearman": metrics.spearman(np.asarray(profile_a, dtype=np.float64), np.asarray(profile_b, dtype=np.float64)),
-               "profile_pearson": float(np.corrcoef(profile_a, profile_b)[0, 1])}
+        row = {
+            "axis": axis,
+            "model_a": first.model,
+            "model_b": second.model,
+            "layers_a": a.shape[0],
+            "layers_b": b.shape[0],
+            "profile_spearman": metrics.spearman(
+                np.asarray(profile_a, dtype=np.float64), np.asarray(profile_b, dtype=np.float64)
+            ),
+            "profile_pearson": float(np.corrcoef(profile_a, profile_b)[0, 1]),
+        }
         if a.shape == b.shape:
             row.update(same_shape=True, **set_overlap(top_k(a, top), top_k(b, top), a, b))
         else:
             row["same_shape"] = False
         rows.append(row)
     if not rows:
-        raise FairauditError(f"models '{first.model}' and '{second.model}' share no axis; probe both on the same suites.")
+        raise FairauditError(
+            f"models '{first.model}' and '{second.model}' share no axis; probe both on the same suites."
+        )
     return pa.Table.from_pylist(rows)

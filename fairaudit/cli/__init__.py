@@ -60,6 +60,7 @@ def configure_logging(verbose: int = 0) -> None:
 @contextlib.contextmanager
 def _terminated_as_interrupt() -> Iterator[None]:
     """While a command runs, SIGTERM raises `Terminated` (main thread only; restored after)."""
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise Terminated()
 
@@ -110,10 +111,16 @@ class _Group(click.Group):
             sys.exit(2)
         except KeyboardInterrupt as exc:
             run_id = getattr(exc, "run_id", None)
-            how = (f"finish it with: fairaudit audit --resume {run_id} --store {getattr(exc, 'store', '')}" if run_id
-                   else "rerun the command to finish (a sweep skips its complete cells)")
-            click.echo(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: results written so far are "
-                       f"intact; {how}", err=True)
+            how = (
+                f"finish it with: fairaudit audit --resume {run_id} --store {getattr(exc, 'store', '')}"
+                if run_id
+                else "rerun the command to finish (a sweep skips its complete cells)"
+            )
+            click.echo(
+                f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: results written so far are "
+                f"intact; {how}",
+                err=True,
+            )
             sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 
@@ -125,7 +132,21 @@ def main(verbose: int) -> None:
     configure_logging(verbose)
 
 
-for command in (suites.suites, suites.plugins, runs.probe, runs.audit_command, runs.evaluate_command, analysis.diagnose_command,
-                analysis.overlap, prune.prune_command, compliance.report_command, runs.sweep_command, compliance.check_command,
-                compliance.card_command, compliance.bundle_command, compliance.verify_command, runs.store_group):
+for command in (
+    suites.suites,
+    suites.plugins,
+    runs.probe,
+    runs.audit_command,
+    runs.evaluate_command,
+    analysis.diagnose_command,
+    analysis.overlap,
+    prune.prune_command,
+    compliance.report_command,
+    runs.sweep_command,
+    compliance.check_command,
+    compliance.card_command,
+    compliance.bundle_command,
+    compliance.verify_command,
+    runs.store_group,
+):
     main.add_command(command)

@@ -15,17 +15,30 @@ from fairaudit.cli.output import dumps, exit_on_verdicts, print_table, print_ver
 @click.command("report")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--run", "run_id", default=None, help="audit run to report (default: the latest complete audit run)")
-@click.option("--compare", "compare_run", default=None, help="a second run to show beside it (with a policy: how each verdict changed)")
-@click.option("--policy", "policy_name", default=None, metavar="POLICY", help="open the report with this policy's verdicts "
-              "(default: the policy the run was audited against, if any)")
+@click.option(
+    "--compare",
+    "compare_run",
+    default=None,
+    help="a second run to show beside it (with a policy: how each verdict changed)",
+)
+@click.option(
+    "--policy",
+    "policy_name",
+    default=None,
+    metavar="POLICY",
+    help="open the report with this policy's verdicts (default: the policy the run was audited against, if any)",
+)
 @click.option("--sweep", "sweep_id", default=None, metavar="SWEEP_ID", help="render the grid report of a sweep instead")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
-@click.option("--force", is_flag=True, help="replace a file at the JSON twin's name even if it is not a fairaudit report")
+@click.option(
+    "--force", is_flag=True, help="replace a file at the JSON twin's name even if it is not a fairaudit report"
+)
 def report_command(store, run_id, compare_run, policy_name, sweep_id, out, force) -> None:
     """Render the HTML audit report (and report.json) of a stored run, or the grid report of a
     sweep. Reads the store only."""
     from fairaudit.compliance.policy import load_policy
-    from fairaudit.reporting.report import render_report, render_sweep_report, report_data, sweep_data
+    from fairaudit.reporting.report import render_report, report_data
+    from fairaudit.reporting.sweep import render_sweep_report, sweep_data
 
     opened = open_store(store)
     if sweep_id is not None:
@@ -42,12 +55,24 @@ def report_command(store, run_id, compare_run, policy_name, sweep_id, out, force
 
 @click.command("check")
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--policy", "policy_name", default=None, metavar="POLICY",
-              help="policy file or built-in name (default: the policy the run was audited against)")
+@click.option(
+    "--policy",
+    "policy_name",
+    default=None,
+    metavar="POLICY",
+    help="policy file or built-in name (default: the policy the run was audited against)",
+)
 @click.option("--run", "run_id", default=None, help="run to check (default: the latest complete audit run)")
-@click.option("--baseline", "baseline_run", default=None, metavar="RUN", help="an earlier run: show how each verdict changed")
-@click.option("--gate", type=click.Choice(["auto", "original", "pruned"]), default="auto", show_default=True,
-              help="the model whose must rules decide the exit status (auto: the pruned one when the run pruned)")
+@click.option(
+    "--baseline", "baseline_run", default=None, metavar="RUN", help="an earlier run: show how each verdict changed"
+)
+@click.option(
+    "--gate",
+    type=click.Choice(["auto", "original", "pruned"]),
+    default="auto",
+    show_default=True,
+    help="the model whose must rules decide the exit status (auto: the pruned one when the run pruned)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the verdict table as JSON")
 def check_command(store, policy_name, run_id, baseline_run, gate, as_json) -> None:
     """Check a stored run against a policy, without a model. Exit status: 0 every must rule
@@ -61,15 +86,38 @@ def check_command(store, policy_name, run_id, baseline_run, gate, as_json) -> No
     changes = verdict_changes(evaluate_policy(policy, opened, baseline_run), verdicts) if baseline_run else None
     role = gate_role(verdicts, gate)
     if as_json:
-        click.echo(dumps({"run_id": run_id, "policy": policy.policy, "policy_sha256": policy.sha256(), "gate_model": role,
-                           "exit_status": exit_status(verdicts, role), "verdicts": [v.as_dict() for v in verdicts],
-                           "changes": changes}))
+        click.echo(
+            dumps(
+                {
+                    "run_id": run_id,
+                    "policy": policy.policy,
+                    "policy_sha256": policy.sha256(),
+                    "gate_model": role,
+                    "exit_status": exit_status(verdicts, role),
+                    "verdicts": [v.as_dict() for v in verdicts],
+                    "changes": changes,
+                }
+            )
+        )
         exit_on_verdicts(verdicts, gate, quiet=True)
     click.echo(f"run {run_id} against policy {policy.policy} (sha256 {policy.sha256()[:16]})")
     if changes is not None:
         click.echo(f"\nverdicts now vs run {baseline_run} (regressions first):")
-        print_table([[row["change"].upper(), row["rule"], row["severity"], row["model"], row["axis"], row["before"], row["after"]]
-                      for row in changes], ["change", "rule", "severity", "model", "axis", "before", "now"])
+        print_table(
+            [
+                [
+                    row["change"].upper(),
+                    row["rule"],
+                    row["severity"],
+                    row["model"],
+                    row["axis"],
+                    row["before"],
+                    row["after"],
+                ]
+                for row in changes
+            ],
+            ["change", "rule", "severity", "model", "axis", "before", "now"],
+        )
         click.echo("")
     print_verdicts(verdicts)
     exit_on_verdicts(verdicts, gate, quiet=False)
@@ -78,7 +126,13 @@ def check_command(store, policy_name, run_id, baseline_run, gate, as_json) -> No
 @click.command("card")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--run", "run_id", default=None, help="audit run (default: the latest complete audit run)")
-@click.option("--policy", "policy_name", default=None, metavar="POLICY", help="add verdicts of this policy (default: the run's own, if any)")
+@click.option(
+    "--policy",
+    "policy_name",
+    default=None,
+    metavar="POLICY",
+    help="add verdicts of this policy (default: the run's own, if any)",
+)
 def card_command(store, run_id, policy_name) -> None:
     """Print a model-card "Bias, Risks, and Limitations" section (Markdown) for a stored run."""
     from fairaudit.compliance.card import bias_section
@@ -92,7 +146,13 @@ def card_command(store, run_id, policy_name) -> None:
 @click.command("bundle")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--run", "run_id", default=None, help="audit run (default: the latest complete audit run)")
-@click.option("--policy", "policy_name", default=None, metavar="POLICY", help="policy for the verdicts (default: the run's own, if any)")
+@click.option(
+    "--policy",
+    "policy_name",
+    default=None,
+    metavar="POLICY",
+    help="policy for the verdicts (default: the run's own, if any)",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="the zip file to write")
 @click.option("--force", is_flag=True, help="replace --out if it exists")
 def bundle_command(store, run_id, policy_name, out, force) -> None:
@@ -102,15 +162,21 @@ def bundle_command(store, run_id, policy_name, out, force) -> None:
 
     opened = open_store(store)
     run_id = latest_audit(opened, run_id)
-    path, manifest_sha = write_bundle(opened, run_id, out, load_policy(policy_name) if policy_name else None, force=force)
+    path, manifest_sha = write_bundle(
+        opened, run_id, out, load_policy(policy_name) if policy_name else None, force=force
+    )
     click.echo(f"bundle of run {run_id} written to {path}")
-    click.echo(f"manifest sha256 {manifest_sha} (record it: 'fairaudit verify {path} --manifest-sha256 {manifest_sha}')")
+    click.echo(
+        f"manifest sha256 {manifest_sha} (record it: 'fairaudit verify {path} --manifest-sha256 {manifest_sha}')"
+    )
 
 
 @click.command("verify")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--model", "model_id", default=None, help="also check that this model's weights are the audited ones")
-@click.option("--manifest-sha256", "expected", default=None, help="the manifest hash recorded when the bundle was written")
+@click.option(
+    "--manifest-sha256", "expected", default=None, help="the manifest hash recorded when the bundle was written"
+)
 @click.option("--trust-remote-code", is_flag=True, help="run code shipped with the model (only for models you trust)")
 @click.option("--allow-pickle", is_flag=True, help="accept pickled (.bin) weights (only for models you trust)")
 @click.option("--json", "as_json", is_flag=True)
@@ -122,13 +188,23 @@ def verify_command(bundle, model_id, expected, trust_remote_code, allow_pickle, 
     model = ModelSpec(id=model_id, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle) if model_id else None
     result = verify_bundle(bundle, model, expected)
     if as_json:
-        click.echo(dumps({"ok": result.ok, "checked": result.checked, "manifest_sha256": result.manifest_sha256,
-                               "problems": result.problems}))
+        click.echo(
+            dumps(
+                {
+                    "ok": result.ok,
+                    "checked": result.checked,
+                    "manifest_sha256": result.manifest_sha256,
+                    "problems": result.problems,
+                }
+            )
+        )
     else:
         for problem in result.problems:
             click.echo(f"differs: {problem}")
         what = f"{result.checked} files" + (" and the model's weights" if model_id else "")
-        click.echo(f"{'ok' if result.ok else 'FAILED'}: {what} checked against the manifest (sha256 {result.manifest_sha256}); "
-                   f"{len(result.problems)} difference(s)")
+        click.echo(
+            f"{'ok' if result.ok else 'FAILED'}: {what} checked against the manifest (sha256 {result.manifest_sha256}); "
+            f"{len(result.problems)} difference(s)"
+        )
     if not result.ok:
         sys.exit(1)

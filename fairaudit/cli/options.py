@@ -35,7 +35,11 @@ class ListsPlugins(click.Command):
             for name in plugins.names(kind):
                 component = plugins.get(kind, name)
                 columns = getattr(component, "outputs", None)
-                written = f" [columns: {', '.join(columns(component.Params()))}]" if kind == "scorer" and columns and columns(component.Params()) else ""
+                written = (
+                    f" [columns: {', '.join(columns(component.Params()))}]"
+                    if kind == "scorer" and columns and columns(component.Params())
+                    else ""
+                )
                 rows.append((name, f"{component.description}{written}"))
             with formatter.section(f"{kind.capitalize()}s (fairaudit plugins lists every kind)"):
                 formatter.write_dl(rows)
@@ -60,9 +64,13 @@ def quiet_mode() -> None:
 def device_options(command: F) -> F:
     """--device and --dtype: where the model runs and in which precision (default: the run
     config's, else cpu and float32). Activations are reduced in float32 whatever the dtype."""
-    command = click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
-                           help="dtype of the weights (default float32); bfloat16 halves memory (the causal "
-                                "planner still measures in float32: docs/attribution.md)")(command)
+    command = click.option(
+        "--dtype",
+        type=click.Choice(["float32", "float16", "bfloat16"]),
+        default=None,
+        help="dtype of the weights (default float32); bfloat16 halves memory (the causal "
+        "planner still measures in float32: docs/attribution.md)",
+    )(command)
     return click.option("--device", default=None, help="torch device: cpu (default), cuda, cuda:1, mps")(command)
 
 
@@ -75,16 +83,27 @@ def on_device(model_id: str, device: str | None, dtype: str | None) -> str | Mod
     """A model id, or a ModelSpec when --device or --dtype was given."""
     if not device_fields(device, dtype):
         return model_id
-    return ModelSpec(id=model_id, **device_fields(device, dtype))
+    return ModelSpec.model_validate({"id": model_id, **device_fields(device, dtype)})
 
 
 def trust_options(command: F) -> F:
     """--trust-remote-code, --allow-pickle, --allow-task-code: what a file may ask for but only the user grants."""
-    for flag, text in reversed([
-            ("--trust-remote-code", "let a config (or stored run) load a model that ships its own code (only models you trust)"),
+    for flag, text in reversed(
+        [
+            (
+                "--trust-remote-code",
+                "let a config (or stored run) load a model that ships its own code (only models you trust)",
+            ),
             ("--allow-pickle", "let a config (or stored run) read pickled (.bin) weights (only models you trust)"),
-            ("--allow-task-code", "let an lm-eval task folder (include_path) run the Python its YAML names with !function")]):
-        command = click.option(flag, "granted", flag_value=flag.removeprefix("--").replace("-", "_"), multiple=True, help=text)(command)
+            (
+                "--allow-task-code",
+                "let an lm-eval task folder (include_path) run the Python its YAML names with !function",
+            ),
+        ]
+    ):
+        command = click.option(
+            flag, "granted", flag_value=flag.removeprefix("--").replace("-", "_"), multiple=True, help=text
+        )(command)
     return command
 
 
@@ -108,9 +127,11 @@ def latest_audit(opened: Store, run_id: str | None, complete: bool = True) -> st
         record = opened.read_run(run_id)
         kind, status = record.get("kind", "audit"), record.get("status")
         if complete and (kind != "audit" or status != "complete"):
-            raise StoreError(f"run {run_id} is {'an' if kind == 'audit' else 'a'} {kind} run whose status is '{status}'; only a "
-                             f"complete audit run can be checked, carded or bundled. Finish it (fairaudit audit --resume "
-                             f"{run_id}) or name a complete audit run (fairaudit store ls {opened.root}).")
+            raise StoreError(
+                f"run {run_id} is {'an' if kind == 'audit' else 'a'} {kind} run whose status is '{status}'; only a "
+                f"complete audit run can be checked, carded or bundled. Finish it (fairaudit audit --resume "
+                f"{run_id}) or name a complete audit run (fairaudit store ls {opened.root})."
+            )
         return run_id
     audits = [r for r in opened.runs() if r.get("kind", "audit") == "audit" and r.get("status") == "complete"]
     if not audits:
@@ -127,11 +148,15 @@ def policy_for(opened: Store, run_id: str, policy_name: str | None) -> Policy:
         return load_policy(policy_name)
     policy = stored_policy(opened.read_run(run_id))
     if policy is None:
-        raise ConfigError(f"run {run_id} was not audited against a policy; name one with --policy (e.g. --policy default).")
+        raise ConfigError(
+            f"run {run_id} was not audited against a policy; name one with --policy (e.g. --policy default)."
+        )
     return policy
 
 
-def field_option(*names: str, model: type[BaseModel], field: str, help: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+def field_option(
+    *names: str, model: type[BaseModel], field: str, help: str | None = None, **kwargs: Any
+) -> Callable[[F], F]:
     """A click option for one field of a settings model (`fairaudit.config`). Its default is the
     field's, shown in --help but not passed: the option is None unless given, and the command
     builds the model from the options given, so a default is written once, on the field."""
@@ -140,8 +165,13 @@ def field_option(*names: str, model: type[BaseModel], field: str, help: str | No
     if isinstance(default, list):
         default = ",".join(str(item) for item in default)
     shown = str(default).lower() if isinstance(default, bool) else default
-    return click.option(*names, default=None, show_default=str(shown) if shown is not None else False,
-                        help=help or info.description, **kwargs)
+    return click.option(
+        *names,
+        default=None,
+        show_default=str(shown) if shown is not None else False,
+        help=help or info.description,
+        **kwargs,
+    )
 
 
 def given(**values: Any) -> dict[str, Any]:

@@ -45,15 +45,34 @@ def summary_rows(summaries: dict[str, dict[str, float]]) -> list[list[str]]:
 SUMMARY_HEADER = ["axis", "pairs", "controls", "bias index [95% CI]", "optiPfair index", "neurons q<0.05"]
 
 
-COMPARISON_HEADER = ["evaluator", "axis/task", "metric", "before", "after", "change [95% CI]", "relative [95% CI]", "items"]
+COMPARISON_HEADER = [
+    "evaluator",
+    "axis/task",
+    "metric",
+    "before",
+    "after",
+    "change [95% CI]",
+    "relative [95% CI]",
+    "items",
+]
 
 
 def comparison_rows(comparisons: list[dict[str, Any]]) -> list[list[str]]:
     """Paired changes, without the per-layer profiles (those are for the report's charts)."""
-    return [[row["evaluator"], row["axis_or_task"] or "-", row["metric"], number(row["before"]), number(row["after"]),
-             f"{row['change']:+.4f} [{number(row['change_low'])}, {number(row['change_high'])}]",
-             f"{percent(row['relative_change'])} [{percent(row['relative_low'])}, {percent(row['relative_high'])}]",
-             str(row["items"])] for row in comparisons if "_by_layer" not in row["metric"]]
+    return [
+        [
+            row["evaluator"],
+            row["axis_or_task"] or "-",
+            row["metric"],
+            number(row["before"]),
+            number(row["after"]),
+            f"{row['change']:+.4f} [{number(row['change_low'])}, {number(row['change_high'])}]",
+            f"{percent(row['relative_change'])} [{percent(row['relative_low'])}, {percent(row['relative_high'])}]",
+            str(row["items"]),
+        ]
+        for row in comparisons
+        if "_by_layer" not in row["metric"]
+    ]
 
 
 def percent(value: float | None) -> str:
@@ -63,11 +82,23 @@ def percent(value: float | None) -> str:
 def report_result(result: AuditResult, quiet: bool, as_json: bool) -> None:
     """Print what a run produced (or its JSON), then exit 1 on evaluator failures, or by the policy's verdicts."""
     if as_json:
-        click.echo(dumps({"run_id": result.run_id, "store": str(result.store), "model": result.model_id,
-                               "axes": result.summaries, "pruned": result.pruned, "comparisons": result.comparisons,
-                               "measurements": result.measurements, "report": str(result.report) if result.report else None,
-                               "evaluation_failures": result.evaluation_failures, "warnings": result.warnings,
-                               "verdicts": [v.as_dict() for v in result.verdicts]}))
+        click.echo(
+            dumps(
+                {
+                    "run_id": result.run_id,
+                    "store": str(result.store),
+                    "model": result.model_id,
+                    "axes": result.summaries,
+                    "pruned": result.pruned,
+                    "comparisons": result.comparisons,
+                    "measurements": result.measurements,
+                    "report": str(result.report) if result.report else None,
+                    "evaluation_failures": result.evaluation_failures,
+                    "warnings": result.warnings,
+                    "verdicts": [v.as_dict() for v in result.verdicts],
+                }
+            )
+        )
     elif not quiet:
         click.echo(f"\nrun {result.run_id}: model {result.model_id}, stored in {result.store}")
         if result.summaries:
@@ -77,21 +108,39 @@ def report_result(result: AuditResult, quiet: bool, as_json: bool) -> None:
         if result.pruned.get("removed") is not None:
             pruned = result.pruned
             heads = f" and zeroed {len(pruned['heads'])} attention heads" if pruned.get("heads") else ""
-            click.echo(f"\npruned {pruned['removed']} of {pruned['neurons']} MLP neurons{heads}; parameters "
-                       f"{pruned['parameters_before']:,} -> {pruned['parameters_after']:,}; model in {pruned['out']}")
+            click.echo(
+                f"\npruned {pruned['removed']} of {pruned['neurons']} MLP neurons{heads}; parameters "
+                f"{pruned['parameters_before']:,} -> {pruned['parameters_after']:,}; model in {pruned['out']}"
+            )
         elif result.pruned.get("skipped"):
             click.echo(f"\nnothing pruned: {result.pruned['skipped']}")
         if result.comparisons:
             click.echo("")
             print_table(comparison_rows(result.comparisons), COMPARISON_HEADER)
         compared = {(row["evaluator"], row["axis_or_task"], row["metric"]) for row in result.comparisons}
-        alone = [row for row in result.measurements if not row["error"]
-                 and (row["evaluator"], row["axis_or_task"], row["metric"]) not in compared and row["metric"] != "generated_prompts"]
+        alone = [
+            row
+            for row in result.measurements
+            if not row["error"]
+            and (row["evaluator"], row["axis_or_task"], row["metric"]) not in compared
+            and row["metric"] != "generated_prompts"
+        ]
         if alone:
             click.echo("")
-            print_table([[row["model"], row["evaluator"], row["axis_or_task"] or "-", row["metric"],
-                           f"{number(row['value'])} [{number(row['low'])}, {number(row['high'])}]", str(row["n"])] for row in alone],
-                         ["model", "evaluator", "axis/task", "metric", "value [95% CI]", "n"])
+            print_table(
+                [
+                    [
+                        row["model"],
+                        row["evaluator"],
+                        row["axis_or_task"] or "-",
+                        row["metric"],
+                        f"{number(row['value'])} [{number(row['low'])}, {number(row['high'])}]",
+                        str(row["n"]),
+                    ]
+                    for row in alone
+                ],
+                ["model", "evaluator", "axis/task", "metric", "value [95% CI]", "n"],
+            )
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)
         if result.verdicts:
@@ -100,8 +149,11 @@ def report_result(result: AuditResult, quiet: bool, as_json: bool) -> None:
         if result.report:
             click.echo(f"\nreport: {result.report}")
     if result.evaluation_failures:
-        click.echo(f"error: {len(result.evaluation_failures)} evaluator run(s) failed (recorded in the store): "
-                   + "; ".join(result.evaluation_failures), err=True)
+        click.echo(
+            f"error: {len(result.evaluation_failures)} evaluator run(s) failed (recorded in the store): "
+            + "; ".join(result.evaluation_failures),
+            err=True,
+        )
         sys.exit(1)
     if result.verdicts:
         exit_on_verdicts(result.verdicts, "auto", quiet or as_json)
@@ -111,8 +163,22 @@ VERDICT_HEADER = ["rule", "severity", "model", "axis", "verdict", "value [95% CI
 
 
 def print_verdicts(verdicts: list[Verdict]) -> None:
-    print_table([[v.rule, v.severity, v.model, v.axis, v.verdict.upper(), f"{number(v.value)} [{number(v.low)}, {number(v.high)}]",
-                   str(v.items), v.threshold] for v in verdicts], VERDICT_HEADER)
+    print_table(
+        [
+            [
+                v.rule,
+                v.severity,
+                v.model,
+                v.axis,
+                v.verdict.upper(),
+                f"{number(v.value)} [{number(v.low)}, {number(v.high)}]",
+                str(v.items),
+                v.threshold,
+            ]
+            for v in verdicts
+        ],
+        VERDICT_HEADER,
+    )
 
 
 def exit_on_verdicts(verdicts: list[Verdict], gate: str, quiet: bool) -> None:
@@ -122,6 +188,10 @@ def exit_on_verdicts(verdicts: list[Verdict], gate: str, quiet: bool) -> None:
     role = gate_role(verdicts, gate)
     status = exit_status(verdicts, role)
     if not quiet:
-        words = {0: "every must rule passes", 1: "a must rule fails", 3: "a must rule is not decided (inconclusive, too few items or not measured)"}
+        words = {
+            0: "every must rule passes",
+            1: "a must rule fails",
+            3: "a must rule is not decided (inconclusive, too few items or not measured)",
+        }
         click.echo(f"gate on the {role} model: {words[status]} (exit status {status})", err=status != 0)
     sys.exit(status)

@@ -13,17 +13,25 @@ from fairaudit.cli.output import dumps, print_table, report_result
 
 
 @click.command(cls=lists("probe", "scorer"))
-@click.option("--model", "model_id", default=None, help="hub id, local folder, .gguf file or alias (default: smollm2-135m)")
-@click.option("--suite", "suite_names", multiple=True, help="built-in suite name or file; repeat for several (default: all four)")
+@click.option(
+    "--model", "model_id", default=None, help="hub id, local folder, .gguf file or alias (default: smollm2-135m)"
+)
+@click.option(
+    "--suite", "suite_names", multiple=True, help="built-in suite name or file; repeat for several (default: all four)"
+)
 @click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
 @click.option("--position", type=click.Choice(["mean", "last", "aligned"]), default="mean", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="prompts per forward pass")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="prompts per forward pass"
+)
 @device_options
 @click.option("--trust-remote-code", is_flag=True, help="run code shipped with the model (only for models you trust)")
 @click.option("--allow-pickle", is_flag=True, help="accept pickled (.bin) weights (only for models you trust)")
 @click.option("--quiet", is_flag=True, help="no progress bars, no table")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def probe(model_id, suite_names, store, position, batch_size, device, dtype, trust_remote_code, allow_pickle, quiet, as_json) -> None:
+def probe(
+    model_id, suite_names, store, position, batch_size, device, dtype, trust_remote_code, allow_pickle, quiet, as_json
+) -> None:
     """Probe a model on suites and store per-neuron and per-layer bias scores."""
     from fairaudit.config import DEFAULT_MODEL, DEFAULT_SUITES, RunConfig
     from fairaudit.pipeline.audit import audit
@@ -31,25 +39,45 @@ def probe(model_id, suite_names, store, position, batch_size, device, dtype, tru
     if quiet:
         quiet_mode()
 
-    config = RunConfig.model_validate({
-        "model": {"id": model_id or DEFAULT_MODEL, **device_fields(device, dtype),
-                  "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle},
-        "suites": list(suite_names) or DEFAULT_SUITES,
-        "probe": {"plugin": "activations", "params": {"position": position, "batch_size": batch_size, "progress": not quiet}},
-        "store": str(store),
-        "pruning": None,
-        "evaluators": [],
-        "report": False,
-    })
+    config = RunConfig.model_validate(
+        {
+            "model": {
+                "id": model_id or DEFAULT_MODEL,
+                **device_fields(device, dtype),
+                "trust_remote_code": trust_remote_code,
+                "allow_pickle": allow_pickle,
+            },
+            "suites": list(suite_names) or DEFAULT_SUITES,
+            "probe": {
+                "plugin": "activations",
+                "params": {"position": position, "batch_size": batch_size, "progress": not quiet},
+            },
+            "store": str(store),
+            "pruning": None,
+            "evaluators": [],
+            "report": False,
+        }
+    )
     report_result(audit(config), quiet, as_json)
 
 
 @click.command("audit")
 @click.argument("config_file", required=False, type=click.Path(path_type=Path))
-@click.option("--resume", "resume_run", default=None, metavar="RUN_ID", help="finish an interrupted run (axes already stored are kept)")
+@click.option(
+    "--resume",
+    "resume_run",
+    default=None,
+    metavar="RUN_ID",
+    help="finish an interrupted run (axes already stored are kept)",
+)
 @click.option("--store", default=None, type=click.Path(path_type=Path), help="store folder (overrides the config's)")
-@click.option("--policy", default=None, metavar="POLICY", help="policy file or built-in name (e.g. default): verdicts, and "
-              "exit status 0 pass / 1 fail / 3 inconclusive (overrides the config's 'policy')")
+@click.option(
+    "--policy",
+    default=None,
+    metavar="POLICY",
+    help="policy file or built-in name (e.g. default): verdicts, and "
+    "exit status 0 pass / 1 fail / 3 inconclusive (overrides the config's 'policy')",
+)
 @device_options
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -68,15 +96,21 @@ def audit_command(config_file, resume_run, store, policy, device, dtype, quiet, 
         config = config.model_copy(update={"store": str(store)})
     if device_fields(device, dtype):
         if resume_run:
-            raise click.UsageError("--device and --dtype cannot be given with --resume: a resumed run keeps the model settings it started with")
+            raise click.UsageError(
+                "--device and --dtype cannot be given with --resume: a resumed run keeps the model settings it started with"
+            )
         config = config.model_copy(update={"model": config.model.model_copy(update=device_fields(device, dtype))})
     if policy is not None:
         if resume_run:
-            raise click.UsageError("--policy cannot be given with --resume: a resumed run keeps its own policy "
-                                   "(check another one with 'fairaudit check')")
+            raise click.UsageError(
+                "--policy cannot be given with --resume: a resumed run keeps its own policy "
+                "(check another one with 'fairaudit check')"
+            )
         config = config.model_copy(update={"policy": policy})
     if quiet:
-        config = config.model_copy(update={"probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}})})
+        config = config.model_copy(
+            update={"probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}})}
+        )
     report_result(audit(config, resume=resume_run, granted=granted), quiet, as_json)
 
 
@@ -84,38 +118,68 @@ def audit_command(config_file, resume_run, store, policy, device, dtype, quiet, 
 @click.option("--model", "model_id", required=True, help="the model to evaluate (the 'before' model)")
 @click.option("--compare", "compare_id", default=None, help="a pruned version of it (the 'after' model)")
 @click.option("--suite", "suite_names", multiple=True, help="suite for bias evaluators; repeat (default: all four)")
-@click.option("--evaluator", "evaluator_names", multiple=True,
-              help="evaluator plugin; repeat (default: bias_reprobe, output_bias, random_baseline, generations, perplexity, "
-                   "lm_eval, facts, fidelity)")
+@click.option(
+    "--evaluator",
+    "evaluator_names",
+    multiple=True,
+    help="evaluator plugin; repeat (default: bias_reprobe, output_bias, random_baseline, generations, perplexity, "
+    "lm_eval, facts, fidelity)",
+)
 @click.option("--store", default="fairaudit-out/store", show_default=True, type=click.Path(path_type=Path))
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
-              help="seconds per evaluator run")
-@click.option("--one-at-a-time", is_flag=True, help="with --compare: evaluate the two models one after the other "
-              "(default: side by side where the evaluator allows it; docs/evaluation.md)")
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600.0,
+    show_default=True,
+    help="seconds per evaluator run",
+)
+@click.option(
+    "--one-at-a-time",
+    is_flag=True,
+    help="with --compare: evaluate the two models one after the other "
+    "(default: side by side where the evaluator allows it; docs/evaluation.md)",
+)
 @device_options
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def evaluate_command(model_id, compare_id, suite_names, evaluator_names, store, time_limit, one_at_a_time, device, dtype, quiet,
-                     as_json) -> None:
+def evaluate_command(
+    model_id, compare_id, suite_names, evaluator_names, store, time_limit, one_at_a_time, device, dtype, quiet, as_json
+) -> None:
     """Measure bias and quality of a model, and of its pruned version with --compare."""
     from fairaudit.config import DEFAULT_EVALUATORS, DEFAULT_SUITES
     from fairaudit.pipeline.evaluation import evaluate_models
 
     if quiet:
         quiet_mode()
-    result = evaluate_models(on_device(model_id, device, dtype), compare_id and on_device(compare_id, device, dtype),
-                             list(suite_names) or DEFAULT_SUITES,
-                             list(evaluator_names) or DEFAULT_EVALUATORS, store, time_limit,
-                             side_by_side=not one_at_a_time)
+    result = evaluate_models(
+        on_device(model_id, device, dtype),
+        compare_id and on_device(compare_id, device, dtype),
+        list(suite_names) or DEFAULT_SUITES,
+        [*evaluator_names] or [*DEFAULT_EVALUATORS],
+        store,
+        time_limit,
+        side_by_side=not one_at_a_time,
+    )
     report_result(result, quiet, as_json)
 
 
 @click.command("sweep")
 @click.argument("sweep_file", type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: cells one after another in this process; ray: one Ray task per cell")
-@click.option("--address", default=None, help="with --backend ray: an existing cluster (ray://host:10001 or auto); default: a local cluster")
-@click.option("--num-cpus", type=int, default=None, help="with --backend ray and no --address: CPUs of the local cluster")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: cells one after another in this process; ray: one Ray task per cell",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="with --backend ray: an existing cluster (ray://host:10001 or auto); default: a local cluster",
+)
+@click.option(
+    "--num-cpus", type=int, default=None, help="with --backend ray and no --address: CPUs of the local cluster"
+)
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @trust_options
@@ -126,20 +190,50 @@ def sweep_command(sweep_file, backend, address, num_cpus, quiet, as_json, grante
 
     if quiet or as_json:
         quiet_mode()
-    echo = (lambda outcome: None) if quiet or as_json else (
-        lambda outcome: click.echo(f"cell {outcome.run_id}: {outcome.status}"
-                                   + (f" in {outcome.seconds:.1f} s" if outcome.status == "complete" else "")
-                                   + (f" ({outcome.error})" if outcome.error else ""), err=True))
-    result = run_sweep(sweep_file, backend=backend, address=address, num_cpus=num_cpus, progress=echo, granted=frozenset(granted))
+    echo = (
+        (lambda outcome: None)
+        if quiet or as_json
+        else (
+            lambda outcome: click.echo(
+                f"cell {outcome.run_id}: {outcome.status}"
+                + (f" in {outcome.seconds:.1f} s" if outcome.status == "complete" else "")
+                + (f" ({outcome.error})" if outcome.error else ""),
+                err=True,
+            )
+        )
+    )
+    result = run_sweep(
+        sweep_file, backend=backend, address=address, num_cpus=num_cpus, progress=echo, granted=frozenset(granted)
+    )
     outcomes = {outcome.run_id: outcome for outcome in result.outcomes}
     if as_json:
-        click.echo(dumps({"sweep": result.sweep_id, "store": str(result.store),
-                               "cells": [{"run_id": cell.run_id, "values": cell.values, **outcomes[cell.run_id].__dict__}
-                                         for cell in result.cells]}))
+        click.echo(
+            dumps(
+                {
+                    "sweep": result.sweep_id,
+                    "store": str(result.store),
+                    "cells": [
+                        {"run_id": cell.run_id, "values": cell.values, **outcomes[cell.run_id].__dict__}
+                        for cell in result.cells
+                    ],
+                }
+            )
+        )
     elif not quiet:
         click.echo(f"\nsweep {result.sweep_id}: {len(result.cells)} cells in {result.store}")
-        print_table([[cell.run_id, cell.label(), outcomes[cell.run_id].status, f"{outcomes[cell.run_id].seconds:.1f}",
-                       outcomes[cell.run_id].error[:80]] for cell in result.cells], ["run", "cell", "status", "seconds", "error"])
+        print_table(
+            [
+                [
+                    cell.run_id,
+                    cell.label(),
+                    outcomes[cell.run_id].status,
+                    f"{outcomes[cell.run_id].seconds:.1f}",
+                    outcomes[cell.run_id].error[:80],
+                ]
+                for cell in result.cells
+            ],
+            ["run", "cell", "status", "seconds", "error"],
+        )
         click.echo(f"grid report: fairaudit report {result.store} --sweep {result.sweep_id} --out sweep.html")
     if any(outcome.status == "failed" for outcome in result.outcomes):
         sys.exit(1)
@@ -164,5 +258,16 @@ def store_ls(store: Path, as_json: bool) -> None:
     if as_json:
         click.echo(dumps(runs))
         return
-    print_table([[r["run_id"], r.get("status", "?"), r.get("model_id", "?"), ",".join(r.get("suites", {})), r.get("started", "")]
-                  for r in runs], ["run_id", "status", "model", "axes", "started"])
+    print_table(
+        [
+            [
+                r["run_id"],
+                r.get("status", "?"),
+                r.get("model_id", "?"),
+                ",".join(r.get("suites", {})),
+                r.get("started", ""),
+            ]
+            for r in runs
+        ],
+        ["run_id", "status", "model", "axes", "started"],
+    )

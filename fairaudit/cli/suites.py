@@ -24,7 +24,16 @@ def suites_list() -> None:
     rows = []
     for name in builtin_suite_names():
         suite = resolve_suite(name)
-        rows.append([name, suite.axis, str(len(suite.groups)), str(len(suite.templates)), str(len(suite.pairs(None))), str(len(suite.controls))])
+        rows.append(
+            [
+                name,
+                suite.axis,
+                str(len(suite.groups)),
+                str(len(suite.templates)),
+                str(len(suite.pairs(None))),
+                str(len(suite.controls)),
+            ]
+        )
     print_table(rows, ["suite", "axis", "groups", "templates", "pairs", "controls"])
 
 
@@ -59,7 +68,9 @@ def suites_validate(files: tuple[Path, ...]) -> None:
             failed += 1
             click.echo(f"error: {exc}", err=True)
         else:
-            click.echo(f"ok: {path} (axis {suite.axis}, {len(suite.pairs(None))} pairs, {len(suite.controls)} controls)")
+            click.echo(
+                f"ok: {path} (axis {suite.axis}, {len(suite.pairs(None))} pairs, {len(suite.controls)} controls)"
+            )
     if failed:
         sys.exit(2)
 
@@ -67,7 +78,9 @@ def suites_validate(files: tuple[Path, ...]) -> None:
 @suites.command("import")
 @click.argument("kind")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for the suites (one YAML per bias type)")
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="folder for the suites (one YAML per bias type)"
+)
 @click.option("--json", "as_json", is_flag=True)
 def suites_import(kind: str, file: Path, out: Path, as_json: bool) -> None:
     """Import a public data set FILE as suites; KIND is an importer plugin (crows-pairs, stereoset)."""
@@ -83,14 +96,24 @@ def suites_import(kind: str, file: Path, out: Path, as_json: bool) -> None:
         raise SuiteError(f"{file}: no row could be imported ({len(result.skipped)} of {result.rows} rows skipped).")
     written = write_suites(result.suites, out)
     if as_json:
-        click.echo(dumps({"rows": result.rows, "imported": result.imported, "written": [str(p) for p in written],
-                               "skipped": [s.__dict__ for s in result.skipped]}))
+        click.echo(
+            dumps(
+                {
+                    "rows": result.rows,
+                    "imported": result.imported,
+                    "written": [str(p) for p in written],
+                    "skipped": [s.__dict__ for s in result.skipped],
+                }
+            )
+        )
         return
     for path, suite in zip(written, result.suites):
         click.echo(f"{path}: axis {suite.axis}, {len(suite.sentence_pairs)} pairs")
     for row in result.skipped:
         click.echo(f"skipped row {row.row} (id {row.row_id}): {row.reason}", err=True)
-    click.echo(f"{result.rows} rows: {result.imported} imported into {len(written)} suites, {len(result.skipped)} skipped")
+    click.echo(
+        f"{result.rows} rows: {result.imported} imported into {len(written)} suites, {len(result.skipped)} skipped"
+    )
 
 
 @click.command()
@@ -101,8 +124,23 @@ def plugins(as_json: bool) -> None:
 
     entries = registry().entries()
     if as_json:
-        click.echo(dumps([{"kind": e.kind, "name": e.name, "plugin": e.plugin, "distribution": e.distribution,
-                                "version": e.version, "description": e.description} for e in entries]))
+        click.echo(
+            dumps(
+                [
+                    {
+                        "kind": e.kind,
+                        "name": e.name,
+                        "plugin": e.plugin,
+                        "distribution": e.distribution,
+                        "version": e.version,
+                        "description": e.description,
+                    }
+                    for e in entries
+                ]
+            )
+        )
         return
-    print_table([[e.kind, e.name, f"{e.distribution} {e.version}".strip(), e.description] for e in entries],
-                 ["kind", "name", "from", "description"])
+    print_table(
+        [[e.kind, e.name, f"{e.distribution} {e.version}".strip(), e.description] for e in entries],
+        ["kind", "name", "from", "description"],
+    )

@@ -28,15 +28,21 @@ LIMITATIONS = (
 def _interval(value: Any, low: Any, high: Any) -> str:
     def number(x: Any) -> str:
         return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:+.4f}"
+
     return f"{number(value)} [{number(low)}, {number(high)}]"
 
 
 def verdict_table(verdicts: list[Verdict]) -> list[str]:
     """Markdown lines of a verdict table."""
-    lines = ["| rule | severity | model | axis | verdict | value [95% CI] | items | threshold |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| rule | severity | model | axis | verdict | value [95% CI] | items | threshold |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for v in verdicts:
-        lines.append(f"| {v.rule} | {v.severity} | {v.model} | {v.axis} | **{v.verdict}** | {_interval(v.value, v.low, v.high)} | "
-                     f"{v.items} | `{v.threshold}` |")
+        lines.append(
+            f"| {v.rule} | {v.severity} | {v.model} | {v.axis} | **{v.verdict}** | {_interval(v.value, v.low, v.high)} | "
+            f"{v.items} | `{v.threshold}` |"
+        )
     return lines
 
 
@@ -45,37 +51,71 @@ def bias_section(store: Store, run_id: str, policy: Policy | None = None) -> str
     record = store.read_run(run_id)
     policy = policy or stored_policy(record)
     model = record.get("model", {})
-    lines = ["## Bias, Risks, and Limitations", "",
-             f"Audited with fairaudit {record.get('environment', {}).get('fairaudit', fairaudit.__version__)}, run `{run_id}` "
-             f"({record.get('started', '?')}), on `{model.get('source', record.get('model_id'))}` "
-             f"(weights hash `{model.get('weights_hash', '?')}`).", "", "### What was audited", ""]
+    lines = [
+        "## Bias, Risks, and Limitations",
+        "",
+        f"Audited with fairaudit {record.get('environment', {}).get('fairaudit', fairaudit.__version__)}, run `{run_id}` "
+        f"({record.get('started', '?')}), on `{model.get('source', record.get('model_id'))}` "
+        f"(weights hash `{model.get('weights_hash', '?')}`).",
+        "",
+        "### What was audited",
+        "",
+    ]
     for axis, entry in record.get("suites", {}).items():
         definition = entry.get("definition") or {}
-        lines.append(f"- **{axis}**: suite `{entry.get('suite')}` version {entry.get('version')}, "
-                     f"{len(definition.get('groups', {}))} groups, {len(definition.get('templates', []))} templates "
-                     f"(sha256 `{str(entry.get('sha256'))[:16]}`).")
-    evaluators = [ref["plugin"] if isinstance(ref, dict) else ref for ref in record.get("config", {}).get("evaluators", [])]
+        lines.append(
+            f"- **{axis}**: suite `{entry.get('suite')}` version {entry.get('version')}, "
+            f"{len(definition.get('groups', {}))} groups, {len(definition.get('templates', []))} templates "
+            f"(sha256 `{str(entry.get('sha256'))[:16]}`)."
+        )
+    evaluators = [
+        ref["plugin"] if isinstance(ref, dict) else ref for ref in record.get("config", {}).get("evaluators", [])
+    ]
     if evaluators:
         lines.append(f"- Evaluators: {', '.join(evaluators)}.")
     if record.get("prune"):
         prune = record["prune"]
-        lines.append(f"- Pruned {prune.get('removed')} of {prune.get('neurons')} MLP neurons ({prune.get('ranking', '')}).")
+        lines.append(
+            f"- Pruned {prune.get('removed')} of {prune.get('neurons')} MLP neurons ({prune.get('ranking', '')})."
+        )
     summaries = {row["axis"]: row for row in store.rows("axis_summary", run_id=run_id)}
-    preference = {(row["role"], row["axis_or_task"]): row for row in store.rows("evaluations", run_id=run_id)
-                  if row["evaluator"] == "output_bias" and row["metric"] == "stereotype_preference" and not row["error"]}
-    lines += ["", "### Findings", "",
-              "| axis | activation bias index [95% CI] | output-level preference, original [95% CI] | pruned [95% CI] |",
-              "|---|---|---|---|"]
+    preference = {
+        (row["role"], row["axis_or_task"]): row
+        for row in store.rows("evaluations", run_id=run_id)
+        if row["evaluator"] == "output_bias" and row["metric"] == "stereotype_preference" and not row["error"]
+    }
+    lines += [
+        "",
+        "### Findings",
+        "",
+        "| axis | activation bias index [95% CI] | output-level preference, original [95% CI] | pruned [95% CI] |",
+        "|---|---|---|---|",
+    ]
     for axis in record.get("suites", {}):
         summary = summaries.get(axis, {})
         before, after = preference.get(("before", axis)), preference.get(("after", axis))
-        lines.append(f"| {axis} | {_interval(summary.get('bias_index'), summary.get('bias_index_low'), summary.get('bias_index_high'))} | "
-                     + (" | ".join(_interval(row["value"], row["low"], row["high"]) if row else "not measured" for row in (before, after)))
-                     + " |")
-    lines += ["", "Output-level preference: extra log-probability (nats) of the negative over the neutral continuation "
-              "for the first group of each pair; 0 = no preference, positive = stereotype-consistent."]
+        lines.append(
+            f"| {axis} | {_interval(summary.get('bias_index'), summary.get('bias_index_low'), summary.get('bias_index_high'))} | "
+            + (
+                " | ".join(
+                    _interval(row["value"], row["low"], row["high"]) if row else "not measured"
+                    for row in (before, after)
+                )
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "Output-level preference: extra log-probability (nats) of the negative over the neutral continuation "
+        "for the first group of each pair; 0 = no preference, positive = stereotype-consistent.",
+    ]
     if policy is not None:
         verdicts = evaluate_policy(policy, store, run_id)
-        lines += ["", f"### Policy verdicts (`{policy.policy}`, sha256 `{policy.sha256()[:16]}`)", "", *verdict_table(verdicts)]
+        lines += [
+            "",
+            f"### Policy verdicts (`{policy.policy}`, sha256 `{policy.sha256()[:16]}`)",
+            "",
+            *verdict_table(verdicts),
+        ]
     lines += ["", "### What this audit does not show", "", *(f"- {text}" for text in LIMITATIONS), ""]
     return "\n".join(lines)

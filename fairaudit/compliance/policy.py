@@ -43,6 +43,7 @@ from fairaudit.store import Store
 from fairaudit.yamlio import read_model
 
 Role = Literal["original", "pruned"]
+ROLES: tuple[Role, ...] = ("original", "pruned")
 ROLE_OF_STORED = {"before": "original", "after": "pruned"}  # the evaluation tables' role column
 VERDICTS = ("pass", "fail", "inconclusive", "too few items", "not measured")
 
@@ -67,35 +68,62 @@ class MetricSource:
 
 METRICS: dict[str, MetricSource] = {
     "stereotype_preference": MetricSource(
-        "output_bias", "stereotype_preference", "level",
-        "mean over pairs of [log p(negative | a) - log p(negative | b)] - [same for the neutral continuation], nats; 0 = no preference"),
+        "output_bias",
+        "stereotype_preference",
+        "level",
+        "mean over pairs of [log p(negative | a) - log p(negative | b)] - [same for the neutral continuation], nats; 0 = no preference",
+    ),
     "pct_stereotype": MetricSource(
-        "output_bias", "pct_stereotype", "level",
-        "CrowS-Pairs: share of sentence pairs where the more stereotyping sentence is more likely; 0.5 = ideal"),
+        "output_bias",
+        "pct_stereotype",
+        "level",
+        "CrowS-Pairs: share of sentence pairs where the more stereotyping sentence is more likely; 0.5 = ideal",
+    ),
     "stereoset_ss": MetricSource(
-        "output_bias", "stereoset_ss", "level",
-        "StereoSet stereotype score: share of items where the stereotype beats the anti-stereotype; 0.5 = ideal"),
+        "output_bias",
+        "stereoset_ss",
+        "level",
+        "StereoSet stereotype score: share of items where the stereotype beats the anti-stereotype; 0.5 = ideal",
+    ),
     "bias_index": MetricSource(
-        "bias_reprobe", "bias_index", "level", "activation-divergence bias index on the probe templates"),
+        "bias_reprobe", "bias_index", "level", "activation-divergence bias index on the probe templates"
+    ),
     "bias_index_heldout": MetricSource(
-        "bias_reprobe", "bias_index_heldout", "level", "activation-divergence bias index on the held-out templates"),
+        "bias_reprobe", "bias_index_heldout", "level", "activation-divergence bias index on the held-out templates"
+    ),
     "bias_index_heldout_change": MetricSource(
-        "bias_reprobe", "bias_index_heldout", "change", "relative change of the held-out bias index, pruned vs original",
-        field="relative_change"),
+        "bias_reprobe",
+        "bias_index_heldout",
+        "change",
+        "relative change of the held-out bias index, pruned vs original",
+        field="relative_change",
+    ),
     "stereotype_preference_change": MetricSource(
-        "output_bias", "stereotype_preference", "change", "change of the output-level preference, pruned minus original (nats)"),
+        "output_bias",
+        "stereotype_preference",
+        "change",
+        "change of the output-level preference, pruned minus original (nats)",
+    ),
     "perplexity_change": MetricSource(
-        "perplexity", "nll_per_token_bundled", "change",
-        "relative change of perplexity on the bundled corpus, exp(change of mean NLL per token) - 1", transform="exp_minus_one",
-        per_axis=False),
+        "perplexity",
+        "nll_per_token_bundled",
+        "change",
+        "relative change of perplexity on the bundled corpus, exp(change of mean NLL per token) - 1",
+        transform="exp_minus_one",
+        per_axis=False,
+    ),
     "fact_accuracy": MetricSource(
-        "facts", "fact_accuracy", "level", "factual-control accuracy (share of facts answered right)", per_axis=False),
+        "facts", "fact_accuracy", "level", "factual-control accuracy (share of facts answered right)", per_axis=False
+    ),
     "fact_accuracy_change": MetricSource(
-        "facts", "fact_accuracy", "change", "change of factual-control accuracy, pruned minus original", per_axis=False),
+        "facts", "fact_accuracy", "change", "change of factual-control accuracy, pruned minus original", per_axis=False
+    ),
     "task_accuracy": MetricSource(
-        "lm_eval", "acc", "level", "lm-evaluation-harness accuracy per task (axes are task names)"),
+        "lm_eval", "acc", "level", "lm-evaluation-harness accuracy per task (axes are task names)"
+    ),
     "task_accuracy_change": MetricSource(
-        "lm_eval", "acc", "change", "change of lm-evaluation-harness accuracy per task, pruned minus original"),
+        "lm_eval", "acc", "change", "change of lm-evaluation-harness accuracy per task, pruned minus original"
+    ),
 }
 
 
@@ -111,10 +139,12 @@ class Rule(BaseModel):
     between: tuple[float, float] | None = None
     abs_at_most: float | None = Field(default=None, ge=0)
     axes: list[str] | Literal["all"] = "all"
-    models: list[Role] = Field(default_factory=lambda: ["original", "pruned"], min_length=1)
+    models: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
     severity: Literal["must", "should"] = "must"
     min_items: int | None = Field(default=None, ge=1)
-    if_measured: bool = Field(default=False, description="true: a metric the run did not measure is not an inconclusive verdict")
+    if_measured: bool = Field(
+        default=False, description="true: a metric the run did not measure is not an inconclusive verdict"
+    )
     source: str = ""
 
     @field_validator("metric")
@@ -142,12 +172,16 @@ class Rule(BaseModel):
     def _one_threshold(self) -> Rule:
         given = [name for name in ("at_most", "at_least", "between", "abs_at_most") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError(f"rule '{self.id}' needs exactly one threshold of at_most, at_least, between, abs_at_most "
-                             f"(it has {', '.join(given) or 'none'})")
+            raise ValueError(
+                f"rule '{self.id}' needs exactly one threshold of at_most, at_least, between, abs_at_most "
+                f"(it has {', '.join(given) or 'none'})"
+            )
         if METRICS[self.metric].kind == "change" and "original" in self.models:
             if "models" in self.model_fields_set:
-                raise ValueError(f"rule '{self.id}': '{self.metric}' compares the pruned model with the original, so it "
-                                 f"applies to models: [pruned] only")
+                raise ValueError(
+                    f"rule '{self.id}': '{self.metric}' compares the pruned model with the original, so it "
+                    f"applies to models: [pruned] only"
+                )
             self.models = ["pruned"]
         return self
 
@@ -159,7 +193,7 @@ class Rule(BaseModel):
             return (-self.abs_at_most, self.abs_at_most)
         if self.at_most is not None:
             return (-math.inf, self.at_most)
-        return (self.at_least, math.inf)
+        return (self.at_least if self.at_least is not None else -math.inf, math.inf)
 
     def threshold_text(self) -> str:
         if self.between is not None:
@@ -197,10 +231,14 @@ class Policy(BaseModel):
         """Refuse a rule naming an axis the run does not have, before any work is done."""
         for rule in self.rules:
             if rule.axes != "all" and METRICS[rule.metric].per_axis:
-                unknown = [axis for axis in rule.axes if axis not in axes and METRICS[rule.metric].evaluator != "lm_eval"]
+                unknown = [
+                    axis for axis in rule.axes if axis not in axes and METRICS[rule.metric].evaluator != "lm_eval"
+                ]
                 if unknown:
-                    raise ConfigError(f"policy '{self.policy}', rule '{rule.id}': axis {unknown} is not audited by {where} "
-                                      f"(its axes: {', '.join(axes) or 'none'}).")
+                    raise ConfigError(
+                        f"policy '{self.policy}', rule '{rule.id}': axis {unknown} is not audited by {where} "
+                        f"(its axes: {', '.join(axes) or 'none'})."
+                    )
 
 
 def builtin_policy_names() -> list[str]:
@@ -213,13 +251,16 @@ def load_policy(name_or_path: str | Path) -> Policy:
     if not (path.suffix in (".yaml", ".yml") or path.exists()):
         builtin = policies_dir() / f"{name_or_path}.yaml"
         if not builtin.exists():
-            raise ConfigError(f"no policy named '{name_or_path}': it is neither a file nor a built-in policy. "
-                              f"Built-in policies: {', '.join(builtin_policy_names())}.")
+            raise ConfigError(
+                f"no policy named '{name_or_path}': it is neither a file nor a built-in policy. "
+                f"Built-in policies: {', '.join(builtin_policy_names())}."
+            )
         path = builtin
     return read_model(path, Policy, ConfigError, "policy", "policy, rules")[1]
 
 
 # --- verdicts ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Verdict:
@@ -239,11 +280,15 @@ class Verdict:
     reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
-                for key, value in asdict(self).items()}
+        return {
+            key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+            for key, value in asdict(self).items()
+        }
 
 
-def judge(value: float, low: float, high: float, items: int, allowed: tuple[float, float], min_items: int) -> tuple[str, str]:
+def judge(
+    value: float, low: float, high: float, items: int, allowed: tuple[float, float], min_items: int
+) -> tuple[str, str]:
     """The verdict of one measurement against allowed values [lower, upper], and why."""
     lower, upper = allowed
     if items < min_items:
@@ -265,12 +310,20 @@ def _measurements(store: Store, run_id: str) -> dict[tuple, dict[str, float]]:
         for row in store.rows(table, run_id=run_id):
             if table == "evaluations":
                 if not row["error"] and row["role"] in ROLE_OF_STORED:
-                    found[("level", row["evaluator"], row["metric"], ROLE_OF_STORED[row["role"]], row["axis_or_task"])] = {
-                        "value": row["value"], "low": row["low"], "high": row["high"], "items": row["n"]}
+                    found[
+                        ("level", row["evaluator"], row["metric"], ROLE_OF_STORED[row["role"]], row["axis_or_task"])
+                    ] = {"value": row["value"], "low": row["low"], "high": row["high"], "items": row["n"]}
                 continue
-            for field, low, high in (("change", "change_low", "change_high"), ("relative_change", "relative_low", "relative_high")):
+            for field, low, high in (
+                ("change", "change_low", "change_high"),
+                ("relative_change", "relative_low", "relative_high"),
+            ):
                 found[(f"change:{field}", row["evaluator"], row["metric"], "pruned", row["axis_or_task"])] = {
-                    "value": row[field], "low": row[low], "high": row[high], "items": row["items"]}
+                    "value": row[field],
+                    "low": row[low],
+                    "high": row[high],
+                    "items": row["items"],
+                }
     return found
 
 
@@ -282,13 +335,21 @@ def evaluate_policy(policy: Policy, store: Store, run_id: str) -> list[Verdict]:
     """Every rule's verdict for every axis and model the run measured, read from the store."""
     record = store.read_run(run_id)
     if record.get("kind", "audit") not in ("audit", "evaluate"):
-        raise StoreError(f"run {run_id} is a {record.get('kind')} run; a policy is checked on an audit or evaluate run.")
+        raise StoreError(
+            f"run {run_id} is a {record.get('kind')} run; a policy is checked on an audit or evaluate run."
+        )
     found = _measurements(store, run_id)
     axes = list(record.get("suites", {})) or sorted({key[4] for key in found if key[4]})
     policy.check_axes(axes, f"run {run_id}")
     # the audited model always counts, and so does a pruned one the run made: no data is no pass
-    roles = {"original"} | ({"pruned"} if record.get("prune") or record.get("compare") else set()) | {key[3] for key in found}
-    configured = {ref["plugin"] if isinstance(ref, dict) else ref for ref in record.get("config", {}).get("evaluators", [])}
+    roles = (
+        {"original"}
+        | ({"pruned"} if record.get("prune") or record.get("compare") else set())
+        | {key[3] for key in found}
+    )
+    configured = {
+        ref["plugin"] if isinstance(ref, dict) else ref for ref in record.get("config", {}).get("evaluators", [])
+    }
     verdicts = []
     for rule in policy.rules:
         source = METRICS[rule.metric]
@@ -297,7 +358,9 @@ def evaluate_policy(policy: Policy, store: Store, run_id: str) -> list[Verdict]:
         for role in rule.models:
             if role not in roles:
                 continue
-            measured_axes = sorted({key[4] for key in found if key[:4] == (key_kind, source.evaluator, source.metric, role)})
+            measured_axes = sorted(
+                {key[4] for key in found if key[:4] == (key_kind, source.evaluator, source.metric, role)}
+            )
             if not source.per_axis:
                 if rule.if_measured and source.evaluator not in configured:
                     continue
@@ -308,18 +371,33 @@ def evaluate_policy(policy: Policy, store: Store, run_id: str) -> list[Verdict]:
                 wanted = list(rule.axes)
             for axis in wanted:
                 measurement = found.get((key_kind, source.evaluator, source.metric, role, axis))
-                verdict = Verdict(rule.id, rule.metric, rule.severity, role, axis or "-", "not measured", threshold=rule.threshold_text())
+                verdict = Verdict(
+                    rule.id,
+                    rule.metric,
+                    rule.severity,
+                    role,
+                    axis or "-",
+                    "not measured",
+                    threshold=rule.threshold_text(),
+                )
                 if measurement is None:
                     if rule.if_measured and source.per_axis:
                         continue
-                    verdict.reason = (f"the run has no '{source.metric}' from the '{source.evaluator}' evaluator "
-                                      f"{'for this axis ' if source.per_axis else ''}on the {role} model")
+                    verdict.reason = (
+                        f"the run has no '{source.metric}' from the '{source.evaluator}' evaluator "
+                        f"{'for this axis ' if source.per_axis else ''}on the {role} model"
+                    )
                     verdicts.append(verdict)
                     continue
                 value, low, high = (_nan(measurement[k]) for k in ("value", "low", "high"))
                 if source.transform == "exp_minus_one":
                     value, low, high = (math.expm1(v) for v in (value, low, high))
-                verdict.value, verdict.low, verdict.high, verdict.items = value, low, high, int(measurement["items"] or 0)
+                verdict.value, verdict.low, verdict.high, verdict.items = (
+                    value,
+                    low,
+                    high,
+                    int(measurement["items"] or 0),
+                )
                 verdict.verdict, verdict.reason = judge(value, low, high, verdict.items, rule.allowed(), min_items)
                 verdicts.append(verdict)
     return verdicts
@@ -360,16 +438,31 @@ def verdict_changes(baseline: list[Verdict], current: list[Verdict]) -> list[dic
             change = "better"
         else:
             change = "same"
-        rows.append({"rule": verdict.rule, "severity": verdict.severity, "model": verdict.model, "axis": verdict.axis,
-                     "before": was, "after": verdict.verdict, "change": change,
-                     "value_before": previous.value if previous else math.nan, "value_after": verdict.value})
+        rows.append(
+            {
+                "rule": verdict.rule,
+                "severity": verdict.severity,
+                "model": verdict.model,
+                "axis": verdict.axis,
+                "before": was,
+                "after": verdict.verdict,
+                "change": change,
+                "value_before": previous.value if previous else math.nan,
+                "value_after": verdict.value,
+            }
+        )
     order = {"regression": 0, "worse": 1, "better": 2, "same": 3}
     return sorted(rows, key=lambda row: (order[row["change"]], row["severity"] != "must", row["rule"], row["axis"]))
 
 
 def policy_record(policy: Policy, source: str | Path) -> dict[str, Any]:
     """What a run record keeps of the policy it was checked against."""
-    return {"name": policy.policy, "source": str(source), "sha256": policy.sha256(), "definition": policy.model_dump(mode="json")}
+    return {
+        "name": policy.policy,
+        "source": str(source),
+        "sha256": policy.sha256(),
+        "definition": policy.model_dump(mode="json"),
+    }
 
 
 def stored_policy(record: dict[str, Any]) -> Policy | None:
@@ -386,10 +479,14 @@ def check_config(policy: Policy, axes: list[str], evaluators: list[str], prunes:
             continue
         source = METRICS[rule.metric]
         if source.evaluator not in evaluators:
-            raise ConfigError(f"policy '{policy.policy}', rule '{rule.id}': metric '{rule.metric}' comes from the "
-                              f"'{source.evaluator}' evaluator, which {where} does not run. Add it to 'evaluators', "
-                              f"or mark the rule 'if_measured: true'.")
+            raise ConfigError(
+                f"policy '{policy.policy}', rule '{rule.id}': metric '{rule.metric}' comes from the "
+                f"'{source.evaluator}' evaluator, which {where} does not run. Add it to 'evaluators', "
+                f"or mark the rule 'if_measured: true'."
+            )
         if source.kind == "change" and not prunes:
-            raise ConfigError(f"policy '{policy.policy}', rule '{rule.id}': metric '{rule.metric}' compares the pruned "
-                              f"model with the original, and {where} does not prune. Mark the rule 'if_measured: true' or "
-                              f"add a 'pruning:' section.")
+            raise ConfigError(
+                f"policy '{policy.policy}', rule '{rule.id}': metric '{rule.metric}' compares the pruned "
+                f"model with the original, and {where} does not prune. Mark the rule 'if_measured: true' or "
+                f"add a 'pruning:' section."
+            )

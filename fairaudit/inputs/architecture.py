@@ -33,7 +33,7 @@ COMPONENTS = {
     "down": "output of down_proj (GLU only; equals 'mlp' for Llama-style MLPs)",
     "input_norm": "output of the layer's input layer norm (decoders that have one)",
     "heads": "attention heads: the input of the attention output projection (o_proj / c_proj / out_proj / "
-             "attention.output.dense), the heads' outputs side by side",
+    "attention.output.dense), the heads' outputs side by side",
 }
 
 

@@ -57,7 +57,9 @@ def write_suites(suites: list[Suite], folder: str | Path) -> list[Path]:
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            temporary.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=1000), encoding="utf-8")
+            temporary.write_text(
+                yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=1000), encoding="utf-8"
+            )
             os.replace(temporary, path)
         except OSError as exc:
             with contextlib.suppress(OSError):

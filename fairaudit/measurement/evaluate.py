@@ -46,7 +46,9 @@ class EvaluationResult:
         """Record per-item values and their mean (with a bootstrap interval) as a measurement."""
         self.items[(axis, metric)] = values
         tensor = torch.tensor(list(values.values()), dtype=torch.float64)
-        finite = tensor[torch.isfinite(tensor)]  # a NaN or infinite item is left out of the mean, its interval and its count
+        finite = tensor[
+            torch.isfinite(tensor)
+        ]  # a NaN or infinite item is left out of the mean, its interval and its count
         low, high = bootstrap_interval(finite)
         mean = float(finite.mean()) if finite.numel() else math.nan
         self.measurements.append(Measurement(evaluator, axis, metric, mean, low, high, int(finite.numel())))
@@ -62,12 +64,15 @@ class Evaluator(Protocol):
     description: str
     requires_causal: bool
 
-    def evaluate(self, loaded: LoadedModel, suites: list[Suite], params, reference: LoadedModel | None) -> EvaluationResult:
+    def evaluate(
+        self, loaded: LoadedModel, suites: list[Suite], params, reference: LoadedModel | None
+    ) -> EvaluationResult:
         """Measure `loaded`. `reference` is the model before pruning when `loaded` is the
         pruned one (None otherwise); most evaluators ignore it."""
 
 
 # --- what an earlier stage measured on the same model --------------------------------------
+
 
 def has_hooks(model: torch.nn.Module) -> bool:
     """True when any module has a forward hook or pre-hook (a mask, a probe): what the model
@@ -100,8 +105,10 @@ def divergence_rows(stats) -> dict[str, dict[str, torch.Tensor]]:
     an `ActivationStats` (attention and MLP outputs)."""
     from fairaudit.measurement.metrics import INDEX_COMPONENTS
 
-    return {pair_id: {name: stats.components[name].pair_divergence[index] for name in INDEX_COMPONENTS}
-            for index, pair_id in enumerate(stats.pair_ids)}
+    return {
+        pair_id: {name: stats.components[name].pair_divergence[index] for name in INDEX_COMPONENTS}
+        for index, pair_id in enumerate(stats.pair_ids)
+    }
 
 
 def probe_key(axis: str, position: str) -> tuple[str, str, str]:
@@ -110,6 +117,7 @@ def probe_key(axis: str, position: str) -> tuple[str, str, str]:
 
 
 # --- log-likelihoods as lm-evaluation-harness computes them -------------------------------
+
 
 def encode_request(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Token ids of (context, continuation), as lm-eval's HFLM encodes a loglikelihood request:
@@ -127,11 +135,15 @@ def encode_request(tokenizer: Any, context: str, continuation: str) -> tuple[lis
         context = context[:-spaces]
     whole = tokenizer.encode(context + continuation)
     context_ids = tokenizer.encode(context)
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole[len(context_ids) :]
 
 
-def loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_size: int = 16,
-                   known: dict[tuple[str, str], float] | None = None) -> list[float]:
+def loglikelihoods(
+    loaded: LoadedModel,
+    requests: list[tuple[str, str]],
+    batch_size: int = 16,
+    known: dict[tuple[str, str], float] | None = None,
+) -> list[float]:
     """Summed log-probability of each continuation given its context (natural log). A request
     asked several times (the reference group's side of every pair of a template) is computed once;
     one in `known` (what `recall(loaded, LOGLIKELIHOODS)` gives) is not computed at all."""
@@ -163,11 +175,16 @@ def _loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_
         first = min(len(sequences[row]) - len(encoded[i][1]) for row, i in enumerate(chunk))
         keep = torch.arange(first, width)
         with torch.inference_mode():
-            logits = loaded.model(input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device),
-                                  **keep_logits(loaded, keep)).logits
+            logits = loaded.model(
+                input_ids=input_ids.to(loaded.device),
+                attention_mask=mask.to(loaded.device),
+                **keep_logits(loaded, keep),
+            ).logits
         if logits.shape[1] == width:  # a model whose forward cannot skip positions (or nothing to skip)
             logits = logits[:, first:]
-        log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).cpu()  # float32 (as lm-eval) or wider
+        log_probs = torch.log_softmax(
+            logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1
+        ).cpu()  # float32 (as lm-eval) or wider
         for row, index in enumerate(chunk):
             context_ids, continuation_ids = encoded[index]
             end = len(sequences[row])
@@ -188,7 +205,10 @@ def keep_logits(loaded: LoadedModel, positions: torch.Tensor) -> dict[str, Any]:
 
 # --- before/after comparison ---------------------------------------------------------------
 
-def compare(before: dict[str, float], after: dict[str, float], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+
+def compare(
+    before: dict[str, float], after: dict[str, float], resamples: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """Paired change of a per-item metric between two models, over the items both have:
     means before and after, the absolute and the relative change of the mean, each with a
     95% percentile bootstrap interval (items resampled together). The relative change is
@@ -199,10 +219,17 @@ def compare(before: dict[str, float], after: dict[str, float], resamples: int = 
     first = torch.tensor([before[k] for k in keys], dtype=torch.float64)
     second = torch.tensor([after[k] for k in keys], dtype=torch.float64)
     mean_before, mean_after = float(first.mean()), float(second.mean())
-    result = {"items": len(keys), "before": mean_before, "after": mean_after, "change": mean_after - mean_before,
-              "change_low": math.nan, "change_high": math.nan,
-              "relative_change": (mean_after - mean_before) / abs(mean_before) if mean_before else math.nan,
-              "relative_low": math.nan, "relative_high": math.nan}
+    result = {
+        "items": len(keys),
+        "before": mean_before,
+        "after": mean_after,
+        "change": mean_after - mean_before,
+        "change_low": math.nan,
+        "change_high": math.nan,
+        "relative_change": (mean_after - mean_before) / abs(mean_before) if mean_before else math.nan,
+        "relative_low": math.nan,
+        "relative_high": math.nan,
+    }
     if len(keys) >= 2:
         generator = torch.Generator().manual_seed(seed)
         draws = torch.randint(0, len(keys), (resamples, len(keys)), generator=generator)
@@ -216,7 +243,9 @@ def compare(before: dict[str, float], after: dict[str, float], resamples: int = 
     return result
 
 
-def window_nll(loaded: LoadedModel, ids: list[int], max_length: int, stride: int | None, batch_size: int = 1) -> list[tuple[float, int]]:
+def window_nll(
+    loaded: LoadedModel, ids: list[int], max_length: int, stride: int | None, batch_size: int = 1
+) -> list[tuple[float, int]]:
     """Sliding-window negative log-likelihood: each window of up to `max_length` tokens scores
     only its tokens not scored before (at most `stride`), conditioned on the rest; the first
     token is never scored. Returns (summed NLL, tokens scored) per window. Windows of equal
@@ -239,7 +268,11 @@ def window_nll(loaded: LoadedModel, ids: list[int], max_length: int, stride: int
     while index < len(spans):
         shape = lambda span: (span[1] - span[0], span[2] - span[0])  # noqa: E731
         group = [spans[index]]
-        while len(group) < batch_size and index + len(group) < len(spans) and shape(spans[index + len(group)]) == shape(group[0]):
+        while (
+            len(group) < batch_size
+            and index + len(group) < len(spans)
+            and shape(spans[index + len(group)]) == shape(group[0])
+        ):
             group.append(spans[index + len(group)])
         index += len(group)
         begin, end, first_target = group[0]

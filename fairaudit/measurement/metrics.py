@@ -7,8 +7,6 @@ README.md ("Scores") gives each definition in words, with what it does not show.
 
 from __future__ import annotations
 
-import math
-
 from fairaudit.inputs.architecture import MlpWeights
 from fairaudit.inputs.suite import Pair
 from fairaudit.lazy import numpy as np
@@ -55,7 +53,9 @@ def p_values(component: ComponentStats, n_pairs: int, n_controls: int) -> torch.
     mean_pairs = component.abs_diff_sum / n_pairs
     mean_controls = component.control_abs_diff_sum / n_controls
     var_pairs = ((component.abs_diff_sq_sum - n_pairs * mean_pairs.square()) / (n_pairs - 1)).clamp(min=0)
-    var_controls = ((component.control_abs_diff_sq_sum - n_controls * mean_controls.square()) / (n_controls - 1)).clamp(min=0)
+    var_controls = ((component.control_abs_diff_sq_sum - n_controls * mean_controls.square()) / (n_controls - 1)).clamp(
+        min=0
+    )
     se_pairs, se_controls = var_pairs / n_pairs, var_controls / n_controls
     standard_error = (se_pairs + se_controls).sqrt().clamp(min=1e-30)
     t_statistic = (mean_pairs - mean_controls) / standard_error
@@ -84,24 +84,25 @@ def benjamini_hochberg(p: torch.Tensor) -> torch.Tensor:
 
 # --- importance (weights only; higher = more important) -----------------------------
 
+
 def importance_ppm(weights: MlpWeights) -> torch.Tensor:
     """optiPfair's code ("MAW"/PPM): sum over input rows of max_j W[i,j] + |min_j W[i,j]|."""
-    return sum(row.max(dim=1).values + row.min(dim=1).values.abs() for row in weights.rows)
+    return torch.stack([row.max(dim=1).values + row.min(dim=1).values.abs() for row in weights.rows]).sum(dim=0)
 
 
 def importance_maw(weights: MlpWeights) -> torch.Tensor:
     """The write-up's formula: sum over input rows of max_j |W[i,j]|."""
-    return sum(row.abs().max(dim=1).values for row in weights.rows)
+    return torch.stack([row.abs().max(dim=1).values for row in weights.rows]).sum(dim=0)
 
 
 def importance_vow(weights: MlpWeights) -> torch.Tensor:
     """Sum over input rows of the row's variance (unbiased, as torch.var)."""
-    return sum(row.var(dim=1) for row in weights.rows)
+    return torch.stack([row.var(dim=1) for row in weights.rows]).sum(dim=0)
 
 
 def importance_pon(weights: MlpWeights) -> torch.Tensor:
     """Product over input rows of the row's L1 norm."""
-    return math.prod(row.abs().sum(dim=1) for row in weights.rows)
+    return torch.stack([row.abs().sum(dim=1) for row in weights.rows]).prod(dim=0)
 
 
 def importance_l2(weights: MlpWeights) -> torch.Tensor:
@@ -109,7 +110,13 @@ def importance_l2(weights: MlpWeights) -> torch.Tensor:
     return sum(row.norm(p=2, dim=1) for row in weights.rows)
 
 
-IMPORTANCE = {"ppm": importance_ppm, "maw": importance_maw, "vow": importance_vow, "pon": importance_pon, "l2": importance_l2}
+IMPORTANCE = {
+    "ppm": importance_ppm,
+    "maw": importance_maw,
+    "vow": importance_vow,
+    "pon": importance_pon,
+    "l2": importance_l2,
+}
 
 
 def minmax(scores: torch.Tensor) -> torch.Tensor:
@@ -140,7 +147,9 @@ def layer_divergence(stats: ActivationStats, component: str) -> torch.Tensor:
 def pair_bias_index(stats: ActivationStats) -> torch.Tensor:
     """[pairs]: for each pair, the mean over layers and over attention and MLP outputs of
     the mean |d_p| over units. Its mean over pairs is fairaudit's bias index."""
-    return index_of_divergence({name: stats.components[name].pair_divergence for name in INDEX_COMPONENTS if name in stats.components})
+    return index_of_divergence(
+        {name: stats.components[name].pair_divergence for name in INDEX_COMPONENTS if name in stats.components}
+    )
 
 
 def index_of_divergence(divergence: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -168,7 +177,9 @@ def optipfair_index(stats: ActivationStats) -> tuple[float, int]:
     return float(terms[usable].mean(dim=1).mean()), int(usable.sum())
 
 
-def bootstrap_interval(values: torch.Tensor, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    values: torch.Tensor, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of the finite `values` (resampling pairs)."""
     values = values[torch.isfinite(values)].double()
     if values.numel() < 2:
@@ -180,8 +191,9 @@ def bootstrap_interval(values: torch.Tensor, confidence: float = 0.95, resamples
     return float(torch.quantile(means, tail)), float(torch.quantile(means, 1 - tail))
 
 
-def cluster_bootstrap_interval(values: torch.Tensor, clusters: list[str], confidence: float = 0.95, resamples: int = 2000,
-                               seed: int = 0) -> tuple[float, float]:
+def cluster_bootstrap_interval(
+    values: torch.Tensor, clusters: list[str], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values`, resampling whole clusters (the
     pairs of one template) with replacement: pairs made from one template share its wording and
     are not independent, so this interval is the honest one for a claim about templates."""
@@ -192,7 +204,9 @@ def cluster_bootstrap_interval(values: torch.Tensor, clusters: list[str], confid
         return float("nan"), float("nan")
     index = torch.tensor([keys.index(name) for name in names])
     sums = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, index, values[keep].double())
-    counts = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, index, torch.ones(len(names), dtype=torch.float64))
+    counts = torch.zeros(len(keys), dtype=torch.float64).index_add_(
+        0, index, torch.ones(len(names), dtype=torch.float64)
+    )
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(0, len(keys), (resamples, len(keys)), generator=generator)
     means = sums[draws].sum(dim=1) / counts[draws].sum(dim=1)
@@ -202,12 +216,16 @@ def cluster_bootstrap_interval(values: torch.Tensor, clusters: list[str], confid
 
 # --- output-level bias ---------------------------------------------------------------
 
+
 def first_difference(first: list, second: list) -> tuple:
     """The first items where two sequences differ ((None, x) when one is a prefix of the other)."""
     for a, b in zip(first, second):
         if a != b:
             return a, b
-    return (first[len(second)] if len(first) > len(second) else None, second[len(first)] if len(second) > len(first) else None)
+    return (
+        first[len(second)] if len(first) > len(second) else None,
+        second[len(first)] if len(second) > len(first) else None,
+    )
 
 
 def output_bias_terms(pair: Pair) -> list[tuple[str, str, float]]:
@@ -225,7 +243,12 @@ def output_bias_terms(pair: Pair) -> list[tuple[str, str, float]]:
         return [("", pair.text_a, 1.0), ("", pair.text_b, -1.0)]
     if pair.kind == "template" and {"negative", "neutral"} <= set(pair.continuations):
         negative, neutral = pair.continuations["negative"], pair.continuations["neutral"]
-        return [(pair.text_a, negative, 1.0), (pair.text_b, negative, -1.0), (pair.text_a, neutral, -1.0), (pair.text_b, neutral, 1.0)]
+        return [
+            (pair.text_a, negative, 1.0),
+            (pair.text_b, negative, -1.0),
+            (pair.text_a, neutral, -1.0),
+            (pair.text_b, neutral, 1.0),
+        ]
     return []
 
 

@@ -93,19 +93,25 @@ def screen_pairs(loaded: LoadedModel, suite: Suite) -> tuple[list[Pair], list[Pa
     notes: list[str] = []
     kept: dict[str, list] = {}
     for kind, pairs in (("probe", suite.pairs("probe")), ("control", suite.control_pairs())):
-        same = []
+        same: list[Pair] = []
         kept[kind] = []
         for pair in pairs:
             ids_a, ids_b = (loaded.tokenizer(text)["input_ids"] for text in (pair.text_a, pair.text_b))
             if context and max(len(ids_a), len(ids_b)) > context:
-                raise SuiteError(f"suite '{suite.suite}', pair {pair.pair_id}: a prompt is {max(len(ids_a), len(ids_b)):,} tokens, "
-                                 f"longer than the model's context of {context:,} tokens; shorten it.")
+                raise SuiteError(
+                    f"suite '{suite.suite}', pair {pair.pair_id}: a prompt is {max(len(ids_a), len(ids_b)):,} tokens, "
+                    f"longer than the model's context of {context:,} tokens; shorten it."
+                )
             (same if ids_a == ids_b else kept[kind]).append(pair)
         if same:
-            notes.append(f"axis {suite.axis}: {len(same)} {kind} pair(s) whose two sides tokenize identically for this model "
-                         f"were left out (they measure nothing): {', '.join(p.pair_id for p in same[:5])}"
-                         f"{' ...' if len(same) > 5 else ''}")
+            notes.append(
+                f"axis {suite.axis}: {len(same)} {kind} pair(s) whose two sides tokenize identically for this model "
+                f"were left out (they measure nothing): {', '.join(p.pair_id for p in same[:5])}"
+                f"{' ...' if len(same) > 5 else ''}"
+            )
     if not kept["probe"]:
-        raise SuiteError(f"suite '{suite.suite}': no probe pair is left once pairs whose sides tokenize identically are left "
-                         f"out; its group words are not distinguished by this model's tokenizer.")
+        raise SuiteError(
+            f"suite '{suite.suite}': no probe pair is left once pairs whose sides tokenize identically are left "
+            f"out; its group words are not distinguished by this model's tokenizer."
+        )
     return kept["probe"], kept["control"], notes

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
-import torch
 from pydantic import BaseModel, ValidationError
 
 from fairaudit.config import RunConfig, load_config
 from fairaudit.errors import ConfigError, FairauditError, ModelError, PluginError, StoreError
 from fairaudit.inputs.model import LoadedModel, load_model
 from fairaudit.inputs.suite import Suite, resolve_suites
+from fairaudit.lazy import torch
 from fairaudit.measurement import metrics
 from fairaudit.measurement.evaluate import divergence_rows, probe_key, remember
 from fairaudit.measurement.probe import ActivationStats, screen_pairs
@@ -35,8 +35,15 @@ from fairaudit.store import RunRecord, Store, new_run_id, safe_name
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = None, run_id: str | None = None,
-          labels: dict[str, Any] | None = None, granted: set[str] | frozenset[str] = frozenset()) -> AuditResult:
+
+def audit(
+    config: RunConfig | str | Path | None = None,
+    *,
+    resume: str | None = None,
+    run_id: str | None = None,
+    labels: dict[str, Any] | None = None,
+    granted: set[str] | frozenset[str] = frozenset(),
+) -> AuditResult:
     """Run the audit a config describes (None: the default audit) and store its results.
     `resume`: finish a stored run; `run_id`: the id of a new run (default: time and random
     suffix); `labels`: extra entries for the run record (a sweep names its cell there);
@@ -71,7 +78,7 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     if policy is not None:
         from fairaudit.compliance.policy import policy_record
 
-        fields["policy"] = policy_record(policy, config.policy)
+        fields["policy"] = policy_record(policy, str(config.policy))
     result = AuditResult(run_id=run_id, store=store.root, model_id=loaded.model_id)
     try:
         with store.recording("audit", run_id, **fields) as record:
@@ -90,7 +97,9 @@ def audit(config: RunConfig | str | Path | None = None, *, resume: str | None = 
     if config.report:
         from fairaudit.reporting.report import render_report, report_data, report_path
 
-        result.report, _ = render_report(report_data(store, run_id), report_path(store.root.parent, loaded.model_id, run_id))
+        result.report, _ = render_report(
+            report_data(store, run_id), report_path(store.root.parent, loaded.model_id, run_id)
+        )
     return result
 
 
@@ -104,24 +113,38 @@ def _resumed(store: Store, resume: str, granted: set[str] | frozenset[str]) -> t
     try:
         config = RunConfig.model_validate(record["config"])
     except ValidationError:
-        raise StoreError(f"run {resume}: its stored config ({store.run_path(resume)}) is not a valid run config; "
-                         f"the record was edited or written by another version. Start a new run.") from None
+        raise StoreError(
+            f"run {resume}: its stored config ({store.run_path(resume)}) is not a valid run config; "
+            f"the record was edited or written by another version. Start a new run."
+        ) from None
     return config.with_trust(granted, f"the stored config of run {resume}"), record
 
 
-def _record_fields(config: RunConfig, suites: list[Suite], loaded: LoadedModel, previous: dict[str, Any],
-                   labels: dict[str, Any] | None) -> dict[str, Any]:
+def _record_fields(
+    config: RunConfig, suites: list[Suite], loaded: LoadedModel, previous: dict[str, Any], labels: dict[str, Any] | None
+) -> dict[str, Any]:
     """What an audit's run record holds besides its status: model, suites, plugins, config, and
     (when resuming) what the interrupted run had recorded."""
     if previous and previous.get("model", {}).get("weights_hash") != loaded.provenance["weights_hash"]:
-        raise ConfigError(f"cannot resume run {previous['run_id']}: the model's weights changed since it started (weights hash differs).")
+        raise ConfigError(
+            f"cannot resume run {previous['run_id']}: the model's weights changed since it started (weights hash differs)."
+        )
     fields: dict[str, Any] = {
         "model_id": loaded.model_id,
         "model": loaded.provenance,
-        "suites": {suite.axis: {"suite": suite.suite, "version": suite.version, "sha256": suite.content_hash(),
-                                "definition": suite.model_dump(mode="json")} for suite in suites},
-        "plugins": [{"kind": e.kind, "name": e.name, "plugin": e.plugin, "distribution": e.distribution, "version": e.version}
-                    for e in registry().entries()],
+        "suites": {
+            suite.axis: {
+                "suite": suite.suite,
+                "version": suite.version,
+                "sha256": suite.content_hash(),
+                "definition": suite.model_dump(mode="json"),
+            }
+            for suite in suites
+        },
+        "plugins": [
+            {"kind": e.kind, "name": e.name, "plugin": e.plugin, "distribution": e.distribution, "version": e.version}
+            for e in registry().entries()
+        ],
         "config": config.model_dump(mode="json"),
         "seed": config.seed,
         "timings": dict(previous.get("timings", {})),
@@ -134,21 +157,41 @@ def _record_fields(config: RunConfig, suites: list[Suite], loaded: LoadedModel, 
     return fields
 
 
-def _run_stages(store: Store, record: RunRecord, config: RunConfig, suites: list[Suite], loaded: LoadedModel,
-                params: dict[str, BaseModel], result: AuditResult) -> LoadedModel | None:
+def _run_stages(
+    store: Store,
+    record: RunRecord,
+    config: RunConfig,
+    suites: list[Suite],
+    loaded: LoadedModel,
+    params: dict[str, BaseModel],
+    result: AuditResult,
+) -> LoadedModel | None:
     """Probe and score, overlap, prune, evaluate: each stage's results stored as it ends.
     Returns the pruned model (None when the run does not prune or pruned nothing)."""
     _probe_and_score(store, record, config, suites, loaded, params, result)
     if len(suites) >= 2:
         _store_overlap(store, loaded.model_id, record.run_id, config.overlap_top)
-    after, result.pruned = prune_stage(store, record, config, suites, loaded) if config.pruning is not None else (None, {})
+    after, result.pruned = (
+        prune_stage(store, record, config, suites, loaded) if config.pruning is not None else (None, {})
+    )
     if config.evaluators:
         stage_started = clock()
-        evaluators = [(ref.plugin, registry().get("evaluator", ref.plugin), params[path])
-                      for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
+        evaluators = [
+            (ref.plugin, registry().get("evaluator", ref.plugin), params[path])
+            for path, kind, ref in config.plugin_refs()
+            if kind == "evaluator"
+        ]
         result.evaluation_failures, result.comparisons = run_evaluations(
-            store, record.run_id, suites, evaluators, loaded, after, timings_of(record), config.evaluator_time_limit,
-            side_by_side=config.evaluate_side_by_side)
+            store,
+            record.run_id,
+            suites,
+            evaluators,
+            loaded,
+            after,
+            timings_of(record),
+            config.evaluator_time_limit,
+            side_by_side=config.evaluate_side_by_side,
+        )
         result.measurements = store.rows("evaluations", run_id=record.run_id)
         record_time(timings_of(record), "evaluate", stage_started)
         record.evaluation_failures = result.evaluation_failures
@@ -162,11 +205,15 @@ def _check_selection_size(config: RunConfig, loaded: LoadedModel) -> None:
         return
     width = loaded.adapter.mlp_weights(loaded.layers[0]).down.shape[1]  # shapes only: no weight is read
     layers = len(selection.layers) if selection.layers else len(loaded.layers)
-    count = int(selection.fraction * width) if selection.scope == "per_layer" else int(selection.fraction * width * layers)
+    count = (
+        int(selection.fraction * width) if selection.scope == "per_layer" else int(selection.fraction * width * layers)
+    )
     if count < 1:
         where = f"{width} neurons per layer" if selection.scope == "per_layer" else f"{width * layers} neurons"
-        raise ConfigError(f"run config field 'pruning.selection': fraction {selection.fraction} of {where} of {loaded.model_id} "
-                          f"selects no neuron; raise the fraction, use scope: global, or set 'pruning: null'.")
+        raise ConfigError(
+            f"run config field 'pruning.selection': fraction {selection.fraction} of {where} of {loaded.model_id} "
+            f"selects no neuron; raise the fraction, use scope: global, or set 'pruning: null'."
+        )
 
 
 def _check_model_name(store: Store, model_id: str) -> None:
@@ -174,8 +221,10 @@ def _check_model_name(store: Store, model_id: str) -> None:
     for record in store.runs():
         stored = record.get("model_id", "")
         if stored and stored != model_id and safe_name(stored) == safe_name(model_id):
-            raise ConfigError(f"store {store.root} already holds model '{stored}', which is stored under the same name as "
-                              f"'{model_id}' ({safe_name(model_id)}); their results would mix. Use another store.")
+            raise ConfigError(
+                f"store {store.root} already holds model '{stored}', which is stored under the same name as "
+                f"'{model_id}' ({safe_name(model_id)}); their results would mix. Use another store."
+            )
 
 
 def call_plugin(kind: str, name: str, axis: str, call: Callable[[], T]) -> T:
@@ -185,32 +234,49 @@ def call_plugin(kind: str, name: str, axis: str, call: Callable[[], T]) -> T:
     except FairauditError:
         raise
     except Exception as exc:
-        raise PluginError(f"{kind} plugin '{name}' failed on axis '{axis}': {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}. Results stored for earlier axes are kept.") from exc
+        raise PluginError(
+            f"{kind} plugin '{name}' failed on axis '{axis}': {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}. Results stored for earlier axes are kept."
+        ) from exc
 
 
-def _probe_and_score(store: Store, record: RunRecord, config: RunConfig, suites: list[Suite], loaded: LoadedModel,
-                     params: dict[str, BaseModel], result: AuditResult) -> None:
+def _probe_and_score(
+    store: Store,
+    record: RunRecord,
+    config: RunConfig,
+    suites: list[Suite],
+    loaded: LoadedModel,
+    params: dict[str, BaseModel],
+    result: AuditResult,
+) -> None:
     """Probe and score every axis not stored yet; each axis is written as soon as it is done."""
     run_id = record.run_id
     plugins = registry()
     probe = plugins.get("probe", config.probe.plugin)
-    scorers = [(ref.plugin, plugins.get("scorer", ref.plugin), params[path])
-               for path, kind, ref in config.plugin_refs() if kind == "scorer"]
+    scorers = [
+        (ref.plugin, plugins.get("scorer", ref.plugin), params[path])
+        for path, kind, ref in config.plugin_refs()
+        if kind == "scorer"
+    ]
     for number, suite in enumerate(suites, start=1):
         if store.has_axis(loaded.model_id, suite.axis, run_id):
             result.skipped_axes.append(suite.axis)
             continue
         axis_started = clock()
         pairs, controls, notes = screen_pairs(loaded, suite)
-        log.info(f"probing axis {number} of {len(suites)}: {suite.axis} ({len(pairs)} pairs, {len(controls)} control pairs)")
+        log.info(
+            f"probing axis {number} of {len(suites)}: {suite.axis} ({len(pairs)} pairs, {len(controls)} control pairs)"
+        )
         result.warnings += notes
         record.warnings = (record.warnings or []) + notes
-        stats = call_plugin("probe", probe.name, suite.axis, lambda: probe.run(
-            loaded, pairs, controls, params["probe"], suite.axis))
+        stats = call_plugin(
+            "probe", probe.name, suite.axis, lambda: probe.run(loaded, pairs, controls, params["probe"], suite.axis)
+        )
         if not isinstance(stats, ActivationStats):
-            raise PluginError(f"probe plugin '{probe.name}' returned {type(stats).__name__} on axis '{suite.axis}', "
-                              f"not ActivationStats; results stored for earlier axes are kept.")
+            raise PluginError(
+                f"probe plugin '{probe.name}' returned {type(stats).__name__} on axis '{suite.axis}', "
+                f"not ActivationStats; results stored for earlier axes are kept."
+            )
         _check_finite(stats, suite.axis)
         _remember_divergence(loaded, probe.name, params["probe"], stats)
         result.warnings += notify_stage_finished("probe", probe.name, suite.axis, time.time() - axis_started[0])
@@ -227,7 +293,9 @@ def _probe_and_score(store: Store, record: RunRecord, config: RunConfig, suites:
         store.save(record)
     for suite in suites:
         summary = store.read("axis_summary", model=loaded.model_id, axis=suite.axis, run_id=run_id).to_pylist()[0]
-        result.summaries[suite.axis] = {key: value for key, value in summary.items() if key not in ("model", "axis", "run_id")}
+        result.summaries[suite.axis] = {
+            key: value for key, value in summary.items() if key not in ("model", "axis", "run_id")
+        }
 
 
 def _check_finite(stats: ActivationStats, axis: str) -> None:
@@ -237,9 +305,11 @@ def _check_finite(stats: ActivationStats, axis: str) -> None:
             values = getattr(component, field_name)
             if values.numel() and not torch.isfinite(values).all():
                 layer = int((~torch.isfinite(values)).nonzero()[0][0])
-                raise ModelError(f"axis '{axis}': the model's {name} activations are not finite (NaN or infinite) from layer "
-                                 f"{layer} on; no score of this axis would mean anything. Check the weights, or use float32 "
-                                 f"(--dtype float32) if a half-precision run overflowed. Axes stored before are kept.")
+                raise ModelError(
+                    f"axis '{axis}': the model's {name} activations are not finite (NaN or infinite) from layer "
+                    f"{layer} on; no score of this axis would mean anything. Check the weights, or use float32 "
+                    f"(--dtype float32) if a half-precision run overflowed. Axes stored before are kept."
+                )
 
 
 def _remember_divergence(loaded: LoadedModel, probe_name: str, probe_params, stats: ActivationStats) -> None:
@@ -256,16 +326,24 @@ def _check_scores(name: str, axis: str, scores: AxisScores, layers: int) -> None
     """Catch a scorer that wrote columns of the wrong type or shape before they reach the store."""
     for column, values in scores.neuron.items():
         if not isinstance(values, torch.Tensor) or values.dim() != 2 or values.shape[0] != layers:
-            raise PluginError(f"scorer plugin '{name}' wrote neuron column '{column}' on axis '{axis}' that is not a "
-                              f"[layers={layers}, units] tensor; results stored for earlier axes are kept.")
+            raise PluginError(
+                f"scorer plugin '{name}' wrote neuron column '{column}' on axis '{axis}' that is not a "
+                f"[layers={layers}, units] tensor; results stored for earlier axes are kept."
+            )
     heads = {tuple(values.shape) if isinstance(values, torch.Tensor) else None for values in scores.head.values()}
-    if scores.head and (len(heads) != 1 or None in heads or len(next(iter(heads))) != 2 or next(iter(heads))[0] != layers):
-        raise PluginError(f"scorer plugin '{name}' wrote head columns on axis '{axis}' that are not [layers={layers}, heads] "
-                          f"tensors of one shape; results stored for earlier axes are kept.")
+    if scores.head and (
+        len(heads) != 1 or None in heads or len(next(iter(heads))) != 2 or next(iter(heads))[0] != layers
+    ):
+        raise PluginError(
+            f"scorer plugin '{name}' wrote head columns on axis '{axis}' that are not [layers={layers}, heads] "
+            f"tensors of one shape; results stored for earlier axes are kept."
+        )
     for column, values in scores.layer.items():
         if not isinstance(values, torch.Tensor) or values.shape != (layers,):
-            raise PluginError(f"scorer plugin '{name}' wrote layer column '{column}' on axis '{axis}' that is not a "
-                              f"[layers={layers}] tensor; results stored for earlier axes are kept.")
+            raise PluginError(
+                f"scorer plugin '{name}' wrote layer column '{column}' on axis '{axis}' that is not a "
+                f"[layers={layers}] tensor; results stored for earlier axes are kept."
+            )
 
 
 def _load_policy(config: RunConfig, suites: list[Suite]) -> Any:
@@ -275,8 +353,13 @@ def _load_policy(config: RunConfig, suites: list[Suite]) -> Any:
     from fairaudit.compliance.policy import check_config, load_policy
 
     policy = load_policy(config.policy)
-    check_config(policy, [suite.axis for suite in suites], [ref.plugin for ref in config.evaluators], config.pruning is not None,
-                 "this run config")
+    check_config(
+        policy,
+        [suite.axis for suite in suites],
+        [ref.plugin for ref in config.evaluators],
+        config.pruning is not None,
+        "this run config",
+    )
     return policy
 
 
@@ -291,7 +374,9 @@ def _add_bias_section_to_card(store: Store, run_id: str, folder: Path) -> None:
         atomic_write_text(card, card.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + bias_section(store, run_id))
 
 
-def _store_diagnosis(store: Store, run_id: str, loaded: LoadedModel, suite: Suite, stats: ActivationStats, top: int) -> None:
+def _store_diagnosis(
+    store: Store, run_id: str, loaded: LoadedModel, suite: Suite, stats: ActivationStats, top: int
+) -> None:
     """The axis' emergence summary and the diagnosis figures of its most divergent pairs, for the report."""
     from fairaudit.analysis.diagnose import diagnose_pair, emergence, render_view
 
@@ -301,12 +386,25 @@ def _store_diagnosis(store: Store, run_id: str, loaded: LoadedModel, suite: Suit
     rows = []
     for index in ranking:
         view = diagnose_pair(loaded, pairs[stats.pair_ids[index]], summary.mlp_peak)
-        rows += [{"pair_id": view.pair.pair_id, "figure": name, "svg": str(svg)} for name, svg in render_view(view).items()]
+        rows += [
+            {"pair_id": view.pair.pair_id, "figure": name, "svg": str(svg)} for name, svg in render_view(view).items()
+        ]
     store.write_part("diagnosis", loaded.model_id, suite.axis, run_id, pa.Table.from_pylist(rows))
-    store.write_part("emergence", loaded.model_id, suite.axis, run_id, pa.table({
-        "attention_onset_layer": pa.array([summary.attention_onset], pa.int32()), "mlp_peak_layer": pa.array([summary.mlp_peak], pa.int32()),
-        "amplification": [summary.amplification], "amplification_low": [summary.amplification_low],
-        "amplification_high": [summary.amplification_high]}))
+    store.write_part(
+        "emergence",
+        loaded.model_id,
+        suite.axis,
+        run_id,
+        pa.table(
+            {
+                "attention_onset_layer": pa.array([summary.attention_onset], pa.int32()),
+                "mlp_peak_layer": pa.array([summary.mlp_peak], pa.int32()),
+                "amplification": [summary.amplification],
+                "amplification_low": [summary.amplification_low],
+                "amplification_high": [summary.amplification_high],
+            }
+        ),
+    )
 
 
 def _store_overlap(store: Store, model_id: str, run_id: str, top: float) -> None:
@@ -318,6 +416,12 @@ def _store_overlap(store: Store, model_id: str, run_id: str, top: float) -> None
     except FairauditError:
         return  # the configured scorers did not produce the overlap score
     result = axis_overlap(scores, top)
-    for name, table in (("overlap_pairs", result.pairs), ("overlap_per_layer", result.per_layer), ("overlap_shared", result.shared)):
+    for name, table in (
+        ("overlap_pairs", result.pairs),
+        ("overlap_per_layer", result.per_layer),
+        ("overlap_shared", result.shared),
+    ):
         table = table.drop_columns([c for c in ("model",) if c in table.column_names])  # the partition key holds it
-        store.write_part(name, model_id, "all", run_id, table.append_column("top", pa.array([top] * table.num_rows, pa.float64())))
+        store.write_part(
+            name, model_id, "all", run_id, table.append_column("top", pa.array([top] * table.num_rows, pa.float64()))
+        )

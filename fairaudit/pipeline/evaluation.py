@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import pyarrow as pa
-import torch
 from pydantic import BaseModel
 
 from fairaudit.config import ModelSpec, PluginRef, RunConfig
 from fairaudit.errors import PluginError
 from fairaudit.inputs.model import LoadedModel, load_model
 from fairaudit.inputs.suite import Suite, resolve_suites
+from fairaudit.lazy import torch
 from fairaudit.measurement.evaluate import EvaluationResult, Measurement, compare
 from fairaudit.pipeline.record import AuditResult, clock, record_time
 from fairaudit.plugins import registry
@@ -30,6 +30,7 @@ from fairaudit.store import Store, safe_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
 
 def _with_time_limit(call: Callable[[], T], seconds: float | None) -> T:
     """Run `call` in a daemon thread and give up after `seconds`. A plugin that overruns is
@@ -52,40 +53,94 @@ def _with_time_limit(call: Callable[[], T], seconds: float | None) -> T:
         raise TimeoutError(f"did not finish within its time limit of {seconds:g} s (abandoned)")
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["value"]  # type: ignore[no-any-return]
+    return outcome["value"]
 
 
 def _evaluation_tables(name: str, role: str, result: EvaluationResult) -> dict[str, pa.Table]:
-    measurements = [{"evaluator": name, "role": role, "axis_or_task": m.axis, "metric": m.metric, "value": m.value, "low": m.low,
-                     "high": m.high, "n": m.n, "error": m.error} for m in result.measurements]
-    items = [{"evaluator": name, "role": role, "axis_or_task": axis, "metric": metric, "item": item, "value": value}
-             for (axis, metric), values in result.items.items() for item, value in values.items()]
-    generations = [{"evaluator": name, "role": role, **{("axis_or_task" if k == "axis" else k): v for k, v in row.items()}}
-                   for row in result.generations]
-    return {"evaluations": pa.Table.from_pylist(measurements, schema=MEASUREMENT_SCHEMA),
-            "evaluation_items": pa.Table.from_pylist(items, schema=ITEM_SCHEMA),
-            "generations": pa.Table.from_pylist(generations, schema=GENERATION_SCHEMA)}
+    measurements = [
+        {
+            "evaluator": name,
+            "role": role,
+            "axis_or_task": m.axis,
+            "metric": m.metric,
+            "value": m.value,
+            "low": m.low,
+            "high": m.high,
+            "n": m.n,
+            "error": m.error,
+        }
+        for m in result.measurements
+    ]
+    items = [
+        {"evaluator": name, "role": role, "axis_or_task": axis, "metric": metric, "item": item, "value": value}
+        for (axis, metric), values in result.items.items()
+        for item, value in values.items()
+    ]
+    generations = [
+        {"evaluator": name, "role": role, **{("axis_or_task" if k == "axis" else k): v for k, v in row.items()}}
+        for row in result.generations
+    ]
+    return {
+        "evaluations": pa.Table.from_pylist(measurements, schema=MEASUREMENT_SCHEMA),
+        "evaluation_items": pa.Table.from_pylist(items, schema=ITEM_SCHEMA),
+        "generations": pa.Table.from_pylist(generations, schema=GENERATION_SCHEMA),
+    }
 
 
 # Evaluation tables are partitioned with axis=all (a hive partition key), so the axis (or
 # lm-eval task) a row is about lives in the column `axis_or_task`.
-MEASUREMENT_SCHEMA = pa.schema([("evaluator", pa.string()), ("role", pa.string()), ("axis_or_task", pa.string()), ("metric", pa.string()),
-                                ("value", pa.float64()), ("low", pa.float64()), ("high", pa.float64()), ("n", pa.int64()),
-                                ("error", pa.string())])
+MEASUREMENT_SCHEMA = pa.schema(
+    [
+        ("evaluator", pa.string()),
+        ("role", pa.string()),
+        ("axis_or_task", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("low", pa.float64()),
+        ("high", pa.float64()),
+        ("n", pa.int64()),
+        ("error", pa.string()),
+    ]
+)
 
 
-ITEM_SCHEMA = pa.schema([("evaluator", pa.string()), ("role", pa.string()), ("axis_or_task", pa.string()), ("metric", pa.string()),
-                         ("item", pa.string()), ("value", pa.float64())])
+ITEM_SCHEMA = pa.schema(
+    [
+        ("evaluator", pa.string()),
+        ("role", pa.string()),
+        ("axis_or_task", pa.string()),
+        ("metric", pa.string()),
+        ("item", pa.string()),
+        ("value", pa.float64()),
+    ]
+)
 
 
-GENERATION_SCHEMA = pa.schema([("evaluator", pa.string()), ("role", pa.string()), ("axis_or_task", pa.string()), ("pair_id", pa.string()),
-                               ("side", pa.string()), ("group", pa.string()), ("prompt", pa.string()), ("continuation", pa.string())])
+GENERATION_SCHEMA = pa.schema(
+    [
+        ("evaluator", pa.string()),
+        ("role", pa.string()),
+        ("axis_or_task", pa.string()),
+        ("pair_id", pa.string()),
+        ("side", pa.string()),
+        ("group", pa.string()),
+        ("prompt", pa.string()),
+        ("continuation", pa.string()),
+    ]
+)
 
 
-def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: list[tuple[str, Any, BaseModel]],
-                    before: LoadedModel, after: LoadedModel | None,
-                    timings: dict[str, float] | None = None, time_limit: float | None = None,
-                    side_by_side: bool = True) -> tuple[list[str], list[dict[str, Any]]]:
+def run_evaluations(
+    store: Store,
+    run_id: str,
+    suites: list[Suite],
+    evaluators: list[tuple[str, Any, BaseModel]],
+    before: LoadedModel,
+    after: LoadedModel | None,
+    timings: dict[str, float] | None = None,
+    time_limit: float | None = None,
+    side_by_side: bool = True,
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Run every evaluator on `before` (and `after`, the pruned model), store what each
     measured, then store the paired before/after comparisons. An evaluator that raises or
     returns the wrong type is recorded with its error; the others still run. Returns
@@ -102,7 +157,9 @@ def run_evaluations(store: Store, run_id: str, suites: list[Suite], evaluators: 
     run = _Evaluation(store, run_id, suites, len(jobs), timings if timings is not None else {}, time_limit)
     serial = jobs
     if side_by_side and after is not None:
-        lanes = [[job for job in jobs if job.role == role and not exclusive(job.evaluator)] for role in ("before", "after")]
+        lanes = [
+            [job for job in jobs if job.role == role and not exclusive(job.evaluator)] for role in ("before", "after")
+        ]
         serial = [job for job in jobs if exclusive(job.evaluator)]
         _in_lanes(lanes, run)
         torch.set_num_threads(run.threads)
@@ -147,12 +204,16 @@ class _Evaluation:
         if self.store.part_path("evaluations", job.loaded.model_id, "all", self.run_id, job.name).exists():
             return  # stored by an interrupted run being resumed
         with self.lock:
-            log.info(f"evaluating {job.number} of {self.total}: {job.name} on the "
-                     f"{'original' if job.role == 'before' else 'pruned'} model")
-        started, spent = clock(), []
+            log.info(
+                f"evaluating {job.number} of {self.total}: {job.name} on the "
+                f"{'original' if job.role == 'before' else 'pruned'} model"
+            )
+        started, spent = clock(), list[float]()
         result = EvaluationResult()
         if getattr(job.evaluator, "requires_causal", False) and not job.loaded.has_lm_head:
-            result.measurements.append(Measurement(job.name, "", "skipped", math.nan, error="skipped: the model has no language-model head"))
+            result.measurements.append(
+                Measurement(job.name, "", "skipped", math.nan, error="skipped: the model has no language-model head")
+            )
         else:
             try:
                 result = _with_time_limit(lambda: self._evaluate(job, lane, spent), self.time_limit)
@@ -168,19 +229,23 @@ class _Evaluation:
             record_time(self.timings, f"evaluate:{job.name}:{job.role}", started)
             if lane:  # CPU seconds of the thread that ran it (the process' would count the other lane's too)
                 self.timings[f"evaluate:{job.name}:{job.role}:cpu"] = round(spent[0], 3) if spent else math.nan
-            for table in ("evaluation_items", "generations", "evaluations"):  # the measurements last: they mark completion
+            for table in (
+                "evaluation_items",
+                "generations",
+                "evaluations",
+            ):  # the measurements last: they mark completion
                 self.store.write_part(table, job.loaded.model_id, "all", self.run_id, tables[table], part=job.name)
 
     def _evaluate(self, job: _Job, lane: bool, spent: list[float]) -> EvaluationResult:
         if not lane:
-            return job.evaluator.evaluate(job.loaded, self.suites, job.params, job.reference)  # type: ignore[no-any-return]
+            return job.evaluator.evaluate(job.loaded, self.suites, job.params, job.reference)
         # this thread's share of the cores: set here, since torch reads it per thread
         with self.lock:
             share = max(1, self.threads // max(self.lanes_running, 1))
         torch.set_num_threads(share)
         cpu = time.thread_time()
         try:
-            return job.evaluator.evaluate(job.loaded, self.suites, job.params, job.reference)  # type: ignore[no-any-return]
+            return job.evaluator.evaluate(job.loaded, self.suites, job.params, job.reference)
         finally:
             spent.append(time.thread_time() - cpu)
 
@@ -232,29 +297,61 @@ def _comparisons(store: Store, run_id: str, before_id: str, after_id: str) -> li
     for (evaluator, axis, metric), values in sorted(grouped.items()):
         change = compare(values["before"], values["after"])
         if change.get("items"):
-            rows.append({"evaluator": evaluator, "axis_or_task": axis, "metric": metric, "model_before": before_id, "model_after": after_id, **change})
+            rows.append(
+                {
+                    "evaluator": evaluator,
+                    "axis_or_task": axis,
+                    "metric": metric,
+                    "model_before": before_id,
+                    "model_after": after_id,
+                    **change,
+                }
+            )
     return rows
 
 
-def evaluate_models(model: ModelSpec | str, compare_with: ModelSpec | str | None, suite_names: list[str],
-                    evaluator_refs: list[str | PluginRef], store_path: str | Path, time_limit: float | None = 3600.0,
-                    side_by_side: bool = True) -> AuditResult:
+def evaluate_models(
+    model: ModelSpec | str,
+    compare_with: ModelSpec | str | None,
+    suite_names: list[str],
+    evaluator_refs: list[str | PluginRef],
+    store_path: str | Path,
+    time_limit: float | None = 3600.0,
+    side_by_side: bool = True,
+) -> AuditResult:
     """Evaluate a model (and a pruned version of it) without probing or pruning: a run of
     kind "evaluate" in the store, with measurements and paired comparisons."""
-    config = RunConfig.model_validate({"model": model if isinstance(model, str) else model.model_dump(), "suites": suite_names,
-                                       "pruning": None, "evaluators": evaluator_refs, "store": str(store_path), "report": False})
+    config = RunConfig.model_validate(
+        {
+            "model": model if isinstance(model, str) else model.model_dump(),
+            "suites": suite_names,
+            "pruning": None,
+            "evaluators": evaluator_refs,
+            "store": str(store_path),
+            "report": False,
+        }
+    )
     params = config.check_plugins()
     suites = resolve_suites(config.suites)
     store = Store(config.store)
     before = load_model(config.model)
     after = load_model(compare_with) if compare_with is not None else None
-    evaluators = [(ref.plugin, registry().get("evaluator", ref.plugin), params[path])
-                  for path, kind, ref in config.plugin_refs() if kind == "evaluator"]
-    with store.recording("evaluate", model_id=before.model_id, model=before.provenance,
-                         compare=after.provenance if after else None, config=config.model_dump(mode="json")) as record:
+    evaluators = [
+        (ref.plugin, registry().get("evaluator", ref.plugin), params[path])
+        for path, kind, ref in config.plugin_refs()
+        if kind == "evaluator"
+    ]
+    with store.recording(
+        "evaluate",
+        model_id=before.model_id,
+        model=before.provenance,
+        compare=after.provenance if after else None,
+        config=config.model_dump(mode="json"),
+    ) as record:
         result = AuditResult(run_id=record.run_id, store=store.root, model_id=before.model_id)
-        result.evaluation_failures, result.comparisons = run_evaluations(store, record.run_id, suites, evaluators, before, after,
-                                                                         time_limit=time_limit, side_by_side=side_by_side)
+        result.evaluation_failures, result.comparisons = run_evaluations(
+            store, record.run_id, suites, evaluators, before, after, time_limit=time_limit, side_by_side=side_by_side
+        )
         result.measurements = store.rows("evaluations", run_id=record.run_id)
         record.evaluation_failures = result.evaluation_failures
     return result

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import torch
 from pydantic import ValidationError
 
 import fairaudit
@@ -23,6 +22,7 @@ from fairaudit.config import CausalParams, ModelSpec, PruningConfig, RunConfig, 
 from fairaudit.errors import ConfigError, FairauditError, NothingToPrune, StoreError
 from fairaudit.inputs.model import LoadedModel, load_model, weights_hash
 from fairaudit.inputs.suite import Suite
+from fairaudit.lazy import torch
 from fairaudit.pipeline.record import clock, record_time, timings_of
 from fairaudit.plugins import registry
 from fairaudit.repair.prune import NEURON_MAP_FILE, PruneReport, Selection
@@ -30,8 +30,10 @@ from fairaudit.store import RunRecord, Store, safe_name
 
 log = logging.getLogger(__name__)
 
-def prune_stage(store: Store, record: RunRecord, config: RunConfig, suites: list[Suite],
-                loaded: LoadedModel) -> tuple[LoadedModel | None, dict[str, Any]]:
+
+def prune_stage(
+    store: Store, record: RunRecord, config: RunConfig, suites: list[Suite], loaded: LoadedModel
+) -> tuple[LoadedModel | None, dict[str, Any]]:
     """The audit's pruning: prune by this run's scores or causally (unless a resumed run already
     saved the pruned model) and load the saved model back through the user's code path. Returns
     (the pruned model, what the record says of it); the model is None when causal selection finds
@@ -46,10 +48,15 @@ def prune_stage(store: Store, record: RunRecord, config: RunConfig, suites: list
         shutil.rmtree(out)  # saved by a run killed before it recorded its pruning: not trusted, pruned again
     if not (out / NEURON_MAP_FILE).exists():
         pruning = config.pruning
-        if pruning.causal is not None and not loaded.has_lm_head:  # as said: causal selection needs a language-model head
-            pruning = pruning.model_copy(update={"causal": None, "selection": SelectionParams(axes=[s.axis for s in suites])})
-            log.info(f"{loaded.model_id} is an encoder: causal selection needs a language-model head, so neurons "
-                     f"are selected by the stored score {pruning.selection.score} instead")
+        if (
+            pruning.causal is not None and not loaded.has_lm_head
+        ):  # as said: causal selection needs a language-model head
+            selection = SelectionParams(axes=[s.axis for s in suites])
+            pruning = pruning.model_copy(update={"causal": None, "selection": selection})
+            log.info(
+                f"{loaded.model_id} is an encoder: causal selection needs a language-model head, so neurons "
+                f"are selected by the stored score {selection.score} instead"
+            )
         try:
             outcome = prune_model(config.model, store.root, pruning, out, suites=suites, run_id=record.run_id)
         except NothingToPrune as exc:  # no axis (or budget) to prune for: the audit goes on, the original model only
@@ -81,21 +88,36 @@ class PruneOutcome:
 
     def summary(self, out: Path) -> dict[str, Any]:
         """What an audit's run record says of its pruning."""
-        return {"run_id": self.run_id, "out": str(out), "removed": self.report.removed,
-                "zeroed": sum(len(zeroed) for zeroed in self.report.zeroed),
-                "neurons": sum(self.report.widths_before), "ranking": self.ranking,
-                "parameters_before": self.report.parameters_before, "parameters_after": self.report.parameters_after,
-                **({"causal": self.causal} if self.causal else {}),
-                **({"heads": [list(head) for head in self.heads]} if self.heads else {})}
+        return {
+            "run_id": self.run_id,
+            "out": str(out),
+            "removed": self.report.removed,
+            "zeroed": sum(len(zeroed) for zeroed in self.report.zeroed),
+            "neurons": sum(self.report.widths_before),
+            "ranking": self.ranking,
+            "parameters_before": self.report.parameters_before,
+            "parameters_after": self.report.parameters_after,
+            **({"causal": self.causal} if self.causal else {}),
+            **({"heads": [list(head) for head in self.heads]} if self.heads else {}),
+        }
 
 
-def _model_card(loaded: LoadedModel, pruning: PruningConfig, report: PruneReport, source_run: str | None, ranking: str,
-                heads: list[tuple[int, int]]) -> str:
+def _model_card(
+    loaded: LoadedModel,
+    pruning: PruningConfig,
+    report: PruneReport,
+    source_run: str | None,
+    ranking: str,
+    heads: list[tuple[int, int]],
+) -> str:
     widths = sorted(set(report.widths_after))
     selection = pruning.selection
-    chosen = (f"fraction {selection.fraction} ({selection.scope}), scores from run `{source_run}`; neurons in the top "
-              f"{selection.protect:.1%} of `{selection.importance}` per layer were protected" if selection and source_run else
-              "held-out templates were not used; the prune run record in the store holds every step's figures")
+    chosen = (
+        f"fraction {selection.fraction} ({selection.scope}), scores from run `{source_run}`; neurons in the top "
+        f"{selection.protect:.1%} of `{selection.importance}` per layer were protected"
+        if selection and source_run
+        else "held-out templates were not used; the prune run record in the store holds every step's figures"
+    )
     return (
         f"# {loaded.model_id}, fairness-pruned with fairaudit {fairaudit.__version__}\n\n"
         f"Base model: `{loaded.provenance.get('source')}` (weights hash {loaded.provenance['weights_hash']}).\n\n"
@@ -112,11 +134,16 @@ def _model_card(loaded: LoadedModel, pruning: PruningConfig, report: PruneReport
 def _heads_paragraph(pruning: PruningConfig, heads: list[tuple[int, int]]) -> str:
     if not heads:
         return ""
-    how = ("removed by {} (the attention projections lost their rows and columns; the config's head counts follow)"
-           if pruning.remove_heads else "zeroed by {} (their columns of the attention output projection are 0; shapes unchanged)")
+    how = (
+        "removed by {} (the attention projections lost their rows and columns; the config's head counts follow)"
+        if pruning.remove_heads
+        else "zeroed by {} (their columns of the attention output projection are 0; shapes unchanged)"
+    )
     by = f"`{pruning.heads.score}`" if pruning.heads else "the causal selection"
-    return (f"\nAttention heads {how.format(by)}, as (layer, head): "
-            f"{', '.join(f'({layer}, {head})' for layer, head in heads)}.\n")
+    return (
+        f"\nAttention heads {how.format(by)}, as (layer, head): "
+        f"{', '.join(f'({layer}, {head})' for layer, head in heads)}.\n"
+    )
 
 
 def _hybrid_recipe(record: dict[str, Any], column: str) -> Any:
@@ -143,8 +170,10 @@ def plan_selection(store: Store, model_id: str, source_run: str, params: Selecti
         missing = [axis for axis in axes if axis not in stored]
         if missing:
             hint = " (axes without negative and neutral continuations have none)" if name == params.push else ""
-            raise StoreError(f"axis {missing} has no '{name}' in run {source_run}{hint}; axes stored with it: "
-                             f"{', '.join(sorted(stored)) or 'none'}.")
+            raise StoreError(
+                f"axis {missing} has no '{name}' in run {source_run}{hint}; axes stored with it: "
+                f"{', '.join(sorted(stored)) or 'none'}."
+            )
         return {axis: torch.from_numpy(stored[axis]) for axis in axes}
 
     skipped = []
@@ -152,16 +181,27 @@ def plan_selection(store: Store, model_id: str, source_run: str, params: Selecti
         summaries = {row["axis"]: row for row in store.rows("axis_summary", model=model_id, run_id=source_run)}
         unmeasured = [axis for axis in axes if summaries.get(axis, {}).get("output_bias_template_low") is None]
         if unmeasured:
-            raise StoreError(f"only_biased_axes needs the output-level bias of every axis; axes {unmeasured} of run {source_run} "
-                             f"have none (add the 'output_attribution' scorer, and continuations to their suites).")
-        biased = [axis for axis in axes if summaries[axis]["output_bias_template_low"] > 0
-                  or summaries[axis]["output_bias_template_high"] < 0]
+            raise StoreError(
+                f"only_biased_axes needs the output-level bias of every axis; axes {unmeasured} of run {source_run} "
+                f"have none (add the 'output_attribution' scorer, and continuations to their suites)."
+            )
+        biased = [
+            axis
+            for axis in axes
+            if summaries[axis]["output_bias_template_low"] > 0 or summaries[axis]["output_bias_template_high"] < 0
+        ]
         skipped = [axis for axis in axes if axis not in biased]
         if not biased:
-            raise FairauditError(f"no axis of {axes} has an output-level bias whose template-resampled 95% interval "
-                                 f"excludes 0 in run {source_run}: there is nothing to remove. Nothing was pruned or written.")
+            raise FairauditError(
+                f"no axis of {axes} has an output-level bias whose template-resampled 95% interval "
+                f"excludes 0 in run {source_run}: there is nothing to remove. Nothing was pruned or written."
+            )
         params = params.model_copy(update={"axes": biased})
-    recipe = _hybrid_recipe(store.read_run(source_run), params.score) if params.combine == "pooled" and len(axes) > 1 else None
+    recipe = (
+        _hybrid_recipe(store.read_run(source_run), params.score)
+        if params.combine == "pooled" and len(axes) > 1
+        else None
+    )
     if recipe is None:
         scores = columns(params.score)
     else:
@@ -175,8 +215,10 @@ def plan_selection(store: Store, model_id: str, source_run: str, params: Selecti
             push = {"pooled": torch.stack([value.double() for value in push.values()]).mean(dim=0)}
     selection = select(scores, params, importance, push)
     if recipe is not None:
-        selection.ranking = (f"hybrid (weight {recipe.weight}) of the mean over axes {', '.join(axes)} of "
-                             f"`{recipe.bias}`, with importance `{recipe.importance}` (combine: pooled)")
+        selection.ranking = (
+            f"hybrid (weight {recipe.weight}) of the mean over axes {', '.join(axes)} of "
+            f"`{recipe.bias}`, with importance `{recipe.importance}` (combine: pooled)"
+        )
     elif len(axes) == 1:
         selection.ranking = f"`{params.score}` on axis {axes[0]}"
     else:
@@ -187,8 +229,15 @@ def plan_selection(store: Store, model_id: str, source_run: str, params: Selecti
     return selection
 
 
-def prune_model(model: ModelSpec | str, store_path: str | Path, pruning: PruningConfig, out: str | Path, *,
-                suites: list[Suite] | None = None, run_id: str | None = None) -> PruneOutcome:
+def prune_model(
+    model: ModelSpec | str,
+    store_path: str | Path,
+    pruning: PruningConfig,
+    out: str | Path,
+    *,
+    suites: list[Suite] | None = None,
+    run_id: str | None = None,
+) -> PruneOutcome:
     """Choose neurons (and heads) as `pruning` says, prune them, save the pruned model to `out` (a
     new folder) and record the neuron map and a provenance record in the store.
 
@@ -213,30 +262,55 @@ def prune_model(model: ModelSpec | str, store_path: str | Path, pruning: Pruning
     try:
         params = plugin.Params.model_validate(pruning.pruner.params)
     except ValidationError as exc:
-        raise ConfigError(f"pruner '{pruning.pruner.plugin}' parameters: {exc.errors()[0]['msg']} at "
-                          f"{'.'.join(map(str, exc.errors()[0]['loc']))}") from None
-    loaded, source_run = _load_for_pruning(model, store, run_id if pruning.causal is None else None, pruning.causal is not None)
+        raise ConfigError(
+            f"pruner '{pruning.pruner.plugin}' parameters: {exc.errors()[0]['msg']} at "
+            f"{'.'.join(map(str, exc.errors()[0]['loc']))}"
+        ) from None
+    loaded, source_run = _load_for_pruning(
+        model, store, run_id if pruning.causal is None else None, pruning.causal is not None
+    )
     dtype = loaded.provenance.get("source_dtype") if pruning.save_dtype == "source" else pruning.save_dtype
     if dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"cannot save the pruned model in its source dtype: {loaded.model_id}'s checkpoint declares "
-                          f"{dtype or 'none'}. Choose float32, bfloat16 or float16.")
+        raise ConfigError(
+            f"cannot save the pruned model in its source dtype: {loaded.model_id}'s checkpoint declares "
+            f"{dtype or 'none'}. Choose float32, bfloat16 or float16."
+        )
     selection, causal_record, axes = _choose(loaded, store, source_run, pruning, suites or [])
-    chosen_heads = _top_heads(store, loaded, source_run, axes, pruning.heads.count, pruning.heads.score,
-                              pruning.heads.scope) if pruning.heads else []
-    log.info(f"pruning {loaded.model_id}: {sum(len(p) for p in selection.pruned)} neurons selected ({selection.ranking})"
-             + (f", and {len(chosen_heads)} attention heads by {pruning.heads.score}" if pruning.heads and chosen_heads else "")
-             + (f", and {len(selection.heads)} attention heads" if selection.heads else ""))
+    chosen_heads = (
+        _top_heads(store, loaded, source_run, axes, pruning.heads.count, pruning.heads.score, pruning.heads.scope)
+        if pruning.heads
+        else []
+    )
+    log.info(
+        f"pruning {loaded.model_id}: {sum(len(p) for p in selection.pruned)} neurons selected ({selection.ranking})"
+        + (
+            f", and {len(chosen_heads)} attention heads by {pruning.heads.score}"
+            if pruning.heads and chosen_heads
+            else ""
+        )
+        + (f", and {len(selection.heads)} attention heads" if selection.heads else "")
+    )
     chosen_heads = sorted(set(chosen_heads) | set(selection.heads))
     report = plugin.apply(loaded, selection, params)
     if chosen_heads:
         _prune_heads(loaded, report, chosen_heads, pruning.remove_heads)
-    outcome = PruneOutcome(run_id="", source_run=source_run, out=out, report=report, pruning=pruning,
-                           ranking=selection.ranking, causal=causal_record, heads=chosen_heads)
+    outcome = PruneOutcome(
+        run_id="",
+        source_run=source_run,
+        out=out,
+        report=report,
+        pruning=pruning,
+        ranking=selection.ranking,
+        causal=causal_record,
+        heads=chosen_heads,
+    )
     outcome.run_id = _write_pruned(store, loaded, outcome, axes, str(dtype))
     return outcome
 
 
-def _load_for_pruning(model: ModelSpec | str, store: Store, run_id: str | None, causal: bool) -> tuple[LoadedModel, str | None]:
+def _load_for_pruning(
+    model: ModelSpec | str, store: Store, run_id: str | None, causal: bool
+) -> tuple[LoadedModel, str | None]:
     """The model to prune, loaded whole in CPU memory where it was split, and the run whose
     stored scores select its neurons (None for causal selection)."""
     from fairaudit.analysis.overlap import latest_run
@@ -251,8 +325,11 @@ def _load_for_pruning(model: ModelSpec | str, store: Store, run_id: str | None, 
     record = store.read_run(source_run)
     if record.get("model", {}).get("weights_hash") != loaded.provenance["weights_hash"]:
         stored_dtype = record.get("model", {}).get("dtype")
-        hint = f" (the run loaded it in {stored_dtype}, this prune in {spec.dtype}: pass --dtype {stored_dtype})" \
-            if stored_dtype not in (None, spec.dtype) else ""
+        hint = (
+            f" (the run loaded it in {stored_dtype}, this prune in {spec.dtype}: pass --dtype {stored_dtype})"
+            if stored_dtype not in (None, spec.dtype)
+            else ""
+        )
         raise StoreError(
             f"run {source_run} in {store.root} was computed on other weights than {loaded.model_id} "
             f"(weights hash {record.get('model', {}).get('weights_hash', '?')[:12]}... vs "
@@ -261,8 +338,9 @@ def _load_for_pruning(model: ModelSpec | str, store: Store, run_id: str | None, 
     return loaded, source_run
 
 
-def _choose(loaded: LoadedModel, store: Store, source_run: str | None, pruning: PruningConfig,
-            suites: list[Suite]) -> tuple[Selection, dict[str, Any] | None, list[str]]:
+def _choose(
+    loaded: LoadedModel, store: Store, source_run: str | None, pruning: PruningConfig, suites: list[Suite]
+) -> tuple[Selection, dict[str, Any] | None, list[str]]:
     """(selection, the causal plan's record, the axes selected for)."""
     if pruning.causal is not None:
         return _causal_selection(loaded, suites, pruning.causal)
@@ -292,24 +370,46 @@ def _write_pruned(store: Store, loaded: LoadedModel, outcome: PruneOutcome, axes
     from fairaudit.repair.prune import save_pruned, saved_bytes
 
     out, report, pruning = outcome.out, outcome.report, outcome.pruning
-    heads = {"heads": [list(head) for head in outcome.heads], "head_score": pruning.heads.score if pruning.heads else "causal"}
+    heads = {
+        "heads": [list(head) for head in outcome.heads],
+        "head_score": pruning.heads.score if pruning.heads else "causal",
+    }
+    fields: dict[str, Any] = {
+        "model_id": out.name,
+        "base_model_id": loaded.model_id,
+        "source_run": outcome.source_run,
+        "pruner": pruning.pruner.plugin,
+        "pruning": pruning.model_dump(mode="json"),
+        "ranking": outcome.ranking,
+        "output": str(out.resolve()),
+        **({"causal": outcome.causal} if outcome.causal else {}),
+        **(heads if outcome.heads else {}),
+        "widths_before": report.widths_before,
+        "widths_after": report.widths_after,
+        "parameters_before": report.parameters_before,
+        "parameters_after": report.parameters_after,
+    }
     created = not out.exists()
     try:
-        with store.recording("prune", model_id=out.name, base_model_id=loaded.model_id, source_run=outcome.source_run,
-                             pruner=pruning.pruner.plugin, pruning=pruning.model_dump(mode="json"), ranking=outcome.ranking,
-                             output=str(out.resolve()), **({"causal": outcome.causal} if outcome.causal else {}),
-                             **(heads if outcome.heads else {}), widths_before=report.widths_before,
-                             widths_after=report.widths_after, parameters_before=report.parameters_before,
-                             parameters_after=report.parameters_after) as record:
-            log.info(f"writing the pruned model to {out}: about {saved_bytes(loaded, dtype) / 2**20:,.0f} MiB in {dtype}")
+        with store.recording("prune", **fields) as record:
+            log.info(
+                f"writing the pruned model to {out}: about {saved_bytes(loaded, dtype) / 2**20:,.0f} MiB in {dtype}"
+            )
             card = _model_card(loaded, pruning, report, outcome.source_run, outcome.ranking, outcome.heads)
             save_pruned(loaded, report, out, card, dtype)
-            rows = [(layer, position, original, original in set(report.zeroed[layer]))
-                    for layer, kept in enumerate(report.neuron_map) for position, original in enumerate(kept)]
-            neuron_map = pa.table({"layer": pa.array([r[0] for r in rows], pa.int16()),
-                                   "pruned_index": pa.array([r[1] for r in rows], pa.int32()),
-                                   "original_index": pa.array([r[2] for r in rows], pa.int32()),
-                                   "zeroed": pa.array([r[3] for r in rows], pa.bool_())})
+            rows = [
+                (layer, position, original, original in set(report.zeroed[layer]))
+                for layer, kept in enumerate(report.neuron_map)
+                for position, original in enumerate(kept)
+            ]
+            neuron_map = pa.table(
+                {
+                    "layer": pa.array([r[0] for r in rows], pa.int16()),
+                    "pruned_index": pa.array([r[1] for r in rows], pa.int32()),
+                    "original_index": pa.array([r[2] for r in rows], pa.int32()),
+                    "zeroed": pa.array([r[3] for r in rows], pa.bool_()),
+                }
+            )
             store.write_part("neuron_maps", out.name, "+".join(axes), record.run_id, neuron_map)
             record.weights_hash = weights_hash(loaded.model)  # type: ignore[attr-defined]  # a prune record's own field
     except BaseException:
@@ -319,30 +419,47 @@ def _write_pruned(store: Store, loaded: LoadedModel, outcome: PruneOutcome, axes
     return record.run_id
 
 
-def _top_heads(store: Store, loaded: LoadedModel, source_run: str | None, axes: list[str], count: int, column: str,
-               scope: str = "global") -> list[tuple[int, int]]:
+def _top_heads(
+    store: Store,
+    loaded: LoadedModel,
+    source_run: str | None,
+    axes: list[str],
+    count: int,
+    column: str,
+    scope: str = "global",
+) -> list[tuple[int, int]]:
     """The `count` (layer, head) with the largest `column` summed over `axes` in a run's head_scores
     (`scope` "per_layer": `count` in every layer)."""
     if source_run is None:
-        raise ConfigError("--heads selects by a stored head score; with --causal the planner chooses heads itself "
-                          "(--causal-heads; causal option heads: true).")
+        raise ConfigError(
+            "--heads selects by a stored head score; with --causal the planner chooses heads itself "
+            "(--causal-heads; causal option heads: true)."
+        )
     totals: dict[tuple[int, int], float] = {}
     for axis in axes:
         rows = store.rows("head_scores", model=loaded.model_id, axis=axis, run_id=source_run)
         if not rows or column not in rows[0]:
-            raise StoreError(f"run {source_run} has no head score '{column}' for axis {axis}; head scores come from the "
-                             f"'output_attribution' scorer (columns output_attribution, output_attribution_abs, output_bias_reduction).")
+            raise StoreError(
+                f"run {source_run} has no head score '{column}' for axis {axis}; head scores come from the "
+                f"'output_attribution' scorer (columns output_attribution, output_attribution_abs, output_bias_reduction)."
+            )
         for row in rows:
             if math.isfinite(row[column]):
                 key = (row["layer"], row["head"])
                 totals[key] = totals.get(key, 0.0) + row[column]
     ranked = sorted(totals, key=lambda key: -totals[key])
     if scope == "per_layer":
-        return sorted(key for layer in sorted({layer for layer, _ in totals}) for key in [k for k in ranked if k[0] == layer][:count])
+        return sorted(
+            key
+            for layer in sorted({layer for layer, _ in totals})
+            for key in [k for k in ranked if k[0] == layer][:count]
+        )
     return sorted(ranked[:count])
 
 
-def _causal_selection(loaded: LoadedModel, suites: list[Suite], params: CausalParams) -> tuple[Selection, dict[str, Any], list[str]]:
+def _causal_selection(
+    loaded: LoadedModel, suites: list[Suite], params: CausalParams
+) -> tuple[Selection, dict[str, Any], list[str]]:
     """(selection, record, axes) of `fairaudit.repair.causal.plan`; refuses, before anything is
     written, when it finds nothing to prune."""
     from fairaudit.repair.causal import plan
@@ -351,12 +468,20 @@ def _causal_selection(loaded: LoadedModel, suites: list[Suite], params: CausalPa
     corpus = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     found = plan(loaded, suites, params, corpus, say=log.info)
     if found.selection is None:
-        why = ("no axis has an output-level bias whose 95% interval on the selection templates excludes 0"
-               if not any(gate.active for gate in found.gates) else
-               "no budget reduced the validation templates' output-level bias within the perplexity limit")
-        measured = ", ".join(f"{gate.axis} {gate.bias:+.3f} [{gate.template_low:+.3f}, {gate.template_high:+.3f}]" for gate in found.gates)
-        raise NothingToPrune(f"causal selection found nothing to prune: {why} (selection-part output bias, 95% CI with templates "
-                             f"resampled: {measured}). Nothing was written.", found.as_dict())
+        why = (
+            "no axis has an output-level bias whose 95% interval on the selection templates excludes 0"
+            if not any(gate.active for gate in found.gates)
+            else "no budget reduced the validation templates' output-level bias within the perplexity limit"
+        )
+        measured = ", ".join(
+            f"{gate.axis} {gate.bias:+.3f} [{gate.template_low:+.3f}, {gate.template_high:+.3f}]"
+            for gate in found.gates
+        )
+        raise NothingToPrune(
+            f"causal selection found nothing to prune: {why} (selection-part output bias, 95% CI with templates "
+            f"resampled: {measured}). Nothing was written.",
+            found.as_dict(),
+        )
     record = found.as_dict()
     if params.heldout_curve:
         from fairaudit.repair.causal import heldout_curve

@@ -15,7 +15,7 @@ def timings_of(record: Any) -> dict[str, float]:
     """A run record's timings (a `fairaudit.store.RunRecord`), started empty when it has none."""
     if record.timings is None:
         record.timings = {}
-    return record.timings  # type: ignore[no-any-return]
+    return record.timings
 
 
 def clock() -> Clock:
@@ -39,7 +39,9 @@ class AuditResult:
     summaries: dict[str, dict[str, float]] = field(default_factory=dict)
     skipped_axes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    pruned: dict[str, Any] = field(default_factory=dict)  # out, widths, parameters (when the run prunes); or skipped: why not
+    pruned: dict[str, Any] = field(
+        default_factory=dict
+    )  # out, widths, parameters (when the run prunes); or skipped: why not
     evaluation_failures: list[str] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     measurements: list[dict[str, Any]] = field(default_factory=list)

@@ -67,7 +67,9 @@ class SweepFile(BaseModel):
             if not values:
                 raise ValueError(f"grid key '{key}' has no values")
             if not all(part.isidentifier() for part in key.split(".")):
-                raise ValueError(f"grid key '{key}' is not a dotted path into the run config (e.g. pruning.selection.fraction)")
+                raise ValueError(
+                    f"grid key '{key}' is not a dotted path into the run config (e.g. pruning.selection.fraction)"
+                )
         return grid
 
     @model_validator(mode="after")
@@ -176,19 +178,29 @@ def load_sweep(path: str | Path, granted: set[str] | frozenset[str] = frozenset(
             config = RunConfig.model_validate(_absolute_paths(config_document))
         except ValidationError as exc:
             problem = "; ".join(f"'{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors()[:3])
-            raise ConfigError(f"sweep file {document.path}: the cell {values} is not a valid run config: {problem}.") from None
+            raise ConfigError(
+                f"sweep file {document.path}: the cell {values} is not a valid run config: {problem}."
+            ) from None
         config = config.with_trust(granted, f"sweep file {document.path}, cell {values}")
         config.check_plugins(source=f"sweep file {document.path}, cell {values}")
         digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
         cells.append(Cell(run_id=f"{sweep.sweep}-{digest}", values=values, config=config))
     stores = {cell.config.store for cell in cells}
     if len(stores) != 1:
-        raise ConfigError(f"sweep file {document.path}: every cell must write to one store; the grid gives {sorted(stores)}.")
+        raise ConfigError(
+            f"sweep file {document.path}: every cell must write to one store; the grid gives {sorted(stores)}."
+        )
     return sweep, cells
 
 
-def run_cell(config: dict[str, Any], run_id: str, sweep_id: str, values: dict[str, Any], cwd: str | None = None,
-             granted: list[str] | None = None) -> dict[str, Any]:
+def run_cell(
+    config: dict[str, Any],
+    run_id: str,
+    sweep_id: str,
+    values: dict[str, Any],
+    cwd: str | None = None,
+    granted: list[str] | None = None,
+) -> dict[str, Any]:
     """Run one cell as an ordinary audit (resuming it when a killed sweep left it unfinished)
     and return {run_id, status, seconds, error}. Every failure is recorded in the store.
     This is the function a Ray task runs; it takes and returns plain data."""
@@ -207,32 +219,61 @@ def run_cell(config: dict[str, Any], run_id: str, sweep_id: str, values: dict[st
         resumable = previous is not None and "config" in previous and previous.get("kind", "audit") == "audit"
         if previous is not None and not resumable:
             store.run_path(run_id).unlink()  # a record of a cell that failed before its model loaded: start afresh
-        audit(run_config.model_copy(update={"report": False}), resume=run_id if resumable else None,
-              run_id=None if resumable else run_id, labels=labels, granted=frozenset(granted or ()))
+        audit(
+            run_config.model_copy(update={"report": False}),
+            resume=run_id if resumable else None,
+            run_id=None if resumable else run_id,
+            labels=labels,
+            granted=frozenset(granted or ()),
+        )
         return {"run_id": run_id, "status": "complete", "seconds": round(time.time() - started, 3), "error": ""}
     except BaseException as exc:  # a failed cell must not stop the sweep; it is recorded with its error
         error = str(exc) if isinstance(exc, FairauditError) else f"{type(exc).__name__}: {exc}"
-        record = store.read_run(run_id) if store.run_path(run_id).exists() else {
-            "kind": "audit", "model_id": run_config.model.id, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))}
+        record: dict[str, Any] = (
+            store.read_run(run_id)
+            if store.run_path(run_id).exists()
+            else {
+                "kind": "audit",
+                "model_id": run_config.model.id,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            }
+        )
         record.update(status="failed", error=error or type(exc).__name__, **labels)
         if not isinstance(exc, FairauditError):
             record["traceback"] = traceback.format_exc(limit=20)
         store.write_run(run_id, record)
         if isinstance(exc, KeyboardInterrupt):
             raise
-        return {"run_id": run_id, "status": "failed", "seconds": round(time.time() - started, 3), "error": record["error"]}
+        return {
+            "run_id": run_id,
+            "status": "failed",
+            "seconds": round(time.time() - started, 3),
+            "error": record["error"],
+        }
 
 
 def _record_sweep(store: Store, sweep: SweepFile, cells: list[Cell], status: str, outcomes: list[CellOutcome]) -> None:
-    store.write_run(sweep.sweep, {
-        "kind": "sweep", "status": status, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "grid": sweep.grid, "cells": [{"run_id": cell.run_id, "values": cell.values} for cell in cells],
-        "outcomes": [outcome.__dict__ for outcome in outcomes],
-    })
+    store.write_run(
+        sweep.sweep,
+        {
+            "kind": "sweep",
+            "status": status,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "grid": sweep.grid,
+            "cells": [{"run_id": cell.run_id, "values": cell.values} for cell in cells],
+            "outcomes": [outcome.__dict__ for outcome in outcomes],
+        },
+    )
 
 
-def run_sweep(path: str | Path, backend: Literal["local", "ray"] = "local", address: str | None = None,
-              num_cpus: int | None = None, progress=None, granted: set[str] | frozenset[str] = frozenset()) -> SweepResult:
+def run_sweep(
+    path: str | Path,
+    backend: Literal["local", "ray"] = "local",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress=None,
+    granted: set[str] | frozenset[str] = frozenset(),
+) -> SweepResult:
     """Run every cell of a sweep file not yet complete in its store. `backend` "ray" submits each
     cell as a Ray task (`address`: an existing cluster, e.g. ray://host:10001; none: a local
     cluster of `num_cpus` CPUs). `progress(outcome)` is called as each cell ends."""
@@ -245,8 +286,11 @@ def run_sweep(path: str | Path, backend: Literal["local", "ray"] = "local", addr
     report = progress or (lambda outcome: None)
     if backend == "local":
         for cell in cells:
-            outcome = CellOutcome(**run_cell(cell.config.model_dump(mode="json"), cell.run_id, sweep.sweep, cell.values,
-                                             granted=sorted(granted)))
+            outcome = CellOutcome(
+                **run_cell(
+                    cell.config.model_dump(mode="json"), cell.run_id, sweep.sweep, cell.values, granted=sorted(granted)
+                )
+            )
             result.outcomes.append(outcome)
             report(outcome)
     elif backend == "ray":
@@ -260,8 +304,15 @@ def run_sweep(path: str | Path, backend: Literal["local", "ray"] = "local", addr
     return result
 
 
-def _run_on_ray(sweep: SweepFile, cells: list[Cell], store: Store, address: str | None, num_cpus: int | None,
-                report, granted: list[str]) -> list[CellOutcome]:
+def _run_on_ray(
+    sweep: SweepFile,
+    cells: list[Cell],
+    store: Store,
+    address: str | None,
+    num_cpus: int | None,
+    report,
+    granted: list[str],
+) -> list[CellOutcome]:
     try:
         import ray
     except ImportError:
@@ -285,8 +336,10 @@ def _run_on_ray(sweep: SweepFile, cells: list[Cell], store: Store, address: str 
         try:
             ray.init(address=address, **options)
         except Exception as exc:
-            raise ConfigError(f"could not start or reach Ray{f' at {address}' if address else ''}: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise ConfigError(
+                f"could not start or reach Ray{f' at {address}' if address else ''}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
     try:
         futures = {}
         for cell in pending:
@@ -294,7 +347,11 @@ def _run_on_ray(sweep: SweepFile, cells: list[Cell], store: Store, address: str 
             if gpus is None:
                 gpus = 1 if cell.config.model.device.startswith("cuda") else 0
             task = ray.remote(run_cell).options(num_cpus=sweep.resources.num_cpus, num_gpus=gpus, max_retries=0)
-            futures[task.remote(cell.config.model_dump(mode="json"), cell.run_id, sweep.sweep, cell.values, os.getcwd(), granted)] = cell
+            futures[
+                task.remote(
+                    cell.config.model_dump(mode="json"), cell.run_id, sweep.sweep, cell.values, os.getcwd(), granted
+                )
+            ] = cell
         while futures:
             done, _ = ray.wait(list(futures), num_returns=1)
             cell = futures.pop(done[0])
@@ -303,8 +360,10 @@ def _run_on_ray(sweep: SweepFile, cells: list[Cell], store: Store, address: str 
             except Exception as exc:  # the worker died (out of memory, killed): record it like any failed cell
                 error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 record = store.read_run(cell.run_id) if store.run_path(cell.run_id).exists() else {"kind": "audit"}
-                store.write_run(cell.run_id, {**record, "status": "failed", "error": error,
-                                              "sweep": {"id": sweep.sweep, "values": cell.values}})
+                store.write_run(
+                    cell.run_id,
+                    {**record, "status": "failed", "error": error, "sweep": {"id": sweep.sweep, "values": cell.values}},
+                )
                 outcome = CellOutcome(cell.run_id, "failed", error=error)
             outcomes.append(outcome)
             report(outcome)

@@ -75,9 +75,14 @@ class CausalPlan:
     measured_in: str = "float32"  # the dtype the plan's forward passes ran in
 
     def as_dict(self) -> dict[str, Any]:
-        return {"gates": [gate.__dict__ for gate in self.gates], "guard": self.guard, "budgets": self.budgets,
-                "chosen_budget": self.chosen_budget, "measured_in": self.measured_in,
-                **_kinds(self.order_at(self.chosen_budget) if self.chosen_budget else [])}
+        return {
+            "gates": [gate.__dict__ for gate in self.gates],
+            "guard": self.guard,
+            "budgets": self.budgets,
+            "chosen_budget": self.chosen_budget,
+            "measured_in": self.measured_in,
+            **_kinds(self.order_at(self.chosen_budget) if self.chosen_budget else []),
+        }
 
     def order_at(self, budget: float) -> list:
         return self.order[: round(budget * self.total)] if budget else []
@@ -95,13 +100,19 @@ def selection_of(units: list, widths: list[int], ranking: str = ""):
     """A `fairaudit.repair.prune.Selection` of `fairaudit.measurement.attribution.Unit`s (neurons and heads)."""
     from fairaudit.repair.prune import Selection
 
-    per_layer = [sorted({unit.index for unit in units if unit.kind == "neuron" and unit.layer == index}) for index in range(len(widths))]
+    per_layer = [
+        sorted({unit.index for unit in units if unit.kind == "neuron" and unit.layer == index})
+        for index in range(len(widths))
+    ]
     heads = sorted({(unit.layer, unit.index) for unit in units if unit.kind == "head"})
     return Selection([torch.tensor(chosen, dtype=torch.long) for chosen in per_layer], list(widths), ranking, heads)
 
 
 def _kinds(units: list) -> dict[str, int]:
-    return {"neurons": sum(unit.kind == "neuron" for unit in units), "heads": sum(unit.kind == "head" for unit in units)}
+    return {
+        "neurons": sum(unit.kind == "neuron" for unit in units),
+        "heads": sum(unit.kind == "head" for unit in units),
+    }
 
 
 def _counted(units: list) -> str:
@@ -152,14 +163,18 @@ def measured_in(loaded, float32: bool, say: Callable[[str], None] = lambda text:
     except torch.cuda.OutOfMemoryError:
         from fairaudit.errors import ModelError
 
-        raise ModelError(f"planning in float32 ran out of GPU memory (the {name} weights are cast up for the causal planner, "
-                         f"which doubles their memory). Plan in {name} instead: 'prune --causal --plan-in model', or "
-                         f"'causal: {{float32: false}}' in a run config (its quality guard is then stricter: docs/attribution.md).") from None
+        raise ModelError(
+            f"planning in float32 ran out of GPU memory (the {name} weights are cast up for the causal planner, "
+            f"which doubles their memory). Plan in {name} instead: 'prune --causal --plan-in model', or "
+            f"'causal: {{float32: false}}' in a run config (its quality guard is then stricter: docs/attribution.md)."
+        ) from None
     finally:
         loaded.model.to(dtype)
 
 
-def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say: Callable[[str], None] = lambda text: None) -> CausalPlan:
+def plan(
+    loaded, suites: list, params: CausalParams, corpus_ids: list[int], say: Callable[[str], None] = lambda text: None
+) -> CausalPlan:
     """Choose neurons and heads of `loaded` for the axes of `suites` (probe templates only), as the
     module docstring describes. `corpus_ids`: the tokenized bundled corpus (validation and guard slices)."""
     with measured_in(loaded, params.float32, say) as dtype:
@@ -169,32 +184,23 @@ def plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say:
 
 
 def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say: Callable[[str], None]) -> CausalPlan:
-    from fairaudit.measurement import attribution, metrics
+    from fairaudit.measurement import attribution
     from fairaudit.repair.prune import masked
 
     widths = [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in loaded.layers]
-    slice_ids, guard_ids = corpus_ids[:VALIDATION_TOKENS], corpus_ids[VALIDATION_TOKENS : VALIDATION_TOKENS + GUARD_TOKENS]
-    gates, parts = [], {}
-    for suite in suites:
-        # templates only: literal sentence pairs come from imported data sets, which are for evaluation only
-        templates = [p for p in suite.pairs("probe") if p.kind == "template" and metrics.output_bias_terms(p)]
-        chosen, validation = split_probe(templates, params.validation_every)
-        if not chosen or not validation:
-            gates.append(AxisGate(suite.axis, math.nan, math.nan, math.nan, math.nan, math.nan, len(chosen), len(validation), False))
-            continue
-        values = attribution.output_bias_values(loaded, chosen)
-        low, high = metrics.cluster_bootstrap_interval(values, [p.template_id for p in chosen])
-        pair_low, pair_high = metrics.bootstrap_interval(values)
-        bounds = {"templates": (low, high), "pairs": (pair_low, pair_high), "none": (1.0, 1.0)}[params.gate]
-        active = bounds[0] > 0 or bounds[1] < 0
-        gates.append(AxisGate(suite.axis, float(values.mean()), low, high, pair_low, pair_high, len(chosen), len(validation), active))
-        parts[suite.axis] = (chosen, validation)
-        say(f"{suite.axis}: selection-part output bias {float(values.mean()):+.3f}, 95% CI ({params.gate} resampled) "
-            f"[{bounds[0]:+.3f}, {bounds[1]:+.3f}]: {'selected for' if active else 'left alone'}")
+    slice_ids, guard_ids = (
+        corpus_ids[:VALIDATION_TOKENS],
+        corpus_ids[VALIDATION_TOKENS : VALIDATION_TOKENS + GUARD_TOKENS],
+    )
+    gates, parts = _gates(loaded, suites, params, say)
     active = [gate.axis for gate in gates if gate.active]
     heads = attribution.head_count(loaded) * len(widths) if params.heads else 0
-    found = CausalPlan(gates=gates, order=[], guard={"checked": 0, "rejected": 0, "largest_rejected_rise": 0.0},
-                       total=sum(widths) + heads)
+    found = CausalPlan(
+        gates=gates,
+        order=[],
+        guard={"checked": 0, "rejected": 0, "largest_rejected_rise": 0.0},
+        total=sum(widths) + heads,
+    )
     if not active:
         return found
 
@@ -207,30 +213,95 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
         with masked(loaded, selection_of(found.order, widths)):
             for axis in active:
                 _choose(loaded, parts[axis][0], widths, per_axis, found, guard_ids, params)
-        say(f"round {round_index + 1}: {_counted(found.order)} chosen; the quality guard rejected {found.guard['rejected']} of "
-            f"{found.guard['checked']} candidates")
+        say(
+            f"round {round_index + 1}: {_counted(found.order)} chosen; the quality guard rejected {found.guard['rejected']} of "
+            f"{found.guard['checked']} candidates"
+        )
+    _choose_budget(loaded, found, {axis: parts[axis][1] for axis in active}, widths, slice_ids, params, say)
+    return found
 
+
+def _gates(
+    loaded: Any, suites: list[Any], params: CausalParams, say: Callable[[str], None]
+) -> tuple[list[AxisGate], dict[str, tuple[list[Any], list[Any]]]]:
+    """Each axis' gate (its selection-part output bias and interval), and its (selection,
+    validation) probe pairs."""
+    from fairaudit.measurement import attribution, metrics
+
+    gates, parts = [], {}
+    for suite in suites:
+        # templates only: literal sentence pairs come from imported data sets, which are for evaluation only
+        templates = [p for p in suite.pairs("probe") if p.kind == "template" and metrics.output_bias_terms(p)]
+        chosen, validation = split_probe(templates, params.validation_every)
+        if not chosen or not validation:
+            gates.append(
+                AxisGate(
+                    suite.axis, math.nan, math.nan, math.nan, math.nan, math.nan, len(chosen), len(validation), False
+                )
+            )
+            continue
+        values = attribution.output_bias_values(loaded, chosen)
+        low, high = metrics.cluster_bootstrap_interval(values, [p.template_id for p in chosen])
+        pair_low, pair_high = metrics.bootstrap_interval(values)
+        bounds = {"templates": (low, high), "pairs": (pair_low, pair_high), "none": (1.0, 1.0)}[params.gate]
+        active = bounds[0] > 0 or bounds[1] < 0
+        gates.append(
+            AxisGate(
+                suite.axis, float(values.mean()), low, high, pair_low, pair_high, len(chosen), len(validation), active
+            )
+        )
+        parts[suite.axis] = (chosen, validation)
+        say(
+            f"{suite.axis}: selection-part output bias {float(values.mean()):+.3f}, 95% CI ({params.gate} resampled) "
+            f"[{bounds[0]:+.3f}, {bounds[1]:+.3f}]: {'selected for' if active else 'left alone'}"
+        )
+    return gates, parts
+
+
+def _choose_budget(
+    loaded: Any,
+    found: CausalPlan,
+    validation: dict[str, list[Any]],
+    widths: list[int],
+    slice_ids: list[int],
+    params: CausalParams,
+    say: Callable[[str], None],
+) -> None:
+    """Measure every budget (a prefix of the greedy order) on the validation pairs and the corpus
+    slice; choose the one that keeps the least validation |m| within the perplexity limit."""
+    active = list(validation)
     base_slice = corpus_perplexity(loaded, slice_ids)
-    base = {axis: mean_output_bias(loaded, parts[axis][1]) for axis in active}
+    base = {axis: mean_output_bias(loaded, validation[axis]) for axis in active}
     best = None
     for budget in params.budgets:
         selection = selection_of(found.order_at(budget), widths)
         rise = corpus_perplexity(loaded, slice_ids, selection) / base_slice - 1
-        after = {axis: mean_output_bias(loaded, parts[axis][1], selection) for axis in active}
+        after = {axis: mean_output_bias(loaded, validation[axis], selection) for axis in active}
         kept = sum(abs(after[axis]) for axis in active) / max(sum(abs(base[axis]) for axis in active), 1e-12)
         units = found.order_at(budget)
-        found.budgets.append({"budget": budget, **_kinds(units), "validation_abs_bias_kept": kept,
-                              "slice_perplexity_rise": rise, **{f"validation_bias_{axis}": after[axis] for axis in active}})
-        say(f"budget {budget:g} ({_counted(units)}): validation |m| kept {kept:.2f}, corpus-slice perplexity {rise:+.2%}")
+        found.budgets.append(
+            {
+                "budget": budget,
+                **_kinds(units),
+                "validation_abs_bias_kept": kept,
+                "slice_perplexity_rise": rise,
+                **{f"validation_bias_{axis}": after[axis] for axis in active},
+            }
+        )
+        say(
+            f"budget {budget:g} ({_counted(units)}): validation |m| kept {kept:.2f}, corpus-slice perplexity {rise:+.2%}"
+        )
         if rise <= params.max_perplexity_rise and kept < 1 and (best is None or kept < best[1]):
             best = (budget, kept)
     if best is not None:
         found.chosen_budget = best[0]
-        found.selection = selection_of(found.order_at(best[0]), widths,
-                                       ranking=f"causal selection: output attribution of {', '.join(active)} "
-                                               f"({'neurons and heads' if params.heads else 'neurons'}) in {params.rounds} "
-                                               f"round(s), quality guard {params.guard:g}, budget {best[0]:g} chosen on validation templates")
-    return found
+        found.selection = selection_of(
+            found.order_at(best[0]),
+            widths,
+            ranking=f"causal selection: output attribution of {', '.join(active)} "
+            f"({'neurons and heads' if params.heads else 'neurons'}) in {params.rounds} "
+            f"round(s), quality guard {params.guard:g}, budget {best[0]:g} chosen on validation templates",
+        )
 
 
 def heldout_curve(loaded, suites: list, found: CausalPlan) -> list[dict[str, Any]]:
@@ -245,13 +316,23 @@ def heldout_curve(loaded, suites: list, found: CausalPlan) -> list[dict[str, Any
         selection = selection_of(found.order_at(budget["budget"]), widths)
         for axis in before:
             after = abs(mean_output_bias(loaded, heldout[axis], selection))
-            rows.append({"budget": budget["budget"], "neurons": budget["neurons"], "heads": budget["heads"], "axis": axis,
-                         "heldout_abs_bias_before": before[axis],
-                         "heldout_abs_bias_after": after, "slice_perplexity_rise": budget["slice_perplexity_rise"]})
+            rows.append(
+                {
+                    "budget": budget["budget"],
+                    "neurons": budget["neurons"],
+                    "heads": budget["heads"],
+                    "axis": axis,
+                    "heldout_abs_bias_before": before[axis],
+                    "heldout_abs_bias_after": after,
+                    "slice_perplexity_rise": budget["slice_perplexity_rise"],
+                }
+            )
     return rows
 
 
-def _choose(loaded, pairs: list, widths: list[int], count: int, found: CausalPlan, guard_ids: list[int], params: CausalParams) -> None:
+def _choose(
+    loaded, pairs: list, widths: list[int], count: int, found: CausalPlan, guard_ids: list[int], params: CausalParams
+) -> None:
     """Add up to `count` units to `found.order`: the largest estimated reductions of |m| on `pairs`
     (neurons, and heads when they are candidates, ranked together) that pass the quality guard
     (8 candidates measured at a time)."""
@@ -264,8 +345,11 @@ def _choose(loaded, pairs: list, widths: list[int], count: int, found: CausalPla
     for kind in ("neuron", "head") if params.heads else ("neuron",):
         reduction = direction * -estimate.predicted_change(kind).mean(dim=0)  # [layers, units]
         positive = torch.nonzero(reduction > 0).tolist()
-        scored += [(float(reduction[layer, index]), attribution.Unit(kind, layer, index)) for layer, index in positive
-                   if kind == "head" or index < widths[layer]]
+        scored += [
+            (float(reduction[layer, index]), attribution.Unit(kind, layer, index))
+            for layer, index in positive
+            if kind == "head" or index < widths[layer]
+        ]
     candidates = [unit for _, unit in sorted(scored, key=lambda entry: -entry[0]) if unit not in taken]
     picked = 0
     for start in range(0, len(candidates), 8):

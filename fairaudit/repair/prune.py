@@ -87,8 +87,12 @@ def pooled_hybrid(bias: dict[str, torch.Tensor], importance: torch.Tensor, weigh
     return metrics.hybrid(pooled, importance.double(), weight)
 
 
-def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance: torch.Tensor | None = None,
-           push: dict[str, torch.Tensor] | None = None) -> Selection:
+def select(
+    scores: dict[str, torch.Tensor],
+    params: SelectionParams,
+    importance: torch.Tensor | None = None,
+    push: dict[str, torch.Tensor] | None = None,
+) -> Selection:
     """Choose neurons from per-axis scores `{axis: [layers, units]}` (higher = prune first).
     With `direction: pro`, `push` (per axis, same shape) must be > 0 for a neuron to be chosen.
     `combine: pooled` expects the pooling done by the caller (`pooled_hybrid`, one entry);
@@ -99,7 +103,11 @@ def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance:
     outside = [layer for layer in chosen_layers if not 0 <= layer < layers]
     if outside:
         raise FairauditError(f"layers {outside} are out of range: the model has layers 0..{layers - 1}.")
-    protected = _protected(importance, params.protect) if importance is not None else torch.zeros((layers, units), dtype=torch.bool)
+    protected = (
+        _protected(importance, params.protect)
+        if importance is not None
+        else torch.zeros((layers, units), dtype=torch.bool)
+    )
     if params.direction == "pro":
         if push is None:
             raise FairauditError(f"direction 'pro' needs the signed '{params.push}' score, which was not given.")
@@ -110,7 +118,7 @@ def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance:
     per_axis: list[list[set[int]]] = []
     for axis_scores in scores.values():
         ranked = axis_scores.double().masked_fill(protected, float("-inf")).nan_to_num(nan=float("-inf"))
-        sets = [set() for _ in range(layers)]
+        sets: list[set[int]] = [set() for _ in range(layers)]
         if params.scope == "per_layer":
             count = min(int(params.fraction * units), units - 1)
             for layer in chosen_layers:
@@ -132,30 +140,43 @@ def select(scores: dict[str, torch.Tensor], params: SelectionParams, importance:
         for layer in chosen_layers:
             new_width = (units - len(combined[layer])) // params.round_to * params.round_to
             if new_width <= 0:
-                raise FairauditError(f"round_to {params.round_to} leaves layer {layer} with no neuron; use a smaller multiple.")
+                raise FairauditError(
+                    f"round_to {params.round_to} leaves layer {layer} with no neuron; use a smaller multiple."
+                )
             extra = units - new_width - len(combined[layer])
             if extra > 0:  # prune the next-best candidates of the first axis to reach the multiple
-                ranked = next(iter(scores.values()))[layer].double().masked_fill(protected[layer], float("-inf")).clone()
+                ranked = (
+                    next(iter(scores.values()))[layer].double().masked_fill(protected[layer], float("-inf")).clone()
+                )
                 ranked[list(combined[layer])] = float("-inf")
                 combined[layer] |= {int(i) for i in _top(ranked, extra)}
     if not any(combined):
         per_layer = params.fraction * units
-        why = (f"fraction {params.fraction} of {units} neurons per layer is {per_layer:.2f}, under one neuron"
-               if params.scope == "per_layer" and per_layer < 1 else
-               "every candidate was protected by importance (lower --protect), excluded by --direction pro, or has no score")
+        why = (
+            f"fraction {params.fraction} of {units} neurons per layer is {per_layer:.2f}, under one neuron"
+            if params.scope == "per_layer" and per_layer < 1
+            else "every candidate was protected by importance (lower --protect), excluded by --direction pro, or has no score"
+        )
         raise FairauditError(f"the selection prunes no neuron: {why}. Nothing was pruned or written.")
     return Selection(pruned=[torch.tensor(sorted(s), dtype=torch.long) for s in combined], widths=[units] * layers)
 
 
-def random_selection(counts: list[int], widths: list[int], seed: int, head_counts: list[int] | None = None,
-                     heads: int = 0) -> Selection:
+def random_selection(
+    counts: list[int], widths: list[int], seed: int, head_counts: list[int] | None = None, heads: int = 0
+) -> Selection:
     """`counts[l]` neurons of layer l chosen uniformly at random, and `head_counts[l]` of its
     `heads` attention heads (the baseline a chosen selection of the same size per layer and
     per kind must beat)."""
     generator = torch.Generator().manual_seed(seed)
-    pruned = [torch.sort(torch.randperm(width, generator=generator)[:count]).values for count, width in zip(counts, widths)]
-    chosen_heads = [(layer, int(head)) for layer, count in enumerate(head_counts or []) if count
-                    for head in torch.randperm(heads, generator=generator)[:count].sort().values]
+    pruned = [
+        torch.sort(torch.randperm(width, generator=generator)[:count]).values for count, width in zip(counts, widths)
+    ]
+    chosen_heads = [
+        (layer, int(head))
+        for layer, count in enumerate(head_counts or [])
+        if count
+        for head in torch.randperm(heads, generator=generator)[:count].sort().values
+    ]
     return Selection(pruned=pruned, widths=list(widths), ranking=f"random (seed {seed})", heads=chosen_heads)
 
 
@@ -167,14 +188,19 @@ def pruned_counts(loaded: LoadedModel) -> tuple[list[int], list[int]] | None:
     if not path.is_file():
         return None
     neuron_map = json.loads(path.read_text(encoding="utf-8"))
-    neurons = [width - len(kept) + len(zeroed) for width, kept, zeroed in
-               zip(neuron_map["original_widths"], neuron_map["layers"], neuron_map["zeroed"])]
-    empty = [[] for _ in neurons]
-    return neurons, [len(zeroed) + len(removed) for zeroed, removed in
-                     zip(neuron_map.get("zeroed_heads", empty), neuron_map.get("removed_heads", empty))]
+    neurons = [
+        width - len(kept) + len(zeroed)
+        for width, kept, zeroed in zip(neuron_map["original_widths"], neuron_map["layers"], neuron_map["zeroed"])
+    ]
+    empty: list[list[int]] = [[] for _ in neurons]
+    return neurons, [
+        len(zeroed) + len(removed)
+        for zeroed, removed in zip(neuron_map.get("zeroed_heads", empty), neuron_map.get("removed_heads", empty))
+    ]
 
 
 # --- applying a selection ---------------------------------------------------------------
+
 
 @dataclass
 class PruneReport:
@@ -187,7 +213,9 @@ class PruneReport:
     parameters_after: int
     neuron_map: list[list[int]] = field(default_factory=list)  # per layer: pruned index -> original index
     zeroed_heads: list[list[int]] = field(default_factory=list)  # per layer: attention heads zeroed
-    removed_heads: list[list[int]] = field(default_factory=list)  # per layer: attention heads removed (original indices)
+    removed_heads: list[list[int]] = field(
+        default_factory=list
+    )  # per layer: attention heads removed (original indices)
 
     @property
     def removed(self) -> int:
@@ -206,17 +234,23 @@ def fold_means(loaded: LoadedModel, selection: Selection, means: torch.Tensor) -
     with the neuron held at its mean. Families without an output-projection bias get one where
     their config allows it (Llama's `mlp_bias: true`: gate and up biases zero); others are refused."""
     layers = loaded.layers
-    missing = [index for index, layer in enumerate(layers) if getattr(loaded.adapter.down(layer)[0], "bias", None) is None]
+    missing = [
+        index for index, layer in enumerate(layers) if getattr(loaded.adapter.down(layer)[0], "bias", None) is None
+    ]
     if missing:
         config = loaded.model.config
         if not hasattr(config, "mlp_bias") or not hasattr(layers[0].mlp, "gate_proj"):
-            raise FairauditError(f"mean-ablation cannot be exported for {type(loaded.model).__name__}: its MLP output projection "
-                                 f"has no bias and its config cannot add one; prune with ablation 'zero'.")
+            raise FairauditError(
+                f"mean-ablation cannot be exported for {type(loaded.model).__name__}: its MLP output projection "
+                f"has no bias and its config cannot add one; prune with ablation 'zero'."
+            )
         config.mlp_bias = True
         for layer in layers:  # every layer, so that a plain load with mlp_bias: true finds every bias
             for module in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
                 if module.bias is None:
-                    module.bias = torch.nn.Parameter(torch.zeros(module.out_features, dtype=module.weight.dtype, device=module.weight.device))
+                    module.bias = torch.nn.Parameter(
+                        torch.zeros(module.out_features, dtype=module.weight.dtype, device=module.weight.device)
+                    )
     with torch.no_grad():
         for index, (layer, pruned) in enumerate(zip(layers, selection.pruned)):
             if not len(pruned):
@@ -263,31 +297,43 @@ def remove_heads(loaded: LoadedModel, heads: list[list[int]]) -> None:
     count, kv = head_count(loaded), int(getattr(config, "num_key_value_heads", None) or head_count(loaded))
     attentions = [getattr(layer, "self_attn", None) for layer in loaded.layers]
     if not all(all(hasattr(a, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")) for a in attentions):
-        raise FairauditError(f"heads cannot be removed from {type(loaded.model).__name__}: its attention has no separate "
-                             f"q/k/v/o projections; zero them instead.")
+        raise FairauditError(
+            f"heads cannot be removed from {type(loaded.model).__name__}: its attention has no separate "
+            f"q/k/v/o projections; zero them instead."
+        )
     if len(heads) != len(attentions) or len({len(set(chosen)) for chosen in heads}) != 1 or not heads[0]:
-        raise FairauditError(f"heads are removed only when every layer loses the same number (transformers' config holds one "
-                             f"head count); this selection takes {[len(set(chosen)) for chosen in heads]} per layer. Zero them "
-                             f"instead (the default).")
+        raise FairauditError(
+            f"heads are removed only when every layer loses the same number (transformers' config holds one "
+            f"head count); this selection takes {[len(set(chosen)) for chosen in heads]} per layer. Zero them "
+            f"instead (the default)."
+        )
     group = count // kv
     kept_kv = []
     for index, chosen in enumerate(heads):
         groups = sorted({head // group for head in chosen})
-        if any(not 0 <= head < count for head in chosen) or sorted(set(chosen)) != [g * group + i for g in groups for i in range(group)]:
-            raise FairauditError(f"layer {index}: heads {sorted(chosen)} cannot be removed: {group} query heads share each key/value "
-                                 f"head, so only whole groups of {group} ({count} heads in all) can go. Zero them instead.")
+        if any(not 0 <= head < count for head in chosen) or sorted(set(chosen)) != [
+            g * group + i for g in groups for i in range(group)
+        ]:
+            raise FairauditError(
+                f"layer {index}: heads {sorted(chosen)} cannot be removed: {group} query heads share each key/value "
+                f"head, so only whole groups of {group} ({count} heads in all) can go. Zero them instead."
+            )
         kept_kv.append([g for g in range(kv) if g not in groups])
     width = int(getattr(config, "head_dim", None) or config.hidden_size // count)
     shape = {"head_dim": width, "num_attention_heads": count - len(heads[0]), "num_key_value_heads": len(kept_kv[0])}
-    candidate = copy.deepcopy(config)  # transformers' own checks of the new config (Llama: heads must divide hidden_size)
+    candidate = copy.deepcopy(
+        config
+    )  # transformers' own checks of the new config (Llama: heads must divide hidden_size)
     for key, value in shape.items():
         setattr(candidate, key, value)
     try:
         getattr(candidate, "validate", lambda: None)()
     except Exception as exc:  # transformers' validators raise ValueError wrapped in huggingface_hub's own error
         cause = exc.__cause__ or exc
-        raise FairauditError(f"removing {len(heads[0])} head(s) per layer leaves a config transformers refuses ({cause}); "
-                             f"zero them instead, or remove a number that it accepts.") from None
+        raise FairauditError(
+            f"removing {len(heads[0])} head(s) per layer leaves a config transformers refuses ({cause}); "
+            f"zero them instead, or remove a number that it accepts."
+        ) from None
     with torch.no_grad():
         for attention, chosen, kv_kept in zip(attentions, heads, kept_kv):
             query = torch.tensor([h * width + d for h in range(count) if h not in chosen for d in range(width)])
@@ -322,7 +368,9 @@ def prune(loaded: LoadedModel, selection: Selection) -> PruneReport:
     parameters_before = sum(p.numel() for p in loaded.model.parameters())
     widths_before = [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in layers]
     if widths_before != selection.widths:
-        raise FairauditError(f"the selection was made for MLP widths {selection.widths}, the model has {widths_before}.")
+        raise FairauditError(
+            f"the selection was made for MLP widths {selection.widths}, the model has {widths_before}."
+        )
     target = max(width - len(pruned) for width, pruned in zip(widths_before, selection.pruned))
     zeroed, neuron_map = [], []
     for layer, width, pruned in zip(layers, widths_before, selection.pruned):
@@ -348,8 +396,14 @@ def zero(loaded: LoadedModel, selection: Selection) -> PruneReport:
     for layer, pruned in zip(loaded.layers, selection.pruned):
         if len(pruned):
             _zero_neurons(loaded, layer, pruned)
-    return PruneReport(widths, widths, [p.tolist() for p in selection.pruned], parameters, parameters,
-                       [list(range(width)) for width in widths])
+    return PruneReport(
+        widths,
+        widths,
+        [p.tolist() for p in selection.pruned],
+        parameters,
+        parameters,
+        [list(range(width)) for width in widths],
+    )
 
 
 @contextlib.contextmanager
@@ -362,7 +416,9 @@ def masked(loaded: LoadedModel, selection: Selection) -> Iterator[None]:
         from fairaudit.measurement.attribution import head_count, unit_modules
 
         modules, count = unit_modules(loaded, "head"), head_count(loaded)
-    for index, (layer, pruned, chosen_heads) in enumerate(zip(loaded.layers, selection.pruned, selection.heads_per_layer())):
+    for index, (layer, pruned, chosen_heads) in enumerate(
+        zip(loaded.layers, selection.pruned, selection.heads_per_layer())
+    ):
         if len(pruned):
             handles.append(loaded.adapter.sites(layer)["neuron"].module.register_forward_pre_hook(_zeroing(pruned)))
         if chosen_heads:
@@ -378,6 +434,7 @@ def masked(loaded: LoadedModel, selection: Selection) -> Iterator[None]:
 
 def _zeroing(columns: torch.Tensor):
     """A forward pre-hook that sets the given columns of a module's first input to 0."""
+
     def hook(module, args):
         hidden = args[0].clone()
         hidden[..., columns.to(hidden.device)] = 0
@@ -416,9 +473,13 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str, 
     try:
         loaded.model.save_pretrained(temporary)
         loaded.tokenizer.save_pretrained(temporary)
-        neuron_map = {"original_widths": report.widths_before, "zeroed": report.zeroed, "layers": report.neuron_map,
-                      **({"zeroed_heads": report.zeroed_heads} if any(report.zeroed_heads) else {}),
-                      **({"removed_heads": report.removed_heads} if any(report.removed_heads) else {})}
+        neuron_map = {
+            "original_widths": report.widths_before,
+            "zeroed": report.zeroed,
+            "layers": report.neuron_map,
+            **({"zeroed_heads": report.zeroed_heads} if any(report.zeroed_heads) else {}),
+            **({"removed_heads": report.removed_heads} if any(report.removed_heads) else {}),
+        }
         (temporary / NEURON_MAP_FILE).write_text(json.dumps(neuron_map), encoding="utf-8")
         (temporary / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
         if out.exists():
@@ -426,9 +487,13 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str, 
         os.replace(temporary, out)
     except Exception as exc:  # OSError, and the errors safetensors raises for a full disk
         shutil.rmtree(temporary, ignore_errors=True)
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {str(exc)[:200]}"
-        raise StoreError(f"could not write the pruned model to {out}: {detail}. Nothing was left behind; free space "
-                         f"or choose another folder.") from None
+        detail = (
+            exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {str(exc)[:200]}"
+        )
+        raise StoreError(
+            f"could not write the pruned model to {out}: {detail}. Nothing was left behind; free space "
+            f"or choose another folder."
+        ) from None
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

@@ -66,20 +66,29 @@ def bundle_files(store: Store, run_id: str, policy: Policy | None = None) -> dic
 
     record = store.read_run(run_id)
     if record.get("kind", "audit") != "audit" or record.get("status") != "complete":
-        raise StoreError(f"run {run_id} is not a complete audit run (kind {record.get('kind', 'audit')}, status "
-                         f"{record.get('status')}); a bundle is made of a complete audit.")
+        raise StoreError(
+            f"run {run_id} is not a complete audit run (kind {record.get('kind', 'audit')}, status "
+            f"{record.get('status')}); a bundle is made of a complete audit."
+        )
     policy = policy or stored_policy(record)
     html, twin = render_report_text(report_data(store, run_id, policy=policy))
-    files: dict[str, bytes] = {"report.html": html.encode(), "report.json": twin.encode(),
-                               "run.json": store.run_path(run_id).read_bytes()}
+    files: dict[str, bytes] = {
+        "report.html": html.encode(),
+        "report.json": twin.encode(),
+        "run.json": store.run_path(run_id).read_bytes(),
+    }
     prune_run = record.get("prune", {}).get("run_id")
     if prune_run and store.run_path(prune_run).exists():
         files["prune-run.json"] = store.run_path(prune_run).read_bytes()
         files.update(_run_parts(store, prune_run))
     if policy is not None:
-        files["policy.yaml"] = yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False, allow_unicode=True).encode()
+        files["policy.yaml"] = yaml.safe_dump(
+            policy.model_dump(mode="json"), sort_keys=False, allow_unicode=True
+        ).encode()
     for axis, entry in record.get("suites", {}).items():
-        files[f"suites/{safe_name(axis)}.yaml"] = yaml.safe_dump(entry.get("definition"), sort_keys=False, allow_unicode=True).encode()
+        files[f"suites/{safe_name(axis)}.yaml"] = yaml.safe_dump(
+            entry.get("definition"), sort_keys=False, allow_unicode=True
+        ).encode()
     files.update(_run_parts(store, run_id))
     manifest = {
         "format": FORMAT,
@@ -90,8 +99,13 @@ def bundle_files(store: Store, run_id: str, policy: Policy | None = None) -> dic
         "fairaudit_version": record.get("environment", {}).get("fairaudit"),
         "bundled_by": fairaudit.__version__,
         "environment": {k: v for k, v in record.get("environment", {}).items() if k != "host"},
-        "plugins": sorted(({k: entry.get(k) for k in ("kind", "name", "distribution", "version")} for entry in record.get("plugins", [])),
-                          key=lambda entry: (entry["kind"], entry["name"])),
+        "plugins": sorted(
+            (
+                {k: entry.get(k) for k in ("kind", "name", "distribution", "version")}
+                for entry in record.get("plugins", [])
+            ),
+            key=lambda entry: (entry["kind"], entry["name"]),
+        ),
         "suites": {axis: entry.get("sha256") for axis, entry in record.get("suites", {}).items()},
         "policy": {"name": policy.policy, "sha256": policy.sha256()} if policy else None,
         "files": {path: _sha256(data) for path, data in sorted(files.items())},
@@ -100,7 +114,9 @@ def bundle_files(store: Store, run_id: str, policy: Policy | None = None) -> dic
     return files
 
 
-def write_bundle(store: Store, run_id: str, out: str | Path, policy: Policy | None = None, force: bool = False) -> tuple[Path, str]:
+def write_bundle(
+    store: Store, run_id: str, out: str | Path, policy: Policy | None = None, force: bool = False
+) -> tuple[Path, str]:
     """Write the bundle zip atomically; return its path and the manifest's sha256."""
     out = Path(out)
     if out.is_symlink() or (out.exists() and not force):
@@ -135,8 +151,10 @@ class Verification:
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     if info.file_size > MAX_MEMBER_BYTES:
-        raise ConfigError(f"bundle member {info.filename} declares {info.file_size:,} bytes; a bundle member is at most "
-                          f"{MAX_MEMBER_BYTES:,}. This is not a fairaudit bundle.")
+        raise ConfigError(
+            f"bundle member {info.filename} declares {info.file_size:,} bytes; a bundle member is at most "
+            f"{MAX_MEMBER_BYTES:,}. This is not a fairaudit bundle."
+        )
     digest_source = archive.open(info)
     chunks, total = [], 0
     for chunk in iter(lambda: digest_source.read(1 << 20), b""):
@@ -157,7 +175,9 @@ def verify_bundle(path: str | Path, model: Any = None, expect_manifest: str | No
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ConfigError(f"{path} is not a readable zip file ({exc}); a bundle is written by 'fairaudit bundle'.") from None
+        raise ConfigError(
+            f"{path} is not a readable zip file ({exc}); a bundle is written by 'fairaudit bundle'."
+        ) from None
     with archive:
         members = archive.infolist()
         if len(members) > MAX_MEMBERS:
@@ -200,12 +220,16 @@ def verify_bundle(path: str | Path, model: Any = None, expect_manifest: str | No
     except ValueError:
         recorded = None
     if recorded != manifest.get("weights_hash"):
-        result.problems.append(f"run.json: weights hash {recorded} differs from the manifest's {manifest.get('weights_hash')}")
+        result.problems.append(
+            f"run.json: weights hash {recorded} differs from the manifest's {manifest.get('weights_hash')}"
+        )
     if model is not None:
         from fairaudit.inputs.model import load_model
 
         loaded = load_model(model)
         if loaded.provenance["weights_hash"] != manifest.get("weights_hash"):
-            result.problems.append(f"model {loaded.model_id}: weights hash {loaded.provenance['weights_hash']} differs from the "
-                                   f"audited weights' {manifest.get('weights_hash')}")
+            result.problems.append(
+                f"model {loaded.model_id}: weights hash {loaded.provenance['weights_hash']} differs from the "
+                f"audited weights' {manifest.get('weights_hash')}"
+            )
     return result

@@ -15,18 +15,71 @@ from html.parser import HTMLParser
 from markupsafe import Markup, escape
 
 ELEMENTS = {"svg", "g", "rect", "line", "text", "title", "circle", "path", "polyline", "polygon", "tspan"}
-ATTRIBUTES = {"xmlns", "viewbox", "width", "height", "role", "aria-label", "class", "x", "y", "x1", "y1", "x2", "y2",
-              "cx", "cy", "r", "rx", "ry", "d", "points", "fill", "stroke", "stroke-width", "stroke-dasharray", "opacity",
-              "fill-opacity", "font-size", "font-weight", "font-family", "text-anchor", "text-decoration", "dominant-baseline",
-              "transform"}
+ATTRIBUTES = {
+    "xmlns",
+    "viewbox",
+    "width",
+    "height",
+    "role",
+    "aria-label",
+    "class",
+    "x",
+    "y",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "cx",
+    "cy",
+    "r",
+    "rx",
+    "ry",
+    "d",
+    "points",
+    "fill",
+    "stroke",
+    "stroke-width",
+    "stroke-dasharray",
+    "opacity",
+    "fill-opacity",
+    "font-size",
+    "font-weight",
+    "font-family",
+    "text-anchor",
+    "text-decoration",
+    "dominant-baseline",
+    "transform",
+}
 # Values: numbers, colours (#abc, names), short words, and rotate/translate transforms; never a URL or a function call.
 _VALUE = re.compile(r"^[#A-Za-z0-9 .,%_\-]*$")
 _RGB = re.compile(r"^rgb\(\s*\d{1,3}\s*,\s*\d{1,3}\s*,\s*\d{1,3}\s*\)$")
 _TRANSFORM = re.compile(r"^((rotate|translate|scale)\([0-9 .,\-]*\)\s*)*$")
 _XMLNS = "http://www.w3.org/2000/svg"
 # elements that never get a closing tag: an unclosed disallowed one must not swallow the rest
-_VOID = {"rect", "line", "circle", "path", "polyline", "polygon", "img", "br", "hr", "input", "meta", "link", "source",
-         "area", "base", "col", "embed", "param", "track", "wbr", "image", "use"}
+_VOID = {
+    "rect",
+    "line",
+    "circle",
+    "path",
+    "polyline",
+    "polygon",
+    "img",
+    "br",
+    "hr",
+    "input",
+    "meta",
+    "link",
+    "source",
+    "area",
+    "base",
+    "col",
+    "embed",
+    "param",
+    "track",
+    "wbr",
+    "image",
+    "use",
+}
 
 
 def _allowed(name: str, value: str) -> bool:
