@@ -95,6 +95,11 @@ class RunRecord(BaseModel):
     prune: dict[str, Any] | None = None  # an audit that pruned: its prune run, where the model went, what was removed
     prune_skipped: dict[str, Any] | None = None  # an audit whose causal selection found nothing to prune: why
 
+    def add(self, **fields: Any) -> None:
+        """Add (or replace) fields of this kind of run, such as a match's figures."""
+        for name, value in fields.items():
+            setattr(self, name, value)
+
     def as_dict(self) -> dict[str, Any]:
         """The record as stored (fields never set left out)."""
         return self.model_dump(mode="json", exclude_none=True, exclude={"run_id"})
@@ -189,7 +194,8 @@ class Store:
         """A run recorded from start to end: its record is written "running" now, and "complete"
         when the block ends; an exception marks it "failed" with its error, Ctrl-C or a
         termination signal (which the command line turns into `KeyboardInterrupt`)
-        "interrupted". The block may change the record and `save` it as it goes."""
+        "interrupted". The block may change the record and `save` it as it goes; a block that ends
+        normally but sets `error` (a sweep with a failed cell) leaves the run "failed"."""
         record = RunRecord(run_id=run_id or new_run_id(), kind=kind, environment=environment(), **fields)
         self.save(record)
         try:
@@ -200,7 +206,7 @@ class Store:
             with contextlib.suppress(StoreError):  # the store may be what failed; the original error is what matters
                 self.save(record)
             raise
-        record.status, record.finished = "complete", now()
+        record.status, record.finished = ("failed" if record.error else "complete"), now()
         self.save(record)
 
     def read_run(self, run_id: str) -> dict[str, Any]:

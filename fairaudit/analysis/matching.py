@@ -422,8 +422,7 @@ def compare_models(
                 for overlap in random_overlaps
             ],
         }
-        for key, value in extras.items():
-            setattr(record, key, value)
+        record.add(**extras)
     return MatchedComparison(
         run_id=run_id,
         matching=matching,

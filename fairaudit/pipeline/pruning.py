@@ -411,7 +411,7 @@ def _write_pruned(store: Store, loaded: LoadedModel, outcome: PruneOutcome, axes
                 }
             )
             store.write_part("neuron_maps", out.name, "+".join(axes), record.run_id, neuron_map)
-            record.weights_hash = weights_hash(loaded.model)  # type: ignore[attr-defined]  # a prune record's own field
+            record.add(weights_hash=weights_hash(loaded.model))
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)

@@ -238,7 +238,8 @@ def run_cell(
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             }
         )
-        record.update(status="failed", error=error or type(exc).__name__, **labels)
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        record.update(status=status, error=error or type(exc).__name__, **labels)
         if not isinstance(exc, FairauditError):
             record["traceback"] = traceback.format_exc(limit=20)
         store.write_run(run_id, record)
@@ -250,20 +251,6 @@ def run_cell(
             "seconds": round(time.time() - started, 3),
             "error": record["error"],
         }
-
-
-def _record_sweep(store: Store, sweep: SweepFile, cells: list[Cell], status: str, outcomes: list[CellOutcome]) -> None:
-    store.write_run(
-        sweep.sweep,
-        {
-            "kind": "sweep",
-            "status": status,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "grid": sweep.grid,
-            "cells": [{"run_id": cell.run_id, "values": cell.values} for cell in cells],
-            "outcomes": [outcome.__dict__ for outcome in outcomes],
-        },
-    )
 
 
 def run_sweep(
@@ -282,8 +269,28 @@ def run_sweep(
     if store.run_path(sweep.sweep).exists() and store.read_run(sweep.sweep).get("kind") != "sweep":
         raise ConfigError(f"store {store.root} has a run named '{sweep.sweep}' that is not a sweep; rename the sweep.")
     result = SweepResult(sweep_id=sweep.sweep, store=store.root, cells=cells)
-    _record_sweep(store, sweep, cells, "running", [])
-    report = progress or (lambda outcome: None)
+    with store.recording(
+        "sweep", sweep.sweep, grid=sweep.grid, cells=[{"run_id": cell.run_id, "values": cell.values} for cell in cells]
+    ) as record:
+        _run_cells(sweep, cells, store, backend, address, num_cpus, progress or (lambda outcome: None), granted, result)
+        record.add(outcomes=[outcome.__dict__ for outcome in result.outcomes])
+        failed = sum(outcome.status == "failed" for outcome in result.outcomes)
+        record.error = f"{failed} of {len(cells)} cells failed" if failed else None
+    return result
+
+
+def _run_cells(
+    sweep: SweepFile,
+    cells: list[Cell],
+    store: Store,
+    backend: str,
+    address: str | None,
+    num_cpus: int | None,
+    report: Any,
+    granted: set[str] | frozenset[str],
+    result: SweepResult,
+) -> None:
+    """Run the cells on the backend; their outcomes, in the cells' order, go to `result`."""
     if backend == "local":
         for cell in cells:
             outcome = CellOutcome(
@@ -299,9 +306,6 @@ def run_sweep(
         raise ConfigError(f"unknown sweep backend '{backend}'; use local or ray.")
     order = {cell.run_id: index for index, cell in enumerate(cells)}
     result.outcomes.sort(key=lambda outcome: order[outcome.run_id])
-    failed = any(outcome.status == "failed" for outcome in result.outcomes)
-    _record_sweep(store, sweep, cells, "failed" if failed else "complete", result.outcomes)
-    return result
 
 
 def _run_on_ray(
