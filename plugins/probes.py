@@ -7,6 +7,7 @@ Both prompts of a pair always sit in the same batch (first halves `a`, second ha
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,7 +34,9 @@ class ProbeParams(BaseModel):
     padding_side: Literal["right", "left"] = "right"
     components: list[str] = Field(default_factory=lambda: ["attention", "mlp", "neuron"])
     optipfair_index: bool = Field(default=True, description="also compute optiPfair's token-level bias index")
-    progress: bool = True
+    progress: bool = Field(
+        default=True, description="a progress bar while the fairaudit logger shows progress (not with --quiet)"
+    )
 
 
 def _common_suffix(first: list[int], second: list[int]) -> int:
@@ -148,7 +151,8 @@ class ActivationProbe:
         batches = [(False, pairs[i : i + per_batch]) for i in range(0, len(pairs), per_batch)]
         batches += [(True, controls[i : i + per_batch]) for i in range(0, len(controls), per_batch)]
 
-        for is_control, chunk in tqdm(batches, desc=f"probe {axis}", disable=not params.progress, leave=False):
+        shown = params.progress and logging.getLogger("fairaudit").isEnabledFor(logging.INFO)
+        for is_control, chunk in tqdm(batches, desc=f"probe {axis}", disable=not shown, leave=False):
             encoded = [(encode(pair.text_a), encode(pair.text_b)) for pair in chunk]
             batch = _Batch(
                 [a for a, _ in encoded] + [b for _, b in encoded],

@@ -50,7 +50,7 @@ def probe(
             "suites": list(suite_names) or DEFAULT_SUITES,
             "probe": {
                 "plugin": "activations",
-                "params": {"position": position, "batch_size": batch_size, "progress": not quiet},
+                "params": {"position": position, "batch_size": batch_size},
             },
             "store": str(store),
             "pruning": None,
@@ -107,10 +107,6 @@ def audit_command(config_file, resume_run, store, policy, device, dtype, quiet, 
                 "(check another one with 'fairaudit check')"
             )
         config = config.model_copy(update={"policy": policy})
-    if quiet:
-        config = config.model_copy(
-            update={"probe": config.probe.model_copy(update={"params": {**config.probe.params, "progress": False}})}
-        )
     report_result(audit(config, resume=resume_run, granted=granted), quiet, as_json)
 
 
