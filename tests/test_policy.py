@@ -15,7 +15,16 @@ import pyarrow as pa
 import pytest
 from conftest import run_module
 
-from fairaudit.compliance.policy import Policy, evaluate_policy, exit_status, judge, load_policy, verdict_changes
+from fairaudit.compliance.policy import (
+    METRICS,
+    Policy,
+    evaluate_policy,
+    exit_status,
+    gate_role,
+    judge,
+    load_policy,
+    verdict_changes,
+)
 from fairaudit.config import RunConfig
 from fairaudit.errors import ConfigError
 from fairaudit.measurement.evaluate import EvaluationResult
@@ -161,7 +170,9 @@ def test_policy_reads_each_axis_and_model_from_the_store(tmp_path):
 
 def test_unmeasured_must_rule_is_not_a_pass_unless_marked_if_measured(tmp_path):
     store = Store(tmp_path / "store")
-    _fake_run(store, "r1", [("output_bias", "before", "race", "stereotype_preference", 0.0, -0.1, 0.1, 40)])
+    _fake_run(
+        store, "r1", [("output_bias", "before", "race", "stereotype_preference", 0.0, -0.1, 0.1, 40)], axes=("race",)
+    )
     strict = _policy({"id": "crows", "metric": "pct_stereotype", "between": [0.45, 0.55]})
     verdicts = evaluate_policy(strict, store, "r1")
     assert [v.verdict for v in verdicts] == ["not measured"] and exit_status(verdicts, "original") == 3
@@ -171,6 +182,38 @@ def test_unmeasured_must_rule_is_not_a_pass_unless_marked_if_measured(tmp_path):
     )
     verdicts = evaluate_policy(lenient, store, "r1")
     assert [(v.rule, v.verdict) for v in verdicts] == [("bias", "pass")] and exit_status(verdicts, "original") == 0
+
+
+def test_an_audited_axis_without_a_measurement_is_not_measured_and_undecides_the_gate(tmp_path):
+    """`axes: all` is every audited axis: gender (audited, no output-level measurement, as for a suite
+    without continuations) is NOT MEASURED, so race's pass does not make the gate pass."""
+    store = Store(tmp_path / "store")
+    _fake_run(store, "r1", [("output_bias", "before", "race", "stereotype_preference", 0.0, -0.1, 0.1, 40)])
+    verdicts = evaluate_policy(
+        _policy({"id": "bias", "metric": "stereotype_preference", "abs_at_most": 0.2}), store, "r1"
+    )
+    assert [(v.axis, v.verdict) for v in verdicts] == [("gender", "not measured"), ("race", "pass")]
+    assert exit_status(verdicts, "original") == 3
+
+
+def test_zero_verdicts_are_never_a_pass(tmp_path):
+    """A policy that yields no must verdict on the gated model (rules on the pruned model of an
+    unpruned run, only if_measured rules that measured nothing, --gate pruned without pruning)."""
+    store = Store(tmp_path / "store")
+    _fake_run(store, "r1", [("output_bias", "before", "race", "stereotype_preference", 0.0, -0.1, 0.1, 40)])
+    pruned_only = _policy({"id": "p", "metric": "stereotype_preference", "abs_at_most": 0.2, "models": ["pruned"]})
+    optional = _policy({"id": "c", "metric": "pct_stereotype", "between": [0.45, 0.55], "if_measured": True})
+    for policy in (pruned_only, optional):
+        verdicts = evaluate_policy(policy, store, "r1")
+        assert verdicts == [] and exit_status(verdicts, gate_role(verdicts)) == 3
+    passing = evaluate_policy(
+        _policy({"id": "b", "metric": "stereotype_preference", "abs_at_most": 0.2, "axes": ["race"]}), store, "r1"
+    )
+    assert exit_status(passing, "original") == 0 and exit_status(passing, gate_role(passing, "pruned")) == 3
+    with pytest.raises(ValueError, match="at least one"):
+        _policy({"id": "e", "metric": "stereotype_preference", "abs_at_most": 0.2, "axes": []})
+    with pytest.raises(ValueError):
+        _policy({"id": "t", "metric": "stereotype_preference", "abs_at_most": True})
 
 
 def test_a_regression_is_listed_first(tmp_path):
@@ -441,3 +484,73 @@ def test_the_example_screen_gates_the_original_model_without_pruning(llama_folde
     assert "output-bias" in rules and {
         verdict.model for verdict in result.verdicts if verdict.rule == "output-bias"
     } == {"original"}
+
+
+def test_check_never_passes_without_a_verdict_per_audited_axis_and_must_rule(tmp_path_factory):
+    """Generated policies on one stored run (race measured, gender audited but not measured, a
+    pruned model with comparisons): whenever the gate passes (exit 0), every must rule that is not
+    `if_measured` and applies to the gated model has a verdict, a per-axis one for every audited
+    axis, and every verdict it has is a pass."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    store = Store(tmp_path_factory.mktemp("generated") / "store")
+    rows = [
+        ("output_bias", role, "race", "stereotype_preference", 0.01, -0.05, 0.07, 40) for role in ("before", "after")
+    ]
+    rows += [("perplexity", role, "", "nll_per_token_bundled", 3.0, 2.9, 3.1, 500) for role in ("before", "after")]
+    change = {
+        "evaluator": "perplexity",
+        "axis_or_task": "",
+        "metric": "nll_per_token_bundled",
+        "before": 3.0,
+        "after": 3.001,
+        "change": 0.001,
+        "change_low": 0.0005,
+        "change_high": 0.0015,
+        "relative_change": 0.0003,
+        "relative_low": 0.0,
+        "relative_high": 0.001,
+        "items": 500,
+    }
+    _fake_run(store, "r1", rows, comparisons=[change])
+    audited = ["race", "gender"]
+    rule = st.fixed_dictionaries(
+        {"metric": st.sampled_from(sorted(METRICS)), "abs_at_most": st.sampled_from([0.0, 0.05, 0.2, 10.0])},
+        optional={
+            "axes": st.sampled_from(["all", ["race"], ["gender"], ["race", "gender"]]),
+            "models": st.sampled_from([["original"], ["pruned"], ["original", "pruned"]]),
+            "severity": st.sampled_from(["must", "should"]),
+            "if_measured": st.booleans(),
+        },
+    )
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(rule, min_size=1, max_size=4), st.sampled_from(["auto", "original", "pruned"]))
+    def check(rules, gate):
+        from fairaudit.compliance.policy import Rule
+
+        try:
+            policy = _policy(*({"id": f"r{i}", **r} for i, r in enumerate(rules)))
+        except ValueError:
+            return  # a rule the policy refuses (a change metric on the original model)
+        verdicts = evaluate_policy(policy, store, "r1")
+        role = gate_role(verdicts, gate)
+        if exit_status(verdicts, role) != 0:
+            return
+        judged = [v for v in verdicts if v.severity == "must" and v.model == role]
+        assert judged and all(v.verdict == "pass" for v in judged)
+        for rule in policy.rules:
+            assert isinstance(rule, Rule)
+            if rule.severity != "must" or rule.if_measured or role not in rule.models:
+                continue
+            source = METRICS[rule.metric]
+            if source.kind == "change" and role == "original":
+                continue
+            own = {v.axis for v in judged if v.rule == rule.id}
+            if not source.per_axis:
+                assert own == {"-"}, (rule, own)
+            elif source.evaluator != "lm_eval":
+                assert set(audited if rule.axes == "all" else rule.axes) <= own, (rule, own)
+
+    check()

@@ -188,10 +188,13 @@ def exit_on_verdicts(verdicts: list[Verdict], gate: str, quiet: bool) -> None:
     role = gate_role(verdicts, gate)
     status = exit_status(verdicts, role)
     if not quiet:
+        judged = any(v.severity == "must" and v.model == role for v in verdicts)
         words = {
             0: "every must rule passes",
             1: "a must rule fails",
-            3: "a must rule is not decided (inconclusive, too few items or not measured)",
+            3: "a must rule is not decided (inconclusive, too few items or not measured)"
+            if judged
+            else "no must rule has a verdict on this model: nothing measured is not a pass",
         }
         click.echo(f"gate on the {role} model: {words[status]} (exit status {status})", err=status != 0)
     sys.exit(status)

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator, model_validator
 
 from fairaudit.errors import ConfigError, StoreError
 from fairaudit.resources import policies_dir
@@ -134,11 +134,11 @@ class Rule(BaseModel):
 
     id: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     metric: str
-    at_most: float | None = None
-    at_least: float | None = None
-    between: tuple[float, float] | None = None
-    abs_at_most: float | None = Field(default=None, ge=0)
-    axes: list[str] | Literal["all"] = "all"
+    at_most: StrictFloat | None = None  # strict: `true` is not 1
+    at_least: StrictFloat | None = None
+    between: tuple[StrictFloat, StrictFloat] | None = None
+    abs_at_most: StrictFloat | None = Field(default=None, ge=0)
+    axes: list[str] | Literal["all"] = Field(default="all", description="'all': every audited axis (or task)")
     models: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
     severity: Literal["must", "should"] = "must"
     min_items: int | None = Field(default=None, ge=1)
@@ -146,6 +146,16 @@ class Rule(BaseModel):
         default=False, description="true: a metric the run did not measure is not an inconclusive verdict"
     )
     source: str = ""
+
+    @field_validator("axes", "models")
+    @classmethod
+    def _distinct(cls, value: Any) -> Any:
+        """A list names something once (a repeat would give a repeated verdict), and names something."""
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("name at least one (or leave the field out for its default)")
+            return list(dict.fromkeys(value))
+        return value
 
     @field_validator("metric")
     @classmethod
@@ -365,8 +375,11 @@ def evaluate_policy(policy: Policy, store: Store, run_id: str) -> list[Verdict]:
                 if rule.if_measured and source.evaluator not in configured:
                     continue
                 wanted = [""]
-            elif rule.axes == "all":
-                wanted = measured_axes or ([] if rule.if_measured else ["(any)"])
+            elif rule.axes == "all" and rule.if_measured:
+                wanted = measured_axes
+            elif rule.axes == "all":  # every audited axis: one the run did not measure is "not measured"
+                on_suites = source.evaluator != "lm_eval"  # lm-eval's axes are its tasks
+                wanted = sorted(set(measured_axes) | (set(axes) if on_suites else set())) or ["(any)"]
             else:
                 wanted = list(rule.axes)
             for axis in wanted:
@@ -412,11 +425,12 @@ def gate_role(verdicts: list[Verdict], requested: str = "auto") -> str:
 
 
 def exit_status(verdicts: list[Verdict], role: str) -> int:
-    """0: every `must` rule passes on `role`'s model; 1: one fails; 3: one is not decided."""
+    """0: every `must` rule passes on `role`'s model; 1: one fails; 3: one is not decided. A pass
+    needs at least one `must` verdict on that model: nothing measured is never a pass (3)."""
     judged = [v for v in verdicts if v.severity == "must" and v.model == role]
     if any(v.verdict == "fail" for v in judged):
         return 1
-    if any(v.verdict != "pass" for v in judged):
+    if not judged or any(v.verdict != "pass" for v in judged):
         return 3
     return 0
 
