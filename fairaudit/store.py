@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import hashlib
 import json
 import os
 import platform
@@ -94,6 +95,7 @@ class RunRecord(BaseModel):
     evaluation_failures: list[str] | None = None
     prune: dict[str, Any] | None = None  # an audit that pruned: its prune run, where the model went, what was removed
     prune_skipped: dict[str, Any] | None = None  # an audit whose causal selection found nothing to prune: why
+    files: dict[str, str] | None = None  # sha256 of every table file the run wrote, set when it completes
 
     def add(self, **fields: Any) -> None:
         """Add (or replace) fields of this kind of run, such as a match's figures."""
@@ -121,6 +123,14 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
             f"could not write {path}: {exc.strerror or exc}. Nothing partial was left; results written "
             f"before this one are intact. Free space or choose another store folder, then rerun with --resume."
         ) from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -207,7 +217,44 @@ class Store:
                 self.save(record)
             raise
         record.status, record.finished = ("failed" if record.error else "complete"), now()
+        record.files = self.run_files(record.run_id)
         self.save(record)
+
+    def run_files(self, run_id: str) -> dict[str, str]:
+        """The sha256 of every table file a run wrote (its parts in every table), by path relative
+        to the store."""
+        found = {}
+        for path in sorted(self.root.glob(f"*/**/run_id={safe_name(run_id)}/*")):
+            relative = path.relative_to(self.root)
+            if path.is_file() and not path.name.startswith(".") and relative.parts[0] != "runs":
+                found[relative.as_posix()] = _sha256(path)
+        return found
+
+    def verify(self, run_id: str) -> dict[str, Any]:
+        """A complete run's record, once every table file it wrote is checked against the hashes
+        recorded when it completed: a changed, missing or added file is refused, named. (A record
+        rewritten together with its files is not detected; a bundle pinned by its manifest's
+        hash is: docs/trust.md.)"""
+        record = self.read_run(run_id)
+        if record.get("status") != "complete":
+            return record  # nothing was promised: no verdict, card or bundle is made of it
+        recorded = record.get("files")
+        if not isinstance(recorded, dict):
+            raise StoreError(
+                f"run {run_id} in {self.root} has no manifest of its files (a record written by hand, or by a "
+                f"fairaudit older than 0.2): its tables cannot be shown to be the ones it wrote. Rerun it."
+            )
+        current = self.run_files(run_id)
+        changed = sorted(name for name in recorded if name in current and current[name] != recorded[name])
+        missing = sorted(name for name in recorded if name not in current)
+        added = sorted(name for name in current if name not in recorded)
+        for problem, names in (("changed", changed), ("missing", missing), ("added", added)):
+            if names:
+                raise StoreError(
+                    f"run {run_id}: {len(names)} table file(s) {problem} since the run completed, e.g. "
+                    f"{self.root / names[0]}; its results cannot be trusted. Rerun the audit."
+                )
+        return record
 
     def read_run(self, run_id: str) -> dict[str, Any]:
         path = self.run_path(run_id)

@@ -117,6 +117,8 @@ def test_report_never_trusts_markup_read_from_a_store(audited, tmp_path):
         result.run_id,
         pa.Table.from_pylist([{"pair_id": "p", "figure": "divergence_map", "svg": hostile}]),
     )
+    # an attacker who also rewrites the run's manifest of hashes (docs/trust.md): the markup is still not trusted
+    store.write_run(result.run_id, {**store.read_run(result.run_id), "files": store.run_files(result.run_id)})
     html, _ = render_report(report_data(store, result.run_id), tmp_path / "report.html")
     text = html.read_text(encoding="utf-8")
     for marker in ("<script", "onerror", "onload", "javascript:", "<img"):

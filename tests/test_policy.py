@@ -75,6 +75,7 @@ def _fake_run(
     store.write_part("evaluations", "m", "all", run_id, table, part="output_bias")
     if comparisons:
         store.write_part("comparisons", "m", "all", run_id, pa.Table.from_pylist(comparisons))
+    store.write_run(run_id, {**store.read_run(run_id), "files": store.run_files(run_id)})  # sealed, as on completion
 
 
 # --- verdicts ---------------------------------------------------------------------------------

@@ -228,3 +228,86 @@ def test_run_records_hold_wall_and_cpu_seconds_per_stage(model_folder, tmp_path)
     ):
         assert timings[stage] > 0 and timings[f"{stage}:cpu"] > 0, stage
     assert timings["total"] >= timings["axis:race"] + timings["prune"]
+
+
+def test_any_single_changed_byte_of_a_stored_table_is_detected(llama_folder, tmp_path, cli):
+    """A complete run records the sha256 of every table file it wrote; check, card, bundle and report
+    refuse the run once any byte of any of them changes (or a file goes missing or is added), naming it."""
+    import random
+
+    from fairaudit.errors import StoreError
+    from fairaudit.pipeline.audit import audit
+
+    result = audit(
+        RunConfig.model_validate(
+            {
+                "model": str(llama_folder),
+                "suites": ["race"],
+                "store": str(tmp_path / "store"),
+                "report": False,
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "pruning": None,
+                "evaluators": ["output_bias"],
+                "diagnose_top": 0,
+                "policy": "default",
+            }
+        )
+    )
+    store = Store(tmp_path / "store")
+    record = store.verify(result.run_id)
+    assert record["files"] and all(name.endswith(".parquet") for name in record["files"])
+    chooser = random.Random(0)
+    for name in record["files"]:
+        path = store.root / name
+        original = path.read_bytes()
+        position = chooser.randrange(len(original))
+        path.write_bytes(original[:position] + bytes([original[position] ^ 1]) + original[position + 1 :])
+        with pytest.raises(StoreError, match="changed since the run completed"):
+            store.verify(result.run_id)
+        path.write_bytes(original)
+    store.verify(result.run_id)
+    first = store.root / next(iter(record["files"]))
+    extra = first.with_name("part-extra.parquet")
+    extra.write_bytes(first.read_bytes())
+    for command in (
+        ["check"],
+        ["card"],
+        ["bundle", "--out", tmp_path / "b.zip"],
+        ["report", "--out", tmp_path / "r.html"],
+    ):
+        refused = cli(*command[:1], store.root, "--run", result.run_id, *command[1:])
+        assert refused.exit_code == 2 and "added since the run completed" in refused.output, (command, refused.output)
+    extra.unlink()
+    assert cli("check", store.root, "--run", result.run_id).exit_code in (0, 1, 3)
+
+
+def test_a_stored_policy_loosened_after_the_run_is_refused(llama_folder, tmp_path, cli):
+    import json
+
+    from fairaudit.pipeline.audit import audit
+
+    result = audit(
+        RunConfig.model_validate(
+            {
+                "model": str(llama_folder),
+                "suites": ["race"],
+                "store": str(tmp_path / "store"),
+                "report": False,
+                "probe": {"plugin": "activations", "params": {"progress": False}},
+                "pruning": None,
+                "evaluators": ["output_bias"],
+                "diagnose_top": 0,
+                "policy": "default",
+            }
+        )
+    )
+    path = Store(tmp_path / "store").run_path(result.run_id)
+    record = json.loads(path.read_text())
+    record["policy"]["definition"]["rules"][0]["abs_at_most"] = 100.0
+    path.write_text(json.dumps(record))
+    refused = cli("check", tmp_path / "store", "--run", result.run_id)
+    assert refused.exit_code == 2 and "no longer matches the sha256 recorded" in refused.output
+    record["policy"]["definition"] = {"policy": "x"}
+    path.write_text(json.dumps(record))
+    refused = cli("check", tmp_path / "store", "--run", result.run_id)
+    assert refused.exit_code == 2 and "not a valid policy" in refused.output and "Traceback" not in refused.output

@@ -48,7 +48,7 @@ def verdict_table(verdicts: list[Verdict]) -> list[str]:
 
 def bias_section(store: Store, run_id: str, policy: Policy | None = None) -> str:
     """The Markdown section, ready to paste into a model's README.md."""
-    record = store.read_run(run_id)
+    record = store.verify(run_id)
     policy = policy or stored_policy(record)
     model = record.get("model", {})
     lines = [

@@ -343,7 +343,7 @@ def _nan(value: Any) -> float:
 
 def evaluate_policy(policy: Policy, store: Store, run_id: str) -> list[Verdict]:
     """Every rule's verdict for every axis and model the run measured, read from the store."""
-    record = store.read_run(run_id)
+    record = store.verify(run_id)  # every table file as the run wrote it
     if record.get("kind", "audit") not in ("audit", "evaluate"):
         raise StoreError(
             f"run {run_id} is a {record.get('kind')} run; a policy is checked on an audit or evaluate run."
@@ -480,9 +480,27 @@ def policy_record(policy: Policy, source: str | Path) -> dict[str, Any]:
 
 
 def stored_policy(record: dict[str, Any]) -> Policy | None:
-    """The policy a run was audited against, from its record (None when it had none)."""
+    """The policy a run was audited against, from its record (None when it had none), refused
+    when it is not a valid policy or no longer matches the sha256 recorded with it."""
+    from pydantic import ValidationError
+
     entry = record.get("policy")
-    return Policy.model_validate(entry["definition"]) if entry else None
+    if not entry:
+        return None
+    run = record.get("run_id", "?")
+    try:
+        policy = Policy.model_validate(entry["definition"])
+    except (ValidationError, KeyError, TypeError):
+        raise StoreError(
+            f"run {run}: the policy stored in its record is not a valid policy (the record was edited, or "
+            f"written by another version); name a policy with --policy."
+        ) from None
+    if policy.sha256() != entry.get("sha256"):
+        raise StoreError(
+            f"run {run}: the policy stored in its record no longer matches the sha256 recorded when the run "
+            f"was audited (it was edited after the run); name a policy file you trust with --policy."
+        )
+    return policy
 
 
 def check_config(policy: Policy, axes: list[str], evaluators: list[str], prunes: bool, where: str) -> None:

@@ -64,7 +64,7 @@ def bundle_files(store: Store, run_id: str, policy: Policy | None = None) -> dic
     """The files of a run's bundle (manifest included), by path."""
     from fairaudit.reporting.report import render_report_text, report_data
 
-    record = store.read_run(run_id)
+    record = store.verify(run_id)
     if record.get("kind", "audit") != "audit" or record.get("status") != "complete":
         raise StoreError(
             f"run {run_id} is not a complete audit run (kind {record.get('kind', 'audit')}, status "

@@ -30,7 +30,7 @@ from fairaudit.store import Store, safe_name
 def report_data(store: Store, run_id: str, compare_run: str | None = None, policy: Any = None) -> dict[str, Any]:
     """Everything the report shows, read from the store. `policy` (a `fairaudit.compliance.policy.Policy`)
     adds the verdict table; without it, the policy the run was audited against, if any."""
-    record = store.read_run(run_id)
+    record = store.verify(run_id)
     if record.get("kind", "audit") != "audit":
         raise StoreError(f"run {run_id} is a {record.get('kind')} run; the report is made from an audit run.")
     model_id = record["model_id"]
