@@ -555,3 +555,91 @@ def test_check_never_passes_without_a_verdict_per_audited_axis_and_must_rule(tmp
                 assert set(audited if rule.axes == "all" else rule.axes) <= own, (rule, own)
 
     check()
+
+
+def _forged(bundle: Path, out: Path, edit) -> Path:
+    """A copy of a bundle rebuilt member by member, with `edit(archive, name, data)` choosing what
+    goes in for each member (it writes to `archive` itself)."""
+    import warnings
+
+    source = zipfile.ZipFile(bundle)
+    with warnings.catch_warnings(), zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        warnings.simplefilter("ignore")  # a duplicate name is the point of one forgery
+        for info in source.infolist():
+            edit(archive, info.filename, source.read(info))
+    return out
+
+
+def test_a_forged_bundle_never_verifies(audited, tmp_path, cli):
+    """Duplicate names, escaping paths, symlinks, unlisted members, an empty manifest, encryption,
+    another compression, a zip bomb and control characters in a name: each is refused."""
+    root, result = audited
+    bundle, _ = write_bundle(Store(root / "store"), result.run_id, tmp_path / "audit.zip")
+    assert verify_bundle(bundle).ok
+
+    def same(archive, name, data):
+        archive.writestr(name, data)
+
+    def twice(archive, name, data):  # the verifier would hash one copy, `unzip` extract the other
+        archive.writestr(name, data)
+        if name == "report.html":
+            archive.writestr(name, b"<html>a forged report</html>")
+
+    def extra(member, payload=b"x", kind=None, method=zipfile.ZIP_DEFLATED):
+        def edit(archive, name, data):
+            archive.writestr(name, data)
+            if name == MANIFEST_NAME:
+                info = zipfile.ZipInfo(member)
+                info.compress_type = method
+                if kind is not None:
+                    info.external_attr = (kind | 0o777) << 16
+                archive.writestr(info, payload)
+
+        return edit
+
+    def empty_manifest(archive, name, data):
+        if name == MANIFEST_NAME:
+            manifest = json.loads(data)
+            data = (json.dumps({**manifest, "files": {}}, indent=2, sort_keys=True) + "\n").encode()
+        archive.writestr(name, data)
+
+    import stat
+
+    MANIFEST_NAME = "manifest.json"
+    forgeries = {
+        "appears 2 times": twice,
+        "not a plain relative path": extra("../x"),
+        "not part of a bundle: its name is not": extra("/abs"),
+        "not a regular file": extra("tables/link", b"/etc/passwd", kind=stat.S_IFLNK),
+        "in the bundle but not in the manifest": extra("notes.txt"),
+        "it lists no file": empty_manifest,
+        "it is encrypted": extra("secret.bin"),
+        "compression method 12": extra("other.bin", method=zipfile.ZIP_BZIP2),
+        "\\x1b[2K\\x0dok: 999 files": extra("ok\x1b[2K\rok: 999 files checked"),  # printed escaped, never raw
+    }
+    for expected, edit in forgeries.items():
+        forged = _forged(bundle, tmp_path / "forged.zip", edit)
+        if expected == "it is encrypted":  # zipfile writes no encrypted member: set the flag in the central directory
+            data = bytearray(forged.read_bytes())
+            header = data.rindex(b"secret.bin") - 46
+            assert data[header : header + 4] == b"PK\x01\x02"
+            data[header + 8] |= 0x1
+            forged.write_bytes(bytes(data))
+        verification = verify_bundle(forged)
+        assert not verification.ok and any(expected in problem for problem in verification.problems), (
+            expected,
+            verification.problems,
+        )
+        shown = cli("verify", forged)
+        assert shown.exit_code == 1 and "\x1b" not in shown.output, shown.output
+        forged.unlink()
+    assert verify_bundle(_forged(bundle, tmp_path / "copy.zip", same)).ok  # the rebuilding itself changes nothing
+
+
+def test_a_zip_bomb_is_refused_before_it_is_read(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", b"{}")
+        archive.writestr("tables/zeros.parquet", bytes(40 << 20))  # 40 MiB of zeros deflate to about 40 KiB
+    with pytest.raises(ConfigError, match="declares .* bytes once expanded"):
+        verify_bundle(bomb)

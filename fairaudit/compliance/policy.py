@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator, model_validator
 
+from fairaudit.compliance.sources import METRICS
 from fairaudit.errors import ConfigError, StoreError
 from fairaudit.resources import policies_dir
 from fairaudit.store import Store
@@ -46,85 +47,6 @@ Role = Literal["original", "pruned"]
 ROLES: tuple[Role, ...] = ("original", "pruned")
 ROLE_OF_STORED = {"before": "original", "after": "pruned"}  # the evaluation tables' role column
 VERDICTS = ("pass", "fail", "inconclusive", "too few items", "not measured")
-
-
-@dataclass(frozen=True)
-class MetricSource:
-    """Where a policy metric lives in the store.
-
-    `kind` "level": a measurement of one model (`evaluations` table, per role);
-    "change": a paired before/after comparison (`comparisons` table), so it exists for the
-    pruned model only; `field` is "change" (absolute) or "relative_change";
-    `transform` "exp_minus_one" maps a change of mean NLL to the relative change of perplexity."""
-
-    evaluator: str
-    metric: str
-    kind: Literal["level", "change"]
-    description: str
-    field: str = "change"
-    transform: str = ""
-    per_axis: bool = True  # False: one value for the model (axis "")
-
-
-METRICS: dict[str, MetricSource] = {
-    "stereotype_preference": MetricSource(
-        "output_bias",
-        "stereotype_preference",
-        "level",
-        "mean over pairs of [log p(negative | a) - log p(negative | b)] - [same for the neutral continuation], nats; 0 = no preference",
-    ),
-    "pct_stereotype": MetricSource(
-        "output_bias",
-        "pct_stereotype",
-        "level",
-        "CrowS-Pairs: share of sentence pairs where the more stereotyping sentence is more likely; 0.5 = ideal",
-    ),
-    "stereoset_ss": MetricSource(
-        "output_bias",
-        "stereoset_ss",
-        "level",
-        "StereoSet stereotype score: share of items where the stereotype beats the anti-stereotype; 0.5 = ideal",
-    ),
-    "bias_index": MetricSource(
-        "bias_reprobe", "bias_index", "level", "activation-divergence bias index on the probe templates"
-    ),
-    "bias_index_heldout": MetricSource(
-        "bias_reprobe", "bias_index_heldout", "level", "activation-divergence bias index on the held-out templates"
-    ),
-    "bias_index_heldout_change": MetricSource(
-        "bias_reprobe",
-        "bias_index_heldout",
-        "change",
-        "relative change of the held-out bias index, pruned vs original",
-        field="relative_change",
-    ),
-    "stereotype_preference_change": MetricSource(
-        "output_bias",
-        "stereotype_preference",
-        "change",
-        "change of the output-level preference, pruned minus original (nats)",
-    ),
-    "perplexity_change": MetricSource(
-        "perplexity",
-        "nll_per_token_bundled",
-        "change",
-        "relative change of perplexity on the bundled corpus, exp(change of mean NLL per token) - 1",
-        transform="exp_minus_one",
-        per_axis=False,
-    ),
-    "fact_accuracy": MetricSource(
-        "facts", "fact_accuracy", "level", "factual-control accuracy (share of facts answered right)", per_axis=False
-    ),
-    "fact_accuracy_change": MetricSource(
-        "facts", "fact_accuracy", "change", "change of factual-control accuracy, pruned minus original", per_axis=False
-    ),
-    "task_accuracy": MetricSource(
-        "lm_eval", "acc", "level", "lm-evaluation-harness accuracy per task (axes are task names)"
-    ),
-    "task_accuracy_change": MetricSource(
-        "lm_eval", "acc", "change", "change of lm-evaluation-harness accuracy per task, pruned minus original"
-    ),
-}
 
 
 class Rule(BaseModel):

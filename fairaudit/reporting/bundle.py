@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ MANIFEST = "manifest.json"
 FORMAT = "fairaudit-bundle/1"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 MAX_MEMBERS = 100_000
-MAX_MEMBER_BYTES = 2 << 30  # a bundle holds tables of one run, not models
+MAX_TOTAL_BYTES = 2 << 30  # a bundle holds tables of one run, not models
+MAX_RATIO = 200  # expanded / zipped: JSON and Parquet compress far less than this
 
 
 def _canonical(document: dict[str, Any]) -> bytes:
@@ -149,25 +151,64 @@ class Verification:
         return not self.problems
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    if info.file_size > MAX_MEMBER_BYTES:
+def _shown(name: str) -> str:
+    """A member name as it may be printed: control characters escaped (no fake terminal lines)."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in name)
+
+
+def _layout_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a member cannot be part of a bundle (None when it can): a bundle holds regular files
+    only, under relative names without `..`, stored or deflated, unencrypted."""
+    name = info.filename
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\\" in name or ":" in parts[0] or any(p in ("", ".", "..") for p in parts):
+        return "its name is not a plain relative path (absolute, '..', empty or backslash components)"
+    if any(not ch.isprintable() for ch in name):
+        return "its name holds control characters"
+    kind = (info.external_attr >> 16) & 0o170000
+    if info.is_dir() or kind not in (0, stat.S_IFREG):
+        return "it is not a regular file (a folder, a symlink or a device)"
+    if info.flag_bits & 0x1:
+        return "it is encrypted"
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        return f"it uses compression method {info.compress_type}, not stored or deflated"
+    return None
+
+
+def _check_sizes(path: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse, before reading anything, a zip that would expand past the bounds of a bundle."""
+    if len(members) > MAX_MEMBERS:
+        raise ConfigError(f"bundle {path} has {len(members):,} members; a bundle has at most {MAX_MEMBERS:,}.")
+    total = sum(info.file_size for info in members)
+    packed = sum(info.compress_size for info in members)
+    if total > MAX_TOTAL_BYTES or total > MAX_RATIO * max(packed, 1 << 16):
         raise ConfigError(
-            f"bundle member {info.filename} declares {info.file_size:,} bytes; a bundle member is at most "
-            f"{MAX_MEMBER_BYTES:,}. This is not a fairaudit bundle."
+            f"bundle {path} declares {total:,} bytes once expanded from {packed:,} (at most "
+            f"{MAX_TOTAL_BYTES:,}, and {MAX_RATIO} times the zip); this is not a fairaudit bundle."
         )
-    digest_source = archive.open(info)
-    chunks, total = [], 0
-    for chunk in iter(lambda: digest_source.read(1 << 20), b""):
-        total += len(chunk)
-        if total > MAX_MEMBER_BYTES:
-            raise ConfigError(f"bundle member {info.filename} expands past {MAX_MEMBER_BYTES:,} bytes; refusing it.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+
+def _member_digest(archive: zipfile.ZipFile, info: zipfile.ZipInfo, keep: bool) -> tuple[str, bytes]:
+    """The sha256 of a member, read in blocks and never past its declared size; its bytes only
+    when `keep` (the manifest and the run record)."""
+    digest, kept, total = hashlib.sha256(), [], 0
+    with archive.open(info) as source:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            total += len(chunk)
+            if total > info.file_size:
+                raise ValueError(f"expands past its declared {info.file_size:,} bytes")
+            digest.update(chunk)
+            if keep:
+                kept.append(chunk)
+    return digest.hexdigest(), b"".join(kept)
 
 
 def verify_bundle(path: str | Path, model: Any = None, expect_manifest: str | None = None) -> Verification:
     """Recompute every hash of a bundle (and the weights hash when `model` is given: a model id,
-    folder or ModelSpec); say exactly what differs. Nothing is extracted to disk."""
+    folder or ModelSpec); say exactly what differs. Nothing is extracted to disk, and members are
+    hashed in blocks, after the zip's declared sizes are checked against the bounds of a bundle.
+    The layout is fixed: unique names, relative paths, regular files, every member listed in the
+    manifest and every listed file present."""
     path = Path(path)
     result = Verification()
     if not path.is_file():
@@ -178,43 +219,51 @@ def verify_bundle(path: str | Path, model: Any = None, expect_manifest: str | No
         raise ConfigError(
             f"{path} is not a readable zip file ({exc}); a bundle is written by 'fairaudit bundle'."
         ) from None
+    digests: dict[str, str] = {}
+    contents: dict[str, bytes] = {}
     with archive:
         members = archive.infolist()
-        if len(members) > MAX_MEMBERS:
-            raise ConfigError(f"bundle {path} has {len(members):,} members; a bundle has at most {MAX_MEMBERS:,}.")
+        _check_sizes(path, members)
         names = [info.filename for info in members]
+        for name in sorted({name for name in names if names.count(name) > 1}):
+            result.problems.append(
+                f"{_shown(name)}: appears {names.count(name)} times in the zip (a bundle names each file once)"
+            )
         if MANIFEST not in names:
             raise ConfigError(f"bundle {path} has no {MANIFEST}; it was not written by 'fairaudit bundle'.")
-        contents: dict[str, bytes] = {}
         for info in members:
+            problem = _layout_problem(info)
+            if problem:
+                result.problems.append(f"{_shown(info.filename)}: not part of a bundle: {problem}")
+                continue
             try:
-                contents[info.filename] = _read_member(archive, info)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:  # a corrupt member (CRC, truncation)
-                result.problems.append(f"{info.filename}: cannot be read from the zip ({exc})")
+                digests[info.filename], data = _member_digest(archive, info, info.filename in (MANIFEST, "run.json"))
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
+                result.problems.append(f"{_shown(info.filename)}: cannot be read from the zip ({exc})")
+                continue
+            if data:
+                contents[info.filename] = data
     raw_manifest = contents.get(MANIFEST, b"")
     result.manifest_sha256 = _sha256(raw_manifest)
-    try:
-        manifest = json.loads(raw_manifest)
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-            raise ValueError("no 'files' mapping")
-    except ValueError as exc:
-        result.problems.append(f"{MANIFEST}: not a fairaudit manifest ({exc})")
+    problem = _manifest_problem(raw_manifest)
+    if problem:
+        result.problems.append(f"{MANIFEST}: not a fairaudit manifest ({problem})")
         return result
+    manifest = json.loads(raw_manifest)
     result.manifest = manifest
     if _canonical(manifest) != raw_manifest:
         result.problems.append(f"{MANIFEST}: was edited (its bytes are not the canonical form fairaudit writes)")
     if expect_manifest and expect_manifest.lower() != result.manifest_sha256:
         result.problems.append(f"{MANIFEST}: sha256 is {result.manifest_sha256}, expected {expect_manifest.lower()}")
     for name, expected in sorted(manifest["files"].items()):
-        if name not in contents:
-            result.problems.append(f"{name}: listed in the manifest but missing from the bundle")
+        if name not in digests:
+            result.problems.append(f"{_shown(name)}: listed in the manifest but missing from the bundle")
             continue
         result.checked += 1
-        actual = _sha256(contents[name])
-        if actual != expected:
-            result.problems.append(f"{name}: sha256 {actual} differs from the manifest's {expected}")
-    for name in sorted(set(contents) - set(manifest["files"]) - {MANIFEST}):
-        result.problems.append(f"{name}: in the bundle but not in the manifest")
+        if digests[name] != expected:
+            result.problems.append(f"{_shown(name)}: sha256 {digests[name]} differs from the manifest's {expected}")
+    for name in sorted(set(names) - set(manifest["files"]) - {MANIFEST}):
+        result.problems.append(f"{_shown(name)}: in the bundle but not in the manifest")
     try:
         recorded = json.loads(contents.get("run.json", b"{}")).get("model", {}).get("weights_hash")
     except ValueError:
@@ -233,3 +282,23 @@ def verify_bundle(path: str | Path, model: Any = None, expect_manifest: str | No
                 f"audited weights' {manifest.get('weights_hash')}"
             )
     return result
+
+
+def _manifest_problem(raw: bytes) -> str | None:
+    """What is wrong with a manifest's format (None when nothing): fairaudit's format, a non-empty
+    mapping of relative names to sha256 digests."""
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return f"its format is not {FORMAT}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return "it lists no file"
+    for name, digest in files.items():
+        if not isinstance(digest, str) or len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+            return f"'{_shown(str(name))}' has no sha256 digest"
+        if _layout_problem(zipfile.ZipInfo(name)) is not None or name == MANIFEST:
+            return f"'{_shown(str(name))}' is not a plain relative file name"
+    return None
