@@ -4,6 +4,7 @@ the same numbers either way, and a grid report."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import signal
@@ -40,16 +41,18 @@ grid:
 
 
 def _numbers(store: Store) -> dict[tuple, float]:
-    """Every stored number of every audit run, keyed by run, table and row."""
+    """Every stored number of every audit run, keyed by its cell's grid values (a cell's run id
+    also hashes its store), table and row."""
     numbers = {}
     for run in store.runs():
         if run.get("kind") != "audit":
             continue
+        cell = json.dumps(run["sweep"]["values"], sort_keys=True, default=str)
         for table in ("axis_summary", "neuron_scores", "evaluations"):
             for index, row in enumerate(store.read(table, run_id=run["run_id"]).to_pylist()):
                 for key, value in row.items():
                     if isinstance(value, float) and not math.isnan(value):
-                        numbers[(run["run_id"], table, index, key)] = value
+                        numbers[(cell, table, index, key)] = value
     return numbers
 
 
@@ -192,3 +195,28 @@ def _fresh(path: Path) -> Path:
     fresh = path.with_name("fresh.yaml")
     fresh.write_text(path.read_text().replace(f"store: {path.parent / 'local'}", f"store: {path.parent / 'fresh'}"))
     return fresh
+
+
+def test_a_changed_base_makes_new_cells_and_paths_are_relative_to_their_file(model_folder, tmp_path, monkeypatch):
+    """Rerun after its base changed outside the grid, a sweep runs new cells (a cell is its whole
+    config) instead of reporting the old ones; `store` and the base's paths are read relative to
+    the file that names them, whatever the current folder."""
+    sweeps, bases = tmp_path / "sweeps", tmp_path / "bases"
+    sweeps.mkdir()
+    bases.mkdir()
+    (bases / "m").symlink_to(model_folder("llama"))
+    (bases / "audit.yaml").write_text(
+        "model: m\nsuites: [race]\npruning: null\nevaluators: []\nreport: false\n"
+        "probe: {plugin: activations, params: {progress: false}}\ndiagnose_top: 0\n"
+    )
+    path = sweeps / "s.yaml"
+    path.write_text("sweep: s\nbase: ../bases/audit.yaml\nstore: out/store\ngrid:\n  seed: [0]\n")
+    monkeypatch.chdir(tmp_path)  # neither the sweep's folder nor the base's
+    first = run_sweep(path)
+    assert [o.status for o in first.outcomes] == ["complete"] and first.store == (sweeps / "out" / "store").resolve()
+    assert [o.status for o in run_sweep(path).outcomes] == ["skipped"]
+    (bases / "audit.yaml").write_text((bases / "audit.yaml").read_text().replace("suites: [race]", "suites: [gender]"))
+    second = run_sweep(path)
+    assert [o.status for o in second.outcomes] == ["complete"] and second.cells[0].run_id != first.cells[0].run_id
+    record = Store(second.store).read_run(second.cells[0].run_id)
+    assert list(record["suites"]) == ["gender"]

@@ -13,9 +13,12 @@ grid:                                # dotted paths into the run config -> the v
 resources: {num_cpus: 1}             # per cell, for Ray (num_gpus defaults to 1 on a cuda device)
 ```
 
-Each cell is one audit run whose id is derived from the sweep id and the cell's values, so
-a rerun of the same sweep finds the cells that are complete in the store and skips them,
-and resumes the ones a killed sweep left unfinished. A cell that fails is recorded in the
+Each cell is one audit run whose id is derived from the sweep id and the cell's whole config
+(the base's included), so a rerun of the same sweep finds the cells that are complete in the
+store and skips them, and resumes the ones a killed sweep left unfinished; a cell whose config
+changed (a base edited, a suite added) is a new cell, run anew. Paths are relative to the file
+that names them: the base's to the base file, the sweep's (`store`, `config`, grid values) to
+the sweep file. A cell that fails is recorded in the
 store with its error; the other cells still run.
 """
 
@@ -130,26 +133,31 @@ def _set(document: dict[str, Any], dotted: str, value: Any) -> None:
         target[keys[-1]] = value
 
 
-def _absolute(name: Any) -> Any:
-    """A path-looking string made absolute (a built-in name such as `race` stays as it is)."""
-    if isinstance(name, str) and (Path(name).suffix in (".yaml", ".yml") or Path(name).exists()):
-        return str(Path(name).resolve())
+def _absolute(name: Any, folder: Path) -> Any:
+    """A path-looking string made absolute, relative to `folder` (the folder of the file that
+    names it); a built-in name such as `race` or a hub id stays as it is."""
+    if not isinstance(name, str):
+        return name
+    candidate = Path(name) if Path(name).is_absolute() else folder / name
+    if Path(name).suffix in (".yaml", ".yml", ".gguf") or candidate.exists():
+        return str(candidate.resolve())
     return name
 
 
-def _absolute_paths(document: dict[str, Any]) -> dict[str, Any]:
-    """Paths the run config names, made absolute so that a Ray worker finds them wherever it starts."""
+def _absolute_paths(document: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Paths a run config names, made absolute relative to the file that names them (so that a
+    Ray worker finds them wherever it starts, and a sweep means the same from any folder)."""
     if isinstance(document.get("model"), str):
         document["model"] = {"id": document["model"]}
     if isinstance(document.get("model"), dict):
-        document["model"]["id"] = _absolute(document["model"].get("id"))
+        document["model"]["id"] = _absolute(document["model"].get("id"), folder)
     if isinstance(document.get("suites"), list):
-        document["suites"] = [_absolute(name) for name in document["suites"]]
+        document["suites"] = [_absolute(name, folder) for name in document["suites"]]
     for key in ("store", "policy"):
         if isinstance(document.get(key), str) and (key == "store" or document[key].endswith((".yaml", ".yml"))):
-            document[key] = str(Path(document[key]).resolve())
+            document[key] = str((folder / document[key]).resolve())
     if isinstance(document.get("pruning"), dict) and isinstance(document["pruning"].get("out"), str):
-        document["pruning"]["out"] = str(Path(document["pruning"]["out"]).resolve())
+        document["pruning"]["out"] = str((folder / document["pruning"]["out"]).resolve())
     return document
 
 
@@ -163,10 +171,11 @@ def load_sweep(path: str | Path, granted: set[str] | frozenset[str] = frozenset(
         base_document = read_yaml(base_path, ConfigError, "run config")
         if not isinstance(base_document.data, dict):
             raise ConfigError(f"run config file {base_path} (the sweep's base): expected a mapping.")
-        base = base_document.data
-    base = {**base, **sweep.config}
+        base = _absolute_paths(dict(base_document.data), base_path.parent)  # relative to the base file
+    folder = Path(path).parent
+    base = {**base, **_absolute_paths(dict(sweep.config), folder)}
     if sweep.store:
-        base["store"] = sweep.store
+        base["store"] = str((folder / sweep.store).resolve())
     keys = list(sweep.grid)
     cells = []
     for combination in itertools.product(*(sweep.grid[key] for key in keys)):
@@ -175,15 +184,16 @@ def load_sweep(path: str | Path, granted: set[str] | frozenset[str] = frozenset(
         for key, value in values.items():
             _set(config_document, key, value)
         try:
-            config = RunConfig.model_validate(_absolute_paths(config_document))
+            config = RunConfig.model_validate(_absolute_paths(config_document, folder))
         except ValidationError as exc:
             problem = "; ".join(f"'{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors()[:3])
             raise ConfigError(
                 f"sweep file {document.path}: the cell {values} is not a valid run config: {problem}."
             ) from None
+        # a cell is its whole config: a changed base makes new cells (a rerun never reports old suites)
+        digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:10]
         config = config.with_trust(granted, f"sweep file {document.path}, cell {values}")
         config.check_plugins(source=f"sweep file {document.path}, cell {values}")
-        digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
         cells.append(Cell(run_id=f"{sweep.sweep}-{digest}", values=values, config=config))
     stores = {cell.config.store for cell in cells}
     if len(stores) != 1:
