@@ -105,3 +105,16 @@ def test_a_device_torch_cannot_name_or_this_machine_lacks_exits_2_before_loading
             done = cli(command[0], "--model", llama_folder, *command[1:], "--device", device)
             assert done.exit_code == 2 and f"error: device '{device}'" in done.stderr, (device, done.output)
     assert not (tmp_path / "store").exists(), "nothing is written before the model loads"
+
+
+def test_nan_time_limits_and_non_positive_counts_are_refused(cli, llama_folder, tmp_path):
+    refused = cli("evaluate", "--model", llama_folder, "--time-limit", "nan", "--store", tmp_path / "s")
+    assert refused.exit_code == 2 and "NaN is not a number of seconds" in refused.output
+    refused = cli("diagnose", "--model", llama_folder, "--suite", "race", "--top", "-1", "--out", tmp_path / "d")
+    assert refused.exit_code == 2 and "--top" in refused.output
+
+
+def test_an_infinite_time_limit_means_none():
+    from fairaudit.pipeline.evaluation import _with_time_limit
+
+    assert _with_time_limit(lambda: 7, float("inf")) == 7

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fairaudit.analysis.corpus import corpus_chunks
 from fairaudit.analysis.matching import (
     align_depth,
-    corpus_chunks,
     match_neurons,
     matched_overlap,
     overlaps_through_matching,
@@ -224,3 +224,17 @@ def test_the_report_shows_the_matched_comparison(planted, cli, tmp_path):
     assert f"match run {match['run_id']}" in html
     for row in store.rows("matched_overlap", run_id=match["run_id"]):
         assert f'data-metric="matched_overlap" data-axis="{row["name"]}" data-value="{row["overlap"]}"' in html
+
+
+def test_a_corpus_too_small_or_not_running_text_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """A 3-word corpus, or one 'word' of a megabyte: refused with a clear error, no model loaded."""
+    import fairaudit.analysis.matching as matching
+    from fairaudit.errors import FairauditError
+
+    monkeypatch.setattr(matching, "_audited_model", lambda *a: pytest.fail("a model was loaded"))
+    store = Store(tmp_path / "store")
+    (tmp_path / "short.txt").write_text("three words only")
+    (tmp_path / "long.txt").write_text("x" * (1 << 20) + " and then" + " word" * 100)
+    for corpus, message in (("short.txt", "has 3 word"), ("long.txt", "longer than 64 characters")):
+        with pytest.raises(FairauditError, match=message):
+            matching.compare_models(store, None, None, tmp_path / corpus, 0.05)

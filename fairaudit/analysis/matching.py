@@ -36,12 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from fairaudit.analysis.corpus import check_context, matching_chunks
 from fairaudit.errors import FairauditError
 from fairaudit.inputs.model import LoadedModel
 from fairaudit.lazy import torch
 from fairaudit.measurement.capture import token_states
-
-WORDS_PER_CHUNK = 120  # words per forward pass: short enough for any model's context
 
 
 @dataclass
@@ -73,12 +72,6 @@ class Matching:
                     }
                 )
         return out
-
-
-def corpus_chunks(text: str, words_per_chunk: int = WORDS_PER_CHUNK, max_words: int | None = None) -> list[str]:
-    """The corpus as chunks of whole words (a chunk keeps its original spacing within a line)."""
-    words = re.findall(r"\S+", text)[:max_words]
-    return [" ".join(words[start : start + words_per_chunk]) for start in range(0, len(words), words_per_chunk)]
 
 
 def word_activations(loaded: LoadedModel, chunks: list[str]) -> list[np.ndarray]:
@@ -232,19 +225,6 @@ def matched_overlap(
     )
 
 
-def read_corpus(path: str | Path | None) -> str:
-    """The matching corpus: a UTF-8 text file, or the corpus bundled with fairaudit."""
-    from fairaudit.resources import corpus_path
-    from fairaudit.yamlio import read_capped
-
-    path = Path(path) if path else corpus_path()
-    raw = read_capped(path, 50 << 20, FairauditError, "corpus")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FairauditError(f"corpus file {path} is not UTF-8 (byte {exc.start}).") from None
-
-
 def _axes_masks(by_axis: dict[str, np.ndarray], top: float) -> dict[str, np.ndarray]:
     from fairaudit.analysis.overlap import top_k
 
@@ -371,11 +351,10 @@ def compare_models(
 
     import pyarrow as pa
 
+    chunks = matching_chunks(corpus, max_words)  # checked before any model loads
     loaded = [_audited_model(store, scores, granted) for scores in (scores_a, scores_b)]
-    text = read_corpus(None if corpus in (None, "bundled") else corpus)
-    chunks = corpus_chunks(text, max_words=max_words)
-    if not chunks:
-        raise FairauditError("the matching corpus has no words.")
+    for model in loaded:
+        check_context(model, chunks)
     with store.recording(
         "match",
         model_id=scores_a.model,

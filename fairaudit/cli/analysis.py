@@ -18,7 +18,9 @@ from fairaudit.cli.output import dumps, number, print_table
 @click.option(
     "--pair", "pair_ids", multiple=True, metavar="TEMPLATE_ID:GROUP_A:GROUP_B", help="pair to diagnose; repeat"
 )
-@click.option("--top", type=int, default=3, show_default=True, help="without --pair: the K most divergent pairs")
+@click.option(
+    "--top", type=click.IntRange(min=1), default=3, show_default=True, help="without --pair: the K most divergent pairs"
+)
 @click.option("--layer", type=int, default=None, help="layer of the PCA view (default: where MLP divergence peaks)")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--png", is_flag=True, help="also write PNG files (renders the SVG with Debian's chromium)")

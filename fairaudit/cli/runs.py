@@ -125,9 +125,10 @@ def audit_command(config_file, resume_run, store, policy, device, dtype, quiet, 
 @click.option(
     "--time-limit",
     type=click.FloatRange(min=0, min_open=True),
+    callback=lambda ctx, param, value: _a_number(value, "--time-limit"),
     default=3600.0,
     show_default=True,
-    help="seconds per evaluator run",
+    help="seconds per evaluator run (inf: no limit)",
 )
 @click.option(
     "--one-at-a-time",
@@ -267,3 +268,12 @@ def store_ls(store: Path, as_json: bool) -> None:
         ],
         ["run_id", "status", "model", "axes", "started"],
     )
+
+
+def _a_number(value: float, flag: str) -> float:
+    """`value`, refused when it is NaN (which every range check lets through); inf means no limit."""
+    if value != value:
+        raise click.BadParameter(
+            "NaN is not a number of seconds; give a positive number, or inf for no limit", param_hint=flag
+        )
+    return value
