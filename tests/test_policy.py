@@ -643,3 +643,23 @@ def test_a_zip_bomb_is_refused_before_it_is_read(tmp_path):
         archive.writestr("tables/zeros.parquet", bytes(40 << 20))  # 40 MiB of zeros deflate to about 40 KiB
     with pytest.raises(ConfigError, match="declares .* bytes once expanded"):
         verify_bundle(bomb)
+
+
+def test_names_reach_neither_the_terminal_raw_nor_out_of_a_markdown_code_span(audited, tmp_path, cli):
+    """A policy named with ESC, BEL, a newline and backticks: `check` prints it escaped, and the
+    model card keeps it inside one code span (no live HTML, no fake terminal line)."""
+    from fairaudit.escaping import markdown_code
+
+    root, result = audited
+    hostile = "evil\x1b[2K\r\x07\nok: PASS` <img src=x onerror=alert(1)> `"
+    policy = tmp_path / "hostile.yaml"
+    policy.write_text(
+        f"policy: {json.dumps(hostile)}\nrules:\n  - id: b\n    metric: stereotype_preference\n    abs_at_most: 100\n"
+    )
+    checked = cli("check", root / "store", "--run", result.run_id, "--policy", policy)
+    card = cli("card", root / "store", "--run", result.run_id, "--policy", policy)
+    for output in (checked.output, card.output):
+        assert not any(ch in output for ch in "\x1b\x07\r"), repr(output)
+    assert markdown_code(hostile) in card.output and "\nok: PASS" not in card.output
+    fence = markdown_code(hostile).split("evil")[0].strip()
+    assert len(fence) > max(len(run) for run in re.findall(r"`+", hostile))

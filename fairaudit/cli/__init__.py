@@ -25,6 +25,7 @@ import click
 
 from fairaudit.cli import analysis, compliance, prune, runs, suites
 from fairaudit.errors import FairauditError
+from fairaudit.escaping import for_terminal
 
 
 class Terminated(KeyboardInterrupt):
@@ -107,7 +108,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FairauditError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {for_terminal(exc)}", err=True)
             sys.exit(2)
         except KeyboardInterrupt as exc:
             run_id = getattr(exc, "run_id", None)

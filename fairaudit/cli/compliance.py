@@ -10,6 +10,7 @@ import click
 
 from fairaudit.cli.options import latest_audit, open_store, policy_for
 from fairaudit.cli.output import dumps, exit_on_verdicts, print_table, print_verdicts
+from fairaudit.escaping import for_terminal
 
 
 @click.command("report")
@@ -100,7 +101,7 @@ def check_command(store, policy_name, run_id, baseline_run, gate, as_json) -> No
             )
         )
         exit_on_verdicts(verdicts, gate, quiet=True)
-    click.echo(f"run {run_id} against policy {policy.policy} (sha256 {policy.sha256()[:16]})")
+    click.echo(f"run {run_id} against policy {for_terminal(policy.policy)} (sha256 {policy.sha256()[:16]})")
     if changes is not None:
         click.echo(f"\nverdicts now vs run {baseline_run} (regressions first):")
         print_table(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from fairaudit.escaping import for_terminal
 from fairaudit.yamlio import strict_json as dumps
 
 if TYPE_CHECKING:
@@ -23,9 +24,11 @@ def number(value: float | None, digits: int = 4) -> str:
 
 
 def print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, ["-" * width for width in widths], *rows]:
-        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    """A plain-text table; every cell with control characters escaped (names come from files)."""
+    shown = [[for_terminal(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(header))]
+    for row in [shown[0], ["-" * width for width in widths], *shown[1:]]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
 
 
 def summary_rows(summaries: dict[str, dict[str, float]]) -> list[list[str]]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import fairaudit
 from fairaudit.compliance.policy import Policy, Verdict, evaluate_policy, stored_policy
+from fairaudit.escaping import for_terminal, markdown_code, markdown_text
 from fairaudit.store import Store
 
 LIMITATIONS = (
@@ -40,8 +41,8 @@ def verdict_table(verdicts: list[Verdict]) -> list[str]:
     ]
     for v in verdicts:
         lines.append(
-            f"| {v.rule} | {v.severity} | {v.model} | {v.axis} | **{v.verdict}** | {_interval(v.value, v.low, v.high)} | "
-            f"{v.items} | `{v.threshold}` |"
+            f"| {v.rule} | {v.severity} | {v.model} | {markdown_text(v.axis)} | **{v.verdict}** | "
+            f"{_interval(v.value, v.low, v.high)} | {v.items} | {markdown_code(v.threshold)} |"
         )
     return lines
 
@@ -54,9 +55,10 @@ def bias_section(store: Store, run_id: str, policy: Policy | None = None) -> str
     lines = [
         "## Bias, Risks, and Limitations",
         "",
-        f"Audited with fairaudit {record.get('environment', {}).get('fairaudit', fairaudit.__version__)}, run `{run_id}` "
-        f"({record.get('started', '?')}), on `{model.get('source', record.get('model_id'))}` "
-        f"(weights hash `{model.get('weights_hash', '?')}`).",
+        f"Audited with fairaudit {markdown_text(record.get('environment', {}).get('fairaudit', fairaudit.__version__))}, "
+        f"run {markdown_code(run_id)} ({markdown_text(record.get('started', '?'))}), on "
+        f"{markdown_code(model.get('source', record.get('model_id')))} (weights hash "
+        f"{markdown_code(model.get('weights_hash', '?'))}).",
         "",
         "### What was audited",
         "",
@@ -64,7 +66,7 @@ def bias_section(store: Store, run_id: str, policy: Policy | None = None) -> str
     for axis, entry in record.get("suites", {}).items():
         definition = entry.get("definition") or {}
         lines.append(
-            f"- **{axis}**: suite `{entry.get('suite')}` version {entry.get('version')}, "
+            f"- **{markdown_text(axis)}**: suite {markdown_code(entry.get('suite'))} version {markdown_text(entry.get('version'))}, "
             f"{len(definition.get('groups', {}))} groups, {len(definition.get('templates', []))} templates "
             f"(sha256 `{str(entry.get('sha256'))[:16]}`)."
         )
@@ -72,11 +74,11 @@ def bias_section(store: Store, run_id: str, policy: Policy | None = None) -> str
         ref["plugin"] if isinstance(ref, dict) else ref for ref in record.get("config", {}).get("evaluators", [])
     ]
     if evaluators:
-        lines.append(f"- Evaluators: {', '.join(evaluators)}.")
+        lines.append(f"- Evaluators: {', '.join(markdown_text(name) for name in evaluators)}.")
     if record.get("prune"):
         prune = record["prune"]
         lines.append(
-            f"- Pruned {prune.get('removed')} of {prune.get('neurons')} MLP neurons ({prune.get('ranking', '')})."
+            f"- Pruned {prune.get('removed')} of {prune.get('neurons')} MLP neurons ({for_terminal(prune.get('ranking', ''))})."
         )
     summaries = {row["axis"]: row for row in store.rows("axis_summary", run_id=run_id)}
     preference = {
@@ -95,7 +97,7 @@ def bias_section(store: Store, run_id: str, policy: Policy | None = None) -> str
         summary = summaries.get(axis, {})
         before, after = preference.get(("before", axis)), preference.get(("after", axis))
         lines.append(
-            f"| {axis} | {_interval(summary.get('bias_index'), summary.get('bias_index_low'), summary.get('bias_index_high'))} | "
+            f"| {markdown_text(axis)} | {_interval(summary.get('bias_index'), summary.get('bias_index_low'), summary.get('bias_index_high'))} | "
             + (
                 " | ".join(
                     _interval(row["value"], row["low"], row["high"]) if row else "not measured"
@@ -113,7 +115,7 @@ def bias_section(store: Store, run_id: str, policy: Policy | None = None) -> str
         verdicts = evaluate_policy(policy, store, run_id)
         lines += [
             "",
-            f"### Policy verdicts (`{policy.policy}`, sha256 `{policy.sha256()[:16]}`)",
+            f"### Policy verdicts ({markdown_code(policy.policy)}, sha256 `{policy.sha256()[:16]}`)",
             "",
             *verdict_table(verdicts),
         ]

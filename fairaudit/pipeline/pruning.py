@@ -20,6 +20,7 @@ from pydantic import ValidationError
 import fairaudit
 from fairaudit.config import CausalParams, ModelSpec, PruningConfig, RunConfig, SelectionParams
 from fairaudit.errors import ConfigError, FairauditError, NothingToPrune, StoreError
+from fairaudit.escaping import for_terminal, markdown_code, markdown_text
 from fairaudit.inputs.model import LoadedModel, load_model, weights_hash
 from fairaudit.inputs.suite import Suite
 from fairaudit.lazy import torch
@@ -113,15 +114,15 @@ def _model_card(
     widths = sorted(set(report.widths_after))
     selection = pruning.selection
     chosen = (
-        f"fraction {selection.fraction} ({selection.scope}), scores from run `{source_run}`; neurons in the top "
-        f"{selection.protect:.1%} of `{selection.importance}` per layer were protected"
+        f"fraction {selection.fraction} ({selection.scope}), scores from run {markdown_code(source_run)}; neurons in "
+        f"the top {selection.protect:.1%} of {markdown_code(selection.importance)} per layer were protected"
         if selection and source_run
         else "held-out templates were not used; the prune run record in the store holds every step's figures"
     )
     return (
-        f"# {loaded.model_id}, fairness-pruned with fairaudit {fairaudit.__version__}\n\n"
-        f"Base model: `{loaded.provenance.get('source')}` (weights hash {loaded.provenance['weights_hash']}).\n\n"
-        f"Neurons ranked by {ranking}; {chosen}.\n\n"
+        f"# {markdown_text(loaded.model_id)}, fairness-pruned with fairaudit {fairaudit.__version__}\n\n"
+        f"Base model: {markdown_code(loaded.provenance.get('source'))} (weights hash {loaded.provenance['weights_hash']}).\n\n"
+        f"Neurons ranked by {for_terminal(ranking)}; {chosen}.\n\n"
         f"MLP neurons removed or zeroed: {report.removed} of {sum(report.widths_before)}; MLP width now {widths}. "
         f"Parameters: {report.parameters_before:,} -> {report.parameters_after:,} "
         f"({report.parameters_removed_percent:.3f}% removed).\n\n"

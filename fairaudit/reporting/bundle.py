@@ -33,6 +33,7 @@ import yaml
 import fairaudit
 from fairaudit.compliance.policy import Policy, stored_policy
 from fairaudit.errors import ConfigError, StoreError
+from fairaudit.escaping import for_terminal
 from fairaudit.store import Store, atomic_write_bytes, safe_name
 
 MANIFEST = "manifest.json"
@@ -151,11 +152,6 @@ class Verification:
         return not self.problems
 
 
-def _shown(name: str) -> str:
-    """A member name as it may be printed: control characters escaped (no fake terminal lines)."""
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in name)
-
-
 def _layout_problem(info: zipfile.ZipInfo) -> str | None:
     """Why a member cannot be part of a bundle (None when it can): a bundle holds regular files
     only, under relative names without `..`, stored or deflated, unencrypted."""
@@ -227,19 +223,19 @@ def verify_bundle(path: str | Path, model: Any = None, expect_manifest: str | No
         names = [info.filename for info in members]
         for name in sorted({name for name in names if names.count(name) > 1}):
             result.problems.append(
-                f"{_shown(name)}: appears {names.count(name)} times in the zip (a bundle names each file once)"
+                f"{for_terminal(name)}: appears {names.count(name)} times in the zip (a bundle names each file once)"
             )
         if MANIFEST not in names:
             raise ConfigError(f"bundle {path} has no {MANIFEST}; it was not written by 'fairaudit bundle'.")
         for info in members:
             problem = _layout_problem(info)
             if problem:
-                result.problems.append(f"{_shown(info.filename)}: not part of a bundle: {problem}")
+                result.problems.append(f"{for_terminal(info.filename)}: not part of a bundle: {problem}")
                 continue
             try:
                 digests[info.filename], data = _member_digest(archive, info, info.filename in (MANIFEST, "run.json"))
             except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
-                result.problems.append(f"{_shown(info.filename)}: cannot be read from the zip ({exc})")
+                result.problems.append(f"{for_terminal(info.filename)}: cannot be read from the zip ({exc})")
                 continue
             if data:
                 contents[info.filename] = data
@@ -257,13 +253,15 @@ def verify_bundle(path: str | Path, model: Any = None, expect_manifest: str | No
         result.problems.append(f"{MANIFEST}: sha256 is {result.manifest_sha256}, expected {expect_manifest.lower()}")
     for name, expected in sorted(manifest["files"].items()):
         if name not in digests:
-            result.problems.append(f"{_shown(name)}: listed in the manifest but missing from the bundle")
+            result.problems.append(f"{for_terminal(name)}: listed in the manifest but missing from the bundle")
             continue
         result.checked += 1
         if digests[name] != expected:
-            result.problems.append(f"{_shown(name)}: sha256 {digests[name]} differs from the manifest's {expected}")
+            result.problems.append(
+                f"{for_terminal(name)}: sha256 {digests[name]} differs from the manifest's {expected}"
+            )
     for name in sorted(set(names) - set(manifest["files"]) - {MANIFEST}):
-        result.problems.append(f"{_shown(name)}: in the bundle but not in the manifest")
+        result.problems.append(f"{for_terminal(name)}: in the bundle but not in the manifest")
     try:
         recorded = json.loads(contents.get("run.json", b"{}")).get("model", {}).get("weights_hash")
     except ValueError:
@@ -298,7 +296,7 @@ def _manifest_problem(raw: bytes) -> str | None:
         return "it lists no file"
     for name, digest in files.items():
         if not isinstance(digest, str) or len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
-            return f"'{_shown(str(name))}' has no sha256 digest"
+            return f"'{for_terminal(str(name))}' has no sha256 digest"
         if _layout_problem(zipfile.ZipInfo(name)) is not None or name == MANIFEST:
-            return f"'{_shown(str(name))}' is not a plain relative file name"
+            return f"'{for_terminal(str(name))}' is not a plain relative file name"
     return None
