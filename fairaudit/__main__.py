@@ -1,5 +1,5 @@
 """`python -m fairaudit` is the `fairaudit` command."""
 
-from fairaudit.cli import main
+from fairaudit.cli import entry
 
-main()
+entry()

@@ -116,3 +116,31 @@ def kill_then_resume(attempt: int, delay: float, model: Path, tmp_path: Path, re
     assert comparable(json.loads(resumed.stdout)) == comparable(reference), (attempt, how)
     assert_nothing_partial(root)
     assert not list((root / "store").rglob("*.tmp-*"))
+
+
+def test_an_abandoned_evaluator_thread_does_not_abort_the_exit(tmp_path):
+    """An evaluator thread still computing when the command ends (abandoned by a time limit, or
+    interrupted): the process exits with the command's status, never "terminate called without
+    an active exception" (exit 134), and exit handlers still run."""
+    script = tmp_path / "abandon.py"
+    marker = tmp_path / "atexit-ran"
+    script.write_text(
+        "import atexit, sys, threading, time\n"
+        "import torch\n"
+        "from fairaudit.pipeline.evaluation import EVALUATOR_THREAD\n"
+        "from fairaudit.cli import entry\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').close())\n"
+        "def work():\n"
+        "    a = torch.randn(2000, 2000)\n"
+        "    while True:\n"
+        "        a = a @ a.T / 2000\n"
+        "threading.Thread(target=work, daemon=True, name=EVALUATOR_THREAD).start()\n"
+        "time.sleep(0.5)\n"
+        "sys.argv = ['fairaudit', 'suites', 'list']\n"
+        "entry()\n"
+    )
+    for _ in range(5):
+        marker.unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "terminate called" not in done.stderr, (done.returncode, done.stderr[-500:])
+        assert marker.exists() and "race" in done.stdout

@@ -12,11 +12,13 @@ stage on stderr; `--quiet` silences it, `-v` adds detail and lets libraries' not
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
@@ -151,3 +153,25 @@ for command in (
     runs.store_group,
 ):
     main.add_command(command)
+
+
+def entry() -> None:
+    """The `fairaudit` command and `python -m fairaudit`: `main`, then an exit that does not tear
+    the interpreter down under an evaluator thread still running (one abandoned by a time limit,
+    or interrupted by Ctrl-C): that aborts the process ("terminate called without an active
+    exception", exit 134) instead of exiting with the command's status. Exit handlers still run."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    evaluation = sys.modules.get("fairaudit.pipeline.evaluation")  # no evaluator thread unless it was imported
+    running = evaluation is not None and any(
+        thread.name == evaluation.EVALUATOR_THREAD and thread.is_alive() for thread in threading.enumerate()
+    )
+    if running:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

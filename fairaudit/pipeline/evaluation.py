@@ -29,6 +29,7 @@ from fairaudit.plugins import registry
 from fairaudit.store import Store, safe_name
 
 log = logging.getLogger(__name__)
+EVALUATOR_THREAD = "fairaudit-evaluator"  # the command line's exit looks for these (fairaudit.cli.entry)
 T = TypeVar("T")
 
 
@@ -46,7 +47,7 @@ def _with_time_limit(call: Callable[[], T], seconds: float | None) -> T:
         except BaseException as exc:  # handed back to the caller's thread
             outcome["error"] = exc
 
-    worker = threading.Thread(target=target, daemon=True)
+    worker = threading.Thread(target=target, daemon=True, name=EVALUATOR_THREAD)
     worker.start()
     worker.join(seconds)
     if worker.is_alive():
@@ -275,7 +276,7 @@ def _in_lanes(lanes: list[list[_Job]], run: _Evaluation) -> None:
             with run.lock:
                 run.lanes_running -= 1
 
-    workers = [threading.Thread(target=work, args=(lane,), daemon=True) for lane in lanes]
+    workers = [threading.Thread(target=work, args=(lane,), daemon=True, name=EVALUATOR_THREAD) for lane in lanes]
     for worker in workers:
         worker.start()
     for worker in workers:

@@ -262,23 +262,7 @@ def verify_bundle(path: str | Path, model: Any = None, expect_manifest: str | No
             )
     for name in sorted(set(names) - set(manifest["files"]) - {MANIFEST}):
         result.problems.append(f"{for_terminal(name)}: in the bundle but not in the manifest")
-    try:
-        recorded = json.loads(contents.get("run.json", b"{}")).get("model", {}).get("weights_hash")
-    except ValueError:
-        recorded = None
-    if recorded != manifest.get("weights_hash"):
-        result.problems.append(
-            f"run.json: weights hash {recorded} differs from the manifest's {manifest.get('weights_hash')}"
-        )
-    if model is not None:
-        from fairaudit.inputs.model import load_model
-
-        loaded = load_model(model)
-        if loaded.provenance["weights_hash"] != manifest.get("weights_hash"):
-            result.problems.append(
-                f"model {loaded.model_id}: weights hash {loaded.provenance['weights_hash']} differs from the "
-                f"audited weights' {manifest.get('weights_hash')}"
-            )
+    _check_weights(result, manifest, contents.get("run.json", b"{}"), model)
     return result
 
 
@@ -300,3 +284,24 @@ def _manifest_problem(raw: bytes) -> str | None:
         if _layout_problem(zipfile.ZipInfo(name)) is not None or name == MANIFEST:
             return f"'{for_terminal(str(name))}' is not a plain relative file name"
     return None
+
+
+def _check_weights(result: Verification, manifest: dict[str, Any], run_record: bytes, model: Any) -> None:
+    """The weights hash of the run record against the manifest's, and against `model`'s when given."""
+    try:
+        recorded = json.loads(run_record).get("model", {}).get("weights_hash")
+    except ValueError:
+        recorded = None
+    if recorded != manifest.get("weights_hash"):
+        result.problems.append(
+            f"run.json: weights hash {recorded} differs from the manifest's {manifest.get('weights_hash')}"
+        )
+    if model is not None:
+        from fairaudit.inputs.model import load_model
+
+        loaded = load_model(model)
+        if loaded.provenance["weights_hash"] != manifest.get("weights_hash"):
+            result.problems.append(
+                f"model {loaded.model_id}: weights hash {loaded.provenance['weights_hash']} differs from the "
+                f"audited weights' {manifest.get('weights_hash')}"
+            )
