@@ -16,7 +16,7 @@ import numpy as np
 from fairaudit.analysis.overlap import axis_overlap, load_scores
 from fairaudit.config import RunConfig
 from fairaudit.pipeline.audit import audit
-from fairaudit.pipeline.pruning import plan_selection
+from fairaudit.pipeline.selection import plan_selection
 from fairaudit.store import Store
 from fairaudit.testing import make_planted_model
 

@@ -4,7 +4,7 @@ bias index on held-out templates and the perplexity on part of the bundled corpu
 
 Usage: python benchmarks/selection_scores.py STORE [--model smollm2-135m] [--axes race gender] [--combine pooled]
 (the store must hold a complete audit of the model, e.g. from `fairaudit audit`). Neurons are
-chosen exactly as `fairaudit prune` chooses them (`fairaudit.pipeline.pruning.plan_selection`).
+chosen exactly as `fairaudit prune` chooses them (`fairaudit.pipeline.selection.plan_selection`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fairaudit.inputs.model import load_model
 from fairaudit.inputs.suite import resolve_suite
 from fairaudit.measurement import metrics
 from fairaudit.measurement.evaluate import window_nll
-from fairaudit.pipeline.pruning import plan_selection
+from fairaudit.pipeline.selection import plan_selection
 from fairaudit.plugins import registry
 from fairaudit.repair.prune import Selection, SelectionParams, masked
 from fairaudit.resources import corpus_path

@@ -311,3 +311,30 @@ def test_a_stored_policy_loosened_after_the_run_is_refused(llama_folder, tmp_pat
     path.write_text(json.dumps(record))
     refused = cli("check", tmp_path / "store", "--run", result.run_id)
     assert refused.exit_code == 2 and "not a valid policy" in refused.output and "Traceback" not in refused.output
+
+
+def test_a_pruned_model_folder_this_run_did_not_write_is_never_deleted(llama_folder, tmp_path):
+    """Two stores under one parent share the default `pruned/` folder: a run whose record does not
+    say it wrote a folder there refuses to delete it (it may hold another store's model)."""
+    from fairaudit.errors import StoreError
+    from fairaudit.pipeline.audit import audit
+
+    config = {
+        "model": str(llama_folder),
+        "suites": ["race"],
+        "report": False,
+        "diagnose_top": 0,
+        "evaluators": [],
+        "probe": {"plugin": "activations", "params": {"progress": False}},
+        "pruning": {"selection": {"fraction": 0.05}},
+    }
+    first = audit(
+        RunConfig.model_validate(
+            {**config, "store": str(tmp_path / "one")},
+        )
+    )
+    folder = Path(first.pruned["out"])
+    assert (folder / "fairaudit_neuron_map.json").exists()
+    with pytest.raises(StoreError, match="did not record writing"):
+        audit(RunConfig.model_validate({**config, "store": str(tmp_path / "two")}), run_id=first.run_id)
+    assert (folder / "fairaudit_neuron_map.json").exists()  # the first store's pruned model is intact
