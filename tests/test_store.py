@@ -230,29 +230,32 @@ def test_run_records_hold_wall_and_cpu_seconds_per_stage(model_folder, tmp_path)
     assert timings["total"] >= timings["axis:race"] + timings["prune"]
 
 
+def _audit_with_policy(model: Path, folder: Path):
+    """A small complete audit (race, output_bias) checked against the default policy."""
+    from fairaudit.pipeline.audit import audit
+
+    config = {
+        "model": str(model),
+        "suites": ["race"],
+        "store": str(folder / "store"),
+        "report": False,
+        "probe": {"plugin": "activations", "params": {"progress": False}},
+        "pruning": None,
+        "evaluators": ["output_bias"],
+        "diagnose_top": 0,
+        "policy": "default",
+    }
+    return audit(RunConfig.model_validate(config))
+
+
 def test_any_single_changed_byte_of_a_stored_table_is_detected(llama_folder, tmp_path, cli):
     """A complete run records the sha256 of every table file it wrote; check, card, bundle and report
     refuse the run once any byte of any of them changes (or a file goes missing or is added), naming it."""
     import random
 
     from fairaudit.errors import StoreError
-    from fairaudit.pipeline.audit import audit
 
-    result = audit(
-        RunConfig.model_validate(
-            {
-                "model": str(llama_folder),
-                "suites": ["race"],
-                "store": str(tmp_path / "store"),
-                "report": False,
-                "probe": {"plugin": "activations", "params": {"progress": False}},
-                "pruning": None,
-                "evaluators": ["output_bias"],
-                "diagnose_top": 0,
-                "policy": "default",
-            }
-        )
-    )
+    result = _audit_with_policy(llama_folder, tmp_path)
     store = Store(tmp_path / "store")
     record = store.verify(result.run_id)
     assert record["files"] and all(name.endswith(".parquet") for name in record["files"])
@@ -284,23 +287,7 @@ def test_any_single_changed_byte_of_a_stored_table_is_detected(llama_folder, tmp
 def test_a_stored_policy_loosened_after_the_run_is_refused(llama_folder, tmp_path, cli):
     import json
 
-    from fairaudit.pipeline.audit import audit
-
-    result = audit(
-        RunConfig.model_validate(
-            {
-                "model": str(llama_folder),
-                "suites": ["race"],
-                "store": str(tmp_path / "store"),
-                "report": False,
-                "probe": {"plugin": "activations", "params": {"progress": False}},
-                "pruning": None,
-                "evaluators": ["output_bias"],
-                "diagnose_top": 0,
-                "policy": "default",
-            }
-        )
-    )
+    result = _audit_with_policy(llama_folder, tmp_path)
     path = Store(tmp_path / "store").run_path(result.run_id)
     record = json.loads(path.read_text())
     record["policy"]["definition"]["rules"][0]["abs_at_most"] = 100.0
