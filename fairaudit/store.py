@@ -232,7 +232,8 @@ class Store:
 
     def verify(self, run_id: str) -> dict[str, Any]:
         """A complete run's record, once every table file it wrote is checked against the hashes
-        recorded when it completed: a changed, missing or added file is refused, named. (A record
+        recorded when it completed: a changed, missing or added file is refused, named; so is one of
+        the prune run whose model an audit evaluated (its neuron map). (A record
         rewritten together with its files is not detected; a bundle pinned by its manifest's
         hash is: docs/trust.md.)"""
         record = self.read_run(run_id)
@@ -254,6 +255,9 @@ class Store:
                     f"run {run_id}: {len(names)} table file(s) {problem} since the run completed, e.g. "
                     f"{self.root / names[0]}; its results cannot be trusted. Rerun the audit."
                 )
+        prune_run = (record.get("prune") or {}).get("run_id")
+        if prune_run and prune_run != run_id and self.run_path(prune_run).exists():
+            self.verify(prune_run)
         return record
 
     def read_run(self, run_id: str) -> dict[str, Any]:

@@ -663,3 +663,18 @@ def test_names_reach_neither_the_terminal_raw_nor_out_of_a_markdown_code_span(au
     assert markdown_code(hostile) in card.output and "\nok: PASS" not in card.output
     fence = markdown_code(hostile).split("evil")[0].strip()
     assert len(fence) > max(len(run) for run in re.findall(r"`+", hostile))
+
+
+def test_a_changed_neuron_map_of_the_runs_pruning_is_refused(audited, cli):
+    """An audit rests on its prune run's neuron map too: a changed byte there refuses the card."""
+    root, result = audited
+    store = Store(root / "store")
+    prune_run = store.read_run(result.run_id)["prune"]["run_id"]
+    path = store.root / next(iter(store.read_run(prune_run)["files"]))
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        refused = cli("card", root / "store", "--run", result.run_id)
+        assert refused.exit_code == 2 and f"run {prune_run}: 1 table file(s) changed" in refused.output, refused.output
+    finally:
+        path.write_bytes(original)
