@@ -268,3 +268,18 @@ def test_device_and_dtype_reach_every_command_that_loads_a_model(cli, llama_fold
         "--json",
     )
     assert diagnosed.exit_code == 0, diagnosed.output
+
+
+def test_audit_takes_the_model_on_the_command_line(cli, llama_folder, tmp_path):
+    """`fairaudit audit [CONFIG] --model PATH_OR_ID` audits that model with the config's settings."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model: smollm2-135m\nsuites: [race]\npruning: null\nevaluators: []\nreport: false\n"
+        "diagnose_top: 0\nprobe: {plugin: activations, params: {progress: false}}\n"
+    )
+    done = cli("audit", config, "--model", llama_folder, "--store", tmp_path / "store", "--json")
+    assert done.exit_code == 0, done.output
+    payload = json.loads(done.stdout)
+    assert payload["model"] == llama_folder.name and list(payload["axes"]) == ["race"]
+    refused = cli("audit", "--resume", payload["run_id"], "--store", tmp_path / "store", "--model", llama_folder)
+    assert refused.exit_code == 2 and "cannot be given with --resume" in refused.output

@@ -70,6 +70,14 @@ def probe(
     metavar="RUN_ID",
     help="finish an interrupted run (axes already stored are kept)",
 )
+@click.option(
+    "--model",
+    "model_id",
+    default=None,
+    metavar="PATH_OR_ID",
+    help="the model to audit: a folder, .gguf file, hub id or alias (overrides the config's model id; its dtype, "
+    "device and trust settings stay)",
+)
 @click.option("--store", default=None, type=click.Path(path_type=Path), help="store folder (overrides the config's)")
 @click.option(
     "--policy",
@@ -82,9 +90,9 @@ def probe(
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @trust_options
-def audit_command(config_file, resume_run, store, policy, device, dtype, quiet, as_json, granted) -> None:
-    """Run the audit a CONFIG_FILE describes; with none, the default audit
-    (SmolLM2-135M on the four built-in suites)."""
+def audit_command(config_file, resume_run, model_id, store, policy, device, dtype, quiet, as_json, granted) -> None:
+    """Run the audit a CONFIG_FILE describes; with none, the default audit (SmolLM2-135M on the
+    four built-in suites; `--model` audits another model the same way)."""
     from fairaudit.config import RunConfig, load_config
     from fairaudit.pipeline.audit import audit
 
@@ -94,12 +102,16 @@ def audit_command(config_file, resume_run, store, policy, device, dtype, quiet, 
     config = load_config(config_file, granted) if config_file else RunConfig().with_trust(granted, "the default audit")
     if store is not None:
         config = config.model_copy(update={"store": str(store)})
-    if device_fields(device, dtype):
+    model_fields = device_fields(device, dtype) | (
+        {"id": model_id, "gguf_file": None, "revision": None} if model_id else {}
+    )
+    if model_fields:
         if resume_run:
             raise click.UsageError(
-                "--device and --dtype cannot be given with --resume: a resumed run keeps the model settings it started with"
+                "--model, --device and --dtype cannot be given with --resume: a resumed run keeps the model settings it "
+                "started with"
             )
-        config = config.model_copy(update={"model": config.model.model_copy(update=device_fields(device, dtype))})
+        config = config.model_copy(update={"model": config.model.model_copy(update=model_fields)})
     if policy is not None:
         if resume_run:
             raise click.UsageError(
