@@ -482,6 +482,11 @@ class LmEval:
                 return super().generate_until(requests, disable_tqdm=True)
 
         model = QuietHFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=params.batch_size)
+        import datasets
+
+        # `datasets` pings the hub's S3 bucket to count every load, a local JSON file's too, unless
+        # offline: fairaudit sends nothing it was not asked to (docs/trust.md, "Network")
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
         try:
             output = lm_eval.simple_evaluate(
                 model=model,

@@ -91,6 +91,8 @@ class _Group(click.Group):
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # nothing leaves the machine unasked (docs/trust.md)
+        os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "false")
         configure_logging()
         try:
             with _terminated_as_interrupt():
