@@ -310,7 +310,8 @@ class PruningConfig(BaseModel):
     def _heads_need_a_stored_score(self) -> PruningConfig:
         if self.heads is not None and self.causal is not None:
             raise ValueError(
-                "'heads' selects heads by a stored score; the causal planner chooses heads itself (causal: {heads: true})"
+                "'heads' (--heads) selects heads by a stored score; the causal planner chooses heads itself "
+                "(causal: {heads: true}, --causal-heads)"
             )
         return self
 

@@ -229,15 +229,10 @@ def _pruning(causal: bool, axes: tuple[str, ...], options: dict[str, Any]) -> Pr
     )
     if causal:
         section.update(causal=causal_fields, selection=None)
-        if heads:
-            raise ConfigError(
-                "prune options: --heads selects by a stored score; with --causal the planner chooses heads itself "
-                "(--causal-heads)."
-            )
     else:
         section.update(causal=None, selection={"axes": list(axes), **given(**options)})
-        if heads:
-            section["heads"] = head_fields
+    if heads:  # with --causal, refused by PruningConfig: the planner chooses heads itself (--causal-heads)
+        section["heads"] = head_fields
     try:
         return PruningConfig.model_validate(section)
     except ValidationError as exc:

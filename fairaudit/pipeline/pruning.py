@@ -210,7 +210,7 @@ def prune_model(
     selection, causal_record, axes = _choose(loaded, store, source_run, pruning, suites or [])
     chosen_heads = (
         top_heads(store, loaded, source_run, axes, pruning.heads.count, pruning.heads.score, pruning.heads.scope)
-        if pruning.heads
+        if pruning.heads and source_run  # heads go with a stored-score selection (PruningConfig says so)
         else []
     )
     log.info(

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from fairaudit.config import SelectionParams
-from fairaudit.errors import ConfigError, FairauditError, StoreError
+from fairaudit.errors import FairauditError, StoreError
 from fairaudit.inputs.model import LoadedModel
 from fairaudit.lazy import torch
 from fairaudit.plugins import registry
@@ -102,7 +102,7 @@ def plan_selection(store: Store, model_id: str, source_run: str, params: Selecti
 def top_heads(
     store: Store,
     loaded: LoadedModel,
-    source_run: str | None,
+    source_run: str,
     axes: list[str],
     count: int,
     column: str,
@@ -110,11 +110,6 @@ def top_heads(
 ) -> list[tuple[int, int]]:
     """The `count` (layer, head) with the largest `column` summed over `axes` in a run's head_scores
     (`scope` "per_layer": `count` in every layer)."""
-    if source_run is None:
-        raise ConfigError(
-            "--heads selects by a stored head score; with --causal the planner chooses heads itself "
-            "(--causal-heads; causal option heads: true)."
-        )
     totals: dict[tuple[int, int], float] = {}
     for axis in axes:
         rows = store.rows("head_scores", model=loaded.model_id, axis=axis, run_id=source_run)
