@@ -48,3 +48,16 @@ def test_the_documentation_site_builds_strictly(tmp_path):
     assert (tmp_path / "site" / "attribution" / "index.html").exists() and (
         tmp_path / "site" / "api" / "index.html"
     ).exists()
+
+
+def test_the_command_tables_are_the_commands_own():
+    """README's and getting-started's command tables are generated from the click commands
+    (`python scripts/command_table.py`): every option of every command, as `--help` has it."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from command_table import PAGES, REGION, table
+
+    wanted = table()
+    for page in PAGES:
+        region = REGION.search((ROOT / page).read_text(encoding="utf-8"))
+        assert region is not None and region.group(2) == wanted, f"{page}: run python scripts/command_table.py"
+    assert "--save-dtype" in wanted and "--one-at-a-time" in wanted and "--allow-task-code" in wanted
