@@ -242,8 +242,8 @@ class Store:
         recorded = record.get("files")
         if not isinstance(recorded, dict):
             raise StoreError(
-                f"run {run_id} in {self.root} has no manifest of its files (a record written by hand, or by a "
-                f"fairaudit older than 0.2): its tables cannot be shown to be the ones it wrote. Rerun it."
+                f"run {run_id} in {self.root} has no manifest of its files (a record written by hand, or by an "
+                f"earlier fairaudit): its tables cannot be shown to be the ones it wrote. Rerun it."
             )
         current = self.run_files(run_id)
         changed = sorted(name for name in recorded if name in current and current[name] != recorded[name])
