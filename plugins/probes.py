@@ -181,12 +181,41 @@ class ActivationProbe:
                 aligned_fallbacks += batch.aligned_fallbacks
                 optipfair_rows.append(self._index_rows(batch, index_terms))
 
+        return self._stats(
+            axis,
+            params,
+            pairs,
+            controls,
+            accumulators,
+            units,
+            len(layers),
+            optipfair_keys,
+            optipfair_rows,
+            unequal,
+            aligned_fallbacks,
+        )
+
+    @staticmethod
+    def _stats(
+        axis: str,
+        params: ProbeParams,
+        pairs: list[Pair],
+        controls: list[Pair],
+        accumulators: dict[bool, dict[str, _Accumulator]],
+        units: dict[str, int],
+        layers: int,
+        optipfair_keys: list[str],
+        optipfair_rows: list[torch.Tensor],
+        unequal: int,
+        aligned_fallbacks: int,
+    ) -> ActivationStats:
+        """The axis' `ActivationStats` from the probe's running sums."""
         pair_sums = accumulators.get(False, {})
         control_sums = accumulators.get(True, {})
         components = {}
         for name in params.components:
-            main = (pair_sums.get(name) or _Accumulator(len(layers), units.get(name, 0))).stats()
-            control = (control_sums.get(name) or _Accumulator(len(layers), main["abs_diff_sum"].shape[1])).stats()
+            main = (pair_sums.get(name) or _Accumulator(layers, units.get(name, 0))).stats()
+            control = (control_sums.get(name) or _Accumulator(layers, main["abs_diff_sum"].shape[1])).stats()
             components[name] = ComponentStats(
                 **{key: main[key] for key in _Accumulator.SUMS},
                 control_abs_diff_sum=control["abs_diff_sum"],

@@ -57,12 +57,20 @@ def imports(path: Path, module: str) -> set[str]:
     return {name for name in found if name in known and name != module and name != "fairaudit"}
 
 
+def sized_modules() -> dict[str, Path]:
+    """The package's modules and the built-in plugins' (they follow the same size rules)."""
+    plugins = {f"fairaudit_plugins.{path.stem}": path for path in sorted((PACKAGE.parent / "plugins").glob("*.py"))}
+    return {**modules(), **plugins}
+
+
 def test_no_module_over_500_lines_and_no_function_over_80():
     long_modules = {
-        name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+        name: n
+        for name, path in sized_modules().items()
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
     }
     long_functions = []
-    for name, path in modules().items():
+    for name, path in sized_modules().items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (
                 isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
