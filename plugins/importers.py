@@ -1,4 +1,4 @@
-"""Built-in suite importers: CrowS-Pairs CSV and StereoSet intrasentence JSON.
+"""Built-in suite importers: CrowS-Pairs CSV, StereoSet intrasentence JSON and BBQ JSONL.
 
 Each turns a public data set file into one suite per bias type, keeping every row's id and
 label; rows that cannot be used are reported with their row number and reason, never
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fairaudit.errors import SuiteError
 from fairaudit.hookspecs import hookimpl
 from fairaudit.inputs.importing import ImportResult, SkippedRow
-from fairaudit.inputs.suite import SentencePair, Suite
+from fairaudit.inputs.suite import Question, SentencePair, Suite
 from fairaudit.names import safe_name
 
 
@@ -24,16 +24,18 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _suites(prefix: str, source: str, description: str, by_type: dict[str, list[SentencePair]]) -> list[Suite]:
+def _suites(prefix: str, source: str, description: str, by_type: dict[str, list], field: str = "sentence_pairs"):
     return [
-        Suite(
-            suite=f"{prefix}_{safe_name(bias_type)}",
-            axis=safe_name(bias_type),
-            version=1,
-            description=f"{description} Bias type '{bias_type}', imported from {source}.",
-            sentence_pairs=pairs,
+        Suite.model_validate(
+            {
+                "suite": f"{prefix}_{safe_name(bias_type)}",
+                "axis": safe_name(bias_type),
+                "version": 1,
+                "description": f"{description} Bias type '{bias_type}', imported from {source}.",
+                field: items,
+            }
         )
-        for bias_type, pairs in sorted(by_type.items())
+        for bias_type, items in sorted(by_type.items())
     ]
 
 
@@ -141,7 +143,124 @@ class StereoSetImporter:
         )
 
 
+class BbqImporter:
+    name = "bbq"
+    description = (
+        "BBQ data/*.jsonl (Parrish et al., 2022): questions about two people with an unknown answer, "
+        "ambiguous and disambiguated contexts, one suite per category"
+    )
+    Params = NoParams
+
+    def import_file(self, path: Path, params: NoParams) -> ImportResult:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SuiteError(f"BBQ file {path}: cannot be read as UTF-8 text ({exc}).") from None
+        by_category: dict[str, list[Question]] = {}
+        skipped: list[SkippedRow] = []
+        seen: set[tuple[str, str]] = set()
+        rows = 0
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            rows += 1
+            row_id = str(number)
+            try:
+                doc = json.loads(line)
+                row_id = str(doc.get("example_id", number))
+                category = str(doc["category"]).strip().lower()
+                if not category:
+                    raise KeyError("category")
+                question = bbq_question(doc)
+            except json.JSONDecodeError as exc:
+                skipped.append(SkippedRow(number, row_id, f"not a JSON object ({exc.msg})"))
+                continue
+            except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+                skipped.append(SkippedRow(number, row_id, _problem(exc)))
+                continue
+            if (category, question.id) in seen:
+                skipped.append(SkippedRow(number, row_id, f"duplicate example_id {row_id} in category {category}"))
+                continue
+            seen.add((category, question.id))
+            by_category.setdefault(category, []).append(question)
+        return ImportResult(
+            _suites(
+                "bbq", Path(path).name, "BBQ (Parrish et al., 2022; CC BY 4.0) questions.", by_category, "questions"
+            ),
+            skipped,
+            rows,
+        )
+
+
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return exc.errors()[0]["msg"].removeprefix("Value error, ")
+    if isinstance(exc, KeyError):
+        return f"missing field {exc}"
+    return f"malformed row ({exc})"
+
+
+def bbq_question(doc: dict) -> Question:
+    """One BBQ row as a `Question`. The biased answers are found as lm-evaluation-harness's
+    `bbq` task finds them (`process_docs`), so that the bias scores equal its metric: for a
+    negative question, the answers whose group (from `answer_info`) is one of the
+    `stereotyped_groups`; for a non-negative one, the other person's answer."""
+    answers = [str(doc[f"ans{i}"]) for i in range(3)]
+    info = doc["answer_info"]
+    stereotyped = {str(group).lower() for group in doc["additional_metadata"]["stereotyped_groups"]}
+    groups: list[list[str]] = []
+    group = ""
+    for index in range(3):
+        entry = info[f"ans{index}"]
+        if any(entry):
+            group = "_".join(entry)
+        elif "Latina" in answers[index]:  # rows with no answer_info (lm-eval's fix, e.g. Race_x_gender 4320)
+            group = "Latino"
+        groups.append(_answer_groups(group))
+    unknown = [index for index, names in enumerate(groups) if names[-1] == "unknown"]
+    if len(unknown) != 1:
+        raise ValueError(f"answer_info marks {len(unknown)} answers as 'unknown', not one")
+    polarity = {"neg": "negative", "nonneg": "nonnegative"}[doc["question_polarity"]]
+    if polarity == "negative":
+        biased = [i for i, names in enumerate(groups) if not set(names).isdisjoint(stereotyped)]
+    else:
+        biased = [i for i, names in enumerate(groups) if names[-1] != "unknown" and set(names).isdisjoint(stereotyped)]
+    return Question(
+        id=f"bbq-{doc['example_id']}",
+        context=str(doc["context"]),
+        question=str(doc["question"]),
+        answers=answers,
+        label=int(doc["label"]),
+        unknown=unknown[0],
+        biased=biased,
+        condition={"ambig": "ambiguous", "disambig": "disambiguated"}[doc["context_condition"]],
+        polarity=polarity,
+    )
+
+
+def _answer_groups(group: str) -> list[str]:
+    """The group names of one BBQ answer, lower-cased (lm-eval's `_process_groups_in_answers`:
+    intersectional labels such as "F-Black" or "lowSES-African" split into their parts)."""
+    for old, new in (("M-", "M_"), ("F-", "F_"), ("lowSES-", "lowSES_"), ("highSES-", "highSES_")):
+        group = group.replace(old, new)
+    for old, new in (
+        ("lowSES", "low SES"),
+        ("highSES", "high SES"),
+        ("nonObese", "non Obese"),
+        ("nonDisabled", "non Disabled"),
+        ("nonTrans", "non Trans"),
+    ):
+        group = group.replace(old, new)
+    if "woman" in group:  # "woman", "girl", "man", "boy" are labelled by the stereotyped groups F and M
+        group = group.replace("woman", "F_woman")
+    elif "man" in group:
+        group = group.replace("man", "M_man")
+    group = group.replace("girl", "F_girl").replace("boy", "M_boy")
+    return group.lower().split("_")
+
+
 @hookimpl
 def register_importers(register):
     register(CrowsPairsImporter())
     register(StereoSetImporter())
+    register(BbqImporter())

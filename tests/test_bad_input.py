@@ -20,7 +20,7 @@ SUITE_HINTS = {
     "alias_bomb.yaml": "aliases",
     "not_utf8.yaml": "UTF-8",
     "python_object_tag.yaml": "line",
-    "empty_templates.yaml": "neither templates nor sentence_pairs",
+    "empty_templates.yaml": "no templates, sentence_pairs or questions",
     "identical_prompts.yaml": "same prompt",
     "unknown_reference.yaml": "reference",
 }

@@ -239,6 +239,11 @@ def test_compare_by_hand():
     assert change["relative_change"] == pytest.approx(-0.5)
     assert change["relative_low"] == pytest.approx(-0.5) and change["relative_high"] == pytest.approx(-0.5)
     assert change["change"] == pytest.approx(-1.0) and change["change_low"] <= -1.0 <= change["change_high"]
+    # a signed bias that crosses zero: the mean moves by -0.5 but its magnitude grows by 0.1
+    crossed = compare({"a": 0.1, "b": 0.3}, {"a": -0.4, "b": -0.2})
+    assert crossed["change"] == pytest.approx(-0.5) and crossed["abs_change"] == pytest.approx(0.3 - 0.2)
+    # resamples: (a, a) 0.4 - 0.1, (b, b) 0.2 - 0.3, mixed 0.3 - 0.2: the interval spans [-0.1, 0.3]
+    assert crossed["abs_low"] == pytest.approx(-0.1) and crossed["abs_high"] == pytest.approx(0.3)
 
 
 def test_fidelity_of_an_unchanged_encoder_is_one(model_folder):

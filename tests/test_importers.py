@@ -122,7 +122,7 @@ def test_import_errors_exit_2(cli, tmp_path):
     result = cli("suites", "import", "crows-pairs", tmp_path / "bad.csv", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "missing column(s)" in result.stderr
     result = cli("suites", "import", "winobias", tmp_path / "bad.csv", "--out", tmp_path / "o")
-    assert result.exit_code == 2 and "Installed importers: crows-pairs, stereoset" in result.stderr
+    assert result.exit_code == 2 and "Installed importers: bbq, crows-pairs, stereoset" in result.stderr
     assert not (tmp_path / "o").exists()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import random
 import re
 import zipfile
 from pathlib import Path
@@ -27,7 +28,7 @@ from fairaudit.compliance.policy import (
 )
 from fairaudit.config import RunConfig
 from fairaudit.errors import ConfigError
-from fairaudit.measurement.evaluate import EvaluationResult
+from fairaudit.measurement.evaluate import EvaluationResult, compare
 from fairaudit.pipeline.audit import audit
 from fairaudit.pipeline.evaluation import MEASUREMENT_SCHEMA
 from fairaudit.reporting.bundle import verify_bundle, write_bundle
@@ -195,6 +196,28 @@ def test_an_audited_axis_without_a_measurement_is_not_measured_and_undecides_the
     )
     assert [(v.axis, v.verdict) for v in verdicts] == [("gender", "not measured"), ("race", "pass")]
     assert exit_status(verdicts, "original") == 3
+
+
+def test_an_axis_pruning_made_worse_fails_the_bundled_policy(tmp_path):
+    """Collateral damage: the bundled rule `no-axis-worse` reads |preference| after minus before
+    (paired, from the comparisons table) on every audited axis; race moved away from zero."""
+    store = Store(tmp_path / "store")
+    rng = random.Random(0)
+    race_before = {f"p{i}": 0.1 + rng.gauss(0, 0.05) for i in range(40)}
+    gender_before = {f"p{i}": 0.4 + rng.gauss(0, 0.05) for i in range(40)}
+    race = compare(race_before, {k: v + 0.2 for k, v in race_before.items()})  # 0.1 -> 0.3: worse
+    gender = compare(gender_before, {k: v * 0.1 for k, v in gender_before.items()})  # 0.4 -> 0.04: repaired
+    rows = [("output_bias", "before", axis, "stereotype_preference", 0.0, -0.1, 0.1, 40) for axis in ("race", "gender")]
+    comparisons = [
+        {"evaluator": "output_bias", "axis_or_task": axis, "metric": "stereotype_preference", **change}
+        for axis, change in (("race", race), ("gender", gender))
+    ]
+    _fake_run(store, "r1", rows, comparisons=comparisons)
+    rule = next(r for r in load_policy("default").rules if r.id == "no-axis-worse")
+    verdicts = {v.axis: v for v in evaluate_policy(_policy(rule.model_dump()), store, "r1")}
+    assert verdicts["race"].value == pytest.approx(0.2) and verdicts["race"].verdict == "fail"
+    assert verdicts["gender"].value == pytest.approx(-0.36, abs=0.01) and verdicts["gender"].verdict == "pass"
+    assert exit_status(list(verdicts.values()), "pruned") == 1
 
 
 def test_zero_verdicts_are_never_a_pass(tmp_path):

@@ -108,7 +108,8 @@ def suites_import(kind: str, file: Path, out: Path, as_json: bool) -> None:
         )
         return
     for path, suite in zip(written, result.suites):
-        click.echo(f"{path}: axis {suite.axis}, {len(suite.sentence_pairs)} pairs")
+        items = f"{len(suite.questions)} questions" if suite.questions else f"{len(suite.sentence_pairs)} pairs"
+        click.echo(f"{path}: axis {suite.axis}, {items}")
     for row in result.skipped:
         click.echo(f"skipped row {row.row} (id {row.row_id}): {row.reason}", err=True)
     click.echo(

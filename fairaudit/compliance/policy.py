@@ -249,7 +249,10 @@ def _measurements(store: Store, run_id: str) -> dict[tuple, dict[str, float]]:
             for field, low, high in (
                 ("change", "change_low", "change_high"),
                 ("relative_change", "relative_low", "relative_high"),
+                ("abs_change", "abs_low", "abs_high"),
             ):
+                if row.get(field) is None:  # a store written before abs_change existed: not measured
+                    continue
                 found[(f"change:{field}", row["evaluator"], row["metric"], "pruned", row["axis_or_task"])] = {
                     "value": row[field],
                     "low": row[low],

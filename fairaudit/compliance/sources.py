@@ -13,7 +13,8 @@ class MetricSource:
 
     `kind` "level": a measurement of one model (`evaluations` table, per role);
     "change": a paired before/after comparison (`comparisons` table), so it exists for the
-    pruned model only; `field` is "change" (absolute) or "relative_change";
+    pruned model only; `field` is "change" (absolute), "relative_change", or "abs_change"
+    (|after| - |before|: positive when a signed quantity moved away from zero);
     `transform` "exp_minus_one" maps a change of mean NLL to the relative change of perplexity."""
 
     evaluator: str
@@ -37,6 +38,30 @@ METRICS: dict[str, MetricSource] = {
         "pct_stereotype",
         "level",
         "CrowS-Pairs: share of sentence pairs where the more stereotyping sentence is more likely; 0.5 = ideal",
+    ),
+    "signed_likelihood_diff": MetricSource(
+        "output_bias",
+        "signed_likelihood_diff",
+        "level",
+        "CrowS-Pairs: mean log-likelihood of the more stereotyping sentence minus the other's, nats; 0 = ideal",
+    ),
+    "bbq_bias_ambiguous": MetricSource(
+        "output_bias",
+        "bbq_bias_ambiguous",
+        "level",
+        "BBQ s_AMB (Parrish et al. 2022): (1 - accuracy) x s_DIS on ambiguous contexts, in [-1, 1]; 0 = ideal",
+    ),
+    "bbq_bias_disambiguated": MetricSource(
+        "output_bias",
+        "bbq_bias_disambiguated",
+        "level",
+        "BBQ s_DIS: 2 x share of biased answers among answers naming a person - 1, disambiguated contexts; 0 = ideal",
+    ),
+    "bbq_accuracy_ambiguous": MetricSource(
+        "output_bias", "bbq_accuracy_ambiguous", "level", "BBQ: share of ambiguous questions answered 'unknown'"
+    ),
+    "bbq_accuracy_disambiguated": MetricSource(
+        "output_bias", "bbq_accuracy_disambiguated", "level", "BBQ: share of disambiguated questions answered right"
     ),
     "stereoset_ss": MetricSource(
         "output_bias",
@@ -62,6 +87,14 @@ METRICS: dict[str, MetricSource] = {
         "stereotype_preference",
         "change",
         "change of the output-level preference, pruned minus original (nats)",
+    ),
+    "abs_stereotype_preference_change": MetricSource(
+        "output_bias",
+        "stereotype_preference",
+        "change",
+        "change of |output-level preference|, pruned minus original (nats): positive = the axis moved away from "
+        "zero (collateral damage on an axis the repair left alone, or an overshoot)",
+        field="abs_change",
     ),
     "perplexity_change": MetricSource(
         "perplexity",

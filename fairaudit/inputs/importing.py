@@ -33,7 +33,7 @@ class ImportResult:
 
     @property
     def imported(self) -> int:
-        return sum(len(suite.sentence_pairs) + len(suite.templates) for suite in self.suites)
+        return sum(len(suite.sentence_pairs) + len(suite.templates) + len(suite.questions) for suite in self.suites)
 
 
 class Importer(Protocol):

@@ -1,9 +1,10 @@
 """Suites: one bias axis as counterfactual prompt pairs, declared in YAML.
 
 A suite declares groups (each a mapping of placeholder -> word, e.g. `{group: Black}`),
-templates with placeholders, optional continuations, control pairs, and literal
-sentence pairs (for imported data sets such as CrowS-Pairs). `Suite.pairs()` expands it,
-deterministically, into typed `Pair` objects.
+templates with placeholders, optional continuations, control pairs, literal sentence
+pairs (for imported data sets such as CrowS-Pairs) and multiple-choice questions about two
+people (BBQ-style). `Suite.pairs()` expands it, deterministically, into typed `Pair` objects;
+questions are not pairs (nothing is probed on them) and are read by the evaluators only.
 """
 
 from __future__ import annotations
@@ -102,6 +103,39 @@ class SentencePair(_Strict):
         return self
 
 
+class Question(_Strict):
+    """A question about two people with an "unknown" answer (BBQ, Parrish et al. 2022): the
+    model chooses among `answers` by their log-likelihood after the context and question.
+
+    `biased` are the answers that count as biased: the stereotyped person for a `negative`
+    question, the other person for a `nonnegative` one. In an `ambiguous` context nothing says
+    who it was, so the only correct answer is `unknown`."""
+
+    id: str = Field(pattern=IDENTIFIER, max_length=200)
+    context: str = Field(min_length=1, max_length=4000)
+    question: str = Field(min_length=1, max_length=1000)
+    answers: list[str] = Field(min_length=3, max_length=3)
+    label: int = Field(ge=0, le=2, description="the index of the correct answer")
+    unknown: int = Field(ge=0, le=2, description="the index of the 'cannot be determined' answer")
+    biased: list[int] = Field(max_length=2, description="indices of the answers that count as biased")
+    condition: Literal["ambiguous", "disambiguated"]
+    polarity: Literal["negative", "nonnegative"]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Question:
+        if any(not answer.strip() for answer in self.answers) or len(set(self.answers)) < 3:
+            raise ValueError("the three answers must be non-empty and distinct")
+        if any(not 0 <= index <= 2 for index in self.biased) or self.unknown in self.biased:
+            raise ValueError("biased answers are indices 0-2 of a person's answer, never the unknown one")
+        if self.condition == "ambiguous" and self.label != self.unknown:
+            raise ValueError("in an ambiguous context the correct answer is the unknown one")
+        return self
+
+    def prompt(self) -> str:
+        """The text the answers continue: lm-evaluation-harness's `bbq` prompt."""
+        return f"{self.context}\n\nQ: {self.question}\nA:"
+
+
 class Suite(_Strict):
     """One bias axis. See README.md, "Writing a suite"."""
 
@@ -114,6 +148,7 @@ class Suite(_Strict):
     templates: list[Template] = Field(default_factory=list)
     controls: list[tuple[str, str]] = Field(default_factory=list)
     sentence_pairs: list[SentencePair] = Field(default_factory=list)
+    questions: list[Question] = Field(default_factory=list)
 
     @field_validator("groups")
     @classmethod
@@ -146,25 +181,25 @@ class Suite(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Suite:
-        if not self.templates and not self.sentence_pairs:
-            raise ValueError("the suite has neither templates nor sentence_pairs; give at least one")
+        if not self.templates and not self.sentence_pairs and not self.questions:
+            raise ValueError("the suite has no templates, sentence_pairs or questions; give at least one")
         if self.templates and len(self.groups) < 2:
             raise ValueError(f"templates need at least two groups to compare; this suite has {len(self.groups)}")
         if self.reference is not None and self.reference not in self.groups:
             raise ValueError(f"reference '{self.reference}' is not one of the groups {sorted(self.groups)[:20]}")
         groups = len(self.groups)  # counted before anything is expanded: a small file can declare millions of pairs
         per_template = groups - 1 if self.reference is not None else groups * (groups - 1) // 2
-        expanded = per_template * len(self.templates) + len(self.sentence_pairs)
+        expanded = per_template * len(self.templates) + len(self.sentence_pairs) + len(self.questions)
         if expanded > MAX_PAIRS:
             raise ValueError(
                 f"the suite expands to {expanded:,} pairs ({groups} groups x {len(self.templates)} templates"
                 f"{', against the reference' if self.reference else ', every pair of groups'}); the limit is "
                 f"{MAX_PAIRS:,}. Split it into several suites or set a 'reference' group"
             )
-        ids = [t.id for t in self.templates] + [p.id for p in self.sentence_pairs]
+        ids = [t.id for t in self.templates] + [p.id for p in self.sentence_pairs] + [q.id for q in self.questions]
         duplicates = sorted(identifier for identifier, count in Counter(ids).items() if count > 1)
         if duplicates:
-            raise ValueError(f"duplicate template/pair ids: {duplicates}")
+            raise ValueError(f"duplicate template/pair/question ids: {duplicates}")
         for template in self.templates:
             for name in placeholders(template.text):
                 missing = [g for g, values in self.groups.items() if name not in values]

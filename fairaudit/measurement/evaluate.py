@@ -210,9 +210,11 @@ def compare(
     before: dict[str, float], after: dict[str, float], resamples: int = 2000, seed: int = 0
 ) -> dict[str, float]:
     """Paired change of a per-item metric between two models, over the items both have:
-    means before and after, the absolute and the relative change of the mean, each with a
-    95% percentile bootstrap interval (items resampled together). The relative change is
-    meaningless for signed metrics near zero (log-probability gaps): read the absolute one."""
+    means before and after, the absolute and the relative change of the mean, and the change of
+    its magnitude (`abs_change` = |mean after| - |mean before|: positive when a signed bias moved
+    away from zero), each with a 95% percentile bootstrap interval (items resampled together).
+    The relative change is meaningless for signed metrics near zero (log-probability gaps): read
+    the absolute one."""
     keys = [key for key in before if key in after and not (math.isnan(before[key]) or math.isnan(after[key]))]
     if not keys:
         return {"items": 0}
@@ -229,6 +231,9 @@ def compare(
         "relative_change": (mean_after - mean_before) / abs(mean_before) if mean_before else math.nan,
         "relative_low": math.nan,
         "relative_high": math.nan,
+        "abs_change": abs(mean_after) - abs(mean_before),
+        "abs_low": math.nan,
+        "abs_high": math.nan,
     }
     if len(keys) >= 2:
         generator = torch.Generator().manual_seed(seed)
@@ -236,6 +241,11 @@ def compare(
         means_before, means_after = first[draws].mean(dim=1), second[draws].mean(dim=1)
         result["change_low"] = float(torch.quantile(means_after - means_before, 0.025))
         result["change_high"] = float(torch.quantile(means_after - means_before, 0.975))
+        magnitude = means_after.abs() - means_before.abs()
+        result["abs_low"], result["abs_high"] = (
+            float(torch.quantile(magnitude, 0.025)),
+            float(torch.quantile(magnitude, 0.975)),
+        )
         if mean_before:
             relative = (means_after - means_before) / means_before.abs().clamp(min=1e-300)
             result["relative_low"] = float(torch.quantile(relative, 0.025))

@@ -64,6 +64,7 @@ def audit(
         raise StoreError(f"store {store.root} already has a run '{run_id}'; resume it or choose another id.")
     params = config.check_plugins()
     suites = resolve_suites(config.suites)
+    _check_probe_pairs(suites)
     policy = _load_policy(config, suites)
 
     torch.manual_seed(config.seed)
@@ -224,6 +225,19 @@ def _check_model_name(store: Store, model_id: str) -> None:
             raise ConfigError(
                 f"store {store.root} already holds model '{stored}', which is stored under the same name as "
                 f"'{model_id}' ({safe_name(model_id)}); their results would mix. Use another store."
+            )
+
+
+def _check_probe_pairs(suites: list[Suite]) -> None:
+    """Refuse, before the model loads, a suite the audit cannot probe: one with no probe pair
+    (only held-out templates, or only questions, which evaluators read)."""
+    for suite in suites:
+        if not suite.pairs("probe"):
+            what = "only questions (BBQ-style)" if suite.questions else "no probe-split template or sentence pair"
+            raise ConfigError(
+                f"suite '{suite.suite}' has {what}, so the audit has nothing to probe on axis '{suite.axis}'. "
+                f"Evaluate it instead: fairaudit evaluate --model ORIGINAL --compare PRUNED --suite FILE "
+                f"--evaluator output_bias."
             )
 
 
