@@ -1,5 +1,12 @@
 """Where the default audit spends its time: wall and CPU seconds per stage and per evaluator,
-from the run record's timings (`fairaudit audit` records both). Runs the default audit into a
+from the run record's timings (`fairaudit audit` records both), set against the compute floor:
+the token positions each stage forwarded (the record keeps them: `fairaudit.compute`) divided by
+this machine's plain batched forward throughput for the model, measured in the same run
+(batches of 16 x 64 tokens, language-model head on the last position only, inference mode).
+A position forwarded with gradients counts three times (forward and backward); an evaluator
+that ran in a lane beside the other model is set against the throughput with half the threads.
+wall/floor says how close a stage runs to the machine; tokens say how much it asks of it.
+Runs the default audit into a
 temporary store, or reads a stored run with --store and --run. --device and --dtype run it where
 `fairaudit audit --device D --dtype T` would (the GGUF is dequantized before the clock starts, as in
 the target of issue 19). --one-at-a-time evaluates the original and the pruned model one after the
@@ -11,18 +18,55 @@ Usage: python benchmarks/audit_stages.py [--store DIR --run RUN_ID] [--device cu
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
+import time
+
+import torch
 
 from fairaudit.store import Store
 
 
-def stage_rows(timings: dict[str, float]) -> list[tuple[str, float, float]]:
-    """(stage, wall seconds, CPU seconds) in the order they were recorded."""
+def stage_rows(timings: dict[str, float]) -> list[tuple[str, float, float, float, float]]:
+    """(stage, wall seconds, CPU seconds, tokens forwarded, of which with gradients) in the order recorded."""
     return [
-        (key, wall, timings.get(f"{key}:cpu", float("nan")))
+        (
+            key,
+            wall,
+            timings.get(f"{key}:cpu", math.nan),
+            int(timings.get(f"{key}:tokens", 0)),
+            int(timings.get(f"{key}:grad_tokens", 0)),
+        )
         for key, wall in timings.items()
-        if not key.endswith(":cpu")
+        if not key.endswith((":cpu", ":tokens", ":grad_tokens"))
     ]
+
+
+def throughput(model, threads: int, seconds: float = 5.0) -> float:
+    """Token positions per second of plain batched forwards (16 x 64, last position's logits)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    vocab = model.get_input_embeddings().num_embeddings
+    batch = torch.randint(3, vocab, (16, 64), generator=torch.Generator().manual_seed(0)).to(model.device)
+    try:
+        with torch.inference_mode():
+            for _ in range(3):  # warm-up
+                model(input_ids=batch, logits_to_keep=1)
+            started, done = time.perf_counter(), 0
+            while time.perf_counter() - started < seconds:
+                model(input_ids=batch, logits_to_keep=1)
+                done += batch.numel()
+        return done / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def lane_evaluators() -> set[str]:
+    """Evaluators that run in a lane beside the other model (side by side), with half the threads."""
+    from fairaudit.pipeline.evaluation import exclusive
+    from fairaudit.plugins import registry
+
+    return {name for name in registry().names("evaluator") if not exclusive(registry().get("evaluator", name))}
 
 
 def main() -> None:
@@ -58,14 +102,36 @@ def main() -> None:
             f"pruned: {result.pruned}\nevaluation failures: {result.evaluation_failures or 'none'}; report: {result.report}"
         )
         store, run_id = Store(result.store), result.run_id
-    timings = store.read_run(run_id)["timings"]
+    record = store.read_run(run_id)
+    timings = record["timings"]
+    causal = (record.get("prune") or {}).get("causal") or (record.get("prune_skipped") or {}).get("causal") or {}
+    for step, entry in (causal.get("compute") or {}).items():  # the causal planner's steps
+        timings[f"prune:{step}"] = entry["wall_s"]
+        timings[f"prune:{step}:tokens"], timings[f"prune:{step}:grad_tokens"] = entry["tokens"], entry["grad_tokens"]
+    from fairaudit.config import ModelSpec
+    from fairaudit.inputs.model import load_model
+
+    spec = record.get("config", {}).get("model") or {}
+    loaded = load_model(ModelSpec.model_validate(spec) if spec else ModelSpec())
+    threads = torch.get_num_threads()
+    full, half = throughput(loaded.model, threads), throughput(loaded.model, max(1, threads // 2))
+    side_by_side = record.get("config", {}).get("evaluate_side_by_side", True) and record.get("prune")
+    lanes = lane_evaluators() if side_by_side else set()
     print(
         f"run {run_id}: wall and CPU seconds per stage (CPU counts every thread of the process; of an evaluator run "
-        f"side by side, its own thread's)"
+        f"side by side, its own thread's); floor = tokens / throughput, this machine, {threads} threads: "
+        f"{full:,.0f} tokens/s ({half:,.0f} with {max(1, threads // 2)})"
     )
-    print(f"{'stage':<40} {'wall s':>8} {'CPU s':>8} {'CPU/wall':>9}")
-    for stage, wall, cpu in stage_rows(timings):
-        print(f"{stage:<40} {wall:>8.1f} {cpu:>8.1f} {cpu / wall if wall else float('nan'):>9.2f}")
+    print(f"{'stage':<40} {'wall s':>8} {'CPU s':>8} {'tokens':>11} {'floor s':>8} {'wall/floor':>10}")
+    total_tokens = 0
+    for stage, wall, cpu, tokens, with_grad in stage_rows(timings):
+        parts = stage.split(":")
+        in_lane = len(parts) == 3 and parts[0] == "evaluate" and parts[1] in lanes
+        floor = (tokens + 2 * with_grad) / (half if in_lane else full)
+        ratio = f"{wall / floor:>10.2f}" if floor > 0.05 else f"{'-':>10}"
+        print(f"{stage:<40} {wall:>8.1f} {cpu:>8.1f} {tokens:>11,} {floor:>8.1f} {ratio}")
+        total_tokens = tokens if stage == "total" else total_tokens
+    print(f"the audit forwarded {total_tokens:,} token positions")
 
 
 if __name__ == "__main__":

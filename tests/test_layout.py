@@ -13,7 +13,7 @@ MAX_FUNCTION_LINES = 80
 # Lower layers never import higher ones; packages of one layer do not import each other, except the
 # foundation modules (layer 0), which may import one another as long as there is no cycle.
 LAYERS = [
-    {"errors", "lazy", "names", "escaping", "resources", "yamlio", "svg", "hookspecs", "plugins", "config"},
+    {"errors", "lazy", "names", "escaping", "resources", "yamlio", "svg", "hookspecs", "plugins", "config", "compute"},
     {"inputs"},
     {"measurement"},
     {"store", "testing"},

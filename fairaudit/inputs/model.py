@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fairaudit.compute import TokenCount, count_tokens
 from fairaudit.config import ModelSpec
 from fairaudit.errors import ModelError
 from fairaudit.inputs.architecture import Adapter, find_adapter
@@ -67,6 +68,10 @@ class LoadedModel:
     # what earlier stages measured on this model, for evaluators to reuse: key -> (weights hash
     # when measured, value); see `fairaudit.measurement.evaluate.recall`
     measured: dict[Any, tuple[str, Any]] = field(default_factory=dict, repr=False)
+    tokens: TokenCount = field(init=False, repr=False)  # what it forwarded (`fairaudit.compute`)
+
+    def __post_init__(self) -> None:
+        self.tokens = count_tokens(self.model)
 
     @property
     def layers(self) -> list[nn.Module]:

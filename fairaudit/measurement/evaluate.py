@@ -76,8 +76,14 @@ class Evaluator(Protocol):
 
 def has_hooks(model: torch.nn.Module) -> bool:
     """True when any module has a forward hook or pre-hook (a mask, a probe): what the model
-    computes may then differ from what its weights say."""
-    return any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())
+    computes may then differ from what its weights say. fairaudit's token counter
+    (`fairaudit.compute`) changes nothing and is not counted."""
+    from fairaudit.compute import is_counting
+
+    return any(
+        module._forward_hooks or any(not is_counting(hook) for hook in module._forward_pre_hooks.values())
+        for module in model.modules()
+    )
 
 
 def remember(loaded: LoadedModel, key: Any, value: Any, weights: str) -> None:

@@ -24,7 +24,7 @@ from fairaudit.inputs.model import LoadedModel, load_model
 from fairaudit.inputs.suite import Suite, resolve_suites
 from fairaudit.lazy import torch
 from fairaudit.measurement.evaluate import EvaluationResult, Measurement, compare
-from fairaudit.pipeline.record import AuditResult, clock, record_time
+from fairaudit.pipeline.record import AuditResult, clock, record_time, record_tokens
 from fairaudit.plugins import registry
 from fairaudit.store import Store, safe_name
 
@@ -209,7 +209,7 @@ class _Evaluation:
                 f"evaluating {job.number} of {self.total}: {job.name} on the "
                 f"{'original' if job.role == 'before' else 'pruned'} model"
             )
-        started, spent = clock(), list[float]()
+        started, spent, counted = clock(), list[float](), job.loaded.tokens.snapshot()
         result = EvaluationResult()
         if getattr(job.evaluator, "requires_causal", False) and not job.loaded.has_lm_head:
             result.measurements.append(
@@ -228,8 +228,12 @@ class _Evaluation:
         tables = _evaluation_tables(job.name, job.role, result)
         with self.lock:
             record_time(self.timings, f"evaluate:{job.name}:{job.role}", started)
-            if lane:  # CPU seconds of the thread that ran it (the process' would count the other lane's too)
+            if lane:  # the thread's CPU seconds and its model's tokens (the process' count the other lane's too)
                 self.timings[f"evaluate:{job.name}:{job.role}:cpu"] = round(spent[0], 3) if spent else math.nan
+                forward, with_grad = job.loaded.tokens.snapshot()
+                record_tokens(
+                    self.timings, f"evaluate:{job.name}:{job.role}", forward - counted[0], with_grad - counted[1]
+                )
             for table in (
                 "evaluation_items",
                 "generations",

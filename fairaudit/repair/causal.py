@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from fairaudit.compute import accounted
 from fairaudit.config import CausalParams
 from fairaudit.lazy import torch
 
@@ -73,6 +74,8 @@ class CausalPlan:
     chosen_budget: float | None = None
     selection: Any = None  # fairaudit.repair.prune.Selection
     measured_in: str = "float32"  # the dtype the plan's forward passes ran in
+    # per step (gate, attribution, guard, budget): wall seconds and token positions (`fairaudit.compute`)
+    compute: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class CausalPlan:
             "budgets": self.budgets,
             "chosen_budget": self.chosen_budget,
             "measured_in": self.measured_in,
+            "compute": self.compute,
             **_kinds(self.order_at(self.chosen_budget) if self.chosen_budget else []),
         }
 
@@ -192,7 +196,9 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
         corpus_ids[:VALIDATION_TOKENS],
         corpus_ids[VALIDATION_TOKENS : VALIDATION_TOKENS + GUARD_TOKENS],
     )
-    gates, parts = _gates(loaded, suites, params, say)
+    compute: dict[str, dict[str, float]] = {}
+    with accounted(compute, "gate"):
+        gates, parts = _gates(loaded, suites, params, say)
     active = [gate.axis for gate in gates if gate.active]
     heads = attribution.head_count(loaded) * len(widths) if params.heads else 0
     found = CausalPlan(
@@ -200,6 +206,7 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
         order=[],
         guard={"checked": 0, "rejected": 0, "largest_rejected_rise": 0.0},
         total=sum(widths) + heads,
+        compute=compute,
     )
     if not active:
         return found
@@ -217,7 +224,8 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
             f"round {round_index + 1}: {_counted(found.order)} chosen; the quality guard rejected {found.guard['rejected']} of "
             f"{found.guard['checked']} candidates"
         )
-    _choose_budget(loaded, found, {axis: parts[axis][1] for axis in active}, widths, slice_ids, params, say)
+    with accounted(found.compute, "budget"):
+        _choose_budget(loaded, found, {axis: parts[axis][1] for axis in active}, widths, slice_ids, params, say)
     return found
 
 
@@ -338,7 +346,8 @@ def _choose(
     (8 candidates measured at a time)."""
     from fairaudit.measurement import attribution
 
-    estimate = attribution.attribute(loaded, pairs)
+    with accounted(found.compute, "attribution"):
+        estimate = attribution.attribute(loaded, pairs)
     direction = 1.0 if float(estimate.output_bias.mean()) >= 0 else -1.0
     taken = set(found.order)
     scored = []
@@ -354,7 +363,8 @@ def _choose(
     picked = 0
     for start in range(0, len(candidates), 8):
         chunk = candidates[start : start + 8]
-        rises = torch.expm1(attribution.measured_loss_change(loaded, guard_ids, chunk))
+        with accounted(found.compute, "guard"):
+            rises = torch.expm1(attribution.measured_loss_change(loaded, guard_ids, chunk))
         found.guard["checked"] += len(chunk)
         for unit, rise in zip(chunk, rises.tolist()):
             if rise > params.guard:
