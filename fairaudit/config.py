@@ -212,6 +212,11 @@ class CausalParams(BaseModel):
         "for an axis to be selected for: templates resampled, pairs, or none",
     )
     validation_every: int = Field(default=4, ge=2, description="every k-th probe template is for validation")
+    collateral: bool = Field(
+        default=True,
+        description="reject a budget that moves an axis left alone away from zero: the lower end of the "
+        "95% interval (templates resampled) of |m after| - |m before| on its validation templates above 0",
+    )
     heldout_curve: bool = Field(
         default=False,
         description="after choosing, also measure each budget's held-out output bias "

@@ -561,3 +561,55 @@ def test_the_random_baseline_takes_unmasked_values_output_bias_computed_on_the_s
         assert len(computed) == 3 * unique, "the changed model is measured again, the unchanged reference is not"
     finally:
         loaded.measured.pop(LOGLIKELIHOODS, None)
+
+
+def test_a_budget_that_moves_an_axis_left_alone_away_from_zero_is_rejected(monkeypatch):
+    """Collateral damage: religion is selected for; race is left alone. The larger budget repairs
+    religion more but moves race from +0.1 to +0.6 on its validation templates (the whole paired
+    interval of |m after| - |m before| above 0): it is rejected, the smaller budget chosen."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+
+    import fairaudit.measurement.attribution as attribution_module
+    import fairaudit.repair.causal as causal
+    import fairaudit.repair.prune as prune_module
+
+    removed = {"units": 0}
+
+    @contextlib.contextmanager
+    def fake_masked(loaded, units):
+        removed["units"] = units
+        yield
+        removed["units"] = 0
+
+    def values(loaded, pairs, *args, **kwargs):
+        axis, noise = pairs[0].axis, torch.tensor([0.01 * ((i % 3) - 1) for i in range(len(pairs))])
+        level = {
+            "religion": {0: 0.5, 1: 0.2, 2: 0.05},
+            "race": {0: 0.1, 1: 0.1, 2: 0.6},
+        }[axis][removed["units"]]
+        return level + noise.double()
+
+    monkeypatch.setattr(prune_module, "masked", fake_masked)
+    monkeypatch.setattr(attribution_module, "output_bias_values", values)
+    monkeypatch.setattr(causal, "selection_of", lambda units, widths, ranking="": len(units))
+    monkeypatch.setattr(causal, "corpus_perplexity", lambda loaded, ids, selection=None: 10.0)
+    pairs = {
+        axis: [SimpleNamespace(axis=axis, template_id=f"t{i // 3}") for i in range(12)] for axis in ("religion", "race")
+    }
+
+    def choose(collateral: bool) -> causal.CausalPlan:
+        order = [attribution.Unit("neuron", 0, index) for index in range(2)]
+        found = causal.CausalPlan(gates=[], order=order, guard={}, total=2)
+        params = CausalParams(budgets=[0.5, 0.99], collateral=collateral)
+        causal._choose_budget(None, found, pairs, ["religion"], [2], [], params, lambda text: None)
+        return found
+
+    found = choose(collateral=True)
+    assert [row["made_worse"] for row in found.budgets] == [[], ["race"]]
+    assert found.budgets[1]["left_alone_abs_change_race"] == pytest.approx(0.5)
+    assert found.chosen_budget == 0.5
+    unchecked = choose(collateral=False)
+    assert unchecked.chosen_budget == 0.99 and "made_worse" not in unchecked.budgets[0]

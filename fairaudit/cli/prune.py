@@ -150,6 +150,12 @@ def _comma_list(kind: type) -> Any:
     help="--causal: every k-th probe template is for validation (choosing the budget)",
 )
 @click.option(
+    "--collateral/--no-collateral",
+    default=None,
+    help="--causal: reject a budget that moves an axis left alone away from zero on its validation templates "
+    "(default: on)",
+)
+@click.option(
     "--plan-in",
     type=click.Choice(["float32", "model"]),
     default=None,
@@ -225,6 +231,7 @@ def _pruning(causal: bool, axes: tuple[str, ...], options: dict[str, Any]) -> Pr
         gate=options.pop("gate"),
         validation_every=options.pop("validation_every"),
         heldout_curve=options.pop("heldout_curve"),
+        collateral=options.pop("collateral"),
         float32=None if plan_in is None else plan_in == "float32",
     )
     if causal:

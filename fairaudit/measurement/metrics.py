@@ -214,6 +214,24 @@ def cluster_bootstrap_interval(
     return float(torch.quantile(means, tail)), float(torch.quantile(means, 1 - tail))
 
 
+def magnitude_change_interval(
+    before: torch.Tensor, after: torch.Tensor, clusters: list[str], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """|mean after| - |mean before| of paired per-pair values (positive: moved away from zero) and
+    its 95% percentile bootstrap interval, resampling whole clusters (templates) of pairs together."""
+    keys = sorted(set(clusters))
+    change = abs(float(after.double().mean())) - abs(float(before.double().mean()))
+    if len(keys) < 2:
+        return change, float("nan"), float("nan")
+    index = torch.tensor([keys.index(name) for name in clusters])
+    counts = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, index, torch.ones(len(clusters)).double())
+    sums = [torch.zeros(len(keys), dtype=torch.float64).index_add_(0, index, v.double()) for v in (before, after)]
+    draws = torch.randint(0, len(keys), (resamples, len(keys)), generator=torch.Generator().manual_seed(seed))
+    total = counts[draws].sum(dim=1)
+    magnitude = (sums[1][draws].sum(dim=1) / total).abs() - (sums[0][draws].sum(dim=1) / total).abs()
+    return change, float(torch.quantile(magnitude, 0.025)), float(torch.quantile(magnitude, 0.975))
+
+
 # --- output-level bias ---------------------------------------------------------------
 
 

@@ -20,7 +20,9 @@ The steps (docs/attribution.md has the definitions and the SmolLM2 results):
 4. budget: of `budgets` (shares of all units: MLP neurons, and heads when they are candidates; each a
    prefix of the greedy order; a head counts as one unit), the one with
    the smallest validation |m| (summed over gated axes, as a share of its value before) whose
-   perplexity on a corpus slice rises at most `max_perplexity_rise`.
+   perplexity on a corpus slice rises at most `max_perplexity_rise` and which moves no axis left
+   alone away from zero (`collateral`: the paired 95% interval, templates resampled, of
+   |m after| - |m before| on that axis' validation templates lies above 0).
 
 A model loaded in bfloat16 or float16 is planned in float32 (its weights cast up, then back:
 exact), because the guard's 0.3% is below bfloat16's rounding noise: planned in bfloat16,
@@ -70,7 +72,7 @@ class CausalPlan:
     order: list[Any]  # the greedy order of `fairaudit.measurement.attribution.Unit`s: each budget takes a prefix
     guard: dict[str, float]
     total: int  # candidate units of the model: MLP neurons, and heads when they are candidates
-    budgets: list[dict[str, float]] = field(default_factory=list)
+    budgets: list[dict[str, Any]] = field(default_factory=list)
     chosen_budget: float | None = None
     selection: Any = None  # fairaudit.repair.prune.Selection
     measured_in: str = "float32"  # the dtype the plan's forward passes ran in
@@ -225,7 +227,9 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
             f"{found.guard['checked']} candidates"
         )
     with accounted(found.compute, "budget"):
-        _choose_budget(loaded, found, {axis: parts[axis][1] for axis in active}, widths, slice_ids, params, say)
+        _choose_budget(
+            loaded, found, {axis: pairs for axis, (_, pairs) in parts.items()}, active, widths, slice_ids, params, say
+        )
     return found
 
 
@@ -270,36 +274,55 @@ def _choose_budget(
     loaded: Any,
     found: CausalPlan,
     validation: dict[str, list[Any]],
+    active: list[str],
     widths: list[int],
     slice_ids: list[int],
     params: CausalParams,
     say: Callable[[str], None],
 ) -> None:
-    """Measure every budget (a prefix of the greedy order) on the validation pairs and the corpus
-    slice; choose the one that keeps the least validation |m| within the perplexity limit."""
-    active = list(validation)
+    """Measure every budget (a prefix of the greedy order) on the validation pairs of every axis
+    and the corpus slice; choose the one that keeps the least validation |m| of the `active` axes
+    within the perplexity limit, moving no other axis away from zero (with `params.collateral`)."""
+    from fairaudit.measurement.attribution import output_bias_values
+    from fairaudit.measurement.metrics import magnitude_change_interval
+    from fairaudit.repair.prune import masked
+
+    watched = [axis for axis in validation if axis in active or params.collateral]
     base_slice = corpus_perplexity(loaded, slice_ids)
-    base = {axis: mean_output_bias(loaded, validation[axis]) for axis in active}
+    base = {axis: output_bias_values(loaded, validation[axis]) for axis in watched}
     best = None
     for budget in params.budgets:
-        selection = selection_of(found.order_at(budget), widths)
-        rise = corpus_perplexity(loaded, slice_ids, selection) / base_slice - 1
-        after = {axis: mean_output_bias(loaded, validation[axis], selection) for axis in active}
-        kept = sum(abs(after[axis]) for axis in active) / max(sum(abs(base[axis]) for axis in active), 1e-12)
         units = found.order_at(budget)
+        selection = selection_of(units, widths)
+        rise = corpus_perplexity(loaded, slice_ids, selection) / base_slice - 1
+        with masked(loaded, selection):
+            after = {axis: output_bias_values(loaded, validation[axis]) for axis in watched}
+        kept = sum(abs(float(after[axis].mean())) for axis in active) / max(
+            sum(abs(float(base[axis].mean())) for axis in active), 1e-12
+        )
+        worse, moved = [], {}
+        for axis in watched:
+            if axis not in active:
+                templates = [pair.template_id for pair in validation[axis]]
+                change, low, high = magnitude_change_interval(base[axis], after[axis], templates)
+                moved[f"left_alone_abs_change_{axis}"] = change
+                worse += [axis] if low > 0 else []
         found.budgets.append(
             {
                 "budget": budget,
                 **_kinds(units),
                 "validation_abs_bias_kept": kept,
                 "slice_perplexity_rise": rise,
-                **{f"validation_bias_{axis}": after[axis] for axis in active},
+                **{f"validation_bias_{axis}": float(after[axis].mean()) for axis in active},
+                **moved,
+                **({"made_worse": worse} if params.collateral else {}),
             }
         )
         say(
             f"budget {budget:g} ({_counted(units)}): validation |m| kept {kept:.2f}, corpus-slice perplexity {rise:+.2%}"
+            + (f"; moves {', '.join(worse)} away from zero: rejected" if worse else "")
         )
-        if rise <= params.max_perplexity_rise and kept < 1 and (best is None or kept < best[1]):
+        if rise <= params.max_perplexity_rise and kept < 1 and not worse and (best is None or kept < best[1]):
             best = (budget, kept)
     if best is not None:
         found.chosen_budget = best[0]
