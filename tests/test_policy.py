@@ -390,6 +390,32 @@ def test_audit_with_a_policy_stores_it_and_the_report_opens_with_verdicts(audite
     assert [v["verdict"] for v in checked["verdicts"]] == [v.verdict for v in result.verdicts]
 
 
+def test_check_recomputes_every_summary_from_its_items_and_refuses_a_forged_one(audited, cli, tmp_path):
+    """A forger who edits a summary (a narrower interval that passes) and re-seals the run's file
+    manifest still fails: `check` recomputes each mean-of-items summary from its per-item rows."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from fairaudit.compliance.policy import cross_check
+
+    root, result = audited
+    assert cross_check(Store(root / "store"), result.run_id) > 20
+    shutil.copytree(root / "store", tmp_path / "store")
+    store = Store(tmp_path / "store")
+    for path in sorted((tmp_path / "store" / "evaluations").rglob("*.parquet")):
+        rows = pq.read_table(path).to_pylist()
+        hit = [r for r in rows if r["metric"] == "stereotype_preference" and r["axis_or_task"] == "race"]
+        if hit:
+            hit[0]["low"], hit[0]["high"] = hit[0]["value"] - 1e-3, hit[0]["value"] + 1e-3
+            pq.write_table(pa.Table.from_pylist(rows, schema=MEASUREMENT_SCHEMA), path)
+            break
+    store.write_run(result.run_id, {**store.read_run(result.run_id), "files": store.run_files(result.run_id)})
+    refused = cli("check", tmp_path / "store", "--run", result.run_id)
+    assert refused.exit_code == 2
+    assert "output_bias / stereotype_preference / race" in refused.stderr and "per-item rows" in refused.stderr
+
+
 def test_card_section_in_the_pruned_model_and_on_the_command_line(audited, cli):
     root, result = audited
     section = cli("card", root / "store", "--run", result.run_id).output

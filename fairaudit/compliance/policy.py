@@ -262,6 +262,43 @@ def _measurements(store: Store, run_id: str) -> dict[tuple, dict[str, float]]:
     return found
 
 
+def cross_check(store: Store, run_id: str) -> int:
+    """Recompute every summary an evaluator stored as the mean of its items (`of_items`): the
+    mean, the count and the 95% bootstrap interval from the `evaluation_items` rows, refusing the
+    store when one differs (naming it). Returns how many were checked. A summary that is not a
+    mean of items (a third-party evaluator's, lm-eval's aggregates, a store written before the
+    flag) is not checked: its verdict rests on the stored value and the file hashes alone."""
+    from fairaudit.lazy import torch
+    from fairaudit.measurement.metrics import bootstrap_interval
+
+    summaries = [row for row in store.rows("evaluations", run_id=run_id) if row.get("of_items") and not row["error"]]
+    if not summaries:
+        return 0
+    items: dict[tuple, list[float]] = {}
+    for row in store.rows("evaluation_items", run_id=run_id):
+        key = (row["model"], row["evaluator"], row["role"], row["axis_or_task"], row["metric"])
+        items.setdefault(key, []).append(row["value"])
+    for row in summaries:
+        key = (row["model"], row["evaluator"], row["role"], row["axis_or_task"], row["metric"])
+        values = torch.tensor(items.get(key, []), dtype=torch.float64)
+        finite = values[torch.isfinite(values)]
+        mean = float(finite.mean()) if finite.numel() else math.nan
+        low, high = bootstrap_interval(finite)
+        stored = (_nan(row["value"]), _nan(row["low"]), _nan(row["high"]))
+        agree = all(
+            (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+            for a, b in zip(stored, (mean, low, high))
+        )
+        if not agree or row["n"] != finite.numel():
+            raise StoreError(
+                f"run {run_id}: the stored summary of {row['evaluator']} / {row['metric']} / "
+                f"{row['axis_or_task'] or '-'} on the {row['role']} model ({stored[0]:.6g} [{stored[1]:.6g}, "
+                f"{stored[2]:.6g}], n {row['n']}) does not match its {values.numel()} per-item rows ({mean:.6g} "
+                f"[{low:.6g}, {high:.6g}], n {finite.numel()}): the store was edited after the run. Rerun the audit."
+            )
+    return len(summaries)
+
+
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
 
@@ -269,6 +306,7 @@ def _nan(value: Any) -> float:
 def evaluate_policy(policy: Policy, store: Store, run_id: str) -> list[Verdict]:
     """Every rule's verdict for every axis and model the run measured, read from the store."""
     record = store.verify(run_id)  # every table file as the run wrote it
+    cross_check(store, run_id)
     if record.get("kind", "audit") not in ("audit", "evaluate"):
         raise StoreError(
             f"run {run_id} is a {record.get('kind')} run; a policy is checked on an audit or evaluate run."

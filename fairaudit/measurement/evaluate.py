@@ -31,6 +31,7 @@ class Measurement:
     high: float = math.nan
     n: int = 0
     error: str = ""
+    of_items: bool = False  # the mean of its per-item values, with their bootstrap interval (`add_items`)
 
 
 @dataclass
@@ -51,7 +52,9 @@ class EvaluationResult:
         ]  # a NaN or infinite item is left out of the mean, its interval and its count
         low, high = bootstrap_interval(finite)
         mean = float(finite.mean()) if finite.numel() else math.nan
-        self.measurements.append(Measurement(evaluator, axis, metric, mean, low, high, int(finite.numel())))
+        self.measurements.append(
+            Measurement(evaluator, axis, metric, mean, low, high, int(finite.numel()), of_items=True)
+        )
 
 
 class Evaluator(Protocol):

@@ -69,6 +69,7 @@ def _evaluation_tables(name: str, role: str, result: EvaluationResult) -> dict[s
             "high": m.high,
             "n": m.n,
             "error": m.error,
+            "of_items": m.of_items,
         }
         for m in result.measurements
     ]
@@ -101,6 +102,7 @@ MEASUREMENT_SCHEMA = pa.schema(
         ("high", pa.float64()),
         ("n", pa.int64()),
         ("error", pa.string()),
+        ("of_items", pa.bool_()),  # value, low, high and n recomputable from its evaluation_items rows
     ]
 )
 
