@@ -386,6 +386,12 @@ def test_audit_with_a_policy_stores_it_and_the_report_opens_with_verdicts(audite
     assert html.index('id="policy"') < html.index('id="summary"')
     shown = dict(re.findall(r'data-metric="verdict" data-axis="([^"]+)" data-value="([^"]+)"', html))
     assert shown == {f"{v.rule}:{v.model}:{v.axis}": v.verdict for v in result.verdicts}
+    glance = dict(re.findall(r'data-metric="glance_verdict" data-axis="([^"]+)" data-value="([^"]*)"', html))
+    rank = ["pass", "inconclusive", "fail"]  # the worst must verdict of the gated (pruned) model per axis
+    for axis in ("race", "gender"):
+        must = [v.verdict for v in result.verdicts if v.axis == axis and v.model == "pruned" and v.severity == "must"]
+        worst = max(must, key=lambda v: 2 if v == "fail" else 0 if v == "pass" else 1)
+        assert glance[axis] == worst and worst in rank + ["too few items", "not measured"]
     checked = json.loads(cli("check", root / "store", "--run", result.run_id, "--json").output)  # the run's own policy
     assert [v["verdict"] for v in checked["verdicts"]] == [v.verdict for v in result.verdicts]
 

@@ -107,6 +107,18 @@ def test_numbers_in_the_html_equal_the_store(audited):
         assert f"{axis}: against random neurons of the same number per layer" in html and said in html
     overlaps = sorted(r["overlap"] for r in store.read("overlap_pairs", run_id=result.run_id).to_pylist())
     assert sorted(int(v) for v in parser.values[("overlap", "")]) == overlaps
+    # the first table of the summary: one row per axis, from the same stored figures
+    assert html.index('id="glance"') < html.index('data-metric="bias_index"') < html.index("</details>")
+    comparisons = {
+        (r["axis_or_task"], r["metric"]): r for r in store.read("comparisons", run_id=result.run_id).to_pylist()
+    }
+    for axis in ("race", "gender"):
+        preference = comparisons[(axis, "stereotype_preference")]
+        assert float(parser.values[("glance_preference", axis)][0]) == preference["after"]
+        assert float(parser.values[("glance_beats_random_p", axis)][0]) == random[(axis, "beats_random_p")]
+        low, high = preference["abs_low"], preference["abs_high"]
+        moved = "yes" if low > 0 else "no" if high < 0 else "unclear"
+        assert parser.values[("glance_moved_away", axis)][0] == moved
 
 
 def test_json_twin_has_the_same_numbers(audited):

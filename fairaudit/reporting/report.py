@@ -56,13 +56,15 @@ def report_data(store: Store, run_id: str, compare_run: str | None = None, polic
         )
 
     overlap_pairs = store.rows("overlap_pairs", model=model_id, run_id=run_id)
+    policy_table = sections.policy_section(store, run_id, record, policy, compare_run)
     return {
         "fairaudit_version": fairaudit.__version__,
         "run_id": run_id,
         "model_id": model_id,
         "status": record.get("status"),
         "started": record.get("started"),
-        "policy": sections.policy_section(store, run_id, record, policy, compare_run),
+        "policy": policy_table,
+        "gate_verdicts": sections.gate_verdicts(policy_table),
         "summary": sections.axis_summary(axes, summaries, change, measurements, prune),
         **sections.quality_section(comparisons, measured),
         "prune": prune,

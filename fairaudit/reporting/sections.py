@@ -131,6 +131,29 @@ def _attribution_line(axis: str, row: dict[str, Any]) -> str | None:
     return line + "."
 
 
+def _moved_away(change: dict[str, Any] | None) -> str | None:
+    """Whether pruning moved the output-level preference away from zero: "yes" (the whole paired
+    interval of |after| - |before| above 0), "no" (below 0: toward zero), "unclear", or None."""
+    if not change or not is_number(change.get("abs_low")) or not is_number(change.get("abs_high")):
+        return None
+    return "yes" if change["abs_low"] > 0 else "no" if change["abs_high"] < 0 else "unclear"
+
+
+VERDICT_RANK = {"pass": 0, "too few items": 1, "not measured": 1, "inconclusive": 1, "fail": 2}
+
+
+def gate_verdicts(policy: dict[str, Any] | None) -> dict[str, str]:
+    """Per axis, the worst `must` verdict on the gated model (the report's first table)."""
+    worst: dict[str, str] = {}
+    gated = (policy or {}).get("gate_model")
+    for verdict in (policy or {}).get("verdicts", []):
+        if verdict["severity"] == "must" and verdict["model"] == gated:
+            known = worst.get(verdict["axis"])
+            if known is None or VERDICT_RANK[verdict["verdict"]] > VERDICT_RANK[known]:
+                worst[verdict["axis"]] = verdict["verdict"]
+    return worst
+
+
 def policy_section(
     store: Store, run_id: str, record: dict[str, Any], policy, compare_run: str | None
 ) -> dict[str, Any] | None:
@@ -174,9 +197,21 @@ def axis_summary(
     summary = []
     for axis in axes:
         row = summaries.get(axis, {})
+        random = {
+            row["metric"]: row["value"]
+            for row in measurements
+            if row["evaluator"] == "random_baseline"
+            and row["axis_or_task"] == axis
+            and row["role"] == "after"
+            and not row["error"]
+        }
+        output_change = change.get(("output_bias", axis, "stereotype_preference"))
         summary.append(
             {
                 "axis": axis,
+                "selected": selected.get(axis),
+                "random": random,
+                "moved_away": _moved_away(output_change),
                 "bias_index": row.get("bias_index"),
                 "bias_index_low": row.get("bias_index_low"),
                 "bias_index_high": row.get("bias_index_high"),
@@ -195,18 +230,7 @@ def axis_summary(
                             "the bias index on held-out templates",
                         ),
                         _direction_verdict(axis, change.get(("output_bias", axis, "stereotype_preference"))),
-                        _random_verdict(
-                            axis,
-                            {
-                                row["metric"]: row["value"]
-                                for row in measurements
-                                if row["evaluator"] == "random_baseline"
-                                and row["axis_or_task"] == axis
-                                and row["role"] == "after"
-                                and not row["error"]
-                            },
-                            selected.get(axis),
-                        ),
+                        _random_verdict(axis, random, selected.get(axis)),
                     )
                     if verdict
                 ]
