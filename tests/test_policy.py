@@ -218,6 +218,15 @@ def test_an_axis_pruning_made_worse_fails_the_bundled_policy(tmp_path):
     assert verdicts["race"].value == pytest.approx(0.2) and verdicts["race"].verdict == "fail"
     assert verdicts["gender"].value == pytest.approx(-0.36, abs=0.01) and verdicts["gender"].verdict == "pass"
     assert exit_status(list(verdicts.values()), "pruned") == 1
+    # an axis whose change straddles 0 is undecided: the audit cannot say it was not made worse
+    noisy = {f"p{i}": 0.1 + rng.gauss(0, 0.3) for i in range(40)}
+    straddle = compare(noisy, {k: v + rng.gauss(0, 0.3) for k, v in noisy.items()})
+    assert straddle["abs_low"] < 0 < straddle["abs_high"]
+    from fairaudit.compliance.policy import judge
+
+    assert judge(straddle["abs_change"], straddle["abs_low"], straddle["abs_high"], 40, rule.allowed(), 10)[0] == (
+        "inconclusive"
+    )
 
 
 def test_zero_verdicts_are_never_a_pass(tmp_path):
