@@ -399,35 +399,39 @@ def measured_change(
     return changes
 
 
+def _window_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[copies]: the mean next-token NLL of each row of `logits` over `targets`."""
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = log_probs.gather(2, targets.to(logits.device).expand(logits.shape[0], -1)[..., None])
+    return -picked.squeeze(-1).double().mean(dim=1).cpu()
+
+
+def window_loss(loaded: LoadedModel, ids: list[int]) -> float:
+    """The mean next-token NLL of the token sequence `ids` (one window), as the model stands."""
+    window = torch.tensor([ids])
+    with torch.inference_mode():
+        return float(_window_nll(loaded.model(input_ids=window.to(loaded.device)).logits, window[0, 1:])[0])
+
+
 def measured_loss_change(
     loaded: LoadedModel,
     ids: list[int],
     units: list[Unit],
     means: dict[str, torch.Tensor] | None = None,
     replicas: int = 4,
+    base: float | None = None,
 ) -> torch.Tensor:
     """[units]: the real change of the mean next-token negative log-likelihood of the token
     sequence `ids` (one window) when each unit alone is ablated: the quality cost of removing
-    it, measured rather than estimated (a first-order loss estimate understates it badly)."""
+    it, measured rather than estimated (a first-order loss estimate understates it badly).
+    `base`: that loss with nothing ablated, when the caller has it (`window_loss`)."""
     window = torch.tensor([ids])
-    targets = window[0, 1:]
-
-    def nll(logits: torch.Tensor) -> torch.Tensor:  # [copies]
-        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        return (
-            -log_probs.gather(2, targets.to(logits.device).expand(logits.shape[0], -1)[..., None])
-            .squeeze(-1)
-            .double()
-            .mean(dim=1)
-            .cpu()
-        )
-
-    with torch.inference_mode():
-        base = nll(loaded.model(input_ids=window.to(loaded.device)).logits)[0]
+    if base is None:
+        base = window_loss(loaded, ids)
     changes = torch.zeros(len(units), dtype=torch.float64)
     for start in range(0, len(units), replicas):
         group = units[start : start + replicas]
         with _ablating(loaded, group, 1, means), torch.inference_mode():
             logits = loaded.model(input_ids=window.repeat(len(group), 1).to(loaded.device)).logits
-        changes[start : start + len(group)] = nll(logits) - base
+        changes[start : start + len(group)] = _window_nll(logits, window[0, 1:]) - base
     return changes

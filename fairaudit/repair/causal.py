@@ -383,11 +383,12 @@ def _choose(
             if kind == "head" or index < widths[layer]
         ]
     candidates = [unit for _, unit in sorted(scored, key=lambda entry: -entry[0]) if unit not in taken]
-    picked = 0
+    picked, base = 0, None
     for start in range(0, len(candidates), 8):
         chunk = candidates[start : start + 8]
         with accounted(found.compute, "guard"):
-            rises = torch.expm1(attribution.measured_loss_change(loaded, guard_ids, chunk))
+            base = attribution.window_loss(loaded, guard_ids) if base is None else base  # once per round and axis
+            rises = torch.expm1(attribution.measured_loss_change(loaded, guard_ids, chunk, base=base))
         found.guard["checked"] += len(chunk)
         for unit, rise in zip(chunk, rises.tolist()):
             if rise > params.guard:
