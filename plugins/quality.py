@@ -8,9 +8,11 @@ values are kept, so that a before/after change can be bootstrapped over the same
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -232,6 +234,37 @@ def task_code_in(folder: Path, limit: int = 2000) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval's own console output off while it runs (the evaluator is exclusive: nothing else
+    runs meanwhile): the bar of its request building, and the environment report it adds to its
+    results (`git describe` in the working directory, which prints "fatal: not a git repository"
+    outside one, and torch's environment survey, which runs several programs), neither of which
+    fairaudit reads. Attributes lm-eval lacks in another version are left alone."""
+    import functools
+
+    import lm_eval.api.task
+    import lm_eval.evaluator
+    import lm_eval.loggers.utils
+    from tqdm import tqdm
+
+    patches = [
+        (lm_eval.api.task, "tqdm", functools.partial(tqdm, disable=True)),
+        (lm_eval.evaluator, "get_git_commit_hash", lambda: None),
+        (lm_eval.loggers.utils, "get_git_commit_hash", lambda: None),
+        (lm_eval.evaluator, "add_env_info", lambda storage: None),
+    ]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches if hasattr(module, name)]
+    for module, name, value in patches:
+        if hasattr(module, name):
+            setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
 class LmEval:
     name = "lm_eval"
     description = (
@@ -293,15 +326,16 @@ class LmEval:
         # offline: fairaudit sends nothing it was not asked to (docs/trust.md, "Network")
         datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
         try:
-            output = lm_eval.simple_evaluate(
-                model=model,
-                tasks=specs,
-                task_manager=manager,
-                limit=params.limit,
-                num_fewshot=params.num_fewshot,
-                log_samples=True,
-                verbosity="ERROR",
-            )
+            with _quiet_lm_eval():
+                output = lm_eval.simple_evaluate(
+                    model=model,
+                    tasks=specs,
+                    task_manager=manager,
+                    limit=params.limit,
+                    num_fewshot=params.num_fewshot,
+                    log_samples=True,
+                    verbosity="ERROR",
+                )
         except Exception as exc:
             raise PluginError(
                 f"lm_eval: tasks {params.tasks} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

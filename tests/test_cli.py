@@ -161,6 +161,20 @@ def test_library_bars_and_load_reports_stay_off_the_console(llama_folder, tmp_pa
     assert "fairaudit: loading" in completed.stderr and "Loading weights" not in completed.stderr
 
 
+def test_lm_eval_prints_nothing_of_its_own_outside_a_git_repository(llama_folder, tmp_path):
+    """lm-eval's request-building bar and its `git describe` ("fatal: not a git repository")
+    would reach the console between fairaudit's lines; the lm_eval evaluator keeps them off."""
+    (tmp_path / "audit.yaml").write_text(
+        f"model: {llama_folder}\nsuites: [race]\nstore: {tmp_path / 'store'}\npruning: null\n"
+        f"evaluators: [lm_eval]\nreport: false\ndiagnose_top: 0\n"
+    )
+    completed = run_module("audit", "audit.yaml", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    printed = [line for line in completed.stderr.splitlines() if line and not line.startswith("fairaudit: ")]
+    assert "evaluating 1 of 1: lm_eval" in completed.stderr
+    assert not [line for line in printed if "fatal" in line or "/40" in line], printed
+
+
 def test_help_lists_what_a_user_can_type(cli):
     """--help of prune, probe and evaluate ends with the registered plugins, one line each, and
     the score columns each scorer writes."""
