@@ -154,3 +154,18 @@ def test_the_record_of_a_run_is_typed_and_its_status_set_only_by_recording(tmp_p
     with pytest.raises(StoreError), store.recording("evaluate") as failing:
         raise StoreError("the disk is full")
     assert store.read_run(failing.run_id)["error"] == "the disk is full"
+
+
+def test_a_rerun_with_the_same_settings_says_how_long_the_last_one_took(llama_folder, tmp_path, caplog):
+    import logging
+
+    small_audit(llama_folder, tmp_path, evaluators=["output_bias"])
+    with caplog.at_level(logging.INFO, logger="fairaudit"):
+        small_audit(llama_folder, tmp_path, evaluators=["output_bias"])
+    said = [record.getMessage() for record in caplog.records]
+    assert any("the last audit of" in line and "with these settings" in line for line in said), said
+    assert any(line.startswith("evaluation: ") for line in said)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fairaudit"):
+        small_audit(llama_folder, tmp_path, evaluators=["facts"])  # other settings: no estimate
+    assert not any("the last audit of" in record.getMessage() for record in caplog.records)

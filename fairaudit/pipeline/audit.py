@@ -76,6 +76,7 @@ def audit(
         config = config.model_copy(update={"pruning": config.pruning.for_axes([suite.axis for suite in suites])})
         _check_selection_size(config, loaded)
     fields = _record_fields(config, suites, loaded, previous, labels)
+    last = _last_timings(store, loaded.model_id, fields["config"])
     if policy is not None:
         from fairaudit.compliance.policy import policy_record
 
@@ -84,7 +85,7 @@ def audit(
     try:
         with store.recording("audit", run_id, **fields) as record:
             record_time(timings_of(record), "load_model", since)
-            after = _run_stages(store, record, config, suites, loaded, params, result)
+            after = _run_stages(store, record, config, suites, loaded, params, result, last)
             record_time(timings_of(record), "total", since)
     except KeyboardInterrupt as exc:
         exc.run_id, exc.store = run_id, store.root  # type: ignore[attr-defined]  # for the message that says how to resume
@@ -166,16 +167,21 @@ def _run_stages(
     loaded: LoadedModel,
     params: dict[str, BaseModel],
     result: AuditResult,
+    last: dict[str, float] | None = None,
 ) -> LoadedModel | None:
     """Probe and score, overlap, prune, evaluate: each stage's results stored as it ends.
-    Returns the pruned model (None when the run does not prune or pruned nothing)."""
+    Returns the pruned model (None when the run does not prune or pruned nothing). `last`: the
+    timings of the last such audit (`_last_timings`), for the estimate each stage logs."""
     _probe_and_score(store, record, config, suites, loaded, params, result)
     if len(suites) >= 2:
         _store_overlap(store, loaded.model_id, record.run_id, config.overlap_top)
+    if config.pruning is not None:
+        _say_estimate("pruning", last, "prune")
     after, result.pruned = (
         prune_stage(store, record, config, suites, loaded) if config.pruning is not None else (None, {})
     )
     if config.evaluators:
+        _say_estimate("evaluation", last, "evaluate")
         stage_started = clock()
         evaluators = [
             (ref.plugin, registry().get("evaluator", ref.plugin), params[path])
@@ -226,6 +232,37 @@ def _check_model_name(store: Store, model_id: str) -> None:
                 f"store {store.root} already holds model '{stored}', which is stored under the same name as "
                 f"'{model_id}' ({safe_name(model_id)}); their results would mix. Use another store."
             )
+
+
+def _last_timings(store: Store, model_id: str, config: dict[str, Any]) -> dict[str, float] | None:
+    """The timings of the latest complete audit of `model_id` in `store` run with the same
+    settings (the config but its store), for a time estimate; None when there is none. Says the
+    estimate: the last run's total, on whatever machine it ran."""
+    same = {key: value for key, value in config.items() if key != "store"}
+    for run in reversed(store.runs()):
+        if (
+            run.get("kind", "audit") == "audit"
+            and run.get("status") == "complete"
+            and run.get("model_id") == model_id
+            and {key: value for key, value in run.get("config", {}).items() if key != "store"} == same
+            and (run.get("timings") or {}).get("total")
+        ):
+            timings = run["timings"]
+            log.info(
+                f"the last audit of {model_id} with these settings in this store (run {run['run_id']}) took "
+                f"{_duration(timings['total'])}; expect about as long on the same machine"
+            )
+            return timings
+    return None
+
+
+def _say_estimate(stage: str, last: dict[str, float] | None, key: str) -> None:
+    if last and last.get(key):
+        log.info(f"{stage}: {_duration(last[key])} in the last audit with these settings")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _check_probe_pairs(suites: list[Suite]) -> None:
