@@ -12,7 +12,7 @@ temporary store, or reads a stored run with --store and --run. --device and --dt
 the target of issue 19). --one-at-a-time evaluates the original and the pruned model one after the
 other (`evaluate_side_by_side: false`), for the comparison.
 
-Usage: python benchmarks/audit_stages.py [--store DIR --run RUN_ID] [--device cuda --dtype bfloat16] [--model M] [--one-at-a-time]
+Usage: python benchmarks/audit_stages.py [--store DIR --run RUN_ID|latest] [--device cuda --dtype bfloat16] [--model M] [--one-at-a-time]
 """
 
 from __future__ import annotations
@@ -61,6 +61,23 @@ def throughput(model, threads: int, seconds: float = 5.0) -> float:
         torch.set_num_threads(previous)
 
 
+def machine() -> str:
+    """The CPU model and the cores this process may use (Linux: /proc/cpuinfo)."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores"
+
+
 def lane_evaluators() -> set[str]:
     """Evaluators that run in a lane beside the other model (side by side), with half the threads."""
     from fairaudit.pipeline.evaluation import exclusive
@@ -83,6 +100,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.store and args.run:
         store, run_id = Store(args.store), args.run
+        if run_id == "latest":  # the latest complete audit in the store
+            audits = [r for r in store.runs() if r.get("kind", "audit") == "audit" and r.get("status") == "complete"]
+            run_id = audits[-1]["run_id"]
     else:
         from fairaudit.config import RunConfig
         from fairaudit.inputs.model import load_model
@@ -117,12 +137,14 @@ def main() -> None:
     full, half = throughput(loaded.model, threads), throughput(loaded.model, max(1, threads // 2))
     side_by_side = record.get("config", {}).get("evaluate_side_by_side", True) and record.get("prune")
     lanes = lane_evaluators() if side_by_side else set()
+    print(f"machine: {machine()}, torch {torch.__version__}")
     print(
         f"run {run_id}: wall and CPU seconds per stage (CPU counts every thread of the process; of an evaluator run "
         f"side by side, its own thread's); floor = tokens / throughput, this machine, {threads} threads: "
         f"{full:,.0f} tokens/s ({half:,.0f} with {max(1, threads // 2)})"
     )
     print(f"{'stage':<40} {'wall s':>8} {'CPU s':>8} {'tokens':>11} {'floor s':>8} {'wall/floor':>10}")
+    print(f"{'-' * 40} {'-' * 8} {'-' * 8} {'-' * 11} {'-' * 8} {'-' * 10}")
     total_tokens = 0
     for stage, wall, cpu, tokens, with_grad in stage_rows(timings):
         parts = stage.split(":")

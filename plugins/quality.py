@@ -41,7 +41,12 @@ GENERATION_BATCH = 8  # prompts of one length per generate() call
 
 class GenerationParams(StrictParams):
     pairs_per_axis: int = Field(default=2, ge=1, description="pairs (from distinct templates) generated per axis")
-    num_beams: int = Field(default=5, ge=1)
+    num_beams: int = Field(
+        default=1,
+        ge=1,
+        description="1: greedy decoding (shows the same before/after differences as 5 beams on the default "
+        "prompts, with a fifth of the forwards: benchmarks/generations_decoding.py); 5: the write-up's beam search",
+    )
     do_sample: bool = False
     max_length: int = Field(
         default=50, ge=2, description="tokens, prompt included (as the write-up); a longer prompt gets one new token"
@@ -52,7 +57,8 @@ class GenerationParams(StrictParams):
 class Generations:
     name = "generations"
     description = (
-        "deterministic continuations of each pair's two prompts (write-up: num_beams=5, do_sample=False, max_length=50)"
+        "deterministic continuations of each pair's two prompts (greedy by default; the write-up's num_beams=5, "
+        "do_sample=False, max_length=50 with num_beams: 5)"
     )
     requires_causal = True
     exclusive = False  # reads only the model it evaluates

@@ -204,6 +204,7 @@ def test_documented_outputs_have_the_format_the_command_prints(index, sandbox, t
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "HF_HUB_OFFLINE": "1",
+        "FAIRAUDIT_ROOT": str(ROOT),  # for a sandbox command that runs one of the project's scripts
     }
     completed = subprocess.run(
         ["bash", "-c", match["sandbox"]], cwd=folder, env=env, capture_output=True, text=True, timeout=900
