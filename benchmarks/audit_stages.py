@@ -97,6 +97,7 @@ def main() -> None:
         "--out", default=None, help="folder for the audit's store, pruned model and report (default: temporary)"
     )
     parser.add_argument("--one-at-a-time", action="store_true", help="evaluate the two models one after the other")
+    parser.add_argument("--summary", action="store_true", help="one line for the whole audit (the README's)")
     args = parser.parse_args()
     if args.store and args.run:
         store, run_id = Store(args.store), args.run
@@ -137,6 +138,17 @@ def main() -> None:
     full, half = throughput(loaded.model, threads), throughput(loaded.model, max(1, threads // 2))
     side_by_side = record.get("config", {}).get("evaluate_side_by_side", True) and record.get("prune")
     lanes = lane_evaluators() if side_by_side else set()
+    if args.summary:  # the whole audit's floor: every position at the full machine's throughput
+        tokens = int(timings.get("total:tokens", 0))
+        floor = (tokens + 2 * int(timings.get("total:grad_tokens", 0))) / full
+        print(f"{'run':<27} {'wall s':>7} {'tokens':>9} {'floor s':>7} {'wall/floor':>10}  machine")
+        print(f"{'-' * 27} {'-' * 7} {'-' * 9} {'-' * 7} {'-' * 10}  {'-' * 7}")
+        wall = timings.get("total", math.nan)
+        print(
+            f"{run_id:<27} {wall:>7.0f} {tokens:>9,} {floor:>7.0f} {wall / floor if floor else math.nan:>10.2f}  "
+            f"{machine()}, torch {torch.__version__}"
+        )
+        return
     print(f"machine: {machine()}, torch {torch.__version__}")
     print(
         f"run {run_id}: wall and CPU seconds per stage (CPU counts every thread of the process; of an evaluator run "
