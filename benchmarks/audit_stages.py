@@ -42,7 +42,7 @@ def stage_rows(timings: dict[str, float]) -> list[tuple[str, float, float, float
     ]
 
 
-def throughput(model, threads: int, seconds: float = 5.0) -> float:
+def throughput(model, threads: int, seconds: float = 10.0) -> float:
     """Token positions per second of plain batched forwards (16 x 64, last position's logits)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
