@@ -53,6 +53,9 @@ def test_causal_plan_gates_chooses_the_planted_neurons_and_removes_the_heldout_b
     gates = {gate.axis: gate for gate in found.gates}
     assert gates["race"].active and gates["race"].template_low > 0
     assert not gates["nationality"].active, "no neuron reads nationality in the planted model: it must be left alone"
+    nationality = gates["nationality"]  # what it could have detected: its interval's width, 80% power
+    width = nationality.template_high - nationality.template_low
+    assert nationality.detectable == pytest.approx((1.959964 + 0.841621) * width / (2 * 1.959964), rel=1e-5)
     assert read and not {pair.pair_id for pair in read} & {
         pair.pair_id for suite in suites for pair in suite.pairs("heldout")
     }

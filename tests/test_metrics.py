@@ -120,3 +120,10 @@ def test_bootstrap_interval_brackets_the_mean():
     assert low < 49.5 < high and 40 < low and high < 60
     assert metrics.bootstrap_interval(torch.full((10,), 3.0)) == (3.0, 3.0)
     assert all(value != value for value in metrics.bootstrap_interval(torch.tensor([1.0])))
+
+
+def test_the_detectable_effect_by_hand():
+    """An interval [-0.1, 0.3] has a standard error of 0.2 / 1.96 = 0.10204; 80% power at the 5%
+    level needs a true mean of (1.95996 + 0.84162) x 0.10204 = 0.28588."""
+    assert metrics.detectable_effect(-0.1, 0.3) == pytest.approx(0.28588, abs=1e-5)
+    assert metrics.detectable_effect(float("nan"), 0.3) != metrics.detectable_effect(float("nan"), 0.3)  # NaN

@@ -7,6 +7,8 @@ README.md ("Scores") gives each definition in words, with what it does not show.
 
 from __future__ import annotations
 
+import math
+
 from fairaudit.inputs.architecture import MlpWeights
 from fairaudit.inputs.suite import Pair
 from fairaudit.lazy import numpy as np
@@ -212,6 +214,19 @@ def cluster_bootstrap_interval(
     means = sums[draws].sum(dim=1) / counts[draws].sum(dim=1)
     tail = (1 - confidence) / 2
     return float(torch.quantile(means, tail)), float(torch.quantile(means, 1 - tail))
+
+
+def detectable_effect(low: float, high: float, power: float = 0.8, confidence: float = 0.95) -> float:
+    """The smallest true mean that a test whose 95% interval is [low, high] would find different
+    from 0 with probability `power` (normal approximation: the interval's standard error times
+    z(1 - alpha/2) + z(power), 2.80 for 95% and 80%). NaN without an interval."""
+    from statistics import NormalDist
+
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return math.nan
+    z = NormalDist().inv_cdf
+    error = (high - low) / (2 * z(0.5 + confidence / 2))
+    return (z(0.5 + confidence / 2) + z(power)) * error
 
 
 def magnitude_change_interval(

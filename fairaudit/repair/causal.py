@@ -61,6 +61,7 @@ class AxisGate:
     selection_pairs: int
     validation_pairs: int
     active: bool
+    detectable: float = math.nan  # the smallest |m| the gate would select for with 80% power (`detectable_effect`)
 
 
 @dataclass
@@ -257,15 +258,26 @@ def _gates(
         pair_low, pair_high = metrics.bootstrap_interval(values)
         bounds = {"templates": (low, high), "pairs": (pair_low, pair_high), "none": (1.0, 1.0)}[params.gate]
         active = bounds[0] > 0 or bounds[1] < 0
+        detectable = metrics.detectable_effect(*bounds) if params.gate != "none" else math.nan
         gates.append(
             AxisGate(
-                suite.axis, float(values.mean()), low, high, pair_low, pair_high, len(chosen), len(validation), active
+                suite.axis,
+                float(values.mean()),
+                low,
+                high,
+                pair_low,
+                pair_high,
+                len(chosen),
+                len(validation),
+                active,
+                detectable,
             )
         )
         parts[suite.axis] = (chosen, validation)
         say(
             f"{suite.axis}: selection-part output bias {float(values.mean()):+.3f}, 95% CI ({params.gate} resampled) "
             f"[{bounds[0]:+.3f}, {bounds[1]:+.3f}]: {'selected for' if active else 'left alone'}"
+            + (f" (the smallest bias these templates detect with 80% power: {detectable:.3f})" if not active else "")
         )
     return gates, parts
 
