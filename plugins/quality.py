@@ -240,6 +240,22 @@ def task_code_in(folder: Path, limit: int = 2000) -> str:
     return ""
 
 
+def _quiet_hflm(HFLM: type) -> type:
+    """lm-eval's HFLM with its own bars off: they would nest inside fairaudit's one line per stage."""
+
+    class QuietHFLM(HFLM):  # type: ignore[valid-type,misc]
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM
+
+
 @contextlib.contextmanager
 def _quiet_lm_eval() -> Iterator[None]:
     """lm-eval's own console output off while it runs (the evaluator is exclusive: nothing else
@@ -315,17 +331,7 @@ class LmEval:
                 else task
             )
 
-        class QuietHFLM(HFLM):  # lm-eval's own bars would nest inside fairaudit's one line per stage
-            def loglikelihood(self, requests, disable_tqdm: bool = False):
-                return super().loglikelihood(requests, disable_tqdm=True)
-
-            def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-                return super().loglikelihood_rolling(requests, disable_tqdm=True)
-
-            def generate_until(self, requests, disable_tqdm: bool = False):
-                return super().generate_until(requests, disable_tqdm=True)
-
-        model = QuietHFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=params.batch_size)
+        model = _quiet_hflm(HFLM)(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=params.batch_size)
         import datasets
 
         # `datasets` pings the hub's S3 bucket to count every load, a local JSON file's too, unless
