@@ -91,7 +91,8 @@ class RunRecord(BaseModel):
     model_id: str = ""
     environment: dict[str, str] | None = None
     timings: dict[str, float] | None = None  # wall and CPU seconds per stage (audit)
-    warnings: list[str] | None = None
+    warnings: list[str] | None = None  # fairaudit's own notes (pairs left out, ...)
+    library_warnings: list[str] | None = None  # Python warnings libraries gave during the run, each once
     evaluation_failures: list[str] | None = None
     prune: dict[str, Any] | None = None  # an audit that pruned: its prune run, where the model went, what was removed
     prune_skipped: dict[str, Any] | None = None  # an audit whose causal selection found nothing to prune: why

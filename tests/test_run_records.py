@@ -169,3 +169,23 @@ def test_a_rerun_with_the_same_settings_says_how_long_the_last_one_took(llama_fo
     with caplog.at_level(logging.INFO, logger="fairaudit"):
         small_audit(llama_folder, tmp_path, evaluators=["facts"])  # other settings: no estimate
     assert not any("the last audit of" in record.getMessage() for record in caplog.records)
+
+
+def test_library_warnings_go_to_the_run_record_once_not_to_the_console(llama_folder, tmp_path, monkeypatch, recwarn):
+    import warnings
+
+    import fairaudit.pipeline.audit as audit_module
+
+    original = audit_module.notify_stage_finished
+
+    def warn_then_notify(*args, **kwargs):
+        for _ in range(3):  # one place, three times: kept once
+            warnings.warn("a library said something", UserWarning, stacklevel=1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(audit_module, "notify_stage_finished", warn_then_notify)
+    run_id = small_audit(llama_folder, tmp_path)
+    record = Store(tmp_path / "store").read_run(run_id)
+    kept = [line for line in record["library_warnings"] if "a library said something" in line]
+    assert len(kept) == 1 and kept[0].startswith("UserWarning: ")
+    assert not [w for w in recwarn if "a library said something" in str(w.message)], "nothing reached the console"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,10 +84,12 @@ def audit(
         fields["policy"] = policy_record(policy, str(config.policy))
     result = AuditResult(run_id=run_id, store=store.root, model_id=loaded.model_id)
     try:
-        with store.recording("audit", run_id, **fields) as record:
+        with store.recording("audit", run_id, **fields) as record, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")  # each library warning once per place, kept in the run record
             record_time(timings_of(record), "load_model", since)
             after = _run_stages(store, record, config, suites, loaded, params, result, last)
             record_time(timings_of(record), "total", since)
+            _keep_warnings(record, caught)
     except KeyboardInterrupt as exc:
         exc.run_id, exc.store = run_id, store.root  # type: ignore[attr-defined]  # for the message that says how to resume
         raise
@@ -259,6 +262,18 @@ def _last_timings(store: Store, model_id: str, config: dict[str, Any]) -> dict[s
 def _say_estimate(stage: str, last: dict[str, float] | None, key: str) -> None:
     if last and last.get(key):
         log.info(f"{stage}: {_duration(last[key])} in the last audit with these settings")
+
+
+def _keep_warnings(record: RunRecord, caught: list[warnings.WarningMessage]) -> None:
+    """The Python warnings libraries gave during the run, into the run record (not the console:
+    they would interleave with the progress lines; `-v` logs them too), each once."""
+    kept = list(
+        dict.fromkeys(f"{w.category.__name__}: {str(w.message)[:300]} ({w.filename}:{w.lineno})" for w in caught)
+    )
+    for line in kept:
+        log.debug(f"library warning: {line}")
+    if kept:
+        record.library_warnings = kept
 
 
 def _duration(seconds: float) -> str:
