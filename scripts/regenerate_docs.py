@@ -64,9 +64,11 @@ def main() -> int:
     stale = 0
     for page in [arguments.only] if arguments.only else PAGES:
         path = ROOT / page
+        printed_by = {match["command"]: run(match["command"]) for match in documented_outputs(page)}  # in page order
+        # the page read again after its commands ran (an audit takes minutes): edits made meanwhile stay
         text = path.read_text(encoding="utf-8")
-        matches = documented_outputs(page)
-        outputs = [run(match["command"]) for match in matches]  # in page order
+        matches = [match for match in documented_outputs(page) if match["command"] in printed_by]
+        outputs = [printed_by[match["command"]] for match in matches]
         for match, printed in reversed(
             list(zip(matches, outputs))
         ):  # replaced from the end: earlier offsets stay valid

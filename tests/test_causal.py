@@ -71,6 +71,26 @@ def test_causal_plan_gates_chooses_the_planted_neurons_and_removes_the_heldout_b
     assert before > 0.03 and abs(after) < 0.5 * abs(before), (before, after)
 
 
+def test_shared_prefixes_leave_every_decision_of_the_plan_unchanged(planted, monkeypatch):
+    """The speed-up of output-level scoring (each context forwarded once, its continuations scored
+    from a KV cache) changes no decision: the same gates, candidates, guard verdicts and budget."""
+    import fairaudit.measurement.evaluate as evaluate_module
+
+    _, loaded = planted
+    suites = [resolve_suite("race"), resolve_suite("gender")]
+    corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
+    params = CausalParams(budgets=[0.01, 0.02], rounds=1)
+    found = {}
+    for share in (True, False):
+        monkeypatch.setattr(evaluate_module, "SHARE_PREFIXES", share)
+        found[share] = plan(loaded, suites, params, corpus)
+    fast, slow = found[True], found[False]
+    assert [gate.active for gate in fast.gates] == [gate.active for gate in slow.gates]
+    assert [gate.bias for gate in fast.gates] == pytest.approx([gate.bias for gate in slow.gates], abs=1e-4)
+    assert fast.order == slow.order and fast.guard == slow.guard and fast.chosen_budget == slow.chosen_budget
+    assert fast.compute["gate"]["tokens"] < slow.compute["gate"]["tokens"]
+
+
 def test_causal_plan_with_heads_chooses_the_head_that_carries_the_bias_and_zeroes_it(planted, cli, tmp_path):
     """In the planted model, head 0 of layer 0 copies every planted direction to later tokens: the
     only head through which race reaches the output. With heads as candidates the planner ranks it

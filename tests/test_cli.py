@@ -297,3 +297,29 @@ def test_audit_takes_the_model_on_the_command_line(cli, llama_folder, tmp_path):
     assert payload["model"] == llama_folder.name and list(payload["axes"]) == ["race"]
     refused = cli("audit", "--resume", payload["run_id"], "--store", tmp_path / "store", "--model", llama_folder)
     assert refused.exit_code == 2 and "cannot be given with --resume" in refused.output
+
+
+def test_the_default_audit_applies_the_default_policy_and_a_bug_is_not_a_verdict(cli, monkeypatch, tmp_path):
+    """`fairaudit audit` with no config is gated by the default policy (its exit status is the gate's:
+    0, 1 fail, 3 undecided); an evaluator failure exits 4 and an unexpected exception (a bug) 70
+    with its traceback, so that neither reads as a verdict."""
+    import fairaudit.pipeline.audit as audit_module
+    from fairaudit.errors import FairauditError
+
+    seen = []
+
+    def stop(config, **kwargs):
+        seen.append(config)
+        raise FairauditError("stopped here")
+
+    monkeypatch.setattr(audit_module, "audit", stop)
+    assert cli("audit", "--store", tmp_path / "store").exit_code == 2
+    assert cli("audit", "--store", tmp_path / "store", "--model", "./elsewhere").exit_code == 2
+    assert [config.policy for config in seen] == ["default", "default"]
+
+    def bug(config, **kwargs):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(audit_module, "audit", bug)
+    crashed = cli("audit", "--store", tmp_path / "store")
+    assert crashed.exit_code == 70 and "RuntimeError: kaboom" in crashed.stderr and "a bug" in crashed.stderr

@@ -19,6 +19,7 @@ from fairaudit.inputs.suite import resolve_suite
 from fairaudit.measurement.evaluate import compare, loglikelihoods
 from fairaudit.plugins import register_plugin, registry, unregister_plugin
 from fairaudit.store import Store
+from fairaudit.testing import FAMILIES
 
 
 def evaluator(name):
@@ -57,6 +58,33 @@ def test_loglikelihoods_by_hand_and_as_lm_eval_computes_them(llama):
         )
     ]
     assert ours == pytest.approx(theirs, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", [family for family in FAMILIES if family != "bert"])
+def test_shared_prefixes_give_the_whole_forwards_numbers_for_fewer_tokens(model_folder, monkeypatch, family):
+    """Each context is forwarded once and its continuations scored from its KV cache: the same
+    log-likelihoods as forwarding every request whole (float32 rounding), on every decoder family
+    (rotary, learned and absolute positions, sliding windows), with contexts of different lengths
+    in one batch, one-token and longer continuations, and fewer token positions forwarded."""
+    import fairaudit.measurement.evaluate as evaluate_module
+    from fairaudit.compute import count_tokens
+
+    loaded = load_model(str(model_folder(family)))
+    count = count_tokens(loaded.model)
+    requests = [
+        (context, continuation)
+        for context in ("The police officer thought he", "A white man walked", "The nurse", "")
+        for continuation in (" was lost", " at night", " x", " would not fit in at all")
+    ]
+    computed = {}
+    for share in (False, True):
+        monkeypatch.setattr(evaluate_module, "SHARE_PREFIXES", share)
+        start = count.forward
+        computed[share] = (loglikelihoods(loaded, requests, batch_size=3), count.forward - start)
+    (whole, whole_tokens), (shared, shared_tokens) = computed[False], computed[True]
+    assert shared == pytest.approx(whole, abs=1e-4)
+    assert shared[0] == pytest.approx(by_hand_loglikelihood(loaded, *requests[0]), abs=1e-4)
+    assert shared_tokens < whole_tokens
 
 
 def test_perplexity_is_exp_of_mean_token_nll(llama, tmp_path):
@@ -302,7 +330,7 @@ def test_failing_evaluators_are_recorded_and_the_others_still_run(cli, llama_fol
         )
     finally:
         unregister_plugin("faulty")
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     last = result.stderr.strip().splitlines()[-1]
     assert (
         last.startswith("error: 2 evaluator run(s) failed") and "kaboom" in last and "not an EvaluationResult" in last

@@ -6,7 +6,8 @@ work lives in the package that owns it.
 
 User errors (`FairauditError`, click's usage errors) print one `error:` paragraph and exit 2;
 Ctrl-C exits 130 and a termination signal (SIGTERM) 143, each run in progress recorded as
-interrupted. Progress goes through the `fairaudit` logger, one `fairaudit: ...` line per
+interrupted; any other exception is a bug: its traceback, and exit status 70. A policy's gate
+exits 1 (fail) or 3 (undecided), an audit whose evaluator failed 4. Progress goes through the `fairaudit` logger, one `fairaudit: ...` line per
 stage on stderr; `--quiet` silences it, `-v` adds detail and lets libraries' notices through.
 """
 
@@ -127,6 +128,18 @@ class _Group(click.Group):
                 err=True,
             )
             sys.exit(143 if isinstance(exc, Terminated) else 130)
+        except Exception:  # a bug, not a verdict: its own status, so that no gate reads it as "fail" (1)
+            import traceback
+
+            traceback.print_exc()
+            click.echo(
+                "error: fairaudit stopped on an unexpected error, a bug: please report it with the traceback above",
+                err=True,
+            )
+            sys.exit(BUG)
+
+
+BUG = 70  # EX_SOFTWARE of sysexits.h
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

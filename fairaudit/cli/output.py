@@ -82,8 +82,12 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:+.1f}%"
 
 
+EVALUATION_FAILED = 4  # an evaluator failed: apart from a gate's fail (1) and undecided (3) verdicts
+
+
 def report_result(result: AuditResult, quiet: bool, as_json: bool) -> None:
-    """Print what a run produced (or its JSON), then exit 1 on evaluator failures, or by the policy's verdicts."""
+    """Print what a run produced (or its JSON), then exit 4 on evaluator failures (the run is not
+    complete), else by the policy's verdicts (0 pass, 1 fail, 3 undecided)."""
     if as_json:
         click.echo(
             dumps(
@@ -157,7 +161,7 @@ def report_result(result: AuditResult, quiet: bool, as_json: bool) -> None:
             + "; ".join(result.evaluation_failures),
             err=True,
         )
-        sys.exit(1)
+        sys.exit(EVALUATION_FAILED)
     if result.verdicts:
         exit_on_verdicts(result.verdicts, "auto", quiet or as_json)
 

@@ -92,14 +92,18 @@ def probe(
 @trust_options
 def audit_command(config_file, resume_run, model_id, store, policy, device, dtype, quiet, as_json, granted) -> None:
     """Run the audit a CONFIG_FILE describes; with none, the default audit (SmolLM2-135M on the
-    four built-in suites; `--model` audits another model the same way)."""
+    four built-in suites, checked against the default policy; `--model` audits another model the
+    same way). Exit status: 0, or the policy's gate (1 a must rule fails, 3 one is undecided); 2
+    bad input; 4 an evaluator failed."""
     from fairaudit.config import RunConfig, load_config
     from fairaudit.pipeline.audit import audit
 
     if quiet:
         quiet_mode()
     granted = frozenset(granted)
-    config = load_config(config_file, granted) if config_file else RunConfig().with_trust(granted, "the default audit")
+    # the default audit is checked against the default policy: it ends with the release gate's verdict
+    default = RunConfig(policy="default")
+    config = load_config(config_file, granted) if config_file else default.with_trust(granted, "the default audit")
     if store is not None:
         config = config.model_copy(update={"store": str(store)})
     model_fields = device_fields(device, dtype) | (
