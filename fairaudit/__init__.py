@@ -9,7 +9,7 @@ The Python API is what the `fairaudit` command calls:
     fairaudit.run_sweep("sweep.yaml", backend="ray")
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 _API = {
     "audit": "fairaudit.pipeline.audit",
     "evaluate_models": "fairaudit.pipeline.evaluation",
