@@ -78,8 +78,8 @@ def main() -> None:
                 rows.append([score, str(fraction)] + measure())
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     print(f"model {args.model}, run {run}, axes {args.axes} (combine: {args.combine}), top 1% importance protected")
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    for row in [header, ["-" * width for width in widths], *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 if __name__ == "__main__":
