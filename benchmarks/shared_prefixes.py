@@ -54,6 +54,7 @@ def main() -> None:
     print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{args.model}: {len(requests)} distinct (context, continuation) requests of the built-in suites")
     print(f"{'scoring':<16} {'tokens':>9} {'wall s':>8}")
+    print(f"{'-' * 16} {'-' * 9} {'-' * 8}")
     values = {}
     for share in (False, True):
         evaluate.SHARE_PREFIXES = share

@@ -128,6 +128,8 @@ class _Group(click.Group):
                 err=True,
             )
             sys.exit(143 if isinstance(exc, Terminated) else 130)
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise  # click's own: handled in `main`
         except Exception:  # a bug, not a verdict: its own status, so that no gate reads it as "fail" (1)
             import traceback
 
