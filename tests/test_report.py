@@ -198,7 +198,7 @@ def test_browser_opens_the_report_offline_without_errors(audited):
                 "--disable-quic",
             ],
         )
-        context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
+        context = browser.new_context(offline=True, viewport={"width": 1280, "height": 800})
         page = context.new_page()
         page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: console_errors.append(str(error)))
@@ -217,6 +217,10 @@ def test_browser_opens_the_report_offline_without_errors(audited):
             "Array.from(document.querySelectorAll('svg')).map(s => [s.getBoundingClientRect().width, s.getBoundingClientRect().height])"
         )
         page.locator("#summary").screenshot(path=str(artifacts / "report-summary.png"))
+        # the per-axis table is whole on the first screen (1280 x 800), before any scrolling
+        glance = page.evaluate(
+            "(() => { const r = document.getElementById('glance').getBoundingClientRect(); return [r.top, r.bottom]; })()"
+        )
         on_screen = page.evaluate(OVERFLOW)
         page.emulate_media(media="print")
         page.set_viewport_size({"width": 700, "height": 990})  # an A4 page's printable width at 96 dpi, 12 mm margins
@@ -226,6 +230,7 @@ def test_browser_opens_the_report_offline_without_errors(audited):
     assert console_errors == [] and failed == [] and external == []
     assert sizes and all(width > 0 and height > 0 for width, height in sizes)
     assert (artifacts / "report-summary.png").stat().st_size > 1000
+    assert 0 <= glance[0] < glance[1] <= 800, f"the per-axis table must be whole on the first screen: {glance}"
     assert on_screen == {"page": 1280, "overflowing": []}, (
         "the report must read without horizontal scrolling at 1280 px"
     )

@@ -121,6 +121,7 @@ def test_sigterm_stops_an_audit_that_is_recorded_interrupted(llama_folder, tmp_p
     assert process.returncode == 143 and record["status"] == "interrupted", (
         process.returncode,
         record["status"],
+        record.get("error"),
         stderr,
     )
     assert "terminated: results written so far are intact" in stderr and f"--resume {record['run_id']}" in stderr

@@ -9,6 +9,7 @@ built on them can be checked against lm-eval.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -280,11 +281,16 @@ def _prefix_loglikelihoods(
             cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
             if cache is None:  # a model that returns no cache: those requests forwarded whole
                 values = _whole_loglikelihoods(loaded, [encoded[index] for _, index in longer], batch_size)
-            else:
-                values = [
-                    results[index] + value
-                    for (_, index), value in zip(longer, _continued(loaded, cache, mask, longer, encoded))
-                ]
+            else:  # at most `batch_size` rows a forward (a context may have many continuations), each
+                # part from its own copy of the cache, which `_continued` reorders in place
+                values = []
+                for begin in range(0, len(longer), batch_size):
+                    part = longer[begin : begin + batch_size]
+                    own = cache if len(longer) <= batch_size else copy.deepcopy(cache)
+                    values += [
+                        results[index] + value
+                        for (_, index), value in zip(part, _continued(loaded, own, mask, part, encoded))
+                    ]
             for (_, index), value in zip(longer, values):
                 results[index] = value
     return results
