@@ -98,6 +98,12 @@ def main() -> None:
     )
     parser.add_argument("--one-at-a-time", action="store_true", help="evaluate the two models one after the other")
     parser.add_argument("--summary", action="store_true", help="one line for the whole audit (the README's)")
+    parser.add_argument(
+        "--throughput-seconds",
+        type=float,
+        default=10.0,
+        help="how long to measure the forward throughput, per thread count",
+    )
     args = parser.parse_args()
     if args.store and args.run:
         store, run_id = Store(args.store), args.run
@@ -135,7 +141,8 @@ def main() -> None:
     spec = record.get("config", {}).get("model") or {}
     loaded = load_model(ModelSpec.model_validate(spec) if spec else ModelSpec())
     threads = torch.get_num_threads()
-    full, half = throughput(loaded.model, threads), throughput(loaded.model, max(1, threads // 2))
+    seconds = args.throughput_seconds
+    full, half = throughput(loaded.model, threads, seconds), throughput(loaded.model, max(1, threads // 2), seconds)
     side_by_side = record.get("config", {}).get("evaluate_side_by_side", True) and record.get("prune")
     lanes = lane_evaluators() if side_by_side else set()
     if args.summary:  # the whole audit's floor: every position at the full machine's throughput
