@@ -384,6 +384,12 @@ class RunConfig(BaseModel):
             wanted.add("allow_task_code")
         return wanted
 
+    @classmethod
+    def default_audit(cls) -> RunConfig:
+        """The default audit (`fairaudit audit` with no run config, `fairaudit.audit(None)`): every
+        default, checked against the bundled default policy so that it ends with a release verdict."""
+        return cls(policy="default")
+
     def with_trust(self, granted: set[str] | frozenset[str], source: str) -> RunConfig:
         """This config, read from an untrusted file, with what the command line granted: a file may
         ask for a capability in `TRUST_FLAGS` but only the flag grants it, so a config (or a store

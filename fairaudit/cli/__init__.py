@@ -7,8 +7,8 @@ work lives in the package that owns it.
 User errors (`FairauditError`, click's usage errors) print one `error:` paragraph and exit 2;
 Ctrl-C exits 130 and a termination signal (SIGTERM) 143, each run in progress recorded as
 interrupted; any other exception is a bug: its traceback, and exit status 70. A policy's gate
-exits 1 (fail) or 3 (undecided), an audit whose evaluator failed 4. Progress goes through the `fairaudit` logger, one `fairaudit: ...` line per
-stage on stderr; `--quiet` silences it, `-v` adds detail and lets libraries' notices through.
+exits 1 (fail) or 3 (undecided), an audit whose evaluator failed 4. Progress goes through the
+`fairaudit` logger, one `fairaudit: ...` line per stage on stderr; `--quiet` silences it, `-v` adds detail and lets libraries' notices through.
 """
 
 from __future__ import annotations

@@ -101,9 +101,10 @@ def audit_command(config_file, resume_run, model_id, store, policy, device, dtyp
     if quiet:
         quiet_mode()
     granted = frozenset(granted)
-    # the default audit is checked against the default policy: it ends with the release gate's verdict
-    default = RunConfig(policy="default")
-    config = load_config(config_file, granted) if config_file else default.with_trust(granted, "the default audit")
+    if config_file:
+        config = load_config(config_file, granted)
+    else:
+        config = RunConfig.default_audit().with_trust(granted, "the default audit")
     if store is not None:
         config = config.model_copy(update={"store": str(store)})
     model_fields = device_fields(device, dtype) | (

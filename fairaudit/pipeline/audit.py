@@ -50,7 +50,7 @@ def audit(
     suffix); `labels`: extra entries for the run record (a sweep names its cell there);
     `granted`: capabilities of `TRUST_FLAGS` a config file or store record may use."""
     if config is None:
-        config = RunConfig()
+        config = RunConfig.default_audit()
     elif not isinstance(config, RunConfig):
         config = load_config(config, granted)
     store = Store(config.store)
