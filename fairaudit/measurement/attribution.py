@@ -29,7 +29,7 @@ from fairaudit.inputs.model import LoadedModel
 from fairaudit.inputs.suite import Pair
 from fairaudit.lazy import torch
 from fairaudit.measurement import metrics
-from fairaudit.measurement.evaluate import encode_request, keep_logits, loglikelihoods
+from fairaudit.measurement.evaluate import encode_request, keep_logits, loglikelihoods, pad_id, padded_rows
 
 KINDS = ("neuron", "head")
 
@@ -84,15 +84,10 @@ def _padded(
     loaded: LoadedModel, encoded: list[tuple[list[int], list[int]]], signs: list[float], owners: list[int]
 ) -> _Batch:
     """A right-padded batch of (context ids, continuation ids) rows, each scoring its continuation."""
-    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     sequences = [(context + continuation)[:-1] for context, continuation in encoded]
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    input_ids, mask = padded_rows(sequences, pad_id(loaded))
     targets = []
-    for row, ((_, continuation), sequence) in enumerate(zip(encoded, sequences)):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence)
-        mask[row, : len(sequence)] = 1
+    for (_, continuation), sequence in zip(encoded, sequences):
         end = len(sequence)
         targets.append((torch.arange(end - len(continuation), end), torch.tensor(continuation)))
     return _Batch(input_ids, mask, targets, torch.tensor(signs, dtype=torch.float32), torch.tensor(owners))

@@ -193,7 +193,7 @@ def _cache_argument(loaded: LoadedModel) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
-def _padded_rows(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_rows(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded `[rows, width]` token ids and their attention mask."""
     width = max(len(sequence) for sequence in sequences)
     input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
@@ -209,7 +209,8 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).cpu()
 
 
-def _pad_id(loaded: LoadedModel) -> int:
+def pad_id(loaded: LoadedModel) -> int:
+    """The token id padded positions get (masked out; 0 when the tokenizer has no pad token)."""
     return loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
 
 
@@ -222,7 +223,7 @@ def _whole_loglikelihoods(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         sequences = [(encoded[i][0] + encoded[i][1])[:-1] for i in chunk]
-        input_ids, mask = _padded_rows(sequences, _pad_id(loaded))
+        input_ids, mask = padded_rows(sequences, pad_id(loaded))
         width = input_ids.shape[1]
         # the language-model head only where a continuation token is predicted (the batch's
         # rows have similar lengths: one span of positions covers them all)
@@ -261,7 +262,7 @@ def _prefix_loglikelihoods(
     results: list[float] = [0.0] * len(encoded)
     for start in range(0, len(contexts), batch_size):
         chunk = contexts[start : start + batch_size]
-        input_ids, mask = _padded_rows([list(context) for context in chunk], _pad_id(loaded))
+        input_ids, mask = padded_rows([list(context) for context in chunk], pad_id(loaded))
         lengths = mask.sum(dim=1)
         first, width = int(lengths.min()) - 1, input_ids.shape[1]
         with torch.inference_mode():
@@ -308,7 +309,7 @@ def _continued(
     slots = torch.tensor([slot for slot, _ in rows])
     cache.reorder_cache(slots.to(loaded.device))
     inputs = [encoded[index][1][:-1] for _, index in rows]
-    input_ids, mask = _padded_rows(inputs, _pad_id(loaded))
+    input_ids, mask = padded_rows(inputs, pad_id(loaded))
     lengths = context_mask.sum(dim=1)[slots]
     with torch.inference_mode():
         logits = loaded.model(
