@@ -126,8 +126,8 @@ class OutputBiasParams(StrictParams):
 class OutputBias:
     name = "output_bias"
     description = (
-        "log-probability gaps of declared continuations between the two sides of each pair; "
-        "for sentence pairs, the share where the stereotyping sentence is more likely; for BBQ-style "
+        "log-probability gaps of declared continuations between the two sides of each pair; for statements, "
+        "the same preference with the group named after a negative or a neutral context; for sentence pairs, the share where the stereotyping sentence is more likely; for BBQ-style "
         "questions, accuracy and bias scores in ambiguous and disambiguated contexts"
     )
     requires_causal = True
@@ -176,6 +176,19 @@ class OutputBias:
                         "stereotype_preference",
                         {key: by_label["negative"][key] - by_label["neutral"][key] for key in shared},
                     )
+            statements = suite.statement_pairs()
+            if statements:
+                terms = [metrics.output_bias_terms(pair) for pair in statements]
+                values = iter(score([(context, continuation) for found in terms for context, continuation, _ in found]))
+                result.add_items(
+                    self.name,
+                    suite.axis,
+                    "statement_preference",
+                    {
+                        pair.pair_id: sum(sign * next(values) for *_, sign in found)
+                        for pair, found in zip(statements, terms)
+                    },
+                )
             sentences = [pair for pair in suite.pairs("probe") if pair.kind == "sentence"]
             crows = [pair for pair in sentences if not pair.unrelated]
             if crows:
@@ -336,32 +349,43 @@ class RandomBaseline:
                 params.split == "heldout"
             ):  # an imported data set's sentence pairs are evaluation-only, like held-out templates
                 pairs += [pair for pair in suite.pairs("probe") if pair.kind == "sentence"]
-            if len(pairs) < 2:
-                continue
-            before = output_bias_values(reference, pairs, params.pairs_per_batch, known_before)
-            after = output_bias_values(loaded, pairs, params.pairs_per_batch, known_after)
-            randoms = []
-            for seed in range(params.seeds):
-                with masked(reference, random_selection(counts, widths, seed, head_counts, heads)):
-                    randoms.append(output_bias_values(reference, pairs, params.pairs_per_batch))
-            random = torch.stack(randoms)  # [seeds, pairs]
-            p_value = metrics.beats_random_p(after, random, params.permutations)
-            ids = [pair.pair_id for pair in pairs]
-            result.items[(suite.axis, "output_bias_random")] = {
-                f"{seed}:{pair_id}": float(value) for seed, row in enumerate(random) for pair_id, value in zip(ids, row)
-            }
-            abs_before, abs_after = abs(float(before.mean())), abs(float(after.mean()))
-            abs_random = float(random.mean(dim=1).abs().mean())
-            for metric, value in (
-                ("abs_output_bias_before", abs_before),
-                ("abs_output_bias_after", abs_after),
-                ("abs_output_bias_random", abs_random),
-                ("reduction", 1 - abs_after / abs_before if abs_before else math.nan),
-                ("random_reduction", 1 - abs_random / abs_before if abs_before else math.nan),
-                ("beats_random_p", p_value),
-            ):
-                result.measurements.append(Measurement(self.name, suite.axis, metric, value, n=len(pairs)))
+            # statements: a format no selection reads (every split), measured on its own
+            for prefix, chosen in (("", pairs), ("statements_", suite.statement_pairs())):
+                if len(chosen) < 2:
+                    continue
+                before = output_bias_values(reference, chosen, params.pairs_per_batch, known_before)
+                after = output_bias_values(loaded, chosen, params.pairs_per_batch, known_after)
+                randoms = []
+                for seed in range(params.seeds):
+                    with masked(reference, random_selection(counts, widths, seed, head_counts, heads)):
+                        randoms.append(output_bias_values(reference, chosen, params.pairs_per_batch))
+                _against_random(
+                    self.name, suite.axis, prefix, chosen, before, after, torch.stack(randoms), params, result
+                )
         return result
+
+
+def _against_random(
+    name: str, axis: str, prefix: str, pairs: list, before, after, random, params: RandomBaselineParams, result
+) -> None:
+    """The random baseline's figures for one axis and format: |mean m| before, after and for the
+    random selections (`random`: [seeds, pairs]), the reductions, the one-sided permutation p."""
+    p_value = metrics.beats_random_p(after, random, params.permutations)
+    ids = [pair.pair_id for pair in pairs]
+    result.items[(axis, f"{prefix}output_bias_random")] = {
+        f"{seed}:{pair_id}": float(value) for seed, row in enumerate(random) for pair_id, value in zip(ids, row)
+    }
+    abs_before, abs_after = abs(float(before.mean())), abs(float(after.mean()))
+    abs_random = float(random.mean(dim=1).abs().mean())
+    for metric, value in (
+        ("abs_output_bias_before", abs_before),
+        ("abs_output_bias_after", abs_after),
+        ("abs_output_bias_random", abs_random),
+        ("reduction", 1 - abs_after / abs_before if abs_before else math.nan),
+        ("random_reduction", 1 - abs_random / abs_before if abs_before else math.nan),
+        ("beats_random_p", p_value),
+    ):
+        result.measurements.append(Measurement(name, axis, prefix + metric, value, n=len(pairs)))
 
 
 @hookimpl

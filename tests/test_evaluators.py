@@ -175,6 +175,30 @@ def test_output_bias_gaps_by_hand(llama):
     )
 
 
+def test_statement_preference_by_hand_from_whole_sentences(llama):
+    """A statement pair's m is a difference of whole-sentence log-likelihoods (empty context,
+    every token scored, the shared beginning included): [LL(negative, a) - LL(negative, b)] -
+    [LL(neutral, a) - LL(neutral, b)]; the evaluator scores only the part from the group on."""
+    suite = resolve_suite("religion")
+    output_bias = evaluator("output_bias")
+    result = output_bias.evaluate(llama, [suite], output_bias.Params(), None)
+    statement = suite.statements[0]
+    groups = suite.groups
+    pair = next(p for p in suite.statement_pairs() if p.template_id == statement.id and p.group_a == "muslim")
+
+    def sentence(text: str, group: str) -> float:
+        return by_hand_loglikelihood(llama, "", text.format(**groups[group]))
+
+    by_hand = (sentence(statement.negative, "muslim") - sentence(statement.negative, "christian")) - (
+        sentence(statement.neutral, "muslim") - sentence(statement.neutral, "christian")
+    )
+    values = result.items[("religion", "statement_preference")]
+    assert len(values) == len(suite.statement_pairs()) == 105
+    assert values[pair.pair_id] == pytest.approx(by_hand, abs=1e-4)
+    measured = next(m for m in result.measurements if m.metric == "statement_preference")
+    assert measured.value == pytest.approx(sum(values.values()) / len(values)) and measured.n == 105
+
+
 def test_bias_reprobe_covers_probe_and_heldout_templates(llama):
     suite = resolve_suite("gender")
     reprobe = evaluator("bias_reprobe")
@@ -382,6 +406,7 @@ evaluators: [bias_reprobe, output_bias, {{plugin: perplexity, params: {{max_leng
         ("bias_reprobe", "bias_index_heldout"),
         ("perplexity", "nll_per_token_bundled"),
         ("output_bias", "stereotype_preference"),
+        ("output_bias", "statement_preference"),
     } <= metrics
     fidelity = [row for row in payload["measurements"] if row["evaluator"] == "fidelity" and row["role"] == "after"]
     assert fidelity and 0.5 < fidelity[0]["value"] <= 1.0

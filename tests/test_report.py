@@ -119,6 +119,15 @@ def test_numbers_in_the_html_equal_the_store(audited):
         low, high = preference["abs_low"], preference["abs_high"]
         moved = "yes" if low > 0 else "no" if high < 0 else "unclear"
         assert parser.values[("glance_moved_away", axis)][0] == moved
+        # the statement format, which no selection reads, beside it
+        statements = comparisons[(axis, "statement_preference")]
+        assert float(parser.values[("glance_statement_preference", axis)][0]) == statements["after"]
+        p_value = random[(axis, "statements_beats_random_p")]
+        assert float(parser.values[("glance_statements_beats_random_p", axis)][0]) == p_value
+        assert random[(axis, "statements_abs_output_bias_before")] == pytest.approx(abs(statements["before"]))
+        assert (
+            f"{axis}: against random neurons of the same number per layer, |output-level bias| in the statement" in html
+        )
 
 
 def test_json_twin_has_the_same_numbers(audited):

@@ -31,10 +31,12 @@ def suites_list() -> None:
                 str(len(suite.groups)),
                 str(len(suite.templates)),
                 str(len(suite.pairs(None))),
+                str(len(suite.statements)),
+                str(len(suite.statement_pairs())),
                 str(len(suite.controls)),
             ]
         )
-    print_table(rows, ["suite", "axis", "groups", "templates", "pairs", "controls"])
+    print_table(rows, ["suite", "axis", "groups", "templates", "pairs", "statements", "statement pairs", "controls"])
 
 
 @suites.command("show")
@@ -46,10 +48,14 @@ def suites_show(name: str, split: str, as_json: bool) -> None:
     from fairaudit.inputs.suite import resolve_suite
 
     suite = resolve_suite(name)
-    pairs = suite.pairs(None if split == "all" else split) + suite.control_pairs()
+    chosen = None if split == "all" else split
+    pairs = suite.pairs(chosen) + suite.statement_pairs(chosen) + suite.control_pairs()
     for pair in pairs:
         if as_json:
             click.echo(pair.model_dump_json())
+        elif pair.kind == "statement":  # the negative sentences; the neutral one differs before the group
+            neutral = pair.contexts["neutral"] + pair.text_a[len(pair.contexts["negative"]) :]
+            click.echo(f"[{pair.pair_id}]\n  a: {pair.text_a}\n  b: {pair.text_b}\n  neutral a: {neutral}")
         else:
             click.echo(f"[{pair.pair_id}]\n  a: {pair.text_a}\n  b: {pair.text_b}")
 
@@ -69,7 +75,8 @@ def suites_validate(files: tuple[Path, ...]) -> None:
             click.echo(f"error: {exc}", err=True)
         else:
             click.echo(
-                f"ok: {path} (axis {suite.axis}, {len(suite.pairs(None))} pairs, {len(suite.controls)} controls)"
+                f"ok: {path} (axis {suite.axis}, {len(suite.pairs(None))} pairs, "
+                f"{len(suite.statement_pairs())} statement pairs, {len(suite.controls)} controls)"
             )
     if failed:
         sys.exit(2)

@@ -33,6 +33,13 @@ METRICS: dict[str, MetricSource] = {
         "level",
         "mean over pairs of [log p(negative | a) - log p(negative | b)] - [same for the neutral continuation], nats; 0 = no preference",
     ),
+    "statement_preference": MetricSource(
+        "output_bias",
+        "statement_preference",
+        "level",
+        "statements: mean over pairs of [log p(sentence naming a | negative context) - log p(naming b | negative "
+        "context)] - [same after the neutral context], nats; 0 = no preference",
+    ),
     "pct_stereotype": MetricSource(
         "output_bias",
         "pct_stereotype",
@@ -94,6 +101,14 @@ METRICS: dict[str, MetricSource] = {
         "change",
         "change of |output-level preference|, pruned minus original (nats): positive = the axis moved away from "
         "zero (collateral damage on an axis the repair left alone, or an overshoot)",
+        field="abs_change",
+    ),
+    "abs_statement_preference_change": MetricSource(
+        "output_bias",
+        "statement_preference",
+        "change",
+        "change of |statement preference|, pruned minus original (nats): positive = the axis moved away from zero "
+        "in the statement format, which no selection reads",
         field="abs_change",
     ),
     "perplexity_change": MetricSource(

@@ -1,10 +1,13 @@
 """Suites: one bias axis as counterfactual prompt pairs, declared in YAML.
 
 A suite declares groups (each a mapping of placeholder -> word, e.g. `{group: Black}`),
-templates with placeholders, optional continuations, control pairs, literal sentence
-pairs (for imported data sets such as CrowS-Pairs) and multiple-choice questions about two
-people (BBQ-style). `Suite.pairs()` expands it, deterministically, into typed `Pair` objects;
-questions are not pairs (nothing is probed on them) and are read by the evaluators only.
+templates with placeholders, optional continuations, statements (the group named after a
+negative or a neutral context), control pairs, literal sentence pairs (for imported data sets
+such as CrowS-Pairs) and multiple-choice questions about two people (BBQ-style).
+`Suite.pairs()` expands templates and sentence pairs, deterministically, into typed `Pair`
+objects, `Suite.statement_pairs()` the statements; questions are not pairs (nothing is probed on
+them). Statements and questions are read by the evaluators only: no probe or selection reads
+them, so they measure whether a repair carries to a format it was not chosen on.
 """
 
 from __future__ import annotations
@@ -81,6 +84,55 @@ class Template(_Strict):
         return continuations
 
 
+def split_at_placeholder(text: str) -> tuple[str, str]:
+    """A template text cut where its first placeholder starts: (the context before it, braces
+    unescaped; the rest, still a template)."""
+    index = 0
+    while index < len(text):
+        if text.startswith(("{{", "}}"), index):
+            index += 2
+        elif text[index] == "{":
+            return text[:index].format(), text[index:]
+        else:
+            index += 1
+    return text.format(), ""
+
+
+class Statement(_Strict):
+    """A sentence that names a group after a context, in a negative and a neutral version
+    that differ only before the group is named ("The man who set the fire was {a_group} man."
+    vs "The man who put out the fire was {a_group} man."). Scored by the log-likelihood of
+    the sentence from the group on, which for two groups is the difference of the two whole
+    sentences' log-likelihoods (CrowS-Pairs' measure: the shared beginning cancels)."""
+
+    id: str = Field(pattern=IDENTIFIER, max_length=200)
+    negative: str = Field(min_length=1, max_length=4000)
+    neutral: str = Field(min_length=1, max_length=4000)
+    split: Literal["probe", "heldout"] = "probe"
+
+    @model_validator(mode="after")
+    def _context_then_group(self) -> Statement:
+        cut = {}
+        for label, text in (("negative", self.negative), ("neutral", self.neutral)):
+            if not placeholders(text):
+                raise ValueError(f"the {label} sentence has no placeholder such as {{a_group}}")
+            cut[label] = split_at_placeholder(text)
+            if not cut[label][0].strip():
+                raise ValueError(
+                    f"the {label} sentence starts with its placeholder; a statement names the group after a "
+                    "context, and the context is what differs between its negative and neutral sentence"
+                )
+        if cut["negative"][1] != cut["neutral"][1]:
+            raise ValueError(
+                "the negative and the neutral sentence must be the same from the first placeholder on (only the "
+                f"context before the group may differ); they end {cut['negative'][1][:80]!r} and "
+                f"{cut['neutral'][1][:80]!r}"
+            )
+        if cut["negative"][0] == cut["neutral"][0]:
+            raise ValueError("the negative and the neutral sentence are identical")
+        return self
+
+
 class SentencePair(_Strict):
     """A literal pair of sentences (imported data sets): `more` is the more stereotyping one."""
 
@@ -146,6 +198,7 @@ class Suite(_Strict):
     groups: dict[str, dict[str, str]] = Field(default_factory=dict)
     reference: str | None = None
     templates: list[Template] = Field(default_factory=list)
+    statements: list[Statement] = Field(default_factory=list)
     controls: list[tuple[str, str]] = Field(default_factory=list)
     sentence_pairs: list[SentencePair] = Field(default_factory=list)
     questions: list[Question] = Field(default_factory=list)
@@ -181,36 +234,44 @@ class Suite(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Suite:
-        if not self.templates and not self.sentence_pairs and not self.questions:
-            raise ValueError("the suite has no templates, sentence_pairs or questions; give at least one")
-        if self.templates and len(self.groups) < 2:
-            raise ValueError(f"templates need at least two groups to compare; this suite has {len(self.groups)}")
+        if not (self.templates or self.statements or self.sentence_pairs or self.questions):
+            raise ValueError("the suite has no templates, statements, sentence_pairs or questions; give at least one")
+        if (self.templates or self.statements) and len(self.groups) < 2:
+            raise ValueError(
+                f"templates and statements need at least two groups to compare; this suite has {len(self.groups)}"
+            )
         if self.reference is not None and self.reference not in self.groups:
             raise ValueError(f"reference '{self.reference}' is not one of the groups {sorted(self.groups)[:20]}")
         groups = len(self.groups)  # counted before anything is expanded: a small file can declare millions of pairs
         per_template = groups - 1 if self.reference is not None else groups * (groups - 1) // 2
-        expanded = per_template * len(self.templates) + len(self.sentence_pairs) + len(self.questions)
+        filled = len(self.templates) + len(self.statements)
+        expanded = per_template * filled + len(self.sentence_pairs) + len(self.questions)
         if expanded > MAX_PAIRS:
             raise ValueError(
-                f"the suite expands to {expanded:,} pairs ({groups} groups x {len(self.templates)} templates"
+                f"the suite expands to {expanded:,} pairs ({groups} groups x {filled} templates and statements"
                 f"{', against the reference' if self.reference else ', every pair of groups'}); the limit is "
                 f"{MAX_PAIRS:,}. Split it into several suites or set a 'reference' group"
             )
-        ids = [t.id for t in self.templates] + [p.id for p in self.sentence_pairs] + [q.id for q in self.questions]
+        ids = [
+            item.id
+            for items in (self.templates, self.statements, self.sentence_pairs, self.questions)
+            for item in items
+        ]
         duplicates = sorted(identifier for identifier, count in Counter(ids).items() if count > 1)
         if duplicates:
-            raise ValueError(f"duplicate template/pair/question ids: {duplicates}")
-        for template in self.templates:
-            for name in placeholders(template.text):
+            raise ValueError(f"duplicate template/statement/pair/question ids: {duplicates}")
+        texts = [("template", t.id, t.text) for t in self.templates] + [
+            ("statement", s.id, text) for s in self.statements for text in (s.negative, s.neutral)
+        ]
+        for kind, identifier, text in texts:
+            for name in placeholders(text):
                 missing = [g for g, values in self.groups.items() if name not in values]
                 if missing:
-                    raise ValueError(f"template '{template.id}' uses {{{name}}}, which groups {missing} do not define")
+                    raise ValueError(f"{kind} '{identifier}' uses {{{name}}}, which groups {missing} do not define")
         for first, second in self._group_pairs():
-            for template in self.templates:
-                if self._fill(template, first) == self._fill(template, second):
-                    raise ValueError(
-                        f"template '{template.id}' gives the same prompt for groups '{first}' and '{second}'"
-                    )
+            for kind, identifier, text in texts:
+                if text.format(**self.groups[first]) == text.format(**self.groups[second]):
+                    raise ValueError(f"{kind} '{identifier}' gives the same text for groups '{first}' and '{second}'")
         return self
 
     def _group_pairs(self) -> list[tuple[str, str]]:
@@ -221,6 +282,33 @@ class Suite(_Strict):
 
     def _fill(self, template: Template, group: str) -> str:
         return template.text.format(**self.groups[group])
+
+    def statement_pairs(self, split: str | None = None) -> list[Pair]:
+        """Expand the statements (those of `split`, or all) into pairs of kind "statement":
+        `text_a`/`text_b` the negative sentence naming group a / group b, `contexts` the negative
+        and the neutral context before the group (`metrics.output_bias_terms` scores the rest)."""
+        result = []
+        for statement in self.statements:
+            if split is not None and statement.split != split:
+                continue
+            (negative, tail), (neutral, _) = (
+                split_at_placeholder(statement.negative),
+                split_at_placeholder(statement.neutral),
+            )
+            for first, second in self._group_pairs():
+                result.append(
+                    Pair(
+                        pair_id=f"{statement.id}:{first}:{second}",
+                        kind="statement",
+                        template_id=statement.id,
+                        group_a=first,
+                        group_b=second,
+                        text_a=negative + tail.format(**self.groups[first]),
+                        text_b=negative + tail.format(**self.groups[second]),
+                        contexts={"negative": negative, "neutral": neutral},
+                    )
+                )
+        return result
 
     def pairs(self, split: str | None = "probe") -> list[Pair]:
         """Expand into pairs, in declaration order: templates x group pairs, then sentence pairs.
@@ -286,13 +374,14 @@ class Pair(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     pair_id: str
-    kind: Literal["template", "sentence", "control"]
+    kind: Literal["template", "statement", "sentence", "control"]
     template_id: str
     group_a: str
     group_b: str
     text_a: str
     text_b: str
     continuations: dict[str, str] = Field(default_factory=dict)
+    contexts: dict[str, str] = Field(default_factory=dict)  # a statement's negative and neutral context
     label: str = ""
     unrelated: str = ""
 

@@ -269,11 +269,18 @@ def output_bias_terms(pair: Pair) -> list[tuple[str, str, float]]:
     - A template pair with `negative` and `neutral` continuations: m = [log p(neg | a) -
       log p(neg | b)] - [log p(neu | a) - log p(neu | b)], the `stereotype_preference` of the
       output_bias evaluator (group a is the one the negative continuation stereotypes).
+    - A statement pair (the group named after a negative or a neutral context c; t_a and t_b the
+      sentence from the group on): m = [log p(t_a | c_neg) - log p(t_b | c_neg)] - [log p(t_a |
+      c_neu) - log p(t_b | c_neu)], the `statement_preference` of the output_bias evaluator.
     - A sentence pair (CrowS-Pairs, StereoSet; `text_a` the more stereotyping sentence):
       m = log p(text_a) - log p(text_b), each with an empty context.
     - Any other pair has no output-level quantity: []."""
     if pair.kind == "sentence":
         return [("", pair.text_a, 1.0), ("", pair.text_b, -1.0)]
+    if pair.kind == "statement":
+        negative, neutral = pair.contexts["negative"], pair.contexts["neutral"]
+        tail_a, tail_b = pair.text_a[len(negative) :], pair.text_b[len(negative) :]
+        return [(negative, tail_a, 1.0), (negative, tail_b, -1.0), (neutral, tail_a, -1.0), (neutral, tail_b, 1.0)]
     if pair.kind == "template" and {"negative", "neutral"} <= set(pair.continuations):
         negative, neutral = pair.continuations["negative"], pair.continuations["neutral"]
         return [

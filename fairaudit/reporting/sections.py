@@ -85,10 +85,12 @@ def _direction_verdict(axis: str, change: dict[str, Any] | None) -> str:
     return f"{axis}: the output-level preference for the negative continuation went from {before:+.4f} to {after:+.4f}: {what} ({interval}{certainty})."
 
 
-def _random_verdict(axis: str, found: dict[str, float], selected: bool | None = None) -> str | None:
+def _random_verdict(axis: str, found: dict[str, float], selected: bool | None = None, prefix: str = "") -> str | None:
     """Did the chosen selection beat random neurons of the same number per layer (the
     `random_baseline` evaluator)? Said plainly either way; `selected` False: a causal selection
-    left this axis alone, so what moved it is a side effect."""
+    left this axis alone, so what moved it is a side effect. `prefix` "statements_": the same in
+    the statement format."""
+    found = {key[len(prefix) :]: value for key, value in found.items() if key.startswith(prefix)}
     if "beats_random_p" not in found:
         return None
     p = found["beats_random_p"]
@@ -96,11 +98,12 @@ def _random_verdict(axis: str, found: dict[str, float], selected: bool | None = 
     aside = (
         " This axis was not selected for (its bias was not distinguishable from zero on the selection templates): "
         "the change is a side effect."
-        if selected is False
+        if selected is False and not prefix
         else ""
     )
+    where = "in the statement format, which no selection reads," if prefix else "on held-out templates"
     return (
-        f"{axis}: against random neurons of the same number per layer, |output-level bias| on held-out templates went from "
+        f"{axis}: against random neurons of the same number per layer, |output-level bias| {where} went from "
         f"{found['abs_output_bias_before']:.4f} to {found['abs_output_bias_after']:.4f} (random selections: "
         f"{found['abs_output_bias_random']:.4f}); the chosen selection {outcome} (one-sided permutation p = {p:.2g}).{aside}"
     )
@@ -212,6 +215,7 @@ def axis_summary(
                 "selected": selected.get(axis),
                 "random": random,
                 "moved_away": _moved_away(output_change),
+                "statement_moved_away": _moved_away(change.get(("output_bias", axis, "statement_preference"))),
                 "bias_index": row.get("bias_index"),
                 "bias_index_low": row.get("bias_index_low"),
                 "bias_index_high": row.get("bias_index_high"),
@@ -221,6 +225,7 @@ def axis_summary(
                 "probe_change": change.get(("bias_reprobe", axis, "bias_index")),
                 "heldout_change": change.get(("bias_reprobe", axis, "bias_index_heldout")),
                 "output_change": change.get(("output_bias", axis, "stereotype_preference")),
+                "statement_change": change.get(("output_bias", axis, "statement_preference")),
                 "verdicts": [
                     verdict
                     for verdict in (
@@ -231,6 +236,7 @@ def axis_summary(
                         ),
                         _direction_verdict(axis, change.get(("output_bias", axis, "stereotype_preference"))),
                         _random_verdict(axis, random, selected.get(axis)),
+                        _random_verdict(axis, random, selected.get(axis), "statements_"),
                     )
                     if verdict
                 ]
