@@ -45,7 +45,7 @@ def main() -> None:
         dict.fromkeys(
             (context, continuation)
             for suite in suites
-            for pair in suite.pairs(None)
+            for pair in suite.pairs(None) + suite.statement_pairs()
             for context, continuation, _ in output_bias_terms(pair)
         )
     )
