@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from audit_stages import machine  # this folder: the CPU model and cores
 
 from fairaudit.inputs.model import ModelSpec, load_model
 from fairaudit.inputs.suite import resolve_suite
@@ -85,7 +86,8 @@ def table_lines(table: list[dict], crows: list[dict]) -> list[str]:
     width = max(len(row["axis"]) for row in table + crows)
     lines = [
         f"{'axis':<{width}} {'pairs':>5} {'before [95% CI, templates]':>30} {'after [95% CI]':>28} {'random':>8} "
-        f"{'|m| reduction':>14} {'random':>8} {'p vs random':>12}"
+        f"{'|m| reduction':>14} {'random':>8} {'p vs random':>12}",
+        " ".join("-" * n for n in (width, 5, 30, 28, 8, 14, 8, 12)),
     ]
     for row in table + crows:
         lines.append(
@@ -95,6 +97,9 @@ def table_lines(table: list[dict], crows: list[dict]) -> list[str]:
             + (f"   share with m > 0: {row['pct_before']:.3f} -> {row['pct_after']:.3f}" if row in crows else "")
         )
     lines.append("(* nothing was chosen for this axis: its selection-part interval contains 0)")
+    lines.append(
+        "(statements: every statement pair of the axis, a format no selection reads; intervals resample statements)"
+    )
     if crows:
         lines.append(
             "(crows: the CrowS-Pairs category of the axis; m = log p(more stereotyping) - log p(less), intervals resample pairs)"
@@ -133,6 +138,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     started = time.time()
+    print(f"machine: {machine()}, torch {torch.__version__}")
     loaded = load_model(ModelSpec(id=args.model, dtype=args.dtype))
     ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     suites = [resolve_suite(axis) for axis in AXES]
@@ -150,7 +156,7 @@ def main() -> None:
         print(
             f"{gate.axis}: selection-part output bias {gate.bias:+.3f}, 95% CI resampling templates [{gate.template_low:+.3f}, "
             f"{gate.template_high:+.3f}], pairs [{gate.pair_low:+.3f}, {gate.pair_high:+.3f}] ({gate.selection_pairs} pairs), "
-            f"validation {gate.validation_pairs} pairs"
+            f"validation {gate.validation_pairs} pairs; detectable |m| {gate.detectable:.2f}"
         )
     print(
         f"quality guard: {found.guard['rejected']} of {found.guard['checked']} candidates rejected "
@@ -181,6 +187,13 @@ def main() -> None:
             suite.axis in active,
         )
         for suite in suites
+    ]
+    table += [
+        held_out_row(
+            loaded, f"statements:{suite.axis}", suite.statement_pairs(), selection, randoms, suite.axis in active
+        )
+        for suite in suites
+        if len(suite.statement_pairs()) > 1
     ]
     crows = []
     if args.crows:

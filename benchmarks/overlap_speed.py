@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from audit_stages import machine  # this folder: the CPU model and cores
 
 from fairaudit.analysis.overlap import axis_overlap, load_scores, model_overlap
 from fairaudit.measurement.scoring import AxisScores
@@ -55,6 +56,8 @@ def main() -> None:
             model_overlap(first, second, args.top)
         model_seconds = time.perf_counter() - started
     neurons = args.layers * args.units
+    print("overlap analysis of a store of random scores")
+    print(f"machine: {machine()}")
     print(
         f"store: {args.models} models x {len(AXES)} axes x {args.layers} layers x {args.units} neurons "
         f"({args.models * len(AXES) * neurons:,} rows per score column); written in {write_seconds:.1f} s"

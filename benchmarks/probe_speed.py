@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from audit_stages import machine  # this folder: the CPU model and cores
 
 from fairaudit.inputs.model import load_model
 from fairaudit.inputs.suite import builtin_suite_names, resolve_suite
@@ -104,6 +105,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             folder = build(Path(scratch) / "model", args.layers, args.hidden, args.intermediate, args.vocab)
             parameters = sum(p.numel() for p in load_model(str(folder)).model.parameters())  # tied weights once
+            print(f"machine: {machine()}, torch {torch.__version__}")
             print(
                 f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, vocab {args.vocab} "
                 f"({parameters:,} parameters, float32); batch {args.batch_size} prompts; each count in a fresh process"
@@ -180,11 +182,13 @@ def main() -> None:
             )
             memory[count] = json.loads(child.stdout.strip().splitlines()[-1])["max_rss_kb"] / 1024
 
+    print(f"machine: {machine()}, torch {torch.__version__}")
     print(
         f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, vocab {args.vocab}; "
         f"CPU threads {torch.get_num_threads()}; batch {args.batch_size} prompts"
     )
     print(f"{'pairs':>6} {'plain forward s':>16} {'probe s':>8} {'probe/plain':>12}")
+    print(f"{'-' * 6} {'-' * 16} {'-' * 8} {'-' * 12}")
     for count, baseline, probe_seconds in rows:
         print(f"{count:>6} {baseline:>16.2f} {probe_seconds:>8.2f} {probe_seconds / baseline:>12.2f}")
     print(

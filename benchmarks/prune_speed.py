@@ -14,6 +14,7 @@ import logging
 import time
 
 import torch
+from audit_stages import machine  # this folder: the CPU model and cores
 
 from fairaudit.inputs.model import LoadedModel
 from fairaudit.plugins import registry
@@ -82,6 +83,8 @@ def main() -> None:
         and torch.equal(mine.mlp.down_proj.weight, theirs.mlp.down_proj.weight)
         for mine, theirs in zip(model.model.layers, twin.model.layers)
     )
+    print("structured pruning: optiPfair's prune_model_mlp_glu against fairaudit's select + prune, same scores")
+    print(f"machine: {machine()}, torch {torch.__version__}")
     print(
         f"model: Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
         f"{report.parameters_before:,} parameters (built in {build_seconds:.1f} s); CPU threads {torch.get_num_threads()}"

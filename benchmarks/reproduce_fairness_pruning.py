@@ -111,18 +111,27 @@ def run(model_name: str, out: Path) -> None:
         f"write-up pair, optiPfair-compatible bias index: {before_ours:.6f} -> {after_ours:.6f} "
         f"({(after_ours - before_ours) / before_ours:+.2%}); optiPfair 0.4.2's own value before: {before_theirs:.6f}"
     )
+    widths = (12, 27, 8, 28, 24, 24)
     print(
-        f"{'axis':<12} {'held-out bias index before':>27} {'after':>8} {'relative change [95% CI]':>28} {'stereotype preference':>24}"
+        f"{'axis':<12} {'held-out bias index before':>27} {'after':>8} {'relative change [95% CI]':>28} "
+        f"{'stereotype preference':>24} {'statement preference':>24}"
     )
+    print(" ".join("-" * width for width in widths))
     for axis in DEFAULT_SUITES:
         row = change.get(("bias_reprobe", axis, "bias_index_heldout"))
-        output = change.get(("output_bias", axis, "stereotype_preference"))
         interval = (
             f"{row['relative_change']:+.1%} [{row['relative_low']:+.1%}, {row['relative_high']:+.1%}]" if row else "-"
         )
-        preference = f"{output['before']:+.3f} -> {output['after']:+.3f}" if output else "-"
+        preference, statements = (
+            f"{found['before']:+.3f} -> {found['after']:+.3f}" if found else "-"
+            for found in (
+                change.get(("output_bias", axis, "stereotype_preference")),
+                change.get(("output_bias", axis, "statement_preference")),
+            )
+        )
         print(
-            f"{axis:<12} {row['before'] if row else float('nan'):>27.4f} {row['after'] if row else float('nan'):>8.4f} {interval:>28} {preference:>24}"
+            f"{axis:<12} {row['before'] if row else float('nan'):>27.4f} {row['after'] if row else float('nan'):>8.4f} "
+            f"{interval:>28} {preference:>24} {statements:>24}"
         )
     print(
         f"perplexity (bundled corpus): {perplexity.get('before', float('nan')):.2f} -> {perplexity.get('after', float('nan')):.2f}"

@@ -4,7 +4,7 @@ GQA 32/8 heads; fairaudit's small test vocabulary) held whole in CPU memory vs s
 `device_map: auto` and a CPU budget, the rest offloaded to disk; and of pruning it (which
 loads a whole copy in CPU memory). Each measurement runs in its own process.
 
-Usage: python benchmarks/split_memory.py [--pairs 20] [--cpu-budget 1GiB]
+Usage: python benchmarks/split_memory.py [--pairs 20] [--cpu-budget 1GiB] [--layers 16 --hidden 2048 --intermediate 8192]
 """
 
 from __future__ import annotations
@@ -124,6 +124,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--cpu-budget", default="1GiB")
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--intermediate", type=int, default=8192)
     parser.add_argument("--child", nargs=4, metavar=("MODE", "FOLDER", "PAIRS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -133,11 +136,17 @@ def main() -> None:
         else:
             child(mode, folder, int(pairs), args.cpu_budget, out)
         return
+    from audit_stages import machine  # this folder: the CPU model and cores
+
     from fairaudit.testing import make_model
 
+    print("memory of a model held whole, split with a device map, and pruned; each in its own process")
+    print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        folder = make_model("llama", Path(scratch) / "model", layers=16, hidden=2048, intermediate=8192)
+        folder = make_model(
+            "llama", Path(scratch) / "model", layers=args.layers, hidden=args.hidden, intermediate=args.intermediate
+        )
         print(f"built and saved the model in {time.perf_counter() - started:.0f} s")
         for mode in ("whole", "split", "prune"):
             done = subprocess.run(

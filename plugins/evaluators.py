@@ -28,6 +28,7 @@ from fairaudit.measurement.evaluate import (
     encode_request,
     has_hooks,
     loglikelihoods,
+    planned_positions,
     probe_key,
     recall,
     remember,
@@ -55,6 +56,18 @@ class BiasReprobe:
     requires_causal = False
     exclusive = False  # reads only the model it evaluates
     Params = ReprobeParams
+
+    def planned_tokens(self, loaded: LoadedModel, suites: list[Suite], params: ReprobeParams, reference=None) -> int:
+        """The prompts' token positions `evaluate` forwards (the probe split only where the probe
+        stage's values cannot be reused), for the audit's time estimate."""
+        pairs = [
+            pair
+            for suite in suites
+            for split in ("probe", "heldout")
+            if split == "heldout" or recall(loaded, probe_key(suite.axis, params.position)) is None
+            for pair in suite.pairs(split)
+        ]
+        return sum(len(loaded.tokenizer(text)["input_ids"]) for pair in pairs for text in (pair.text_a, pair.text_b))
 
     def evaluate(
         self, loaded: LoadedModel, suites: list[Suite], params: ReprobeParams, reference=None
@@ -133,6 +146,17 @@ class OutputBias:
     requires_causal = True
     exclusive = False  # reads only the model it evaluates
     Params = OutputBiasParams
+
+    def planned_tokens(self, loaded: LoadedModel, suites: list[Suite], params: OutputBiasParams, reference=None) -> int:
+        """About how many token positions `evaluate` forwards, for the audit's time estimate."""
+        requests = [
+            (context, continuation)
+            for suite in suites
+            for pair in suite.pairs(None) + suite.statement_pairs()
+            for context, continuation, _ in metrics.output_bias_terms(pair)
+        ]
+        requests += [(q.prompt(), " " + answer) for suite in suites for q in suite.questions for answer in q.answers]
+        return planned_positions(loaded.tokenizer, requests)
 
     def evaluate(
         self, loaded: LoadedModel, suites: list[Suite], params: OutputBiasParams, reference=None
@@ -319,6 +343,22 @@ class RandomBaseline:
     exclusive = True  # masks the unpruned reference
     Params = RandomBaselineParams
 
+    def planned_tokens(
+        self, loaded: LoadedModel, suites: list[Suite], params: RandomBaselineParams, reference=None
+    ) -> int:
+        """About how many token positions `evaluate` forwards: every random selection's, and the two
+        models' where `output_bias` left none to reuse; for the audit's time estimate."""
+        if reference is None:
+            return 0
+        requests = [
+            (context, continuation)
+            for suite in suites
+            for pair in _baseline_pairs(suite, params.split) + suite.statement_pairs()
+            for context, continuation, _ in metrics.output_bias_terms(pair)
+        ]
+        unknown = sum(recall(model, LOGLIKELIHOODS) is None for model in (reference, loaded))
+        return (params.seeds + unknown) * planned_positions(loaded.tokenizer, requests)
+
     def evaluate(
         self, loaded: LoadedModel, suites: list[Suite], params: RandomBaselineParams, reference=None
     ) -> EvaluationResult:
@@ -340,15 +380,7 @@ class RandomBaseline:
         # the unmasked models' values, where the output_bias evaluator computed them on these weights
         known_before, known_after = recall(reference, LOGLIKELIHOODS), recall(loaded, LOGLIKELIHOODS)
         for suite in suites:
-            pairs = [
-                pair
-                for pair in suite.pairs(None if params.split == "all" else params.split)
-                if metrics.output_bias_terms(pair)
-            ]
-            if (
-                params.split == "heldout"
-            ):  # an imported data set's sentence pairs are evaluation-only, like held-out templates
-                pairs += [pair for pair in suite.pairs("probe") if pair.kind == "sentence"]
+            pairs = _baseline_pairs(suite, params.split)
             # statements: a format no selection reads (every split), measured on its own
             for prefix, chosen in (("", pairs), ("statements_", suite.statement_pairs())):
                 if len(chosen) < 2:
@@ -363,6 +395,16 @@ class RandomBaseline:
                     self.name, suite.axis, prefix, chosen, before, after, torch.stack(randoms), params, result
                 )
         return result
+
+
+def _baseline_pairs(suite: Suite, split: str) -> list:
+    """The template-format pairs the random baseline compares: those of `split` with an
+    output-level quantity, and for "heldout" the sentence pairs of imported data sets too, which
+    are evaluation-only like held-out templates."""
+    pairs = [pair for pair in suite.pairs(None if split == "all" else split) if metrics.output_bias_terms(pair)]
+    if split == "heldout":
+        pairs += [pair for pair in suite.pairs("probe") if pair.kind == "sentence"]
+    return pairs
 
 
 def _against_random(

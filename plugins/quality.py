@@ -25,6 +25,7 @@ from fairaudit.measurement.evaluate import (
     EvaluationResult,
     Measurement,
     loglikelihoods,
+    planned_positions,
     window_nll,
 )
 from fairaudit.resources import corpus_path, corpus_sentences, data_dir
@@ -126,6 +127,16 @@ class PerplexityParams(StrictParams):
     batch_size: int = Field(default=4, ge=1)
 
 
+def _text_ids(loaded: LoadedModel, params: PerplexityParams) -> tuple[Path, list[int]]:
+    """The perplexity text's path and token ids."""
+    path = Path(params.file) if params.file else corpus_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PluginError(f"perplexity: cannot read text file {path}: {exc}") from None
+    return path, loaded.tokenizer(text)["input_ids"]
+
+
 class Perplexity:
     name = "perplexity"
     description = "perplexity (exp of mean token NLL) on the bundled corpus or a user file, sliding window"
@@ -133,15 +144,21 @@ class Perplexity:
     exclusive = False  # reads only the model it evaluates
     Params = PerplexityParams
 
+    def planned_tokens(self, loaded: LoadedModel, suites: list[Suite], params: PerplexityParams, reference=None) -> int:
+        """The token positions of every window (`window_nll`'s), for the audit's time estimate."""
+        count, positions = len(_text_ids(loaded, params)[1]), 0
+        stride = min(params.stride or params.max_length - 1, params.max_length - 1)
+        for begin in range(0, count, stride):
+            end = min(begin + params.max_length, count)
+            positions += end - begin
+            if end == count:
+                break
+        return positions
+
     def evaluate(
         self, loaded: LoadedModel, suites: list[Suite], params: PerplexityParams, reference=None
     ) -> EvaluationResult:
-        path = Path(params.file) if params.file else corpus_path()
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PluginError(f"perplexity: cannot read text file {path}: {exc}") from None
-        ids = loaded.tokenizer(text)["input_ids"]
+        path, ids = _text_ids(loaded, params)
         windows = window_nll(loaded, ids, params.max_length, params.stride, params.batch_size)
         result = EvaluationResult()
         total_nll, total_tokens = sum(n for n, _ in windows), sum(t for _, t in windows)
@@ -376,6 +393,21 @@ class FactsParams(StrictParams):
     batch_size: int = Field(default=16, ge=1)
 
 
+def _facts(params: FactsParams) -> list[dict]:
+    import json
+
+    path = Path(params.file) if params.file else data_dir() / "facts.jsonl"
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"facts: cannot read {path}: {exc}") from None
+
+
+def _fact_requests(facts: list[dict]) -> list[tuple[str, str]]:
+    """(prompt, option) for every fact: the correct continuation first, then the distractors."""
+    return [(fact["prompt"], option) for fact in facts for option in [fact["correct"], *fact["distractors"]]]
+
+
 class FactualControl:
     name = "facts"
     description = (
@@ -386,17 +418,15 @@ class FactualControl:
     exclusive = False  # reads only the model it evaluates
     Params = FactsParams
 
+    def planned_tokens(self, loaded: LoadedModel, suites: list[Suite], params: FactsParams, reference=None) -> int:
+        """About how many token positions `evaluate` forwards, for the audit's time estimate."""
+        return planned_positions(loaded.tokenizer, _fact_requests(_facts(params)))
+
     def evaluate(
         self, loaded: LoadedModel, suites: list[Suite], params: FactsParams, reference=None
     ) -> EvaluationResult:
-        import json
-
-        path = Path(params.file) if params.file else data_dir() / "facts.jsonl"
-        try:
-            facts = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, ValueError) as exc:
-            raise PluginError(f"facts: cannot read {path}: {exc}") from None
-        requests = [(fact["prompt"], option) for fact in facts for option in [fact["correct"], *fact["distractors"]]]
+        facts = _facts(params)
+        requests = _fact_requests(facts)
         scores = iter(loglikelihoods(loaded, requests, params.batch_size))
         accuracy, logprob = {}, {}
         for fact in facts:
@@ -441,6 +471,12 @@ class Fidelity:
     requires_causal = False
     exclusive = True  # reads the unpruned reference too
     Params = FidelityParams
+
+    def planned_tokens(self, loaded: LoadedModel, suites: list[Suite], params: FidelityParams, reference=None) -> int:
+        """The sentences' token positions through both models, for the audit's time estimate."""
+        if reference is None:
+            return 0
+        return 2 * sum(len(ids) for ids in loaded.tokenizer(corpus_sentences(params.sentences))["input_ids"])
 
     def evaluate(
         self, loaded: LoadedModel, suites: list[Suite], params: FidelityParams, reference: LoadedModel | None = None

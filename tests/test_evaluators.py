@@ -4,6 +4,7 @@ recorded and do not stop the others; offline lm-eval paths."""
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -197,6 +198,32 @@ def test_statement_preference_by_hand_from_whole_sentences(llama):
     assert values[pair.pair_id] == pytest.approx(by_hand, abs=1e-4)
     measured = next(m for m in result.measurements if m.metric == "statement_preference")
     assert measured.value == pytest.approx(sum(values.values()) / len(values)) and measured.n == 105
+
+
+def test_planned_tokens_are_what_the_evaluators_forward(llama):
+    """The audit's time estimates rest on `planned_tokens`: perplexity's windows exactly; the
+    log-likelihood and probe forwards up to their batches' padding (never fewer)."""
+    suite = resolve_suite("race")
+    for name, params in (("perplexity", {"max_length": 64, "stride": 32}), ("output_bias", {}), ("bias_reprobe", {})):
+        plugin = evaluator(name)
+        chosen = plugin.Params(**params)
+        planned = plugin.planned_tokens(llama, [suite], chosen, None)
+        counted = llama.tokens.snapshot()[0]
+        plugin.evaluate(llama, [suite], chosen, None)
+        counted = llama.tokens.snapshot()[0] - counted
+        if name == "perplexity":
+            assert planned == counted
+        else:
+            assert planned <= counted <= 2 * planned, (name, planned, counted)
+
+
+def test_an_audit_says_how_long_each_evaluator_will_take_from_its_tokens(llama_folder, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="fairaudit"):
+        _pruning_audit(llama_folder, tmp_path, ["output_bias", {"plugin": "perplexity", "params": {"max_length": 64}}])
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluating ")]
+    assert len(said) == 4 and all(re.search(r"model, about \d+ (s|min)$", line) for line in said), said
 
 
 def test_bias_reprobe_covers_probe_and_heldout_templates(llama):

@@ -62,7 +62,11 @@ class Evaluator(Protocol):
     """What an evaluator plugin provides. `requires_causal`: skipped for encoders.
     `exclusive` (optional; True when absent): False lets the audit run it on the original and
     the pruned model at once, in two threads; say False only when `evaluate` reads no model but
-    `loaded` (not `reference`) and no process-wide state (global random generators, settings)."""
+    `loaded` (not `reference`) and no process-wide state (global random generators, settings).
+    `planned_tokens(loaded, suites, params, reference) -> int` (optional): about how many token
+    positions `evaluate` will forward; the audit divides it by the throughput it has measured so
+    far and logs the estimate ("evaluating 3 of 16: perplexity on the original model, about 40 s");
+    `planned_positions` counts them for log-likelihood requests."""
 
     name: str
     description: str
@@ -146,6 +150,17 @@ def encode_request(tokenizer: Any, context: str, continuation: str) -> tuple[lis
     whole = tokenizer.encode(context + continuation)
     context_ids = tokenizer.encode(context)
     return context_ids, whole[len(context_ids) :]
+
+
+def planned_positions(tokenizer: Any, requests: list[tuple[str, str]]) -> int:
+    """About how many token positions `loglikelihoods` forwards for `requests` (padding not
+    counted): each distinct context once and every continuation's tokens with shared prefixes,
+    each request whole without. For a time estimate, not a measurement."""
+    encoded = [encode_request(tokenizer, *request) for request in dict.fromkeys(requests)]
+    if not SHARE_PREFIXES:
+        return sum(len(context) + len(continuation) for context, continuation in encoded)
+    contexts = {tuple(context) for context, _ in encoded}
+    return sum(map(len, contexts)) + sum(len(continuation) for _, continuation in encoded)
 
 
 def loglikelihoods(

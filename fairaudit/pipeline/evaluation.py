@@ -206,10 +206,11 @@ class _Evaluation:
         """Run one evaluator on one model and store what it measured (or its failure)."""
         if self.store.part_path("evaluations", job.loaded.model_id, "all", self.run_id, job.name).exists():
             return  # stored by an interrupted run being resumed
+        estimate = self._estimate(job, lane)
         with self.lock:
             log.info(
                 f"evaluating {job.number} of {self.total}: {job.name} on the "
-                f"{'original' if job.role == 'before' else 'pruned'} model"
+                f"{'original' if job.role == 'before' else 'pruned'} model{estimate}"
             )
         started, spent, counted = clock(), list[float](), job.loaded.tokens.snapshot()
         result = EvaluationResult()
@@ -243,6 +244,28 @@ class _Evaluation:
             ):  # the measurements last: they mark completion
                 self.store.write_part(table, job.loaded.model_id, "all", self.run_id, tables[table], part=job.name)
 
+    def _estimate(self, job: _Job, lane: bool) -> str:
+        """ ", about N s": the token positions the evaluator says it will forward (its optional
+        `planned_tokens`) at the throughput this run has measured so far, in a lane at its share of
+        the threads; "" when either is unknown. An estimate never stops an evaluation."""
+        rate, planned = throughput(self.timings), getattr(job.evaluator, "planned_tokens", None)
+        if (
+            rate is None
+            or planned is None
+            or (getattr(job.evaluator, "requires_causal", False) and not job.loaded.has_lm_head)
+        ):
+            return ""
+        try:
+            tokens = planned(job.loaded, self.suites, job.params, job.reference)
+        except Exception:  # noqa: BLE001 - a plugin's estimate is advice
+            return ""
+        if lane:
+            rate *= max(1, self.threads // max(self.lanes_running, 1)) / self.threads
+        if not tokens:
+            return ""
+        seconds = tokens / rate
+        return f", about {seconds:.0f} s" if seconds < 90 else f", about {seconds / 60:.0f} min"
+
     def _evaluate(self, job: _Job, lane: bool, spent: list[float]) -> EvaluationResult:
         if not lane:
             return job.evaluator.evaluate(job.loaded, self.suites, job.params, job.reference)
@@ -255,6 +278,16 @@ class _Evaluation:
             return job.evaluator.evaluate(job.loaded, self.suites, job.params, job.reference)
         finally:
             spent.append(time.thread_time() - cpu)
+
+
+def throughput(timings: dict[str, float]) -> float | None:
+    """Token positions per second that this run's probe and pruning stages forwarded, every thread
+    busy (a position with gradients counts three times, forward and backward, as
+    `benchmarks/audit_stages.py` counts it); None before any was measured."""
+    stages = [key for key in timings if key.startswith("axis:") and key.count(":") == 1 or key == "prune"]
+    cost = sum(timings.get(f"{key}:tokens", 0) + 2 * timings.get(f"{key}:grad_tokens", 0) for key in stages)
+    wall = sum(timings[key] for key in stages)
+    return cost / wall if cost and wall else None
 
 
 def exclusive(evaluator: Any) -> bool:
