@@ -38,8 +38,13 @@ def main() -> None:
     suites = resolve_suites(run["config"].get("suites") or list(DEFAULT_SUITES))
     generations = registry().get("evaluator", "generations")
     changed: dict[int, list[bool]] = {}
+    import torch
+    from audit_stages import machine  # this folder: the CPU model and cores
+
+    print(f"machine: {machine()}, torch {torch.__version__}")
     print(f"run {run['run_id']}: {spec.id} and its pruned model, the default prompts")
     print(f"{'decoding':<10} {'wall s':>8} {'tokens':>9} {'prompts changed by pruning':>28}")
+    print(f"{'-' * 10} {'-' * 8} {'-' * 9} {'-' * 28}")
     for beams in (5, 1):
         texts, wall, tokens = {}, 0.0, 0
         for role, loaded in models.items():

@@ -100,10 +100,12 @@ def prune_child(folder: str, out: str) -> None:
     sampler = AnonymousPeak()
     started = time.perf_counter()
     loaded = load_model(ModelSpec(id=folder))
-    layers, width = len(loaded.layers), loaded.mlp_weights(loaded.layers[0]).down.shape[1]
+    layers, width = len(loaded.layers), loaded.adapter.mlp_weights(loaded.layers[0]).down.shape[1]
     scores = torch.rand(layers, width, generator=torch.Generator().manual_seed(0))
-    selection = select({"bench": scores}, SelectionParams(axes=["bench"], fraction=0.002, protect=0))
-    report = registry().get("pruner", "structured").apply(loaded, selection, None)
+    fraction = max(0.002, 1 / width)  # at least one neuron per layer of a small model
+    selection = select({"bench": scores}, SelectionParams(axes=["bench"], fraction=fraction, protect=0))
+    pruner = registry().get("pruner", "structured")
+    report = pruner.apply(loaded, selection, pruner.Params())
     save_pruned(loaded, report, Path(out) / "pruned", "benchmark\n")
     time.sleep(0.05)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

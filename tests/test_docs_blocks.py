@@ -209,7 +209,8 @@ def test_documented_outputs_have_the_format_the_command_prints(index, sandbox, t
     completed = subprocess.run(
         ["bash", "-c", match["sandbox"]], cwd=folder, env=env, capture_output=True, text=True, timeout=900
     )
-    assert completed.returncode in (0, 1, 3), completed.stderr[-3000:]
+    gated = any(name in match["sandbox"] for name in ("fairaudit audit", "fairaudit check"))  # a verdict is output
+    assert completed.returncode in ((0, 1, 3) if gated else (0,)), completed.stderr[-3000:]
     assert table_headers(completed.stdout) == table_headers(match["body"]), (
         f"{page}: the output of {match['command']!r} changed format"
     )

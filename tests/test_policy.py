@@ -383,7 +383,7 @@ def audited(model_folder, tmp_path_factory):
     return root, audit(config)
 
 
-def test_audit_with_a_policy_stores_it_and_the_report_opens_with_verdicts(audited, cli):
+def test_audit_with_a_policy_stores_it_and_the_report_opens_with_the_gate_and_the_axis_table(audited, cli):
     root, result = audited
     record = Store(root / "store").read_run(result.run_id)
     assert (
@@ -392,7 +392,8 @@ def test_audit_with_a_policy_stores_it_and_the_report_opens_with_verdicts(audite
     )
     assert {v.rule for v in result.verdicts} >= {"output-bias", "perplexity-cost", "factual-control"}
     html = result.report.read_text(encoding="utf-8")
-    assert html.index('id="policy"') < html.index('id="summary"')
+    # first the gate and the per-axis table, then every verdict (issue 35: the first screen is the axis table)
+    assert html.index("Release gate, policy") < html.index('id="glance"') < html.index('id="policy"')
     shown = dict(re.findall(r'data-metric="verdict" data-axis="([^"]+)" data-value="([^"]+)"', html))
     assert shown == {f"{v.rule}:{v.model}:{v.axis}": v.verdict for v in result.verdicts}
     glance = dict(re.findall(r'data-metric="glance_verdict" data-axis="([^"]+)" data-value="([^"]*)"', html))

@@ -58,6 +58,7 @@ def audited(model_folder, tmp_path_factory):
             "store": str(root / "store"),
             "probe": {"plugin": "activations", "params": {"progress": False}},
             "pruning": {"out": str(root / "pruned"), "selection": {"fraction": 0.05}},
+            "policy": "default",  # as the default audit: the gate line and its column on the first screen
             "evaluators": [
                 "bias_reprobe",
                 "output_bias",

@@ -154,13 +154,13 @@ def encode_request(tokenizer: Any, context: str, continuation: str) -> tuple[lis
 
 def planned_positions(tokenizer: Any, requests: list[tuple[str, str]]) -> int:
     """About how many token positions `loglikelihoods` forwards for `requests` (padding not
-    counted): each distinct context once and every continuation's tokens with shared prefixes,
-    each request whole without. For a time estimate, not a measurement."""
+    counted): each distinct context once and every continuation's tokens but its last with shared
+    prefixes, each request whole without. For a time estimate, not a measurement."""
     encoded = [encode_request(tokenizer, *request) for request in dict.fromkeys(requests)]
     if not SHARE_PREFIXES:
         return sum(len(context) + len(continuation) for context, continuation in encoded)
-    contexts = {tuple(context) for context, _ in encoded}
-    return sum(map(len, contexts)) + sum(len(continuation) for _, continuation in encoded)
+    contexts = {tuple(context) for context, _ in encoded}  # the last continuation token is never fed
+    return sum(map(len, contexts)) + sum(max(len(continuation) - 1, 0) for _, continuation in encoded)
 
 
 def loglikelihoods(
