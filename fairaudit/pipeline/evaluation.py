@@ -245,7 +245,7 @@ class _Evaluation:
                 self.store.write_part(table, job.loaded.model_id, "all", self.run_id, tables[table], part=job.name)
 
     def _estimate(self, job: _Job, lane: bool) -> str:
-        """ ", about N s": the token positions the evaluator says it will forward (its optional
+        """The log line's ", about N s": the token positions the evaluator says it will forward (its optional
         `planned_tokens`) at the throughput this run has measured so far, in a lane at its share of
         the threads; "" when either is unknown. An estimate never stops an evaluation."""
         rate, planned = throughput(self.timings), getattr(job.evaluator, "planned_tokens", None)
