@@ -48,8 +48,16 @@ def test_causal_plan_gates_chooses_the_planted_neurons_and_removes_the_heldout_b
         lambda model, pairs, *a, **k: read.extend(pairs) or original(model, pairs, *a, **k),
     )
     corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
-    found = plan(loaded, suites, CausalParams(budgets=[0.01, 0.02]), corpus)  # neurons only, the default
+    said = []
+    found = plan(loaded, suites, CausalParams(budgets=[0.01, 0.02]), corpus, say=said.append)  # neurons, the default
     monkeypatch.undo()
+    # the time estimate said after the gate: the steps' planned token positions, a floor on what they forwarded
+    assert any(line.startswith("attribution, quality guard and budgets: about ") for line in said), said
+    for step in ("attribution", "guard", "budget"):
+        planned, measured = found.planned[step], found.compute[step]
+        assert planned["grad_tokens"] == (planned["tokens"] if step == "attribution" else 0)
+        assert 0.9 * measured["tokens"] <= planned["tokens"] <= measured["tokens"], (step, planned, measured)
+    assert found.as_dict()["planned"] == found.planned
     gates = {gate.axis: gate for gate in found.gates}
     assert gates["race"].active and gates["race"].template_low > 0
     assert not gates["nationality"].active, "no neuron reads nationality in the planted model: it must be left alone"

@@ -79,6 +79,8 @@ class CausalPlan:
     measured_in: str = "float32"  # the dtype the plan's forward passes ran in
     # per step (gate, attribution, guard, budget): wall seconds and token positions (`fairaudit.compute`)
     compute: dict[str, dict[str, float]] = field(default_factory=dict)
+    # per step after the gate: the token positions it was expected to forward (`planned_tokens`)
+    planned: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +90,7 @@ class CausalPlan:
             "chosen_budget": self.chosen_budget,
             "measured_in": self.measured_in,
             "compute": self.compute,
+            "planned": self.planned,
             **_kinds(self.order_at(self.chosen_budget) if self.chosen_budget else []),
         }
 
@@ -213,6 +216,8 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
     )
     if not active:
         return found
+    found.planned = planned_tokens(loaded, parts, active, found.total, params)
+    _say_expected(found, say)
 
     largest = round(params.budgets[-1] * found.total)
     for round_index in range(params.rounds):
@@ -232,6 +237,62 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
             loaded, found, {axis: pairs for axis, (_, pairs) in parts.items()}, active, widths, slice_ids, params, say
         )
     return found
+
+
+def planned_tokens(
+    loaded: Any, parts: dict[str, tuple[list[Any], list[Any]]], active: list[str], total: int, params: CausalParams
+) -> dict[str, dict[str, int]]:
+    """Step -> {tokens, grad_tokens}: the token positions the planner's steps after the gate will
+    forward, at the least: padding is not counted, nor the extra candidates the quality guard
+    measures for each it rejects. For the time estimate `plan` says; the run record keeps it
+    beside what was forwarded (`compute`)."""
+    from fairaudit.measurement import metrics
+    from fairaudit.measurement.evaluate import encode_request, planned_positions
+
+    def requests(pairs: list[Any]) -> list[tuple[str, str]]:
+        return [
+            (context, continuation) for pair in pairs for context, continuation, _ in metrics.output_bias_terms(pair)
+        ]
+
+    def whole(pairs: list[Any]) -> int:  # attribution forwards each distinct run whole
+        return sum(
+            len(c) + len(t) for c, t in (encode_request(loaded.tokenizer, *r) for r in dict.fromkeys(requests(pairs)))
+        )
+
+    attribution, guard, chosen, largest = 0, 0, 0, round(params.budgets[-1] * total)
+    for round_index in range(params.rounds):
+        take = round(largest * (round_index + 1) / params.rounds) - chosen
+        if take <= 0:
+            continue
+        per_axis = max(1, take // len(active))
+        chosen += per_axis * len(active)
+        attribution += sum(whole(parts[axis][0]) for axis in active)
+        # per axis: the unmasked window once, then candidates 8 at a time, each its own copy of the window
+        guard += len(active) * (1 + 8 * math.ceil(per_axis / 8)) * GUARD_TOKENS
+    watched = [axis for axis in parts if axis in active or params.collateral]
+    validation = sum(planned_positions(loaded.tokenizer, requests(parts[axis][1])) for axis in watched)
+    budget = (1 + len(params.budgets)) * (VALIDATION_TOKENS + validation)
+    return {
+        "attribution": {"tokens": attribution, "grad_tokens": attribution},
+        "guard": {"tokens": guard, "grad_tokens": 0},
+        "budget": {"tokens": budget, "grad_tokens": 0},
+    }
+
+
+def _say_expected(found: CausalPlan, say: Callable[[str], None]) -> None:
+    """Say about how long the planner's remaining steps take: their planned token positions (one
+    with gradients counts three times: forward and backward) at the throughput the gate measured."""
+    gate = found.compute.get("gate", {})
+    rate = (gate.get("tokens", 0) + 2 * gate.get("grad_tokens", 0)) / gate["wall_s"] if gate.get("wall_s") else 0
+    cost = sum(step["tokens"] + 2 * step["grad_tokens"] for step in found.planned.values())
+    if rate > 0 and cost:
+        seconds = cost / rate
+        took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+        say(
+            f"attribution, quality guard and budgets: about {took} "
+            f"({cost:,} token positions at the {rate:,.0f} per second the gate measured; each candidate the guard "
+            "rejects adds to it)"
+        )
 
 
 def _gates(
