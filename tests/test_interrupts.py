@@ -144,3 +144,28 @@ def test_an_abandoned_evaluator_thread_does_not_abort_the_exit(tmp_path):
         done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and "terminate called" not in done.stderr, (done.returncode, done.stderr[-500:])
         assert marker.exists() and "race" in done.stdout
+
+
+@pytest.mark.parametrize("raised", ["Terminated", "KeyboardInterrupt"])
+def test_an_interrupt_that_lands_in_a_finalizer_is_delivered_again(raised):
+    """Python prints an exception raised in `__del__` and drops it: a Ctrl-C or SIGTERM arriving
+    while a library's finalizer runs would be lost and the run would go on (a flake of the test
+    above showed it). The command line sends the signal again."""
+    from fairaudit.cli import Terminated, _terminated_as_interrupt
+
+    exception = Terminated if raised == "Terminated" else KeyboardInterrupt
+
+    class Finalized:
+        def __del__(self):
+            raise exception()
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(exception), _terminated_as_interrupt():
+            finalized = Finalized()
+            del finalized  # the finalizer's exception is unraisable
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the signal arrives; its handler runs between bytecodes
+                pass
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -63,7 +63,8 @@ def configure_logging(verbose: int = 0) -> None:
 
 @contextlib.contextmanager
 def _terminated_as_interrupt() -> Iterator[None]:
-    """While a command runs, SIGTERM raises `Terminated` (main thread only; restored after)."""
+    """While a command runs, SIGTERM raises `Terminated` (main thread only; restored after), and
+    an interrupt that lands inside a finalizer is delivered again (`_redeliver`)."""
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise Terminated()
@@ -73,10 +74,27 @@ def _terminated_as_interrupt() -> Iterator[None]:
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
+    hook, sys.unraisablehook = sys.unraisablehook, _redeliver
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         signal.signal(signal.SIGTERM, previous)
+
+
+def _redeliver(unraisable: Any) -> None:
+    """Python cannot raise from a finalizer (`__del__`, a weakref callback): a Ctrl-C or SIGTERM
+    that arrives while one runs would be printed as "Exception ignored ... Traceback" and lost,
+    and the run would go on. Send the signal again, a moment later from another thread, so that its
+    handler runs after the finalizer, in the main thread's code, where it interrupts the run (one
+    that lands in a finalizer again comes back here)."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        number = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), number))  # after this hook has returned
+        timer.daemon = True
+        timer.start()
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 class _Group(click.Group):
