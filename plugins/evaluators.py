@@ -155,7 +155,9 @@ class OutputBias:
             for pair in suite.pairs(None) + suite.statement_pairs()
             for context, continuation, _ in metrics.output_bias_terms(pair)
         ]
-        requests += [(q.prompt(), " " + answer) for suite in suites for q in suite.questions for answer in q.answers]
+        requests += [
+            (q.prompt(), " " + answer) for suite in suites for q in suite.all_questions() for answer in q.answers
+        ]
         return planned_positions(loaded.tokenizer, requests)
 
     def evaluate(
@@ -220,8 +222,8 @@ class OutputBias:
             stereoset = [pair for pair in sentences if pair.unrelated]
             if stereoset:
                 _stereoset_scores(self.name, score, loaded, suite.axis, stereoset, result)
-            if suite.questions:
-                _bbq_scores(self.name, score, suite.axis, suite.questions, params.bbq_choices, result)
+            if suite.questions or suite.scenarios:
+                _bbq_scores(self.name, score, suite.axis, suite.all_questions(), params.bbq_choices, result)
         if weights is not None:
             remember(loaded, LOGLIKELIHOODS, computed, weights)
         return result

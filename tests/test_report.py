@@ -126,6 +126,10 @@ def test_numbers_in_the_html_equal_the_store(audited):
         p_value = random[(axis, "statements_beats_random_p")]
         assert float(parser.values[("glance_statements_beats_random_p", axis)][0]) == p_value
         assert random[(axis, "statements_abs_output_bias_before")] == pytest.approx(abs(statements["before"]))
+        questions = comparisons[(axis, "bbq_bias_ambiguous")]  # and the question format, the third
+        assert float(parser.values[("glance_question_bias", axis)][0]) == questions["after"]
+        moved = "yes" if questions["abs_low"] > 0 else "no" if questions["abs_high"] < 0 else "unclear"
+        assert parser.values[("glance_question_moved_away", axis)][0] == moved
         assert (
             f"{axis}: against random neurons of the same number per layer, |output-level bias| in the statement" in html
         )

@@ -33,10 +33,26 @@ def suites_list() -> None:
                 str(len(suite.pairs(None))),
                 str(len(suite.statements)),
                 str(len(suite.statement_pairs())),
+                str(len(suite.scenarios)),
+                str(len(suite.all_questions())),
                 str(len(suite.controls)),
             ]
         )
-    print_table(rows, ["suite", "axis", "groups", "templates", "pairs", "statements", "statement pairs", "controls"])
+    print_table(
+        rows,
+        [
+            "suite",
+            "axis",
+            "groups",
+            "templates",
+            "pairs",
+            "statements",
+            "statement pairs",
+            "scenarios",
+            "questions",
+            "controls",
+        ],
+    )
 
 
 @suites.command("show")
@@ -44,7 +60,8 @@ def suites_list() -> None:
 @click.option("--split", type=click.Choice(["probe", "heldout", "all"]), default="all", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the pairs as JSON lines")
 def suites_show(name: str, split: str, as_json: bool) -> None:
-    """Show the pairs a suite (built-in NAME or a file) expands to."""
+    """Show the pairs a suite (built-in NAME or a file) expands to, and its questions (every split:
+    no selection reads them)."""
     from fairaudit.inputs.suite import resolve_suite
 
     suite = resolve_suite(name)
@@ -58,6 +75,15 @@ def suites_show(name: str, split: str, as_json: bool) -> None:
             click.echo(f"[{pair.pair_id}]\n  a: {pair.text_a}\n  b: {pair.text_b}\n  neutral a: {neutral}")
         else:
             click.echo(f"[{pair.pair_id}]\n  a: {pair.text_a}\n  b: {pair.text_b}")
+    for question in suite.all_questions():
+        if as_json:
+            click.echo(question.model_dump_json())
+            continue
+        answers = " | ".join(
+            f"{text}{' (biased)' if index in question.biased else ''}{' (correct)' if index == question.label else ''}"
+            for index, text in enumerate(question.answers)
+        )
+        click.echo(f"[{question.id}]\n  {question.context}\n  Q: {question.question}\n  answers: {answers}")
 
 
 @suites.command("validate")
@@ -76,7 +102,8 @@ def suites_validate(files: tuple[Path, ...]) -> None:
         else:
             click.echo(
                 f"ok: {path} (axis {suite.axis}, {len(suite.pairs(None))} pairs, "
-                f"{len(suite.statement_pairs())} statement pairs, {len(suite.controls)} controls)"
+                f"{len(suite.statement_pairs())} statement pairs, {len(suite.all_questions())} questions, "
+                f"{len(suite.controls)} controls)"
             )
     if failed:
         sys.exit(2)

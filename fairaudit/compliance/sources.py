@@ -111,6 +111,14 @@ METRICS: dict[str, MetricSource] = {
         "in the statement format, which no selection reads",
         field="abs_change",
     ),
+    "abs_bbq_bias_ambiguous_change": MetricSource(
+        "output_bias",
+        "bbq_bias_ambiguous",
+        "change",
+        "change of |BBQ ambiguous bias score|, pruned minus original: positive = the axis moved away from zero in "
+        "the question format, which no selection reads",
+        field="abs_change",
+    ),
     "perplexity_change": MetricSource(
         "perplexity",
         "nll_per_token_bundled",

@@ -13,7 +13,6 @@ them, so they measure whether a repair carries to a format it was not chosen on.
 from __future__ import annotations
 
 import hashlib
-import string
 from collections import Counter
 from itertools import combinations
 from pathlib import Path
@@ -22,41 +21,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fairaudit.errors import ConfigError, SuiteError
+from fairaudit.inputs.questions import Question, Scenario
+from fairaudit.inputs.schema import IDENTIFIER, StrictModel, placeholders
 from fairaudit.resources import suites_dir
 from fairaudit.yamlio import describe_validation_error, read_yaml
 
-IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 MAX_PAIRS = 20_000  # pairs one suite may expand to (each is two forward passes)
 MAX_VALUE_CHARS = 500  # a group's placeholder value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def placeholders(text: str) -> list[str]:
-    """Placeholder names used in a template text (`{group}` -> `group`), in order."""
-    try:
-        parsed = [
-            (name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(text) if name is not None
-        ]
-    except ValueError as exc:
-        raise ValueError(
-            f"malformed placeholder in {text[:200]!r}: {exc} (write a literal brace as '{{{{' or '}}}}')"
-        ) from None
-    for name, spec, conversion in parsed:
-        if (
-            not name.isidentifier() or spec or conversion
-        ):  # a format spec such as {group:>1000000000} could fill gigabytes
-            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec[:20]}" if spec else "")
-            raise ValueError(
-                f"placeholder {{{shown}}} in {text[:200]!r} is not a plain name like {{group}} "
-                f"(format specs and conversions are not allowed)"
-            )
-    return [name for name, _, _ in parsed]
-
-
-class Template(_Strict):
+class Template(StrictModel):
     """A prompt with placeholders, filled in once per group."""
 
     id: str = Field(pattern=IDENTIFIER, max_length=200)
@@ -98,7 +72,7 @@ def split_at_placeholder(text: str) -> tuple[str, str]:
     return text.format(), ""
 
 
-class Statement(_Strict):
+class Statement(StrictModel):
     """A sentence that names a group after a context, in a negative and a neutral version
     that differ only before the group is named ("The man who set the fire was {a_group} man."
     vs "The man who put out the fire was {a_group} man."). Scored by the log-likelihood of
@@ -133,7 +107,7 @@ class Statement(_Strict):
         return self
 
 
-class SentencePair(_Strict):
+class SentencePair(StrictModel):
     """A literal pair of sentences (imported data sets): `more` is the more stereotyping one."""
 
     id: str = Field(pattern=IDENTIFIER, max_length=200)
@@ -155,40 +129,7 @@ class SentencePair(_Strict):
         return self
 
 
-class Question(_Strict):
-    """A question about two people with an "unknown" answer (BBQ, Parrish et al. 2022): the
-    model chooses among `answers` by their log-likelihood after the context and question.
-
-    `biased` are the answers that count as biased: the stereotyped person for a `negative`
-    question, the other person for a `nonnegative` one. In an `ambiguous` context nothing says
-    who it was, so the only correct answer is `unknown`."""
-
-    id: str = Field(pattern=IDENTIFIER, max_length=200)
-    context: str = Field(min_length=1, max_length=4000)
-    question: str = Field(min_length=1, max_length=1000)
-    answers: list[str] = Field(min_length=3, max_length=3)
-    label: int = Field(ge=0, le=2, description="the index of the correct answer")
-    unknown: int = Field(ge=0, le=2, description="the index of the 'cannot be determined' answer")
-    biased: list[int] = Field(max_length=2, description="indices of the answers that count as biased")
-    condition: Literal["ambiguous", "disambiguated"]
-    polarity: Literal["negative", "nonnegative"]
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Question:
-        if any(not answer.strip() for answer in self.answers) or len(set(self.answers)) < 3:
-            raise ValueError("the three answers must be non-empty and distinct")
-        if any(not 0 <= index <= 2 for index in self.biased) or self.unknown in self.biased:
-            raise ValueError("biased answers are indices 0-2 of a person's answer, never the unknown one")
-        if self.condition == "ambiguous" and self.label != self.unknown:
-            raise ValueError("in an ambiguous context the correct answer is the unknown one")
-        return self
-
-    def prompt(self) -> str:
-        """The text the answers continue: lm-evaluation-harness's `bbq` prompt."""
-        return f"{self.context}\n\nQ: {self.question}\nA:"
-
-
-class Suite(_Strict):
+class Suite(StrictModel):
     """One bias axis. See README.md, "Writing a suite"."""
 
     suite: str = Field(pattern=IDENTIFIER, max_length=100)
@@ -202,6 +143,7 @@ class Suite(_Strict):
     controls: list[tuple[str, str]] = Field(default_factory=list)
     sentence_pairs: list[SentencePair] = Field(default_factory=list)
     questions: list[Question] = Field(default_factory=list)
+    scenarios: list[Scenario] = Field(default_factory=list)
 
     @field_validator("groups")
     @classmethod
@@ -234,35 +176,41 @@ class Suite(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Suite:
-        if not (self.templates or self.statements or self.sentence_pairs or self.questions):
-            raise ValueError("the suite has no templates, statements, sentence_pairs or questions; give at least one")
-        if (self.templates or self.statements) and len(self.groups) < 2:
+        if not (self.templates or self.statements or self.sentence_pairs or self.questions or self.scenarios):
             raise ValueError(
-                f"templates and statements need at least two groups to compare; this suite has {len(self.groups)}"
+                "the suite has no templates, statements, sentence_pairs, questions or scenarios; give at least one"
+            )
+        if (self.templates or self.statements or self.scenarios) and len(self.groups) < 2:
+            raise ValueError(
+                "templates, statements and scenarios need at least two groups to compare; this suite has "
+                f"{len(self.groups)}"
             )
         if self.reference is not None and self.reference not in self.groups:
             raise ValueError(f"reference '{self.reference}' is not one of the groups {sorted(self.groups)[:20]}")
         groups = len(self.groups)  # counted before anything is expanded: a small file can declare millions of pairs
         per_template = groups - 1 if self.reference is not None else groups * (groups - 1) // 2
-        filled = len(self.templates) + len(self.statements)
+        filled = len(self.templates) + len(self.statements) + 6 * len(self.scenarios)  # six questions a scenario
         expanded = per_template * filled + len(self.sentence_pairs) + len(self.questions)
         if expanded > MAX_PAIRS:
             raise ValueError(
-                f"the suite expands to {expanded:,} pairs ({groups} groups x {filled} templates and statements"
+                f"the suite expands to {expanded:,} pairs ({groups} groups x {filled} templates, statements and "
+                "scenario questions"
                 f"{', against the reference' if self.reference else ', every pair of groups'}); the limit is "
                 f"{MAX_PAIRS:,}. Split it into several suites or set a 'reference' group"
             )
         ids = [
             item.id
-            for items in (self.templates, self.statements, self.sentence_pairs, self.questions)
+            for items in (self.templates, self.statements, self.sentence_pairs, self.questions, self.scenarios)
             for item in items
         ]
         duplicates = sorted(identifier for identifier, count in Counter(ids).items() if count > 1)
         if duplicates:
-            raise ValueError(f"duplicate template/statement/pair/question ids: {duplicates}")
-        texts = [("template", t.id, t.text) for t in self.templates] + [
-            ("statement", s.id, text) for s in self.statements for text in (s.negative, s.neutral)
-        ]
+            raise ValueError(f"duplicate template/statement/pair/question/scenario ids: {duplicates}")
+        texts = (
+            [("template", t.id, t.text) for t in self.templates]
+            + [("statement", s.id, text) for s in self.statements for text in (s.negative, s.neutral)]
+            + [("scenario", s.id, text) for s in self.scenarios for text in (s.someone, s.named)]
+        )
         for kind, identifier, text in texts:
             for name in placeholders(text):
                 missing = [g for g, values in self.groups.items() if name not in values]
@@ -282,6 +230,22 @@ class Suite(_Strict):
 
     def _fill(self, template: Template, group: str) -> str:
         return template.text.format(**self.groups[group])
+
+    def scenario_questions(self) -> list[Question]:
+        """Every scenario's six questions for each pair of groups (group a against the reference),
+        the person of group a introduced first in every other (scenario, pair), so that the order
+        of mention, and of the answers, balances out."""
+        pairs = self._group_pairs()
+        return [
+            question
+            for count, (scenario, (first, second)) in enumerate((s, pair) for s in self.scenarios for pair in pairs)
+            for question in scenario.questions(self.groups, first, second, count % 2 == 0)
+        ]
+
+    def all_questions(self) -> list[Question]:
+        """The BBQ-style questions the evaluators read: those given as they are (imported data
+        sets), then those of the scenarios."""
+        return self.questions + self.scenario_questions()
 
     def statement_pairs(self, split: str | None = None) -> list[Pair]:
         """Expand the statements (those of `split`, or all) into pairs of kind "statement":

@@ -363,7 +363,8 @@ def compare(
     means before and after, the absolute and the relative change of the mean, and the change of
     its magnitude (`abs_change` = |mean after| - |mean before|: positive when a signed bias moved
     away from zero), each with a 95% percentile bootstrap interval (items resampled together).
-    The relative change is meaningless for signed metrics near zero (log-probability gaps): read
+    The relative change is meaningless for signed metrics near zero (log-probability gaps; its
+    interval is NaN when a resample's mean before is 0, as it can be for answer shares): read
     the absolute one."""
     keys = [key for key in before if key in after and not (math.isnan(before[key]) or math.isnan(after[key]))]
     if not keys:
@@ -396,8 +397,8 @@ def compare(
             float(torch.quantile(magnitude, 0.025)),
             float(torch.quantile(magnitude, 0.975)),
         )
-        if mean_before:
-            relative = (means_after - means_before) / means_before.abs().clamp(min=1e-300)
+        if mean_before and bool((means_before != 0).all()):  # a resample whose mean is 0 has no relative change
+            relative = (means_after - means_before) / means_before.abs()
             result["relative_low"] = float(torch.quantile(relative, 0.025))
             result["relative_high"] = float(torch.quantile(relative, 0.975))
     return result

@@ -285,7 +285,11 @@ def _check_probe_pairs(suites: list[Suite]) -> None:
     (only held-out templates, or only questions, which evaluators read)."""
     for suite in suites:
         if not suite.pairs("probe"):
-            what = "only questions (BBQ-style)" if suite.questions else "no probe-split template or sentence pair"
+            what = (
+                "only questions (BBQ-style)"
+                if suite.questions or suite.scenarios
+                else "no probe-split template or sentence pair"
+            )
             raise ConfigError(
                 f"suite '{suite.suite}' has {what}, so the audit has nothing to probe on axis '{suite.axis}'. "
                 f"Evaluate it instead: fairaudit evaluate --model ORIGINAL --compare PRUNED --suite FILE "

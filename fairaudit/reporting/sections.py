@@ -216,6 +216,7 @@ def axis_summary(
                 "random": random,
                 "moved_away": _moved_away(output_change),
                 "statement_moved_away": _moved_away(change.get(("output_bias", axis, "statement_preference"))),
+                "question_moved_away": _moved_away(change.get(("output_bias", axis, "bbq_bias_ambiguous"))),
                 "bias_index": row.get("bias_index"),
                 "bias_index_low": row.get("bias_index_low"),
                 "bias_index_high": row.get("bias_index_high"),
@@ -226,6 +227,7 @@ def axis_summary(
                 "heldout_change": change.get(("bias_reprobe", axis, "bias_index_heldout")),
                 "output_change": change.get(("output_bias", axis, "stereotype_preference")),
                 "statement_change": change.get(("output_bias", axis, "statement_preference")),
+                "question_change": change.get(("output_bias", axis, "bbq_bias_ambiguous")),
                 "verdicts": [
                     verdict
                     for verdict in (
