@@ -111,10 +111,10 @@ def run(model_name: str, out: Path) -> None:
         f"write-up pair, optiPfair-compatible bias index: {before_ours:.6f} -> {after_ours:.6f} "
         f"({(after_ours - before_ours) / before_ours:+.2%}); optiPfair 0.4.2's own value before: {before_theirs:.6f}"
     )
-    widths = (12, 27, 8, 28, 24, 24)
+    widths = (12, 27, 8, 28, 24, 24, 24)
     print(
         f"{'axis':<12} {'held-out bias index before':>27} {'after':>8} {'relative change [95% CI]':>28} "
-        f"{'stereotype preference':>24} {'statement preference':>24}"
+        f"{'stereotype preference':>24} {'statement preference':>24} {'question bias (s_AMB)':>24}"
     )
     print(" ".join("-" * width for width in widths))
     for axis in DEFAULT_SUITES:
@@ -122,16 +122,17 @@ def run(model_name: str, out: Path) -> None:
         interval = (
             f"{row['relative_change']:+.1%} [{row['relative_low']:+.1%}, {row['relative_high']:+.1%}]" if row else "-"
         )
-        preference, statements = (
+        preference, statements, questions = (
             f"{found['before']:+.3f} -> {found['after']:+.3f}" if found else "-"
             for found in (
                 change.get(("output_bias", axis, "stereotype_preference")),
                 change.get(("output_bias", axis, "statement_preference")),
+                change.get(("output_bias", axis, "bbq_bias_ambiguous")),
             )
         )
         print(
             f"{axis:<12} {row['before'] if row else float('nan'):>27.4f} {row['after'] if row else float('nan'):>8.4f} "
-            f"{interval:>28} {preference:>24} {statements:>24}"
+            f"{interval:>28} {preference:>24} {statements:>24} {questions:>24}"
         )
     print(
         f"perplexity (bundled corpus): {perplexity.get('before', float('nan')):.2f} -> {perplexity.get('after', float('nan')):.2f}"
