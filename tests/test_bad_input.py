@@ -20,7 +20,7 @@ SUITE_HINTS = {
     "alias_bomb.yaml": "aliases",
     "not_utf8.yaml": "UTF-8",
     "python_object_tag.yaml": "line",
-    "empty_templates.yaml": "no templates, statements, sentence_pairs or questions",
+    "empty_templates.yaml": "no templates, statements, sentence_pairs, questions or scenarios",
     "identical_prompts.yaml": "same text",
     "unknown_reference.yaml": "reference",
 }
