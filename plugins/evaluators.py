@@ -324,9 +324,7 @@ def _bbq_scores(name: str, score: Scoring, axis: str, questions: list, choices: 
 
 
 class RandomBaselineParams(StrictParams):
-    seeds: int = Field(
-        default=5, ge=1, le=100, description="random selections of the same size per layer (the most, when sequential)"
-    )
+    seeds: int = Field(default=5, ge=1, le=100, description="random selections of the same size per layer")
     split: Literal["heldout", "probe", "all"] = Field(
         default="heldout",
         description="pairs whose output bias is compared "
@@ -335,11 +333,6 @@ class RandomBaselineParams(StrictParams):
     )
     permutations: int = Field(default=2000, ge=100, le=100_000)
     pairs_per_batch: int = Field(default=8, ge=1)
-    sequential: bool = Field(
-        default=True,
-        description="add random selections one at a time from the second on and stop once the "
-        "answer is settled (`settled`); false: always all `seeds`",
-    )
 
 
 class RandomBaseline:
@@ -396,32 +389,14 @@ class RandomBaseline:
                     continue
                 before = output_bias_values(reference, chosen, params.pairs_per_batch, known_before)
                 after = output_bias_values(loaded, chosen, params.pairs_per_batch, known_after)
-                randoms: list = []
+                randoms = []
                 for seed in range(params.seeds):
                     with masked(reference, random_selection(counts, widths, seed, head_counts, heads)):
                         randoms.append(output_bias_values(reference, chosen, params.pairs_per_batch))
-                    if params.sequential and settled(after, torch.stack(randoms), params):
-                        break
                 _against_random(
                     self.name, suite.axis, prefix, chosen, before, after, torch.stack(randoms), params, result
                 )
         return result
-
-
-def settled(after, random, params: RandomBaselineParams) -> bool:
-    """The sequential rule: with k >= 2 random selections so far (`random`: [k, pairs]), stop when
-    the permutation p-value is at its floor, 1 / (1 + permutations) (no shuffle of the k + 1
-    selections left as little bias as the chosen one: the chosen one beats random), or at least
-    0.5 (it does not beat random, and more selections would not make it: stopping for futility
-    never adds a false "beats random"). Otherwise go on, up to `seeds`. A stop at the floor is
-    the only early "beats random"; over the at most `seeds` - 2 looks before the last it adds at
-    most (`seeds` - 2) / (1 + permutations) to the false-positive rate (0.0015 with the defaults),
-    so the test keeps its level within that. `tests/test_causal.py` compares its decisions with the
-    fixed-size test's on a planted model; docs/evaluation.md states the rule."""
-    if random.shape[0] < 2:
-        return False
-    p_value = metrics.beats_random_p(after, random, params.permutations)
-    return p_value <= 1 / (1 + params.permutations) + 1e-12 or p_value >= 0.5
 
 
 def _baseline_pairs(suite: Suite, split: str) -> list:
@@ -453,7 +428,6 @@ def _against_random(
         ("reduction", 1 - abs_after / abs_before if abs_before else math.nan),
         ("random_reduction", 1 - abs_random / abs_before if abs_before else math.nan),
         ("beats_random_p", p_value),
-        ("random_selections", float(len(random))),
     ):
         result.measurements.append(Measurement(name, axis, prefix + metric, value, n=len(pairs)))
 

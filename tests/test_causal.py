@@ -220,25 +220,6 @@ def test_prune_causal_writes_a_model_and_its_record(cli, planted, tmp_path):
         tmp_path / "pruned" / "README.md"
     ).read_text()
 
-    # the random baseline, sequential (the default) and of fixed size, decides alike on every axis and format
-    from fairaudit.plugins import registry
-
-    baseline, pruned = registry().get("evaluator", "random_baseline"), load_model(str(tmp_path / "pruned"))
-    suites = [resolve_suite("race"), resolve_suite("gender")]
-    found = {}
-    for sequential in (True, False):
-        params = baseline.Params(seeds=6, sequential=sequential)
-        rows = baseline.evaluate(pruned, suites, params, reference=loaded).measurements
-        found[sequential] = {(m.axis, m.metric): m.value for m in rows}
-    decisions = {
-        sequential: {key: value < 0.05 for key, value in rows.items() if key[1].endswith("beats_random_p")}
-        for sequential, rows in found.items()
-    }
-    assert decisions[True] == decisions[False] and len(decisions[True]) == 4, found
-    used = {key: value for key, value in found[True].items() if key[1].endswith("random_selections")}
-    assert set(found[False][key] for key in used) == {6} and all(2 <= value <= 6 for value in used.values())
-    assert sum(used.values()) < 6 * len(used), "a settled comparison stops early (gender's statements: futility)"
-
 
 def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_path):
     from pydantic import ValidationError

@@ -663,22 +663,3 @@ def test_evaluate_compare_runs_the_two_models_side_by_side_unless_told_one_at_a_
             assert (start < other_end and other_start < end) == at_once, flags
     finally:
         unregister_plugin("timed-evaluator")
-
-
-def test_the_sequential_random_baseline_stops_only_when_settled():
-    """Stop at the permutation p-value's floor (the chosen selection beats every shuffle) or at
-    p >= 0.5 (it cannot beat random); go on in between, and never with fewer than two selections."""
-    import torch
-
-    from fairaudit.measurement import metrics
-    from fairaudit_plugins.evaluators import RandomBaselineParams, settled
-
-    generator = torch.Generator().manual_seed(0)
-    params = RandomBaselineParams(permutations=200)
-    random = 1.0 + 0.1 * torch.randn((2, 60), generator=generator, dtype=torch.float64)
-    clearly_less = 0.1 * torch.randn(60, generator=generator, dtype=torch.float64)
-    assert settled(clearly_less, random, params) and not settled(clearly_less, random[:1], params)
-    assert settled(1.0 + 0.1 * torch.randn(60, generator=generator, dtype=torch.float64), random, params)
-    between = 0.97 + 0.1 * torch.randn(60, generator=generator, dtype=torch.float64)  # a little less, not clearly
-    p_value = metrics.beats_random_p(between, random, params.permutations)
-    assert 1 / 201 < p_value < 0.5 and not settled(between, random, params), p_value

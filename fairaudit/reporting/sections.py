@@ -102,13 +102,10 @@ def _random_verdict(axis: str, found: dict[str, float], selected: bool | None = 
         else ""
     )
     where = "in the statement format, which no selection reads," if prefix else "on held-out templates"
-    count = found.get("random_selections")
-    selections = f", {count:.0f} of them" if is_number(count) else ""
     return (
         f"{axis}: against random neurons of the same number per layer, |output-level bias| {where} went from "
         f"{found['abs_output_bias_before']:.4f} to {found['abs_output_bias_after']:.4f} (random selections: "
-        f"{found['abs_output_bias_random']:.4f}{selections}); the chosen selection {outcome} (one-sided "
-        f"permutation p = {p:.2g}).{aside}"
+        f"{found['abs_output_bias_random']:.4f}); the chosen selection {outcome} (one-sided permutation p = {p:.2g}).{aside}"
     )
 
 
