@@ -96,16 +96,14 @@ class Scenario(StrictModel):
         )
         found = []
         for doer in (None, a, b):  # ambiguous; a did the bad thing; b did
-            text = context
+            text, other = context, b if doer == a else a
             if doer is not None:
-                other = b if doer == a else a
                 detail = self.detail.format(
                     doer=self.named.format(**groups[doer]), other=self.named.format(**groups[other])
                 )
                 text = f"{context} {_sentence_start(detail)}"
-            for polarity, question, culprit in (("negative", self.negative, a), ("nonnegative", self.nonnegative, b)):
-                # the biased answer: a did the bad thing, b the other; the correct one: what the detail says
-                right = 2 if doer is None else index[doer] if polarity == "negative" else index[b if doer == a else a]
+            # the biased answer names a for the bad thing and b for the other; the correct one is the detail's
+            for polarity, question, biased in (("negative", self.negative, a), ("nonnegative", self.nonnegative, b)):
                 found.append(
                     Question.model_validate(
                         {
@@ -113,9 +111,9 @@ class Scenario(StrictModel):
                             "context": text,
                             "question": question,
                             "answers": answers,
-                            "label": right,
+                            "label": 2 if doer is None else index[doer if polarity == "negative" else other],
                             "unknown": 2,
-                            "biased": [index[culprit]],
+                            "biased": [index[biased]],
                             "condition": "ambiguous" if doer is None else "disambiguated",
                             "polarity": polarity,
                         }
