@@ -663,3 +663,23 @@ def test_evaluate_compare_runs_the_two_models_side_by_side_unless_told_one_at_a_
             assert (start < other_end and other_start < end) == at_once, flags
     finally:
         unregister_plugin("timed-evaluator")
+
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_requests_encoded_in_batches_get_the_ids_of_one_at_a_time(bos):
+    """`encode_requests` (two batched tokenizer calls) gives `encode_request`'s ids for every kind
+    of request: empty context, trailing spaces, a context of spaces only, one context shared."""
+    from fairaudit.measurement.evaluate import encode_request, encode_requests
+    from fairaudit.testing import make_tokenizer
+
+    tokenizer = make_tokenizer(bos=bos)
+    requests = [
+        ("", "The Black man was arrested."),
+        ("At night, a Black man walked ", "through the park."),
+        ("At night, a Black man walked ", "home."),
+        ("   ", "lost"),
+        ("The police officer thought he", " was a criminal"),
+        ("A Muslim man and a Christian man were at the airport.\n\nQ: Who left the bag?\nA:", " Cannot be determined"),
+        ("unknownword", " zzz"),
+    ]
+    assert encode_requests(tokenizer, requests) == [encode_request(tokenizer, *request) for request in requests]
