@@ -333,6 +333,11 @@ class RandomBaselineParams(StrictParams):
     )
     permutations: int = Field(default=2000, ge=100, le=100_000)
     pairs_per_batch: int = Field(default=8, ge=1)
+    questions: bool = Field(
+        default=False,
+        description="also compare the ambiguous questions' bias score s_AMB (metrics questions_...); every "
+        "random selection then answers every ambiguous question",
+    )
 
 
 class RandomBaseline:
@@ -358,6 +363,14 @@ class RandomBaseline:
             for pair in _baseline_pairs(suite, params.split) + suite.statement_pairs()
             for context, continuation, _ in metrics.output_bias_terms(pair)
         ]
+        if params.questions:
+            requests += [
+                (q.prompt(), " " + answer)
+                for suite in suites
+                for q in suite.all_questions()
+                if q.condition == "ambiguous"
+                for answer in q.answers
+            ]
         unknown = sum(recall(model, LOGLIKELIHOODS) is None for model in (reference, loaded))
         return (params.seeds + unknown) * planned_positions(loaded.tokenizer, requests)
 
@@ -394,9 +407,39 @@ class RandomBaseline:
                     with masked(reference, random_selection(counts, widths, seed, head_counts, heads)):
                         randoms.append(output_bias_values(reference, chosen, params.pairs_per_batch))
                 _against_random(
-                    self.name, suite.axis, prefix, chosen, before, after, torch.stack(randoms), params, result
+                    self.name,
+                    suite.axis,
+                    prefix,
+                    [p.pair_id for p in chosen],
+                    before,
+                    after,
+                    torch.stack(randoms),
+                    params,
+                    result,
+                )
+            ambiguous = [q for q in suite.all_questions() if q.condition == "ambiguous"] if params.questions else []
+            if len(ambiguous) >= 2:  # the question format: v per question, as output_bias answers it
+                before = _answers(reference, suite.axis, ambiguous, known_before)
+                after = _answers(loaded, suite.axis, ambiguous, known_after)
+                randoms = []
+                for seed in range(params.seeds):
+                    with masked(reference, random_selection(counts, widths, seed, head_counts, heads)):
+                        randoms.append(_answers(reference, suite.axis, ambiguous))
+                ids = [q.id for q in ambiguous]
+                _against_random(
+                    self.name, suite.axis, "questions_", ids, before, after, torch.stack(randoms), params, result
                 )
         return result
+
+
+def _answers(loaded: LoadedModel, axis: str, questions: list, known=None):
+    """[questions] float64: v per question (+1 the biased person, -1 the other, 0 unknown), the
+    model's answer among the three as `output_bias` takes it (`_bbq_scores`)."""
+    found = EvaluationResult()
+    score = lambda requests: loglikelihoods(loaded, requests, 32, known)  # noqa: E731
+    _bbq_scores("", score, axis, questions, "three", found)
+    values = found.items[(axis, "bbq_bias_ambiguous")]
+    return torch.tensor([values[question.id] for question in questions], dtype=torch.float64)
 
 
 def _baseline_pairs(suite: Suite, split: str) -> list:
@@ -410,12 +453,12 @@ def _baseline_pairs(suite: Suite, split: str) -> list:
 
 
 def _against_random(
-    name: str, axis: str, prefix: str, pairs: list, before, after, random, params: RandomBaselineParams, result
+    name: str, axis: str, prefix: str, ids: list[str], before, after, random, params: RandomBaselineParams, result
 ) -> None:
-    """The random baseline's figures for one axis and format: |mean m| before, after and for the
-    random selections (`random`: [seeds, pairs]), the reductions, the one-sided permutation p."""
+    """The random baseline's figures for one axis and format (`ids`: its items, pairs or questions):
+    |mean| before, after and for the random selections (`random`: [seeds, items]), the
+    reductions, the one-sided permutation p."""
     p_value = metrics.beats_random_p(after, random, params.permutations)
-    ids = [pair.pair_id for pair in pairs]
     result.items[(axis, f"{prefix}output_bias_random")] = {
         f"{seed}:{pair_id}": float(value) for seed, row in enumerate(random) for pair_id, value in zip(ids, row)
     }
@@ -429,7 +472,7 @@ def _against_random(
         ("random_reduction", 1 - abs_random / abs_before if abs_before else math.nan),
         ("beats_random_p", p_value),
     ):
-        result.measurements.append(Measurement(name, axis, prefix + metric, value, n=len(pairs)))
+        result.measurements.append(Measurement(name, axis, prefix + metric, value, n=len(ids)))
 
 
 @hookimpl

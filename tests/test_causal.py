@@ -648,3 +648,32 @@ def test_a_budget_that_moves_an_axis_left_alone_away_from_zero_is_rejected(monke
     assert found.chosen_budget == 0.5
     unchecked = choose(collateral=False)
     assert unchecked.chosen_budget == 0.99 and "made_worse" not in unchecked.budgets[0]
+
+
+def test_the_random_baseline_compares_the_questions_when_asked(planted, monkeypatch):
+    """`questions: true`: s_AMB of the suites' ambiguous questions, before and after, against the
+    same random selections (metrics `questions_...`); the values are output_bias's answers."""
+    import fairaudit.repair.prune as prune_module
+    from fairaudit.plugins import registry
+
+    _, loaded = planted
+    twin = load_model(loaded.provenance["source"])  # stands for the pruned model
+    suites = [resolve_suite("race")]
+    baseline, output_bias = registry().get("evaluator", "random_baseline"), registry().get("evaluator", "output_bias")
+    monkeypatch.setattr(prune_module, "pruned_counts", lambda model: ([1] * 4, [0] * 4))
+    found = {
+        m.metric: m
+        for m in baseline.evaluate(
+            twin, suites, baseline.Params(seeds=2, questions=True), reference=loaded
+        ).measurements
+    }
+    measured = {
+        m.metric: m.value for m in output_bias.evaluate(loaded, suites, output_bias.Params(), None).measurements
+    }
+    ambiguous = [q for q in suites[0].all_questions() if q.condition == "ambiguous"]
+    assert found["questions_abs_output_bias_before"].value == pytest.approx(abs(measured["bbq_bias_ambiguous"]))
+    assert found["questions_abs_output_bias_after"].value == found["questions_abs_output_bias_before"].value
+    assert found["questions_beats_random_p"].n == len(ambiguous) == 60
+    assert 0 < found["questions_beats_random_p"].value <= 1
+    plain = baseline.evaluate(twin, suites, baseline.Params(seeds=2), reference=loaded).measurements
+    assert not any(m.metric.startswith("questions_") for m in plain), "off by default"
