@@ -675,5 +675,9 @@ def test_the_random_baseline_compares_the_questions_when_asked(planted, monkeypa
     assert found["questions_abs_output_bias_after"].value == found["questions_abs_output_bias_before"].value
     assert found["questions_beats_random_p"].n == len(ambiguous) == 60
     assert 0 < found["questions_beats_random_p"].value <= 1
-    plain = baseline.evaluate(twin, suites, baseline.Params(seeds=2), reference=loaded).measurements
-    assert not any(m.metric.startswith("questions_") for m in plain), "off by default"
+    assert baseline.Params().questions is False, "off by default: each random selection answers every question"
+    from fairaudit.reporting.sections import _random_verdict  # the report's sentence for it
+
+    said = _random_verdict("race", {metric: m.value for metric, m in found.items()}, True, "questions_")
+    assert said.startswith("race: against random neurons of the same number per layer, |output-level bias| in the ")
+    assert "question format (s_AMB), which no selection reads, went from" in said

@@ -88,8 +88,8 @@ def _direction_verdict(axis: str, change: dict[str, Any] | None) -> str:
 def _random_verdict(axis: str, found: dict[str, float], selected: bool | None = None, prefix: str = "") -> str | None:
     """Did the chosen selection beat random neurons of the same number per layer (the
     `random_baseline` evaluator)? Said plainly either way; `selected` False: a causal selection
-    left this axis alone, so what moved it is a side effect. `prefix` "statements_": the same in
-    the statement format."""
+    left this axis alone, so what moved it is a side effect. `prefix` "statements_" or
+    "questions_": the same in that format."""
     found = {key[len(prefix) :]: value for key, value in found.items() if key.startswith(prefix)}
     if "beats_random_p" not in found:
         return None
@@ -101,7 +101,8 @@ def _random_verdict(axis: str, found: dict[str, float], selected: bool | None = 
         if selected is False and not prefix
         else ""
     )
-    where = "in the statement format, which no selection reads," if prefix else "on held-out templates"
+    where = {"statements_": "in the statement format,", "questions_": "in the question format (s_AMB),"}.get(prefix)
+    where = f"{where} which no selection reads," if where else "on held-out templates"
     return (
         f"{axis}: against random neurons of the same number per layer, |output-level bias| {where} went from "
         f"{found['abs_output_bias_before']:.4f} to {found['abs_output_bias_after']:.4f} (random selections: "
@@ -239,6 +240,7 @@ def axis_summary(
                         _direction_verdict(axis, change.get(("output_bias", axis, "stereotype_preference"))),
                         _random_verdict(axis, random, selected.get(axis)),
                         _random_verdict(axis, random, selected.get(axis), "statements_"),
+                        _random_verdict(axis, random, selected.get(axis), "questions_"),
                     )
                     if verdict
                 ]
