@@ -61,12 +61,12 @@ pruning: {{selection: {{fraction: 0.002}}}}   # by stored score: causal selectio
 evaluators:
   - bias_reprobe
   - output_bias
-  - {{plugin: random_baseline, params: {{seeds: 2}}}}
+  - {{plugin: random_baseline, params: {{seeds: 1}}}}
   - {{plugin: generations, params: {{pairs_per_axis: 1, max_length: 24}}}}
   - {{plugin: perplexity, params: {{file: {corpus}, max_length: 256}}}}
-  - {{plugin: lm_eval, params: {{limit: 10}}}}
+  - {{plugin: lm_eval, params: {{limit: 5}}}}
   - {{plugin: facts, params: {{file: {facts}}}}}
-  - {{plugin: fidelity, params: {{sentences: 20}}}}
+  - {{plugin: fidelity, params: {{sentences: 10}}}}
 """
 
 
@@ -75,7 +75,7 @@ def test_the_default_audit_runs_on_smollm2_offline(tmp_path):
     from fairaudit.resources import corpus_path, data_dir
 
     corpus = tmp_path / "corpus-start.txt"
-    corpus.write_text(corpus_path().read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    corpus.write_text(corpus_path().read_text(encoding="utf-8")[:3000], encoding="utf-8")
     facts = tmp_path / "facts-cut.jsonl"  # every fourth bundled fact: every category, a quarter of the items
     facts.write_text(
         "".join((data_dir() / "facts.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[::4]),
