@@ -74,7 +74,8 @@ def _terminated_as_interrupt() -> Iterator[None]:
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
-    hook, sys.unraisablehook = sys.unraisablehook, _redeliver
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: _redeliver(unraisable, hook)
     try:
         yield
     finally:
@@ -82,19 +83,19 @@ def _terminated_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _redeliver(unraisable: Any) -> None:
+def _redeliver(unraisable: Any, hook: Any) -> None:
     """Python cannot raise from a finalizer (`__del__`, a weakref callback): a Ctrl-C or SIGTERM
     that arrives while one runs would be printed as "Exception ignored ... Traceback" and lost,
     and the run would go on. Send the signal again, a moment later from another thread, so that its
     handler runs after the finalizer, in the main thread's code, where it interrupts the run (one
-    that lands in a finalizer again comes back here)."""
+    that lands in a finalizer again comes back here). Anything else goes to `hook`."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
         number = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
         timer = threading.Timer(0.05, os.kill, (os.getpid(), number))  # after this hook has returned
         timer.daemon = True
         timer.start()
         return
-    sys.__unraisablehook__(unraisable)
+    hook(unraisable)  # anything else: as the hook installed before would
 
 
 class _Group(click.Group):

@@ -143,22 +143,22 @@ def encode_request(tokenizer: Any, context: str, continuation: str) -> tuple[lis
         if continuation_ids and prefix == continuation_ids[0]:
             return continuation_ids[:1], continuation_ids[1:]
         return [prefix], continuation_ids
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        continuation = context[-spaces:] + continuation
-        context = context[:-spaces]
+    context, continuation = _spaces_moved(context, continuation)
     whole = tokenizer.encode(context + continuation)
     context_ids = tokenizer.encode(context)
     return context_ids, whole[len(context_ids) :]
 
 
+def _spaces_moved(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's rule: the context's trailing spaces belong to the continuation."""
+    spaces = len(context) - len(context.rstrip())
+    return (context[:-spaces], context[-spaces:] + continuation) if spaces else (context, continuation)
+
+
 def encode_requests(tokenizer: Any, requests: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
     """`encode_request` of every request, the strings encoded in two batched calls (every whole
     string, then every distinct context) instead of two calls per request: the same ids."""
-    moved = []
-    for context, continuation in requests:
-        spaces = len(context) - len(context.rstrip())
-        moved.append((context[:-spaces], context[-spaces:] + continuation) if spaces else (context, continuation))
+    moved = [_spaces_moved(context, continuation) for context, continuation in requests]
     texts = [context + continuation for context, continuation in moved if context]
     contexts = list(dict.fromkeys(context for context, _ in moved if context))
     wholes = iter(tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else [])
