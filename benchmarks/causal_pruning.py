@@ -11,6 +11,7 @@ default) containing 0 gets no neuron.
 Usage: python benchmarks/causal_pruning.py [--model smollm2-135m] [--budgets 0.0005,0.001,0.002]
        [--rounds 2] [--seeds 5] [--gate templates|pairs|none] [--guard 0.003] [--heads]
        [--crows crows_pairs_anonymized.csv] [--dtype bfloat16 [--plan-in model]] [--json OUT]
+       [--method erase [--rank 1] [--strengths 0.25,0.5,0.75,1.0]] [--questions]
 
 --crows: also the CrowS-Pairs categories that match the axes (race-color, gender, religion,
 nationality), imported from the file and evaluated before and after beside the suites' own
@@ -33,30 +34,36 @@ from fairaudit.inputs.model import ModelSpec, load_model
 from fairaudit.inputs.suite import resolve_suite
 from fairaudit.measurement import metrics
 from fairaudit.measurement.attribution import head_count, output_bias_values
-from fairaudit.repair.causal import CausalParams, corpus_perplexity, plan
+from fairaudit.repair import erasure
+from fairaudit.repair.causal import CausalParams, plan
 from fairaudit.repair.prune import masked, random_selection
+from fairaudit.repair.validation import corpus_perplexity
 from fairaudit.resources import corpus_path
 
 AXES = ("race", "gender", "religion", "nationality")
 
 
-def mean_bias(loaded, pairs, selection=None) -> torch.Tensor:
-    if selection is None:
-        return output_bias_values(loaded, pairs)
-    with masked(loaded, selection):
-        return output_bias_values(loaded, pairs)
-
-
 CROWS_CATEGORIES = {"race-color": "race", "gender": "gender", "religion": "religion", "nationality": "nationality"}
 
 
-def held_out_row(loaded, name: str, pairs: list, selection, randoms: list, selected_on: bool) -> dict:
+def held_out_row(
+    loaded, name: str, pairs: list, selection, randoms: list, selected_on: bool, values=None, templates=None
+) -> dict:
     """An evaluation set's output bias m before and after `selection`, against the `randoms`:
     means with 95% intervals resampling templates (a sentence pair is its own template), |m|
-    reductions, the permutation p-value, and the share of pairs with m > 0."""
-    templates = [pair.template_id or pair.pair_id for pair in pairs]
-    before, after = mean_bias(loaded, pairs), mean_bias(loaded, pairs, selection)
-    random = torch.stack([mean_bias(loaded, pairs, chosen) for chosen in randoms])
+    reductions, the permutation p-value, and the share of pairs with m > 0. `values(loaded,
+    pairs)`: another per-item quantity (default m); `templates`: the items' clusters."""
+    templates = templates or [pair.template_id or pair.pair_id for pair in pairs]
+    values = values or output_bias_values
+
+    def measured(chosen=None):
+        if chosen is None:
+            return values(loaded, pairs)
+        with masked(loaded, chosen):
+            return values(loaded, pairs)
+
+    before, after = measured(), measured(selection)
+    random = torch.stack([measured(chosen) for chosen in randoms])
     low_b, high_b = metrics.cluster_bootstrap_interval(before, templates)
     low_a, high_a = metrics.cluster_bootstrap_interval(after, templates)
     abs_before, abs_after = abs(float(before.mean())), abs(float(after.mean()))
@@ -100,6 +107,11 @@ def table_lines(table: list[dict], crows: list[dict]) -> list[str]:
     lines.append(
         "(statements: every statement pair of the axis, a format no selection reads; intervals resample statements)"
     )
+    if any(row["axis"].startswith("questions:") for row in table):
+        lines.append(
+            "(questions: the ambiguous questions of the axis, a third format; m = s_AMB, the mean of +1 (the "
+            "stereotyped person), -1 (the other), 0 (unknown); intervals resample scenarios)"
+        )
     if crows:
         lines.append(
             "(crows: the CrowS-Pairs category of the axis; m = log p(more stereotyping) - log p(less), intervals resample pairs)"
@@ -135,6 +147,23 @@ def main() -> None:
         default="float32",
         help="model: plan a bfloat16 or float16 model in its own dtype instead of casting it up",
     )
+    parser.add_argument(
+        "--method",
+        choices=["neurons", "erase"],
+        default="neurons",
+        help="erase: fold the gated axes' counterfactual directions out of every layer's writes "
+        "(against random directions of the same rank and strength)",
+    )
+    parser.add_argument("--rank", type=int, default=1, help="--method erase: directions per gated axis")
+    parser.add_argument(
+        "--strengths", default="0.25,0.5,0.75,1.0", help="--method erase: shares of the directions removed"
+    )
+    parser.add_argument(
+        "--questions",
+        action="store_true",
+        help="also the ambiguous questions: s_AMB (the mean of +1 biased, -1 other, 0 unknown answers), "
+        "intervals resampling scenarios",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     started = time.time()
@@ -150,6 +179,9 @@ def main() -> None:
         gate=args.gate,
         heads=args.heads,
         float32=args.plan_in == "float32",
+        method=args.method,
+        rank=args.rank,
+        strengths=[float(s) for s in args.strengths.split(",")],
     )
     found = plan(loaded, suites, params, ids, say=print)
     for gate in found.gates:
@@ -158,10 +190,11 @@ def main() -> None:
             f"{gate.template_high:+.3f}], pairs [{gate.pair_low:+.3f}, {gate.pair_high:+.3f}] ({gate.selection_pairs} pairs), "
             f"validation {gate.validation_pairs} pairs; detectable |m| {gate.detectable:.2f}"
         )
-    print(
-        f"quality guard: {found.guard['rejected']} of {found.guard['checked']} candidates rejected "
-        f"(largest rise alone {found.guard['largest_rejected_rise']:+.1%})"
-    )
+    if args.method == "neurons":
+        print(
+            f"quality guard: {found.guard['rejected']} of {found.guard['checked']} candidates rejected "
+            f"(largest rise alone {found.guard['largest_rejected_rise']:+.1%})"
+        )
     if found.selection is None:
         print(
             "nothing to prune: no axis is gated in, or no budget reduced the validation bias within the perplexity limit"
@@ -171,11 +204,15 @@ def main() -> None:
     counts = [len(chosen) for chosen in selection.pruned]
     head_counts = [len(chosen) for chosen in selection.heads_per_layer()]
     neurons, heads = sum(counts), sum(head_counts)
-    print(
-        f"chosen budget {found.chosen_budget} ({neurons} neurons, {heads} heads: {selection.heads}) on validation; held-out results:"
-    )
-
     randoms = [random_selection(counts, widths, seed, head_counts, head_count(loaded)) for seed in range(args.seeds)]
+    if selection.erasure is not None:
+        print(f"chosen on validation: {selection.ranking}; held-out results:")
+        for seed, chosen in enumerate(randoms):
+            chosen.erasure = erasure.random_like(selection.erasure, seed)
+    else:
+        print(
+            f"chosen budget {found.chosen_budget} ({neurons} neurons, {heads} heads: {selection.heads}) on validation; held-out results:"
+        )
     active = {gate.axis for gate in found.gates if gate.active}
     table = [
         held_out_row(
@@ -195,6 +232,23 @@ def main() -> None:
         for suite in suites
         if len(suite.statement_pairs()) > 1
     ]
+    if args.questions:
+        from fairaudit_plugins.evaluators import question_values
+
+        for suite in suites:
+            ambiguous = [q for q in suite.all_questions() if q.condition == "ambiguous"]
+            table.append(
+                held_out_row(
+                    loaded,
+                    f"questions:{suite.axis}",
+                    ambiguous,
+                    selection,
+                    randoms,
+                    suite.axis in active,
+                    values=lambda model, questions, axis=suite.axis: question_values(model, axis, questions),
+                    templates=[q.id.split(".")[0] for q in ambiguous],
+                )
+            )
     crows = []
     if args.crows:
         from fairaudit.plugins import registry
@@ -210,9 +264,14 @@ def main() -> None:
         ]
     full_before, full_after = corpus_perplexity(loaded, ids), corpus_perplexity(loaded, ids, selection)
     print("\n" + "\n".join(table_lines(table, crows)))
+    edited = (
+        f"{selection.erasure.rank} directions erased"
+        if selection.erasure is not None
+        else f"{neurons} neurons and {heads} heads of {found.total} units ({(neurons + heads) / found.total:.3%})"
+    )
     print(
         f"perplexity on the bundled corpus: {full_before:.3f} -> {full_after:.3f} ({full_after / full_before - 1:+.2%}); "
-        f"{neurons} neurons and {heads} heads of {found.total} units ({(neurons + heads) / found.total:.3%}); {time.time() - started:.0f} s"
+        f"{edited}; {time.time() - started:.0f} s"
     )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

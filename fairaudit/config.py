@@ -222,6 +222,17 @@ class CausalParams(BaseModel):
         description="after choosing, also measure each budget's held-out output bias "
         "(evaluation only: the choice is already made)",
     )
+    method: Literal["neurons", "erase"] = Field(
+        default="neurons",
+        description="neurons: choose MLP neurons (and heads) to remove; erase: fold a rank-`rank` projection "
+        "that removes each gated axis' counterfactual direction from every layer's writes, at the strength "
+        "of `strengths` chosen on validation (docs/attribution.md)",
+    )
+    rank: int = Field(default=1, ge=1, le=16, description="erase: directions per gated axis")
+    strengths: list[float] = Field(
+        default=[0.25, 0.5, 0.75, 1.0],
+        description="erase: the shares of the directions removed to choose among (as budgets are for neurons)",
+    )
     float32: bool = Field(
         default=True,
         description="plan a bfloat16 or float16 model in float32 (weights cast up for the "
@@ -234,6 +245,13 @@ class CausalParams(BaseModel):
     def _shares(cls, value: list[float]) -> list[float]:
         if not value or any(not 0 < budget < 1 for budget in value):
             raise ValueError("budgets are shares of all units (MLP neurons and heads), each in (0, 1)")
+        return sorted(set(value))
+
+    @field_validator("strengths")
+    @classmethod
+    def _strengths(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < strength <= 1 for strength in value):
+            raise ValueError("strengths are shares of the erased directions removed, each in (0, 1]")
         return sorted(set(value))
 
 

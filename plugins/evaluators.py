@@ -344,7 +344,8 @@ class RandomBaseline:
     name = "random_baseline"
     description = (
         "did pruning beat chance? |mean output bias| of the pruned model against the unpruned model with the same "
-        "number of neurons (and attention heads) per layer removed at random (seeds), one-sided permutation p-value per axis"
+        "number of neurons (and attention heads) per layer removed at random (seeds), or an erasure's rank of random "
+        "directions; one-sided permutation p-value per axis"
     )
     requires_causal = True
     exclusive = True  # masks the unpruned reference
@@ -378,6 +379,7 @@ class RandomBaseline:
         self, loaded: LoadedModel, suites: list[Suite], params: RandomBaselineParams, reference=None
     ) -> EvaluationResult:
         from fairaudit.measurement.attribution import head_count, output_bias_values
+        from fairaudit.repair import erasure
         from fairaudit.repair.prune import masked, pruned_counts, random_selection
 
         result = EvaluationResult()
@@ -392,6 +394,14 @@ class RandomBaseline:
         counts, head_counts = found
         widths = [reference.adapter.mlp_weights(layer).down.shape[1] for layer in reference.layers]
         heads = head_count(reference) if any(head_counts) else 0
+        erased = erasure.saved(str(loaded.provenance.get("source", "")))
+
+        def random_edit(seed: int):
+            """Random neurons and heads of the same number per layer, and random directions of an erasure's rank."""
+            chosen = random_selection(counts, widths, seed, head_counts, heads)
+            chosen.erasure = erasure.random_like(erased, seed) if erased else None
+            return masked(reference, chosen)
+
         # the unmasked models' values, where the output_bias evaluator computed them on these weights
         known_before, known_after = recall(reference, LOGLIKELIHOODS), recall(loaded, LOGLIKELIHOODS)
         for suite in suites:
@@ -404,7 +414,7 @@ class RandomBaseline:
                 after = output_bias_values(loaded, chosen, params.pairs_per_batch, known_after)
                 randoms = []
                 for seed in range(params.seeds):
-                    with masked(reference, random_selection(counts, widths, seed, head_counts, heads)):
+                    with random_edit(seed):
                         randoms.append(output_bias_values(reference, chosen, params.pairs_per_batch))
                 _against_random(
                     self.name,
@@ -419,12 +429,12 @@ class RandomBaseline:
                 )
             ambiguous = [q for q in suite.all_questions() if q.condition == "ambiguous"] if params.questions else []
             if len(ambiguous) >= 2:  # the question format: v per question, as output_bias answers it
-                before = _answers(reference, suite.axis, ambiguous, known_before)
-                after = _answers(loaded, suite.axis, ambiguous, known_after)
+                before = question_values(reference, suite.axis, ambiguous, known_before)
+                after = question_values(loaded, suite.axis, ambiguous, known_after)
                 randoms = []
                 for seed in range(params.seeds):
-                    with masked(reference, random_selection(counts, widths, seed, head_counts, heads)):
-                        randoms.append(_answers(reference, suite.axis, ambiguous))
+                    with random_edit(seed):
+                        randoms.append(question_values(reference, suite.axis, ambiguous))
                 ids = [q.id for q in ambiguous]
                 _against_random(
                     self.name, suite.axis, "questions_", ids, before, after, torch.stack(randoms), params, result
@@ -432,7 +442,7 @@ class RandomBaseline:
         return result
 
 
-def _answers(loaded: LoadedModel, axis: str, questions: list, known=None):
+def question_values(loaded: LoadedModel, axis: str, questions: list, known=None):
     """[questions] float64: v per question (+1 the biased person, -1 the other, 0 unknown), the
     model's answer among the three as `output_bias` takes it (`_bbq_scores`)."""
     found = EvaluationResult()

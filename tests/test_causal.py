@@ -610,6 +610,7 @@ def test_a_budget_that_moves_an_axis_left_alone_away_from_zero_is_rejected(monke
     import fairaudit.measurement.attribution as attribution_module
     import fairaudit.repair.causal as causal
     import fairaudit.repair.prune as prune_module
+    import fairaudit.repair.validation as validation_module
 
     removed = {"units": 0}
 
@@ -630,7 +631,7 @@ def test_a_budget_that_moves_an_axis_left_alone_away_from_zero_is_rejected(monke
     monkeypatch.setattr(prune_module, "masked", fake_masked)
     monkeypatch.setattr(attribution_module, "output_bias_values", values)
     monkeypatch.setattr(causal, "selection_of", lambda units, widths, ranking="": len(units))
-    monkeypatch.setattr(causal, "corpus_perplexity", lambda loaded, ids, selection=None: 10.0)
+    monkeypatch.setattr(validation_module, "corpus_perplexity", lambda loaded, ids, selection=None: 10.0)
     pairs = {
         axis: [SimpleNamespace(axis=axis, template_id=f"t{i // 3}") for i in range(12)] for axis in ("religion", "race")
     }

@@ -108,6 +108,28 @@ def _comma_list(kind: type) -> Any:
     callback=_comma_list(float),
     help="--causal: shares of all units (MLP neurons and attention heads; a head counts as one) to choose among",
 )
+@field_option(
+    "--method",
+    model=CausalParams,
+    field="method",
+    type=click.Choice(["neurons", "erase"]),
+    help="--causal: remove neurons (and heads), or erase each gated axis' counterfactual direction from every "
+    "layer's writes (a rank-k edit folded into the weights; docs/attribution.md)",
+)
+@field_option(
+    "--rank",
+    model=CausalParams,
+    field="rank",
+    type=click.IntRange(1, 16),
+    help="--method erase: directions per gated axis",
+)
+@field_option(
+    "--strengths",
+    model=CausalParams,
+    field="strengths",
+    callback=_comma_list(float),
+    help="--method erase: shares of the directions removed to choose among on validation",
+)
 @click.option(
     "--causal-heads",
     is_flag=True,
@@ -224,6 +246,9 @@ def _pruning(causal: bool, axes: tuple[str, ...], options: dict[str, Any]) -> Pr
     head_fields = given(count=heads or None, score=options.pop("head_score"), scope=options.pop("head_scope"))
     causal_fields = given(
         budgets=options.pop("budgets"),
+        method=options.pop("method"),
+        rank=options.pop("rank"),
+        strengths=options.pop("strengths"),
         heads=options.pop("causal_heads"),
         rounds=options.pop("rounds"),
         guard=options.pop("guard"),

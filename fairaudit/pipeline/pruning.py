@@ -100,6 +100,7 @@ class PruneOutcome:
     ranking: str = ""
     causal: dict[str, Any] | None = None  # fairaudit.repair.causal.CausalPlan.as_dict() when chosen causally
     heads: list[tuple[int, int]] = field(default_factory=list)  # (layer, head) zeroed or removed
+    erasure: Any = None  # fairaudit.repair.erasure.Erasure folded into the weights, or None
 
     def summary(self, out: Path) -> dict[str, Any]:
         """What an audit's run record says of its pruning."""
@@ -158,6 +159,19 @@ def _heads_paragraph(pruning: PruningConfig, heads: list[tuple[int, int]]) -> st
     return (
         f"\nAttention heads {how.format(by)}, as (layer, head): "
         f"{', '.join(f'({layer}, {head})' for layer, head in heads)}.\n"
+    )
+
+
+def _erasure_paragraph(erasure: Any) -> str:
+    if erasure is None:
+        return ""
+    from fairaudit.repair.erasure import ERASURE_FILE
+
+    return (
+        f"\nEvery layer's attention output and MLP down projection W was replaced by (I - U diag(s) U^T) W: "
+        f"{erasure.rank} direction(s) U fitted on the probe pairs of {', '.join(dict.fromkeys(erasure.axes))}, "
+        f"strengths s = {', '.join(f'{s:g}' for s in erasure.strengths)} (`{ERASURE_FILE}` holds U, s and each "
+        "direction's axis). Shapes are unchanged.\n"
     )
 
 
@@ -223,7 +237,7 @@ def prune_model(
         + (f", and {len(selection.heads)} attention heads" if selection.heads else "")
     )
     chosen_heads = sorted(set(chosen_heads) | set(selection.heads))
-    report = plugin.apply(loaded, selection, params)
+    report = _apply(plugin, loaded, selection, params)
     if chosen_heads:
         _prune_heads(loaded, report, chosen_heads, pruning.remove_heads)
     outcome = PruneOutcome(
@@ -235,9 +249,21 @@ def prune_model(
         ranking=selection.ranking,
         causal=causal_record,
         heads=chosen_heads,
+        erasure=selection.erasure,
     )
     outcome.run_id = _write_pruned(store, loaded, outcome, axes, str(dtype), run_id)
     return outcome
+
+
+def _apply(plugin: Any, loaded: LoadedModel, selection: Selection, params: Any) -> PruneReport:
+    """The pruner's removal of the selected neurons, then the selection's erasure folded into the
+    weights (a plain weight edit of the same shapes, whatever the pruner)."""
+    report = plugin.apply(loaded, selection, params)
+    if selection.erasure is not None:
+        from fairaudit.repair.erasure import fold
+
+        fold(loaded, selection.erasure)
+    return report
 
 
 def _load_for_pruning(
@@ -331,7 +357,12 @@ def _write_pruned(
                 f"writing the pruned model to {out}: about {saved_bytes(loaded, dtype) / 2**20:,.0f} MiB in {dtype}"
             )
             card = _model_card(loaded, pruning, report, outcome.source_run, outcome.ranking, outcome.heads)
+            card += _erasure_paragraph(outcome.erasure)
             save_pruned(loaded, report, out, card, dtype)
+            if outcome.erasure is not None:
+                from fairaudit.repair.erasure import save
+
+                save(outcome.erasure, out)
             rows = [
                 (layer, position, original, original in set(report.zeroed[layer]))
                 for layer, kept in enumerate(report.neuron_map)
@@ -380,7 +411,9 @@ def _causal_selection(
             found.as_dict(),
         )
     record = found.as_dict()
-    if params.heldout_curve:
+    if params.heldout_curve and params.method == "erase":
+        log.info("the held-out curve is measured for neuron budgets only; the erasure's strengths have none")
+    elif params.heldout_curve:
         from fairaudit.repair.causal import heldout_curve
 
         log.info("measuring each budget's held-out output bias (evaluation only: the choice is made)")

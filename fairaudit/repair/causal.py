@@ -24,6 +24,10 @@ The steps (docs/attribution.md has the definitions and the SmolLM2 results):
    alone away from zero (`collateral`: the paired 95% interval, templates resampled, of
    |m after| - |m before| on that axis' validation templates lies above 0).
 
+With `method: erase` the steps after the gate are `_choose_strengths`:
+each gated axis' counterfactual direction, folded out of every layer's writes at a strength chosen
+as a budget is.
+
 A model loaded in bfloat16 or float16 is planned in float32 (its weights cast up, then back:
 exact), because the guard's 0.3% is below bfloat16's rounding noise: planned in bfloat16,
 SmolLM2-135M's guard rejects twice the candidates and no budget stays within the perplexity
@@ -41,6 +45,7 @@ from typing import Any
 from fairaudit.compute import accounted
 from fairaudit.config import CausalParams
 from fairaudit.lazy import torch
+from fairaudit.repair.validation import Before, said
 
 HALF = ("bfloat16", "float16")
 
@@ -76,6 +81,7 @@ class CausalPlan:
     budgets: list[dict[str, Any]] = field(default_factory=list)
     chosen_budget: float | None = None
     selection: Any = None  # fairaudit.repair.prune.Selection
+    method: str = "neurons"  # or "erase": budgets are rows per axis and strength, the selection carries the erasure
     measured_in: str = "float32"  # the dtype the plan's forward passes ran in
     # per step (gate, attribution, guard, budget): wall seconds and token positions (`fairaudit.compute`)
     compute: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -88,11 +94,17 @@ class CausalPlan:
             "guard": self.guard,
             "budgets": self.budgets,
             "chosen_budget": self.chosen_budget,
+            "method": self.method,
+            **(self._erasure() if self.selection and self.selection.erasure else {}),
             "measured_in": self.measured_in,
             "compute": self.compute,
             "planned": self.planned,
             **_kinds(self.order_at(self.chosen_budget) if self.chosen_budget else []),
         }
+
+    def _erasure(self) -> dict[str, Any]:
+        erasure = self.selection.erasure
+        return {"erasure": erasure.as_dict(), "chosen_strengths": dict(zip(erasure.axes, erasure.strengths))}
 
     def order_at(self, budget: float) -> list:
         return self.order[: round(budget * self.total)] if budget else []
@@ -129,17 +141,6 @@ def _counted(units: list) -> str:
     """'23 neurons' or '21 neurons and 2 heads'."""
     count = _kinds(units)
     return f"{count['neurons']} neurons" + (f" and {count['heads']} heads" if count["heads"] else "")
-
-
-def corpus_perplexity(loaded, ids: list[int], selection=None) -> float:
-    """Perplexity of the token ids `ids` (512-token windows), with `selection` masked."""
-    from fairaudit.measurement.evaluate import window_nll
-    from fairaudit.repair.prune import masked
-
-    context = masked(loaded, selection) if selection is not None else torch.no_grad()
-    with context:
-        windows = window_nll(loaded, ids, 512, None, 4)
-    return math.exp(sum(n for n, _ in windows) / sum(t for _, t in windows))
 
 
 def mean_output_bias(loaded, pairs: list, selection=None) -> float:
@@ -213,8 +214,13 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
         guard={"checked": 0, "rejected": 0, "largest_rejected_rise": 0.0},
         total=sum(widths) + heads,
         compute=compute,
+        method=params.method,
     )
     if not active:
+        return found
+    if params.method == "erase":
+        with accounted(found.compute, "erasure"):
+            _choose_strengths(loaded, found, parts, active, slice_ids, params, say)
         return found
     found.planned = planned_tokens(loaded, parts, active, found.total, params)
     _say_expected(found, say)
@@ -356,47 +362,17 @@ def _choose_budget(
     """Measure every budget (a prefix of the greedy order) on the validation pairs of every axis
     and the corpus slice; choose the one that keeps the least validation |m| of the `active` axes
     within the perplexity limit, moving no other axis away from zero (with `params.collateral`)."""
-    from fairaudit.measurement.attribution import output_bias_values
-    from fairaudit.measurement.metrics import magnitude_change_interval
     from fairaudit.repair.prune import masked
 
-    watched = [axis for axis in validation if axis in active or params.collateral]
-    base_slice = corpus_perplexity(loaded, slice_ids)
-    base = {axis: output_bias_values(loaded, validation[axis]) for axis in watched}
+    before = Before(loaded, validation, active, slice_ids, params)
     best = None
     for budget in params.budgets:
         units = found.order_at(budget)
-        selection = selection_of(units, widths)
-        rise = corpus_perplexity(loaded, slice_ids, selection) / base_slice - 1
-        with masked(loaded, selection):
-            after = {axis: output_bias_values(loaded, validation[axis]) for axis in watched}
-        kept = sum(abs(float(after[axis].mean())) for axis in active) / max(
-            sum(abs(float(base[axis].mean())) for axis in active), 1e-12
-        )
-        worse, moved = [], {}
-        for axis in watched:
-            if axis not in active:
-                templates = [pair.template_id for pair in validation[axis]]
-                change, low, high = magnitude_change_interval(base[axis], after[axis], templates)
-                moved[f"left_alone_abs_change_{axis}"] = change
-                worse += [axis] if low > 0 else []
-        found.budgets.append(
-            {
-                "budget": budget,
-                **_kinds(units),
-                "validation_abs_bias_kept": kept,
-                "slice_perplexity_rise": rise,
-                **{f"validation_bias_{axis}": float(after[axis].mean()) for axis in active},
-                **moved,
-                **({"made_worse": worse} if params.collateral else {}),
-            }
-        )
-        say(
-            f"budget {budget:g} ({_counted(units)}): validation |m| kept {kept:.2f}, corpus-slice perplexity {rise:+.2%}"
-            + (f"; moves {', '.join(worse)} away from zero: rejected" if worse else "")
-        )
-        if rise <= params.max_perplexity_rise and kept < 1 and not worse and (best is None or kept < best[1]):
-            best = (budget, kept)
+        row = before.measure(masked(loaded, selection_of(units, widths)))
+        found.budgets.append({"budget": budget, **_kinds(units), **row})
+        say(f"budget {budget:g} ({_counted(units)}): {said(row)}")
+        if before.acceptable(row) and (best is None or row["validation_abs_bias_kept"] < best[1]):
+            best = (budget, row["validation_abs_bias_kept"])
     if best is not None:
         found.chosen_budget = best[0]
         found.selection = selection_of(
@@ -472,3 +448,44 @@ def _choose(
                 picked += 1
         if picked == count:
             return
+
+
+def _choose_strengths(
+    loaded, found, parts: dict[str, tuple], active: list[str], slice_ids: list[int], params, say
+) -> None:
+    """The planner's erasure: fit the directions of the `active` axes on their selection pairs;
+    for each axis, measure its directions alone at each of `params.strengths` on its validation
+    pairs (and every left-alone axis') and the corpus slice, and take the strength a budget would
+    be taken (`fairaudit.repair.validation.Before`); then measure the chosen strengths together,
+    all axes' validation pairs, and keep them only if that is acceptable too. Fills `found`: its
+    budgets are rows per axis and strength, then the combination (axis "together")."""
+    from fairaudit.repair.erasure import check_writes, fit, folded
+
+    fitted = fit(loaded, {axis: parts[axis][0] for axis in active}, params.rank)
+    check_writes(loaded, fitted)
+    say(f"erasure: {fitted.rank} direction(s) fitted on the selection pairs of {', '.join(active)}")
+    validation = {axis: pairs for axis, (_, pairs) in parts.items()}
+    before = Before(loaded, validation, active, slice_ids, params)
+    chosen: dict[str, float] = {}
+    for axis in active:
+        alone, kept = before.narrowed([axis]), math.inf
+        for strength in params.strengths:
+            row = alone.measure(folded(loaded, fitted.at({axis: strength})))
+            found.budgets.append({"axis": axis, "budget": strength, "neurons": 0, "heads": 0, **row})
+            say(f"{axis} at strength {strength:g}: {said(row)}")
+            if alone.acceptable(row) and row["validation_abs_bias_kept"] < kept:
+                chosen[axis], kept = strength, row["validation_abs_bias_kept"]
+    if not chosen:
+        return
+    row = before.measure(folded(loaded, fitted.at(chosen)))
+    found.budgets.append({"axis": "together", "budget": None, "neurons": 0, "heads": 0, **row})
+    say(f"together ({', '.join(f'{axis} {s:g}' for axis, s in chosen.items())}): {said(row)}")
+    if before.acceptable(row):
+        widths = [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in loaded.layers]
+        found.selection = selection_of(
+            [],
+            widths,
+            ranking=f"erasure: {fitted.rank} direction(s) of {', '.join(active)} removed from every layer's writes "
+            f"(strengths {', '.join(f'{axis} {s:g}' for axis, s in chosen.items())}, chosen on validation templates)",
+        )
+        found.selection.erasure = fitted.at(chosen)

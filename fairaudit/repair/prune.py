@@ -16,8 +16,9 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from fairaudit.config import SelectionParams
 from fairaudit.errors import FairauditError, StoreError
@@ -38,6 +39,7 @@ class Selection:
     widths: list[int]
     ranking: str = ""  # how the neurons were ranked, in words (model card, provenance record)
     heads: list[tuple[int, int]] = field(default_factory=list)
+    erasure: Any = None  # fairaudit.repair.erasure.Erasure folded into every layer's writes, or None
 
     def heads_per_layer(self) -> list[list[int]]:
         return heads_by_layer(self.heads, len(self.widths))
@@ -46,14 +48,6 @@ class Selection:
 def heads_by_layer(heads: list[tuple[int, int]], layers: int) -> list[list[int]]:
     """(layer, head) pairs as one sorted list of heads per layer."""
     return [sorted(head for layer, head in heads if layer == index) for index in range(layers)]
-
-    @property
-    def kept(self) -> list[torch.Tensor]:
-        return [_complement(width, pruned) for width, pruned in zip(self.widths, self.pruned)]
-
-    @property
-    def count(self) -> int:
-        return sum(len(p) for p in self.pruned)
 
 
 def _complement(width: int, pruned: torch.Tensor) -> torch.Tensor:
@@ -408,9 +402,15 @@ def zero(loaded: LoadedModel, selection: Selection) -> PruneReport:
 
 @contextlib.contextmanager
 def masked(loaded: LoadedModel, selection: Selection) -> Iterator[None]:
-    """Zero the selected neurons and heads for the duration of a `with` block (a what-if; nothing
-    is changed in the weights): their activations are set to 0 before the down projection (a
-    neuron) or the attention output projection (a head's block of its input)."""
+    """Zero the selected neurons and heads for a `with` block (a what-if): their activations are
+    set to 0 before the down projection (a neuron) or the attention output projection (a head's
+    block of its input); an erasure is folded into the weights, the exact weights given back after."""
+    if selection.erasure is not None:
+        from fairaudit.repair.erasure import folded
+
+        with folded(loaded, selection.erasure), masked(loaded, replace(selection, erasure=None)):
+            yield
+        return
     handles = []
     if selection.heads:
         from fairaudit.measurement.attribution import head_count, unit_modules

@@ -1,0 +1,140 @@
+"""Erasure folded into the weights (`fairaudit.repair.erasure`): the fold is the projection it
+claims, the directions are the singular vectors they are defined as, the planner removes a
+planted bias where random directions do not, and the saved model is a plain `transformers` model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fairaudit.config import CausalParams
+from fairaudit.errors import ModelError
+from fairaudit.inputs.model import load_model
+from fairaudit.inputs.suite import resolve_suite
+from fairaudit.measurement import metrics
+from fairaudit.measurement.attribution import output_bias_values
+from fairaudit.repair import erasure
+from fairaudit.repair.causal import plan, selection_of
+from fairaudit.repair.prune import masked
+from fairaudit.resources import corpus_path
+from fairaudit.testing import make_model, make_planted_model
+
+
+def _random_erasure(d: int, rank: int, strength: float) -> erasure.Erasure:
+    q, _ = torch.linalg.qr(torch.randn(d, rank, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    return erasure.Erasure(q, [strength] * rank, ["race"] * rank)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_the_fold_is_the_projection_of_every_write_and_the_weights_come_back(family, tmp_path):
+    loaded = load_model(str(make_model(family, tmp_path / family)))
+    d = loaded.model.config.hidden_size
+    chosen = _random_erasure(d, 2, 0.7)
+    modules = erasure.writes(loaded)
+    assert len(modules) == 2 * len(loaded.layers)
+    original = [(m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone()) for m in modules]
+    inputs = [torch.randn(3, m.in_features if isinstance(m, torch.nn.Linear) else m.weight.shape[0]) for m in modules]
+    with torch.no_grad():
+        outputs = [m(x).double() for m, x in zip(modules, inputs)]
+        with erasure.folded(loaded, chosen):
+            u = chosen.directions
+            for module, x, y in zip(modules, inputs, outputs):  # by hand: (I - s U U^T) y
+                expected = y - 0.7 * (y @ u) @ u.T
+                torch.testing.assert_close(module(x).double(), expected, atol=1e-5, rtol=1e-5)
+            erasure.check_writes(loaded, chosen)  # at strength 1, no layer adds anything along U
+    for module, (weight, bias) in zip(modules, original):
+        assert torch.equal(module.weight, weight)
+        assert bias is None or torch.equal(module.bias, bias)
+
+
+def test_the_directions_are_the_top_singular_vectors_of_the_pair_differences(tmp_path):
+    loaded = load_model(str(make_model("llama", tmp_path / "llama", layers=3)))
+    pairs = resolve_suite("race").pairs("probe")[:6]
+    stream = {}
+    for side in ("a", "b"):  # by hand: each text alone, HF's hidden states after every layer but the last (normed)
+        rows = []
+        for pair in pairs:
+            ids = loaded.tokenizer(getattr(pair, f"text_{side}"), return_tensors="pt")
+            with torch.no_grad():
+                hidden = loaded.model(**ids, output_hidden_states=True).hidden_states
+            rows.append(torch.stack([h[0, -1].double() for h in hidden[1:-1]]))
+        stream[side] = torch.stack(rows)
+    computed = erasure.residuals(loaded, [p.text_a for p in pairs])
+    torch.testing.assert_close(computed[:, :-1], stream["a"], atol=1e-5, rtol=1e-5)
+    other = erasure.residuals(loaded, [p.text_b for p in pairs])
+    scale = torch.sqrt((computed.pow(2).sum(-1) + other.pow(2).sum(-1)) / (2 * computed.shape[-1]))
+    gram = ((computed - other) / scale[..., None]).reshape(-1, computed.shape[-1])
+    top = torch.linalg.eigh(gram.T @ gram).eigenvectors[:, -1]  # the top right singular vector, another way
+    found = erasure.axis_directions(loaded, pairs, 1)[:, 0]
+    assert abs(float(found @ top)) == pytest.approx(1.0, abs=1e-6)
+    fitted = erasure.fit(loaded, {"race": pairs, "gender": resolve_suite("gender").pairs("probe")[:6]}, 1)
+    torch.testing.assert_close(fitted.directions.T @ fitted.directions, torch.eye(2, dtype=torch.float64))
+
+
+def test_erasure_is_refused_where_a_norm_follows_the_writes(tmp_path):
+    loaded = load_model(str(make_model("gemma3", tmp_path / "gemma3")))
+    with pytest.raises(ModelError, match="norm sits after"):
+        erasure.check_writes(loaded, _random_erasure(loaded.model.config.hidden_size, 1, 1.0))
+
+
+def test_the_planner_erases_a_planted_bias_that_random_directions_leave(tmp_path):
+    make_planted_model(tmp_path / "planted")
+    loaded = load_model(str(tmp_path / "planted"))
+    suites = [resolve_suite("race"), resolve_suite("nationality")]
+    ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
+    found = plan(loaded, suites, CausalParams(method="erase", strengths=[0.5, 1.0]), ids)
+    assert [gate.active for gate in found.gates] == [True, False]  # nationality carries no planted bias
+    assert [(row["axis"], row["budget"]) for row in found.budgets] == [("race", 0.5), ("race", 1.0), ("together", None)]
+    assert found.budgets[1]["validation_abs_bias_kept"] < found.budgets[0]["validation_abs_bias_kept"] < 1
+    assert found.budgets[2]["validation_abs_bias_kept"] == found.budgets[1]["validation_abs_bias_kept"]  # one axis
+    chosen = found.selection.erasure
+    assert (chosen.rank, chosen.strengths, chosen.axes) == (1, [1.0], ["race"])
+    assert found.as_dict()["erasure"]["directions"] == chosen.directions.T.tolist()
+    assert found.as_dict()["chosen_strengths"] == {"race": 1.0}
+    heldout = [p for p in suites[0].pairs("heldout") if metrics.output_bias_terms(p)]
+    before = abs(float(output_bias_values(loaded, heldout).mean()))
+    with masked(loaded, found.selection):
+        after = abs(float(output_bias_values(loaded, heldout).mean()))
+    random = selection_of([], found.selection.widths)
+    random.erasure = erasure.random_like(chosen, seed=0)
+    with masked(loaded, random):
+        after_random = abs(float(output_bias_values(loaded, heldout).mean()))
+    assert after < 0.3 * before  # held-out templates, never read by the plan
+    assert after_random > 0.7 * before
+
+
+def test_an_erasure_audit_saves_a_plain_model_and_compares_random_directions(tmp_path):
+    import transformers
+
+    from fairaudit.config import RunConfig
+    from fairaudit.pipeline.audit import audit
+
+    planted = tmp_path / "planted"
+    make_planted_model(planted)
+    config = {
+        "model": str(planted),
+        "suites": ["race"],
+        "store": str(tmp_path / "store"),
+        "probe": {"plugin": "activations", "params": {"progress": False}},
+        "pruning": {"out": str(tmp_path / "pruned"), "causal": {"method": "erase", "strengths": [1.0]}},
+        "evaluators": [{"plugin": "random_baseline", "params": {"seeds": 2, "permutations": 200}}],
+        "diagnose_top": 0,
+    }
+    result = audit(RunConfig.model_validate(config))
+    assert result.pruned["causal"]["method"] == "erase" and result.pruned["removed"] == 0
+    saved = erasure.saved(result.pruned["out"])
+    assert saved is not None and (saved.rank, saved.strengths, saved.axes) == (1, [1.0], ["race"])
+    found = {
+        row["metric"]: row["value"]
+        for row in result.measurements
+        if row["evaluator"] == "random_baseline" and row["role"] == "after"
+    }
+    assert found["reduction"] > 0.7 and found["random_reduction"] < 0.3, found  # random directions: the baseline
+    plain = transformers.AutoModelForCausalLM.from_pretrained(result.pruned["out"])  # no fairaudit code needed
+    original = load_model(str(planted))
+    ids = original.tokenizer("The nurse said that", return_tensors="pt")["input_ids"]
+    with torch.no_grad(), erasure.folded(original, saved):
+        expected = original.model(ids).logits
+        torch.testing.assert_close(plain(ids).logits, expected, atol=1e-4, rtol=1e-4)
+    html = result.report.read_text(encoding="utf-8")
+    assert "Erasure (the documentation" in html and "<th>axis erased</th><th>strength</th>" in html
