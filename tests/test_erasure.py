@@ -138,3 +138,24 @@ def test_an_erasure_audit_saves_a_plain_model_and_compares_random_directions(tmp
         torch.testing.assert_close(plain(ids).logits, expected, atol=1e-4, rtol=1e-4)
     html = result.report.read_text(encoding="utf-8")
     assert "Erasure (the documentation" in html and "<th>axis erased</th><th>strength</th>" in html
+
+
+def test_with_several_axes_the_plan_keeps_the_best_acceptable_combination(tmp_path):
+    make_planted_model(tmp_path / "planted")
+    loaded = load_model(str(tmp_path / "planted"))
+    suites = [resolve_suite(axis) for axis in ("race", "gender", "religion")]  # each carries a planted bias
+    ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
+    found = plan(loaded, suites, CausalParams(method="erase", strengths=[1.0]), ids)
+    labels = [row["axis"] for row in found.budgets]
+    assert labels == ["race", "gender", "religion", "together", "race only", "gender only", "religion only"]
+    combinations = found.budgets[3:]
+    kept = [row for row in combinations if row.get("chosen")]
+    assert len(kept) == 1
+    acceptable = [
+        row
+        for row in combinations
+        if row["slice_perplexity_rise"] <= 0.02 and row["validation_abs_bias_kept"] < 1 and not row["made_worse"]
+    ]
+    assert kept[0]["validation_abs_bias_kept"] == min(row["validation_abs_bias_kept"] for row in acceptable)
+    erased = found.selection.erasure.axes
+    assert erased == (["race", "gender", "religion"] if kept[0]["axis"] == "together" else [kept[0]["axis"][:-5]])

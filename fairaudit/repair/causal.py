@@ -45,7 +45,7 @@ from typing import Any
 from fairaudit.compute import accounted
 from fairaudit.config import CausalParams
 from fairaudit.lazy import torch
-from fairaudit.repair.validation import Before, said
+from fairaudit.repair.validation import Before, mean_output_bias, said
 
 HALF = ("bfloat16", "float16")
 
@@ -141,16 +141,6 @@ def _counted(units: list) -> str:
     """'23 neurons' or '21 neurons and 2 heads'."""
     count = _kinds(units)
     return f"{count['neurons']} neurons" + (f" and {count['heads']} heads" if count["heads"] else "")
-
-
-def mean_output_bias(loaded, pairs: list, selection=None) -> float:
-    from fairaudit.measurement.attribution import output_bias_values
-    from fairaudit.repair.prune import masked
-
-    if selection is None:
-        return float(output_bias_values(loaded, pairs).mean())
-    with masked(loaded, selection):
-        return float(output_bias_values(loaded, pairs).mean())
 
 
 @contextmanager
@@ -456,9 +446,10 @@ def _choose_strengths(
     """The planner's erasure: fit the directions of the `active` axes on their selection pairs;
     for each axis, measure its directions alone at each of `params.strengths` on its validation
     pairs (and every left-alone axis') and the corpus slice, and take the strength a budget would
-    be taken (`fairaudit.repair.validation.Before`); then measure the chosen strengths together,
-    all axes' validation pairs, and keep them only if that is acceptable too. Fills `found`: its
-    budgets are rows per axis and strength, then the combination (axis "together")."""
+    be taken (`fairaudit.repair.validation.Before`); then measure the chosen strengths together
+    and, where several axes were chosen, each axis' alone, on all axes' validation pairs, and keep
+    the acceptable one that keeps the least |m|. Fills `found`: its budgets are rows per axis and
+    strength, then the combinations ("together", "AXIS only"; the one kept marked `chosen`)."""
     from fairaudit.repair.erasure import check_writes, fit, folded
 
     fitted = fit(loaded, {axis: parts[axis][0] for axis in active}, params.rank)
@@ -477,15 +468,28 @@ def _choose_strengths(
                 chosen[axis], kept = strength, row["validation_abs_bias_kept"]
     if not chosen:
         return
-    row = before.measure(folded(loaded, fitted.at(chosen)))
-    found.budgets.append({"axis": "together", "budget": None, "neurons": 0, "heads": 0, **row})
-    say(f"together ({', '.join(f'{axis} {s:g}' for axis, s in chosen.items())}): {said(row)}")
-    if before.acceptable(row):
+    # the chosen strengths together, and (where several axes were chosen) each axis' alone, all
+    # axes in the objective: directions interact, and one axis' may undo another's
+    combinations = [chosen] + ([{axis: strength} for axis, strength in chosen.items()] if len(chosen) > 1 else [])
+    best = None
+    for combination in combinations:
+        label = "together" if combination is chosen else f"{next(iter(combination))} only"
+        row = {"axis": label, "budget": None, "neurons": 0, "heads": 0}
+        row.update(before.measure(folded(loaded, fitted.at(combination))))
+        found.budgets.append(row)
+        say(f"{label} ({', '.join(f'{axis} {s:g}' for axis, s in combination.items())}): {said(row)}")
+        if before.acceptable(row) and (
+            best is None or row["validation_abs_bias_kept"] < best[1]["validation_abs_bias_kept"]
+        ):
+            best = (combination, row)
+    if best is not None:
+        combination, best[1]["chosen"] = best[0], True
         widths = [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in loaded.layers]
         found.selection = selection_of(
             [],
             widths,
-            ranking=f"erasure: {fitted.rank} direction(s) of {', '.join(active)} removed from every layer's writes "
-            f"(strengths {', '.join(f'{axis} {s:g}' for axis, s in chosen.items())}, chosen on validation templates)",
+            ranking=f"erasure: {fitted.rank} direction(s) of {', '.join(active)} fitted, those of "
+            f"{', '.join(f'{axis} at strength {s:g}' for axis, s in combination.items())} removed from every layer's "
+            "writes (chosen on validation templates)",
         )
-        found.selection.erasure = fitted.at(chosen)
+        found.selection.erasure = fitted.at(combination)

@@ -22,6 +22,17 @@ def corpus_perplexity(loaded, ids: list[int], selection=None) -> float:
     return math.exp(sum(n for n, _ in windows) / sum(t for _, t in windows))
 
 
+def mean_output_bias(loaded, pairs: list, selection=None) -> float:
+    """The mean output-level bias m of `pairs`, with `selection` masked."""
+    from fairaudit.measurement.attribution import output_bias_values
+    from fairaudit.repair.prune import masked
+
+    if selection is None:
+        return float(output_bias_values(loaded, pairs).mean())
+    with masked(loaded, selection):
+        return float(output_bias_values(loaded, pairs).mean())
+
+
 class Before:
     """The unedited model's validation output bias (every watched axis) and corpus-slice
     perplexity, against which a candidate edit (a budget's neurons, an erasure's strength) is measured."""
