@@ -222,11 +222,12 @@ class CausalParams(BaseModel):
         description="after choosing, also measure each budget's held-out output bias "
         "(evaluation only: the choice is already made)",
     )
-    method: Literal["neurons", "erase"] = Field(
+    method: Literal["neurons", "erase", "compare"] = Field(
         default="neurons",
         description="neurons: choose MLP neurons (and heads) to remove; erase: fold a rank-`rank` projection "
         "that removes each gated axis' counterfactual direction from every layer's writes, at the strength "
-        "of `strengths` chosen on validation (docs/attribution.md)",
+        "of `strengths` chosen on validation; compare: plan both, keep the one that keeps less validation "
+        "bias (docs/attribution.md)",
     )
     rank: int = Field(default=1, ge=1, le=16, description="erase: directions per gated axis")
     strengths: list[float] = Field(

@@ -14,8 +14,9 @@ from fairaudit.inputs.suite import resolve_suite
 from fairaudit.measurement import metrics
 from fairaudit.measurement.attribution import output_bias_values
 from fairaudit.repair import erasure
-from fairaudit.repair.causal import plan, selection_of
+from fairaudit.repair.causal import plan
 from fairaudit.repair.prune import masked
+from fairaudit.repair.units import selection_of
 from fairaudit.resources import corpus_path
 from fairaudit.testing import make_model, make_planted_model
 
@@ -103,7 +104,7 @@ def test_the_planner_erases_a_planted_bias_that_random_directions_leave(tmp_path
     assert after_random > 0.7 * before
 
 
-def test_an_erasure_audit_saves_a_plain_model_and_compares_random_directions(tmp_path):
+def test_a_compare_audit_saves_a_plain_erased_model_and_compares_random_directions(tmp_path):
     import transformers
 
     from fairaudit.config import RunConfig
@@ -116,11 +117,16 @@ def test_an_erasure_audit_saves_a_plain_model_and_compares_random_directions(tmp
         "suites": ["race"],
         "store": str(tmp_path / "store"),
         "probe": {"plugin": "activations", "params": {"progress": False}},
-        "pruning": {"out": str(tmp_path / "pruned"), "causal": {"method": "erase", "strengths": [1.0]}},
+        "pruning": {
+            "out": str(tmp_path / "pruned"),
+            "causal": {"method": "compare", "strengths": [1.0], "budgets": [0.002], "rounds": 1},
+        },
         "evaluators": [{"plugin": "random_baseline", "params": {"seeds": 2, "permutations": 200}}],
         "diagnose_top": 0,
     }
     result = audit(RunConfig.model_validate(config))
+    compared = result.pruned["causal"]["compared"]  # planted: one neuron keeps 78% of race, erasure 1%
+    assert compared["chosen"] == "erase" and compared["erase"]["validation_abs_bias_kept"] < 0.1
     assert result.pruned["causal"]["method"] == "erase" and result.pruned["removed"] == 0
     saved = erasure.saved(result.pruned["out"])
     assert saved is not None and (saved.rank, saved.strengths, saved.axes) == (1, [1.0], ["race"])
@@ -138,6 +144,9 @@ def test_an_erasure_audit_saves_a_plain_model_and_compares_random_directions(tmp
         torch.testing.assert_close(plain(ids).logits, expected, atol=1e-4, rtol=1e-4)
     html = result.report.read_text(encoding="utf-8")
     assert "Erasure (the documentation" in html and "<th>axis erased</th><th>strength</th>" in html
+    assert (
+        "Both repairs were planned from these gates" in html and "The one that keeps less, erasure, was applied" in html
+    )
 
 
 def test_with_several_axes_the_plan_keeps_the_best_acceptable_combination(tmp_path):
@@ -159,3 +168,27 @@ def test_with_several_axes_the_plan_keeps_the_best_acceptable_combination(tmp_pa
     assert kept[0]["validation_abs_bias_kept"] == min(row["validation_abs_bias_kept"] for row in acceptable)
     erased = found.selection.erasure.axes
     assert erased == (["race", "gender", "religion"] if kept[0]["axis"] == "together" else [kept[0]["axis"][:-5]])
+
+
+def test_compare_plans_both_from_the_same_gates_and_keeps_the_one_that_keeps_less(tmp_path):
+    make_planted_model(tmp_path / "planted")
+    loaded = load_model(str(tmp_path / "planted"))
+    suites = [resolve_suite("race"), resolve_suite("nationality")]
+    ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
+    params = {"budgets": [0.01], "rounds": 1, "strengths": [0.5, 1.0]}
+    alone = {
+        method: plan(loaded, suites, CausalParams(method=method, **params), ids) for method in ("neurons", "erase")
+    }
+    found = plan(loaded, suites, CausalParams(method="compare", **params), ids)
+    kept = {
+        "neurons": alone["neurons"].budgets[0]["validation_abs_bias_kept"],
+        "erase": next(row for row in alone["erase"].budgets if row.get("chosen"))["validation_abs_bias_kept"],
+    }
+    assert {
+        method: row["validation_abs_bias_kept"] for method, row in found.compared.items() if method != "chosen"
+    } == kept
+    winner = min(kept, key=kept.get)
+    assert found.method == found.compared["chosen"] == winner
+    assert found.budgets == alone[winner].budgets  # the same plan as the method alone makes
+    assert (found.selection.erasure is not None) == (winner == "erase")
+    assert found.as_dict()["compared"]["chosen"] == winner

@@ -112,9 +112,10 @@ def _comma_list(kind: type) -> Any:
     "--method",
     model=CausalParams,
     field="method",
-    type=click.Choice(["neurons", "erase"]),
-    help="--causal: remove neurons (and heads), or erase each gated axis' counterfactual direction from every "
-    "layer's writes (a rank-k edit folded into the weights; docs/attribution.md)",
+    type=click.Choice(["neurons", "erase", "compare"]),
+    help="--causal: remove neurons (and heads), erase each gated axis' counterfactual direction from every "
+    "layer's writes (a rank-k edit folded into the weights), or plan both and keep the better on validation "
+    "(docs/attribution.md)",
 )
 @field_option(
     "--rank",

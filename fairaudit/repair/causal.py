@@ -24,9 +24,10 @@ The steps (docs/attribution.md has the definitions and the SmolLM2 results):
    alone away from zero (`collateral`: the paired 95% interval, templates resampled, of
    |m after| - |m before| on that axis' validation templates lies above 0).
 
-With `method: erase` the steps after the gate are `_choose_strengths`:
+With `method: erase` the steps after the gate are `fairaudit.repair.strengths.choose_strengths`:
 each gated axis' counterfactual direction, folded out of every layer's writes at a strength chosen
-as a budget is.
+as a budget is. `method: compare` plans both from the same gates and keeps the one whose choice
+keeps less validation |m| (both within the same perplexity limit and collateral check).
 
 A model loaded in bfloat16 or float16 is planned in float32 (its weights cast up, then back:
 exact), because the guard's 0.3% is below bfloat16's rounding noise: planned in bfloat16,
@@ -39,12 +40,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fairaudit.compute import accounted
 from fairaudit.config import CausalParams
 from fairaudit.lazy import torch
+from fairaudit.repair.units import selection_of
 from fairaudit.repair.validation import Before, mean_output_bias, said
 
 HALF = ("bfloat16", "float16")
@@ -82,6 +84,7 @@ class CausalPlan:
     chosen_budget: float | None = None
     selection: Any = None  # fairaudit.repair.prune.Selection
     method: str = "neurons"  # or "erase": budgets are rows per axis and strength, the selection carries the erasure
+    compared: dict[str, Any] | None = None  # method compare: each method's chosen validation figures, and the winner
     measured_in: str = "float32"  # the dtype the plan's forward passes ran in
     # per step (gate, attribution, guard, budget): wall seconds and token positions (`fairaudit.compute`)
     compute: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -96,6 +99,7 @@ class CausalPlan:
             "chosen_budget": self.chosen_budget,
             "method": self.method,
             **(self._erasure() if self.selection and self.selection.erasure else {}),
+            **({"compared": self.compared} if self.compared else {}),
             "measured_in": self.measured_in,
             "compute": self.compute,
             "planned": self.planned,
@@ -116,18 +120,6 @@ def split_probe(pairs: list, every: int = 4) -> tuple[list, list]:
     templates = list(dict.fromkeys(pair.template_id for pair in pairs))
     validation = set(templates[every - 1 :: every])
     return [p for p in pairs if p.template_id not in validation], [p for p in pairs if p.template_id in validation]
-
-
-def selection_of(units: list, widths: list[int], ranking: str = ""):
-    """A `fairaudit.repair.prune.Selection` of `fairaudit.measurement.attribution.Unit`s (neurons and heads)."""
-    from fairaudit.repair.prune import Selection
-
-    per_layer = [
-        sorted({unit.index for unit in units if unit.kind == "neuron" and unit.layer == index})
-        for index in range(len(widths))
-    ]
-    heads = sorted({(unit.layer, unit.index) for unit in units if unit.kind == "head"})
-    return Selection([torch.tensor(chosen, dtype=torch.long) for chosen in per_layer], list(widths), ranking, heads)
 
 
 def _kinds(units: list) -> dict[str, int]:
@@ -208,10 +200,15 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
     )
     if not active:
         return found
-    if params.method == "erase":
+    if params.method in ("erase", "compare"):
+        from fairaudit.repair.strengths import choose_strengths, the_better
+
+        erased = replace(found, order=[], guard=dict(found.guard), budgets=[], method="erase")
         with accounted(found.compute, "erasure"):
-            _choose_strengths(loaded, found, parts, active, slice_ids, params, say)
-        return found
+            choose_strengths(loaded, erased, parts, active, slice_ids, params, say)
+        if params.method == "erase":
+            return erased
+    found.method = "neurons"
     found.planned = planned_tokens(loaded, parts, active, found.total, params)
     _say_expected(found, say)
 
@@ -232,7 +229,7 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
         _choose_budget(
             loaded, found, {axis: pairs for axis, (_, pairs) in parts.items()}, active, widths, slice_ids, params, say
         )
-    return found
+    return the_better(found, erased, say) if params.method == "compare" else found
 
 
 def planned_tokens(
@@ -438,58 +435,3 @@ def _choose(
                 picked += 1
         if picked == count:
             return
-
-
-def _choose_strengths(
-    loaded, found, parts: dict[str, tuple], active: list[str], slice_ids: list[int], params, say
-) -> None:
-    """The planner's erasure: fit the directions of the `active` axes on their selection pairs;
-    for each axis, measure its directions alone at each of `params.strengths` on its validation
-    pairs (and every left-alone axis') and the corpus slice, and take the strength a budget would
-    be taken (`fairaudit.repair.validation.Before`); then measure the chosen strengths together
-    and, where several axes were chosen, each axis' alone, on all axes' validation pairs, and keep
-    the acceptable one that keeps the least |m|. Fills `found`: its budgets are rows per axis and
-    strength, then the combinations ("together", "AXIS only"; the one kept marked `chosen`)."""
-    from fairaudit.repair.erasure import check_writes, fit, folded
-
-    fitted = fit(loaded, {axis: parts[axis][0] for axis in active}, params.rank)
-    check_writes(loaded, fitted)
-    say(f"erasure: {fitted.rank} direction(s) fitted on the selection pairs of {', '.join(active)}")
-    validation = {axis: pairs for axis, (_, pairs) in parts.items()}
-    before = Before(loaded, validation, active, slice_ids, params)
-    chosen: dict[str, float] = {}
-    for axis in active:
-        alone, kept = before.narrowed([axis]), math.inf
-        for strength in params.strengths:
-            row = alone.measure(folded(loaded, fitted.at({axis: strength})))
-            found.budgets.append({"axis": axis, "budget": strength, "neurons": 0, "heads": 0, **row})
-            say(f"{axis} at strength {strength:g}: {said(row)}")
-            if alone.acceptable(row) and row["validation_abs_bias_kept"] < kept:
-                chosen[axis], kept = strength, row["validation_abs_bias_kept"]
-    if not chosen:
-        return
-    # the chosen strengths together, and (where several axes were chosen) each axis' alone, all
-    # axes in the objective: directions interact, and one axis' may undo another's
-    combinations = [chosen] + ([{axis: strength} for axis, strength in chosen.items()] if len(chosen) > 1 else [])
-    best = None
-    for combination in combinations:
-        label = "together" if combination is chosen else f"{next(iter(combination))} only"
-        row = {"axis": label, "budget": None, "neurons": 0, "heads": 0}
-        row.update(before.measure(folded(loaded, fitted.at(combination))))
-        found.budgets.append(row)
-        say(f"{label} ({', '.join(f'{axis} {s:g}' for axis, s in combination.items())}): {said(row)}")
-        if before.acceptable(row) and (
-            best is None or row["validation_abs_bias_kept"] < best[1]["validation_abs_bias_kept"]
-        ):
-            best = (combination, row)
-    if best is not None:
-        combination, best[1]["chosen"] = best[0], True
-        widths = [loaded.adapter.mlp_weights(layer).down.shape[1] for layer in loaded.layers]
-        found.selection = selection_of(
-            [],
-            widths,
-            ranking=f"erasure: {fitted.rank} direction(s) of {', '.join(active)} fitted, those of "
-            f"{', '.join(f'{axis} at strength {s:g}' for axis, s in combination.items())} removed from every layer's "
-            "writes (chosen on validation templates)",
-        )
-        found.selection.erasure = fitted.at(combination)
