@@ -36,7 +36,8 @@ from fairaudit.measurement import metrics
 from fairaudit.measurement.attribution import head_count, output_bias_values
 from fairaudit.repair import erasure
 from fairaudit.repair.causal import CausalParams, plan
-from fairaudit.repair.prune import masked, random_selection
+from fairaudit.repair.prune import masked
+from fairaudit.repair.units import random_selection
 from fairaudit.repair.validation import corpus_perplexity
 from fairaudit.resources import corpus_path
 

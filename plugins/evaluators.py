@@ -379,8 +379,8 @@ class RandomBaseline:
         self, loaded: LoadedModel, suites: list[Suite], params: RandomBaselineParams, reference=None
     ) -> EvaluationResult:
         from fairaudit.measurement.attribution import head_count, output_bias_values
-        from fairaudit.repair import erasure
-        from fairaudit.repair.prune import masked, pruned_counts, random_selection
+        from fairaudit.repair import erasure, units
+        from fairaudit.repair.prune import masked, pruned_counts
 
         result = EvaluationResult()
         if reference is None:
@@ -398,7 +398,7 @@ class RandomBaseline:
 
         def random_edit(seed: int):
             """Random neurons and heads of the same number per layer, and random directions of an erasure's rank."""
-            chosen = random_selection(counts, widths, seed, head_counts, heads)
+            chosen = units.random_selection(counts, widths, seed, head_counts, heads)
             chosen.erasure = erasure.random_like(erased, seed) if erased else None
             return masked(reference, chosen)
 

@@ -158,7 +158,7 @@ def test_causal_plan_with_heads_chooses_the_head_that_carries_the_bias_and_zeroe
 
 
 def test_random_selection_draws_heads_per_layer_beside_neurons():
-    from fairaudit.repair.prune import random_selection
+    from fairaudit.repair.units import random_selection
 
     first = random_selection([2, 0, 1], [8, 8, 8], seed=3, head_counts=[1, 0, 2], heads=4)
     assert [len(p) for p in first.pruned] == [2, 0, 1]

@@ -4,6 +4,8 @@ planted bias where random directions do not, and the saved model is a plain `tra
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -192,3 +194,16 @@ def test_compare_plans_both_from_the_same_gates_and_keeps_the_one_that_keeps_les
     assert found.budgets == alone[winner].budgets  # the same plan as the method alone makes
     assert (found.selection.erasure is not None) == (winner == "erase")
     assert found.as_dict()["compared"]["chosen"] == winner
+
+
+def test_an_erasure_file_that_is_not_one_is_refused_with_its_path(tmp_path):
+    assert erasure.saved(tmp_path) is None  # a model without an erasure
+    (tmp_path / erasure.ERASURE_FILE).write_text('{"directions": [[1, 0]], "axes": ["race"]}', encoding="utf-8")
+    with pytest.raises(ModelError, match="is not an erasure fairaudit wrote"):
+        erasure.saved(tmp_path)
+    chosen = _random_erasure(4, 2, 0.5)
+    (tmp_path / erasure.ERASURE_FILE).write_text(json.dumps(chosen.as_dict()), encoding="utf-8")
+    back = erasure.saved(tmp_path)
+    assert (
+        torch.equal(back.directions, chosen.directions) and back.strengths == [0.5, 0.5] and back.axes == ["race"] * 2
+    )

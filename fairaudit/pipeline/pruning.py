@@ -7,6 +7,7 @@ audit's stage, which calls it with the run's own store and suites.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -160,6 +161,15 @@ def _heads_paragraph(pruning: PruningConfig, heads: list[tuple[int, int]]) -> st
         f"\nAttention heads {how.format(by)}, as (layer, head): "
         f"{', '.join(f'({layer}, {head})' for layer, head in heads)}.\n"
     )
+
+
+def _erasure_file(erasure: Any) -> dict[str, str]:
+    """The erasure's file beside the model (U, strengths, axes), for the random baseline and readers."""
+    if erasure is None:
+        return {}
+    from fairaudit.repair.erasure import ERASURE_FILE
+
+    return {ERASURE_FILE: json.dumps(erasure.as_dict())}
 
 
 def _erasure_paragraph(erasure: Any) -> str:
@@ -358,11 +368,7 @@ def _write_pruned(
             )
             card = _model_card(loaded, pruning, report, outcome.source_run, outcome.ranking, outcome.heads)
             card += _erasure_paragraph(outcome.erasure)
-            save_pruned(loaded, report, out, card, dtype)
-            if outcome.erasure is not None:
-                from fairaudit.repair.erasure import save
-
-                save(outcome.erasure, out)
+            save_pruned(loaded, report, out, card, dtype, extra=_erasure_file(outcome.erasure))
             rows = [
                 (layer, position, original, original in set(report.zeroed[layer]))
                 for layer, kept in enumerate(report.neuron_map)

@@ -12,12 +12,12 @@ Definitions (docs/attribution.md, "Erasure"):
 - The axis' directions: the top `rank` right singular vectors of the matrix whose rows are the
   d_l of all its selection pairs and layers (not centred: the mean difference is the signal).
   The directions of all gated axes are orthonormalized together: U, d x k.
-- Folding at strength s: every write W (d x n, and its bias) becomes (I - s U U^T) W. At s = 1 no
-  layer writes anything along U; the embeddings' component is left (they are tied to the output
-  head in most small models), so the direction is removed from what the layers add, not from the
-  residual stream as a whole.
-- The strength is chosen like the planner's budget: on the validation templates, within the
-  perplexity limit, moving no axis left alone away from zero.
+- Folding at strengths s: every write W (d x n, and its bias) becomes (I - U diag(s) U^T) W. At
+  s = 1 no layer writes anything along U; the embeddings' component is left (they are tied to the
+  output head in most small models), so the direction is removed from what the layers add, not
+  from the residual stream as a whole.
+- Each axis' strength is chosen as the planner's budget is, then the best combination of axes
+  (`fairaudit.repair.strengths`).
 
 What it does not show: that the erased direction is "the bias" (it is the direction along which
 the pairs' hidden states differ most, which also carries which group is named), or that outputs
@@ -185,11 +185,15 @@ def check_writes(loaded, erasure: Erasure, text: str = "The weather was mild tha
         )
 
 
-def save(erasure: Erasure, folder: Path) -> None:
-    (folder / ERASURE_FILE).write_text(json.dumps(erasure.as_dict()), encoding="utf-8")
-
-
 def saved(folder: str | Path) -> Erasure | None:
-    """The erasure folded into the model saved in `folder`, or None."""
+    """The erasure folded into the model saved in `folder`, or None; a file that is not one is refused."""
     path = Path(folder) / ERASURE_FILE
-    return Erasure.from_dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return Erasure.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ModelError(
+            f"{path} is not an erasure fairaudit wrote ({type(exc).__name__}: {str(exc)[:200]}): the model's "
+            "random baseline cannot draw directions like it. Prune the model again."
+        ) from None

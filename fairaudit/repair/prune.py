@@ -155,25 +155,6 @@ def select(
     return Selection(pruned=[torch.tensor(sorted(s), dtype=torch.long) for s in combined], widths=[units] * layers)
 
 
-def random_selection(
-    counts: list[int], widths: list[int], seed: int, head_counts: list[int] | None = None, heads: int = 0
-) -> Selection:
-    """`counts[l]` neurons of layer l chosen uniformly at random, and `head_counts[l]` of its
-    `heads` attention heads (the baseline a chosen selection of the same size per layer and
-    per kind must beat)."""
-    generator = torch.Generator().manual_seed(seed)
-    pruned = [
-        torch.sort(torch.randperm(width, generator=generator)[:count]).values for count, width in zip(counts, widths)
-    ]
-    chosen_heads = [
-        (layer, int(head))
-        for layer, count in enumerate(head_counts or [])
-        if count
-        for head in torch.randperm(heads, generator=generator)[:count].sort().values
-    ]
-    return Selection(pruned=pruned, widths=list(widths), ranking=f"random (seed {seed})", heads=chosen_heads)
-
-
 def pruned_counts(loaded: LoadedModel) -> tuple[list[int], list[int]] | None:
     """(neurons, attention heads) removed or zeroed per layer of a model fairaudit pruned (from
     its neuron map), or None for a model without one."""
@@ -455,10 +436,12 @@ def saved_bytes(loaded: LoadedModel, dtype: str | None = None) -> int:
     return sum(t.numel() * (width if width and t.is_floating_point() else t.element_size()) for t in tensors)
 
 
-def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str, dtype: str | None = None) -> Path:
-    """Write the pruned model, its tokenizer, the neuron map and a model card to `out`,
-    through a temporary sibling folder renamed into place. `dtype` ("float32", "bfloat16",
-    "float16"): cast the model to it first (in place) and save it so."""
+def save_pruned(
+    loaded: LoadedModel, report: PruneReport, out: Path, card: str, dtype: str | None = None, extra=None
+) -> Path:
+    """Write the pruned model, its tokenizer, the neuron map, a model card and the `extra` files
+    (name -> text) to `out`, through a temporary sibling folder renamed into place. `dtype`
+    ("float32", "bfloat16", "float16"): cast the model to it first (in place) and save it so."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise StoreError(f"output folder {out} exists and is not empty; choose a new folder.")
@@ -481,7 +464,8 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: Path, card: str, 
             **({"removed_heads": report.removed_heads} if any(report.removed_heads) else {}),
         }
         (temporary / NEURON_MAP_FILE).write_text(json.dumps(neuron_map), encoding="utf-8")
-        (temporary / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
+        for name, text in {MODEL_CARD_FILE: card, **(extra or {})}.items():
+            (temporary / name).write_text(text, encoding="utf-8")
         if out.exists():
             out.rmdir()
         os.replace(temporary, out)
