@@ -11,7 +11,7 @@ default) containing 0 gets no neuron.
 Usage: python benchmarks/causal_pruning.py [--model smollm2-135m] [--budgets 0.0005,0.001,0.002]
        [--rounds 2] [--seeds 5] [--gate templates|pairs|none] [--guard 0.003] [--heads]
        [--crows crows_pairs_anonymized.csv] [--dtype bfloat16 [--plan-in model]] [--json OUT]
-       [--method erase [--rank 1] [--strengths 0.25,0.5,0.75,1.0]] [--questions]
+       [--method erase [--rank 1] [--strengths 0.25,0.5,0.75,1.0]] [--questions] [--axes race,religion]
 
 --crows: also the CrowS-Pairs categories that match the axes (race-color, gender, religion,
 nationality), imported from the file and evaluated before and after beside the suites' own
@@ -165,13 +165,14 @@ def main() -> None:
         help="also the ambiguous questions: s_AMB (the mean of +1 biased, -1 other, 0 unknown answers), "
         "intervals resampling scenarios",
     )
+    parser.add_argument("--axes", default=",".join(AXES), help="built-in suites, comma-separated")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     started = time.time()
     print(f"machine: {machine()}, torch {torch.__version__}")
     loaded = load_model(ModelSpec(id=args.model, dtype=args.dtype))
     ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
-    suites = [resolve_suite(axis) for axis in AXES]
+    suites = [resolve_suite(axis) for axis in args.axes.split(",")]
     params = CausalParams(
         budgets=[float(b) for b in args.budgets.split(",")],
         rounds=args.rounds,

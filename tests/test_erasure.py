@@ -23,6 +23,15 @@ from fairaudit.resources import corpus_path
 from fairaudit.testing import make_model, make_planted_model
 
 
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """The planted model (a folder, loaded, and the bundled corpus' ids); planning leaves its weights as they were."""
+    folder = tmp_path_factory.mktemp("erasure") / "planted"
+    make_planted_model(folder)
+    loaded = load_model(str(folder))
+    return folder, loaded, loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
+
+
 def _random_erasure(d: int, rank: int, strength: float) -> erasure.Erasure:
     q, _ = torch.linalg.qr(torch.randn(d, rank, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
     return erasure.Erasure(q, [strength] * rank, ["race"] * rank)
@@ -80,11 +89,9 @@ def test_erasure_is_refused_where_a_norm_follows_the_writes(tmp_path):
         erasure.check_writes(loaded, _random_erasure(loaded.model.config.hidden_size, 1, 1.0))
 
 
-def test_the_planner_erases_a_planted_bias_that_random_directions_leave(tmp_path):
-    make_planted_model(tmp_path / "planted")
-    loaded = load_model(str(tmp_path / "planted"))
+def test_the_planner_erases_a_planted_bias_that_random_directions_leave(planted):
+    _, loaded, ids = planted
     suites = [resolve_suite("race"), resolve_suite("nationality")]
-    ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     found = plan(loaded, suites, CausalParams(method="erase", strengths=[0.5, 1.0]), ids)
     assert [gate.active for gate in found.gates] == [True, False]  # nationality carries no planted bias
     assert [(row["axis"], row["budget"]) for row in found.budgets] == [("race", 0.5), ("race", 1.0), ("together", None)]
@@ -106,16 +113,15 @@ def test_the_planner_erases_a_planted_bias_that_random_directions_leave(tmp_path
     assert after_random > 0.7 * before
 
 
-def test_a_compare_audit_saves_a_plain_erased_model_and_compares_random_directions(tmp_path):
+def test_a_compare_audit_saves_a_plain_erased_model_and_compares_random_directions(planted, tmp_path):
     import transformers
 
     from fairaudit.config import RunConfig
     from fairaudit.pipeline.audit import audit
 
-    planted = tmp_path / "planted"
-    make_planted_model(planted)
+    folder, original, _ = planted
     config = {
-        "model": str(planted),
+        "model": str(folder),
         "suites": ["race"],
         "store": str(tmp_path / "store"),
         "probe": {"plugin": "activations", "params": {"progress": False}},
@@ -139,7 +145,6 @@ def test_a_compare_audit_saves_a_plain_erased_model_and_compares_random_directio
     }
     assert found["reduction"] > 0.7 and found["random_reduction"] < 0.3, found  # random directions: the baseline
     plain = transformers.AutoModelForCausalLM.from_pretrained(result.pruned["out"])  # no fairaudit code needed
-    original = load_model(str(planted))
     ids = original.tokenizer("The nurse said that", return_tensors="pt")["input_ids"]
     with torch.no_grad(), erasure.folded(original, saved):
         expected = original.model(ids).logits
@@ -151,11 +156,9 @@ def test_a_compare_audit_saves_a_plain_erased_model_and_compares_random_directio
     )
 
 
-def test_with_several_axes_the_plan_keeps_the_best_acceptable_combination(tmp_path):
-    make_planted_model(tmp_path / "planted")
-    loaded = load_model(str(tmp_path / "planted"))
+def test_with_several_axes_the_plan_keeps_the_best_acceptable_combination(planted):
+    _, loaded, ids = planted
     suites = [resolve_suite(axis) for axis in ("race", "gender", "religion")]  # each carries a planted bias
-    ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     found = plan(loaded, suites, CausalParams(method="erase", strengths=[1.0]), ids)
     labels = [row["axis"] for row in found.budgets]
     assert labels == ["race", "gender", "religion", "together", "race only", "gender only", "religion only"]
@@ -172,11 +175,9 @@ def test_with_several_axes_the_plan_keeps_the_best_acceptable_combination(tmp_pa
     assert erased == (["race", "gender", "religion"] if kept[0]["axis"] == "together" else [kept[0]["axis"][:-5]])
 
 
-def test_compare_plans_both_from_the_same_gates_and_keeps_the_one_that_keeps_less(tmp_path):
-    make_planted_model(tmp_path / "planted")
-    loaded = load_model(str(tmp_path / "planted"))
+def test_compare_plans_both_from_the_same_gates_and_keeps_the_one_that_keeps_less(planted):
+    _, loaded, ids = planted
     suites = [resolve_suite("race"), resolve_suite("nationality")]
-    ids = loaded.tokenizer(corpus_path().read_text(encoding="utf-8"))["input_ids"]
     params = {"budgets": [0.01], "rounds": 1, "strengths": [0.5, 1.0]}
     alone = {
         method: plan(loaded, suites, CausalParams(method=method, **params), ids) for method in ("neurons", "erase")
