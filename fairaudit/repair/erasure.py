@@ -82,7 +82,13 @@ def writes(loaded) -> list:
 
 
 def residuals(loaded, texts: list[str], batch_size: int = 16) -> torch.Tensor:
-    """[texts, layers, d] float64: the residual stream after every layer at each text's last token."""
+    """[texts, layers, d] float64: the residual stream after every layer at each text's last token
+    (a text given several times, such as a template's reference side, is forwarded once)."""
+    distinct = {text: position for position, text in enumerate(dict.fromkeys(texts))}
+    return _residuals(loaded, list(distinct), batch_size)[torch.tensor([distinct[text] for text in texts])]
+
+
+def _residuals(loaded, texts: list[str], batch_size: int) -> torch.Tensor:
     captured: list[torch.Tensor] = []
 
     def keep(module, args, output):

@@ -40,13 +40,8 @@ class Before:
     def __init__(self, loaded, validation: dict[str, list[Any]], active: list[str], slice_ids: list[int], params):
         from fairaudit.measurement.attribution import output_bias_values
 
-        self.loaded, self.validation, self.active, self.slice_ids, self.params = (
-            loaded,
-            validation,
-            active,
-            slice_ids,
-            params,
-        )
+        self.loaded, self.validation, self.active = loaded, validation, active
+        self.slice_ids, self.params = slice_ids, params
         watched = [axis for axis in validation if axis in active or params.collateral]
         self.perplexity = corpus_perplexity(loaded, slice_ids)
         self.bias = {axis: output_bias_values(loaded, validation[axis]) for axis in watched}
