@@ -51,8 +51,8 @@ def test_optipfair_compatible_index_equals_optipfair_on_smollm2():
 
 
 # The default audit's every stage and evaluator on SmolLM2, on two of its four suites cut to 8 of
-# their 45 templates (4 of their 21 statements, 1 of their 6 scenarios) and with the evaluators' sample sizes cut, so that the test takes about a
-# minute and a half on one core instead of fourteen (`make audit` runs the full default; `benchmarks/audit_stages.py` times it). It prunes by the
+# their 45 templates (4 of their 21 statements, 1 of their 6 scenarios) and three of their groups, and with the
+# evaluators' sample sizes cut, so that the test takes under a minute on one core instead of fourteen (`make audit` runs the full default; `benchmarks/audit_stages.py` times it). It prunes by the
 # stored score: the default causal selection finds nothing to prune on race and gender (their
 # intervals contain 0) and would add minutes; tests/test_causal.py runs it on a planted model.
 SMALL_DEFAULT = """
@@ -85,9 +85,11 @@ def test_the_default_audit_runs_on_smollm2_offline(tmp_path):
 
     from fairaudit.resources import suites_dir
 
-    cut = {}  # the built-in race and gender suites with fewer templates: every code path, a sixth of the pairs
+    cut = {}  # the built-in race and gender suites with fewer templates and groups: every code path, a few pairs
     for axis in ("race", "gender"):
         suite = yaml.safe_load((suites_dir() / f"{axis}.yaml").read_text(encoding="utf-8"))
+        others = [group for group in suite["groups"] if group != suite["reference"]][:2]  # and the reference
+        suite["groups"] = {name: suite["groups"][name] for name in [suite["reference"], *others]}
         probe = [t for t in suite["templates"] if t.get("split") != "heldout"][:5]
         suite["templates"] = probe + [t for t in suite["templates"] if t.get("split") == "heldout"][:3]
         suite["scenarios"] = suite["scenarios"][:1]  # one of their 6 scenarios: 30 questions
