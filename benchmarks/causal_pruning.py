@@ -227,12 +227,17 @@ def main() -> None:
         )
         for suite in suites
     ]
-    table += [
+    table += [  # the held-out statements (the budget is chosen on the probe ones)
         held_out_row(
-            loaded, f"statements:{suite.axis}", suite.statement_pairs(), selection, randoms, suite.axis in active
+            loaded,
+            f"statements:{suite.axis}",
+            suite.statement_pairs("heldout"),
+            selection,
+            randoms,
+            suite.axis in active,
         )
         for suite in suites
-        if len(suite.statement_pairs()) > 1
+        if len(suite.statement_pairs("heldout")) > 1
     ]
     if args.questions:
         from fairaudit_plugins.evaluators import question_values

@@ -217,6 +217,13 @@ class CausalParams(BaseModel):
         description="reject a budget that moves an axis left alone away from zero: the lower end of the "
         "95% interval (templates resampled) of |m after| - |m before| on its validation templates above 0",
     )
+    statements: bool = Field(
+        default=True,
+        description="choose the budget (or strength) on each axis' probe statements too, a format the selection "
+        "never reads: the objective is the |m| kept over validation templates and probe statements together, and "
+        "a left-alone axis' statements are checked for collateral damage as its templates are; false: validation "
+        "templates only",
+    )
     heldout_curve: bool = Field(
         default=False,
         description="after choosing, also measure each budget's held-out output bias "

@@ -328,8 +328,8 @@ class RandomBaselineParams(StrictParams):
     split: Literal["heldout", "probe", "all"] = Field(
         default="heldout",
         description="pairs whose output bias is compared "
-        "(heldout: held-out templates and imported sentence pairs, which no "
-        "selection reads)",
+        "(heldout: held-out templates and statements, and imported sentence pairs, which no "
+        "selection or budget reads)",
     )
     permutations: int = Field(default=2000, ge=100, le=100_000)
     pairs_per_batch: int = Field(default=8, ge=1)
@@ -361,7 +361,7 @@ class RandomBaseline:
         requests = [
             (context, continuation)
             for suite in suites
-            for pair in _baseline_pairs(suite, params.split) + suite.statement_pairs()
+            for pair in _baseline_pairs(suite, params.split) + _statements(suite, params.split)
             for context, continuation, _ in metrics.output_bias_terms(pair)
         ]
         if params.questions:
@@ -406,8 +406,8 @@ class RandomBaseline:
         known_before, known_after = recall(reference, LOGLIKELIHOODS), recall(loaded, LOGLIKELIHOODS)
         for suite in suites:
             pairs = _baseline_pairs(suite, params.split)
-            # statements: a format no selection reads (every split), measured on its own
-            for prefix, chosen in (("", pairs), ("statements_", suite.statement_pairs())):
+            # statements, a format no selection reads (the causal planner's budget reads the probe ones), on their own
+            for prefix, chosen in (("", pairs), ("statements_", _statements(suite, params.split))):
                 if len(chosen) < 2:
                     continue
                 before = output_bias_values(reference, chosen, params.pairs_per_batch, known_before)
@@ -462,6 +462,11 @@ def _baseline_pairs(suite: Suite, split: str) -> list:
     return pairs
 
 
+def _statements(suite: Suite, split: str) -> list:
+    """The statement pairs of `split` ("all": every one)."""
+    return suite.statement_pairs(None if split == "all" else split)
+
+
 def _against_random(
     name: str, axis: str, prefix: str, ids: list[str], before, after, random, params: RandomBaselineParams, result
 ) -> None:
@@ -485,16 +490,10 @@ def _against_random(
         result.measurements.append(Measurement(name, axis, prefix + metric, value, n=len(ids)))
 
 
+EVALUATORS = (BiasReprobe, OutputBias, Generations, Perplexity, LmEval, FactualControl, Fidelity, RandomBaseline)
+
+
 @hookimpl
 def register_evaluators(register):
-    for evaluator in (
-        BiasReprobe(),
-        OutputBias(),
-        Generations(),
-        Perplexity(),
-        LmEval(),
-        FactualControl(),
-        Fidelity(),
-        RandomBaseline(),
-    ):
-        register(evaluator)
+    for evaluator in EVALUATORS:
+        register(evaluator())

@@ -428,7 +428,8 @@ def test_imported_sentence_pairs_are_never_selected_on_and_the_random_baseline_e
     planted, tmp_path, monkeypatch
 ):
     """Held-out discipline for imported data sets: a CrowS-Pairs-like suite's sentence pairs (the
-    probe split, by the suite format) are never read by the planner, which leaves that axis alone;
+    probe split, by the suite format) are never read by the planner, which leaves that axis alone
+    (nor are held-out templates and statements);
     the random baseline evaluates them beside the held-out templates."""
     from fairaudit.inputs.suite import load_suite
     from fairaudit.plugins import registry
@@ -454,7 +455,11 @@ def test_imported_sentence_pairs_are_never_selected_on_and_the_random_baseline_e
     corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
     found = plan(loaded, [resolve_suite("race"), imported], CausalParams(budgets=[0.01], rounds=1), corpus)
     monkeypatch.undo()
-    assert read and all(pair.kind == "template" for pair in read)
+    # templates, and the probe statements the budget is chosen on; never a sentence pair or a held-out statement
+    race = resolve_suite("race")
+    heldout = {pair.pair_id for pair in race.pairs("heldout") + race.statement_pairs("heldout")}
+    assert read and {pair.kind for pair in read} == {"template", "statement"}
+    assert not heldout & {pair.pair_id for pair in read}
     gate = next(gate for gate in found.gates if gate.axis == "race-color")
     assert not gate.active and gate.selection_pairs == 0
 
@@ -598,10 +603,9 @@ def test_the_random_baseline_takes_unmasked_values_output_bias_computed_on_the_s
         loaded.measured.pop(LOGLIKELIHOODS, None)
 
 
-def test_a_budget_that_moves_an_axis_left_alone_away_from_zero_is_rejected(monkeypatch):
-    """Collateral damage: religion is selected for; race is left alone. The larger budget repairs
-    religion more but moves race from +0.1 to +0.6 on its validation templates (the whole paired
-    interval of |m after| - |m before| above 0): it is rejected, the smaller budget chosen."""
+def fake_budgets(monkeypatch, levels: dict[tuple[str, str], dict[int, float]]):
+    """The budget step on made-up figures: `levels[(axis, format)][units removed]` is every pair's m
+    (with small noise), 12 pairs from 4 templates per axis and format; returns choose(params) -> plan."""
     import contextlib
     from types import SimpleNamespace
 
@@ -621,34 +625,72 @@ def test_a_budget_that_moves_an_axis_left_alone_away_from_zero_is_rejected(monke
         removed["units"] = 0
 
     def values(loaded, pairs, *args, **kwargs):
-        axis, noise = pairs[0].axis, torch.tensor([0.01 * ((i % 3) - 1) for i in range(len(pairs))])
-        level = {
-            "religion": {0: 0.5, 1: 0.2, 2: 0.05},
-            "race": {0: 0.1, 1: 0.1, 2: 0.6},
-        }[axis][removed["units"]]
-        return level + noise.double()
+        noise = torch.tensor([0.01 * ((i % 3) - 1) for i in range(len(pairs))])
+        return levels[(pairs[0].axis, pairs[0].kind)][removed["units"]] + noise.double()
 
     monkeypatch.setattr(prune_module, "masked", fake_masked)
     monkeypatch.setattr(attribution_module, "output_bias_values", values)
     monkeypatch.setattr(causal, "selection_of", lambda units, widths, ranking="": len(units))
     monkeypatch.setattr(validation_module, "corpus_perplexity", lambda loaded, ids, selection=None: 10.0)
-    pairs = {
-        axis: [SimpleNamespace(axis=axis, template_id=f"t{i // 3}") for i in range(12)] for axis in ("religion", "race")
-    }
 
-    def choose(collateral: bool) -> causal.CausalPlan:
+    def pairs(kind: str) -> dict[str, list]:
+        axes = sorted({axis for axis, found in levels if found == kind})
+        return {
+            axis: [SimpleNamespace(axis=axis, kind=kind, template_id=f"t{i // 3}") for i in range(12)] for axis in axes
+        }
+
+    def choose(params: CausalParams) -> causal.CausalPlan:
         order = [attribution.Unit("neuron", 0, index) for index in range(2)]
         found = causal.CausalPlan(gates=[], order=order, guard={}, total=2)
-        params = CausalParams(budgets=[0.5, 0.99], collateral=collateral)
-        causal._choose_budget(None, found, pairs, ["religion"], [2], [], params, lambda text: None)
+        statements = pairs("statement") if params.statements else None
+        before = validation_module.Before(None, pairs("template"), ["religion"], [], params, statements)
+        causal._choose_budget(None, found, before, [2], lambda text: None)
         return found
 
-    found = choose(collateral=True)
+    return choose
+
+
+def test_a_budget_that_moves_an_axis_left_alone_away_from_zero_is_rejected(monkeypatch):
+    """Collateral damage: religion is selected for; race is left alone. The larger budget repairs
+    religion more but moves race from +0.1 to +0.6 on its validation templates (the whole paired
+    interval of |m after| - |m before| above 0): it is rejected, the smaller budget chosen."""
+    choose = fake_budgets(
+        monkeypatch,
+        {("religion", "template"): {0: 0.5, 1: 0.2, 2: 0.05}, ("race", "template"): {0: 0.1, 1: 0.1, 2: 0.6}},
+    )
+    found = choose(CausalParams(budgets=[0.5, 0.99]))
     assert [row["made_worse"] for row in found.budgets] == [[], ["race"]]
     assert found.budgets[1]["left_alone_abs_change_race"] == pytest.approx(0.5)
     assert found.chosen_budget == 0.5
-    unchecked = choose(collateral=False)
+    unchecked = choose(CausalParams(budgets=[0.5, 0.99], collateral=False))
     assert unchecked.chosen_budget == 0.99 and "made_worse" not in unchecked.budgets[0]
+
+
+def test_the_budget_is_chosen_on_validation_templates_and_probe_statements_together(monkeypatch):
+    """The larger budget flattens religion's validation templates (0.5 -> 0.05) but pushes its probe
+    statements further from zero (0.5 -> 0.7): over both formats it keeps (0.05 + 0.7) / (0.5 + 0.5)
+    = 0.75 of |m| against the smaller budget's (0.2 + 0.45) / 1.0 = 0.65, which is chosen; on
+    templates alone (`statements: false`) the larger one would be. A left-alone axis whose statements
+    move away from zero rejects the budget as its templates would."""
+    levels = {
+        ("religion", "template"): {0: 0.5, 1: 0.2, 2: 0.05},
+        ("religion", "statement"): {0: 0.5, 1: 0.45, 2: 0.7},
+        ("race", "template"): {0: 0.1, 1: 0.1, 2: 0.1},
+        ("race", "statement"): {0: 0.1, 1: 0.1, 2: 0.1},
+    }
+    choose = fake_budgets(monkeypatch, levels)
+    found = choose(CausalParams(budgets=[0.5, 0.99]))
+    first, second = found.budgets
+    assert first["abs_bias_kept"] == pytest.approx(0.65, abs=1e-9) and second["abs_bias_kept"] == pytest.approx(0.75)
+    assert first["validation_abs_bias_kept"] == pytest.approx(0.4) and second[
+        "statements_abs_bias_kept"
+    ] == pytest.approx(1.4)
+    assert found.chosen_budget == 0.5
+    assert choose(CausalParams(budgets=[0.5, 0.99], statements=False)).chosen_budget == 0.99
+    levels[("race", "statement")][2] = 0.6
+    worse = choose(CausalParams(budgets=[0.5, 0.99]))
+    assert worse.budgets[1]["made_worse"] == ["race (statements)"]
+    assert worse.budgets[1]["left_alone_abs_change_statements_race"] == pytest.approx(0.5)
 
 
 def test_the_random_baseline_compares_the_questions_when_asked(planted, monkeypatch):

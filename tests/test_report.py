@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fairaudit.config import RunConfig
+from fairaudit.inputs.suite import resolve_suite
 from fairaudit.pipeline.audit import audit
 from fairaudit.store import Store
 
@@ -125,7 +126,15 @@ def test_numbers_in_the_html_equal_the_store(audited):
         assert float(parser.values[("glance_statement_preference", axis)][0]) == statements["after"]
         p_value = random[(axis, "statements_beats_random_p")]
         assert float(parser.values[("glance_statements_beats_random_p", axis)][0]) == p_value
-        assert random[(axis, "statements_abs_output_bias_before")] == pytest.approx(abs(statements["before"]))
+        # the random baseline compares the held-out statements (the budget is chosen on the probe ones)
+        heldout = {pair.pair_id for pair in resolve_suite(axis).statement_pairs("heldout")}
+        items = [
+            r["value"]
+            for r in store.read("evaluation_items", run_id=result.run_id).to_pylist()
+            if r["metric"] == "statement_preference" and r["role"] == "before" and r["item"] in heldout
+        ]
+        assert len(items) == len(heldout)
+        assert random[(axis, "statements_abs_output_bias_before")] == pytest.approx(abs(sum(items) / len(items)))
         questions = comparisons[(axis, "bbq_bias_ambiguous")]  # and the question format, the third
         assert float(parser.values[("glance_question_bias", axis)][0]) == questions["after"]
         moved = "yes" if questions["abs_low"] > 0 else "no" if questions["abs_high"] < 0 else "unclear"

@@ -200,16 +200,18 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
     )
     if not active:
         return found
+    # a format the selection never reads, for the choice of budget or strength (held-out statements are for evaluation)
+    statements = {suite.axis: suite.statement_pairs("probe") for suite in suites} if params.statements else None
     if params.method in ("erase", "compare"):
         from fairaudit.repair.strengths import choose_strengths, the_better
 
         erased = replace(found, order=[], guard=dict(found.guard), budgets=[], method="erase")
         with accounted(found.compute, "erasure"):
-            choose_strengths(loaded, erased, parts, active, slice_ids, params, say)
+            choose_strengths(loaded, erased, parts, statements, active, slice_ids, params, say)
         if params.method == "erase":
             return erased
     found.method = "neurons"
-    found.planned = planned_tokens(loaded, parts, active, found.total, params)
+    found.planned = planned_tokens(loaded, parts, statements, active, found.total, params)
     _say_expected(found, say)
 
     largest = round(params.budgets[-1] * found.total)
@@ -226,14 +228,19 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
             f"{found.guard['checked']} candidates"
         )
     with accounted(found.compute, "budget"):
-        _choose_budget(
-            loaded, found, {axis: pairs for axis, (_, pairs) in parts.items()}, active, widths, slice_ids, params, say
-        )
+        validation = {axis: pairs for axis, (_, pairs) in parts.items()}
+        before = Before(loaded, validation, active, slice_ids, params, statements)
+        _choose_budget(loaded, found, before, widths, say)
     return the_better(found, erased, say) if params.method == "compare" else found
 
 
 def planned_tokens(
-    loaded: Any, parts: dict[str, tuple[list[Any], list[Any]]], active: list[str], total: int, params: CausalParams
+    loaded: Any,
+    parts: dict[str, tuple[list[Any], list[Any]]],
+    statements: dict[str, list[Any]] | None,
+    active: list[str],
+    total: int,
+    params: CausalParams,
 ) -> dict[str, dict[str, int]]:
     """Step -> {tokens, grad_tokens}: the token positions the planner's steps after the gate will
     forward, at the least: padding is not counted, nor the extra candidates the quality guard
@@ -263,7 +270,10 @@ def planned_tokens(
         # per axis: the unmasked window once, then candidates 8 at a time, each its own copy of the window
         guard += len(active) * (1 + 8 * math.ceil(per_axis / 8)) * GUARD_TOKENS
     watched = [axis for axis in parts if axis in active or params.collateral]
-    validation = sum(planned_positions(loaded.tokenizer, requests(parts[axis][1])) for axis in watched)
+    validation = sum(
+        planned_positions(loaded.tokenizer, requests(parts[axis][1] + (statements or {}).get(axis, [])))
+        for axis in watched
+    )
     budget = (1 + len(params.budgets)) * (VALIDATION_TOKENS + validation)
     return {
         "attribution": {"tokens": attribution, "grad_tokens": attribution},
@@ -337,29 +347,22 @@ def _gates(
 
 
 def _choose_budget(
-    loaded: Any,
-    found: CausalPlan,
-    validation: dict[str, list[Any]],
-    active: list[str],
-    widths: list[int],
-    slice_ids: list[int],
-    params: CausalParams,
-    say: Callable[[str], None],
+    loaded: Any, found: CausalPlan, before: Before, widths: list[int], say: Callable[[str], None]
 ) -> None:
-    """Measure every budget (a prefix of the greedy order) on the validation pairs of every axis
-    and the corpus slice; choose the one that keeps the least validation |m| of the `active` axes
-    within the perplexity limit, moving no other axis away from zero (with `params.collateral`)."""
+    """Measure every budget (a prefix of the greedy order) on `before`'s validation pairs of every
+    axis and the corpus slice; choose the one that keeps the least |m| of the active axes (validation
+    templates and probe statements together) within the perplexity limit, moving no other axis away
+    from zero (with `collateral`)."""
     from fairaudit.repair.prune import masked
 
-    before = Before(loaded, validation, active, slice_ids, params)
-    best = None
+    params, active, best = before.params, before.active, None
     for budget in params.budgets:
         units = found.order_at(budget)
         row = before.measure(masked(loaded, selection_of(units, widths)))
         found.budgets.append({"budget": budget, **_kinds(units), **row})
         say(f"budget {budget:g} ({_counted(units)}): {said(row)}")
-        if before.acceptable(row) and (best is None or row["validation_abs_bias_kept"] < best[1]):
-            best = (budget, row["validation_abs_bias_kept"])
+        if before.acceptable(row) and (best is None or row["abs_bias_kept"] < best[1]):
+            best = (budget, row["abs_bias_kept"])
     if best is not None:
         found.chosen_budget = best[0]
         found.selection = selection_of(
@@ -367,7 +370,8 @@ def _choose_budget(
             widths,
             ranking=f"causal selection: output attribution of {', '.join(active)} "
             f"({'neurons and heads' if params.heads else 'neurons'}) in {params.rounds} "
-            f"round(s), quality guard {params.guard:g}, budget {best[0]:g} chosen on validation templates",
+            f"round(s), quality guard {params.guard:g}, budget {best[0]:g} chosen on validation templates"
+            + (" and probe statements" if "statements" in before.formats else ""),
         )
 
 

@@ -11,12 +11,19 @@ from fairaudit.repair.validation import Before, said
 
 
 def choose_strengths(
-    loaded, found, parts: dict[str, tuple], active: list[str], slice_ids: list[int], params, say
+    loaded,
+    found,
+    parts: dict[str, tuple],
+    statements: dict[str, list] | None,
+    active: list[str],
+    slice_ids,
+    params,
+    say,
 ) -> None:
     """The planner's erasure: fit the directions of the `active` axes on their selection pairs;
     for each axis, measure its directions alone at each of `params.strengths` on its validation
     pairs (and every left-alone axis') and the corpus slice, and take the strength a budget would
-    be taken (`fairaudit.repair.validation.Before`); then measure the chosen strengths together
+    be taken (`fairaudit.repair.validation.Before`, with the probe `statements` too); then measure the chosen strengths together
     and, where several axes were chosen, each axis' alone, on all axes' validation pairs, and keep
     the acceptable one that keeps the least |m|. Fills `found`: its budgets are rows per axis and
     strength, then the combinations ("together", "AXIS only"; the one kept marked `chosen`)."""
@@ -26,7 +33,7 @@ def choose_strengths(
     check_writes(loaded, fitted)
     say(f"erasure: {fitted.rank} direction(s) fitted on the selection pairs of {', '.join(active)}")
     validation = {axis: pairs for axis, (_, pairs) in parts.items()}
-    before = Before(loaded, validation, active, slice_ids, params)
+    before = Before(loaded, validation, active, slice_ids, params, statements)
     chosen: dict[str, float] = {}
     for axis in active:
         alone, kept = before.narrowed([axis]), math.inf
@@ -34,8 +41,8 @@ def choose_strengths(
             row = alone.measure(folded(loaded, fitted.at({axis: strength})))
             found.budgets.append({"axis": axis, "budget": strength, "neurons": 0, "heads": 0, **row})
             say(f"{axis} at strength {strength:g}: {said(row)}")
-            if alone.acceptable(row) and row["validation_abs_bias_kept"] < kept:
-                chosen[axis], kept = strength, row["validation_abs_bias_kept"]
+            if alone.acceptable(row) and row["abs_bias_kept"] < kept:
+                chosen[axis], kept = strength, row["abs_bias_kept"]
     if not chosen:
         return
     # the chosen strengths together, and (where several axes were chosen) each axis' alone, all
@@ -48,9 +55,7 @@ def choose_strengths(
         row.update(before.measure(folded(loaded, fitted.at(combination))))
         found.budgets.append(row)
         say(f"{label} ({', '.join(f'{axis} {s:g}' for axis, s in combination.items())}): {said(row)}")
-        if before.acceptable(row) and (
-            best is None or row["validation_abs_bias_kept"] < best[1]["validation_abs_bias_kept"]
-        ):
+        if before.acceptable(row) and (best is None or row["abs_bias_kept"] < best[1]["abs_bias_kept"]):
             best = (combination, row)
     if best is not None:
         combination, row = best
@@ -61,14 +66,15 @@ def choose_strengths(
             widths,
             ranking=f"erasure: {fitted.rank} direction(s) of {', '.join(active)} fitted, those of "
             f"{', '.join(f'{axis} at strength {s:g}' for axis, s in combination.items())} removed from every layer's "
-            "writes (chosen on validation templates)",
+            "writes (chosen on validation templates" + (" and probe statements)" if statements else ")"),
         )
         found.selection.erasure = fitted.at(combination)
 
 
 def the_better(neurons, erased, say):
     """Of two plans from the same gates (`method: compare`), the one whose chosen edit keeps less
-    validation |m| of the gated axes; both passed the same perplexity limit and collateral check.
+    validation |m| of the gated axes (`abs_bias_kept`: templates and probe statements together); both
+    passed the same perplexity limit and collateral check.
     The winner records both methods' figures (`compared`)."""
 
     def chosen(found) -> dict | None:
@@ -79,16 +85,16 @@ def the_better(neurons, erased, say):
             for row in found.budgets
             if row.get("chosen") or (found.method == "neurons" and row["budget"] == found.chosen_budget)
         )
-        return {key: row[key] for key in ("validation_abs_bias_kept", "slice_perplexity_rise")}
+        return {key: row[key] for key in ("abs_bias_kept", "validation_abs_bias_kept", "slice_perplexity_rise")}
 
     figures = {"neurons": chosen(neurons), "erase": chosen(erased)}
-    kept = {method: row["validation_abs_bias_kept"] if row else math.inf for method, row in figures.items()}
+    kept = {method: row["abs_bias_kept"] if row else math.inf for method, row in figures.items()}
     winner = erased if kept["erase"] < kept["neurons"] else neurons
     winner.compared = {**figures, "chosen": winner.method if winner.selection is not None else None}
     say(
         "compared on validation: "
         + "; ".join(
-            f"{method} keeps {row['validation_abs_bias_kept']:.2f} of |m| at {row['slice_perplexity_rise']:+.2%} perplexity"
+            f"{method} keeps {row['abs_bias_kept']:.2f} of |m| at {row['slice_perplexity_rise']:+.2%} perplexity"
             if row
             else f"{method} found nothing acceptable"
             for method, row in figures.items()

@@ -34,17 +34,34 @@ def mean_output_bias(loaded, pairs: list, selection=None) -> float:
 
 
 class Before:
-    """The unedited model's validation output bias (every watched axis) and corpus-slice
+    """The unedited model's validation output bias (every watched axis: its validation templates and,
+    with `statements`, its probe statements, a format the selection never reads) and corpus-slice
     perplexity, against which a candidate edit (a budget's neurons, an erasure's strength) is measured."""
 
-    def __init__(self, loaded, validation: dict[str, list[Any]], active: list[str], slice_ids: list[int], params):
+    def __init__(
+        self,
+        loaded,
+        validation: dict[str, list[Any]],
+        active: list[str],
+        slice_ids: list[int],
+        params,
+        statements: dict[str, list[Any]] | None = None,
+    ):
         from fairaudit.measurement.attribution import output_bias_values
 
-        self.loaded, self.validation, self.active = loaded, validation, active
-        self.slice_ids, self.params = slice_ids, params
+        self.loaded, self.active, self.slice_ids, self.params = loaded, active, slice_ids, params
         watched = [axis for axis in validation if axis in active or params.collateral]
+        # format -> axis -> pairs: what each candidate is measured on
+        self.formats = {"templates": {axis: validation[axis] for axis in watched}}
+        if statements:
+            self.formats["statements"] = {
+                axis: statements[axis] for axis in watched if len(statements.get(axis, [])) > 1
+            }
         self.perplexity = corpus_perplexity(loaded, slice_ids)
-        self.bias = {axis: output_bias_values(loaded, validation[axis]) for axis in watched}
+        self.bias = {
+            name: {axis: output_bias_values(loaded, pairs) for axis, pairs in chosen.items()}
+            for name, chosen in self.formats.items()
+        }
 
     def narrowed(self, active: list[str]) -> Before:
         """The same figures, with only `active` in the objective (the other watched axes stay checked for collateral)."""
@@ -53,46 +70,74 @@ class Before:
         return narrow
 
     def measure(self, edit) -> dict[str, Any]:
-        """A candidate's row: the share of the active axes' validation |m| kept, the slice's
-        perplexity rise, each active axis' validation m, and (with `collateral`) each left-alone
-        axis' change of |m| and whether its interval lies above 0 (`made_worse`)."""
+        """A candidate's row: `abs_bias_kept`, the objective: the active axes' |m| after over |m| before,
+        each summed over the axes and formats (validation templates, and probe statements); each
+        format's own share (`validation_abs_bias_kept`, `statements_abs_bias_kept`); the slice's
+        perplexity rise; each active axis' validation m; and (with `collateral`) each left-alone
+        axis' change of |m| per format and whether its interval lies above 0 (`made_worse`)."""
         from fairaudit.measurement.attribution import output_bias_values
-        from fairaudit.measurement.metrics import magnitude_change_interval
 
         with edit:
             rise = corpus_perplexity(self.loaded, self.slice_ids) / self.perplexity - 1
-            after = {axis: output_bias_values(self.loaded, self.validation[axis]) for axis in self.bias}
-        kept = sum(abs(float(after[axis].mean())) for axis in self.active) / max(
-            sum(abs(float(self.bias[axis].mean())) for axis in self.active), 1e-12
-        )
-        worse, moved = [], {}
-        for axis in self.bias:
-            if axis not in self.active:
-                templates = [pair.template_id for pair in self.validation[axis]]
-                change, low, _ = magnitude_change_interval(self.bias[axis], after[axis], templates)
-                moved[f"left_alone_abs_change_{axis}"] = change
-                worse += [axis] if low > 0 else []
-        return {
-            "validation_abs_bias_kept": kept,
-            "slice_perplexity_rise": rise,
-            **{f"validation_bias_{axis}": float(after[axis].mean()) for axis in self.active},
-            **moved,
-            **({"made_worse": worse} if self.params.collateral else {}),
+            after = {
+                name: {axis: output_bias_values(self.loaded, pairs) for axis, pairs in chosen.items()}
+                for name, chosen in self.formats.items()
+            }
+        magnitudes = {
+            name: [
+                sum(abs(float(values[axis].mean())) for axis in self.active if axis in values)
+                for values in (self.bias[name], after[name])
+            ]
+            for name in self.formats
         }
+        row: dict[str, Any] = {
+            "abs_bias_kept": sum(a for _, a in magnitudes.values()) / max(sum(b for b, _ in magnitudes.values()), 1e-12)
+        }
+        for name, (before, kept) in magnitudes.items():
+            if name == "templates" or before > 0:  # a format none of the active axes has is not a share
+                row[f"{'validation' if name == 'templates' else name}_abs_bias_kept"] = kept / max(before, 1e-12)
+        row["slice_perplexity_rise"] = rise
+        row.update({f"validation_bias_{axis}": float(after["templates"][axis].mean()) for axis in self.active})
+        row.update(self._collateral(after))
+        return row
+
+    def _collateral(self, after: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Each left-alone axis' change of |m| per format (`left_alone_abs_change_AXIS`, and
+        `..._statements_AXIS`) and, with `collateral`, the axes (and formats) it moved away from zero."""
+        from fairaudit.measurement.metrics import magnitude_change_interval
+
+        worse, moved = [], {}
+        for name, values in self.bias.items():
+            suffix = "" if name == "templates" else f"{name}_"
+            for axis in values:
+                if axis in self.active:
+                    continue
+                clusters = [pair.template_id for pair in self.formats[name][axis]]
+                change, low, _ = magnitude_change_interval(values[axis], after[name][axis], clusters)
+                moved[f"left_alone_abs_change_{suffix}{axis}"] = change
+                worse += [axis if name == "templates" else f"{axis} ({name})"] if low > 0 else []
+        return {**moved, **({"made_worse": worse} if self.params.collateral else {})}
 
     def acceptable(self, row: dict[str, Any]) -> bool:
         """Within the perplexity limit, some bias removed, no axis left alone made worse."""
         return (
             row["slice_perplexity_rise"] <= self.params.max_perplexity_rise
-            and row["validation_abs_bias_kept"] < 1
+            and row["abs_bias_kept"] < 1
             and not row.get("made_worse")
         )
 
 
 def said(row: dict[str, Any]) -> str:
     worse = row.get("made_worse")
+    statements = row.get("statements_abs_bias_kept")
     return (
-        f"validation |m| kept {row['validation_abs_bias_kept']:.2f}, corpus-slice perplexity "
+        f"validation |m| kept {row['validation_abs_bias_kept']:.2f}"
+        + (
+            f" (templates; statements {statements:.2f}, both {row['abs_bias_kept']:.2f})"
+            if statements is not None
+            else ""
+        )
+        + f", corpus-slice perplexity "
         f"{row['slice_perplexity_rise']:+.2%}"
         + (f"; moves {', '.join(worse)} away from zero: rejected" if worse else "")
     )
