@@ -106,7 +106,8 @@ def table_lines(table: list[dict], crows: list[dict]) -> list[str]:
         )
     lines.append("(* nothing was chosen for this axis: its selection-part interval contains 0)")
     lines.append(
-        "(statements: every statement pair of the axis, a format no selection reads; intervals resample statements)"
+        "(statements: the axis' held-out statement pairs, a format the selection never reads and the budget reads only "
+        "probe statements of; intervals resample statements)"
     )
     if any(row["axis"].startswith("questions:") for row in table):
         lines.append(
