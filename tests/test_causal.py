@@ -205,6 +205,7 @@ def test_prune_causal_writes_a_model_and_its_record(cli, planted, tmp_path):
         "--rounds",
         "1",
         "--sweep",
+        "--no-statements",
         "--out",
         tmp_path / "pruned",
         "--json",
@@ -212,6 +213,9 @@ def test_prune_causal_writes_a_model_and_its_record(cli, planted, tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["causal"]["chosen_budget"] in (0.01, 0.02) and payload["source_run"] is None
+    # --no-statements: budgets chosen on validation templates alone
+    assert all("statements_abs_bias_kept" not in row for row in payload["causal"]["budgets"])
+    assert payload["ranking"].endswith("chosen on validation templates")
     curve = payload["causal"]["heldout_curve"]  # evaluation only, one row per budget and axis
     assert [(row["budget"], row["axis"]) for row in curve] == [(0.01, "race"), (0.02, "race")]
     assert all(row["heldout_abs_bias_after"] < row["heldout_abs_bias_before"] for row in curve)
@@ -249,6 +253,8 @@ def test_an_audit_prunes_causally_and_the_report_shows_the_plan(planted, tmp_pat
     assert found["reduction"] > found["random_reduction"], found
     html = result.report.read_text(encoding="utf-8")
     assert "Causal selection" in html and "Budgets, measured on validation templates" in html and '"causal": {' in html
+    assert "probe statements: |output bias| kept" in html and "both (the objective)" in html
+    assert all(row["statements_abs_bias_kept"] >= 0 for row in result.pruned["causal"]["budgets"])
     assert "Held-out |output bias| kept at each budget" in html and "did not inform the choice" in html
     assert "The plan's forward passes ran in float32." in html
     assert "nationality: against random neurons" in html and html.count("This axis was not selected for") == 1

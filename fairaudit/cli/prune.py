@@ -179,6 +179,12 @@ def _comma_list(kind: type) -> Any:
     "(default: on)",
 )
 @click.option(
+    "--statements/--no-statements",
+    default=None,
+    help="--causal: choose the budget on the axes' probe statements too, a format the selection never reads "
+    "(default: on)",
+)
+@click.option(
     "--plan-in",
     type=click.Choice(["float32", "model"]),
     default=None,
@@ -258,6 +264,7 @@ def _pruning(causal: bool, axes: tuple[str, ...], options: dict[str, Any]) -> Pr
         validation_every=options.pop("validation_every"),
         heldout_curve=options.pop("heldout_curve"),
         collateral=options.pop("collateral"),
+        statements=options.pop("statements"),
         float32=None if plan_in is None else plan_in == "float32",
     )
     if causal:
