@@ -183,18 +183,35 @@ def test_compare_plans_both_from_the_same_gates_and_keeps_the_one_that_keeps_les
         method: plan(loaded, suites, CausalParams(method=method, **params), ids) for method in ("neurons", "erase")
     }
     found = plan(loaded, suites, CausalParams(method="compare", **params), ids)
-    kept = {
-        "neurons": alone["neurons"].budgets[0]["validation_abs_bias_kept"],
-        "erase": next(row for row in alone["erase"].budgets if row.get("chosen"))["validation_abs_bias_kept"],
+    chosen = {
+        "neurons": alone["neurons"].budgets[0],
+        "erase": next(row for row in alone["erase"].budgets if row.get("chosen")),
     }
-    assert {
-        method: row["validation_abs_bias_kept"] for method, row in found.compared.items() if method != "chosen"
-    } == kept
+    for key in ("abs_bias_kept", "validation_abs_bias_kept", "slice_perplexity_rise"):
+        assert {method: found.compared[method][key] for method in chosen} == {m: r[key] for m, r in chosen.items()}
+    kept = {method: row["abs_bias_kept"] for method, row in chosen.items()}  # templates and statements together
     winner = min(kept, key=kept.get)
     assert found.method == found.compared["chosen"] == winner
     assert found.budgets == alone[winner].budgets  # the same plan as the method alone makes
     assert (found.selection.erasure is not None) == (winner == "erase")
     assert found.as_dict()["compared"]["chosen"] == winner
+
+
+def test_compare_on_an_architecture_erasure_refuses_keeps_the_neurons_and_says_why(planted, monkeypatch):
+    _, loaded, ids = planted
+
+    def refuse(loaded, fitted):
+        raise ModelError("a norm sits after its writes")
+
+    monkeypatch.setattr(erasure, "check_writes", refuse)
+    params = {"budgets": [0.01], "rounds": 1, "strengths": [1.0]}
+    said = []
+    found = plan(loaded, [resolve_suite("race")], CausalParams(method="compare", **params), ids, said.append)
+    assert found.method == "neurons" and found.selection is not None and found.selection.erasure is None
+    assert found.compared["erase"] is None and found.compared["erase_refused"] == "a norm sits after its writes"
+    assert any("erase was refused" in line for line in said)
+    with pytest.raises(ModelError, match="norm sits after"):  # asked for erasure alone, the refusal stands
+        plan(loaded, [resolve_suite("race")], CausalParams(method="erase", **params), ids)
 
 
 def test_an_erasure_file_that_is_not_one_is_refused_with_its_path(tmp_path):

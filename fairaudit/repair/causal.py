@@ -85,6 +85,7 @@ class CausalPlan:
     selection: Any = None  # fairaudit.repair.prune.Selection
     method: str = "neurons"  # or "erase": budgets are rows per axis and strength, the selection carries the erasure
     compared: dict[str, Any] | None = None  # method compare: each method's chosen validation figures, and the winner
+    refused: str | None = None  # method compare: why erasure was refused for this architecture (neurons only)
     measured_in: str = "float32"  # the dtype the plan's forward passes ran in
     # per step (gate, attribution, guard, budget): wall seconds and token positions (`fairaudit.compute`)
     compute: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -203,11 +204,18 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
     # a format the selection never reads, for the choice of budget or strength (held-out statements are for evaluation)
     statements = {suite.axis: suite.statement_pairs("probe") for suite in suites} if params.statements else None
     if params.method in ("erase", "compare"):
+        from fairaudit.errors import ModelError
         from fairaudit.repair.strengths import choose_strengths, the_better
 
         erased = replace(found, order=[], guard=dict(found.guard), budgets=[], method="erase")
-        with accounted(found.compute, "erasure"):
-            choose_strengths(loaded, erased, parts, statements, active, slice_ids, params, say)
+        try:
+            with accounted(found.compute, "erasure"):
+                choose_strengths(loaded, erased, parts, statements, active, slice_ids, params, say)
+        except ModelError as exc:  # an architecture erasure cannot fold into: compare has neurons left
+            if params.method == "erase":
+                raise
+            erased.refused = str(exc)
+            say(f"erasure refused, neurons only: {exc}")
         if params.method == "erase":
             return erased
     found.method = "neurons"

@@ -90,13 +90,17 @@ def the_better(neurons, erased, say):
     figures = {"neurons": chosen(neurons), "erase": chosen(erased)}
     kept = {method: row["abs_bias_kept"] if row else math.inf for method, row in figures.items()}
     winner = erased if kept["erase"] < kept["neurons"] else neurons
-    winner.compared = {**figures, "chosen": winner.method if winner.selection is not None else None}
+    winner.compared = {
+        **figures,
+        "chosen": winner.method if winner.selection is not None else None,
+        **({"erase_refused": erased.refused} if erased.refused else {}),
+    }
     say(
         "compared on validation: "
         + "; ".join(
             f"{method} keeps {row['abs_bias_kept']:.2f} of |m| at {row['slice_perplexity_rise']:+.2%} perplexity"
             if row
-            else f"{method} found nothing acceptable"
+            else f"{method} {'was refused' if method == 'erase' and erased.refused else 'found nothing acceptable'}"
             for method, row in figures.items()
         )
         + (f": {winner.method} chosen" if winner.selection is not None else "")
