@@ -219,10 +219,8 @@ class CausalParams(BaseModel):
     )
     statements: bool = Field(
         default=True,
-        description="choose the budget (or strength) on each axis' probe statements too, a format the selection "
-        "never reads: the objective is the |m| kept over validation templates and probe statements together, and "
-        "a left-alone axis' statements are checked for collateral damage as its templates are; false: validation "
-        "templates only",
+        description="choose the budget (or strength) on validation templates and probe statements together (a "
+        "format the selection never reads; left-alone axes' statements checked for collateral too); false: templates",
     )
     heldout_curve: bool = Field(
         default=False,
@@ -230,11 +228,11 @@ class CausalParams(BaseModel):
         "(evaluation only: the choice is already made)",
     )
     method: Literal["neurons", "erase", "compare"] = Field(
-        default="neurons",
+        default="compare",
         description="neurons: choose MLP neurons (and heads) to remove; erase: fold a rank-`rank` projection "
         "that removes each gated axis' counterfactual direction from every layer's writes, at the strength "
-        "of `strengths` chosen on validation; compare: plan both, keep the one that keeps less validation "
-        "bias (docs/attribution.md)",
+        "of `strengths` chosen on validation; compare (the default): plan both, apply the one that keeps less "
+        "validation bias (neurons where erasure cannot fold into the architecture; docs/attribution.md)",
     )
     rank: int = Field(default=1, ge=1, le=16, description="erase: directions per gated axis")
     strengths: list[float] = Field(

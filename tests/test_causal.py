@@ -49,7 +49,7 @@ def test_causal_plan_gates_chooses_the_planted_neurons_and_removes_the_heldout_b
     )
     corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
     said = []
-    found = plan(loaded, suites, CausalParams(budgets=[0.01, 0.02]), corpus, say=said.append)  # neurons, the default
+    found = plan(loaded, suites, CausalParams(budgets=[0.01, 0.02], method="neurons"), corpus, say=said.append)
     monkeypatch.undo()
     # the time estimate said after the gate: the steps' planned token positions, a floor on what they forwarded
     assert any(line.startswith("attribution, quality guard and budgets: about ") for line in said), said
@@ -87,7 +87,7 @@ def test_shared_prefixes_leave_every_decision_of_the_plan_unchanged(planted, mon
     _, loaded = planted
     suites = [resolve_suite("race"), resolve_suite("gender")]
     corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
-    params = CausalParams(budgets=[0.01, 0.02], rounds=1)
+    params = CausalParams(budgets=[0.01, 0.02], rounds=1, method="neurons")
     found = {}
     for share in (True, False):
         monkeypatch.setattr(evaluate_module, "SHARE_PREFIXES", share)
@@ -109,7 +109,9 @@ def test_causal_plan_with_heads_chooses_the_head_that_carries_the_bias_and_zeroe
 
     truth, loaded = planted
     corpus = loaded.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
-    found = plan(loaded, [resolve_suite("race")], CausalParams(budgets=[0.01], rounds=1, heads=True), corpus)
+    found = plan(
+        loaded, [resolve_suite("race")], CausalParams(budgets=[0.01], rounds=1, heads=True, method="neurons"), corpus
+    )
     assert found.order[0] == attribution.Unit("head", 0, 0), found.order[:5]
     assert found.total == sum(128 for _ in range(4)) + 4 * 4 and found.as_dict()["heads"] >= 1
     assert (0, 0) in found.selection.heads
@@ -491,7 +493,7 @@ def test_a_bfloat16_model_is_planned_in_float32_and_given_back_unchanged(planted
     _, reference = planted
     half = load_model(ModelSpec(id=reference.provenance["source"], dtype="bfloat16"))
     corpus = half.tokenizer((data_dir() / "corpus.txt").read_text(encoding="utf-8"))["input_ids"]
-    suites, params = [resolve_suite("race")], CausalParams(budgets=[0.01, 0.02], rounds=1)
+    suites, params = [resolve_suite("race")], CausalParams(budgets=[0.01, 0.02], rounds=1, method="neurons")
     before = weights_hash(half.model)
     said, seen = [], []
     record = lambda module, args, out: seen.append((out[0] if isinstance(out, tuple) else out).dtype)  # noqa: E731
