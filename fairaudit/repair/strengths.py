@@ -22,9 +22,9 @@ def choose_strengths(
 ) -> None:
     """The planner's erasure: fit the directions of the `active` axes on their selection pairs;
     for each axis, measure its directions alone at each of `params.strengths` on its validation
-    pairs (and every left-alone axis') and the corpus slice, and take the strength a budget would
-    be taken (`fairaudit.repair.validation.Before`, with the probe `statements` too); then measure the chosen strengths together
-    and, where several axes were chosen, each axis' alone, on all axes' validation pairs, and keep
+    pairs and probe `statements` (and every left-alone axis') and the corpus slice, and take the
+    strength a budget would be taken (`fairaudit.repair.validation.Before`); then measure the
+    chosen strengths together and, where several axes were chosen, each axis' alone, on all axes' validation pairs, and keep
     the acceptable one that keeps the least |m|. Fills `found`: its budgets are rows per axis and
     strength, then the combinations ("together", "AXIS only"; the one kept marked `chosen`)."""
     from fairaudit.repair.erasure import check_writes, fit, folded
