@@ -225,3 +225,13 @@ def test_an_erasure_file_that_is_not_one_is_refused_with_its_path(tmp_path):
     assert (
         torch.equal(back.directions, chosen.directions) and back.strengths == [0.5, 0.5] and back.axes == ["race"] * 2
     )
+
+
+def test_the_printed_summary_says_an_erasure_was_applied_not_that_nothing_was_pruned():
+    from fairaudit.cli.output import erasure_said
+
+    assert erasure_said({"chosen_strengths": {"religion": 1.0, "race": 0.25}}) == (
+        "erased the counterfactual direction of religion (strength 1), race (strength 0.25) from every layer's "
+        "attention and MLP writes"
+    )
+    assert erasure_said({"chosen_budget": 0.0005}) is None and erasure_said(None) is None

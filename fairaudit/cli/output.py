@@ -78,6 +78,16 @@ def comparison_rows(comparisons: list[dict[str, Any]]) -> list[list[str]]:
     ]
 
 
+def erasure_said(causal: dict[str, Any] | None) -> str | None:
+    """'erased the counterfactual direction of religion (strength 1) ...' for a causal plan that
+    applied an erasure, else None."""
+    strengths = (causal or {}).get("chosen_strengths")
+    if not strengths:
+        return None
+    erased = ", ".join(f"{axis} (strength {strength:g})" for axis, strength in strengths.items())
+    return f"erased the counterfactual direction of {erased} from every layer's attention and MLP writes"
+
+
 def percent(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:+.1f}%"
 
@@ -115,8 +125,11 @@ def report_result(result: AuditResult, quiet: bool, as_json: bool) -> None:
         if result.pruned.get("removed") is not None:
             pruned = result.pruned
             heads = f" and zeroed {len(pruned['heads'])} attention heads" if pruned.get("heads") else ""
+            what = (
+                erasure_said(pruned.get("causal")) or f"pruned {pruned['removed']} of {pruned['neurons']} MLP neurons"
+            )
             click.echo(
-                f"\npruned {pruned['removed']} of {pruned['neurons']} MLP neurons{heads}; parameters "
+                f"\n{what}{heads}; parameters "
                 f"{pruned['parameters_before']:,} -> {pruned['parameters_after']:,}; model in {pruned['out']}"
             )
         elif result.pruned.get("skipped"):

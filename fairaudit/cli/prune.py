@@ -11,7 +11,7 @@ import click
 from pydantic import ValidationError
 
 from fairaudit.cli.options import device_options, field_option, given, lists, on_device, quiet_mode
-from fairaudit.cli.output import dumps, number, percent, print_table
+from fairaudit.cli.output import dumps, erasure_said, number, percent, print_table
 from fairaudit.config import CausalParams, HeadsParams, PruningConfig, SelectionParams
 from fairaudit.errors import ConfigError
 
@@ -307,7 +307,7 @@ def _print_outcome(outcome: Any, as_json: bool) -> None:
         for layer, (before, after, zeroed) in enumerate(zip(report.widths_before, report.widths_after, report.zeroed))
     ]
     print_table(rows, ["layer", "width before", "pruned", "width after", "of which zeroed"])
-    click.echo(f"neurons ranked by {outcome.ranking}")
+    click.echo(erasure_said(outcome.causal) or f"neurons ranked by {outcome.ranking}")
     click.echo(
         f"neurons pruned: {report.removed} of {sum(report.widths_before)} "
         f"({100 * report.removed / sum(report.widths_before):.3f}%)"
