@@ -228,10 +228,14 @@ def test_an_erasure_file_that_is_not_one_is_refused_with_its_path(tmp_path):
 
 
 def test_the_printed_summary_says_an_erasure_was_applied_not_that_nothing_was_pruned():
-    from fairaudit.cli.output import erasure_said
+    from fairaudit.cli.output import erasure_said, repaired
 
     assert erasure_said({"chosen_strengths": {"religion": 1.0, "race": 0.25}}) == (
         "erased the counterfactual direction of religion (strength 1), race (strength 0.25) from every layer's "
         "attention and MLP writes"
     )
     assert erasure_said({"chosen_budget": 0.0005}) is None and erasure_said(None) is None
+    pruned = {"removed": 23, "neurons": 46080, "parameters_before": 10, "parameters_after": 10, "out": "m"}
+    assert repaired(pruned) == "pruned 23 of 46080 MLP neurons; parameters 10 -> 10; model in m"
+    erased = {**pruned, "removed": 0, "causal": {"chosen_strengths": {"religion": 1.0}}}
+    assert repaired(erased).startswith("erased the counterfactual direction of religion (strength 1)")

@@ -78,6 +78,16 @@ def comparison_rows(comparisons: list[dict[str, Any]]) -> list[list[str]]:
     ]
 
 
+def repaired(pruned: dict[str, Any]) -> str:
+    """The summary's line for a pruned or erased model."""
+    heads = f" and zeroed {len(pruned['heads'])} attention heads" if pruned.get("heads") else ""
+    what = erasure_said(pruned.get("causal")) or f"pruned {pruned['removed']} of {pruned['neurons']} MLP neurons"
+    return (
+        f"{what}{heads}; parameters {pruned['parameters_before']:,} -> {pruned['parameters_after']:,}; "
+        f"model in {pruned['out']}"
+    )
+
+
 def erasure_said(causal: dict[str, Any] | None) -> str | None:
     """'erased the counterfactual direction of religion (strength 1) ...' for a causal plan that
     applied an erasure, else None."""
@@ -123,15 +133,7 @@ def report_result(result: AuditResult, quiet: bool, as_json: bool) -> None:
         if result.skipped_axes:
             click.echo(f"resumed: axes already stored were not recomputed: {', '.join(result.skipped_axes)}")
         if result.pruned.get("removed") is not None:
-            pruned = result.pruned
-            heads = f" and zeroed {len(pruned['heads'])} attention heads" if pruned.get("heads") else ""
-            what = (
-                erasure_said(pruned.get("causal")) or f"pruned {pruned['removed']} of {pruned['neurons']} MLP neurons"
-            )
-            click.echo(
-                f"\n{what}{heads}; parameters "
-                f"{pruned['parameters_before']:,} -> {pruned['parameters_after']:,}; model in {pruned['out']}"
-            )
+            click.echo(f"\n{repaired(result.pruned)}")
         elif result.pruned.get("skipped"):
             click.echo(f"\nnothing pruned: {result.pruned['skipped']}")
         if result.comparisons:
