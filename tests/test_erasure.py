@@ -154,6 +154,7 @@ def test_a_compare_audit_saves_a_plain_erased_model_and_compares_random_directio
     assert (
         "Both repairs were planned from these gates" in html and "The one that keeps less, erasure, was applied" in html
     )
+    assert "race: against random directions of the same number and strength, |output-level bias| on held-out" in html
 
 
 def test_with_several_axes_the_plan_keeps_the_best_acceptable_combination(planted):

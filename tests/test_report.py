@@ -140,7 +140,8 @@ def test_numbers_in_the_html_equal_the_store(audited):
         moved = "yes" if questions["abs_low"] > 0 else "no" if questions["abs_high"] < 0 else "unclear"
         assert parser.values[("glance_question_moved_away", axis)][0] == moved
         assert (
-            f"{axis}: against random neurons of the same number per layer, |output-level bias| in the statement" in html
+            f"{axis}: against random neurons of the same number per layer, |output-level bias| in held-out statements"
+            in html
         )
 
 

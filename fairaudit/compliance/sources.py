@@ -108,7 +108,7 @@ METRICS: dict[str, MetricSource] = {
         "statement_preference",
         "change",
         "change of |statement preference|, pruned minus original (nats): positive = the axis moved away from zero "
-        "in the statement format, which no selection reads",
+        "in the statement format, which the selection never reads",
         field="abs_change",
     ),
     "abs_bbq_bias_ambiguous_change": MetricSource(

@@ -85,26 +85,24 @@ def _direction_verdict(axis: str, change: dict[str, Any] | None) -> str:
     return f"{axis}: the output-level preference for the negative continuation went from {before:+.4f} to {after:+.4f}: {what} ({interval}{certainty})."
 
 
-def _random_verdict(axis: str, found: dict[str, float], selected: bool | None = None, prefix: str = "") -> str | None:
-    """Did the chosen selection beat random neurons of the same number per layer (the
-    `random_baseline` evaluator)? Said plainly either way; `selected` False: a causal selection
-    left this axis alone, so what moved it is a side effect. `prefix` "statements_" or
-    "questions_": the same in that format."""
+AGAINST = ("random neurons of the same number per layer", "random directions of the same number and strength")
+
+
+def _random_verdict(axis: str, found: dict, selected: bool | None = None, prefix: str = "", erased=False) -> str | None:
+    """Did the chosen repair beat random ones of the same size (`random_baseline`: neurons per layer, or
+    with `erased` directions)? Said plainly either way; `selected` False: a causal selection left this
+    axis alone, so what moved it is a side effect. `prefix` "statements_" or "questions_": that format."""
     found = {key[len(prefix) :]: value for key, value in found.items() if key.startswith(prefix)}
     if "beats_random_p" not in found:
         return None
     p = found["beats_random_p"]
     outcome = "beat random selections" if p < 0.05 else "did not beat random selections"
-    aside = (
-        " This axis was not selected for (its bias was not distinguishable from zero on the selection templates): "
-        "the change is a side effect."
-        if selected is False and not prefix
-        else ""
-    )
-    where = {"statements_": "in the statement format,", "questions_": "in the question format (s_AMB),"}.get(prefix)
+    side = " This axis was not selected for (its bias was not distinguishable from zero on the selection templates): "
+    aside = side + "the change is a side effect." if selected is False and not prefix else ""
+    where = {"statements_": "in held-out statements,", "questions_": "in the question format (s_AMB),"}.get(prefix)
     where = f"{where} which no selection reads," if where else "on held-out templates"
     return (
-        f"{axis}: against random neurons of the same number per layer, |output-level bias| {where} went from "
+        f"{axis}: against {AGAINST[erased]}, |output-level bias| {where} went from "
         f"{found['abs_output_bias_before']:.4f} to {found['abs_output_bias_after']:.4f} (random selections: "
         f"{found['abs_output_bias_random']:.4f}); the chosen selection {outcome} (one-sided permutation p = {p:.2g}).{aside}"
     )
@@ -197,7 +195,8 @@ def axis_summary(
     prune: dict[str, Any] | None,
 ) -> Rows:
     """One row per axis: the probe's figures, the before/after changes, and the verdict sentences."""
-    selected = {gate["axis"]: gate["active"] for gate in ((prune or {}).get("causal") or {}).get("gates", [])}
+    causal = (prune or {}).get("causal") or {}
+    selected, erased = {gate["axis"]: gate["active"] for gate in causal.get("gates", [])}, "chosen_strengths" in causal
     summary = []
     for axis in axes:
         row = summaries.get(axis, {})
@@ -238,9 +237,9 @@ def axis_summary(
                             "the bias index on held-out templates",
                         ),
                         _direction_verdict(axis, change.get(("output_bias", axis, "stereotype_preference"))),
-                        _random_verdict(axis, random, selected.get(axis)),
-                        _random_verdict(axis, random, selected.get(axis), "statements_"),
-                        _random_verdict(axis, random, selected.get(axis), "questions_"),
+                        _random_verdict(axis, random, selected.get(axis), "", erased),
+                        _random_verdict(axis, random, selected.get(axis), "statements_", erased),
+                        _random_verdict(axis, random, selected.get(axis), "questions_", erased),
                     )
                     if verdict
                 ]
