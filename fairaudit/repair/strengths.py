@@ -66,7 +66,8 @@ def choose_strengths(
             widths,
             ranking=f"erasure: {fitted.rank} direction(s) of {', '.join(active)} fitted, those of "
             f"{', '.join(f'{axis} at strength {s:g}' for axis, s in combination.items())} removed from every layer's "
-            "writes (chosen on validation templates" + (" and probe statements)" if statements else ")"),
+            "writes (chosen on validation templates"
+            + (" and probe statements)" if "statements" in before.formats else ")"),
         )
         found.selection.erasure = fitted.at(combination)
 

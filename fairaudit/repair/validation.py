@@ -53,10 +53,9 @@ class Before:
         watched = [axis for axis in validation if axis in active or params.collateral]
         # format -> axis -> pairs: what each candidate is measured on
         self.formats = {"templates": {axis: validation[axis] for axis in watched}}
-        if statements:
-            self.formats["statements"] = {
-                axis: statements[axis] for axis in watched if len(statements.get(axis, [])) > 1
-            }
+        found = {axis: (statements or {}).get(axis, []) for axis in watched}
+        if any(len(pairs) > 1 for pairs in found.values()):  # suites without statements: templates alone
+            self.formats["statements"] = {axis: pairs for axis, pairs in found.items() if len(pairs) > 1}
         self.perplexity = corpus_perplexity(loaded, slice_ids)
         self.bias = {
             name: {axis: output_bias_values(loaded, pairs) for axis, pairs in chosen.items()}
