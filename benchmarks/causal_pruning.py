@@ -273,7 +273,7 @@ def main() -> None:
     full_before, full_after = corpus_perplexity(loaded, ids), corpus_perplexity(loaded, ids, selection)
     print("\n" + "\n".join(table_lines(table, crows)))
     edited = (
-        f"{selection.erasure.rank} directions erased"
+        f"{selection.erasure.rank} direction{'s' if selection.erasure.rank > 1 else ''} erased"
         if selection.erasure is not None
         else f"{neurons} neurons and {heads} heads of {found.total} units ({(neurons + heads) / found.total:.3%})"
     )
