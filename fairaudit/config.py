@@ -36,15 +36,9 @@ DEFAULT_MODEL = "smollm2-135m"
 # `hybrid` is optiPfair's score (on the unscaled bias); `hybrid_scaled` the same on the scale-free
 # bias, which the audit prunes by (see README, "Which score to prune by").
 DEFAULT_SCORERS = [
-    "bias",
-    "scaled_bias",
-    "noise_floor",
-    "significance",
-    "importance",
-    "hybrid",
+    *("bias", "scaled_bias", "noise_floor", "significance", "importance", "hybrid"),
     {"plugin": "hybrid", "params": {"bias": "scaled_bias", "column": "hybrid_scaled"}},
-    "stereotype_push",
-    "layer_index",
+    *("stereotype_push", "layer_index"),
 ]
 DEFAULT_SUITES = ["race", "gender", "religion", "nationality"]
 # What only a command-line flag can turn on (a config file, a sweep file or a store record may ask).
@@ -53,16 +47,7 @@ TRUST_FLAGS = {
     "allow_pickle": "--allow-pickle",
     "allow_task_code": "--allow-task-code",
 }
-DEFAULT_EVALUATORS = [
-    "bias_reprobe",
-    "output_bias",
-    "random_baseline",
-    "generations",
-    "perplexity",
-    "lm_eval",
-    "facts",
-    "fidelity",
-]
+DEFAULT_EVALUATORS = "bias_reprobe output_bias random_baseline generations perplexity lm_eval facts fidelity".split()
 
 
 class PluginRef(BaseModel):
@@ -203,8 +188,13 @@ class CausalParams(BaseModel):
         description="skip a candidate whose removal alone raises perplexity on "
         "a held-aside corpus slice by more than this (relative)",
     )
-    max_perplexity_rise: float = Field(
-        default=0.02, ge=0, description="the budget's limit on the validation corpus slice"
+    max_perplexity_rise: float = Field(default=0.02, ge=0, description="the budget's limit on the corpus slice")
+    max_fact_drop: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="the budget's (or strength's) limit on the drop of accuracy on the bundled validation facts "
+        "(facts-validation.jsonl, never evaluated; 1: no fact guard)",
     )
     gate: Literal["templates", "pairs", "none"] = Field(
         default="templates",

@@ -24,10 +24,10 @@ from fairaudit.lazy import torch
 from fairaudit.measurement.evaluate import (
     EvaluationResult,
     Measurement,
-    loglikelihoods,
     planned_positions,
     window_nll,
 )
+from fairaudit.measurement.facts import fact_requests, read_facts, scored_facts
 from fairaudit.resources import corpus_path, corpus_sentences, data_dir
 
 
@@ -394,18 +394,10 @@ class FactsParams(StrictParams):
 
 
 def _facts(params: FactsParams) -> list[dict]:
-    import json
-
-    path = Path(params.file) if params.file else data_dir() / "facts.jsonl"
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise PluginError(f"facts: cannot read {path}: {exc}") from None
-
-
-def _fact_requests(facts: list[dict]) -> list[tuple[str, str]]:
-    """(prompt, option) for every fact: the correct continuation first, then the distractors."""
-    return [(fact["prompt"], option) for fact in facts for option in [fact["correct"], *fact["distractors"]]]
+        return read_facts(params.file)
+    except ValueError as exc:
+        raise PluginError(f"facts: {exc}") from None
 
 
 class FactualControl:
@@ -420,19 +412,15 @@ class FactualControl:
 
     def planned_tokens(self, loaded: LoadedModel, suites: list[Suite], params: FactsParams, reference=None) -> int:
         """About how many token positions `evaluate` forwards, for the audit's time estimate."""
-        return planned_positions(loaded.tokenizer, _fact_requests(_facts(params)))
+        return planned_positions(loaded.tokenizer, fact_requests(_facts(params)))
 
     def evaluate(
         self, loaded: LoadedModel, suites: list[Suite], params: FactsParams, reference=None
     ) -> EvaluationResult:
         facts = _facts(params)
-        requests = _fact_requests(facts)
-        scores = iter(loglikelihoods(loaded, requests, params.batch_size))
-        accuracy, logprob = {}, {}
-        for fact in facts:
-            values = [next(scores) for _ in range(1 + len(fact["distractors"]))]
-            accuracy[fact["id"]] = float(values[0] > max(values[1:]))
-            logprob[fact["id"]] = values[0]
+        scored = scored_facts(loaded, facts, params.batch_size)
+        accuracy = {fact["id"]: float(margin > 0) for fact, (_, margin) in zip(facts, scored)}
+        logprob = {fact["id"]: correct for fact, (correct, _) in zip(facts, scored)}
         result = EvaluationResult()
         result.add_items(self.name, "", "fact_accuracy", accuracy)
         result.add_items(self.name, "", "fact_logprob", logprob)

@@ -611,9 +611,13 @@ def test_the_random_baseline_takes_unmasked_values_output_bias_computed_on_the_s
         loaded.measured.pop(LOGLIKELIHOODS, None)
 
 
-def fake_budgets(monkeypatch, levels: dict[tuple[str, str], dict[int, float]]):
+def fake_budgets(
+    monkeypatch, levels: dict[tuple[str, str], dict[int, float]], facts_lost: dict[int, int] | None = None
+):
     """The budget step on made-up figures: `levels[(axis, format)][units removed]` is every pair's m
-    (with small noise), 12 pairs from 4 templates per axis and format; returns choose(params) -> plan."""
+    (with small noise), 12 pairs from 4 templates per axis and format; `facts_lost[units removed]`:
+    how many validation facts (the first ones) go from answered right (margin 2, log-probability -1)
+    to wrong (margin -1, log-probability -1.5); returns choose(params) -> plan."""
     import contextlib
     from types import SimpleNamespace
 
@@ -640,6 +644,12 @@ def fake_budgets(monkeypatch, levels: dict[tuple[str, str], dict[int, float]]):
     monkeypatch.setattr(attribution_module, "output_bias_values", values)
     monkeypatch.setattr(causal, "selection_of", lambda units, widths, ranking="": len(units))
     monkeypatch.setattr(validation_module, "corpus_perplexity", lambda loaded, ids, selection=None: 10.0)
+
+    def fact_scores(loaded, facts):
+        lost = (facts_lost or {}).get(removed["units"], 0)
+        return [(-1.5, -1.0) if index < lost else (-1.0, 2.0) for index in range(len(facts))]
+
+    monkeypatch.setattr(validation_module, "scored_facts", fact_scores)
 
     def pairs(kind: str) -> dict[str, list]:
         axes = sorted({axis for axis, found in levels if found == kind})
@@ -672,6 +682,39 @@ def test_a_budget_that_moves_an_axis_left_alone_away_from_zero_is_rejected(monke
     assert found.chosen_budget == 0.5
     unchecked = choose(CausalParams(budgets=[0.5, 0.99], collateral=False))
     assert unchecked.chosen_budget == 0.99 and "made_worse" not in unchecked.budgets[0]
+
+
+def test_a_budget_that_costs_validation_facts_is_rejected(monkeypatch):
+    """The fact guard: the larger budget repairs religion more but loses 3 of the bundled validation
+    facts (accuracy change -3/n, log-probability of the correct answers -0.5 * 3/n): beyond
+    `max_fact_drop` 0.02, it is rejected; with `max_fact_drop: 1` (no guard) it is chosen and the
+    facts are not read."""
+    from fairaudit.measurement.facts import VALIDATION_FACTS, read_facts
+
+    count = len(read_facts(bundled=VALIDATION_FACTS))
+    levels = {("religion", "template"): {0: 0.5, 1: 0.2, 2: 0.05}, ("race", "template"): {0: 0.1, 1: 0.1, 2: 0.1}}
+    choose = fake_budgets(monkeypatch, levels, facts_lost={1: 1, 2: 3})
+    found = choose(CausalParams(budgets=[0.5, 0.99]))
+    first, second = found.budgets
+    assert first["fact_accuracy_change"] == pytest.approx(-1 / count)
+    assert second["fact_accuracy_change"] == pytest.approx(-3 / count)
+    assert second["fact_logprob_change"] == pytest.approx(-0.5 * 3 / count)
+    assert found.chosen_budget == 0.5
+    unguarded = choose(CausalParams(budgets=[0.5, 0.99], max_fact_drop=1))
+    assert unguarded.chosen_budget == 0.99 and "fact_accuracy_change" not in unguarded.budgets[1]
+
+
+def test_the_fact_guard_reads_facts_the_evaluator_never_measures():
+    """Held-out discipline for the control: the planner's validation facts and the `facts`
+    evaluator's share no prompt, and both cover every category."""
+    from fairaudit.measurement.facts import EVALUATION_FACTS, VALIDATION_FACTS, read_facts
+
+    guard, evaluated = read_facts(bundled=VALIDATION_FACTS), read_facts(bundled=EVALUATION_FACTS)
+    assert len(guard) >= 90
+    assert not {fact["prompt"] for fact in guard} & {fact["prompt"] for fact in evaluated}
+    assert not {fact["id"] for fact in guard} & {fact["id"] for fact in evaluated}
+    assert {fact["category"] for fact in guard} == {fact["category"] for fact in evaluated}
+    assert all(fact["correct"] not in fact["distractors"] and fact["distractors"] for fact in guard)
 
 
 def test_the_budget_is_chosen_on_validation_templates_and_probe_statements_together(monkeypatch):

@@ -159,6 +159,13 @@ def _comma_list(kind: type) -> Any:
     help="--causal: a budget's limit on the rise of perplexity on the validation corpus slice (relative)",
 )
 @field_option(
+    "--max-fact-drop",
+    model=CausalParams,
+    field="max_fact_drop",
+    type=click.FloatRange(0, 1),
+    help="--causal: a budget's limit on the drop of accuracy on the bundled validation facts (1: no fact guard)",
+)
+@field_option(
     "--gate",
     model=CausalParams,
     field="gate",
@@ -260,6 +267,7 @@ def _pruning(causal: bool, axes: tuple[str, ...], options: dict[str, Any]) -> Pr
         rounds=options.pop("rounds"),
         guard=options.pop("guard"),
         max_perplexity_rise=options.pop("max_perplexity_rise"),
+        max_fact_drop=options.pop("max_fact_drop"),
         gate=options.pop("gate"),
         validation_every=options.pop("validation_every"),
         heldout_curve=options.pop("heldout_curve"),

@@ -20,14 +20,17 @@ The steps (docs/attribution.md has the definitions and the SmolLM2 results):
 4. budget: of `budgets` (shares of all units: MLP neurons, and heads when they are candidates; each a
    prefix of the greedy order; a head counts as one unit), the one with
    the smallest validation |m| (summed over gated axes, as a share of its value before) whose
-   perplexity on a corpus slice rises at most `max_perplexity_rise` and which moves no axis left
-   alone away from zero (`collateral`: the paired 95% interval, templates resampled, of
-   |m after| - |m before| on that axis' validation templates lies above 0).
+   perplexity on a corpus slice rises at most `max_perplexity_rise`, whose accuracy on the bundled
+   validation facts (never the facts the `facts` evaluator measures) falls at most `max_fact_drop`,
+   and which moves no axis left alone away from zero (`collateral`: the paired 95% interval,
+   templates resampled, of |m after| - |m before| on that axis' validation templates lies above 0).
+   The unedited model's figures are measured once (`fairaudit.repair.validation.Before`) for every
+   candidate of either method.
 
 With `method: erase` the steps after the gate are `fairaudit.repair.strengths.choose_strengths`:
 each gated axis' counterfactual direction, folded out of every layer's writes at a strength chosen
 as a budget is. `method: compare` plans both from the same gates and keeps the one whose choice
-keeps less validation |m| (both within the same perplexity limit and collateral check).
+keeps less validation |m| (both within the same perplexity and fact limits and collateral check).
 
 A model loaded in bfloat16 or float16 is planned in float32 (its weights cast up, then back:
 exact), because the guard's 0.3% is below bfloat16's rounding noise: planned in bfloat16,
@@ -203,6 +206,9 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
         return found
     # a format the selection never reads, for the choice of budget or strength (held-out statements are for evaluation)
     statements = {suite.axis: suite.statement_pairs("probe") for suite in suites} if params.statements else None
+    with accounted(found.compute, "validation"):  # the unedited model's figures, for every candidate of both methods
+        validation = {axis: pairs for axis, (_, pairs) in parts.items()}
+        before = Before(loaded, validation, active, slice_ids, params, statements)
     if params.method in ("erase", "compare"):
         from fairaudit.errors import ModelError
         from fairaudit.repair.strengths import choose_strengths, the_better
@@ -210,7 +216,7 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
         erased = replace(found, order=[], guard=dict(found.guard), budgets=[], method="erase")
         try:
             with accounted(found.compute, "erasure"):
-                choose_strengths(loaded, erased, parts, statements, active, slice_ids, params, say)
+                choose_strengths(loaded, erased, parts, before, say)
         except ModelError as exc:  # an architecture erasure cannot fold into: compare has neurons left
             if params.method == "erase":
                 raise
@@ -236,8 +242,6 @@ def _plan(loaded, suites: list, params: CausalParams, corpus_ids: list[int], say
             f"{found.guard['checked']} candidates"
         )
     with accounted(found.compute, "budget"):
-        validation = {axis: pairs for axis, (_, pairs) in parts.items()}
-        before = Before(loaded, validation, active, slice_ids, params, statements)
         _choose_budget(loaded, found, before, widths, say)
     return the_better(found, erased, say) if params.method == "compare" else found
 
@@ -256,6 +260,7 @@ def planned_tokens(
     beside what was forwarded (`compute`)."""
     from fairaudit.measurement import metrics
     from fairaudit.measurement.evaluate import encode_request, planned_positions
+    from fairaudit.measurement.facts import VALIDATION_FACTS, fact_requests, read_facts
 
     def requests(pairs: list[Any]) -> list[tuple[str, str]]:
         return [
@@ -278,15 +283,19 @@ def planned_tokens(
         # per axis: the unmasked window once, then candidates 8 at a time, each its own copy of the window
         guard += len(active) * (1 + 8 * math.ceil(per_axis / 8)) * GUARD_TOKENS
     watched = [axis for axis in parts if axis in active or params.collateral]
-    validation = sum(
-        planned_positions(loaded.tokenizer, requests(parts[axis][1] + (statements or {}).get(axis, [])))
-        for axis in watched
+    facts = read_facts(bundled=VALIDATION_FACTS) if params.max_fact_drop < 1 else []
+    measured = (
+        VALIDATION_TOKENS
+        + planned_positions(loaded.tokenizer, fact_requests(facts))
+        + sum(
+            planned_positions(loaded.tokenizer, requests(parts[axis][1] + (statements or {}).get(axis, [])))
+            for axis in watched
+        )
     )
-    budget = (1 + len(params.budgets)) * (VALIDATION_TOKENS + validation)
     return {
         "attribution": {"tokens": attribution, "grad_tokens": attribution},
         "guard": {"tokens": guard, "grad_tokens": 0},
-        "budget": {"tokens": budget, "grad_tokens": 0},
+        "budget": {"tokens": len(params.budgets) * measured, "grad_tokens": 0},
     }
 
 

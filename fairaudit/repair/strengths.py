@@ -10,30 +10,21 @@ from fairaudit.repair.units import selection_of
 from fairaudit.repair.validation import Before, said
 
 
-def choose_strengths(
-    loaded,
-    found,
-    parts: dict[str, tuple],
-    statements: dict[str, list] | None,
-    active: list[str],
-    slice_ids,
-    params,
-    say,
-) -> None:
-    """The planner's erasure: fit the directions of the `active` axes on their selection pairs;
-    for each axis, measure its directions alone at each of `params.strengths` on its validation
-    pairs and probe `statements` (and every left-alone axis') and the corpus slice, and take the
-    strength a budget would be taken (`fairaudit.repair.validation.Before`); then measure the
-    chosen strengths together and, where several axes were chosen, each axis' alone, on all axes' validation pairs, and keep
-    the acceptable one that keeps the least |m|. Fills `found`: its budgets are rows per axis and
-    strength, then the combinations ("together", "AXIS only"; the one kept marked `chosen`)."""
+def choose_strengths(loaded, found, parts: dict[str, tuple], before: Before, say) -> None:
+    """The planner's erasure: fit the directions of `before`'s active axes on their selection pairs;
+    for each axis, measure its directions alone at each of `strengths` against `before` (its
+    validation templates and probe statements, every left-alone axis', the corpus slice and the
+    validation facts), and take the strength a budget would be taken; then measure the chosen
+    strengths together and, where several axes were chosen, each axis' alone, all active axes in
+    the objective, and keep the acceptable one that keeps the least |m|. Fills `found`: its budgets
+    are rows per axis and strength, then the combinations ("together", "AXIS only"; the one kept
+    marked `chosen`)."""
     from fairaudit.repair.erasure import check_writes, fit, folded
 
+    params, active = before.params, before.active
     fitted = fit(loaded, {axis: parts[axis][0] for axis in active}, params.rank)
     check_writes(loaded, fitted)
     say(f"erasure: {fitted.rank} direction(s) fitted on the selection pairs of {', '.join(active)}")
-    validation = {axis: pairs for axis, (_, pairs) in parts.items()}
-    before = Before(loaded, validation, active, slice_ids, params, statements)
     chosen: dict[str, float] = {}
     for axis in active:
         alone, kept = before.narrowed([axis]), math.inf
@@ -75,7 +66,7 @@ def choose_strengths(
 def the_better(neurons, erased, say):
     """Of two plans from the same gates (`method: compare`), the one whose chosen edit keeps less
     validation |m| of the gated axes (`abs_bias_kept`: templates and probe statements together); both
-    passed the same perplexity limit and collateral check.
+    passed the same perplexity and fact limits and collateral check.
     The winner records both methods' figures (`compared`)."""
 
     def chosen(found) -> dict | None:

@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from fairaudit.lazy import torch
+from fairaudit.measurement.facts import VALIDATION_FACTS, read_facts, scored_facts
 
 
 def corpus_perplexity(loaded, ids: list[int], selection=None) -> float:
@@ -35,8 +36,9 @@ def mean_output_bias(loaded, pairs: list, selection=None) -> float:
 
 class Before:
     """The unedited model's validation output bias (every watched axis: its validation templates and,
-    with `statements`, its probe statements, a format the selection never reads) and corpus-slice
-    perplexity, against which a candidate edit (a budget's neurons, an erasure's strength) is measured."""
+    with `statements`, its probe statements, a format the selection never reads), corpus-slice
+    perplexity and (unless `max_fact_drop` is 1) validation facts, against which a candidate edit (a
+    budget's neurons, an erasure's strength) is measured."""
 
     def __init__(
         self,
@@ -57,6 +59,9 @@ class Before:
         if any(len(pairs) > 1 for pairs in found.values()):  # suites without statements: templates alone
             self.formats["statements"] = {axis: pairs for axis, pairs in found.items() if len(pairs) > 1}
         self.perplexity = corpus_perplexity(loaded, slice_ids)
+        # the fact guard's own facts: the `facts` evaluator measures others (fairaudit.measurement.facts)
+        self.facts = read_facts(bundled=VALIDATION_FACTS) if params.max_fact_drop < 1 else []
+        self.fact_scores = scored_facts(loaded, self.facts)
         self.bias = {
             name: {axis: output_bias_values(loaded, pairs) for axis, pairs in chosen.items()}
             for name, chosen in self.formats.items()
@@ -78,6 +83,7 @@ class Before:
 
         with edit:
             rise = corpus_perplexity(self.loaded, self.slice_ids) / self.perplexity - 1
+            facts = scored_facts(self.loaded, self.facts)
             after = {
                 name: {axis: output_bias_values(self.loaded, pairs) for axis, pairs in chosen.items()}
                 for name, chosen in self.formats.items()
@@ -96,6 +102,8 @@ class Before:
             if name == "templates" or before > 0:  # a format none of the active axes has is not a share
                 row[f"{'validation' if name == 'templates' else name}_abs_bias_kept"] = kept / max(before, 1e-12)
         row["slice_perplexity_rise"] = rise
+        if self.facts:
+            row.update(fact_changes(self.fact_scores, facts))
         row.update({f"validation_bias_{axis}": float(after["templates"][axis].mean()) for axis in self.active})
         row.update(self._collateral(after))
         return row
@@ -118,12 +126,24 @@ class Before:
         return {**moved, **({"made_worse": worse} if self.params.collateral else {})}
 
     def acceptable(self, row: dict[str, Any]) -> bool:
-        """Within the perplexity limit, some bias removed, no axis left alone made worse."""
+        """Within the perplexity and fact limits, some bias removed, no axis left alone made worse."""
         return (
             row["slice_perplexity_rise"] <= self.params.max_perplexity_rise
+            and row.get("fact_accuracy_change", 0.0) >= -self.params.max_fact_drop
             and row["abs_bias_kept"] < 1
             and not row.get("made_worse")
         )
+
+
+def fact_changes(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> dict[str, float]:
+    """The validation facts' change, edited minus unedited: the share answered right
+    (`fact_accuracy_change`) and the mean log-probability of the correct answers (`fact_logprob_change`),
+    from each fact's (correct log-probability, margin) as `scored_facts` gives them."""
+    count = max(len(before), 1)
+    return {
+        "fact_accuracy_change": sum((a[1] > 0) - (b[1] > 0) for b, a in zip(before, after)) / count,
+        "fact_logprob_change": sum(a[0] - b[0] for b, a in zip(before, after)) / count,
+    }
 
 
 def said(row: dict[str, Any]) -> str:
@@ -138,5 +158,6 @@ def said(row: dict[str, Any]) -> str:
         )
         + f", corpus-slice perplexity "
         f"{row['slice_perplexity_rise']:+.2%}"
+        + (f", validation facts {row['fact_accuracy_change']:+.3f}" if "fact_accuracy_change" in row else "")
         + (f"; moves {', '.join(worse)} away from zero: rejected" if worse else "")
     )
