@@ -151,6 +151,7 @@ def test_a_compare_audit_saves_a_plain_erased_model_and_compares_random_directio
         torch.testing.assert_close(plain(ids).logits, expected, atol=1e-4, rtol=1e-4)
     html = result.report.read_text(encoding="utf-8")
     assert "Erasure (the documentation" in html and "<th>axis erased</th><th>strength</th>" in html
+    assert "<th>validation facts: accuracy change</th>" in html and "validation-fact accuracy" in html
     assert (
         "Both repairs were planned from these gates" in html and "The one that keeps less, erasure, was applied" in html
     )
@@ -169,7 +170,10 @@ def test_with_several_axes_the_plan_keeps_the_best_acceptable_combination(plante
     acceptable = [
         row
         for row in combinations
-        if row["slice_perplexity_rise"] <= 0.02 and row["validation_abs_bias_kept"] < 1 and not row["made_worse"]
+        if row["slice_perplexity_rise"] <= 0.02
+        and row["validation_abs_bias_kept"] < 1
+        and not row["made_worse"]
+        and row["fact_accuracy_change"] >= -0.02
     ]
     assert kept[0]["validation_abs_bias_kept"] == min(row["validation_abs_bias_kept"] for row in acceptable)
     erased = found.selection.erasure.axes
@@ -188,7 +192,7 @@ def test_compare_plans_both_from_the_same_gates_and_keeps_the_one_that_keeps_les
         "neurons": alone["neurons"].budgets[0],
         "erase": next(row for row in alone["erase"].budgets if row.get("chosen")),
     }
-    for key in ("abs_bias_kept", "validation_abs_bias_kept", "slice_perplexity_rise"):
+    for key in ("abs_bias_kept", "validation_abs_bias_kept", "slice_perplexity_rise", "fact_accuracy_change"):
         assert {method: found.compared[method][key] for method in chosen} == {m: r[key] for m, r in chosen.items()}
     kept = {method: row["abs_bias_kept"] for method, row in chosen.items()}  # templates and statements together
     winner = min(kept, key=kept.get)

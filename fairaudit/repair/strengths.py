@@ -77,7 +77,8 @@ def the_better(neurons, erased, say):
             for row in found.budgets
             if row.get("chosen") or (found.method == "neurons" and row["budget"] == found.chosen_budget)
         )
-        return {key: row[key] for key in ("abs_bias_kept", "validation_abs_bias_kept", "slice_perplexity_rise")}
+        shown = ("abs_bias_kept", "validation_abs_bias_kept", "slice_perplexity_rise", "fact_accuracy_change")
+        return {key: row[key] for key in shown if key in row}
 
     figures = {"neurons": chosen(neurons), "erase": chosen(erased)}
     kept = {method: row["abs_bias_kept"] if row else math.inf for method, row in figures.items()}
@@ -91,6 +92,7 @@ def the_better(neurons, erased, say):
         "compared on validation: "
         + "; ".join(
             f"{method} keeps {row['abs_bias_kept']:.2f} of |m| at {row['slice_perplexity_rise']:+.2%} perplexity"
+            + (f", validation facts {row['fact_accuracy_change']:+.3f}" if "fact_accuracy_change" in row else "")
             if row
             else f"{method} {'was refused' if method == 'erase' and erased.refused else 'found nothing acceptable'}"
             for method, row in figures.items()
