@@ -50,7 +50,7 @@ from fairaudit.compute import accounted
 from fairaudit.config import CausalParams
 from fairaudit.lazy import torch
 from fairaudit.repair.units import selection_of
-from fairaudit.repair.validation import Before, mean_output_bias, said
+from fairaudit.repair.validation import Before, guard_facts, mean_output_bias, said
 
 HALF = ("bfloat16", "float16")
 
@@ -260,7 +260,7 @@ def planned_tokens(
     beside what was forwarded (`compute`)."""
     from fairaudit.measurement import metrics
     from fairaudit.measurement.evaluate import encode_request, planned_positions
-    from fairaudit.measurement.facts import VALIDATION_FACTS, fact_requests, read_facts
+    from fairaudit.measurement.facts import fact_requests
 
     def requests(pairs: list[Any]) -> list[tuple[str, str]]:
         return [
@@ -283,10 +283,9 @@ def planned_tokens(
         # per axis: the unmasked window once, then candidates 8 at a time, each its own copy of the window
         guard += len(active) * (1 + 8 * math.ceil(per_axis / 8)) * GUARD_TOKENS
     watched = [axis for axis in parts if axis in active or params.collateral]
-    facts = read_facts(bundled=VALIDATION_FACTS) if params.max_fact_drop < 1 else []
     measured = (
         VALIDATION_TOKENS
-        + planned_positions(loaded.tokenizer, fact_requests(facts))
+        + planned_positions(loaded.tokenizer, fact_requests(guard_facts(params)))
         + sum(
             planned_positions(loaded.tokenizer, requests(parts[axis][1] + (statements or {}).get(axis, [])))
             for axis in watched

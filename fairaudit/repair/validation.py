@@ -34,6 +34,12 @@ def mean_output_bias(loaded, pairs: list, selection=None) -> float:
         return float(output_bias_values(loaded, pairs).mean())
 
 
+def guard_facts(params) -> list[dict]:
+    """The fact guard's facts (the bundled validation facts; none when `max_fact_drop` is 1): the
+    `facts` evaluator measures others (`fairaudit.measurement.facts`)."""
+    return read_facts(bundled=VALIDATION_FACTS) if params.max_fact_drop < 1 else []
+
+
 class Before:
     """The unedited model's validation output bias (every watched axis: its validation templates and,
     with `statements`, its probe statements, a format the selection never reads), corpus-slice
@@ -59,8 +65,7 @@ class Before:
         if any(len(pairs) > 1 for pairs in found.values()):  # suites without statements: templates alone
             self.formats["statements"] = {axis: pairs for axis, pairs in found.items() if len(pairs) > 1}
         self.perplexity = corpus_perplexity(loaded, slice_ids)
-        # the fact guard's own facts: the `facts` evaluator measures others (fairaudit.measurement.facts)
-        self.facts = read_facts(bundled=VALIDATION_FACTS) if params.max_fact_drop < 1 else []
+        self.facts = guard_facts(params)
         self.fact_scores = scored_facts(loaded, self.facts)
         self.bias = {
             name: {axis: output_bias_values(loaded, pairs) for axis, pairs in chosen.items()}
