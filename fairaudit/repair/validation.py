@@ -144,10 +144,10 @@ def fact_changes(before: list[tuple[float, float]], after: list[tuple[float, flo
     """The validation facts' change, edited minus unedited: the share answered right
     (`fact_accuracy_change`) and the mean log-probability of the correct answers (`fact_logprob_change`),
     from each fact's (correct log-probability, margin) as `scored_facts` gives them."""
-    count = max(len(before), 1)
+    pairs, count = list(zip(before, after)), max(len(before), 1)
     return {
-        "fact_accuracy_change": sum((a[1] > 0) - (b[1] > 0) for b, a in zip(before, after)) / count,
-        "fact_logprob_change": sum(a[0] - b[0] for b, a in zip(before, after)) / count,
+        "fact_accuracy_change": sum((margin > 0) - (was > 0) for (_, was), (_, margin) in pairs) / count,
+        "fact_logprob_change": sum(logprob - had for (had, _), (logprob, _) in pairs) / count,
     }
 
 
