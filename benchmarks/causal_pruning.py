@@ -11,7 +11,7 @@ default) containing 0 gets no neuron.
 Usage: python benchmarks/causal_pruning.py [--model smollm2-135m] [--budgets 0.0005,0.001,0.002]
        [--rounds 2] [--seeds 5] [--gate templates|pairs|none] [--guard 0.003] [--heads]
        [--crows crows_pairs_anonymized.csv] [--dtype bfloat16 [--plan-in model]] [--json OUT]
-       [--method erase [--rank 1] [--strengths 0.25,0.5,0.75,1.0]] [--questions] [--axes race,religion]
+       [--method erase [--rank 1] [--strengths 0.25,0.5,0.75,1.0] [--erase-from 0,0.33]] [--questions] [--axes race,religion]
 
 --crows: also the CrowS-Pairs categories that match the axes (race-color, gender, religion,
 nationality), imported from the file and evaluated before and after beside the suites' own
@@ -161,6 +161,9 @@ def main() -> None:
         "--strengths", default="0.25,0.5,0.75,1.0", help="--method erase: shares of the directions removed"
     )
     parser.add_argument(
+        "--erase-from", default="0,0.33", help="--method erase: where the fold may start, as shares of the depth"
+    )
+    parser.add_argument(
         "--questions",
         action="store_true",
         help="also the ambiguous questions: s_AMB (the mean of +1 biased, -1 other, 0 unknown answers), "
@@ -185,6 +188,7 @@ def main() -> None:
         method=args.method,
         rank=args.rank,
         strengths=[float(s) for s in args.strengths.split(",")],
+        erase_from=[float(s) for s in args.erase_from.split(",")],
     )
     found = plan(loaded, suites, params, ids, say=print)
     for gate in found.gates:

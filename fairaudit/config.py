@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fairaudit.errors import ConfigError, PluginError
 from fairaudit.plugins import Registry, registry
@@ -229,6 +229,11 @@ class CausalParams(BaseModel):
         default=[0.25, 0.5, 0.75, 1.0],
         description="erase: the shares of the directions removed to choose among (as budgets are for neurons)",
     )
+    erase_from: list[float] = Field(
+        default=[0.0, 0.33],
+        description="erase: where the fold may start, as shares of the depth, to choose among with each strength "
+        "(layers before it keep their writes; 0.33: the first third, where SmolLM2 writes facts such as a language)",
+    )
     float32: bool = Field(
         default=True,
         description="plan a bfloat16 or float16 model in float32 (weights cast up for the "
@@ -243,11 +248,16 @@ class CausalParams(BaseModel):
             raise ValueError("budgets are shares of all units (MLP neurons and heads), each in (0, 1)")
         return sorted(set(value))
 
-    @field_validator("strengths")
+    @field_validator("strengths", "erase_from")
     @classmethod
-    def _strengths(cls, value: list[float]) -> list[float]:
-        if not value or any(not 0 < strength <= 1 for strength in value):
-            raise ValueError("strengths are shares of the erased directions removed, each in (0, 1]")
+    def _erasure_shares(cls, value: list[float], info: ValidationInfo) -> list[float]:
+        strengths = info.field_name == "strengths"
+        if not value or any(not (0 < x <= 1 if strengths else 0 <= x < 1) for x in value):
+            raise ValueError(
+                "strengths are shares of the erased directions removed, each in (0, 1]"
+                if strengths
+                else "erase_from are shares of the depth where the fold starts, each in [0, 1)"
+            )
         return sorted(set(value))
 
 

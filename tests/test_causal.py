@@ -687,21 +687,27 @@ def test_a_budget_that_moves_an_axis_left_alone_away_from_zero_is_rejected(monke
 def test_a_budget_that_costs_validation_facts_is_rejected(monkeypatch):
     """The fact guard: the larger budget repairs religion more but loses 3 of the bundled validation
     facts (accuracy change -3/n, log-probability of the correct answers -0.5 * 3/n): beyond
-    `max_fact_drop` 0.02, it is rejected; with `max_fact_drop: 1` (no guard) it is chosen and the
-    facts are not read."""
+    `max_fact_drop` 0.02, it is rejected before its bias is measured (its figures are missing from
+    `levels` while the guard is on: reading them would fail); with `max_fact_drop: 1` (no guard) it
+    is chosen and the facts are not read."""
     from fairaudit.measurement.facts import VALIDATION_FACTS, read_facts
+    from fairaudit.repair.validation import said
 
     count = len(read_facts(bundled=VALIDATION_FACTS))
-    levels = {("religion", "template"): {0: 0.5, 1: 0.2, 2: 0.05}, ("race", "template"): {0: 0.1, 1: 0.1, 2: 0.1}}
+    levels = {("religion", "template"): {0: 0.5, 1: 0.2}, ("race", "template"): {0: 0.1, 1: 0.1}}
     choose = fake_budgets(monkeypatch, levels, facts_lost={1: 1, 2: 3})
     found = choose(CausalParams(budgets=[0.5, 0.99]))
     first, second = found.budgets
     assert first["fact_accuracy_change"] == pytest.approx(-1 / count)
     assert second["fact_accuracy_change"] == pytest.approx(-3 / count)
     assert second["fact_logprob_change"] == pytest.approx(-0.5 * 3 / count)
+    assert second["over"] == "facts" and "abs_bias_kept" not in second and "over" not in first
+    assert said(second).startswith("over the facts limit, bias not measured, corpus-slice perplexity +0.00%")
     assert found.chosen_budget == 0.5
+    levels[("religion", "template")][2], levels[("race", "template")][2] = 0.05, 0.1
     unguarded = choose(CausalParams(budgets=[0.5, 0.99], max_fact_drop=1))
     assert unguarded.chosen_budget == 0.99 and "fact_accuracy_change" not in unguarded.budgets[1]
+    assert unguarded.budgets[1]["abs_bias_kept"] == pytest.approx(0.1, abs=0.01)
 
 
 def test_the_fact_guard_reads_facts_the_evaluator_never_measures():

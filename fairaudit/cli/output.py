@@ -94,8 +94,13 @@ def erasure_said(causal: dict[str, Any] | None) -> str | None:
     strengths = (causal or {}).get("chosen_strengths")
     if not strengths:
         return None
-    erased = ", ".join(f"{axis} (strength {strength:g})" for axis, strength in strengths.items())
-    return f"erased the counterfactual direction of {erased} from every layer's attention and MLP writes"
+    firsts = (causal or {}).get("erased_from") or {}
+    erased = ", ".join(
+        f"{axis} (strength {strength:g}" + (f", from layer {firsts[axis]})" if firsts.get(axis) else ")")
+        for axis, strength in strengths.items()
+    )
+    where = "those layers'" if any(firsts.values()) else "every layer's"
+    return f"erased the counterfactual direction of {erased} from {where} attention and MLP writes"
 
 
 def percent(value: float | None) -> str:

@@ -131,6 +131,13 @@ def _comma_list(kind: type) -> Any:
     callback=_comma_list(float),
     help="--method erase: shares of the directions removed to choose among on validation",
 )
+@field_option(
+    "--erase-from",
+    model=CausalParams,
+    field="erase_from",
+    callback=_comma_list(float),
+    help="--method erase: where the fold may start, as shares of the depth, to choose among with each strength",
+)
 @click.option(
     "--causal-heads",
     is_flag=True,
@@ -263,6 +270,7 @@ def _pruning(causal: bool, axes: tuple[str, ...], options: dict[str, Any]) -> Pr
         method=options.pop("method"),
         rank=options.pop("rank"),
         strengths=options.pop("strengths"),
+        erase_from=options.pop("erase_from"),
         heads=options.pop("causal_heads"),
         rounds=options.pop("rounds"),
         guard=options.pop("guard"),

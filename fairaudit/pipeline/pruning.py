@@ -178,10 +178,11 @@ def _erasure_paragraph(erasure: Any) -> str:
     from fairaudit.repair.erasure import ERASURE_FILE
 
     return (
-        f"\nEvery layer's attention output and MLP down projection W was replaced by (I - U diag(s) U^T) W: "
-        f"{erasure.rank} direction(s) U fitted on the probe pairs of {', '.join(dict.fromkeys(erasure.axes))}, "
-        f"strengths s = {', '.join(f'{s:g}' for s in erasure.strengths)} (`{ERASURE_FILE}` holds U, s and each "
-        "direction's axis). Shapes are unchanged.\n"
+        f"\nEvery layer's attention output and MLP down projection W, from each direction's first layer on, was "
+        f"replaced by (I - U diag(s) U^T) W: {erasure.rank} direction(s) U fitted on the probe pairs of "
+        f"{', '.join(dict.fromkeys(erasure.axes))}, strengths s = {', '.join(f'{s:g}' for s in erasure.strengths)}, "
+        f"first layers {', '.join(str(f) for f in erasure.first_layers)} (`{ERASURE_FILE}` holds U, s, each "
+        "direction's axis and first layer). Shapes are unchanged.\n"
     )
 
 

@@ -112,7 +112,11 @@ class CausalPlan:
 
     def _erasure(self) -> dict[str, Any]:
         erasure = self.selection.erasure
-        return {"erasure": erasure.as_dict(), "chosen_strengths": dict(zip(erasure.axes, erasure.strengths))}
+        return {
+            "erasure": erasure.as_dict(),
+            "chosen_strengths": dict(zip(erasure.axes, erasure.strengths)),
+            "erased_from": dict(zip(erasure.axes, erasure.first_layers)),
+        }
 
     def order_at(self, budget: float) -> list:
         return self.order[: round(budget * self.total)] if budget else []

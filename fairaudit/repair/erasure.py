@@ -12,12 +12,15 @@ Definitions (docs/attribution.md, "Erasure"):
 - The axis' directions: the top `rank` right singular vectors of the matrix whose rows are the
   d_l of all its selection pairs and layers (not centred: the mean difference is the signal).
   The directions of all gated axes are orthonormalized together: U, d x k.
-- Folding at strengths s: every write W (d x n, and its bias) becomes (I - U diag(s) U^T) W. At
-  s = 1 no layer writes anything along U; the embeddings' component is left (they are tied to the
-  output head in most small models), so the direction is removed from what the layers add, not
-  from the residual stream as a whole.
-- Each axis' strength is chosen as the planner's budget is, then the best combination of axes
-  (`fairaudit.repair.strengths`).
+- Folding at strengths s from first layers f: every write W (d x n, and its bias) of a layer l
+  becomes (I - U_l diag(s_l) U_l^T) W, where U_l holds the directions whose first layer is at most
+  l. At s = 1 no layer from f on writes anything along U; the embeddings' component is left (they
+  are tied to the output head in most small models), so the direction is removed from what those
+  layers add, not from the residual stream as a whole. Layers before f keep their writes: on
+  SmolLM2-135M the first third is where facts such as a country's language are written, and
+  erasing religion's direction there lost them without removing more bias (docs/attribution.md).
+- Each axis' strength and first layer are chosen as the planner's budget is, then the best
+  combination of axes (`fairaudit.repair.strengths`).
 
 What it does not show: that the erased direction is "the bias" (it is the direction along which
 the pairs' hidden states differ most, which also carries which group is named), or that outputs
@@ -31,7 +34,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,34 +46,51 @@ ERASURE_FILE = "fairaudit_erasure.json"
 
 @dataclass
 class Erasure:
-    """Directions U (d x k, orthonormal columns, float64), each removed at its strength from every
-    layer's writes: W becomes (I - U diag(strengths) U^T) W. `axes[i]`: the axis direction i was fitted on."""
+    """Directions U (d x k, orthonormal columns, float64), each removed at its strength from the
+    writes of every layer from its first layer on: a layer's W becomes (I - U diag(strengths) U^T) W
+    over the directions that reach it. `axes[i]`: the axis direction i was fitted on; `first_layers[i]`
+    (0 when not given): the first layer whose writes lose it."""
 
     directions: Any  # torch.Tensor [d, k]
     strengths: list[float]
     axes: list[str]
+    first_layers: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.first_layers = list(self.first_layers) or [0] * len(self.axes)
 
     @property
     def rank(self) -> int:
         return int(self.directions.shape[1])
 
-    def at(self, strengths: dict[str, float]) -> Erasure:
-        """The directions of the axes in `strengths`, each at its axis' strength."""
-        keep = [i for i, axis in enumerate(self.axes) if strengths.get(axis)]
-        return Erasure(self.directions[:, keep], [strengths[self.axes[i]] for i in keep], [self.axes[i] for i in keep])
+    def at(self, chosen: dict[str, tuple[float, int]]) -> Erasure:
+        """The directions of the axes in `chosen`, each at its axis' (strength, first layer)."""
+        keep = [i for i, axis in enumerate(self.axes) if axis in chosen]
+        return Erasure(
+            self.directions[:, keep],
+            [chosen[self.axes[i]][0] for i in keep],
+            [self.axes[i] for i in keep],
+            [chosen[self.axes[i]][1] for i in keep],
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "rank": self.rank,
             "strengths": self.strengths,
             "axes": self.axes,
+            "first_layers": self.first_layers,
             "directions": self.directions.T.tolist(),  # k rows of d numbers
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Erasure:
         directions = torch.tensor(data["directions"], dtype=torch.float64).reshape(len(data["axes"]), -1).T
-        return cls(directions, [float(x) for x in data["strengths"]], list(data["axes"]))
+        return cls(
+            directions,
+            [float(x) for x in data["strengths"]],
+            list(data["axes"]),
+            [int(x) for x in data.get("first_layers", [])],
+        )
 
 
 def writes(loaded) -> list:
@@ -136,16 +156,20 @@ def random_like(erasure: Erasure, seed: int) -> Erasure:
     """Random orthonormal directions of the same rank and strengths (the baseline)."""
     generator = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(erasure.directions.shape, generator=generator, dtype=torch.float64))
-    return Erasure(q, list(erasure.strengths), list(erasure.axes))
+    return Erasure(q, list(erasure.strengths), list(erasure.axes), list(erasure.first_layers))
 
 
 def fold(loaded, erasure: Erasure) -> None:
-    """Replace every write W by (I - U diag(s) U^T) W, in place (its bias likewise)."""
+    """Replace every write W of a layer l by (I - U diag(s) U^T) W over the directions whose first
+    layer is at most l, in place (its bias likewise)."""
     with torch.no_grad():
-        for module in writes(loaded):
+        for position, module in enumerate(writes(loaded)):
+            reach = [i for i, first in enumerate(erasure.first_layers) if first <= position // 2]
+            if not reach:
+                continue
             weight = module.weight
-            u = erasure.directions.to(weight.device)
-            scaled = u * torch.tensor(erasure.strengths, dtype=u.dtype, device=u.device)
+            u = erasure.directions[:, reach].to(weight.device)
+            scaled = u * torch.tensor([erasure.strengths[i] for i in reach], dtype=u.dtype, device=u.device)
             is_linear = isinstance(module, torch.nn.Linear)  # Linear [out, in]; GPT-2's Conv1D [in, out]
             w = weight.double() if is_linear else weight.double().T
             w -= scaled @ (u.T @ w)
@@ -177,7 +201,7 @@ def check_writes(loaded, erasure: Erasure, text: str = "The weather was mild tha
     """Refuse an architecture whose layers do not add the folded writes to the residual stream as
     they are (a norm after the projection): after folding at strength 1, what each layer adds
     must have no component along U."""
-    probe = Erasure(erasure.directions, [1.0] * erasure.rank, erasure.axes)
+    probe = Erasure(erasure.directions, [1.0] * erasure.rank, erasure.axes)  # from the first layer
     with folded(loaded, probe):
         stream = residuals(loaded, [text])[0]  # [layers, d]
     added = stream[1:] - stream[:-1]

@@ -12,40 +12,44 @@ from fairaudit.repair.validation import Before, said
 
 def choose_strengths(loaded, found, parts: dict[str, tuple], before: Before, say) -> None:
     """The planner's erasure: fit the directions of `before`'s active axes on their selection pairs;
-    for each axis, measure its directions alone at each of `strengths` against `before` (its
-    validation templates and probe statements, every left-alone axis', the corpus slice and the
-    validation facts), and take the strength a budget would be taken; then measure the chosen
-    strengths together and, where several axes were chosen, each axis' alone, all active axes in
-    the objective, and keep the acceptable one that keeps the least |m|. Fills `found`: its budgets
-    are rows per axis and strength, then the combinations ("together", "AXIS only"; the one kept
-    marked `chosen`)."""
+    for each axis, measure its directions alone at each of `strengths` from each of `erase_from`'s
+    first layers against `before` (its validation templates and probe statements, every left-alone
+    axis', the corpus slice and the validation facts), and take the (strength, first layer) a
+    budget would be taken; then measure the chosen ones together and, where several axes were
+    chosen, each axis' alone, all active axes in the objective, and keep the acceptable one that
+    keeps the least |m|. Fills `found`: its budgets are rows per axis, strength and first layer,
+    then the combinations ("together", "AXIS only"; the one kept marked `chosen`)."""
     from fairaudit.repair.erasure import check_writes, fit, folded
 
     params, active = before.params, before.active
     fitted = fit(loaded, {axis: parts[axis][0] for axis in active}, params.rank)
     check_writes(loaded, fitted)
     say(f"erasure: {fitted.rank} direction(s) fitted on the selection pairs of {', '.join(active)}")
-    chosen: dict[str, float] = {}
+    firsts = sorted({round(share * len(loaded.layers)) for share in params.erase_from})
+    chosen: dict[str, tuple[float, int]] = {}
     for axis in active:
         alone, kept = before.narrowed([axis]), math.inf
-        for strength in params.strengths:
-            row = alone.measure(folded(loaded, fitted.at({axis: strength})))
-            found.budgets.append({"axis": axis, "budget": strength, "neurons": 0, "heads": 0, **row})
-            say(f"{axis} at strength {strength:g}: {said(row)}")
-            if alone.acceptable(row) and row["abs_bias_kept"] < kept:
-                chosen[axis], kept = strength, row["abs_bias_kept"]
+        for first in firsts:
+            for strength in params.strengths:
+                row = alone.measure(folded(loaded, fitted.at({axis: (strength, first)})))
+                found.budgets.append(
+                    {"axis": axis, "budget": strength, "first_layer": first, "neurons": 0, "heads": 0, **row}
+                )
+                say(f"{axis} at {_strength(strength, first)}: {said(row)}")
+                if alone.acceptable(row) and row["abs_bias_kept"] < kept:
+                    chosen[axis], kept = (strength, first), row["abs_bias_kept"]
     if not chosen:
         return
     # the chosen strengths together, and (where several axes were chosen) each axis' alone, all
     # axes in the objective: directions interact, and one axis' may undo another's
-    combinations = [chosen] + ([{axis: strength} for axis, strength in chosen.items()] if len(chosen) > 1 else [])
+    combinations = [chosen] + ([{axis: picked} for axis, picked in chosen.items()] if len(chosen) > 1 else [])
     best = None
     for combination in combinations:
         label = "together" if combination is chosen else f"{next(iter(combination))} only"
         row = {"axis": label, "budget": None, "neurons": 0, "heads": 0}
         row.update(before.measure(folded(loaded, fitted.at(combination))))
         found.budgets.append(row)
-        say(f"{label} ({', '.join(f'{axis} {s:g}' for axis, s in combination.items())}): {said(row)}")
+        say(f"{label} ({_chosen(combination)}): {said(row)}")
         if before.acceptable(row) and (best is None or row["abs_bias_kept"] < best[1]["abs_bias_kept"]):
             best = (combination, row)
     if best is not None:
@@ -56,11 +60,21 @@ def choose_strengths(loaded, found, parts: dict[str, tuple], before: Before, say
             [],
             widths,
             ranking=f"erasure: {fitted.rank} direction(s) of {', '.join(active)} fitted, those of "
-            f"{', '.join(f'{axis} at strength {s:g}' for axis, s in combination.items())} removed from every layer's "
-            "writes (chosen on validation templates"
+            f"{_chosen(combination, 'at strength ')} removed from "
+            + ("those layers' writes on" if any(first for _, first in combination.values()) else "every layer's writes")
+            + " (chosen on validation templates"
             + (" and probe statements)" if "statements" in before.formats else ")"),
         )
         found.selection.erasure = fitted.at(combination)
+
+
+def _strength(strength: float, first: int, word: str = "strength ") -> str:
+    """'strength 0.75' (every layer) or 'strength 0.75 from layer 10'."""
+    return f"{word}{strength:g}" + (f" from layer {first}" if first else "")
+
+
+def _chosen(combination: dict[str, tuple[float, int]], word: str = "") -> str:
+    return ", ".join(f"{axis} {_strength(strength, first, word)}" for axis, (strength, first) in combination.items())
 
 
 def the_better(neurons, erased, say):

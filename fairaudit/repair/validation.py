@@ -83,12 +83,20 @@ class Before:
         each summed over the axes and formats (validation templates, and probe statements); each
         format's own share (`validation_abs_bias_kept`, `statements_abs_bias_kept`); the slice's
         perplexity rise; each active axis' validation m; and (with `collateral`) each left-alone
-        axis' change of |m| per format and whether its interval lies above 0 (`made_worse`)."""
+        axis' change of |m| per format and whether its interval lies above 0 (`made_worse`).
+        The perplexity and the facts are measured first: a candidate over either limit is rejected
+        whatever its bias, so its row has them alone and `over` names the limit (its bias is not measured)."""
         from fairaudit.measurement.attribution import output_bias_values
 
         with edit:
-            rise = corpus_perplexity(self.loaded, self.slice_ids) / self.perplexity - 1
-            facts = scored_facts(self.loaded, self.facts)
+            row: dict[str, Any] = {
+                "slice_perplexity_rise": corpus_perplexity(self.loaded, self.slice_ids) / self.perplexity - 1
+            }
+            if self.facts:
+                row.update(fact_changes(self.fact_scores, scored_facts(self.loaded, self.facts)))
+            over = self._over(row)
+            if over:
+                return {**row, "over": over}
             after = {
                 name: {axis: output_bias_values(self.loaded, pairs) for axis, pairs in chosen.items()}
                 for name, chosen in self.formats.items()
@@ -100,18 +108,21 @@ class Before:
             ]
             for name in self.formats
         }
-        row: dict[str, Any] = {
-            "abs_bias_kept": sum(a for _, a in magnitudes.values()) / max(sum(b for b, _ in magnitudes.values()), 1e-12)
-        }
+        row["abs_bias_kept"] = sum(a for _, a in magnitudes.values()) / max(
+            sum(b for b, _ in magnitudes.values()), 1e-12
+        )
         for name, (before, kept) in magnitudes.items():
             if name == "templates" or before > 0:  # a format none of the active axes has is not a share
                 row[f"{'validation' if name == 'templates' else name}_abs_bias_kept"] = kept / max(before, 1e-12)
-        row["slice_perplexity_rise"] = rise
-        if self.facts:
-            row.update(fact_changes(self.fact_scores, facts))
         row.update({f"validation_bias_{axis}": float(after["templates"][axis].mean()) for axis in self.active})
         row.update(self._collateral(after))
         return row
+
+    def _over(self, row: dict[str, Any]) -> str | None:
+        """The limit a candidate's perplexity rise or fact change is over ('perplexity', 'facts'), or None."""
+        if row["slice_perplexity_rise"] > self.params.max_perplexity_rise:
+            return "perplexity"
+        return "facts" if row.get("fact_accuracy_change", 0.0) < -self.params.max_fact_drop else None
 
     def _collateral(self, after: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Each left-alone axis' change of |m| per format (`left_alone_abs_change_AXIS`, and
@@ -132,12 +143,7 @@ class Before:
 
     def acceptable(self, row: dict[str, Any]) -> bool:
         """Within the perplexity and fact limits, some bias removed, no axis left alone made worse."""
-        return (
-            row["slice_perplexity_rise"] <= self.params.max_perplexity_rise
-            and row.get("fact_accuracy_change", 0.0) >= -self.params.max_fact_drop
-            and row["abs_bias_kept"] < 1
-            and not row.get("made_worse")
-        )
+        return not self._over(row) and row["abs_bias_kept"] < 1 and not row.get("made_worse")
 
 
 def fact_changes(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> dict[str, float]:
@@ -154,8 +160,13 @@ def fact_changes(before: list[tuple[float, float]], after: list[tuple[float, flo
 def said(row: dict[str, Any]) -> str:
     worse = row.get("made_worse")
     statements = row.get("statements_abs_bias_kept")
+    over = row.get("over")
     return (
-        f"validation |m| kept {row['validation_abs_bias_kept']:.2f}"
+        (
+            f"over the {over} limit, bias not measured"
+            if over
+            else f"validation |m| kept {row['validation_abs_bias_kept']:.2f}"
+        )
         + (
             f" (templates; statements {statements:.2f}, both {row['abs_bias_kept']:.2f})"
             if statements is not None
