@@ -17,8 +17,8 @@ Definitions (docs/attribution.md, "Erasure"):
   l. At s = 1 no layer from f on writes anything along U; the embeddings' component is left (they
   are tied to the output head in most small models), so the direction is removed from what those
   layers add, not from the residual stream as a whole. Layers before f keep their writes: on
-  SmolLM2-135M the first third is where facts such as a country's language are written, and
-  erasing religion's direction there lost them without removing more bias (docs/attribution.md).
+  SmolLM2-135M the validation facts an erasure from every layer cost (mostly a country's
+  language) were kept by an erasure from a third of the depth on (docs/attribution.md).
 - Each axis' strength and first layer are chosen as the planner's budget is, then the best
   combination of axes (`fairaudit.repair.strengths`).
 
