@@ -193,6 +193,19 @@ def test_a_compare_audit_saves_a_plain_erased_model_and_compares_random_directio
     assert "race: against random directions of the same number and strength, |output-level bias| on held-out" in html
 
 
+def _acceptable(rows: list[dict], kept: str = "abs_bias_kept") -> list[dict]:
+    """By hand, the planner's rule: within perplexity +2% and 2% of the facts lost (checked first:
+    a row over either has no bias figures), some bias removed, no axis left alone made worse."""
+    return [
+        row
+        for row in rows
+        if row["slice_perplexity_rise"] <= 0.02
+        and row["fact_accuracy_change"] >= -0.02
+        and row[kept] < 1
+        and not row["made_worse"]
+    ]
+
+
 def test_with_several_axes_the_plan_keeps_the_best_acceptable_combination(planted):
     _, loaded, ids = planted
     suites = [resolve_suite(axis) for axis in ("race", "gender", "religion")]  # each carries a planted bias
@@ -202,14 +215,7 @@ def test_with_several_axes_the_plan_keeps_the_best_acceptable_combination(plante
     combinations = found.budgets[3:]
     kept = [row for row in combinations if row.get("chosen")]
     assert len(kept) == 1
-    acceptable = [
-        row
-        for row in combinations
-        if row["slice_perplexity_rise"] <= 0.02
-        and row["fact_accuracy_change"] >= -0.02
-        and row["validation_abs_bias_kept"] < 1
-        and not row["made_worse"]
-    ]
+    acceptable = _acceptable(combinations, "validation_abs_bias_kept")
     assert kept[0]["validation_abs_bias_kept"] == min(row["validation_abs_bias_kept"] for row in acceptable)
     erased = found.selection.erasure.axes
     assert erased == (["race", "gender", "religion"] if kept[0]["axis"] == "together" else [kept[0]["axis"][:-5]])
@@ -222,14 +228,7 @@ def test_each_axis_strength_and_first_layer_are_chosen_together_on_validation(pl
     half = round(0.5 * len(loaded.layers))
     rows = found.budgets[:-1]
     assert [(row["budget"], row["first_layer"]) for row in rows] == [(0.5, 0), (1.0, 0), (0.5, half), (1.0, half)]
-    acceptable = [
-        row
-        for row in rows
-        if row["slice_perplexity_rise"] <= 0.02
-        and row["fact_accuracy_change"] >= -0.02
-        and row["abs_bias_kept"] < 1
-        and not row["made_worse"]
-    ]
+    acceptable = _acceptable(rows)
     best = min(acceptable, key=lambda row: row["abs_bias_kept"])  # by hand: the acceptable row that keeps least
     chosen = found.selection.erasure
     assert (chosen.strengths, chosen.first_layers) == ([best["budget"]], [best["first_layer"]])
