@@ -91,10 +91,11 @@ def repaired(pruned: dict[str, Any]) -> str:
 def erasure_said(causal: dict[str, Any] | None) -> str | None:
     """'erased the counterfactual direction of religion (strength 1) ...' for a causal plan that
     applied an erasure, else None."""
-    strengths = (causal or {}).get("chosen_strengths")
+    causal = causal or {}
+    strengths = causal.get("chosen_strengths")
     if not strengths:
         return None
-    firsts = (causal or {}).get("erased_from") or {}
+    firsts = causal.get("erased_from") or {}
     erased = ", ".join(
         f"{axis} (strength {strength:g}" + (f", from layer {firsts[axis]})" if firsts.get(axis) else ")")
         for axis, strength in strengths.items()
