@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import tempfile
 import time
 
@@ -109,6 +110,9 @@ def main() -> None:
         store, run_id = Store(args.store), args.run
         if run_id == "latest":  # the latest complete audit in the store
             audits = [r for r in store.runs() if r.get("kind", "audit") == "audit" and r.get("status") == "complete"]
+            if not audits:
+                print(f"audit_stages.py: {args.store} holds no complete audit run; name one with --run", file=sys.stderr)
+                raise SystemExit(2)
             run_id = audits[-1]["run_id"]
     else:
         from fairaudit.config import RunConfig

@@ -3,7 +3,8 @@
 - `yaml` blocks are validated as what they are (a suite, a run config, a policy, a sweep);
   `toml` blocks are parsed;
 - `bash` and `python` blocks run, page by page in order, in a sandbox folder that holds a
-  small random Llama as `./my-model`, a small run config `audit.yaml`, and a store made by
+  small random Llama as `./my-model` (and `./wide`, one with wider MLPs; `./planted`, the planted
+  model of `fairaudit.testing`), a small run config `audit.yaml`, and a store made by
   probing `./my-model` (`store/`); a block preceded by `<!-- docs-test: file PATH -->` is
   also written to PATH in every sandbox, so that another block can use it;
 - a block preceded by `<!-- docs-test: excerpt FILE -->` must be made of lines of FILE;
@@ -12,21 +13,30 @@
 - a block preceded by `<!-- docs-test: skip: REASON -->` is not run, and REASON says which
   test covers it instead (a block that needs the ten-minute default audit, a Ray cluster,
   or two real models);
-- `text` blocks are command synopses and output, not code.
+- `text` blocks are command synopses and output, not code; a documented output's format is
+  checked against its sandbox command's (a command that is one benchmark script with arguments
+  runs inside the test's process, sparing a fresh interpreter's imports; any other in bash).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import runpy
+import shlex
 import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 import yaml
+
+from fairaudit.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from regenerate_docs import PAGES as OUTPUT_PAGES  # noqa: E402
@@ -113,10 +123,12 @@ def sandbox(tmp_path_factory) -> Path:
     """A folder with ./my-model, audit.yaml, a probed store/ and every block marked `file`."""
     from fairaudit.config import RunConfig
     from fairaudit.pipeline.audit import audit
-    from fairaudit.testing import make_model
+    from fairaudit.testing import make_model, make_planted_model
 
     base = tmp_path_factory.mktemp("docs-sandbox")
     make_model("llama", base / "my-model")
+    make_model("llama", base / "wide", intermediate=512)
+    make_planted_model(base / "planted")
     (base / "audit.yaml").write_text(RUN_CONFIG, encoding="utf-8")
     audit(
         RunConfig.model_validate(
@@ -206,11 +218,60 @@ def test_documented_outputs_have_the_format_the_command_prints(index, sandbox, t
         "HF_HUB_OFFLINE": "1",
         "FAIRAUDIT_ROOT": str(ROOT),  # for a sandbox command that runs one of the project's scripts
     }
-    completed = subprocess.run(
-        ["bash", "-c", match["sandbox"]], cwd=folder, env=env, capture_output=True, text=True, timeout=900
-    )
+    steps = [in_process_step(step) for step in match["sandbox"].split(" && ")]
+    if all(steps):
+        for argv, call, shown in steps:
+            completed = in_process(folder, argv, call)
+            if completed.returncode != 0:
+                break
+            if not shown:
+                completed.stdout = ""
+    else:
+        completed = subprocess.run(
+            ["bash", "-c", match["sandbox"]], cwd=folder, env=env, capture_output=True, text=True, timeout=900
+        )
     gated = any(name in match["sandbox"] for name in ("fairaudit audit", "fairaudit check"))  # a verdict is output
     assert completed.returncode in ((0, 1, 3) if gated else (0,)), completed.stderr[-3000:]
     assert table_headers(completed.stdout) == table_headers(match["body"]), (
         f"{page}: the output of {match['command']!r} changed format"
     )
+
+
+def in_process_step(step: str) -> tuple[list[str], Callable[[], object], bool] | None:
+    """For a sandbox command's step that is one benchmark script or one `fairaudit` command with
+    plain arguments (optionally `> /dev/null`): its argv, a call that runs it as from the command
+    line, and whether its output is kept; None for anything else (run by bash)."""
+    shown = not step.endswith(" > /dev/null")
+    step = step.removesuffix(" > /dev/null")
+    script = re.fullmatch(r'python "\$FAIRAUDIT_ROOT/(benchmarks/\w+\.py)"((?: [-\w.,=/]+)*)', step)
+    if script:
+        path = str(ROOT / script[1])
+        return [path, *shlex.split(script[2])], lambda: runpy.run_path(path, run_name="__main__"), shown
+    command = re.fullmatch(r"fairaudit((?: [-\w.,=/]+)+)", step)
+    if command:
+        arguments = shlex.split(command[1])
+        return ["fairaudit", *arguments], lambda: main(arguments, prog_name="fairaudit"), shown
+    return None
+
+
+def in_process(folder: Path, argv: list[str], call: Callable[[], object]) -> subprocess.CompletedProcess:
+    """Run `call` with `argv` in `folder`, inside this process: what it printed and its exit
+    status; the working folder, argv, sys.path and torch's thread count are given back as they were."""
+    import torch
+
+    saved = (os.getcwd(), list(sys.argv), list(sys.path), torch.get_num_threads())
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    try:
+        os.chdir(folder)
+        sys.argv[:] = argv
+        sys.path.insert(0, str(ROOT / "benchmarks"))  # as for a script: its folder's modules import
+        with redirect_stdout(out), redirect_stderr(err):
+            call()
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        err.write(str(exc.code or ""))
+    finally:
+        os.chdir(saved[0])
+        sys.argv[:], sys.path[:] = saved[1], saved[2]
+        torch.set_num_threads(saved[3])
+    return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())

@@ -131,8 +131,8 @@ def test_sigkill_between_axes_then_resume(model_folder, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(
         f"model: {model_folder('llama')}\nsuites: [race, gender, religion, nationality]\nstore: {store}\n"
-        "pruning: {selection: {fraction: 0.05}}\n"
-    )  # the default 0.2% is no neuron of this small model
+        "pruning: {selection: {fraction: 0.05}}\nevaluators: [output_bias]\n"
+    )  # the default 0.2% is no neuron of this small model; one evaluator (tests/test_interrupts.py resumes them all)
     process = subprocess.Popen(
         [sys.executable, "-m", "fairaudit", "audit", str(config), "--quiet"],
         stdout=subprocess.DEVNULL,
@@ -183,7 +183,7 @@ def test_two_runs_writing_to_one_store_at_once(model_folder, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(
         f"model: {model_folder('llama')}\nsuites: [race, gender]\nstore: {tmp_path / 'store'}\n"
-        "pruning: {selection: {fraction: 0.05}}\n"
+        "pruning: {selection: {fraction: 0.05}}\nevaluators: [output_bias]\n"
     )
     processes = [
         subprocess.Popen(
