@@ -88,22 +88,29 @@ def test_shared_prefixes_give_the_whole_forwards_numbers_for_fewer_tokens(model_
     assert shared_tokens < whole_tokens
 
 
-def test_one_context_with_many_continuations_is_scored_batch_size_rows_at_a_time(llama, monkeypatch):
+def test_one_context_with_many_continuations_is_scored_in_forwards_of_bounded_size(llama, monkeypatch):
     """Imported sentence pairs all share the empty context (the BOS token): its continuations are
-    scored in forwards of at most `batch_size` rows, not all at once, with the same values."""
+    scored in forwards of at most `batch_size` * CONTINUATION_POSITIONS padded positions, not all at
+    once, with the same values; short ones share a forward."""
     import fairaudit.measurement.evaluate as evaluate_module
+    from fairaudit.measurement.forwards import CONTINUATION_POSITIONS
 
     requests = [("", f"The {word} walked home at night") for word in ("man", "woman", "nurse", "police", "teacher")]
     requests += [("", f"A {word} said he would") for word in ("man", "woman", "nurse", "police", "teacher")]
-    rows = []
-    handle = llama.model.get_input_embeddings().register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    shapes = []
+    handle = llama.model.get_input_embeddings().register_forward_pre_hook(
+        lambda m, args: shapes.append(tuple(args[0].shape))
+    )
     try:
-        shared = loglikelihoods(llama, requests, batch_size=4)
+        shared = loglikelihoods(llama, requests, batch_size=1)
     finally:
         handle.remove()
     monkeypatch.setattr(evaluate_module, "SHARE_PREFIXES", False)
-    assert shared == pytest.approx(loglikelihoods(llama, requests, batch_size=4), abs=1e-4)
-    assert rows[0] == 1 and max(rows) <= 4 and sum(rows[1:]) == len(requests), rows
+    assert shared == pytest.approx(loglikelihoods(llama, requests, batch_size=1), abs=1e-4)
+    (context_rows, _), *continued = shapes
+    assert context_rows == 1 and sum(rows for rows, _ in continued) == len(requests), shapes
+    assert len(continued) > 1 and all(rows * width <= CONTINUATION_POSITIONS for rows, width in continued), shapes
+    assert any(rows > 1 for rows, _ in continued), shapes
 
 
 def test_perplexity_is_exp_of_mean_token_nll(llama, tmp_path):

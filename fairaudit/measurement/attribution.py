@@ -29,7 +29,8 @@ from fairaudit.inputs.model import LoadedModel
 from fairaudit.inputs.suite import Pair
 from fairaudit.lazy import torch
 from fairaudit.measurement import metrics
-from fairaudit.measurement.evaluate import encode_request, keep_logits, loglikelihoods, pad_id, padded_rows
+from fairaudit.measurement.evaluate import encode_request, loglikelihoods
+from fairaudit.measurement.forwards import keep_logits, pad_id, padded_rows
 
 KINDS = ("neuron", "head")
 

@@ -9,7 +9,6 @@ built on them can be checked against lm-eval.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,6 +16,12 @@ from typing import Any, Protocol
 from fairaudit.inputs.model import LoadedModel
 from fairaudit.inputs.suite import Suite
 from fairaudit.lazy import torch
+from fairaudit.measurement.forwards import (
+    cache_argument,
+    keep_logits,
+    prefix_loglikelihoods,
+    whole_loglikelihoods,
+)
 from fairaudit.measurement.metrics import bootstrap_interval
 
 
@@ -205,7 +210,7 @@ LOGLIKELIHOODS = "loglikelihoods"  # `remember` key: {(context, continuation): v
 def _loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_size: int) -> list[float]:
     encoded = encode_requests(loaded.tokenizer, requests)
     scored = [index for index, (_, continuation_ids) in enumerate(encoded) if continuation_ids]  # no tokens: 0
-    compute = _prefix_loglikelihoods if SHARE_PREFIXES and _cache_argument(loaded) else _whole_loglikelihoods
+    compute = prefix_loglikelihoods if SHARE_PREFIXES and cache_argument(loaded) else whole_loglikelihoods
     results = [0.0] * len(encoded)
     for index, value in zip(
         scored, compute(loaded, [encoded[index] for index in scored], batch_size) if scored else []
@@ -215,163 +220,6 @@ def _loglikelihoods(loaded: LoadedModel, requests: list[tuple[str, str]], batch_
 
 
 SHARE_PREFIXES = True  # False: every request forwards its context again (the slower reference path)
-
-
-def _forward_parameters(loaded: LoadedModel) -> Any:
-    import inspect
-
-    return inspect.signature(loaded.model.forward).parameters
-
-
-def _cache_argument(loaded: LoadedModel) -> str | None:
-    """The forward's KV-cache argument: `cache` (transformers 5.x), `past_key_values` (earlier)."""
-    parameters = _forward_parameters(loaded)
-    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
-
-
-def padded_rows(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded `[rows, width]` token ids and their attention mask."""
-    width = max(len(sequence) for sequence in sequences)
-    input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        mask[row, : len(sequence)] = 1
-    return input_ids, mask
-
-
-def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """float32 (as lm-eval) or wider, on the CPU."""
-    return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).cpu()
-
-
-def pad_id(loaded: LoadedModel) -> int:
-    """The token id padded positions get (masked out; 0 when the tokenizer has no pad token)."""
-    return loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-
-
-def _whole_loglikelihoods(
-    loaded: LoadedModel, encoded: list[tuple[list[int], list[int]]], batch_size: int
-) -> list[float]:
-    """Each request forwarded whole, context and continuation together."""
-    results: list[float] = [0.0] * len(encoded)
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        sequences = [(encoded[i][0] + encoded[i][1])[:-1] for i in chunk]
-        input_ids, mask = padded_rows(sequences, pad_id(loaded))
-        width = input_ids.shape[1]
-        # the language-model head only where a continuation token is predicted (the batch's
-        # rows have similar lengths: one span of positions covers them all)
-        first = min(len(sequences[row]) - len(encoded[i][1]) for row, i in enumerate(chunk))
-        with torch.inference_mode():
-            logits = loaded.model(
-                input_ids=input_ids.to(loaded.device),
-                attention_mask=mask.to(loaded.device),
-                **keep_logits(loaded, torch.arange(first, width)),
-            ).logits
-        if logits.shape[1] == width:  # a model whose forward cannot skip positions (or nothing to skip)
-            logits = logits[:, first:]
-        log_probs = _log_softmax(logits)
-        for row, index in enumerate(chunk):
-            continuation_ids = encoded[index][1]
-            end = len(sequences[row])
-            positions = torch.arange(end - len(continuation_ids), end) - first
-            results[index] = float(
-                log_probs[row, positions, torch.tensor(continuation_ids, dtype=torch.long)].double().sum()
-            )
-    return results
-
-
-def _prefix_loglikelihoods(
-    loaded: LoadedModel, encoded: list[tuple[list[int], list[int]]], batch_size: int
-) -> list[float]:
-    """Each distinct context forwarded once, `batch_size` contexts at a time, keeping its keys and
-    values (a KV cache); every continuation asked of it is then scored from that cache in one more
-    forward of the continuations' own tokens (the first continuation token is predicted by the
-    context's last position). The same log-probabilities as forwarding each request whole, up to
-    float rounding, for about half the token positions when continuations are short."""
-    asked: dict[tuple[int, ...], list[int]] = {}
-    for index, (context_ids, _) in enumerate(encoded):
-        asked.setdefault(tuple(context_ids), []).append(index)
-    contexts = sorted(asked, key=len, reverse=True)  # similar lengths share a batch
-    results: list[float] = [0.0] * len(encoded)
-    for start in range(0, len(contexts), batch_size):
-        chunk = contexts[start : start + batch_size]
-        input_ids, mask = padded_rows([list(context) for context in chunk], pad_id(loaded))
-        lengths = mask.sum(dim=1)
-        first, width = int(lengths.min()) - 1, input_ids.shape[1]
-        with torch.inference_mode():
-            output = loaded.model(
-                input_ids=input_ids.to(loaded.device),
-                attention_mask=mask.to(loaded.device),
-                use_cache=True,
-                **keep_logits(loaded, torch.arange(first, width)),
-            )
-        logits = output.logits if output.logits.shape[1] < width else output.logits[:, first:]
-        last = _log_softmax(logits[torch.arange(len(chunk)), (lengths - 1 - first).to(logits.device)])
-        rows = [(slot, index) for slot, context in enumerate(chunk) for index in asked[context]]
-        for slot, index in rows:
-            results[index] = float(last[slot, encoded[index][1][0]].double())
-        longer = [(slot, index) for slot, index in rows if len(encoded[index][1]) > 1]
-        if longer:
-            cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
-            if cache is None:  # a model that returns no cache: those requests forwarded whole
-                values = _whole_loglikelihoods(loaded, [encoded[index] for _, index in longer], batch_size)
-            else:  # at most `batch_size` rows a forward (a context may have many continuations), each
-                # part from its own copy of the cache, which `_continued` reorders in place
-                values = []
-                for begin in range(0, len(longer), batch_size):
-                    part = longer[begin : begin + batch_size]
-                    own = cache if len(longer) <= batch_size else copy.deepcopy(cache)
-                    values += [
-                        results[index] + value
-                        for (_, index), value in zip(part, _continued(loaded, own, mask, part, encoded))
-                    ]
-            for (_, index), value in zip(longer, values):
-                results[index] = value
-    return results
-
-
-def _continued(
-    loaded: LoadedModel,
-    cache: Any,
-    context_mask: torch.Tensor,
-    rows: list[tuple[int, int]],
-    encoded: list[tuple[list[int], list[int]]],
-) -> list[float]:
-    """Summed log-probability of continuation tokens 2.. of each (context slot, request) row, from
-    the contexts' cache (rows reordered and repeated to match, in place)."""
-    slots = torch.tensor([slot for slot, _ in rows])
-    cache.reorder_cache(slots.to(loaded.device))
-    inputs = [encoded[index][1][:-1] for _, index in rows]
-    input_ids, mask = padded_rows(inputs, pad_id(loaded))
-    lengths = context_mask.sum(dim=1)[slots]
-    with torch.inference_mode():
-        logits = loaded.model(
-            input_ids=input_ids.to(loaded.device),
-            attention_mask=torch.cat([context_mask[slots], mask], dim=1).to(loaded.device),
-            position_ids=(lengths[:, None] + torch.arange(input_ids.shape[1])).to(loaded.device),
-            use_cache=True,
-            **{str(_cache_argument(loaded)): cache},
-        ).logits
-    log_probs = _log_softmax(logits)
-    return [
-        float(
-            log_probs[row, torch.arange(len(tokens)), torch.tensor(encoded[index][1][1:], dtype=torch.long)]
-            .double()
-            .sum()
-        )
-        for row, ((_, index), tokens) in enumerate(zip(rows, inputs))
-    ]
-
-
-def keep_logits(loaded: LoadedModel, positions: torch.Tensor) -> dict[str, Any]:
-    """The forward argument that restricts the language-model head to `positions`, where the
-    model's forward takes one (transformers' causal LMs: `logits_to_keep`)."""
-    if "logits_to_keep" in _forward_parameters(loaded):
-        return {"logits_to_keep": positions.to(loaded.device)}
-    return {}
 
 
 # --- before/after comparison ---------------------------------------------------------------
