@@ -14,38 +14,27 @@ from ground_truth import ground_truth_figures  # noqa: E402
 from fairaudit.testing import make_planted_model  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def figures(request, tmp_path_factory):
-    return {
-        "family": request.param,
-        **ground_truth_figures(tmp_path_factory.mktemp("planted"), seed=0, score="hybrid", family=request.param),
-    }
-
-
-def test_planted_neurons_are_recovered(figures):
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_the_pipeline_finds_shares_protects_and_removes_the_planted_bias(family, tmp_path):
+    """One test per family (the figures are one pipeline run: test workers would each run it again)."""
+    figures = ground_truth_figures(tmp_path / "planted", seed=0, score="hybrid", family=family)
+    # the planted neurons are recovered
     for axis, row in figures["recovery"].items():
         assert row["precision"] >= 0.9 and row["recall"] >= 0.9, axis
-
-
-def test_only_the_planted_pair_of_axes_is_shared(figures):
+    # only the planted pair of axes is shared
     for pair, row in figures["sharing"].items():
         if set(pair) == {"race", "gender"}:
             assert row["p_value"] < 0.001 and row["overlap"] == 3
         else:
             assert row["p_value"] >= 0.001, pair
     assert figures["shared_recovered"] == 1.0
-
-
-def test_hybrid_protects_important_neurons(figures):
+    # the hybrid score protects the important neurons
     assert figures["pruned_planted_important"] == []
     assert abs(figures["perplexity"][2]) < 0.05
-
-
-def test_pruning_removes_the_bias_it_planted(figures):
+    # pruning removes the bias it planted
     assert figures["pruned_planted_unimportant"] >= 0.9
     for axis, row in figures["effect"].items():
         assert row["gap_drop"] >= 0.8 and row["index_drop"] >= 0.5, axis
-    assert abs(figures["perplexity"][2]) < 0.05
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
