@@ -111,7 +111,9 @@ def main() -> None:
         if run_id == "latest":  # the latest complete audit in the store
             audits = [r for r in store.runs() if r.get("kind", "audit") == "audit" and r.get("status") == "complete"]
             if not audits:
-                print(f"audit_stages.py: {args.store} holds no complete audit run; name one with --run", file=sys.stderr)
+                print(
+                    f"audit_stages.py: {args.store} holds no complete audit run; name one with --run", file=sys.stderr
+                )
                 raise SystemExit(2)
             run_id = audits[-1]["run_id"]
     else:

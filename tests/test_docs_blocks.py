@@ -14,8 +14,9 @@
   test covers it instead (a block that needs the ten-minute default audit, a Ray cluster,
   or two real models);
 - `text` blocks are command synopses and output, not code; a documented output's format is
-  checked against its sandbox command's (a command that is one benchmark script with arguments
-  runs inside the test's process, sparing a fresh interpreter's imports; any other in bash).
+  checked against its sandbox command's (one made of benchmark scripts and `fairaudit`
+  commands with plain arguments, joined by `&&`, runs inside the test's process, sparing a fresh
+  interpreter's imports of torch and transformers; any other in bash).
 """
 
 from __future__ import annotations
@@ -219,13 +220,14 @@ def test_documented_outputs_have_the_format_the_command_prints(index, sandbox, t
         "FAIRAUDIT_ROOT": str(ROOT),  # for a sandbox command that runs one of the project's scripts
     }
     steps = [in_process_step(step) for step in match["sandbox"].split(" && ")]
-    if all(steps):
+    if all(steps):  # as bash runs `A > /dev/null && B`: stop at a failing step; what the shown ones print
+        printed = ""
         for argv, call, shown in steps:
             completed = in_process(folder, argv, call)
+            printed += completed.stdout if shown else ""
             if completed.returncode != 0:
                 break
-            if not shown:
-                completed.stdout = ""
+        completed.stdout = printed
     else:
         completed = subprocess.run(
             ["bash", "-c", match["sandbox"]], cwd=folder, env=env, capture_output=True, text=True, timeout=900
