@@ -132,7 +132,7 @@ def test_sigkill_between_axes_then_resume(model_folder, tmp_path):
     config.write_text(
         f"model: {model_folder('llama')}\nsuites: [race, gender]\nstore: {store}\n"
         "pruning: {selection: {fraction: 0.05}}\nevaluators: [output_bias]\n"
-    )  # the default 0.2% is no neuron of this small model; one evaluator (tests/test_interrupts.py resumes them all)
+    )  # the default 0.2% is no neuron of this small model; one evaluator (tests/test_interrupts.py kills evaluations)
     process = subprocess.Popen(
         [sys.executable, "-m", "fairaudit", "audit", str(config), "--quiet"],
         stdout=subprocess.DEVNULL,
